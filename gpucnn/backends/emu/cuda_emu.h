@@ -1,0 +1,315 @@
+// cuda_emu.h -- the CUDA subset our kernels may use, for g++ on x86-64 (gpucnn emulator).
+//
+// Force-included (-include) before each UNMODIFIED .cu file, which is compiled with -nostdinc:
+// like NVRTC, no host header is reachable, so INFINITY / NAN / math.h macros are undefined and a
+// kernel that uses them fails to build here too. Nothing in this header includes anything.
+//
+// Execution model: every CUDA thread is a fiber; the runtime (emu_runtime.cpp) sets the
+// per-OS-thread variables threadIdx/blockIdx/... before switching to a fiber. __shared__ is
+// thread_local storage (each OS thread runs one block at a time). Barriers and warp operations
+// are calls into the runtime that yield to the block scheduler.
+#ifndef GPUCNN_CUDA_EMU_H
+#define GPUCNN_CUDA_EMU_H
+
+#define __CUDACC__ 1
+#define __CUDACC_RTC__ 1
+#define __CUDA_ARCH__ 800
+#define __GPUCNN_EMU__ 1
+#define __NVCC__ 1
+
+#define __global__
+#define __device__
+#define __host__
+#define __noinline__ __attribute__((noinline))
+#define __forceinline__ inline __attribute__((always_inline))
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+#define __constant__
+#define __managed__
+#define __shared__ thread_local
+// __restrict__ is understood by g++ natively.
+
+#define __EMU_API extern "C" __attribute__((visibility("hidden")))
+#define __EMU_INL static inline __attribute__((always_inline))
+
+typedef __SIZE_TYPE__ size_t;
+typedef __PTRDIFF_TYPE__ ptrdiff_t;
+
+struct uint3 { unsigned int x, y, z; };
+struct dim3 {
+    unsigned int x, y, z;
+    constexpr dim3(unsigned int x_ = 1, unsigned int y_ = 1, unsigned int z_ = 1) : x(x_), y(y_), z(z_) {}
+    constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+    constexpr operator uint3() const { return uint3{x, y, z}; }
+};
+struct __attribute__((aligned(8))) float2 { float x, y; };
+struct float3 { float x, y, z; };
+struct __attribute__((aligned(16))) float4 { float x, y, z, w; };
+struct __attribute__((aligned(8))) int2 { int x, y; };
+struct int3 { int x, y, z; };
+struct __attribute__((aligned(16))) int4 { int x, y, z, w; };
+struct __attribute__((aligned(8))) uint2 { unsigned int x, y; };
+struct __attribute__((aligned(16))) uint4 { unsigned int x, y, z, w; };
+struct __attribute__((aligned(16))) double2 { double x, y; };
+__EMU_INL float2 make_float2(float x, float y) { return float2{x, y}; }
+__EMU_INL float3 make_float3(float x, float y, float z) { return float3{x, y, z}; }
+__EMU_INL float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+__EMU_INL int2 make_int2(int x, int y) { return int2{x, y}; }
+__EMU_INL int3 make_int3(int x, int y, int z) { return int3{x, y, z}; }
+__EMU_INL int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
+__EMU_INL uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return uint3{x, y, z}; }
+
+// Per-OS-thread "current CUDA thread" state, written by the scheduler at each switch.
+extern __thread uint3 threadIdx __attribute__((visibility("hidden")));
+extern __thread uint3 blockIdx __attribute__((visibility("hidden")));
+extern __thread dim3 blockDim __attribute__((visibility("hidden")));
+extern __thread dim3 gridDim __attribute__((visibility("hidden")));
+extern __thread unsigned int __emu_laneid __attribute__((visibility("hidden")));
+constexpr int warpSize = 32;
+
+// ---- runtime entry points (emu_runtime.cpp) ----
+__EMU_API int __emu_syncthreads(const char* file, int line, int op, int pred);
+__EMU_API unsigned long long __emu_warp_op(const char* file, int line, int op, unsigned mask,
+                                           unsigned long long value, int src_lane);
+__EMU_API unsigned int __emu_activemask(void);
+__EMU_API void __emu_trap(const char* file, int line);
+
+// op codes shared with the runtime
+#define __EMU_BAR_SYNC 0
+#define __EMU_BAR_COUNT 1
+#define __EMU_BAR_AND 2
+#define __EMU_BAR_OR 3
+#define __EMU_WARP_SYNC 0
+#define __EMU_WARP_SHFL 1
+#define __EMU_WARP_BALLOT 2
+#define __EMU_WARP_ANY 3
+#define __EMU_WARP_ALL 4
+
+// The barrier is identified by its source location (file, line), so a copy made by the
+// compiler still counts as the same barrier. The fence keeps memory accesses on their side.
+#define __syncthreads() \
+    do { __emu_syncthreads(__FILE__, __LINE__, __EMU_BAR_SYNC, 1); __asm__ __volatile__("" ::: "memory"); } while (0)
+#define __syncthreads_count(p) __emu_syncthreads_r(__FILE__, __LINE__, __EMU_BAR_COUNT, (p))
+#define __syncthreads_and(p) __emu_syncthreads_r(__FILE__, __LINE__, __EMU_BAR_AND, (p))
+#define __syncthreads_or(p) __emu_syncthreads_r(__FILE__, __LINE__, __EMU_BAR_OR, (p))
+__EMU_INL int __emu_syncthreads_r(const char* f, int l, int op, int p) {
+    int r = __emu_syncthreads(f, l, op, p != 0);
+    __asm__ __volatile__("" ::: "memory");
+    return r;
+}
+#define __syncwarp(...) __emu_syncwarp(__FILE__, __LINE__, ##__VA_ARGS__)
+__EMU_INL void __emu_syncwarp(const char* f, int l, unsigned mask = 0xffffffffu) {
+    __emu_warp_op(f, l, __EMU_WARP_SYNC, mask, 0, 0);
+    __asm__ __volatile__("" ::: "memory");
+}
+
+__EMU_INL void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+__EMU_INL void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+__EMU_INL void __threadfence_system() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+#define __trap() __emu_trap(__FILE__, __LINE__)
+__EMU_INL unsigned int __activemask() { return __emu_activemask(); }
+
+// ---- warp shuffles / votes ----
+template <class T> __EMU_INL unsigned long long __emu_bits(T v) {
+    static_assert(sizeof(T) <= 8, "shuffle of a type wider than 8 bytes");
+    unsigned long long b = 0; __builtin_memcpy(&b, &v, sizeof(T)); return b;
+}
+template <class T> __EMU_INL T __emu_unbits(unsigned long long b) {
+    T v; __builtin_memcpy(&v, &b, sizeof(T)); return v;
+}
+#define __EMU_SHFL(kind, mask, var, arg, width) \
+    __emu_shfl_##kind(__FILE__, __LINE__, mask, var, arg, width)
+template <class T> __EMU_INL T __emu_shfl_idx(const char* f, int l, unsigned mask, T var, int src, int width) {
+    unsigned lane = __emu_laneid;
+    int seg = (int)(lane & ~(unsigned)(width - 1));
+    int s = seg + (src & (width - 1));
+    return __emu_unbits<T>(__emu_warp_op(f, l, __EMU_WARP_SHFL, mask, __emu_bits(var), s));
+}
+template <class T> __EMU_INL T __emu_shfl_up(const char* f, int l, unsigned mask, T var, unsigned d, int width) {
+    int lane = (int)__emu_laneid;
+    int s = ((lane & (width - 1)) < (int)d) ? lane : lane - (int)d;
+    return __emu_unbits<T>(__emu_warp_op(f, l, __EMU_WARP_SHFL, mask, __emu_bits(var), s));
+}
+template <class T> __EMU_INL T __emu_shfl_down(const char* f, int l, unsigned mask, T var, unsigned d, int width) {
+    int lane = (int)__emu_laneid;
+    int s = ((lane & (width - 1)) + (int)d >= width) ? lane : lane + (int)d;
+    return __emu_unbits<T>(__emu_warp_op(f, l, __EMU_WARP_SHFL, mask, __emu_bits(var), s));
+}
+template <class T> __EMU_INL T __emu_shfl_xor(const char* f, int l, unsigned mask, T var, int m, int width) {
+    int lane = (int)__emu_laneid;
+    int s = lane ^ m;
+    int seg = lane & ~(width - 1);
+    if (s >= seg + width) s = lane;
+    return __emu_unbits<T>(__emu_warp_op(f, l, __EMU_WARP_SHFL, mask, __emu_bits(var), s));
+}
+#define __shfl_sync(mask, var, src, ...) __emu_shfl_idx(__FILE__, __LINE__, mask, var, src, ##__VA_ARGS__)
+#define __shfl_up_sync(mask, var, d, ...) __emu_shfl_up(__FILE__, __LINE__, mask, var, d, ##__VA_ARGS__)
+#define __shfl_down_sync(mask, var, d, ...) __emu_shfl_down(__FILE__, __LINE__, mask, var, d, ##__VA_ARGS__)
+#define __shfl_xor_sync(mask, var, m, ...) __emu_shfl_xor(__FILE__, __LINE__, mask, var, m, ##__VA_ARGS__)
+// default width = 32 (a macro can't have default arguments; overloads supply it)
+template <class T> __EMU_INL T __emu_shfl_idx(const char* f, int l, unsigned mask, T var, int src) { return __emu_shfl_idx(f, l, mask, var, src, 32); }
+template <class T> __EMU_INL T __emu_shfl_up(const char* f, int l, unsigned mask, T var, unsigned d) { return __emu_shfl_up(f, l, mask, var, d, 32); }
+template <class T> __EMU_INL T __emu_shfl_down(const char* f, int l, unsigned mask, T var, unsigned d) { return __emu_shfl_down(f, l, mask, var, d, 32); }
+template <class T> __EMU_INL T __emu_shfl_xor(const char* f, int l, unsigned mask, T var, int m) { return __emu_shfl_xor(f, l, mask, var, m, 32); }
+#define __ballot_sync(mask, p) ((unsigned)__emu_warp_op(__FILE__, __LINE__, __EMU_WARP_BALLOT, mask, (p) != 0, 0))
+#define __any_sync(mask, p) ((int)__emu_warp_op(__FILE__, __LINE__, __EMU_WARP_ANY, mask, (p) != 0, 0))
+#define __all_sync(mask, p) ((int)__emu_warp_op(__FILE__, __LINE__, __EMU_WARP_ALL, mask, (p) != 0, 0))
+
+// ---- atomics (real atomics: blocks run on several OS threads) ----
+#define __EMU_ATOMIC_INT(T) \
+    __EMU_INL T atomicAdd(T* a, T v) { return __atomic_fetch_add(a, v, __ATOMIC_RELAXED); } \
+    __EMU_INL T atomicSub(T* a, T v) { return __atomic_fetch_sub(a, v, __ATOMIC_RELAXED); } \
+    __EMU_INL T atomicExch(T* a, T v) { return __atomic_exchange_n(a, v, __ATOMIC_RELAXED); } \
+    __EMU_INL T atomicAnd(T* a, T v) { return __atomic_fetch_and(a, v, __ATOMIC_RELAXED); } \
+    __EMU_INL T atomicOr(T* a, T v) { return __atomic_fetch_or(a, v, __ATOMIC_RELAXED); } \
+    __EMU_INL T atomicXor(T* a, T v) { return __atomic_fetch_xor(a, v, __ATOMIC_RELAXED); } \
+    __EMU_INL T atomicCAS(T* a, T cmp, T v) { __atomic_compare_exchange_n(a, &cmp, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED); return cmp; } \
+    __EMU_INL T atomicMax(T* a, T v) { T o = __atomic_load_n(a, __ATOMIC_RELAXED); \
+        while (o < v && !__atomic_compare_exchange_n(a, &o, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {} return o; } \
+    __EMU_INL T atomicMin(T* a, T v) { T o = __atomic_load_n(a, __ATOMIC_RELAXED); \
+        while (o > v && !__atomic_compare_exchange_n(a, &o, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {} return o; }
+__EMU_ATOMIC_INT(int)
+__EMU_ATOMIC_INT(unsigned int)
+__EMU_ATOMIC_INT(unsigned long long)
+__EMU_ATOMIC_INT(long long)
+#undef __EMU_ATOMIC_INT
+template <class F, class I> __EMU_INL F __emu_atomic_fadd(F* a, F v) {
+    I* p = (I*)a;
+    I o = __atomic_load_n(p, __ATOMIC_RELAXED), n;
+    F of, nf;
+    do { __builtin_memcpy(&of, &o, sizeof(F)); nf = of + v; __builtin_memcpy(&n, &nf, sizeof(F)); }
+    while (!__atomic_compare_exchange_n(p, &o, n, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    return of;
+}
+__EMU_INL float atomicAdd(float* a, float v) { return __emu_atomic_fadd<float, unsigned int>(a, v); }
+__EMU_INL double atomicAdd(double* a, double v) { return __emu_atomic_fadd<double, unsigned long long>(a, v); }
+__EMU_INL float atomicExch(float* a, float v) { return __atomic_exchange_n(a, v, __ATOMIC_RELAXED); }
+__EMU_INL unsigned int atomicInc(unsigned int* a, unsigned int lim) {
+    unsigned o = __atomic_load_n(a, __ATOMIC_RELAXED), n;
+    do { n = (o >= lim) ? 0 : o + 1; } while (!__atomic_compare_exchange_n(a, &o, n, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
+    return o;
+}
+
+// ---- loads ----
+template <class T> __EMU_INL T __ldg(const T* p) { return *p; }
+template <class T> __EMU_INL T __ldcg(const T* p) { return *p; }
+template <class T> __EMU_INL T __ldca(const T* p) { return *p; }
+template <class T> __EMU_INL T __ldcs(const T* p) { return *p; }
+template <class T> __EMU_INL void __stcg(T* p, T v) { *p = v; }
+template <class T> __EMU_INL void __stcs(T* p, T v) { *p = v; }
+
+// ---- math: libm (C linkage, as glibc declares them) plus CUDA-only intrinsics ----
+extern "C" {
+#define __EMU_M1(f) float f(float) noexcept; double f##__d(double) noexcept __asm__(#f "_d_unused");
+float expf(float) noexcept; float exp2f(float) noexcept; float expm1f(float) noexcept;
+float logf(float) noexcept; float log2f(float) noexcept; float log10f(float) noexcept; float log1pf(float) noexcept;
+float sqrtf(float) noexcept; float cbrtf(float) noexcept; float powf(float, float) noexcept;
+float sinf(float) noexcept; float cosf(float) noexcept; float tanf(float) noexcept;
+float asinf(float) noexcept; float acosf(float) noexcept; float atanf(float) noexcept; float atan2f(float, float) noexcept;
+float sinhf(float) noexcept; float coshf(float) noexcept; float tanhf(float) noexcept;
+float erff(float) noexcept; float erfcf(float) noexcept; float lgammaf(float) noexcept; float tgammaf(float) noexcept;
+float fabsf(float) noexcept; float fmaxf(float, float) noexcept; float fminf(float, float) noexcept;
+float fmaf(float, float, float) noexcept; float floorf(float) noexcept; float ceilf(float) noexcept;
+float truncf(float) noexcept; float roundf(float) noexcept; float rintf(float) noexcept; float nearbyintf(float) noexcept;
+float fmodf(float, float) noexcept; float copysignf(float, float) noexcept; float hypotf(float, float) noexcept;
+float ldexpf(float, int) noexcept; float remainderf(float, float) noexcept; long lroundf(float) noexcept;
+double exp(double) noexcept; double log(double) noexcept; double sqrt(double) noexcept; double pow(double, double) noexcept;
+double fabs(double) noexcept; double fmax(double, double) noexcept; double fmin(double, double) noexcept;
+double fma(double, double, double) noexcept; double floor(double) noexcept; double ceil(double) noexcept;
+double tanh(double) noexcept; double log1p(double) noexcept; double expm1(double) noexcept; double erf(double) noexcept;
+double sin(double) noexcept; double cos(double) noexcept; double round(double) noexcept; double trunc(double) noexcept;
+double exp2(double) noexcept; double log2(double) noexcept; double copysign(double, double) noexcept;
+int printf(const char*, ...);
+#undef __EMU_M1
+}
+// Float overloads CUDA provides in the global namespace (exp(float) etc. are float in CUDA).
+__EMU_INL float exp(float x) { return expf(x); }
+__EMU_INL float log(float x) { return logf(x); }
+__EMU_INL float sqrt(float x) { return sqrtf(x); }
+__EMU_INL float pow(float x, float y) { return powf(x, y); }
+__EMU_INL float fabs(float x) { return fabsf(x); }
+__EMU_INL float fmax(float a, float b) { return fmaxf(a, b); }
+__EMU_INL float fmin(float a, float b) { return fminf(a, b); }
+__EMU_INL float tanh(float x) { return tanhf(x); }
+__EMU_INL float floor(float x) { return floorf(x); }
+__EMU_INL float ceil(float x) { return ceilf(x); }
+__EMU_INL float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+__EMU_INL double rsqrt(double x) { return 1.0 / sqrt(x); }
+__EMU_INL float __expf(float x) { return expf(x); }
+__EMU_INL float __exp10f(float x) { return powf(10.0f, x); }
+__EMU_INL float __logf(float x) { return logf(x); }
+__EMU_INL float __log2f(float x) { return log2f(x); }
+__EMU_INL float __log10f(float x) { return log10f(x); }
+__EMU_INL float __powf(float x, float y) { return powf(x, y); }
+__EMU_INL float __sinf(float x) { return sinf(x); }
+__EMU_INL float __cosf(float x) { return cosf(x); }
+__EMU_INL float __tanf(float x) { return tanf(x); }
+__EMU_INL float __fdividef(float a, float b) { return a / b; }
+__EMU_INL float fdividef(float a, float b) { return a / b; }
+__EMU_INL float __frcp_rn(float x) { return 1.0f / x; }
+__EMU_INL float __fsqrt_rn(float x) { return sqrtf(x); }
+__EMU_INL float __frsqrt_rn(float x) { return 1.0f / sqrtf(x); }
+__EMU_INL float __fadd_rn(float a, float b) { return a + b; }
+__EMU_INL float __fsub_rn(float a, float b) { return a - b; }
+__EMU_INL float __fmul_rn(float a, float b) { return a * b; }
+__EMU_INL float __fdiv_rn(float a, float b) { return a / b; }
+__EMU_INL float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+__EMU_INL float __saturatef(float x) { return x != x ? 0.0f : (x < 0.0f ? 0.0f : (x > 1.0f ? 1.0f : x)); }
+__EMU_INL float exp10f(float x) { return powf(10.0f, x); }
+__EMU_INL bool isnan(float x) { return __builtin_isnan(x); }
+__EMU_INL bool isnan(double x) { return __builtin_isnan(x); }
+__EMU_INL bool isinf(float x) { return __builtin_isinf(x); }
+__EMU_INL bool isinf(double x) { return __builtin_isinf(x); }
+__EMU_INL bool isfinite(float x) { return __builtin_isfinite(x); }
+__EMU_INL bool isfinite(double x) { return __builtin_isfinite(x); }
+__EMU_INL bool signbit(float x) { return __builtin_signbit(x); }
+__EMU_INL int __isnanf(float x) { return __builtin_isnan(x); }
+__EMU_INL int __isinff(float x) { return __builtin_isinf(x); }
+
+__EMU_INL int min(int a, int b) { return a < b ? a : b; }
+__EMU_INL int max(int a, int b) { return a > b ? a : b; }
+__EMU_INL unsigned int min(unsigned int a, unsigned int b) { return a < b ? a : b; }
+__EMU_INL unsigned int max(unsigned int a, unsigned int b) { return a > b ? a : b; }
+__EMU_INL long long min(long long a, long long b) { return a < b ? a : b; }
+__EMU_INL long long max(long long a, long long b) { return a > b ? a : b; }
+__EMU_INL unsigned long long min(unsigned long long a, unsigned long long b) { return a < b ? a : b; }
+__EMU_INL unsigned long long max(unsigned long long a, unsigned long long b) { return a > b ? a : b; }
+__EMU_INL float min(float a, float b) { return fminf(a, b); }
+__EMU_INL float max(float a, float b) { return fmaxf(a, b); }
+__EMU_INL double min(double a, double b) { return fmin(a, b); }
+__EMU_INL double max(double a, double b) { return fmax(a, b); }
+__EMU_INL int abs(int a) { return a < 0 ? -a : a; }
+__EMU_INL long long llabs(long long a) { return a < 0 ? -a : a; }
+
+// ---- bit casts and conversions ----
+__EMU_INL float __int_as_float(int i) { float f; __builtin_memcpy(&f, &i, 4); return f; }
+__EMU_INL int __float_as_int(float f) { int i; __builtin_memcpy(&i, &f, 4); return i; }
+__EMU_INL float __uint_as_float(unsigned int i) { float f; __builtin_memcpy(&f, &i, 4); return f; }
+__EMU_INL unsigned int __float_as_uint(float f) { unsigned int i; __builtin_memcpy(&i, &f, 4); return i; }
+__EMU_INL double __longlong_as_double(long long i) { double f; __builtin_memcpy(&f, &i, 8); return f; }
+__EMU_INL long long __double_as_longlong(double f) { long long i; __builtin_memcpy(&i, &f, 8); return i; }
+__EMU_INL int __float2int_rz(float x) { return (int)x; }
+__EMU_INL int __float2int_rd(float x) { return (int)floorf(x); }
+__EMU_INL int __float2int_ru(float x) { return (int)ceilf(x); }
+__EMU_INL int __float2int_rn(float x) { return (int)rintf(x); }
+__EMU_INL unsigned int __float2uint_rz(float x) { return (unsigned int)x; }
+__EMU_INL float __int2float_rn(int x) { return (float)x; }
+__EMU_INL float __uint2float_rn(unsigned int x) { return (float)x; }
+__EMU_INL int __popc(unsigned int x) { return __builtin_popcount(x); }
+__EMU_INL int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+__EMU_INL int __clz(int x) { return x == 0 ? 32 : __builtin_clz((unsigned)x); }
+__EMU_INL int __ffs(int x) { return __builtin_ffs(x); }
+__EMU_INL unsigned int __brev(unsigned int x) {
+    x = ((x >> 1) & 0x55555555u) | ((x & 0x55555555u) << 1);
+    x = ((x >> 2) & 0x33333333u) | ((x & 0x33333333u) << 2);
+    x = ((x >> 4) & 0x0f0f0f0fu) | ((x & 0x0f0f0f0fu) << 4);
+    x = ((x >> 8) & 0x00ff00ffu) | ((x & 0x00ff00ffu) << 8);
+    return (x >> 16) | (x << 16);
+}
+__EMU_INL int __mul24(int a, int b) { return a * b; }
+__EMU_INL unsigned int __umul24(unsigned int a, unsigned int b) { return a * b; }
+__EMU_INL unsigned int __umulhi(unsigned int a, unsigned int b) { return (unsigned int)(((unsigned long long)a * b) >> 32); }
+__EMU_INL int __mulhi(int a, int b) { return (int)(((long long)a * b) >> 32); }
+
+#undef __EMU_INL
+#endif

@@ -1,0 +1,731 @@
+// emu_runtime.cpp -- the gpucnn CUDA emulator's runtime: fibers, block scheduler, barriers,
+// warp operations, fault / watchdog recovery. Linked into every emulated module (.so) with
+// hidden visibility, so each module has its own copy and its own thread-local state.
+//
+// Model: one fiber per CUDA thread (64 KiB stack + guard page), all fibers of a block on one OS
+// thread; blocks are handed out to up to 2 worker OS threads. A fiber runs until it calls a
+// barrier / warp operation (it then yields to the scheduler) or returns. The scheduler runs the
+// ready threads of a block in the requested order, then releases warps / the block barrier.
+// Context switch: a hand-written x86-64 routine (callee-saved registers + rsp).
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <csetjmp>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <pthread.h>
+#include <sys/mman.h>
+#include <thread>
+#include <unistd.h>
+
+#define HIDDEN __attribute__((visibility("hidden")))
+#define EXPORT extern "C" __attribute__((visibility("default")))
+
+struct EmuU3 { unsigned x, y, z; };
+
+// The per-OS-thread "current CUDA thread" variables the kernels read (see cuda_emu.h).
+extern "C" {
+HIDDEN __thread EmuU3 threadIdx;
+HIDDEN __thread EmuU3 blockIdx;
+HIDDEN __thread EmuU3 blockDim;
+HIDDEN __thread EmuU3 gridDim;
+HIDDEN __thread unsigned __emu_laneid;
+// Dynamic shared memory (extern __shared__): defined in the module's generated assembly TU,
+// where every extern __shared__ name is a label at this address.
+extern HIDDEN __thread unsigned char __emu_dyn_smem[];
+}
+static const size_t kDynSmemMax = 48 * 1024;
+
+// ---------------------------------------------------------------- context switch
+extern "C" void __emu_switch(void** save_sp, void* to_sp) HIDDEN;
+__asm__(R"(
+    .text
+    .p2align 4
+    .globl __emu_switch
+    .hidden __emu_switch
+    .type __emu_switch,@function
+__emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+    .size __emu_switch, .-__emu_switch
+)");
+
+// ---------------------------------------------------------------- data structures
+enum { F_READY = 0, F_BAR = 1, F_WARP = 2, F_DONE = 3 };
+enum { ERR_NONE = 0, ERR_FAULT = 1, ERR_DEADLOCK = 2, ERR_WATCHDOG = 3, ERR_TRAP = 4, ERR_LAUNCH = 5 };
+
+struct Fiber {
+    void* sp;
+    int state;
+    unsigned tid;        // linear thread id in the block
+    EmuU3 idx;
+    const char* file;    // where it waits
+    int line;
+    int op;
+    int pred;
+    unsigned mask;
+    unsigned long long value, result;
+    int src;
+};
+
+struct EmuErr {          // mirrored by ctypes in __init__.py
+    int kind;
+    int signo;
+    unsigned block[3];
+    unsigned thread[3];
+    unsigned long long addr;
+    char msg[2048];
+};
+
+struct Launch {
+    void (*tramp)(void**);
+    void** args;
+    EmuU3 grid, block;
+    unsigned nthreads;
+    long long nblocks;
+    size_t shmem;
+    int order;
+    unsigned long long seed;
+    int checks;
+    const long long* poison;   // pairs (offset from __emu_dyn_smem, size): static __shared__
+    int npoison;
+    std::atomic<long long> next_block;
+    std::atomic<int> abort;
+    std::mutex mu;
+    std::condition_variable cv;
+    int workers_done;
+    EmuErr err;                // first error wins (under mu)
+};
+
+struct Worker {
+    Launch* L;
+    int id;
+    Fiber* fibers;
+    unsigned* perm;
+    char* stacks;              // pool: per fiber [guard page][stack]
+    size_t stack_cap;          // fibers the pool holds
+    void* sched_sp;
+    Fiber* cur;
+    volatile sig_atomic_t in_fiber;
+    volatile sig_atomic_t fault_sig;
+    void* fault_addr;
+    sigjmp_buf jb;
+    pthread_t thread;
+    volatile int running;
+    EmuU3 bidx;
+    unsigned char* dyn;
+};
+
+static const size_t kStack = 64 * 1024;
+static size_t g_page = 4096;
+static __thread Worker* tw;
+static std::mutex g_launch_mu;
+static Worker g_workers[2];
+static const int kMaxWorkers = 2;
+
+// ---------------------------------------------------------------- errors
+static void set_error(Launch* L, int kind, int signo, const Fiber* f, const EmuU3* b,
+                      unsigned long long addr, const char* fmt, ...) __attribute__((format(printf, 7, 8)));
+static void set_error(Launch* L, int kind, int signo, const Fiber* f, const EmuU3* b,
+                      unsigned long long addr, const char* fmt, ...) {
+    std::lock_guard<std::mutex> g(L->mu);
+    if (L->err.kind == ERR_NONE) {
+        L->err.kind = kind;
+        L->err.signo = signo;
+        if (b) { L->err.block[0] = b->x; L->err.block[1] = b->y; L->err.block[2] = b->z; }
+        if (f) { L->err.thread[0] = f->idx.x; L->err.thread[1] = f->idx.y; L->err.thread[2] = f->idx.z; }
+        L->err.addr = addr;
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(L->err.msg, sizeof L->err.msg, fmt, ap);
+        va_end(ap);
+    }
+    L->abort.store(1);
+    L->cv.notify_all();
+}
+
+// ---------------------------------------------------------------- fibers
+static void fiber_entry() __attribute__((noreturn));
+static void fiber_entry() {
+    Worker* w = tw;
+    w->L->tramp(w->L->args);
+    w = tw;
+    Fiber* f = w->cur;
+    f->state = F_DONE;
+    __emu_switch(&f->sp, w->sched_sp);
+    __builtin_trap();
+}
+
+static bool ensure_stacks(Worker* w, size_t n) {
+    if (w->stack_cap >= n) return true;
+    size_t cap = 1024;
+    while (cap < n) cap *= 2;
+    size_t slot = kStack + g_page;
+    if (w->stacks) munmap(w->stacks, w->stack_cap * slot);
+    free(w->fibers);
+    free(w->perm);
+    w->stacks = nullptr;
+    w->stack_cap = 0;
+    void* p = mmap(nullptr, cap * slot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) return false;
+    for (size_t i = 0; i < cap; i++) mprotect((char*)p + i * slot, g_page, PROT_NONE);
+    w->stacks = (char*)p;
+    w->stack_cap = cap;
+    w->fibers = (Fiber*)calloc(cap, sizeof(Fiber));
+    w->perm = (unsigned*)calloc(cap, sizeof(unsigned));
+    return w->fibers && w->perm;
+}
+
+static inline void init_fiber(Worker* w, unsigned i) {
+    Fiber* f = &w->fibers[i];
+    char* top = w->stacks + (size_t)(i + 1) * (kStack + g_page);
+    uint64_t* sp = (uint64_t*)top;
+    *--sp = 0;                              // fake return address of fiber_entry
+    *--sp = (uint64_t)(void*)&fiber_entry;  // popped by ret
+    for (int k = 0; k < 6; k++) *--sp = 0;  // rbp rbx r12-r15
+    f->sp = sp;
+    f->state = F_READY;
+}
+
+// ---------------------------------------------------------------- calls from kernels
+static inline void yield_to_scheduler(Worker* w, Fiber* f) {
+    __emu_switch(&f->sp, w->sched_sp);
+}
+
+extern "C" HIDDEN int __emu_syncthreads(const char* file, int line, int op, int pred) {
+    Worker* w = tw;
+    Fiber* f = w->cur;
+    f->state = F_BAR;
+    f->file = file;
+    f->line = line;
+    f->op = op;
+    f->pred = pred;
+    yield_to_scheduler(w, f);
+    return (int)tw->cur->result;
+}
+
+extern "C" HIDDEN unsigned long long __emu_warp_op(const char* file, int line, int op, unsigned mask,
+                                                   unsigned long long value, int src) {
+    Worker* w = tw;
+    Fiber* f = w->cur;
+    f->state = F_WARP;
+    f->file = file;
+    f->line = line;
+    f->op = op;
+    f->mask = mask;
+    f->value = value;
+    f->src = src;
+    yield_to_scheduler(w, f);
+    return tw->cur->result;
+}
+
+extern "C" HIDDEN unsigned __emu_activemask(void) {
+    Worker* w = tw;
+    Fiber* f = w->cur;
+    unsigned n = w->L->nthreads;
+    unsigned base = f->tid & ~31u, m = 0;
+    for (unsigned l = 0; l < 32 && base + l < n; l++)
+        if (w->fibers[base + l].state != F_DONE) m |= 1u << l;
+    return m;
+}
+
+extern "C" HIDDEN void __emu_trap(const char* file, int line) {
+    Worker* w = tw;
+    set_error(w->L, ERR_TRAP, 0, w->cur, &w->bidx, 0, "__trap() called at %s:%d", file, line);
+    // abandon the launch: jump back to the worker loop
+    siglongjmp(w->jb, 2);
+}
+
+// ---------------------------------------------------------------- scheduler
+static inline unsigned long long splitmix(unsigned long long& s) {
+    unsigned long long z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void make_order(Worker* w, unsigned n, long long block, unsigned pass) {
+    unsigned* p = w->perm;
+    int order = w->L->order;
+    if (order == 1) {
+        for (unsigned i = 0; i < n; i++) p[i] = n - 1 - i;
+    } else {
+        for (unsigned i = 0; i < n; i++) p[i] = i;
+        if (order == 2) {
+            unsigned long long s = w->L->seed * 0x2545F4914F6CDD1Dull ^ ((unsigned long long)block << 20) ^ pass;
+            splitmix(s);
+            for (unsigned i = n - 1; i > 0; i--) {
+                unsigned j = (unsigned)(splitmix(s) % (i + 1));
+                unsigned t = p[i]; p[i] = p[j]; p[j] = t;
+            }
+        }
+    }
+}
+
+static const char* op_name(const Fiber* f) {
+    if (f->state == F_BAR) {
+        switch (f->op) {
+            case 1: return "__syncthreads_count()";
+            case 2: return "__syncthreads_and()";
+            case 3: return "__syncthreads_or()";
+            default: return "__syncthreads()";
+        }
+    }
+    switch (f->op) {
+        case 1: return "__shfl*_sync()";
+        case 2: return "__ballot_sync()";
+        case 3: return "__any_sync()";
+        case 4: return "__all_sync()";
+        default: return "__syncwarp()";
+    }
+}
+
+// Try to release warps whose participating lanes all arrived. Returns true if any released.
+static bool release_warps(Worker* w, unsigned n) {
+    bool any = false;
+    Fiber* F = w->fibers;
+    for (unsigned base = 0; base < n; base += 32) {
+        unsigned cnt = n - base < 32 ? n - base : 32;
+        unsigned arrived = 0, live = 0;
+        for (unsigned l = 0; l < cnt; l++) {
+            int s = F[base + l].state;
+            if (s != F_DONE) live |= 1u << l;
+            if (s == F_WARP) arrived |= 1u << l;
+        }
+        if (!arrived) continue;
+        bool ok = true;
+        for (unsigned l = 0; l < cnt && ok; l++)
+            if (arrived >> l & 1)
+                if ((F[base + l].mask & live) & ~arrived) ok = false;
+        if (!ok) continue;
+        unsigned ballot = 0;
+        for (unsigned l = 0; l < cnt; l++)
+            if ((arrived >> l & 1) && F[base + l].value) ballot |= 1u << l;
+        for (unsigned l = 0; l < cnt; l++) {
+            if (!(arrived >> l & 1)) continue;
+            Fiber* f = &F[base + l];
+            switch (f->op) {
+                case 1: {
+                    int s = f->src;
+                    if (s >= 0 && s < 32 && (arrived >> s & 1)) f->result = F[base + s].value;
+                    else f->result = f->value;
+                    break;
+                }
+                case 2: f->result = ballot & f->mask; break;
+                case 3: f->result = (ballot & f->mask) != 0; break;
+                case 4: f->result = (ballot & f->mask & arrived) == (f->mask & arrived); break;
+                default: f->result = 0;
+            }
+            f->state = F_READY;
+        }
+        any = true;
+    }
+    return any;
+}
+
+static void fmt_tid(char* buf, size_t len, const Fiber* f) {
+    snprintf(buf, len, "(%u,%u,%u)", f->idx.x, f->idx.y, f->idx.z);
+}
+
+// Block barrier release / deadlock diagnosis. Returns 0 = released, -1 = error reported.
+static int release_block(Worker* w, unsigned n) {
+    Fiber* F = w->fibers;
+    Launch* L = w->L;
+    int first_bar = -1, first_warp = -1, first_done = -1, other_site = -1;
+    unsigned nbar = 0, nlive = 0;
+    for (unsigned i = 0; i < n; i++) {
+        Fiber* f = &F[i];
+        if (f->state == F_DONE) { if (first_done < 0) first_done = (int)i; continue; }
+        nlive++;
+        if (f->state == F_BAR) {
+            nbar++;
+            if (first_bar < 0) first_bar = (int)i;
+            else if (other_site < 0 && (F[first_bar].line != f->line || strcmp(F[first_bar].file, f->file) != 0 ||
+                                        F[first_bar].op != f->op))
+                other_site = (int)i;
+        } else if (f->state == F_WARP) {
+            if (first_warp < 0) first_warp = (int)i;
+        }
+    }
+    char a[48], b[48];
+    if (nbar == nlive && other_site < 0 && first_done < 0) {
+        int cnt = 0, all = 1, anyp = 0;
+        for (unsigned i = 0; i < n; i++) { cnt += F[i].pred != 0; all &= F[i].pred != 0; anyp |= F[i].pred != 0; }
+        int op = F[first_bar].op;
+        unsigned long long r = op == 1 ? (unsigned long long)cnt : op == 2 ? all : op == 3 ? anyp : 0;
+        for (unsigned i = 0; i < n; i++) { F[i].result = r; F[i].state = F_READY; }
+        return 0;
+    }
+    if (other_site >= 0) {
+        fmt_tid(a, sizeof a, &F[first_bar]);
+        fmt_tid(b, sizeof b, &F[other_site]);
+        set_error(L, ERR_DEADLOCK, 0, &F[first_bar], &w->bidx, 0,
+                  "divergent barrier: thread %s waits at %s at %s:%d while thread %s waits at %s at %s:%d "
+                  "(every thread of the block must reach the same __syncthreads())",
+                  a, op_name(&F[first_bar]), F[first_bar].file, F[first_bar].line, b, op_name(&F[other_site]),
+                  F[other_site].file, F[other_site].line);
+        return -1;
+    }
+    if (first_bar >= 0 && first_warp < 0 && first_done >= 0) {
+        fmt_tid(a, sizeof a, &F[first_bar]);
+        fmt_tid(b, sizeof b, &F[first_done]);
+        set_error(L, ERR_DEADLOCK, 0, &F[first_bar], &w->bidx, 0,
+                  "divergent barrier: %u thread(s) (first %s) wait at %s at %s:%d but %u thread(s) (first %s) "
+                  "exited without reaching it (e.g. an early return before __syncthreads())",
+                  nbar, a, op_name(&F[first_bar]), F[first_bar].file, F[first_bar].line, n - nlive, b);
+        return -1;
+    }
+    if (first_warp >= 0) {
+        Fiber* f = &F[first_warp];
+        fmt_tid(a, sizeof a, f);
+        unsigned base = f->tid & ~31u;
+        char why[256] = "";
+        for (unsigned l = 0; l < 32 && base + l < n; l++) {
+            Fiber* g = &F[base + l];
+            if ((f->mask >> l & 1) && g->state == F_BAR) {
+                fmt_tid(b, sizeof b, g);
+                snprintf(why, sizeof why, "; lane %u thread %s waits at %s at %s:%d", l, b, op_name(g), g->file, g->line);
+                break;
+            }
+        }
+        set_error(L, ERR_DEADLOCK, 0, f, &w->bidx, 0,
+                  "deadlock: thread %s (warp %u lane %u) waits at %s at %s:%d (mask 0x%08x) for lanes that never "
+                  "arrive%s",
+                  a, f->tid / 32, f->tid % 32, op_name(f), f->file, f->line, f->mask, why);
+        return -1;
+    }
+    set_error(L, ERR_DEADLOCK, 0, nullptr, &w->bidx, 0, "deadlock: no thread can make progress");
+    return -1;
+}
+
+// Runs one block to completion. Returns 0 on success, -1 on error / abort.
+static int run_block(Worker* w, long long b) {
+    Launch* L = w->L;
+    unsigned n = L->nthreads;
+    EmuU3 bi;
+    bi.x = (unsigned)(b % L->grid.x);
+    bi.y = (unsigned)((b / L->grid.x) % L->grid.y);
+    bi.z = (unsigned)(b / ((long long)L->grid.x * L->grid.y));
+    w->bidx = bi;
+    blockIdx = bi;
+    Fiber* F = w->fibers;
+    unsigned bx = L->block.x, by = L->block.y;
+    for (unsigned i = 0; i < n; i++) {
+        Fiber* f = &F[i];
+        f->tid = i;
+        f->idx.x = i % bx;
+        f->idx.y = (i / bx) % by;
+        f->idx.z = i / (bx * by);
+        f->result = 0;
+        init_fiber(w, i);
+    }
+    if (L->checks) {
+        if (L->shmem) memset(w->dyn, 0xff, L->shmem);
+        for (int k = 0; k < L->npoison; k++) memset(w->dyn + L->poison[2 * k], 0xff, (size_t)L->poison[2 * k + 1]);
+    }
+    unsigned live = n;
+    for (unsigned pass = 0;; pass++) {
+        if (pass == 0 && L->order == 0) {
+            for (unsigned i = 0; i < n; i++) w->perm[i] = i;
+        } else {
+            make_order(w, n, b, pass);
+        }
+        for (unsigned k = 0; k < n; k++) {
+            Fiber* f = &F[w->perm[k]];
+            if (f->state != F_READY) continue;
+            if (L->abort.load(std::memory_order_relaxed)) return -1;
+            threadIdx = f->idx;
+            __emu_laneid = f->tid & 31;
+            w->cur = f;
+            w->in_fiber = 1;
+            __emu_switch(&w->sched_sp, f->sp);
+            w->in_fiber = 0;
+            if (f->state == F_DONE) live--;
+        }
+        if (live == 0) return 0;
+        if (release_warps(w, n)) continue;
+        if (release_block(w, n) < 0) return -1;
+    }
+}
+
+// ---------------------------------------------------------------- signals
+static const int kSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
+static struct sigaction g_old[65];
+static std::mutex g_sig_mu;
+static int watchdog_signal() { return SIGRTMIN + 5; }
+
+static void on_signal(int sig, siginfo_t* info, void* uctx) {
+    Worker* w = tw;
+    if (w && w->in_fiber) {
+        w->in_fiber = 0;
+        w->fault_sig = sig;
+        w->fault_addr = info ? info->si_addr : nullptr;
+        siglongjmp(w->jb, 1);
+    }
+    if (sig == watchdog_signal()) return;   // not running kernel code: the scheduler sees `abort`
+    // Not ours: chain to the previous handler.
+    struct sigaction* old = &g_old[sig];
+    if (old->sa_flags & SA_SIGINFO) {
+        if (old->sa_sigaction) { old->sa_sigaction(sig, info, uctx); return; }
+    } else if (old->sa_handler == SIG_IGN) {
+        return;
+    } else if (old->sa_handler != SIG_DFL && old->sa_handler != nullptr) {
+        old->sa_handler(sig);
+        return;
+    }
+    // default action: restore it and return; the faulting instruction re-executes and kills us.
+    signal(sig, SIG_DFL);
+    if (sig != SIGSEGV && sig != SIGBUS && sig != SIGILL && sig != SIGFPE) raise(sig);
+}
+
+static void install_handlers() {
+    std::lock_guard<std::mutex> g(g_sig_mu);
+    int sigs[5] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, watchdog_signal()};
+    for (int sig : sigs) {
+        struct sigaction cur;
+        sigaction(sig, nullptr, &cur);
+        if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_signal) continue;
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = on_signal;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+        sigemptyset(&sa.sa_mask);
+        struct sigaction old;
+        sigaction(sig, &sa, &old);
+        g_old[sig] = old;
+    }
+}
+
+// ---------------------------------------------------------------- workers
+static void describe_fault(Worker* w, char* buf, size_t len) {
+    uintptr_t a = (uintptr_t)w->fault_addr;
+    uintptr_t s0 = (uintptr_t)w->stacks, s1 = s0 + w->stack_cap * (kStack + g_page);
+    const char* sname = w->fault_sig == SIGSEGV ? "SIGSEGV" : w->fault_sig == SIGBUS ? "SIGBUS"
+                      : w->fault_sig == SIGFPE ? "SIGFPE" : w->fault_sig == SIGILL ? "SIGILL" : "signal";
+    if (a >= s0 && a < s1 && (a - s0) % (kStack + g_page) < g_page)
+        snprintf(buf, len, "%s: fiber stack overflow (a CUDA thread used more than %zu KiB of stack) at 0x%lx",
+                 sname, kStack / 1024, (unsigned long)a);
+    else if (w->fault_sig == SIGSEGV && a == 0)
+        snprintf(buf, len, "%s: invalid memory access (address 0 reported: null pointer, or a general-protection "
+                 "fault such as a misaligned vector access)", sname);
+    else
+        snprintf(buf, len, "%s: invalid memory access at address 0x%lx", sname, (unsigned long)a);
+}
+
+static void worker_main(Worker* w) {
+    tw = w;
+    Launch* L = w->L;
+    stack_t ss, old_ss;
+    size_t alt_size = 64 * 1024;
+    ss.ss_sp = malloc(alt_size);
+    ss.ss_size = alt_size;
+    ss.ss_flags = 0;
+    sigaltstack(&ss, &old_ss);
+    blockDim = L->block;
+    gridDim = L->grid;
+    w->dyn = __emu_dyn_smem;
+    w->in_fiber = 0;
+    if (sigsetjmp(w->jb, 1) == 0) {
+        for (;;) {
+            if (L->abort.load()) break;
+            long long b = L->next_block.fetch_add(1);
+            if (b >= L->nblocks) break;
+            if (run_block(w, b) < 0) break;
+        }
+    } else {
+        // came back from a signal handler (fault / watchdog) or __trap()
+        w->in_fiber = 0;
+        if (w->fault_sig == watchdog_signal()) {
+            if (w->cur) {
+                char a[48];
+                fmt_tid(a, sizeof a, w->cur);
+                // the launcher already recorded the watchdog error; add where this thread was
+                std::lock_guard<std::mutex> g(L->mu);
+                if (L->err.kind == ERR_WATCHDOG && L->err.msg[0] == 0) {
+                    L->err.block[0] = w->bidx.x; L->err.block[1] = w->bidx.y; L->err.block[2] = w->bidx.z;
+                    L->err.thread[0] = w->cur->idx.x; L->err.thread[1] = w->cur->idx.y; L->err.thread[2] = w->cur->idx.z;
+                    snprintf(L->err.msg, sizeof L->err.msg, "thread %s of block (%u,%u,%u) was still running",
+                             a, w->bidx.x, w->bidx.y, w->bidx.z);
+                }
+            }
+        } else if (w->fault_sig != 0) {
+            char d[400];
+            describe_fault(w, d, sizeof d);
+            set_error(L, ERR_FAULT, w->fault_sig, w->cur, &w->bidx, (unsigned long long)(uintptr_t)w->fault_addr,
+                      "%s", d);
+        }
+        L->abort.store(1);
+    }
+    w->in_fiber = 0;
+    stack_t dis;
+    memset(&dis, 0, sizeof dis);
+    dis.ss_flags = SS_DISABLE;
+    sigaltstack(&dis, nullptr);
+    free(ss.ss_sp);
+    tw = nullptr;
+    {
+        std::lock_guard<std::mutex> g(L->mu);
+        L->workers_done++;
+        w->running = 0;
+    }
+    L->cv.notify_all();
+}
+
+static void* worker_thread(void* p) {
+    worker_main((Worker*)p);
+    return nullptr;
+}
+
+// ---------------------------------------------------------------- exported API
+EXPORT int gpucnn_emu_launch(void (*tramp)(void**), void** args, const unsigned* grid, const unsigned* block,
+                             unsigned long long shmem, int order, unsigned long long seed, int checks,
+                             double watchdog_s, const long long* poison, int npoison, int max_workers,
+                             EmuErr* err) {
+    memset(err, 0, sizeof *err);
+    unsigned long long nthreads = (unsigned long long)block[0] * block[1] * block[2];
+    long long nblocks = (long long)grid[0] * grid[1] * grid[2];
+    if (nthreads == 0 || nthreads > 1024 || block[2] > 64 || nblocks <= 0 || grid[1] > 65535 || grid[2] > 65535) {
+        err->kind = ERR_LAUNCH;
+        snprintf(err->msg, sizeof err->msg, "invalid launch configuration grid=(%u,%u,%u) block=(%u,%u,%u) "
+                 "(CUDA: 1..1024 threads per block, block.z <= 64, grid.y/z <= 65535)",
+                 grid[0], grid[1], grid[2], block[0], block[1], block[2]);
+        return err->kind;
+    }
+    if (shmem > kDynSmemMax) {
+        err->kind = ERR_LAUNCH;
+        snprintf(err->msg, sizeof err->msg, "dynamic shared memory of %llu bytes exceeds the %zu-byte limit",
+                 shmem, kDynSmemMax);
+        return err->kind;
+    }
+    std::lock_guard<std::mutex> lg(g_launch_mu);
+    g_page = (size_t)sysconf(_SC_PAGESIZE);
+    install_handlers();
+    Launch* L = new Launch();
+    L->tramp = tramp;
+    L->args = args;
+    L->grid = {grid[0], grid[1], grid[2]};
+    L->block = {block[0], block[1], block[2]};
+    L->nthreads = (unsigned)nthreads;
+    L->nblocks = nblocks;
+    L->shmem = shmem;
+    L->order = order;
+    L->seed = seed;
+    L->checks = checks;
+    L->poison = poison;
+    L->npoison = npoison;
+    L->next_block.store(0);
+    L->abort.store(0);
+    L->workers_done = 0;
+    memset(&L->err, 0, sizeof L->err);
+    int nw = max_workers < 1 ? 1 : max_workers > kMaxWorkers ? kMaxWorkers : max_workers;
+    if (nblocks < nw) nw = (int)nblocks;
+    for (int i = 0; i < nw; i++) {
+        if (!ensure_stacks(&g_workers[i], nthreads)) {
+            err->kind = ERR_LAUNCH;
+            snprintf(err->msg, sizeof err->msg, "out of memory allocating fiber stacks");
+            delete L;
+            return err->kind;
+        }
+    }
+    // Block the watchdog signal in the launcher so that it is only delivered to workers.
+    int started = 0;
+    for (int i = 0; i < nw; i++) {
+        Worker* w = &g_workers[i];
+        w->L = L;
+        w->id = i;
+        w->cur = nullptr;
+        w->fault_sig = 0;
+        w->running = 1;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setstacksize(&at, 1 << 20);
+        if (pthread_create(&w->thread, &at, worker_thread, w) != 0) {
+            w->running = 0;
+            pthread_attr_destroy(&at);
+            std::lock_guard<std::mutex> g(L->mu);
+            L->workers_done++;
+            continue;
+        }
+        pthread_attr_destroy(&at);
+        started++;
+    }
+    if (started == 0) {
+        err->kind = ERR_LAUNCH;
+        snprintf(err->msg, sizeof err->msg, "could not start worker threads");
+        delete L;
+        return err->kind;
+    }
+    auto deadline = std::chrono::steady_clock::now() +
+                    std::chrono::microseconds((long long)(watchdog_s > 0 ? watchdog_s * 1e6 : 1e15));
+    {
+        std::unique_lock<std::mutex> lk(L->mu);
+        bool timed_out = false;
+        while (L->workers_done < nw) {
+            if (L->abort.load() || timed_out) {
+                // interrupt workers that are still inside kernel code
+                for (int i = 0; i < nw; i++)
+                    if (g_workers[i].running) pthread_kill(g_workers[i].thread, watchdog_signal());
+                L->cv.wait_for(lk, std::chrono::milliseconds(20));
+                continue;
+            }
+            if (L->cv.wait_until(lk, deadline) == std::cv_status::timeout && L->workers_done < nw) {
+                timed_out = true;
+                if (L->err.kind == ERR_NONE) {
+                    L->err.kind = ERR_WATCHDOG;
+                    L->err.msg[0] = 0;
+                }
+                L->abort.store(1);
+            }
+        }
+    }
+    for (int i = 0; i < nw; i++)
+        if (g_workers[i].L == L) pthread_join(g_workers[i].thread, nullptr);
+    if (L->err.kind == ERR_WATCHDOG && L->err.msg[0] == 0)
+        snprintf(L->err.msg, sizeof L->err.msg, "no running thread identified");
+    *err = L->err;
+    int kind = L->err.kind;
+    for (int i = 0; i < nw; i++) g_workers[i].L = nullptr;
+    delete L;
+    return kind;
+}
+
+// Guarded buffers for checks=True: [PROT_NONE page][canary ... data][PROT_NONE page], the data's
+// end touching the trailing guard page.
+EXPORT void* gpucnn_emu_guard_alloc(unsigned long long nbytes, void** base_out, unsigned long long* total_out) {
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    size_t dpages = (nbytes + pg - 1) / pg;
+    if (dpages == 0) dpages = 1;
+    size_t total = (dpages + 2) * pg;
+    void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return nullptr;
+    mprotect(p, pg, PROT_NONE);
+    mprotect((char*)p + (dpages + 1) * pg, pg, PROT_NONE);
+    char* data = (char*)p + (dpages + 1) * pg - nbytes;
+    memset((char*)p + pg, 0xa5, (size_t)(data - ((char*)p + pg)));
+    *base_out = p;
+    *total_out = total;
+    return data;
+}
+
+EXPORT void gpucnn_emu_guard_free(void* base, unsigned long long total) { munmap(base, total); }
+
+EXPORT unsigned long long gpucnn_emu_dyn_smem_addr(void) { return (unsigned long long)(uintptr_t)__emu_dyn_smem; }
+
+EXPORT int gpucnn_emu_abi_version(void) { return 1; }

@@ -1,0 +1,222 @@
+"""The ``gpucnn`` command line: train, summary, info, kernels, bench."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
+from . import __version__
+
+__all__ = ["main"]
+
+
+def _backend_arg(p):
+    p.add_argument("--backend", choices=("auto", "numpy", "cuda", "emu"), default=None,
+                   help="compute backend (default: $GPUCNN_BACKEND or auto)")
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _shape(text):
+    try:
+        dims = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"--input must be C,H,W with positive ints, got {text!r}")
+    return dims
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(prog="gpucnn", description="A CNN engine: NumPy reference, "
+                                 "hand-written CUDA kernels, and a CPU emulator for them.")
+    ap.add_argument("--version", action="version", version=f"gpucnn {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model on a dataset")
+    t.add_argument("--model", default="lenet5", help="lenet5, alexnet_cifar or alexnet")
+    t.add_argument("--dataset", default="fashion-mnist",
+                   help="fashion-mnist, mnist, kmnist or cifar10")
+    t.add_argument("--epochs", type=_positive_int, default=1)
+    t.add_argument("--batch-size", type=_positive_int, default=128)
+    t.add_argument("--lr", type=float, default=0.05)
+    t.add_argument("--momentum", type=float, default=0.9)
+    t.add_argument("--nesterov", action="store_true")
+    t.add_argument("--weight-decay", type=float, default=0.0)
+    t.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    t.add_argument("--schedule", choices=("constant", "step", "cosine"), default="constant")
+    t.add_argument("--seed", type=int, default=0)
+    _backend_arg(t)
+    t.add_argument("--data-dir", default=None, help="look here first for the dataset files")
+    t.add_argument("--download", action="store_true",
+                   help="download the dataset (SHA-256 checked) when it is not found")
+    t.add_argument("--limit", type=_positive_int, default=None,
+                   help="use only the first N training images (quick runs)")
+    t.add_argument("--test-limit", type=_positive_int, default=None)
+    t.add_argument("--checkpoint", default=None, help="checkpoint file (.npz), written after "
+                   "every epoch and on Ctrl-C")
+    t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    t.add_argument("--metrics-json", default=None)
+    t.add_argument("--plot", default=None, help="write loss/accuracy curves to this PNG")
+    t.add_argument("--no-progress", action="store_true")
+
+    s = sub.add_parser("summary", help="per-layer shapes, parameters, FLOPs, receptive field")
+    s.add_argument("model")
+    s.add_argument("--input", type=_shape, default=None, help="C,H,W (default: the model's)")
+    s.add_argument("--json", default=None)
+
+    i = sub.add_parser("info", help="versions, backend choice, compilers, GPU")
+    _backend_arg(i)
+
+    k = sub.add_parser("kernels", help="compile the CUDA kernels and report resources")
+    k.add_argument("--report", action="store_true", help="print the per-kernel table")
+    k.add_argument("rest", nargs=argparse.REMAINDER)
+
+    b = sub.add_parser("bench", help="throughput benchmarks (see gpucnn bench --help)",
+                       add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    return ap
+
+
+def cmd_train(args):
+    from .train import TrainConfig, TrainingDiverged, train
+    cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
+                      batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                      nesterov=args.nesterov, weight_decay=args.weight_decay,
+                      optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
+                      backend=args.backend, data_dir=args.data_dir, download=args.download,
+                      limit=args.limit, test_limit=args.test_limit, checkpoint=args.checkpoint,
+                      resume=args.resume, metrics_json=args.metrics_json, plot=args.plot,
+                      progress=not args.no_progress)
+    try:
+        m = train(cfg)
+    except KeyboardInterrupt:
+        return 130
+    except TrainingDiverged as exc:
+        print(f"gpucnn train: stopped: {exc}", file=sys.stderr)
+        return 3
+    print(f"test accuracy {m['test_accuracy']:.4f} after {len(m['epochs'])} epoch(s); "
+          f"{m['train_images_per_s']:.0f} train images/s on {m['device']}")
+    return 0
+
+
+def cmd_summary(args):
+    from .models import build_model
+    from .summary import format_summary, summarize
+    model = build_model(args.model, backend="numpy")
+    shape = args.input or model.input_shape
+    rows = summarize(model, shape)
+    print(format_summary(rows, shape))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model, "input": list(shape), "layers": rows}, f, indent=2)
+    return 0
+
+
+def _tool_version(cmd):
+    path = shutil.which(cmd[0])
+    if not path:
+        return "not found"
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{path} (version query failed: {exc})"
+    lines = [l for l in out.splitlines() if l.strip()]
+    return f"{path}: {lines[-1] if lines else '?'}"
+
+
+def info_lines(backend_name=None):
+    import numpy as np
+    from .backends import auto_reason, get_backend
+    lines = [f"gpucnn {__version__}", f"Python {platform.python_version()} ({sys.executable})",
+             f"NumPy {np.__version__}"]
+    try:
+        import cupy
+        lines.append(f"CuPy {cupy.__version__}")
+    except Exception as exc:  # any import failure is informational here
+        lines.append(f"CuPy not available ({type(exc).__name__}: {exc})")
+    if backend_name in (None, "auto"):
+        lines.append(f"backend: {auto_reason()}")
+    else:
+        lines.append(f"backend: {get_backend(backend_name).describe()} (requested)")
+    lines.append(f"g++: {_tool_version(['g++', '--version'])}".split("\n")[0])
+    lines.append(f"nvcc: {_tool_version(['nvcc', '--version'])}")
+    try:
+        from .kernel_report import nvrtc_version_string
+        lines.append(f"NVRTC: {nvrtc_version_string()}")
+    except Exception as exc:
+        lines.append(f"NVRTC: not available ({exc})")
+    try:
+        from .backends.emu import emulator_info
+        lines.append(f"emulator: {emulator_info()}")
+    except Exception as exc:
+        lines.append(f"emulator: not available ({exc})")
+    lines += _nvml_lines()
+    return lines
+
+
+def _nvml_lines():
+    try:
+        import pynvml
+    except ImportError:
+        return ["GPU: NVML not available (pip install nvidia-ml-py)"]
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:
+        return [f"GPU: none found (NVML could not initialise: {exc})"]
+    try:
+        out = [f"NVIDIA driver {pynvml.nvmlSystemGetDriverVersion()}"]
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            out.append(f"GPU {i}: {pynvml.nvmlDeviceGetName(h)}, {mem.total / 2**30:.1f} GiB")
+        return out
+    finally:
+        pynvml.nvmlShutdown()
+
+
+def cmd_info(args):
+    print("\n".join(info_lines(args.backend)))
+    return 0
+
+
+def cmd_kernels(args):
+    from . import kernel_report
+    return kernel_report.main(args.rest)
+
+
+def cmd_bench(args):
+    from .bench.cli import main as bench_main
+    return bench_main(args.rest)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if getattr(args, "backend", None):
+        os.environ["GPUCNN_BACKEND"] = args.backend
+    from .backends import BackendUnavailable
+    from .checkpoint import CheckpointError
+    from .data.errors import DataError
+    try:
+        return {"train": cmd_train, "summary": cmd_summary, "info": cmd_info,
+                "kernels": cmd_kernels, "bench": cmd_bench}[args.command](args)
+    except (BackendUnavailable, CheckpointError, DataError, FileNotFoundError, ValueError,
+            TypeError) as exc:
+        print(f"gpucnn {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

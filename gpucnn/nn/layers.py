@@ -1,0 +1,332 @@
+"""Layers. Each one owns its forward and backward and calls only the backend's functional API."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..backends.base import conv_geometry, pair, pool_geometry
+from .module import Module, Parameter
+
+__all__ = ["Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "ReLU", "Flatten", "Dropout",
+           "LocalResponseNorm", "SoftmaxCrossEntropy"]
+
+
+def _init_weight(rng, shape, fan_in, fan_out, init):
+    if init == "he":  # He et al. 2015: keeps activation variance through ReLUs
+        return rng.normal(0.0, math.sqrt(2.0 / fan_in), shape)
+    if init == "glorot":  # Glorot & Bengio 2010, uniform
+        limit = math.sqrt(6.0 / (fan_in + fan_out))
+        return rng.uniform(-limit, limit, shape)
+    raise ValueError(f"init must be 'he' or 'glorot', got {init!r}")
+
+
+def _check_positive_int(value, name, layer):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{layer}: {name} must be a positive int, got {value!r}")
+
+
+class _WeightLayer(Module):
+    """Shared parameter handling of Conv2d and Linear (weight, optional bias, fused ReLU)."""
+    can_fuse_relu = True
+
+    def _make_params(self, rng, shape, fan_in, fan_out):
+        w = _init_weight(rng, shape, fan_in, fan_out, self.init)
+        self.weight = Parameter(self.B.asarray(w.astype(np.float32)))
+        self.bias = (Parameter(self.B.asarray(np.zeros(shape[0], np.float32)))
+                     if self.use_bias else None)
+
+    def named_parameters(self, prefix=""):
+        out = [(prefix + "weight", self.weight)]
+        if self.bias is not None:
+            out.append((prefix + "bias", self.bias))
+        return out
+
+    def _bias_data(self):
+        return None if self.bias is None else self.bias.data
+
+    def _store_grads(self, dw, db):
+        self.weight.grad = dw
+        if self.bias is not None:
+            self.bias.grad = db
+
+
+class Conv2d(_WeightLayer):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, init="he"):
+        super().__init__()
+        for v, n in ((in_channels, "in_channels"), (out_channels, "out_channels"),
+                     (groups, "groups")):
+            _check_positive_int(v, n, "Conv2d")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} "
+                             f"and out_channels={out_channels}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride, self.padding = pair(stride, "stride"), pair(padding, "padding")
+        self.dilation = pair(dilation, "dilation")
+        self.use_bias, self.init = bool(bias), init
+        # Validate hyperparameters now (a 1x1 probe input of the right size).
+        self.geometry((1, in_channels, *self._min_input()))
+
+    def _min_input(self):
+        return tuple(self.dilation[i] * (self.kernel_size[i] - 1) + 1 for i in range(2))
+
+    def geometry(self, x_shape):
+        return conv_geometry(x_shape, (self.out_channels, self.in_channels // self.groups,
+                                       *self.kernel_size),
+                             self.stride, self.padding, self.dilation, self.groups)
+
+    def bind(self, backend, rng):
+        super().bind(backend, rng)
+        fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        fan_out = self.out_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+        self._make_params(rng, (self.out_channels, self.in_channels // self.groups,
+                                *self.kernel_size), fan_in, fan_out)
+        return self
+
+    def _kw(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups)
+
+    def forward(self, x):
+        self.x = x
+        self.y = self.B.conv2d(x, self.weight.data, self._bias_data(), relu=self.fused_relu,
+                               **self._kw())
+        return self.y
+
+    def backward(self, dy):
+        if self.fused_relu:
+            dy = self.B.relu_backward(dy, self.y)
+        dx, dw, db = self.B.conv2d_backward(dy, self.x, self.weight.data, **self._kw())
+        self._store_grads(dw, db)
+        self.x = self.y = None
+        return dx
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ValueError(f"Conv2d expects a (C, H, W) input, got {in_shape}")
+        g = self.geometry((1, *in_shape))
+        return (g.F, g.Ho, g.Wo)
+
+    def flops(self, in_shape):
+        return self.geometry((1, *in_shape)).flops()
+
+    def receptive(self):
+        return self.dilation[0] * (self.kernel_size[0] - 1) + 1, self.stride[0]
+
+    def __repr__(self):
+        extra = "".join(f", {n}={v}" for n, v, d in (
+            ("stride", self.stride, (1, 1)), ("padding", self.padding, (0, 0)),
+            ("dilation", self.dilation, (1, 1)), ("groups", self.groups, 1)) if v != d)
+        return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size="
+                f"{self.kernel_size}{extra}{', relu fused' if self.fused_relu else ''})")
+
+
+class Linear(_WeightLayer):
+    def __init__(self, in_features, out_features, bias=True, init="he"):
+        super().__init__()
+        _check_positive_int(in_features, "in_features", "Linear")
+        _check_positive_int(out_features, "out_features", "Linear")
+        self.in_features, self.out_features = in_features, out_features
+        self.use_bias, self.init = bool(bias), init
+
+    def bind(self, backend, rng):
+        super().bind(backend, rng)
+        self._make_params(rng, (self.out_features, self.in_features), self.in_features,
+                          self.out_features)
+        return self
+
+    def forward(self, x):
+        self.x = x
+        self.y = self.B.linear(x, self.weight.data, self._bias_data(), relu=self.fused_relu)
+        return self.y
+
+    def backward(self, dy):
+        if self.fused_relu:
+            dy = self.B.relu_backward(dy, self.y)
+        dx, dw, db = self.B.linear_backward(dy, self.x, self.weight.data)
+        self._store_grads(dw, db)
+        self.x = self.y = None
+        return dx
+
+    def output_shape(self, in_shape):
+        if tuple(in_shape) != (self.in_features,):
+            raise ValueError(f"Linear expects ({self.in_features},) input features, got "
+                             f"{tuple(in_shape)}")
+        return (self.out_features,)
+
+    def flops(self, in_shape):
+        return 2 * self.in_features * self.out_features
+
+    def __repr__(self):
+        return (f"Linear({self.in_features}, {self.out_features}"
+                f"{', relu fused' if self.fused_relu else ''})")
+
+
+class _Pool(Module):
+    op = "max_pool2d"
+
+    def __init__(self, kernel_size, stride=None, padding=0):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
+        self.padding = pair(padding, "padding")
+        # Validate now on the smallest input a window fits.
+        pool_geometry((1, 1, *self.kernel_size), self.kernel_size, self.stride, self.padding,
+                      self.op)
+
+    def _args(self):
+        return self.kernel_size, self.stride, self.padding
+
+    def output_shape(self, in_shape):
+        if len(in_shape) != 3:
+            raise ValueError(f"{type(self).__name__} expects a (C, H, W) input, got {in_shape}")
+        g = pool_geometry((1, *in_shape), *self._args(), self.op)
+        return (g.C, g.Ho, g.Wo)
+
+    def flops(self, in_shape):
+        c, h, w = self.output_shape(in_shape)
+        return c * h * w * self.kernel_size[0] * self.kernel_size[1]
+
+    def receptive(self):
+        return self.kernel_size[0], self.stride[0]
+
+    def __repr__(self):
+        return (f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}"
+                f"{', padding=' + str(self.padding) if self.padding != (0, 0) else ''})")
+
+
+class MaxPool2d(_Pool):
+    """Max-pool that keeps the argmax ("switch") of every window for the backward pass."""
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        y, self.switches = self.B.max_pool2d(x, *self._args())
+        return y
+
+    def backward(self, dy):
+        dx = self.B.max_pool2d_backward(dy, self.switches, self.x_shape, *self._args())
+        self.switches = None
+        return dx
+
+
+class AvgPool2d(_Pool):
+    op = "avg_pool2d"
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return self.B.avg_pool2d(x, *self._args())
+
+    def backward(self, dy):
+        return self.B.avg_pool2d_backward(dy, self.x_shape, *self._args())
+
+
+class ReLU(Module):
+    fused_into = None
+
+    def forward(self, x):
+        self.y = self.B.relu(x)
+        return self.y
+
+    def backward(self, dy):
+        dx = self.B.relu_backward(dy, self.y)
+        self.y = None
+        return dx
+
+    def __repr__(self):
+        return "ReLU(fused into the previous layer)" if self.fused_into is not None else "ReLU()"
+
+
+class Flatten(Module):
+    """(N, C, H, W) -> (N, C*H*W); a view, no copy."""
+
+    def forward(self, x):
+        self.x_shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dy):
+        return dy.reshape(self.x_shape)
+
+    def output_shape(self, in_shape):
+        return (int(np.prod(in_shape)),)
+
+
+class Dropout(Module):
+    """Inverted dropout. The mask comes from a counter-based hash of (seed, element index), so
+    it is the same on every backend; the seed advances with every training forward pass and is
+    part of the checkpoint, so a resumed run draws the same masks."""
+
+    def __init__(self, p=0.5, seed=0):
+        super().__init__()
+        if not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p!r}")
+        self.p, self.seed, self.calls = float(p), int(seed), 0
+
+    def bind(self, backend, rng):
+        super().bind(backend, rng)
+        self.seed = int(rng.integers(0, 2**31))
+        return self
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self.mask = None
+            return x
+        seed = (self.seed + 0x9E3779B9 * self.calls) & 0xFFFFFFFF
+        self.calls += 1
+        y, self.mask = self.B.dropout(x, self.p, seed)
+        return y
+
+    def backward(self, dy):
+        return dy if self.mask is None else self.B.dropout_backward(dy, self.mask)
+
+    def extra_state(self):
+        return {"seed": self.seed, "calls": self.calls}
+
+    def load_extra_state(self, state):
+        self.seed, self.calls = int(state["seed"]), int(state["calls"])
+
+    def __repr__(self):
+        return f"Dropout(p={self.p})"
+
+
+class LocalResponseNorm(Module):
+    """Cross-channel LRN (AlexNet): b = a / (k + alpha/size * sum a^2)^beta."""
+
+    def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0):
+        super().__init__()
+        _check_positive_int(size, "size", "LocalResponseNorm")
+        self.args = (int(size), float(alpha), float(beta), float(k))
+
+    def forward(self, x):
+        self.x = x
+        self.y, self.scale = self.B.local_response_norm(x, *self.args)
+        return self.y
+
+    def backward(self, dy):
+        dx = self.B.local_response_norm_backward(dy, self.x, self.y, self.scale, *self.args)
+        self.x = self.y = self.scale = None
+        return dx
+
+    def flops(self, in_shape):
+        return int(np.prod(in_shape)) * (self.args[0] + 4)
+
+    def __repr__(self):
+        return "LocalResponseNorm(size={}, alpha={}, beta={}, k={})".format(*self.args)
+
+
+class SoftmaxCrossEntropy(Module):
+    """Mean softmax cross-entropy; ``forward(logits, labels)`` returns the loss as a 0-d
+    backend array (read it with ``float(B.to_numpy(loss))`` only when you need it)."""
+
+    def bind(self, backend, rng=None):
+        return super().bind(backend, rng)
+
+    def forward(self, logits, labels):
+        self.labels = labels
+        loss, self.probs = self.B.softmax_cross_entropy(logits, labels)
+        return loss
+
+    def backward(self, dloss=1.0):
+        d = self.B.softmax_cross_entropy_backward(self.probs, self.labels)
+        return d if dloss == 1.0 else d * dloss

@@ -1,0 +1,161 @@
+"""Module, Parameter and Sequential: the small core of the layer graph.
+
+Every layer owns its forward and backward (Chainer's function-object style): ``forward`` keeps
+what ``backward`` needs, ``backward(dy)`` returns dx and *overwrites* each parameter's ``grad``.
+All arrays live on the module's backend; nothing is copied to the host.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backends import get_backend
+
+__all__ = ["Parameter", "Module", "Sequential"]
+
+
+class Parameter:
+    """A trainable array and its gradient, both on the backend."""
+
+    def __init__(self, data):
+        self.data = data
+        self.grad = None
+
+    @property
+    def shape(self):
+        return tuple(self.data.shape)
+
+    @property
+    def size(self):
+        return int(np.prod(self.shape))
+
+
+class Module:
+    training = True
+    fused_relu = False  # set by Sequential when a following ReLU is folded into this layer
+
+    def __init__(self):
+        self.B = None
+
+    # -- backend and parameters ----------------------------------------------------------------
+    def bind(self, backend, rng):
+        """Attach to a backend and create parameters (host-side init with ``rng``)."""
+        self.B = get_backend(backend)
+        return self
+
+    def named_parameters(self, prefix=""):
+        return [(prefix + n, p) for n, p in vars(self).items() if isinstance(p, Parameter)]
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def extra_state(self):
+        """JSON-able state besides parameters (e.g. dropout's call counter)."""
+        return {}
+
+    def load_extra_state(self, state):
+        pass
+
+    # -- modes -------------------------------------------------------------------------------------
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    # -- shape bookkeeping for summaries ----------------------------------------------------------
+    def output_shape(self, in_shape):
+        """(C, H, W) or (features,) for one sample; raises on an invalid input shape."""
+        return in_shape
+
+    def flops(self, in_shape):
+        """Forward FLOPs for one sample (a multiply-add counts 2)."""
+        return 0
+
+    def receptive(self):
+        """(kernel extent, stride) along H for receptive-field arithmetic."""
+        return 1, 1
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def __repr__(self):
+        return type(self).__name__ + "()"
+
+
+class Sequential(Module):
+    """Layers applied in order. A Conv2d or Linear directly followed by ReLU is fused: the
+    producer computes bias + ReLU in one pass and the ReLU layer is skipped."""
+
+    def __init__(self, *layers):
+        super().__init__()
+        self.layers = list(layers)
+        for a, b in zip(self.layers, self.layers[1:]):
+            if getattr(a, "can_fuse_relu", False) and type(b).__name__ == "ReLU":
+                a.fused_relu = True
+                b.fused_into = a
+
+    def bind(self, backend, rng):
+        self.B = get_backend(backend)
+        for layer in self.layers:
+            layer.bind(self.B, rng)
+        return self
+
+    def named_parameters(self, prefix=""):
+        out = []
+        for i, layer in enumerate(self.layers):
+            out += layer.named_parameters(f"{prefix}{i}.")
+        return out
+
+    def extra_state(self):
+        return {str(i): s for i, l in enumerate(self.layers) if (s := l.extra_state())}
+
+    def load_extra_state(self, state):
+        for i, layer in enumerate(self.layers):
+            if str(i) in state:
+                layer.load_extra_state(state[str(i)])
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        for layer in self.layers:
+            layer.train(mode)
+        return self
+
+    def forward(self, x):
+        for layer in self.layers:
+            if getattr(layer, "fused_into", None) is None:
+                x = layer.forward(x)
+        return x
+
+    def backward(self, dy):
+        for layer in reversed(self.layers):
+            if getattr(layer, "fused_into", None) is None:
+                dy = layer.backward(dy)
+        return dy
+
+    def output_shape(self, in_shape):
+        for layer in self.layers:
+            in_shape = layer.output_shape(in_shape)
+        return in_shape
+
+    def state_dict(self):
+        """Parameters as host NumPy arrays, keyed '<layer index>.<name>'."""
+        return {n: self.B.to_numpy(p.data) for n, p in self.named_parameters()}
+
+    def load_state_dict(self, arrays):
+        params = dict(self.named_parameters())
+        missing = sorted(set(params) - set(arrays))
+        unexpected = sorted(set(arrays) - set(params))
+        if missing or unexpected:
+            raise ValueError(f"state dict does not fit this model: missing {missing}, "
+                             f"unexpected {unexpected}")
+        for name, p in params.items():
+            a = np.asarray(arrays[name])
+            if a.shape != p.shape:
+                raise ValueError(f"state dict entry {name!r} has shape {a.shape}, the model "
+                                 f"expects {p.shape}")
+            p.data = self.B.asarray(a.astype(np.float32))
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({i}) {l!r}" for i, l in enumerate(self.layers))
+        return f"Sequential(\n{inner}\n)"

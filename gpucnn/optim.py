@@ -1,0 +1,139 @@
+"""Optimisers (SGD with momentum/Nesterov/weight decay, Adam) and learning-rate schedules.
+
+The update itself is a backend call (one fused kernel per parameter on the GPU); the optimiser
+only keeps per-parameter state arrays on the same backend.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["SGD", "Adam", "ConstantLR", "StepLR", "CosineLR", "make_schedule"]
+
+
+def _check_nonneg(value, name, opt):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{opt}: {name} must be a finite number >= 0, got {value!r}")
+
+
+class _Optimizer:
+    state_names: tuple = ()
+
+    def __init__(self, params, lr):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError(f"{type(self).__name__}: no parameters to optimise")
+        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+            raise ValueError(f"{type(self).__name__}: lr must be a finite number > 0, got {lr!r}")
+        self.lr = float(lr)
+        self.steps = 0
+        self.state = {n: [self._B.zeros(p.shape, np.float32) for p in self.params]
+                      for n in self.state_names}
+
+    def zero_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    def state_dict(self, B):
+        arrays = {f"{n}.{i}": B.to_numpy(a) for n, lst in self.state.items()
+                  for i, a in enumerate(lst)}
+        return arrays, {"type": type(self).__name__, "lr": self.lr, "steps": self.steps}
+
+    def load_state_dict(self, B, arrays, meta):
+        if meta.get("type") != type(self).__name__:
+            raise ValueError(f"optimizer state is for {meta.get('type')!r}, not "
+                             f"{type(self).__name__}")
+        for n, lst in self.state.items():
+            for i, a in enumerate(lst):
+                key = f"{n}.{i}"
+                if key not in arrays or arrays[key].shape != a.shape:
+                    raise ValueError(f"optimizer state {key!r} is missing or has the wrong shape")
+                lst[i] = B.asarray(arrays[key].astype(np.float32))
+        self.lr, self.steps = float(meta["lr"]), int(meta["steps"])
+
+
+class SGD(_Optimizer):
+    state_names = ("velocity",)
+
+    def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, backend=None):
+        from .backends import get_backend
+        self._B = get_backend(backend)
+        _check_nonneg(momentum, "momentum", "SGD")
+        _check_nonneg(weight_decay, "weight_decay", "SGD")
+        if nesterov and momentum <= 0:
+            raise ValueError("SGD: nesterov=True needs momentum > 0")
+        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+        super().__init__(params, lr)
+
+    def step(self):
+        self.steps += 1
+        for p, v in zip(self.params, self.state["velocity"]):
+            self._B.sgd_update(p.data, p.grad, v, self.lr, self.momentum, self.weight_decay,
+                               self.nesterov)
+
+
+class Adam(_Optimizer):
+    state_names = ("m", "v")
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 backend=None):
+        from .backends import get_backend
+        self._B = get_backend(backend)
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"Adam: betas must lie in [0, 1), got {betas!r}")
+        _check_nonneg(eps, "eps", "Adam")
+        _check_nonneg(weight_decay, "weight_decay", "Adam")
+        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        super().__init__(params, lr)
+
+    def step(self):
+        self.steps += 1
+        for p, m, v in zip(self.params, self.state["m"], self.state["v"]):
+            self._B.adam_update(p.data, p.grad, m, v, self.lr, *self.betas, self.eps,
+                                self.weight_decay, self.steps)
+
+
+class ConstantLR:
+    def __init__(self, base_lr):
+        self.base_lr = base_lr
+
+    def lr_at(self, epoch):
+        return self.base_lr
+
+
+class StepLR(ConstantLR):
+    """lr = base * gamma ** (epoch // step_size)."""
+
+    def __init__(self, base_lr, step_size, gamma=0.1):
+        super().__init__(base_lr)
+        if step_size < 1:
+            raise ValueError(f"StepLR: step_size must be >= 1, got {step_size}")
+        self.step_size, self.gamma = step_size, gamma
+
+    def lr_at(self, epoch):
+        return self.base_lr * self.gamma ** (epoch // self.step_size)
+
+
+class CosineLR(ConstantLR):
+    """Cosine annealing from base_lr at epoch 0 to min_lr at epoch ``total``."""
+
+    def __init__(self, base_lr, total, min_lr=0.0):
+        super().__init__(base_lr)
+        if total < 1:
+            raise ValueError(f"CosineLR: total must be >= 1, got {total}")
+        self.total, self.min_lr = total, min_lr
+
+    def lr_at(self, epoch):
+        t = min(epoch, self.total) / self.total
+        return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * t))
+
+
+def make_schedule(name, base_lr, epochs, step_size=None, gamma=0.1):
+    if name in (None, "constant"):
+        return ConstantLR(base_lr)
+    if name == "step":
+        return StepLR(base_lr, step_size or max(1, epochs // 3), gamma)
+    if name == "cosine":
+        return CosineLR(base_lr, max(1, epochs))
+    raise ValueError(f"lr schedule must be constant, step or cosine; got {name!r}")

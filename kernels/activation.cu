@@ -1,0 +1,54 @@
+// Elementwise activations: ReLU and (inverted) dropout, float32, any shape (flat index).
+// Grid-stride loops; the launches are in gpucnn/backends/device_misc.py.
+
+// y = max(x, 0); a NaN input stays NaN (as in PyTorch and np.maximum).
+extern "C" __global__ void relu_forward(const float* x, float* y, int n)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        float v = x[i];
+        y[i] = (v < 0.0f) ? 0.0f : v;
+    }
+}
+
+// dx = dy where the ReLU's output y > 0, else 0.
+extern "C" __global__ void relu_backward(const float* dy, const float* y, float* dx, int n)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        dx[i] = (y[i] > 0.0f) ? dy[i] : 0.0f;
+    }
+}
+
+// The counter-based hash of base.dropout_hash, bit for bit: a 32-bit hash of (seed, index)
+// with the 'lowbias32' finaliser. Unsigned arithmetic wraps mod 2^32 as NumPy's uint32 does.
+__device__ __forceinline__ unsigned int dropout_hash32(unsigned int seed, unsigned int index)
+{
+    unsigned int x = index * 0x9E3779B1u + seed * 0x85EBCA77u;
+    x ^= x >> 16;
+    x *= 0x7FEB352Du;
+    x ^= x >> 15;
+    x *= 0x846CA68Bu;
+    x ^= x >> 16;
+    return x;
+}
+
+// Element i is kept iff (hash(seed, i) >> 8) >= threshold (base.dropout_threshold: round(p *
+// 2^24)); mask = keep_scale (1 / (1 - p), rounded to float32 on the host) or 0; y = x * mask.
+extern "C" __global__ void dropout_forward(
+    const float* x, float* y, float* mask, int n,
+    unsigned int seed, unsigned int threshold, float keep_scale)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        unsigned int h = dropout_hash32(seed, (unsigned int)i);
+        float m = ((h >> 8) >= threshold) ? keep_scale : 0.0f;
+        mask[i] = m;
+        y[i] = x[i] * m;
+    }
+}
+
+// dx = dy * mask.
+extern "C" __global__ void dropout_backward(const float* dy, const float* mask, float* dx, int n)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+        dx[i] = dy[i] * mask[i];
+    }
+}

@@ -1,0 +1,117 @@
+// Softmax cross-entropy over logits (N, K) float32 with int32 labels (N,).
+//
+// Forward, two launches (gpucnn/backends/device_misc.py):
+//   softmax_xent_forward  one block per row (block-stride over rows): the row's probabilities
+//                         and its loss log(sum exp(z - max)) - (z[label] - max);
+//   softmax_xent_mean     one block: the mean of the row losses.
+// Both reduce with a fixed-shape tree in shared memory, so the loss is deterministic (no
+// atomics). A label outside [0, K) cannot raise on the device: its row's loss, and so the mean,
+// is NaN, and its row of the gradient is NaN.
+
+#define XENT_THREADS 128  // blockDim.x of both reduction kernels (device_misc.XENT_THREADS)
+
+__device__ __forceinline__ float xent_nan()
+{
+    return __int_as_float(0x7fc00000);
+}
+
+// Every thread of the block passes its value; every thread gets the block's maximum.
+// All threads must call it (it contains barriers); buf holds XENT_THREADS floats.
+__device__ __forceinline__ float xent_block_max(float* buf, float value)
+{
+    int tid = threadIdx.x;
+    buf[tid] = value;
+    __syncthreads();
+    for (int half = XENT_THREADS / 2; half > 0; half /= 2) {
+        if (tid < half) {
+            buf[tid] = fmaxf(buf[tid], buf[tid + half]);
+        }
+        __syncthreads();
+    }
+    float result = buf[0];
+    __syncthreads();  // buf may be reused as soon as this returns
+    return result;
+}
+
+// As xent_block_max, for the sum.
+__device__ __forceinline__ float xent_block_sum(float* buf, float value)
+{
+    int tid = threadIdx.x;
+    buf[tid] = value;
+    __syncthreads();
+    for (int half = XENT_THREADS / 2; half > 0; half /= 2) {
+        if (tid < half) {
+            buf[tid] = buf[tid] + buf[tid + half];
+        }
+        __syncthreads();
+    }
+    float result = buf[0];
+    __syncthreads();
+    return result;
+}
+
+// probs[r, :] = softmax(logits[r, :]); row_loss[r] = -log(probs[r, labels[r]]), computed
+// from the max-subtracted logits so large logits neither overflow nor lose the loss.
+extern "C" __global__ void softmax_xent_forward(
+    const float* logits, const int* labels, float* probs, float* row_loss, int N, int K)
+{
+    __shared__ float buf[XENT_THREADS];
+    int tid = threadIdx.x;
+    for (int row = blockIdx.x; row < N; row += gridDim.x) {
+        const float* z = logits + row * K;
+        float* p = probs + row * K;
+
+        float row_max = __int_as_float(0xff800000);  // -inf
+        for (int k = tid; k < K; k += XENT_THREADS) {
+            row_max = fmaxf(row_max, z[k]);
+        }
+        row_max = xent_block_max(buf, row_max);
+
+        // Each thread keeps exp(z - max) in the entries it owns, then divides them.
+        float sum = 0.0f;
+        for (int k = tid; k < K; k += XENT_THREADS) {
+            float e = expf(z[k] - row_max);
+            p[k] = e;
+            sum += e;
+        }
+        sum = xent_block_sum(buf, sum);
+        for (int k = tid; k < K; k += XENT_THREADS) {
+            p[k] = p[k] / sum;
+        }
+
+        if (tid == 0) {
+            int label = labels[row];
+            row_loss[row] = (label >= 0 && label < K) ? logf(sum) - (z[label] - row_max)
+                                                       : xent_nan();
+        }
+    }
+}
+
+// loss[0] = mean of row_loss[0..N). Launch with exactly one block.
+extern "C" __global__ void softmax_xent_mean(const float* row_loss, float* loss, int N)
+{
+    __shared__ float buf[XENT_THREADS];
+    float sum = 0.0f;
+    for (int r = threadIdx.x; r < N; r += XENT_THREADS) {
+        sum += row_loss[r];
+    }
+    sum = xent_block_sum(buf, sum);
+    if (threadIdx.x == 0) {
+        loss[0] = sum / (float)N;
+    }
+}
+
+// dlogits[r, k] = (probs[r, k] - (k == labels[r])) / N: the gradient of the mean loss.
+extern "C" __global__ void softmax_xent_backward(
+    const float* probs, const int* labels, float* dlogits, int N, int K)
+{
+    int total = N * K;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
+         i += blockDim.x * gridDim.x) {
+        int row = i / K;
+        int k = i % K;
+        int label = labels[row];
+        float onehot = (k == label) ? 1.0f : 0.0f;
+        dlogits[i] = (label >= 0 && label < K) ? (probs[i] - onehot) / (float)N : xent_nan();
+    }
+}

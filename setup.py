@@ -1,0 +1,27 @@
+"""gpucnn: the top-level kernels/ folder ships inside the package as gpucnn.kernels."""
+from setuptools import setup
+
+setup(
+    name="gpucnn",
+    version="0.1.0",
+    description="A CNN engine: NumPy reference, hand-written CUDA C kernels via CuPy, and a "
+                "CPU emulator that runs the same kernels",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["gpucnn", "gpucnn.backends", "gpucnn.backends.emu", "gpucnn.nn", "gpucnn.data",
+              "gpucnn.bench", "gpucnn.kernels"],
+    package_dir={"gpucnn.kernels": "kernels"},
+    package_data={"gpucnn.kernels": ["*.cu", "*.cuh"],
+                  "gpucnn.backends.emu": ["*.h", "*.cpp", "*.S"]},
+    install_requires=["numpy>=1.24", "tqdm>=4.60", "platformdirs>=3"],
+    extras_require={
+        "cuda12": ["cupy-cuda12x>=13", "nvidia-ml-py>=12"],
+        "cuda13": ["cupy-cuda13x>=13", "nvidia-ml-py>=12"],
+        "plot": ["matplotlib>=3.6"],
+        "test": ["pytest>=7", "matplotlib>=3.6", "nvidia-ml-py>=12",
+                 "nvidia-cuda-nvrtc-cu12>=12.0"],
+        "bench": ["matplotlib>=3.6", "nvidia-ml-py>=12", "threadpoolctl>=3"],
+    },
+    entry_points={"console_scripts": ["gpucnn=gpucnn.cli:main"]},
+)

@@ -1,0 +1,105 @@
+"""Training loop, exact resume, divergence stop, and the CLI, on real Fashion-MNIST."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from gpucnn.checkpoint import CheckpointError
+from gpucnn.cli import main
+from gpucnn.train import TrainConfig, Trainer, TrainingDiverged, train
+
+def _cfg(tmp_path, **kw):
+    base = dict(model="lenet5", dataset="fashion-mnist", epochs=2, batch_size=64, lr=0.05,
+                backend="numpy", limit=640, test_limit=256, progress=False,
+                checkpoint=str(tmp_path / "ck.npz"))
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _params(trainer):
+    return {n: p.data.copy() for n, p in trainer.model.named_parameters()}
+
+
+def test_resume_after_interrupt_is_exact(tmp_path):
+    straight = Trainer(_cfg(tmp_path, checkpoint=None))
+    straight.fit()
+
+    cfg = _cfg(tmp_path)
+    first = Trainer(cfg)
+
+    def interrupt(tr):
+        if tr.epoch == 1 and tr.batch_in_epoch == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(on_step=interrupt)
+    assert os.path.exists(cfg.checkpoint)
+
+    cfg.resume = True
+    resumed = Trainer(cfg)
+    resumed.load(cfg.checkpoint)
+    assert (resumed.epoch, resumed.batch_in_epoch) == (1, 4)
+    resumed.fit()
+    a, b = _params(straight), _params(resumed)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    assert resumed.history[-1]["train_loss"] == straight.history[-1]["train_loss"]
+
+
+def test_nan_input_stops_training_clearly(tmp_path):
+    tr = Trainer(_cfg(tmp_path, epochs=1))
+    tr.train_x[::7] = np.nan
+    with pytest.raises(TrainingDiverged, match="loss became nan .* check the input data"):
+        tr.fit()
+    assert not os.path.exists(tr.cfg.checkpoint)
+
+
+def test_resume_rejects_foreign_checkpoint(tmp_path):
+    path = tmp_path / "ck.npz"
+    path.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError):
+        train(_cfg(tmp_path, resume=True))
+    with pytest.raises(ValueError, match="--resume needs --checkpoint"):
+        train(_cfg(tmp_path, resume=True, checkpoint=None))
+
+
+def test_cli_train_summary_and_errors(tmp_path, capsys):
+    metrics = tmp_path / "m.json"
+    rc = main(["train", "--model", "lenet5", "--dataset", "fashion-mnist", "--epochs", "1",
+               "--limit", "512", "--test-limit", "256", "--backend", "numpy", "--no-progress",
+               "--metrics-json", str(metrics), "--plot", str(tmp_path / "p.png")])
+    assert rc == 0
+    m = json.loads(metrics.read_text())
+    assert m["backend"] == "numpy" and len(m["epochs"]) == 1
+    assert 0.0 <= m["test_accuracy"] <= 1.0 and m["train_images_per_s"] > 0
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert main(["summary", "alexnet"]) == 0
+    out = capsys.readouterr().out
+    assert "96x55x55" in out and "34,944" in out
+    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path),
+                 "--backend", "numpy", "--model", "alexnet", "--limit", "8",
+                 "--no-progress"]) == 2
+    assert "takes inputs of shape" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--epochs", "0"])
+    assert main(["info", "--backend", "numpy"]) == 0
+    assert "NumPy" in capsys.readouterr().out
+
+
+def test_lenet5_one_epoch_fashion_mnist_reaches_84_percent(tmp_path):
+    """The issue's acceptance run: one epoch, full data, NumPy backend."""
+    m = train(TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=1, batch_size=128,
+                          lr=0.05, momentum=0.9, backend="numpy", progress=False,
+                          metrics_json=str(tmp_path / "m.json")))
+    print(f"one epoch: test accuracy {m['test_accuracy']:.4f}, "
+          f"{m['train_images_per_s']:.0f} images/s")
+    assert m["test_accuracy"] >= 0.84
+
+
+@pytest.mark.slow
+def test_lenet5_five_epochs_fashion_mnist_reaches_88_percent(tmp_path):
+    m = train(TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=5, batch_size=128,
+                          lr=0.05, momentum=0.9, backend="numpy", progress=False))
+    print("per epoch:", [round(r["test_accuracy"], 4) for r in m["epochs"]])
+    assert m["test_accuracy"] >= 0.88
