@@ -1,4 +1,6 @@
 """gpucnn: the top-level kernels/ folder ships inside the package as gpucnn.kernels."""
+from pathlib import Path
+
 from setuptools import setup
 
 setup(
@@ -6,7 +8,7 @@ setup(
     version="0.1.0",
     description="A CNN engine: NumPy reference, hand-written CUDA C kernels via CuPy, and a "
                 "CPU emulator that runs the same kernels",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["gpucnn", "gpucnn.backends", "gpucnn.backends.emu", "gpucnn.nn", "gpucnn.data",

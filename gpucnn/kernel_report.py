@@ -68,7 +68,8 @@ from pathlib import Path
 
 __all__ = [
     "ARCHS", "ArchLimits", "CompileResult", "KernelDecl", "KernelStats", "Occupancy", "Record",
-    "ToolchainUnavailable", "Nvrtc", "find_nvrtc", "find_nvcc", "nvcc_version",
+    "ToolchainUnavailable", "Nvrtc", "find_nvrtc", "get_nvrtc", "nvrtc_version_string",
+    "find_nvcc", "nvcc_version",
     "compile_nvrtc", "compile_nvcc", "parse_ptxas_log", "parse_diagnostics",
     "parse_kernel_decls", "occupancy", "register_fit_limit", "evaluate", "collect",
     "gate_failures", "render_table", "report_dict", "main",
@@ -345,8 +346,8 @@ _IDENT = re.compile(r"[A-Za-z_]\w*")
 
 
 def _find_global_functions(code, macros=None):
-    """``[(name, offset, launch_bounds_or_None, extern_c)]`` for each ``__global__`` function
-    in comment-stripped ``code``."""
+    """``[(name, offset, launch_bounds_or_None, extern_c, params_end_offset)]`` for each
+    ``__global__`` function in comment-stripped ``code``."""
     found = []
     blocks = []                       # extern "C" { ... } spans
     for m in re.finditer(r'extern\s+"C"\s*\{', code):
@@ -383,6 +384,7 @@ def _find_global_functions(code, macros=None):
                 continue
             if code.startswith("(", j):
                 name = word
+                params_end = _match_paren(code, j)
                 break
             i = im.end()
         if name:
@@ -390,7 +392,7 @@ def _find_global_functions(code, macros=None):
                              code.rfind("{", 0, m.start())) + 1
             extern_c = (bool(re.search(r'extern\s+"C"', code[stmt_start:m.start()]))
                         or any(a <= m.start() < b for a, b in blocks))
-            found.append((name, m.start(), lb, extern_c))
+            found.append((name, m.start(), lb, extern_c, params_end))
     return found
 
 
@@ -420,7 +422,7 @@ def parse_kernel_decls(text, file=""):
         else:
             annots[ln] = values
     decls = {}
-    for name, off, lb, extern_c in _find_global_functions(code, macros):
+    for name, off, lb, extern_c, params_end in _find_global_functions(code, macros):
         line = code.count("\n", 0, off) + 1
         values = dict(defaults)
         # The declaration's own line, then the comment block right above it (blank lines,
@@ -436,8 +438,8 @@ def parse_kernel_decls(text, file=""):
                 ln -= 1
                 continue
             break
-        # annotations on the declaration line(s), up to the opening parenthesis
-        for k in range(line, min(len(lines), line + 2) + 1):
+        # annotations on the declaration's own lines (up to its closing parenthesis)
+        for k in range(line, code.count("\n", 0, params_end) + 2):
             if k in annots:
                 near = near | annots[k]
         values.update(near)
@@ -677,6 +679,16 @@ class Nvrtc:
 
     def __init__(self, path=None):
         self.path = path or find_nvrtc()
+        # NVRTC dlopen()s libnvrtc-builtins by soname; some wheels (CUDA 13) lack an $ORIGIN
+        # runpath, so load the builtins next to the library first (already-loaded sonames
+        # satisfy the later dlopen).
+        folder = os.path.dirname(os.path.abspath(self.path))
+        for b in sorted(glob.glob(os.path.join(folder, "libnvrtc-builtins.so*"))):
+            if ".alt." not in os.path.basename(b):
+                try:
+                    ctypes.CDLL(b, mode=ctypes.RTLD_GLOBAL)
+                except OSError:
+                    pass
         try:
             self.lib = ctypes.CDLL(self.path)
         except OSError as exc:
@@ -774,6 +786,12 @@ def get_nvrtc(path=None):
         if path not in _nvrtc_cache:
             _nvrtc_cache[path] = Nvrtc(path)
         return _nvrtc_cache[path]
+
+
+def nvrtc_version_string():
+    """``"12.9 (/path/to/libnvrtc.so.12)"``; raises :class:`ToolchainUnavailable`."""
+    nv = get_nvrtc()
+    return "%d.%d (%s)" % (*nv.version(), nv.path)
 
 
 def find_nvcc():

@@ -88,7 +88,7 @@ def test_gemm_accumulate(device_backend, rng):
     M, N, K = 20, 67, 33
     a, b, ref = _operands(rng, M, N, K, True, False)
     c0 = randn(rng, M, N)
-    out = B.asarray(c0)
+    out = B.asarray(c0.copy())  # asarray may return c0 itself (emu)
     B.gemm(*dev(B, a, b), trans_a=True, out=out, beta=1.0)
     (out,) = host(B, out)
     assert_close(out, ref + c0, TOL, "gemm with beta=1")
@@ -214,6 +214,22 @@ def test_conv2d_backward(device_backend, numpy_backend, rng, case):
         assert_close(out, ref, tol, f"conv2d_backward {case} {name}")
 
 
+@pytest.mark.parametrize("case", ["groups3_stride2", "1x1_groups"])
+def test_conv2d_backward_partial(device_backend, numpy_backend, rng, case):
+    """need_dx=False / need_dw=False skip those gradients (None) and leave the others exact."""
+    B = device_backend
+    x, w, _, kw, _ = _conv_inputs(rng, case, bias=False)
+    dy = randn(rng, *numpy_backend.conv2d(x, w, **kw).shape)
+    refs = numpy_backend.conv2d_backward(*f64(dy, x, w), **kw)
+    dx, dw, db = B.conv2d_backward(*dev(B, dy, x, w), **kw, need_dx=False)
+    assert dx is None
+    assert_close(B.to_numpy(dw), refs[1], TOL, "dw without dx")
+    assert_close(B.to_numpy(db), refs[2], TOL, "db without dx")
+    dx, dw, db = B.conv2d_backward(*dev(B, dy, x, w), **kw, need_dw=False)
+    assert dw is None and db is None
+    assert_close(B.to_numpy(dx), refs[0], TOL, "dx without dw")
+
+
 @pytest.mark.parametrize("case", ["pad", "groups3_stride2", "1x1"])
 def test_conv_chunked_workspace(device_backend, rng, monkeypatch, case):
     """A tiny workspace (one image per chunk) and a split/unsplit dW reduction give the same
@@ -258,6 +274,33 @@ def test_conv_chunk_plan_and_workspace_reuse(device_backend, rng, monkeypatch):
     B.conv2d(x[:1].copy(), w, padding=1)
     B.conv2d_backward(B.conv2d(x, w, padding=1), x, w, padding=1)
     assert B._conv_ws is buf
+
+
+def test_matmul_path(device_backend, numpy_backend, rng, monkeypatch):
+    """The use_cublas comparison path (xp.matmul for every GEMM; on emu xp is NumPy, so the
+    same code runs through np.matmul here) gives the same results."""
+    B = device_backend
+    monkeypatch.setattr(B, "_use_cublas", lambda: True)
+    monkeypatch.setattr(B, "workspace_bytes", 1)  # chunked: dW accumulates over chunks
+    for case in ("groups3_stride2", "1x1_groups"):
+        x, w, b, kw, relu = _conv_inputs(rng, case)
+        ref = numpy_backend.conv2d(*f64(x, w, b), **kw, relu=relu)
+        assert_close(B.to_numpy(B.conv2d(*dev(B, x, w, b), **kw, relu=relu)), ref, TOL, case)
+        dy = randn(rng, *ref.shape)
+        refs = numpy_backend.conv2d_backward(*f64(dy, x, w), **kw)
+        for out, r in zip(host(B, *B.conv2d_backward(*dev(B, dy, x, w), **kw)), refs):
+            assert_close(out, r, TOL, f"{case} backward (matmul path)")
+    a, bm, ref = _operands(rng, 9, 14, 5, True, False)
+    bias = randn(rng, 9)
+    out = B.gemm(*dev(B, a, bm), trans_a=True, bias=B.asarray(bias), bias_axis=0, relu=True)
+    assert_close(B.to_numpy(out), np.maximum(ref + bias[:, None], 0), TOL, "gemm (matmul path)")
+    c0 = randn(rng, 9, 14)
+    out = B.asarray(c0.copy())
+    B.gemm(*dev(B, a, bm), trans_a=True, out=out, beta=1.0)
+    assert_close(B.to_numpy(out), ref + c0, TOL, "gemm beta=1 (matmul path)")
+    x, w, b = randn(rng, 4, 6), randn(rng, 3, 6), randn(rng, 3)
+    assert_close(B.to_numpy(B.linear(*dev(B, x, w, b))),
+                 numpy_backend.linear(*f64(x, w, b)), TOL, "linear (matmul path)")
 
 
 # ---- fully connected ----------------------------------------------------------------------------

@@ -176,6 +176,17 @@ def test_softmax_cross_entropy_is_deterministic(device_backend, rng):
     assert first.tobytes() == second.tobytes()
 
 
+def test_softmax_cross_entropy_bad_label_is_nan(device_backend, rng):
+    """A label outside [0, K) cannot raise on the device: its row poisons loss and gradient."""
+    B = device_backend
+    logits = dev(B, randn(rng, 3, 4))
+    labels = dev(B, np.array([1, 4, 0], np.int32))
+    loss, probs = B.softmax_cross_entropy(logits, labels)
+    assert np.isnan(host(B, loss))
+    dlogits = host(B, B.softmax_cross_entropy_backward(probs, labels))
+    assert np.isnan(dlogits[1]).all() and np.isfinite(dlogits[[0, 2]]).all()
+
+
 # ---- local response normalisation ----------------------------------------------------------
 LRN_CASES = [
     ((2, 7, 3, 4), 5, 1e-4, 0.75, 2.0),  # AlexNet's constants

@@ -249,13 +249,17 @@ class Backend:
             self._check(b, "b", 1, shape=(g.F,))
         return self._conv2d(x, w, b, g, bool(relu))
 
-    def conv2d_backward(self, dy, x, w, stride=1, padding=0, dilation=1, groups=1):
-        """Gradients (dx, dw, db) of conv2d with respect to its input, weight and bias."""
+    def conv2d_backward(self, dy, x, w, stride=1, padding=0, dilation=1, groups=1,
+                        need_dx=True, need_dw=True):
+        """Gradients (dx, dw, db) of conv2d with respect to its input, weight and bias.
+
+        ``need_dx=False`` skips the input gradient (a network's first layer needs none) and
+        ``need_dw=False`` the weight and bias gradients; skipped ones are returned as None."""
         self._check(x, "x", 4)
         self._check(w, "w", 4)
         g = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
         self._check(dy, "dy", 4, shape=g.y_shape)
-        return self._conv2d_backward(dy, x, w, g)
+        return self._conv2d_backward(dy, x, w, g, bool(need_dx), bool(need_dw))
 
     # ---- pooling --------------------------------------------------------------------------
     def max_pool2d(self, x, kernel_size, stride=None, padding=0):

@@ -171,14 +171,19 @@ class ConvKernels:
         elif out.shape != (M, N) or not out.flags.c_contiguous:
             raise ValueError(f"gemm: out must be a C-contiguous ({M}, {N}) array")
         if self._use_cublas():
-            r = xp.matmul(a.T if trans_a else a, b.T if trans_b else b)
+            op_a, op_b = (a.T if trans_a else a), (b.T if trans_b else b)
+            if beta == 0.0:
+                r = xp.matmul(op_a, op_b, out=out)
+            else:
+                r = xp.matmul(op_a, op_b)
             if bias is not None:
                 r += bias[:, None] if bias_axis == 0 else bias[None, :]
             if beta != 0.0:
                 r += np.float32(beta) * out
             if relu:
                 xp.maximum(r, 0, out=r)
-            out[...] = r
+            if r is not out:
+                out[...] = r
             return out
         if M == 0 or N == 0:
             return out
@@ -204,9 +209,9 @@ class ConvKernels:
         direct = (g.kh == 1 and g.kw == 1 and g.sh == 1 and g.sw == 1 and g.ph == 0
                   and g.pw == 0)
         if direct:
-            return True, g.N
+            return True, min(g.N, _GRID_YZ_MAX)  # images are grid z of the GEMMs
         per_image = g.C * g.kh * g.kw * g.Ho * g.Wo * 4
-        return False, max(1, min(g.N, int(self.workspace_bytes) // per_image))
+        return False, max(1, min(g.N, _GRID_YZ_MAX, int(self.workspace_bytes) // per_image))
 
     def _im2col(self, xs, g, nb):
         """cols of images xs (nb of them) in the shared workspace: (nb, G*K*P) floats."""
@@ -260,59 +265,73 @@ class ConvKernels:
         per = ceil_div(nb, split)
         return ceil_div(nb, per), per  # no empty parts
 
-    def _conv2d_backward(self, dy, x, w, g):
+    def _conv2d_backward(self, dy, x, w, g, need_dx=True, need_dw=True):
         xp = self.xp
-        dx = self.empty(g.x_shape, np.float32)
-        dw = self.empty(g.w_shape, np.float32)
-        db = self.empty((g.F,), np.float32)
+        dx = self.empty(g.x_shape, np.float32) if need_dx else None
+        dw = self.empty(g.w_shape, np.float32) if need_dw else None
+        db = self.empty((g.F,), np.float32) if need_dw else None
         P, K, G, Fg, F = g.Ho * g.Wo, g.K, g.groups, g.Fg, g.F
-        self._launch_bias_grad_nchw(dy, db, g.N, F, P)
+        if need_dw:
+            self._launch_bias_grad_nchw(dy, db, g.N, F, P)
+        if not (need_dx or need_dw):
+            return dx, dw, db
         direct, step = self._conv_plan(g)
         cublas = self._use_cublas()
         for n0 in range(0, g.N, step):
             n1 = min(g.N, n0 + step)
             nb = n1 - n0
-            beta = 0.0 if n0 == 0 else 1.0
             dys = dy[n0:n1]
-            cols = x[n0:n1] if direct else self._im2col(x[n0:n1], g, nb)
-            # dW_g (+)= sum_n dY[n, g] (Fg x P) @ cols[n, g]^T (P x K)
-            if cublas:
-                d4 = dys.reshape(nb, G, Fg, P).transpose(1, 2, 0, 3).reshape(G, Fg, nb * P)
-                c4 = cols.reshape(nb, G, K, P).transpose(1, 0, 3, 2).reshape(G, nb * P, K)
-                part = xp.matmul(d4, c4).reshape(g.w_shape)
-                if beta:
-                    dw += part
+            if need_dw:
+                beta = 0.0 if n0 == 0 else 1.0
+                cols = x[n0:n1] if direct else self._im2col(x[n0:n1], g, nb)
+                self._conv_dw(dys, cols, dw, g, nb, beta, cublas)
+            if need_dx:
+                # dcols[n, g] = W_g^T (K x Fg) @ dY[n, g] (Fg x P), then col2im into dx. The
+                # column workspace is free again (the dW GEMM above has consumed cols).
+                if direct:
+                    dcols = dx[n0:n1]
                 else:
-                    dw[...] = part
-            else:
-                split, per = self._dw_split(g, nb)
-                if split == 1:
-                    target, c_z = dw, 0
+                    dcols = self._workspace("_conv_ws", nb * g.C * g.kh * g.kw * P)
+                if cublas:
+                    out = xp.matmul(w.reshape(G, Fg, K).transpose(0, 2, 1),
+                                    dys.reshape(nb, G, Fg, P))
+                    dcols.reshape(out.shape)[...] = out
                 else:
-                    target, c_z = self._workspace("_conv_parts", split * F * K), F * K
-                self._sgemm(dys, cols, target, Fg, K, P, lda=P, ldb=P, ldc=K, trans_b=True,
-                            batch_y=G, batch_z=split, a_y=Fg * P, a_z=per * F * P, a_r=F * P,
-                            b_y=K * P, b_z=per * G * K * P, b_r=G * K * P, c_y=Fg * K,
-                            c_z=c_z, red_per_z=per, red_total=nb,
-                            beta=beta if split == 1 else 0.0)
-                if split > 1:
-                    self._launch_grid_stride("sgemm_sum_partials", F * K, target, dw,
-                                             _i32(F * K, "F*K"), np.int32(split),
-                                             _i32(F * K, "F*K"), np.float32(beta))
-            # dcols[n, g] = W_g^T (K x Fg) @ dY[n, g] (Fg x P); then col2im into dx.
-            dcols = dx[n0:n1] if direct else cols  # cols is no longer needed: reuse it
-            if cublas:
-                out = xp.matmul(w.reshape(G, Fg, K).transpose(0, 2, 1),
-                                dys.reshape(nb, G, Fg, P))
-                dcols.reshape(out.shape)[...] = out
-            else:
-                self._sgemm(w, dys, dcols, K, P, Fg, lda=K, ldb=P, ldc=P, trans_a=True,
-                            batch_y=G, batch_z=nb, a_y=Fg * K, b_y=Fg * P, b_z=F * P,
-                            c_y=K * P, c_z=G * K * P)
-            if not direct:
-                self._launch_grid_stride("col2im", nb * g.C * g.H * g.W, dcols, dx[n0:n1],
-                                         *self._geom_args(g, nb))
+                    self._sgemm(w, dys, dcols, K, P, Fg, lda=K, ldb=P, ldc=P, trans_a=True,
+                                batch_y=G, batch_z=nb, a_y=Fg * K, b_y=Fg * P, b_z=F * P,
+                                c_y=K * P, c_z=G * K * P)
+                if not direct:
+                    self._launch_grid_stride("col2im", nb * g.C * g.H * g.W, dcols, dx[n0:n1],
+                                             *self._geom_args(g, nb))
         return dx, dw, db
+
+    def _conv_dw(self, dys, cols, dw, g, nb, beta, cublas):
+        """dW_g (+)= sum_n dY[n, g] (Fg x P) @ cols[n, g]^T (P x K) over a chunk of nb
+        images; beta 0 overwrites dw (first chunk), 1 accumulates."""
+        P, K, G, Fg, F = g.Ho * g.Wo, g.K, g.groups, g.Fg, g.F
+        if cublas:
+            xp = self.xp
+            d4 = dys.reshape(nb, G, Fg, P).transpose(1, 2, 0, 3).reshape(G, Fg, nb * P)
+            c4 = cols.reshape(nb, G, K, P).transpose(1, 0, 3, 2).reshape(G, nb * P, K)
+            part = xp.matmul(d4, c4).reshape(g.w_shape)
+            if beta:
+                dw += part
+            else:
+                dw[...] = part
+            return
+        split, per = self._dw_split(g, nb)
+        if split == 1:
+            target, c_z = dw, 0
+        else:
+            target, c_z = self._workspace("_conv_parts", split * F * K), F * K
+        self._sgemm(dys, cols, target, Fg, K, P, lda=P, ldb=P, ldc=K, trans_b=True,
+                    batch_y=G, batch_z=split, a_y=Fg * P, a_z=per * F * P, a_r=F * P,
+                    b_y=K * P, b_z=per * G * K * P, b_r=G * K * P, c_y=Fg * K, c_z=c_z,
+                    red_per_z=per, red_total=nb, beta=beta if split == 1 else 0.0)
+        if split > 1:
+            self._launch_grid_stride("sgemm_sum_partials", F * K, target, dw,
+                                     _i32(F * K, "F*K"), np.int32(split), _i32(F * K, "F*K"),
+                                     np.float32(beta))
 
     # ---- fully connected -------------------------------------------------------------------
     def _linear(self, x, w, b, relu):

@@ -28,7 +28,8 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["Param", "parse_kernels", "check_launch_args", "strip_comments", "C_TYPES"]
+__all__ = ["Param", "parse_kernels", "parse_launch_bounds", "check_launch_args", "strip_comments",
+           "C_TYPES"]
 
 # Base C type (qualifiers removed, whitespace normalised) -> NumPy dtype.
 C_TYPES = {
@@ -174,10 +175,37 @@ def _parse_param(kernel, index, text):
 
 def parse_kernels(source_text: str) -> dict:
     """``{kernel_name: [Param, ...]}`` for every ``__global__`` function definition."""
+    return {name: params for name, params, _ in _scan_kernels(source_text)}
+
+
+_DEFINE_RE = re.compile(r"(?m)^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+\(?\s*(\d+)[uU]?\s*\)?[ \t]*$")
+
+
+def parse_launch_bounds(source_text: str) -> dict:
+    """``{kernel_name: max_threads_per_block}`` for kernels declared with
+    ``__launch_bounds__(N, ...)`` where N is an integer literal or an object-like ``#define`` of
+    one (other expressions are skipped). CUDA refuses a launch with more threads per block."""
+    defines = {m.group(1): int(m.group(2)) for m in _DEFINE_RE.finditer(strip_comments(source_text))}
+    out = {}
+    for name, _, bounds in _scan_kernels(source_text):
+        if bounds is None:
+            continue
+        first = bounds.split(",")[0].strip()
+        while first.startswith("(") and first.endswith(")"):
+            first = first[1:-1].strip()
+        if re.fullmatch(r"\d+[uU]?", first):
+            out[name] = int(first.rstrip("uU"))
+        elif first in defines:
+            out[name] = defines[first]
+    return out
+
+
+def _scan_kernels(source_text: str):
     text = strip_comments(source_text)
     # Drop preprocessor lines (#define bodies could contain "__global__").
     text = re.sub(r"(?m)^[ \t]*#(?:[^\n]*\\\n)*[^\n]*", "", text)
     kernels = {}
+    result = []
     for m in _GLOBAL_RE.finditer(text):
         i = m.end()
         # Find the function name: identifier directly before the first '(' that is not an
@@ -185,10 +213,18 @@ def parse_kernels(source_text: str) -> dict:
         head = text[i:i + 2000]
         j = 0
         name = None
+        bounds = None
+        # __launch_bounds__ may also come before __global__
+        lb = re.search(r"__launch_bounds__\s*\(([^()]*)\)\s*$", text[max(0, m.start() - 300):m.start()])
+        if lb:
+            bounds = lb.group(1)
         while j < len(head):
             am = _ATTR_RE.match(head, j) if head[j].isalpha() or head[j] == "_" else None
             if am:
-                j = _skip_parens(head, am.end() - 1)
+                end_attr = _skip_parens(head, am.end() - 1)
+                if am.group(1) == "__launch_bounds__":
+                    bounds = head[am.end():end_attr - 1]
+                j = end_attr
                 continue
             if head[j] == "(":
                 nm = re.search(r"([A-Za-z_]\w*)\s*$", head[:j])
@@ -223,7 +259,8 @@ def parse_kernels(source_text: str) -> dict:
         if name in kernels:
             raise ValueError(f"kernel {name} is defined twice")
         kernels[name] = params
-    return kernels
+        result.append((name, params, bounds))
+    return result
 
 
 def _describe(a):

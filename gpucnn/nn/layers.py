@@ -29,6 +29,7 @@ def _check_positive_int(value, name, layer):
 class _WeightLayer(Module):
     """Shared parameter handling of Conv2d and Linear (weight, optional bias, fused ReLU)."""
     can_fuse_relu = True
+    needs_input_grad = True  # Sequential clears it on a first layer: nothing consumes its dx
 
     def _make_params(self, rng, shape, fan_in, fan_out):
         w = _init_weight(rng, shape, fan_in, fan_out, self.init)
@@ -98,7 +99,8 @@ class Conv2d(_WeightLayer):
     def backward(self, dy):
         if self.fused_relu:
             dy = self.B.relu_backward(dy, self.y)
-        dx, dw, db = self.B.conv2d_backward(dy, self.x, self.weight.data, **self._kw())
+        dx, dw, db = self.B.conv2d_backward(dy, self.x, self.weight.data, **self._kw(),
+                                            need_dx=self.needs_input_grad)
         self._store_grads(dw, db)
         self.x = self.y = None
         return dx

@@ -94,6 +94,8 @@ class Sequential(Module):
             if getattr(a, "can_fuse_relu", False) and type(b).__name__ == "ReLU":
                 a.fused_relu = True
                 b.fused_into = a
+        if self.layers and hasattr(self.layers[0], "needs_input_grad"):
+            self.layers[0].needs_input_grad = False
 
     def bind(self, backend, rng):
         self.B = get_backend(backend)

@@ -59,12 +59,15 @@ __EMU_INL int3 make_int3(int x, int y, int z) { return int3{x, y, z}; }
 __EMU_INL int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
 __EMU_INL uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return uint3{x, y, z}; }
 
-// Per-OS-thread "current CUDA thread" state, written by the scheduler at each switch.
-extern __thread uint3 threadIdx __attribute__((visibility("hidden")));
-extern __thread uint3 blockIdx __attribute__((visibility("hidden")));
-extern __thread dim3 blockDim __attribute__((visibility("hidden")));
-extern __thread dim3 gridDim __attribute__((visibility("hidden")));
-extern __thread unsigned int __emu_laneid __attribute__((visibility("hidden")));
+// Per-OS-thread "current CUDA thread" state, written by the scheduler at each switch. One
+// thread-local struct, so a kernel pays for one thread-local address lookup, not four.
+struct __emu_ctx_t { uint3 threadIdx, blockIdx, blockDim, gridDim; unsigned int laneid; };
+extern __thread __emu_ctx_t __emu_ctx __attribute__((visibility("hidden")));
+#define threadIdx (__emu_ctx.threadIdx)
+#define blockIdx (__emu_ctx.blockIdx)
+#define blockDim (__emu_ctx.blockDim)
+#define gridDim (__emu_ctx.gridDim)
+#define __emu_laneid (__emu_ctx.laneid)
 constexpr int warpSize = 32;
 
 // ---- runtime entry points (emu_runtime.cpp) ----
@@ -155,6 +158,8 @@ template <class T> __EMU_INL T __emu_shfl_xor(const char* f, int l, unsigned mas
 #define __any_sync(mask, p) ((int)__emu_warp_op(__FILE__, __LINE__, __EMU_WARP_ANY, mask, (p) != 0, 0))
 #define __all_sync(mask, p) ((int)__emu_warp_op(__FILE__, __LINE__, __EMU_WARP_ALL, mask, (p) != 0, 0))
 
+__EMU_INL float __int_as_float_emu(int i) { float f; __builtin_memcpy(&f, &i, 4); return f; }
+__EMU_INL int __float_as_int_emu(float f) { int i; __builtin_memcpy(&i, &f, 4); return i; }
 // ---- atomics (real atomics: blocks run on several OS threads) ----
 #define __EMU_ATOMIC_INT(T) \
     __EMU_INL T atomicAdd(T* a, T v) { return __atomic_fetch_add(a, v, __ATOMIC_RELAXED); } \
@@ -183,7 +188,7 @@ template <class F, class I> __EMU_INL F __emu_atomic_fadd(F* a, F v) {
 }
 __EMU_INL float atomicAdd(float* a, float v) { return __emu_atomic_fadd<float, unsigned int>(a, v); }
 __EMU_INL double atomicAdd(double* a, double v) { return __emu_atomic_fadd<double, unsigned long long>(a, v); }
-__EMU_INL float atomicExch(float* a, float v) { return __atomic_exchange_n(a, v, __ATOMIC_RELAXED); }
+__EMU_INL float atomicExch(float* a, float v) { return __int_as_float_emu(__atomic_exchange_n((int*)a, __float_as_int_emu(v), __ATOMIC_RELAXED)); }
 __EMU_INL unsigned int atomicInc(unsigned int* a, unsigned int lim) {
     unsigned o = __atomic_load_n(a, __ATOMIC_RELAXED), n;
     do { n = (o >= lim) ? 0 : o + 1; } while (!__atomic_compare_exchange_n(a, &o, n, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED));
@@ -200,7 +205,6 @@ template <class T> __EMU_INL void __stcs(T* p, T v) { *p = v; }
 
 // ---- math: libm (C linkage, as glibc declares them) plus CUDA-only intrinsics ----
 extern "C" {
-#define __EMU_M1(f) float f(float) noexcept; double f##__d(double) noexcept __asm__(#f "_d_unused");
 float expf(float) noexcept; float exp2f(float) noexcept; float expm1f(float) noexcept;
 float logf(float) noexcept; float log2f(float) noexcept; float log10f(float) noexcept; float log1pf(float) noexcept;
 float sqrtf(float) noexcept; float cbrtf(float) noexcept; float powf(float, float) noexcept;
@@ -220,7 +224,6 @@ double tanh(double) noexcept; double log1p(double) noexcept; double expm1(double
 double sin(double) noexcept; double cos(double) noexcept; double round(double) noexcept; double trunc(double) noexcept;
 double exp2(double) noexcept; double log2(double) noexcept; double copysign(double, double) noexcept;
 int printf(const char*, ...);
-#undef __EMU_M1
 }
 // Float overloads CUDA provides in the global namespace (exp(float) etc. are float in CUDA).
 __EMU_INL float exp(float x) { return expf(x); }

@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <csetjmp>
 #include <csignal>
+#include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -20,6 +21,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 #include <thread>
+#include <time.h>
 #include <unistd.h>
 
 #define HIDDEN __attribute__((visibility("hidden")))
@@ -28,12 +30,14 @@
 struct EmuU3 { unsigned x, y, z; };
 
 // The per-OS-thread "current CUDA thread" variables the kernels read (see cuda_emu.h).
+struct EmuCtx { EmuU3 threadIdx, blockIdx, blockDim, gridDim; unsigned laneid; };   // = __emu_ctx_t
 extern "C" {
-HIDDEN __thread EmuU3 threadIdx;
-HIDDEN __thread EmuU3 blockIdx;
-HIDDEN __thread EmuU3 blockDim;
-HIDDEN __thread EmuU3 gridDim;
-HIDDEN __thread unsigned __emu_laneid;
+HIDDEN __thread EmuCtx __emu_ctx;
+#define threadIdx (__emu_ctx.threadIdx)
+#define blockIdx (__emu_ctx.blockIdx)
+#define blockDim (__emu_ctx.blockDim)
+#define gridDim (__emu_ctx.gridDim)
+#define __emu_laneid (__emu_ctx.laneid)
 // Dynamic shared memory (extern __shared__): defined in the module's generated assembly TU,
 // where every extern __shared__ name is a label at this address.
 extern HIDDEN __thread unsigned char __emu_dyn_smem[];
@@ -69,7 +73,7 @@ __emu_switch:
 
 // ---------------------------------------------------------------- data structures
 enum { F_READY = 0, F_BAR = 1, F_WARP = 2, F_DONE = 3 };
-enum { ERR_NONE = 0, ERR_FAULT = 1, ERR_DEADLOCK = 2, ERR_WATCHDOG = 3, ERR_TRAP = 4, ERR_LAUNCH = 5 };
+enum { ERR_NONE = 0, ERR_FAULT = 1, ERR_DEADLOCK = 2, ERR_WATCHDOG = 3, ERR_TRAP = 4, ERR_LAUNCH = 5, ERR_SMEM = 6 };
 
 struct Fiber {
     void* sp;
@@ -83,6 +87,7 @@ struct Fiber {
     unsigned mask;
     unsigned long long value, result;
     int src;
+    unsigned slot;       // stack slot
 };
 
 struct EmuErr {          // mirrored by ctypes in __init__.py
@@ -119,6 +124,10 @@ struct Worker {
     int id;
     Fiber* fibers;
     unsigned* perm;
+    unsigned* free_slots;
+    unsigned nfree;
+    unsigned pos;              // position in perm of the thread running now
+    unsigned live;             // threads of the block not finished
     char* stacks;              // pool: per fiber [guard page][stack]
     size_t stack_cap;          // fibers the pool holds
     void* sched_sp;
@@ -128,6 +137,8 @@ struct Worker {
     void* fault_addr;
     sigjmp_buf jb;
     pthread_t thread;
+    pthread_t self;            // set by the worker itself while it runs
+    volatile sig_atomic_t has_self;
     volatile int running;
     EmuU3 bidx;
     unsigned char* dyn;
@@ -135,7 +146,7 @@ struct Worker {
 
 static const size_t kStack = 64 * 1024;
 static size_t g_page = 4096;
-static __thread Worker* tw;
+static __thread Worker* __emu_tw;
 static std::mutex g_launch_mu;
 static Worker g_workers[2];
 static const int kMaxWorkers = 2;
@@ -163,14 +174,39 @@ static void set_error(Launch* L, int kind, int signo, const Fiber* f, const EmuU
 
 // ---------------------------------------------------------------- fibers
 static void fiber_entry() __attribute__((noreturn));
+// A fiber runs its thread; when the thread returns and the next thread in this pass's order has
+// not started yet, that thread runs on the same stack right away (no switch to the scheduler
+// and back): kernels without barriers cost one call per CUDA thread, not two switches.
 static void fiber_entry() {
-    Worker* w = tw;
-    w->L->tramp(w->L->args);
-    w = tw;
-    Fiber* f = w->cur;
-    f->state = F_DONE;
-    __emu_switch(&f->sp, w->sched_sp);
-    __builtin_trap();
+    Worker* w = __emu_tw;
+    Launch* L = w->L;
+    for (;;) {
+        L->tramp(L->args);
+        w = __emu_tw;
+        Fiber* f = w->cur;
+        f->state = F_DONE;
+        w->live--;
+        Fiber* next = nullptr;
+        if (!L->abort.load(std::memory_order_relaxed)) {
+            unsigned n = L->nthreads;
+            for (unsigned p = w->pos + 1; p < n; p++) {
+                Fiber* g = &w->fibers[w->perm[p]];
+                if (g->state != F_READY) continue;
+                if (!g->sp) { next = g; w->pos = p; }
+                break;
+            }
+        }
+        if (!next) {
+            __emu_switch(&f->sp, w->sched_sp);
+            __builtin_trap();
+        }
+        next->slot = f->slot;
+        f->slot = ~0u;
+        next->sp = (void*)1;   // started (its real sp is stored when it yields)
+        threadIdx = next->idx;
+        __emu_laneid = next->tid & 31;
+        w->cur = next;
+    }
 }
 
 static bool ensure_stacks(Worker* w, size_t n) {
@@ -181,6 +217,7 @@ static bool ensure_stacks(Worker* w, size_t n) {
     if (w->stacks) munmap(w->stacks, w->stack_cap * slot);
     free(w->fibers);
     free(w->perm);
+    free(w->free_slots);
     w->stacks = nullptr;
     w->stack_cap = 0;
     void* p = mmap(nullptr, cap * slot, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -190,18 +227,21 @@ static bool ensure_stacks(Worker* w, size_t n) {
     w->stack_cap = cap;
     w->fibers = (Fiber*)calloc(cap, sizeof(Fiber));
     w->perm = (unsigned*)calloc(cap, sizeof(unsigned));
-    return w->fibers && w->perm;
+    w->free_slots = (unsigned*)calloc(cap, sizeof(unsigned));
+    return w->fibers && w->perm && w->free_slots;
 }
 
-static inline void init_fiber(Worker* w, unsigned i) {
-    Fiber* f = &w->fibers[i];
-    char* top = w->stacks + (size_t)(i + 1) * (kStack + g_page);
+// Stacks are taken from a free list when a thread starts and returned when it finishes, so
+// threads that never wait at a barrier all run on the same (cache-hot) stack.
+static inline void init_fiber(Worker* w, Fiber* f) {
+    unsigned slot = w->free_slots[--w->nfree];
+    f->slot = slot;
+    char* top = w->stacks + (size_t)(slot + 1) * (kStack + g_page);
     uint64_t* sp = (uint64_t*)top;
     *--sp = 0;                              // fake return address of fiber_entry
     *--sp = (uint64_t)(void*)&fiber_entry;  // popped by ret
     for (int k = 0; k < 6; k++) *--sp = 0;  // rbp rbx r12-r15
     f->sp = sp;
-    f->state = F_READY;
 }
 
 // ---------------------------------------------------------------- calls from kernels
@@ -210,7 +250,7 @@ static inline void yield_to_scheduler(Worker* w, Fiber* f) {
 }
 
 extern "C" HIDDEN int __emu_syncthreads(const char* file, int line, int op, int pred) {
-    Worker* w = tw;
+    Worker* w = __emu_tw;
     Fiber* f = w->cur;
     f->state = F_BAR;
     f->file = file;
@@ -218,12 +258,12 @@ extern "C" HIDDEN int __emu_syncthreads(const char* file, int line, int op, int 
     f->op = op;
     f->pred = pred;
     yield_to_scheduler(w, f);
-    return (int)tw->cur->result;
+    return (int)__emu_tw->cur->result;
 }
 
 extern "C" HIDDEN unsigned long long __emu_warp_op(const char* file, int line, int op, unsigned mask,
                                                    unsigned long long value, int src) {
-    Worker* w = tw;
+    Worker* w = __emu_tw;
     Fiber* f = w->cur;
     f->state = F_WARP;
     f->file = file;
@@ -233,11 +273,11 @@ extern "C" HIDDEN unsigned long long __emu_warp_op(const char* file, int line, i
     f->value = value;
     f->src = src;
     yield_to_scheduler(w, f);
-    return tw->cur->result;
+    return __emu_tw->cur->result;
 }
 
 extern "C" HIDDEN unsigned __emu_activemask(void) {
-    Worker* w = tw;
+    Worker* w = __emu_tw;
     Fiber* f = w->cur;
     unsigned n = w->L->nthreads;
     unsigned base = f->tid & ~31u, m = 0;
@@ -247,7 +287,7 @@ extern "C" HIDDEN unsigned __emu_activemask(void) {
 }
 
 extern "C" HIDDEN void __emu_trap(const char* file, int line) {
-    Worker* w = tw;
+    Worker* w = __emu_tw;
     set_error(w->L, ERR_TRAP, 0, w->cur, &w->bidx, 0, "__trap() called at %s:%d", file, line);
     // abandon the launch: jump back to the worker loop
     siglongjmp(w->jb, 2);
@@ -415,6 +455,13 @@ static int release_block(Worker* w, unsigned n) {
     return -1;
 }
 
+// checks: bit 0 = checks on, bit 1 = the module uses extern __shared__ (poison + overflow check of
+// the dynamic shared memory up to shared_mem + 4 KiB).
+static inline size_t dyn_check_end(const Launch* L) {
+    size_t e = L->shmem + 4096;
+    return e < kDynSmemMax ? e : kDynSmemMax;
+}
+
 // Runs one block to completion. Returns 0 on success, -1 on error / abort.
 static int run_block(Worker* w, long long b) {
     Launch* L = w->L;
@@ -434,32 +481,53 @@ static int run_block(Worker* w, long long b) {
         f->idx.y = (i / bx) % by;
         f->idx.z = i / (bx * by);
         f->result = 0;
-        init_fiber(w, i);
+        f->sp = nullptr;
+        f->state = F_READY;
     }
+    w->nfree = n;
+    for (unsigned i = 0; i < n; i++) w->free_slots[i] = n - 1 - i;
     if (L->checks) {
-        if (L->shmem) memset(w->dyn, 0xff, L->shmem);
+        if (L->checks & 2) memset(w->dyn, 0xff, dyn_check_end(L));
         for (int k = 0; k < L->npoison; k++) memset(w->dyn + L->poison[2 * k], 0xff, (size_t)L->poison[2 * k + 1]);
     }
-    unsigned live = n;
+    w->live = n;
     for (unsigned pass = 0;; pass++) {
         if (pass == 0 && L->order == 0) {
             for (unsigned i = 0; i < n; i++) w->perm[i] = i;
         } else {
             make_order(w, n, b, pass);
         }
-        for (unsigned k = 0; k < n; k++) {
-            Fiber* f = &F[w->perm[k]];
+        for (w->pos = 0; w->pos < n; w->pos++) {
+            Fiber* f = &F[w->perm[w->pos]];
             if (f->state != F_READY) continue;
             if (L->abort.load(std::memory_order_relaxed)) return -1;
             threadIdx = f->idx;
             __emu_laneid = f->tid & 31;
             w->cur = f;
+            if (!f->sp) init_fiber(w, f);
             w->in_fiber = 1;
             __emu_switch(&w->sched_sp, f->sp);
             w->in_fiber = 0;
-            if (f->state == F_DONE) live--;
+            f = w->cur;   // a chain of threads may have run on that stack
+            if (f->state == F_DONE) w->free_slots[w->nfree++] = f->slot;
         }
-        if (live == 0) return 0;
+        if (w->live == 0) {
+            if (L->checks & 2) {
+                // dynamic shared memory just beyond shared_mem must still hold the poison
+                const unsigned char* d = w->dyn;
+                size_t end = dyn_check_end(L);
+                for (size_t k = L->shmem; k < end; k++) {
+                    if (d[k] != 0xff) {
+                        set_error(L, ERR_SMEM, 0, nullptr, &w->bidx, k,
+                                  "out-of-bounds write to dynamic shared memory (extern __shared__): byte offset "
+                                  "%zu was written but the launch has shared_mem=%zu bytes",
+                                  k, L->shmem);
+                        return -1;
+                    }
+                }
+            }
+            return 0;
+        }
         if (release_warps(w, n)) continue;
         if (release_block(w, n) < 0) return -1;
     }
@@ -472,7 +540,12 @@ static std::mutex g_sig_mu;
 static int watchdog_signal() { return SIGRTMIN + 5; }
 
 static void on_signal(int sig, siginfo_t* info, void* uctx) {
-    Worker* w = tw;
+    // Find our worker by thread id (no thread-local access: a fault in another module's or
+    // Python's thread must not make us allocate this module's TLS inside a signal handler).
+    Worker* w = nullptr;
+    pthread_t me = pthread_self();
+    for (int i = 0; i < kMaxWorkers; i++)
+        if (g_workers[i].has_self && pthread_equal(g_workers[i].self, me)) w = &g_workers[i];
     if (w && w->in_fiber) {
         w->in_fiber = 0;
         w->fault_sig = sig;
@@ -519,7 +592,13 @@ static void describe_fault(Worker* w, char* buf, size_t len) {
     uintptr_t s0 = (uintptr_t)w->stacks, s1 = s0 + w->stack_cap * (kStack + g_page);
     const char* sname = w->fault_sig == SIGSEGV ? "SIGSEGV" : w->fault_sig == SIGBUS ? "SIGBUS"
                       : w->fault_sig == SIGFPE ? "SIGFPE" : w->fault_sig == SIGILL ? "SIGILL" : "signal";
-    if (a >= s0 && a < s1 && (a - s0) % (kStack + g_page) < g_page)
+    if (w->fault_sig == SIGFPE)
+        snprintf(buf, len, "SIGFPE: arithmetic exception (integer division by zero or INT_MIN / -1; on a GPU "
+                 "the result would be silently undefined)");
+    else if (w->fault_sig == SIGILL)
+        snprintf(buf, len, "SIGILL: illegal instruction at 0x%lx (__builtin_trap / unreachable code reached?)",
+                 (unsigned long)a);
+    else if (a >= s0 && a < s1 && (a - s0) % (kStack + g_page) < g_page)
         snprintf(buf, len, "%s: fiber stack overflow (a CUDA thread used more than %zu KiB of stack) at 0x%lx",
                  sname, kStack / 1024, (unsigned long)a);
     else if (w->fault_sig == SIGSEGV && a == 0)
@@ -529,8 +608,19 @@ static void describe_fault(Worker* w, char* buf, size_t len) {
         snprintf(buf, len, "%s: invalid memory access at address 0x%lx", sname, (unsigned long)a);
 }
 
+static std::atomic<long long> g_cpu_ns{0};
+
+static long long thread_cpu_ns() {
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
 static void worker_main(Worker* w) {
-    tw = w;
+    long long cpu0 = thread_cpu_ns();
+    __emu_tw = w;
+    w->self = pthread_self();
+    w->has_self = 1;
     Launch* L = w->L;
     stack_t ss, old_ss;
     size_t alt_size = 64 * 1024;
@@ -579,7 +669,9 @@ static void worker_main(Worker* w) {
     dis.ss_flags = SS_DISABLE;
     sigaltstack(&dis, nullptr);
     free(ss.ss_sp);
-    tw = nullptr;
+    w->has_self = 0;
+    __emu_tw = nullptr;
+    g_cpu_ns.fetch_add(thread_cpu_ns() - cpu0);
     {
         std::lock_guard<std::mutex> g(L->mu);
         L->workers_done++;
@@ -615,6 +707,7 @@ EXPORT int gpucnn_emu_launch(void (*tramp)(void**), void** args, const unsigned*
         return err->kind;
     }
     std::lock_guard<std::mutex> lg(g_launch_mu);
+    g_cpu_ns.store(0);
     g_page = (size_t)sysconf(_SC_PAGESIZE);
     install_handlers();
     Launch* L = new Launch();
@@ -706,8 +799,9 @@ EXPORT int gpucnn_emu_launch(void (*tramp)(void**), void** args, const unsigned*
     return kind;
 }
 
-// Guarded buffers for checks=True: [PROT_NONE page][canary ... data][PROT_NONE page], the data's
-// end touching the trailing guard page.
+// Guarded buffers for checks=True: [PROT_NONE page][canary 0xff.. | data][PROT_NONE page], the
+// data's end touching the trailing guard page (any access past the end faults). Writes before the
+// start are found by checking the canary after the launch; reads there see 0xff bytes (NaN / -1).
 EXPORT void* gpucnn_emu_guard_alloc(unsigned long long nbytes, void** base_out, unsigned long long* total_out) {
     size_t pg = (size_t)sysconf(_SC_PAGESIZE);
     size_t dpages = (nbytes + pg - 1) / pg;
@@ -718,7 +812,7 @@ EXPORT void* gpucnn_emu_guard_alloc(unsigned long long nbytes, void** base_out, 
     mprotect(p, pg, PROT_NONE);
     mprotect((char*)p + (dpages + 1) * pg, pg, PROT_NONE);
     char* data = (char*)p + (dpages + 1) * pg - nbytes;
-    memset((char*)p + pg, 0xa5, (size_t)(data - ((char*)p + pg)));
+    memset((char*)p + pg, 0xff, (size_t)(data - ((char*)p + pg)));   // canary: reads see NaN / -1
     *base_out = p;
     *total_out = total;
     return data;
@@ -727,5 +821,8 @@ EXPORT void* gpucnn_emu_guard_alloc(unsigned long long nbytes, void** base_out, 
 EXPORT void gpucnn_emu_guard_free(void* base, unsigned long long total) { munmap(base, total); }
 
 EXPORT unsigned long long gpucnn_emu_dyn_smem_addr(void) { return (unsigned long long)(uintptr_t)__emu_dyn_smem; }
+
+// CPU time (ns) the worker threads of the last launch used (a load-independent speed measure).
+EXPORT long long gpucnn_emu_last_cpu_ns(void) { return g_cpu_ns.load(); }
 
 EXPORT int gpucnn_emu_abi_version(void) { return 1; }

@@ -1,0 +1,588 @@
+"""The ``cuda`` backend: gpucnn's CUDA C kernels (``kernels/*.cu``) run on an NVIDIA GPU
+through CuPy.
+
+* :class:`CudaModule` wraps one ``cupy.RawModule`` per ``.cu`` file (files are compiled
+  separately, as the compile gates in :mod:`gpucnn.kernel_report` check them, with the same
+  options :data:`COMPILE_OPTIONS`). A file is compiled the first time one of its kernels is
+  asked for, once per process (:func:`get_cuda_module` keeps the module). ``get_function(name)``
+  returns a launcher ``f(grid, block, args, shared_mem=0)`` that checks ``args`` against the
+  kernel's C signature (:mod:`gpucnn.backends.kernel_sig`: arrays must be C-contiguous CuPy
+  arrays of the pointee dtype, scalars NumPy scalars of the exact C type) before launching.
+* :func:`make_cuda_backend` returns a :class:`~gpucnn.backends.device.DeviceBackend`, or raises
+  :class:`~gpucnn.backends.BackendUnavailable` saying precisely why not: CuPy missing (and
+  which wheel to install for the driver found), no driver or device, or the probe kernel (a
+  one-line kernel compiled and run, its result checked) failing.
+* :func:`count_host_transfers` counts host<->device copies made through CuPy's Python API
+  inside a ``with`` block (used by the GPU test that a training step stays on the device).
+
+Compiled-kernel cache: CuPy stores every compiled module on disk in ``$CUPY_CACHE_DIR``
+(default ``~/.cupy/kernel_cache``), keyed by the source text, the options and the NVRTC/driver
+versions, so a second process starts without recompiling. gpucnn does not change that setting;
+set ``CUPY_CACHE_DIR`` to move the cache (e.g. to a writable path in a container) and
+``CUPY_CACHE_IN_MEMORY=1`` to keep it in memory only. When the kernel folder holds headers
+(``*.cuh``/``*.h``) their hash is added to the options as ``-DGPUCNN_HEADERS_HASH=...`` so an
+edited header cannot reuse a stale cached module.
+
+Environment: ``GPUCNN_CUDA_DEVICE`` (device ordinal, default: CuPy's current device),
+``GPUCNN_CUDA_MAX_BLOCKS`` (grid-stride cap, default ``min(65535, 32 * SM count)``),
+``GPUCNN_CUBLAS=1`` (GEMMs through cuBLAS instead of our sgemm kernel), ``GPUCNN_CUDA_SYNC=1``
+(synchronize and check for errors after every launch: slow, for debugging),
+``GPUCNN_CUDA_POISON=1`` (output buffers from ``backend.empty`` start as NaN, as on ``emu``
+with checks; ``bench/gpu_validate.sh`` sets it for the equivalence suite).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import BackendUnavailable
+from ..kernel_report import NVRTC_OPTIONS
+
+__all__ = ["CudaModule", "CudaKernel", "make_cuda_backend", "get_cuda_module",
+           "count_host_transfers", "TransferCounter", "driver_cuda_version", "COMPILE_OPTIONS",
+           "PROBE_SOURCE"]
+
+# NVRTC options of every gpucnn kernel (the compile gates use the same tuple). Fast math stays
+# off: the kernels must match the NumPy reference within float32 rounding.
+COMPILE_OPTIONS = tuple(NVRTC_OPTIONS)
+
+PROBE_SOURCE = r'''
+extern "C" __global__ void gpucnn_probe(float* y, float a, int n) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) y[i] = a * (float)i + 1.0f;
+}
+'''
+
+_MAX_GRID = (2**31 - 1, 65535, 65535)
+_MAX_BLOCK = (1024, 1024, 64)
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _dim3(v, what, kernel):
+    if isinstance(v, (int, np.integer)):
+        v = (int(v),)
+    try:
+        dims = tuple(int(x) for x in v)
+    except TypeError:
+        raise TypeError(f"kernel {kernel}: {what} must be an int or a tuple of 1-3 ints, "
+                        f"got {v!r}") from None
+    if not 1 <= len(dims) <= 3:
+        raise ValueError(f"kernel {kernel}: {what} must have 1 to 3 dimensions, got {v!r}")
+    return dims + (1,) * (3 - len(dims))
+
+
+class CudaKernel:
+    """A launcher for one kernel: ``k(grid, block, args, shared_mem=0)``."""
+
+    def __init__(self, name, params, raw, cupy, sync=False):
+        self.name = name
+        self.params = params
+        self.raw = raw               # the cupy.RawKernel
+        self._cp = cupy
+        self.sync = sync
+
+    def __repr__(self):
+        sig = ", ".join(f"{p.ctype} {p.name}" for p in self.params)
+        return f"<CudaKernel {self.name}({sig})>"
+
+    @property
+    def attributes(self):
+        """CuPy's function attributes (``num_regs``, ``local_size_bytes``, ...)."""
+        return dict(self.raw.attributes)
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        from .kernel_sig import check_launch_args
+        grid = _dim3(grid, "grid", self.name)
+        block = _dim3(block, "block", self.name)
+        for i, (g, lim) in enumerate(zip(grid, _MAX_GRID)):
+            if not 1 <= g <= lim:
+                raise ValueError(f"kernel {self.name}: grid{'xyz'[i]} = {g} is outside "
+                                 f"[1, {lim}] (grid {grid})")
+        for i, (b, lim) in enumerate(zip(block, _MAX_BLOCK)):
+            if not 1 <= b <= lim:
+                raise ValueError(f"kernel {self.name}: block{'xyz'[i]} = {b} is outside "
+                                 f"[1, {lim}] (block {block})")
+        if block[0] * block[1] * block[2] > 1024:
+            raise ValueError(f"kernel {self.name}: block {block} has more than 1024 threads")
+        shared_mem = int(shared_mem)
+        if shared_mem < 0:
+            raise ValueError(f"kernel {self.name}: shared_mem must be >= 0, got {shared_mem}")
+        args = check_launch_args(self.name, self.params, args)
+        ndarray = self._cp.ndarray
+        for p, a in zip(self.params, args):
+            if p.is_pointer and not isinstance(a, ndarray):
+                raise TypeError(
+                    f"kernel {self.name}: argument {p.index} ({p.ctype} {p.name}) is a "
+                    f"{type(a).__module__}.{type(a).__name__}; the cuda backend launches need "
+                    f"CuPy arrays (copy host data with backend.asarray)")
+        self.raw(grid, block, tuple(args), shared_mem=shared_mem)
+        if self.sync:
+            self._cp.cuda.Device().synchronize()
+
+
+def _headers_hash(folder):
+    heads = sorted(list(folder.glob("*.cuh")) + list(folder.glob("*.h")))
+    if not heads:
+        return None
+    h = hashlib.sha256()
+    for f in heads:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class CudaModule:
+    """The kernels of ``sources`` (``.cu`` paths), compiled with NVRTC through CuPy, one
+    ``RawModule`` per file, each compiled on first use.
+
+    ``get_function(name)`` -> :class:`CudaKernel`. Kernel names must be unique across files.
+    """
+
+    def __init__(self, sources, options=COMPILE_OPTIONS, cupy=None, sync=None, poison=None):
+        if cupy is None:
+            import cupy
+        from .kernel_sig import parse_kernels
+        self._cp = cupy
+        self.sources = [Path(s) for s in sources]
+        if not self.sources:
+            raise FileNotFoundError("CudaModule: no kernel sources given")
+        opts = list(options)
+        folders = sorted({s.resolve().parent for s in self.sources})
+        for d in folders:
+            opts.append(f"-I{d}")
+            hh = _headers_hash(d)
+            if hh:
+                opts.append(f"-DGPUCNN_HEADERS_HASH=0x{hh}")
+        self.options = tuple(opts)
+        self.sync = _env_flag("GPUCNN_CUDA_SYNC") if sync is None else bool(sync)
+        # DeviceBackend.empty fills output buffers with NaN / a sentinel when this is set, so
+        # a kernel that skips an element fails the equivalence tests on a GPU too.
+        self.poison_outputs = (_env_flag("GPUCNN_CUDA_POISON") if poison is None
+                               else bool(poison))
+        self._text = {}
+        self._where = {}             # kernel name -> source path
+        self._params = {}            # kernel name -> [Param]
+        for src in self.sources:
+            text = src.read_text()
+            self._text[src] = text
+            try:
+                kernels = parse_kernels(text)
+            except ValueError as exc:
+                raise ValueError(f"{src.name}: {exc}") from exc
+            for name, params in kernels.items():
+                if name in self._where:
+                    raise ValueError(f"kernel {name} is defined in both "
+                                     f"{self._where[name].name} and {src.name}")
+                self._where[name] = src
+                self._params[name] = params
+        self._modules = {}
+        self._kernels = {}
+        self._lock = threading.RLock()
+
+    def kernel_names(self):
+        return sorted(self._where)
+
+    def source_of(self, name):
+        return self._where[name]
+
+    def raw_module(self, src):
+        """The ``cupy.RawModule`` of one source file (created once)."""
+        src = Path(src)
+        with self._lock:
+            if src not in self._modules:
+                self._modules[src] = self._cp.RawModule(code=self._text[src],
+                                                        options=self.options)
+            return self._modules[src]
+
+    def get_function(self, name):
+        with self._lock:
+            k = self._kernels.get(name)
+            if k is None:
+                if name not in self._where:
+                    known = ", ".join(self.kernel_names())
+                    raise KeyError(f"no kernel named {name!r} in the gpucnn kernel sources "
+                                   f"(known: {known})")
+                src = self._where[name]
+                try:
+                    raw = self.raw_module(src).get_function(name)
+                except Exception as exc:
+                    raise RuntimeError(f"{src.name}: cannot load kernel {name}: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+                k = CudaKernel(name, self._params[name], raw, self._cp, sync=self.sync)
+                self._kernels[name] = k
+            return k
+
+    def compile_all(self):
+        """Compile (or load from CuPy's cache) every kernel now; returns their names."""
+        for name in self.kernel_names():
+            self.get_function(name)
+        return self.kernel_names()
+
+    def attributes(self):
+        """``{kernel: CuPy function attributes}`` (registers, local memory, ... as the driver
+        sees them), for comparison with :mod:`gpucnn.kernel_report`'s static numbers."""
+        return {n: self.get_function(n).attributes for n in self.kernel_names()}
+
+
+# --------------------------------------------------------------------------------------------
+# Driver / CuPy diagnostics.
+# --------------------------------------------------------------------------------------------
+
+def driver_cuda_version():
+    """``(major, minor)`` CUDA version the installed NVIDIA driver supports, ``None`` when no
+    driver library (``libcuda.so.1``) can be loaded. Needs no GPU context."""
+    names = ("libcuda.so.1", "libcuda.so") if sys.platform != "win32" else ("nvcuda.dll",)
+    for n in names:
+        try:
+            lib = ctypes.CDLL(n)
+        except OSError:
+            continue
+        v = ctypes.c_int()
+        try:
+            if lib.cuDriverGetVersion(ctypes.byref(v)) == 0 and v.value > 0:
+                return v.value // 1000, (v.value % 1000) // 10
+        except AttributeError:
+            pass
+        return (0, 0)
+    return None
+
+
+def _cupy_wheel_for(driver):
+    if driver is None or driver == (0, 0):
+        return None
+    major = driver[0]
+    if major >= 13:
+        return "cupy-cuda13x"
+    if major == 12:
+        return "cupy-cuda12x"
+    return "cupy-cuda11x"
+
+
+def _cupy_missing_message(exc):
+    driver = driver_cuda_version()
+    wheel = _cupy_wheel_for(driver)
+    msg = f"CuPy is not installed ({exc}): "
+    if wheel:
+        msg += (f"pip install {wheel} (or gpucnn[{wheel[5:-1]}]; the NVIDIA driver here "
+                f"supports CUDA "
+                f"{driver[0]}.{driver[1]}; cupy-cuda12x is for CUDA 12 drivers, cupy-cuda13x "
+                f"for CUDA 13)")
+    else:
+        msg += ("pip install cupy-cuda12x (CUDA 12 driver) or cupy-cuda13x (CUDA 13 driver), "
+                "or the extras gpucnn[cuda12] / gpucnn[cuda13]")
+        if driver is None:
+            msg += ("; note that no NVIDIA driver was found either (libcuda.so.1 cannot be "
+                    "loaded), so there is no GPU to run on here")
+    return msg
+
+
+def _runtime_version(cp):
+    try:
+        v = int(cp.cuda.runtime.runtimeGetVersion())
+        return v // 1000, (v % 1000) // 10
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def _no_device_message(cp, exc):
+    driver = driver_cuda_version()
+    runtime = _runtime_version(cp)
+    text = str(exc)
+    msg = f"no usable CUDA device: {text}"
+    if driver is None:
+        msg += " -- no NVIDIA driver is installed (libcuda.so.1 cannot be loaded)"
+    elif "NoDevice" in text or "no CUDA-capable device" in text:
+        vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+        msg += " -- the driver sees no GPU" + (f" (CUDA_VISIBLE_DEVICES={vis!r})"
+                                                if vis is not None else "")
+    elif "InsufficientDriver" in text and runtime:
+        msg += (f" -- the driver supports CUDA {driver[0]}.{driver[1]} but this CuPy was "
+                f"built for CUDA {runtime[0]}.{runtime[1]}: update the driver or install "
+                f"{_cupy_wheel_for(driver) or 'a CuPy build for an older CUDA'}")
+    return msg
+
+
+def _probe(cp):
+    """Compile and run a one-line kernel; raise BackendUnavailable unless it works."""
+    try:
+        k = cp.RawKernel(PROBE_SOURCE, "gpucnn_probe", options=COMPILE_OPTIONS)
+        n = 64
+        y = cp.full(n, np.nan, dtype=np.float32)
+        k((1,), (n,), (y, np.float32(0.5), np.int32(n)))
+        cp.cuda.Device().synchronize()
+        got = cp.asnumpy(y)
+    except Exception as exc:  # noqa: BLE001 - any failure makes the backend unavailable
+        name = type(exc).__name__
+        text = str(exc).strip()
+        hint = ""
+        if "CompileException" in name or "nvrtc" in text.lower():
+            hint = (" -- CuPy's NVRTC failed: install the NVRTC wheel matching CuPy "
+                    "(nvidia-cuda-nvrtc-cu12 for cupy-cuda12x, or pip install "
+                    "'cupy-cuda12x[ctk]')")
+        if "UNSUPPORTED_PTX_VERSION" in text or "PTX" in text:
+            hint = (" -- the NVRTC used by CuPy is newer than the driver: update the driver "
+                    "or use the CuPy/NVRTC wheels for the driver's CUDA version")
+        raise BackendUnavailable(f"the probe kernel failed to compile or run on the GPU: "
+                                 f"{name}: {text[:600]}{hint}") from exc
+    expected = 0.5 * np.arange(64, dtype=np.float32) + 1.0
+    if not np.array_equal(got, expected):
+        raise BackendUnavailable(f"the probe kernel ran but gave wrong results "
+                                 f"(first values {got[:4].tolist()}, expected "
+                                 f"{expected[:4].tolist()})")
+
+
+_module_lock = threading.Lock()
+_modules: dict = {}
+
+
+def get_cuda_module(sources=None, options=COMPILE_OPTIONS, cupy=None):
+    """The process-wide :class:`CudaModule` of the gpucnn kernels (created once)."""
+    from .device import kernel_sources
+    srcs = tuple(Path(s) for s in (sources if sources is not None else kernel_sources()))
+    key = (srcs, tuple(options), id(cupy) if cupy is not None else None)
+    with _module_lock:
+        if key not in _modules:
+            _modules[key] = CudaModule(srcs, options=options, cupy=cupy)
+        return _modules[key]
+
+
+def make_cuda_backend(use_cublas=None, device=None, probe=True, eager=True, cupy=None):
+    """The ``cuda`` backend, or :class:`BackendUnavailable` with the precise reason.
+
+    ``use_cublas`` (default ``$GPUCNN_CUBLAS``) routes GEMMs to cuBLAS; ``device`` (default
+    ``$GPUCNN_CUDA_DEVICE``, else the current device) picks the GPU; ``eager`` compiles every
+    kernel now, so a kernel that does not build on this GPU makes the backend unavailable
+    (``auto`` then falls back to numpy) instead of failing mid-training. ``cupy`` injects a
+    CuPy module (tests).
+    """
+    if cupy is None:
+        try:
+            import cupy
+        except ImportError as exc:
+            raise BackendUnavailable(_cupy_missing_message(exc)) from exc
+        except Exception as exc:  # noqa: BLE001 - a broken install (two CuPy wheels, ...)
+            raise BackendUnavailable(f"CuPy is installed but failed to import: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+    cp = cupy
+    runtime_error = getattr(cp.cuda.runtime, "CUDARuntimeError", RuntimeError)
+    try:
+        count = int(cp.cuda.runtime.getDeviceCount())
+    except runtime_error as exc:
+        raise BackendUnavailable(_no_device_message(cp, exc)) from exc
+    except Exception as exc:  # noqa: BLE001
+        raise BackendUnavailable(f"no usable CUDA device: CuPy could not query the devices: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+    if count < 1:
+        raise BackendUnavailable("no usable CUDA device: the driver reports 0 GPUs")
+    if device is None and os.environ.get("GPUCNN_CUDA_DEVICE"):
+        device = int(os.environ["GPUCNN_CUDA_DEVICE"])
+    try:
+        if device is not None:
+            if not 0 <= int(device) < count:
+                raise BackendUnavailable(f"no usable CUDA device: device {device} requested, "
+                                         f"{count} present")
+            cp.cuda.Device(int(device)).use()
+        dev_id = int(cp.cuda.Device().id)
+        props = cp.cuda.runtime.getDeviceProperties(dev_id)
+    except BackendUnavailable:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise BackendUnavailable(f"no usable CUDA device: {type(exc).__name__}: {exc}") from exc
+    name = props.get("name", b"GPU")
+    name = name.decode(errors="replace") if isinstance(name, bytes) else str(name)
+    cc = (int(props.get("major", 0)), int(props.get("minor", 0)))
+    sms = int(props.get("multiProcessorCount", 0)) or 1
+    mem = float(props.get("totalGlobalMem", 0)) / 2**30
+    if probe:
+        _probe(cp)
+    try:
+        module = get_cuda_module(cupy=cupy)
+    except FileNotFoundError as exc:
+        raise BackendUnavailable(f"the gpucnn kernel sources are missing: {exc}") from exc
+    if eager:
+        try:
+            module.compile_all()
+        except Exception as exc:  # noqa: BLE001
+            raise BackendUnavailable(f"the gpucnn kernels failed to compile for {name} "
+                                     f"(sm_{cc[0]}{cc[1]}): {type(exc).__name__}: "
+                                     f"{str(exc)[:2000]}") from exc
+    max_blocks = int(os.environ.get("GPUCNN_CUDA_MAX_BLOCKS", "0")) or min(65535, 32 * sms)
+    from .device import DeviceBackend
+    backend = DeviceBackend(module, cp, "cuda", max_blocks=max_blocks,
+                            device_name=f"{name}, sm_{cc[0]}{cc[1]}, {sms} SMs, "
+                                        f"{mem:.0f} GiB")
+    backend.use_cublas = _env_flag("GPUCNN_CUBLAS") if use_cublas is None else bool(use_cublas)
+    backend.device_id = dev_id
+    backend.compute_capability = cc
+    return backend
+
+
+# --------------------------------------------------------------------------------------------
+# Host <-> device transfer counting (tests).
+# --------------------------------------------------------------------------------------------
+
+class TransferCounter:
+    """What :func:`count_host_transfers` saw: ``to_host`` / ``to_device`` copies and their
+    bytes; ``events`` lists ``(direction, api, nbytes, shape, where)``."""
+
+    def __init__(self):
+        self.to_host = 0
+        self.to_device = 0
+        self.bytes_to_host = 0
+        self.bytes_to_device = 0
+        self.events = []
+        self.unpatched = []          # API names that could not be hooked
+
+    @property
+    def count(self):
+        return self.to_host + self.to_device
+
+    def _add(self, direction, api, nbytes, shape, where):
+        if direction == "to_host":
+            self.to_host += 1
+            self.bytes_to_host += nbytes
+        else:
+            self.to_device += 1
+            self.bytes_to_device += nbytes
+        self.events.append((direction, api, nbytes, shape, where))
+
+    def summary(self):
+        lines = [f"{self.to_host} device->host ({self.bytes_to_host} B), "
+                 f"{self.to_device} host->device ({self.bytes_to_device} B)"]
+        lines += [f"  {d} {api} {nb} B shape={sh} at {w}" for d, api, nb, sh, w in self.events]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (f"TransferCounter(to_host={self.to_host}, to_device={self.to_device}, "
+                f"bytes_to_host={self.bytes_to_host}, bytes_to_device={self.bytes_to_device})")
+
+
+_D2H_METHODS = ("get", "item", "tolist", "__float__", "__int__", "__bool__", "__complex__",
+                "__index__")
+_H2D_METHODS = ("set",)
+_D2H_FUNCS = ("asnumpy",)
+_H2D_FUNCS = ("asarray", "array", "ascontiguousarray", "asanyarray")
+
+_tr_lock = threading.RLock()
+_tr_active: list = []
+_tr_saved: list = []               # (owner, name, had_own_attr, original)
+_tr_tls = threading.local()
+_THIS_FILE = os.path.abspath(__file__)
+
+
+def _caller():
+    f = sys._getframe(2)
+    while f is not None:
+        fn = f.f_code.co_filename
+        if os.path.abspath(fn) != _THIS_FILE and f"{os.sep}cupy" not in fn:
+            return f"{os.path.basename(fn)}:{f.f_lineno} ({f.f_code.co_name})"
+        f = f.f_back
+    return "?"
+
+
+def _nbytes(a):
+    try:
+        return int(a.nbytes)
+    except Exception:  # noqa: BLE001
+        try:
+            return int(np.asarray(a).nbytes)
+        except Exception:  # noqa: BLE001
+            return 0
+
+
+def _hook(direction, api, orig, ndarray, is_method):
+    @functools.wraps(orig)
+    def wrapper(*args, **kwargs):
+        depth = getattr(_tr_tls, "depth", 0)
+        if depth == 0 and _tr_active and args:
+            a = args[0]
+            counts = True
+            if direction == "to_device" and not is_method:
+                # asarray(x) copies only when x is host data
+                counts = not isinstance(a, ndarray)
+            if counts:
+                src = args[1] if (is_method and direction == "to_device" and len(args) > 1) \
+                    else a
+                nb = _nbytes(src) if src is not None else 0
+                shape = tuple(getattr(src, "shape", ()) or ())
+                where = _caller()
+                for c in list(_tr_active):
+                    c._add(direction, api, nb, shape, where)
+        _tr_tls.depth = depth + 1
+        try:
+            return orig(*args, **kwargs)
+        finally:
+            _tr_tls.depth = depth
+    wrapper._gpucnn_hook = True
+    return wrapper
+
+
+def _install(cp, counter):
+    nd = cp.ndarray
+    for names, direction, owner, is_method in (
+            (_D2H_METHODS, "to_host", nd, True), (_H2D_METHODS, "to_device", nd, True),
+            (_D2H_FUNCS, "to_host", cp, False), (_H2D_FUNCS, "to_device", cp, False)):
+        for name in names:
+            orig = getattr(owner, name, None)
+            if orig is None:
+                continue
+            had_own = name in vars(owner)
+            api = f"ndarray.{name}" if is_method else f"cupy.{name}"
+            try:
+                setattr(owner, name, _hook(direction, api, orig, nd, is_method))
+            except (TypeError, AttributeError):
+                counter.unpatched.append(api)
+                continue
+            _tr_saved.append((owner, name, had_own, orig))
+
+
+def _uninstall():
+    while _tr_saved:
+        owner, name, had_own, orig = _tr_saved.pop()
+        try:
+            if had_own:
+                setattr(owner, name, orig)
+            else:
+                delattr(owner, name)
+        except (TypeError, AttributeError):
+            pass
+
+
+@contextlib.contextmanager
+def count_host_transfers(cupy=None):
+    """Count host<->device copies made through CuPy's Python API in the block::
+
+        with count_host_transfers() as t:
+            trainer.step(x, y)
+        assert t.to_host == 0, t.summary()
+
+    Hooks (for the duration of the outermost block): device->host ``cupy.asnumpy``,
+    ``ndarray.get/item/tolist`` and the ``float()/int()/bool()`` conversions; host->device
+    ``cupy.asarray/array/ascontiguousarray/asanyarray`` of non-CuPy data and ``ndarray.set``.
+    A copy made inside another hooked call counts once. Copies made inside compiled code
+    (cuBLAS, CuPy's C internals) are not seen. ``cupy`` injects a module (tests)."""
+    if cupy is None:
+        import cupy
+    counter = TransferCounter()
+    with _tr_lock:
+        if not _tr_active:
+            _install(cupy, counter)
+        _tr_active.append(counter)
+    try:
+        yield counter
+    finally:
+        with _tr_lock:
+            _tr_active.remove(counter)
+            if not _tr_active:
+                _uninstall()

@@ -1,0 +1,252 @@
+"""``gpucnn bench``: command-line entry; :func:`main` returns the exit status.
+
+Exit status: 0 every benchmark ran; 1 some benchmark failed (listed in the output and under
+``errors`` in the JSON); 2 bad arguments or the backend is unavailable.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import layers as _layers
+from . import nets as _nets
+
+__all__ = ["main", "build_parser", "build_config"]
+
+MODEL_LAYER_SET = {"lenet5": "lenet5", "alexnet": "alexnet", "alexnet_cifar": "alexnet"}
+EPILOG = """\
+examples:
+  gpucnn bench --model lenet5 --backend numpy --json out.json     # quick: LeNet-5 net + layers
+  gpucnn bench --model alexnet_cifar --compare torch              # interleaved against PyTorch
+  gpucnn bench --layers alexnet --nets none --roofline            # AlexNet layer set + roofline
+  gpucnn bench --full --json full.json --plot full.png            # everything (slow on a CPU)
+  gpucnn bench --backend emu                                      # emulator smoke run
+
+Default batch sizes: nets lenet5 128, alexnet_cifar 128, alexnet 16 (--full adds alexnet 128);
+layer sets 128, except the AlexNet set on a CPU backend, 16 (128 with --full). --batch-size N
+overrides all of them. Timing: warm-up runs excluded, then --repeat timed runs per benchmark,
+interleaved with PyTorch when comparing; medians with min/max/IQR are reported.
+"""
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _nonneg_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _net_list(text):
+    if text.strip().lower() in ("none", ""):
+        return []
+    out = []
+    for t in text.split(","):
+        key = t.strip().replace("-", "_").lower()
+        if key not in _nets.DEFAULT_NET_BATCH:
+            raise argparse.ArgumentTypeError(
+                f"unknown net {t.strip()!r}; choose from {', '.join(_nets.DEFAULT_NET_BATCH)}")
+        out.append(key)
+    return out
+
+
+def _mode_list(text):
+    out = [m.strip() for m in text.split(",") if m.strip()]
+    bad = [m for m in out if m not in _nets.NET_MODES]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(f"modes must be among {', '.join(_nets.NET_MODES)}; "
+                                         f"got {text!r}")
+    return tuple(out)
+
+
+def build_parser():
+    ap = argparse.ArgumentParser(
+        prog="gpucnn bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Layer and network throughput of a gpucnn backend, optionally against "
+                    "PyTorch, with the device's measured GEMM peak, roofline floors and GPU "
+                    "telemetry.", epilog=EPILOG)
+    ap.add_argument("--model", default="lenet5", choices=sorted(MODEL_LAYER_SET),
+                    help="the default run: this net's benchmarks plus its layer set "
+                         "(default lenet5)")
+    ap.add_argument("--backend", choices=("auto", "numpy", "cuda", "emu"), default=None,
+                    help="gpucnn backend (default: $GPUCNN_BACKEND or auto); emu runs a smoke "
+                         "test with tiny shapes")
+    ap.add_argument("--layers", choices=("alexnet", "lenet5", "tiny", "all", "none"),
+                    default=None, help="layer set (default: the model's)")
+    ap.add_argument("--nets", type=_net_list, default=None,
+                    help="comma-separated nets (lenet5,alexnet_cifar,alexnet) or none "
+                         "(default: the model)")
+    ap.add_argument("--modes", type=_mode_list, default=_nets.NET_MODES,
+                    help="net modes (default forward,forward_backward,train_step)")
+    ap.add_argument("--full", action="store_true",
+                    help="everything: all nets (AlexNet at batch 16 and 128), all layer sets "
+                         "at batch 128")
+    ap.add_argument("--batch-size", type=_positive_int, default=None,
+                    help="batch size of every net and layer benchmark")
+    ap.add_argument("--repeat", type=_positive_int, default=None,
+                    help="timed runs per benchmark (default 10; --quick 3; emu 2)")
+    ap.add_argument("--warmup", type=_nonneg_int, default=None,
+                    help="untimed warm-up runs per benchmark (default 2; --quick/emu 1)")
+    ap.add_argument("--rotate", type=_positive_int, default=4,
+                    help="different input buffers used in rotation (default 4; capped at "
+                         "512 MiB per benchmark)")
+    ap.add_argument("--compare", choices=("torch",), action="append", default=[],
+                    help="also run PyTorch, interleaved with ours (CPU with the same thread "
+                         "count, or CUDA when our backend is cuda and torch has it)")
+    ap.add_argument("--threads", type=_positive_int, default=None,
+                    help="threads for PyTorch and (with threadpoolctl) the BLAS; default: "
+                         "the BLAS's current thread count")
+    ap.add_argument("--json", metavar="PATH", default=None, help="write every figure here")
+    ap.add_argument("--plot", metavar="PATH.png", default=None,
+                    help="bar charts of throughput per layer pass and net")
+    ap.add_argument("--roofline", action="store_true",
+                    help="print the roofline table (H100 datasheet floors, measured floors) "
+                         "and the per-kernel resource report")
+    ap.add_argument("--no-kernel-report", action="store_true",
+                    help="with --roofline: skip compiling the kernels for their resources")
+    ap.add_argument("--gemm-size", type=_positive_int, default=None,
+                    help="n of the n x n x n SGEMM that measures the peak (default 2048 on a "
+                         "CPU, 8192 on a GPU)")
+    ap.add_argument("--no-telemetry", action="store_true", help="do not start NVML sampling")
+    ap.add_argument("--telemetry-interval", type=float, default=0.02, metavar="SECONDS")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny shapes and few repeats (tests, smoke runs)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    return ap
+
+
+def _resolve_backend(name):
+    from ..backends import get_backend
+    if name is None:
+        name = os.environ.get("GPUCNN_BACKEND", "auto")
+    return get_backend(name).name
+
+
+def build_config(args, backend_name):
+    from .suite import BenchConfig
+    model = args.model
+    emu = backend_name == "emu"
+    cpu = backend_name in ("numpy", "emu")
+    smoke = args.quick or emu
+    notes = []
+    if emu:
+        notes.append("emu backend: a correctness tool (CUDA emulated on the CPU); this is a "
+                     "smoke run with tiny shapes and its timings say nothing about performance")
+    # nets
+    if args.nets is not None:
+        net_names = args.nets
+    elif args.full:
+        net_names = ["lenet5", "alexnet_cifar", "alexnet"]
+    else:
+        net_names = [model]
+    nets = []
+    for n in net_names:
+        if args.batch_size:
+            nets.append((n, args.batch_size))
+        elif smoke:
+            nets.append((n, 2 if emu else 4))
+        elif args.full and n == "alexnet":
+            nets += [(n, 16), (n, 128)]
+        else:
+            nets.append((n, _nets.DEFAULT_NET_BATCH[n]))
+    # layers
+    if args.layers is not None:
+        sets = [] if args.layers == "none" else (
+            ["alexnet", "lenet5"] if args.layers == "all" else [args.layers])
+    elif args.full:
+        sets = ["alexnet", "lenet5"]
+    elif smoke:
+        sets = ["tiny"]
+    else:
+        sets = [MODEL_LAYER_SET[model]]
+    specs = []
+    for s in sets:
+        if args.batch_size:
+            b = args.batch_size
+        elif s == "tiny":
+            b = 2
+        elif smoke:
+            b = 2
+        elif s == "alexnet" and cpu and not args.full:
+            b = 16
+            notes.append("AlexNet layer set at batch 16 on the CPU (convnet-benchmarks uses "
+                         "128: pass --full or --batch-size 128)")
+        else:
+            b = 128
+        specs += _layers.layer_set(s, b)
+    repeat = args.repeat or (2 if emu else 3 if args.quick else 10)
+    warmup = args.warmup if args.warmup is not None else (1 if smoke else 2)
+    gemm_n = args.gemm_size or (128 if emu else 256 if args.quick else 2048 if cpu else 8192)
+    bw = 4 if emu else 8 if args.quick else 128 if cpu else 1024
+    return BenchConfig(
+        backend=backend_name, model=model, nets=nets, layer_specs=specs, layer_sets=sets,
+        modes=tuple(args.modes), repeat=repeat, warmup=warmup, rotate=args.rotate,
+        compare=tuple(dict.fromkeys(args.compare)), threads=args.threads, gemm_n=gemm_n,
+        bandwidth_mib=bw, quick=smoke, telemetry=not args.no_telemetry,
+        telemetry_interval_s=args.telemetry_interval,
+        kernel_report=args.roofline and not args.no_kernel_report, seed=args.seed,
+        notes=notes)
+
+
+def main(argv=None, nvml=None):
+    """Run ``gpucnn bench`` with ``argv`` (a list, without the ``bench`` word); returns the
+    exit status. ``nvml``: a pynvml-like module to use instead of ``pynvml`` (tests)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--"]:  # "gpucnn bench -- --model ..." reaches us with the separator
+        argv = argv[1:]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or an argparse error (already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+    from ..backends import BackendUnavailable
+    from .report import format_result, write_json
+    from .suite import run_suite
+
+    def log(msg):
+        if not args.quiet:
+            print(msg, flush=True)
+    try:
+        cfg = build_config(args, _resolve_backend(args.backend))
+        for n in cfg.notes:
+            log(f"note: {n}")
+        res = run_suite(cfg, log=log, nvml=nvml, argv=argv)
+    except BackendUnavailable as exc:
+        print(f"gpucnn bench: error: backend unavailable: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"gpucnn bench: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"gpucnn bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_result(res, roofline=args.roofline), flush=True)
+    if args.json:
+        p = write_json(res, args.json)
+        print(f"wrote {p}")
+    if args.plot:
+        from .plot import plot_result
+        try:
+            p = plot_result(res, args.plot)
+            print(f"wrote {p}")
+        except RuntimeError as exc:
+            print(f"gpucnn bench: plot not written: {exc}", file=sys.stderr)
+            return 1
+    return 1 if res["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""The CUDA emulator itself (gpucnn.backends.emu) and the kernel signature checker.
+
+Kernels live in tests/emu_kernels/: basic.cu (good kernels), broken.cu (each one planted bug
+that a check must catch). Kept small: the whole file should run in well under a minute.
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpucnn.backends.emu import (EmuArithmeticError, EmuBuildError, EmuDeadlockError,
+                                 EmuLaunchError, EmuMemoryError, EmuModule, EmuTimeoutError)
+from gpucnn.backends.kernel_sig import check_launch_args, parse_kernels, parse_launch_bounds
+
+KDIR = Path(__file__).resolve().parent / "emu_kernels"
+SOURCES = [KDIR / "basic.cu", KDIR / "broken.cu"]
+ORDERS = ("forward", "reverse", "random")
+_mods = {}
+
+
+def module(order="forward", checks=True, watchdog_s=20.0):
+    key = (order, checks, watchdog_s)
+    if key not in _mods:
+        _mods[key] = EmuModule(SOURCES, order=order, checks=checks, seed=7, watchdog_s=watchdog_s)
+    return _mods[key]
+
+
+@pytest.fixture
+def x(request):
+    rng = np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)
+    return rng.standard_normal(5000).astype(np.float32)
+
+
+# ---------------------------------------------------------------- good kernels
+
+@pytest.mark.parametrize("checks", [False, True])
+def test_vec_add_grid_stride(x, checks):
+    y = (x[::-1] * 2).copy()
+    out = np.full_like(x, np.nan)
+    module(checks=checks).get_function("vec_add")((3,), (128,), (x, y, out, np.int32(x.size)))
+    np.testing.assert_array_equal(out, x + y)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_block_reduction_all_orders(x, order):
+    part = np.full(4, np.nan, np.float32)
+    module(order).get_function("block_sum")((4,), (256,), (x, part, np.int32(x.size)))
+    assert abs(part.sum(dtype=np.float64) - x.sum(dtype=np.float64)) < 1e-3
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_warp_shuffle_reduction(x, order):
+    part = np.full(3, np.nan, np.float32)
+    module(order).get_function("warp_reduce")((3,), (128,), (x, part, np.int32(x.size)))
+    assert abs(part.sum(dtype=np.float64) - x.sum(dtype=np.float64)) < 1e-3
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_dynamic_shared_memory(x, order):
+    n = 1000
+    xs = x[:n].copy()
+    y = np.full(n, np.nan, np.float32)
+    module(order).get_function("dyn_reverse")((4,), (256,), (xs, y, np.int32(n)),
+                                              shared_mem=256 * 4)
+    padded = np.concatenate([xs, np.zeros(4 * 256 - n, np.float32)])
+    np.testing.assert_array_equal(y, padded.reshape(4, 256)[:, ::-1].reshape(-1)[:n])
+
+
+def test_atomic_add_counters(x):
+    c = np.zeros(1, np.int32)
+    u = np.zeros(1, np.uint32)
+    f = np.zeros(1, np.float32)
+    module().get_function("count_positive")((4,), (128,), (x, c, u, f, np.int32(x.size)))
+    assert c[0] == (x > 0).sum() and u[0] == (x > 0).sum() and f[0] == x.size
+
+
+def test_scalar_types_pass_through():
+    out = np.zeros(1, np.float32)
+    module().get_function("takes_scalars")(1, 1, (out, np.int32(-3), np.uint32(4), np.float32(0.5),
+                                                  np.int64(10), np.float64(0.25), np.uint64(7)))
+    assert out[0] == -3 + 4 + 0.5 + 10 + 0.25 + 7
+
+
+# ---------------------------------------------------------------- checks that must fire
+
+def test_oob_write_one_past_end():
+    out = np.zeros(100, np.float32)
+    with pytest.raises(EmuMemoryError) as e:
+        module().get_function("oob_write")((1,), (128,), (out, np.int32(100)))
+    msg = str(e.value)
+    assert "oob_write" in msg and "thread (100,0,0)" in msg and "past the end" in msg
+    assert "argument 0" in msg and "element index 100" in msg
+
+
+def test_oob_read_one_past_end():
+    x = np.ones(100, np.float32)
+    out = np.zeros(100, np.float32)
+    with pytest.raises(EmuMemoryError) as e:
+        module().get_function("oob_read")((1,), (128,), (x, out, np.int32(100)))
+    msg = str(e.value)
+    assert "oob_read" in msg and "thread (99,0,0)" in msg and "argument 0" in msg
+
+
+def test_oob_write_before_start():
+    out = np.zeros(100, np.float32)
+    with pytest.raises(EmuMemoryError, match="before the start of argument 0"):
+        module().get_function("oob_underflow")((1,), (128,), (out, np.int32(100)))
+
+
+def test_missing_barrier_race_is_detected(x):
+    """racy_sum lacks the __syncthreads() in its tree loop: some thread order must expose it."""
+    ref = x.sum(dtype=np.float64)
+    errors = {}
+    for order in ORDERS:
+        part = np.full(4, np.nan, np.float32)
+        module(order).get_function("racy_sum")((4,), (256,), (x, part, np.int32(x.size)))
+        errors[order] = abs(part.sum(dtype=np.float64) - ref)
+    good = np.full(4, np.nan, np.float32)
+    module("reverse").get_function("block_sum")((4,), (256,), (x, good, np.int32(x.size)))
+    assert abs(good.sum(dtype=np.float64) - ref) < 1e-3
+    assert max(errors[o] for o in ("reverse", "random")) > 1e-2, errors
+
+
+def test_divergent_barrier_exited_threads():
+    out = np.zeros(32, np.float32)
+    with pytest.raises(EmuDeadlockError, match=r"divergent barrier.*broken\.cu:\d+.*exited"):
+        module().get_function("divergent_barrier")((1,), (32,), (out,))
+
+
+def test_divergent_barrier_two_sites():
+    out = np.zeros(32, np.float32)
+    with pytest.raises(EmuDeadlockError, match=r"two_barriers.*divergent barrier.*thread \(16,0,0\)"):
+        module().get_function("two_barriers")((1,), (32,), (out,))
+
+
+def test_watchdog_hung_spin_loop():
+    flag = np.zeros(1, np.int32)
+    with pytest.raises(EmuTimeoutError, match=r"spin_forever.*watchdog"):
+        module(watchdog_s=0.5).get_function("spin_forever")((2,), (32,), (flag,))
+
+
+def test_uninitialised_shared_memory_is_nan_poisoned():
+    out = np.zeros(64, np.float32)
+    module().get_function("uninit_shared")((1,), (64,), (out,))
+    assert np.all(out[:32] == 1) and np.all(np.isnan(out[32:]))
+
+
+def test_wild_pointer_fault():
+    out = np.zeros(64, np.float32)
+    with pytest.raises(EmuMemoryError, match=r"thread \(5,0,0\).*0x10"):
+        module(checks=False).get_function("null_write")((1,), (64,), (out, np.uint64(16)))
+
+
+def test_module_survives_faults(x):
+    out = np.zeros(100, np.float32)
+    m = module()
+    for _ in range(3):
+        with pytest.raises(EmuMemoryError):
+            m.get_function("oob_write")((1,), (128,), (out, np.int32(100)))
+        with pytest.raises(EmuDeadlockError):
+            m.get_function("divergent_barrier")((1,), (32,), (out[:32],))
+        with pytest.raises(EmuMemoryError):
+            m.get_function("big_stack")((2,), (8,), (out, np.int32(65536)))
+    with pytest.raises(EmuTimeoutError):
+        module(watchdog_s=0.3).get_function("spin_forever")((1,), (32,), (np.zeros(1, np.int32),))
+    part = np.full(4, np.nan, np.float32)
+    m.get_function("block_sum")((4,), (256,), (x, part, np.int32(x.size)))
+    assert abs(part.sum(dtype=np.float64) - x.sum(dtype=np.float64)) < 1e-3
+
+
+def test_fault_in_one_block_of_many():
+    """Block 3 faults while the other worker thread is running other blocks."""
+    out = np.zeros(256, np.float32)
+    with pytest.raises(EmuMemoryError, match=r"block \(3,0,0\) thread \(7,0,0\).*element index 261"):
+        module().get_function("oob_in_one_block")((8,), (64,), (out, np.int32(256)))
+
+
+def test_fiber_stack_overflow():
+    out = np.zeros(8, np.float32)
+    with pytest.raises(EmuMemoryError, match="stack overflow"):
+        module().get_function("big_stack")((1,), (8,), (out, np.int32(65536)))
+
+
+def test_integer_division_by_zero():
+    with pytest.raises(EmuArithmeticError, match=r"thread \(3,0,0\).*division by zero"):
+        module().get_function("int_div_zero")((1,), (8,), (np.zeros(8, np.int32), np.int32(0)))
+
+
+def test_dynamic_shared_memory_overflow():
+    out = np.zeros(32, np.float32)
+    f = module().get_function("dyn_overflow")
+    f((1,), (32,), (out, np.int32(0)), shared_mem=128)
+    with pytest.raises(EmuMemoryError, match="dynamic shared memory.*shared_mem=128"):
+        f((1,), (32,), (out, np.int32(4)), shared_mem=128)
+
+
+def test_shuffle_waiting_for_lane_at_barrier():
+    out = np.zeros(32, np.float32)
+    with pytest.raises(EmuDeadlockError, match=r"__shfl.*lane 3 .*__syncthreads"):
+        module().get_function("shfl_vs_barrier")((1,), (32,), (out,))
+
+
+def test_launch_bounds_and_block_limits(x):
+    part = np.zeros(2, np.float32)
+    with pytest.raises(EmuLaunchError, match=r"__launch_bounds__\(256\)"):
+        module().get_function("block_sum")((1,), (512,), (x, part, np.int32(x.size)))
+    with pytest.raises(EmuLaunchError, match="1..1024 threads"):
+        module().get_function("vec_add")((1,), (2048,), (x, x, x.copy(), np.int32(x.size)))
+
+
+# ---------------------------------------------------------------- argument checking
+
+def test_python_int_for_int_param_is_type_error(x):
+    out = np.empty_like(x)
+    with pytest.raises(TypeError, match=r"vec_add: argument 3 \(int n\): expected np.int32"):
+        module().get_function("vec_add")((1,), (32,), (x, x, out, x.size))
+
+
+def test_wrong_array_dtype_is_type_error(x):
+    out = np.empty(x.size, np.float64)
+    with pytest.raises(TypeError, match=r"argument 2 \(float\* out\): expected an array of float32"):
+        module().get_function("vec_add")((1,), (32,), (x, x, out, np.int32(x.size)))
+
+
+def test_wrong_arg_count_is_type_error(x):
+    with pytest.raises(TypeError, match="expected 4 arguments"):
+        module().get_function("vec_add")((1,), (32,), (x, x, np.int32(x.size)))
+
+
+def test_parse_launch_bounds():
+    src = """#define BS 128
+    extern "C" __global__ void __launch_bounds__(BS) a(int n) { }
+    extern "C" __global__ void __launch_bounds__(256, 2) b(int n) { }
+    extern "C" __global__ void c(int n) { }"""
+    assert parse_launch_bounds(src) == {"a": 128, "b": 256}
+
+
+def test_parse_kernels_signatures():
+    ks = parse_kernels('''
+        // extern "C" __global__ void commented_out(int a) {}
+        extern "C" __global__ void __launch_bounds__(256, 2)
+        k1(const float* __restrict__ a, float *b, int n, unsigned int m, long long q,
+           unsigned char* bytes, size_t s, double d) { }
+        __global__ void declared_only(int a);
+    ''')
+    assert list(ks) == ["k1"]
+    ps = ks["k1"]
+    assert [p.name for p in ps] == ["a", "b", "n", "m", "q", "bytes", "s", "d"]
+    assert ps[0].is_pointer and ps[0].is_const and ps[0].dtype == np.float32
+    assert ps[5].dtype == np.uint8 and not ps[2].is_pointer and ps[2].dtype == np.int32
+    assert ps[6].dtype == np.uint64 and ps[7].dtype == np.float64 and ps[4].dtype == np.int64
+    a = np.zeros(3, np.float32)
+    vals = check_launch_args("k1", ps, [a, a, np.int32(1), np.uint32(2), np.int64(3),
+                                        np.zeros(2, np.uint8), np.uint64(4), np.float64(5)])
+    assert vals[0] is a
+    with pytest.raises(TypeError, match=r"argument 3 \(unsigned int m\)"):
+        check_launch_args("k1", ps, [a, a, np.int32(1), np.int32(2), np.int64(3),
+                                     np.zeros(2, np.uint8), np.uint64(4), np.float64(5)])
+
+
+def test_infinity_does_not_compile():
+    """Like NVRTC, no host math header: INFINITY is undefined on the emulator too."""
+    src = ('extern "C" __global__ void uses_inf(float* o) { o[threadIdx.x] = -INFINITY; }\n')
+    with pytest.raises(EmuBuildError, match="INFINITY"):
+        EmuModule([src])
+
+
+def test_two_modules_fault_independently():
+    """Each module has its own runtime and signal handler; faults in either are recovered."""
+    src = ('extern "C" __global__ void poke(float* o, int off)\n'
+           '{ o[threadIdx.x + off] = (float)threadIdx.x; }\n')
+    m2 = EmuModule([src], checks=True)
+    out = np.zeros(32, np.float32)
+    m2.get_function("poke")(1, 32, (out, np.int32(0)))
+    np.testing.assert_array_equal(out, np.arange(32))
+    with pytest.raises(EmuMemoryError, match=r"poke.*thread \(31,0,0\)"):
+        m2.get_function("poke")(1, 32, (out, np.int32(1)))
+    with pytest.raises(EmuMemoryError, match="oob_write"):
+        module().get_function("oob_write")((1,), (128,), (np.zeros(100, np.float32), np.int32(100)))
+    with pytest.raises(EmuMemoryError, match="poke"):
+        m2.get_function("poke")(1, 32, (out, np.int32(-1)))
+
+
+def test_underflow_read_sees_poison():
+    src = ('extern "C" __global__ void shift_read(const float* x, float* o)\n'
+           '{ o[threadIdx.x] = x[(int)threadIdx.x - 1]; }\n')
+    m = EmuModule([src], checks=True)
+    out = np.zeros(8, np.float32)
+    m.get_function("shift_read")(1, 8, (np.ones(8, np.float32), out))
+    assert np.isnan(out[0]) and np.all(out[1:] == 1)
