@@ -257,14 +257,14 @@ def _strip_comments(text):
             j = n if j < 0 else j + 2
             out.append("".join(ch if ch == "\n" else " " for ch in text[i:j]))
             i = j
-        elif c == '"':
+        elif c in "\"'":
             j = i + 1
-            while j < n and text[j] != '"':
+            while j < n and text[j] != c and text[j] != "\n":
                 j += 2 if text[j] == "\\" else 1
             j = min(n, j + 1)
-            # keep the quotes and the content of short literals such as "C"
+            # keep the quotes, and the content of "C" (for extern "C")
             lit = text[i:j]
-            out.append(lit if lit == '"C"' else '"' + " " * max(0, len(lit) - 2) + '"')
+            out.append(lit if lit == '"C"' else c + " " * max(0, len(lit) - 2) + lit[-1])
             i = j
         else:
             out.append(c)
@@ -422,6 +422,7 @@ def parse_kernel_decls(text, file=""):
         else:
             annots[ln] = values
     decls = {}
+    used = set()
     for name, off, lb, extern_c, params_end in _find_global_functions(code, macros):
         line = code.count("\n", 0, off) + 1
         values = dict(defaults)
@@ -435,6 +436,7 @@ def parse_kernel_decls(text, file=""):
                     or re.fullmatch(r'extern\s+"C"\s*\{?', s) or s.startswith("template")):
                 if ln in annots:
                     near = annots[ln] | near      # the nearest annotation wins
+                    used.add(ln)
                 ln -= 1
                 continue
             break
@@ -442,6 +444,7 @@ def parse_kernel_decls(text, file=""):
         for k in range(line, code.count("\n", 0, params_end) + 2):
             if k in annots:
                 near = near | annots[k]
+                used.add(k)
         values.update(near)
         values.update(explicit.get(name, {}))
         values.pop("_line", None)
@@ -456,6 +459,9 @@ def parse_kernel_decls(text, file=""):
         d.dyn_smem = int(values.get("dyn_smem", 0))
         d.min_occupancy = values.get("min_occupancy")
         decls[name] = d
+    for ln in sorted(set(annots) - used):
+        problems.append(f"{file}:{ln}: annotation is not next to a kernel (put it in the "
+                        f"comment block right above one, or name it with kernel=NAME)")
     for name, values in explicit.items():
         if name not in decls:
             problems.append(f"{file}:{values.get('_line', 0)}: annotation names kernel "

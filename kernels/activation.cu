@@ -2,6 +2,7 @@
 // Grid-stride loops; the launches are in gpucnn/backends/device_misc.py.
 
 // y = max(x, 0); a NaN input stays NaN (as in PyTorch and np.maximum).
+// gpucnn: block=256 max_regs=64
 extern "C" __global__ void relu_forward(const float* x, float* y, int n)
 {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
@@ -11,6 +12,7 @@ extern "C" __global__ void relu_forward(const float* x, float* y, int n)
 }
 
 // dx = dy where the ReLU's output y > 0, else 0.
+// gpucnn: block=256 max_regs=64
 extern "C" __global__ void relu_backward(const float* dy, const float* y, float* dx, int n)
 {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
@@ -33,6 +35,7 @@ __device__ __forceinline__ unsigned int dropout_hash32(unsigned int seed, unsign
 
 // Element i is kept iff (hash(seed, i) >> 8) >= threshold (base.dropout_threshold: round(p *
 // 2^24)); mask = keep_scale (1 / (1 - p), rounded to float32 on the host) or 0; y = x * mask.
+// gpucnn: block=256 max_regs=64
 extern "C" __global__ void dropout_forward(
     const float* x, float* y, float* mask, int n,
     unsigned int seed, unsigned int threshold, float keep_scale)
@@ -46,6 +49,7 @@ extern "C" __global__ void dropout_forward(
 }
 
 // dx = dy * mask.
+// gpucnn: block=256 max_regs=64
 extern "C" __global__ void dropout_backward(const float* dy, const float* mask, float* dx, int n)
 {
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {

@@ -11,6 +11,7 @@
 // sizes it is lopsided, so the backward pass needs the mirror image: the outputs c whose
 // window contains input channel i are c in [i - (size - 1) / 2, i + size / 2].
 
+// gpucnn: block=256 max_regs=64
 extern "C" __global__ void lrn_forward(
     const float* x, float* y, float* scale,
     int N, int C, int H, int W, int size, float alpha_over_size, float beta, float k)
@@ -41,6 +42,7 @@ extern "C" __global__ void lrn_forward(
 //        - (2 * alpha * beta / size) * x_i * sum over outputs c whose window holds i of
 //          dy_c * y_c / scale_c
 // (all at the same n, h, w); coeff = 2 * alpha * beta / size, computed on the host.
+// gpucnn: block=256 max_regs=64
 extern "C" __global__ void lrn_backward(
     const float* dy, const float* x, const float* y, const float* scale, float* dx,
     int N, int C, int H, int W, int size, float beta, float coeff)

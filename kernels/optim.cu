@@ -7,6 +7,7 @@
 //                      d = nesterov ? d + momentum * velocity : velocity
 //   param -= lr * d
 // With momentum 0 (plain SGD) velocity is neither read nor written, as in the NumPy reference.
+// gpucnn: block=256 max_regs=64
 extern "C" __global__ void sgd_update(
     float* param, const float* grad, float* velocity, int n,
     float lr, float momentum, float weight_decay, int nesterov)
@@ -29,6 +30,7 @@ extern "C" __global__ void sgd_update(
 //   m = beta1 * m + (1 - beta1) * g
 //   v = beta2 * v + (1 - beta2) * g^2
 //   param -= step_size * m / (sqrt(v) / bias2_sqrt + eps)
+// gpucnn: block=256 max_regs=64
 extern "C" __global__ void adam_update(
     float* param, const float* grad, float* m, float* v, int n,
     float step_size, float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,

@@ -27,6 +27,7 @@ __device__ __forceinline__ int pool_last_window(int pos, int stride, int pad, in
 }
 
 // y[n, c, i, j] = max over the window; switches[n, c, i, j] = h * W + w of that maximum.
+// gpucnn: block=256 max_regs=64
 extern "C" __global__ void max_pool2d_forward(
     const float* x, float* y, int* switches,
     int N, int C, int H, int W, int Ho, int Wo,
@@ -67,6 +68,7 @@ extern "C" __global__ void max_pool2d_forward(
 }
 
 // dx[n, c, h, w] = sum of dy over the windows containing (h, w) whose switch is h * W + w.
+// gpucnn: block=256 max_regs=64
 extern "C" __global__ void max_pool2d_backward(
     const float* dy, const int* switches, float* dx,
     int N, int C, int H, int W, int Ho, int Wo,
@@ -98,6 +100,7 @@ extern "C" __global__ void max_pool2d_backward(
 }
 
 // y[n, c, i, j] = (sum of the window's input pixels) / (kh * kw); padding contributes zeros.
+// gpucnn: block=256 max_regs=64
 extern "C" __global__ void avg_pool2d_forward(
     const float* x, float* y,
     int N, int C, int H, int W, int Ho, int Wo,
@@ -129,6 +132,7 @@ extern "C" __global__ void avg_pool2d_forward(
 }
 
 // dx[n, c, h, w] = (sum of dy over the windows containing (h, w)) / (kh * kw).
+// gpucnn: block=256 max_regs=64
 extern "C" __global__ void avg_pool2d_backward(
     const float* dy, float* dx,
     int N, int C, int H, int W, int Ho, int Wo,

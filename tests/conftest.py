@@ -47,3 +47,9 @@ def device_backend(request):
     if kind == "cuda" and request.param != "forward":
         pytest.skip("thread order is only controllable on the emulator")
     return _device(kind, request.param)
+
+
+@pytest.fixture
+def device_forward(request):
+    """The device backend in its default (forward) thread order, for whole-network tests."""
+    return _device(request.config.getoption("--device-backend"), "forward")

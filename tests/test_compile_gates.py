@@ -417,3 +417,10 @@ def test_report_cli(tmp_path, capsys):
     assert kr.main([str(good), str(bad), "--targets", "sm_90"]) == 1
     text = capsys.readouterr().out
     assert "gate failures" in text and "INFINITY" in text
+
+
+def test_orphan_annotation_is_a_problem():
+    _decls, problems = kr.parse_kernel_decls(
+        '// gpucnn: block=64\nint helper = 1;\nextern "C" __global__ void k(float* x) { }\n',
+        "e.cu")
+    assert len(problems) == 1 and "not next to a kernel" in problems[0]

@@ -28,9 +28,8 @@ def _run(backend, model, x, y, steps, seed):
     ("lenet5", (1, 28, 28), 1, 8),
     ("alexnet_cifar", (3, 32, 32), 3, 2),
 ])
-def test_training_steps_match_numpy(request, numpy_backend, model, shape, steps, batch):
-    from tests.conftest import _device
-    device = _device(request.config.getoption("--device-backend"), "forward")
+def test_training_steps_match_numpy(device_forward, numpy_backend, model, shape, steps, batch):
+    device = device_forward
     rng = np.random.default_rng(7)
     x = [rng.standard_normal((batch, *shape)).astype(np.float32) for _ in range(steps)]
     y = [rng.integers(0, 10, batch).astype(np.int32) for _ in range(steps)]

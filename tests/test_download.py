@@ -41,7 +41,9 @@ class Server:
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
+                # A path ending in "?short" promises more bytes than it sends.
+                promised = len(body) + (1000 if self.path.endswith("?short") else 0)
+                self.send_header("Content-Length", str(promised))
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -192,6 +194,14 @@ def test_http_404(server, tmp_path, rng):
     assert "404" in str(e.value) and "train-images-idx3-ubyte.gz" in str(e.value)
     assert server.url + "missing/" in str(e.value)
     assert leftovers(dest) == []
+
+
+def test_connection_closed_early(server, tmp_path):
+    server.files["/f.gz?short"] = b"only part of it"
+    with pytest.raises(DataError, match="f.gz: download of .* (interrupted|incomplete)"):
+        download_mod.fetch(server.url + "f.gz?short", tmp_path / "f.gz", sha256(b"x"),
+                           progress=False, timeout=10)
+    assert leftovers(tmp_path) == []
 
 
 def test_unreachable_server(tmp_path):

@@ -288,3 +288,30 @@ def test_underflow_read_sees_poison():
     out = np.zeros(8, np.float32)
     m.get_function("shift_read")(1, 8, (np.ones(8, np.float32), out))
     assert np.isnan(out[0]) and np.all(out[1:] == 1)
+
+
+def test_float4_kernel_on_odd_length_arrays(x):
+    """Guarded copies of a float4 kernel's arrays stay 16-byte aligned (as cudaMalloc's are)."""
+    xs = x[:1003].copy()
+    y = np.full_like(xs, np.nan)
+    module().get_function("scale_vec4")((2,), (64,), (xs, y, np.float32(3), np.int32(xs.size)))
+    np.testing.assert_array_equal(y, xs * np.float32(3))
+    with pytest.raises(EmuMemoryError, match=r"vec4_overrun.*past the end of argument 0"):
+        module().get_function("vec4_overrun")(1, 8, (np.zeros(7, np.float32), np.int32(7)))
+
+
+def test_trap():
+    with pytest.raises(EmuLaunchError, match=r"calls_trap.*thread \(2,0,0\).*__trap\(\) called at .*broken\.cu"):
+        module().get_function("calls_trap")(1, 8, (np.zeros(8, np.float32),))
+
+
+def test_test_kernels_are_valid_cuda():
+    """What runs here must also be real CUDA: the test kernels compile with NVRTC."""
+    kr = pytest.importorskip("gpucnn.kernel_report")
+    try:
+        nv = kr.get_nvrtc()
+    except kr.ToolchainUnavailable as exc:
+        pytest.skip(f"NVRTC not available: {exc}")
+    for src in SOURCES:
+        res = kr.compile_nvrtc(src, "sm_80", nvrtc=nv)
+        assert res.ok, f"{src.name}: {res.errors}"

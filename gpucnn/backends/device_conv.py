@@ -17,6 +17,9 @@ images is ``cols[n, g]`` (K x P, K = Cg*kh*kw, P = Ho*Wo) for each image n and g
 * dX:       ``dcols[n, g] = W_g^T @ dY[n, g]`` into the same workspace, then col2im (gather);
 * db:       a per-channel block reduction over N, Ho, Wo.
 
+``need_dx=False`` skips the dX GEMM and col2im; ``need_dw=False`` skips im2col, the dW GEMM
+and db (the skipped gradients are returned as None).
+
 A 1x1, stride-1, unpadded convolution skips im2col: x itself is the column matrix (and dX is
 written directly by the GEMM).
 

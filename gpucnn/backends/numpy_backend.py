@@ -216,6 +216,7 @@ class NumpyBackend(Backend):
         self._lock = threading.Lock()
         self._cols_cache = {}  # id(x) -> _ColsEntry, forward -> backward
         self._local = threading.local()  # per-thread scratch buffers
+        self._spare = {}  # (shape, dtype) -> column buffers free for reuse (no page faults)
 
     # ---- internal helpers: threads, scratch buffers, the forward->backward column cache -------
     def _run(self, fn, ranges):
@@ -257,15 +258,32 @@ class NumpyBackend(Backend):
             buf = bufs[key] = (np.zeros if zero else np.empty)(shape, dtype=dtype)
         return buf
 
+    def _take_cols(self, shape, dtype):
+        with self._lock:
+            spares = self._spare.get((tuple(shape), np.dtype(dtype).str))
+            if spares:
+                return spares.pop()
+        return np.empty(shape, dtype=dtype)
+
+    def _give_cols(self, cols):
+        """Return a column buffer that nothing references any more, for the next forward."""
+        key = (cols.shape, cols.dtype.str)
+        with self._lock:
+            spares = self._spare.setdefault(key, [])
+            if len(spares) < 2 and cols.nbytes <= self.workspace_bytes:
+                spares.append(cols)
+            if len(self._spare) > 8:  # shapes come and go (e.g. a last, smaller batch)
+                self._spare = {key: spares}
+
     def _cache_put(self, x, g, cols):
         if not self.cache_cols or cols.nbytes > self.workspace_bytes:
-            return
+            return False
         key = id(x)
         cache = self._cols_cache
         try:
             ref = weakref.ref(x, lambda _r, key=key, cache=cache: cache.pop(key, None))
         except TypeError:
-            return
+            return False
         entry = _ColsEntry(ref, (g, x.dtype.str, x.strides), x.copy(), cols)
         with self._lock:
             cache.pop(key, None)
@@ -274,6 +292,7 @@ class NumpyBackend(Backend):
             while cache and (len(cache) > 16 or total > self.workspace_bytes):
                 old = cache.pop(next(iter(cache)))
                 total -= old.cols.nbytes
+        return True
 
     def _cache_take(self, x, g):
         """The cached column matrix of x, if x is the very array seen by forward, unchanged."""
@@ -334,7 +353,7 @@ class NumpyBackend(Backend):
         y = np.empty(g.y_shape, dtype=x.dtype)
         slices = self._wide_slices(g, d, x.itemsize)
         for s0, s1 in slices:
-            cols = np.empty(((s1 - s0) // d.c, d.K1, d.c * d.L), dtype=x.dtype)
+            cols = self._take_cols(((s1 - s0) // d.c, d.K1, d.c * d.L), x.dtype)
             out = self._scratch("conv_out", (cols.shape[0], g.F, cols.shape[2]), x.dtype)
 
             def work(a, b_, s0=s0, cols=cols, out=out):
@@ -350,8 +369,9 @@ class NumpyBackend(Backend):
 
             self._run(work, [(s0 + a, s0 + b_) for a, b_ in
                              self._ranges(s1 - s0, d.c, min_units=d.c)])
-            if len(slices) == 1:
-                self._cache_put(x, g, cols)
+            if len(slices) == 1 and self._cache_put(x, g, cols):
+                continue
+            self._give_cols(cols)
         return y
 
     def _wide_slices(self, g, d, itemsize):
@@ -385,64 +405,80 @@ class NumpyBackend(Backend):
         slices = self._wide_slices(g, d, x.itemsize)
         cached = self._cache_take(x, g) if len(slices) == 1 else None
         if not (need_dx or need_dw):
+            if cached is not None:
+                self._give_cols(cached)
             return None, None, None
-        wT = np.ascontiguousarray(w.reshape(g.F, g.K).T) if need_dx else None
-        padded = bool(g.ph or g.pw)
+        # dx: rows of W^T in tap-major order (i, j, c_in), so that each tap's block of the
+        # GEMM result is laid out [c_in, image, padded plane] like the channel-major dx.
+        wT = (np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(g.K, g.F)) if need_dx
+              else None)
+        S = d.Hp * d.Wp
         dx = np.empty(g.x_shape, dtype=dt) if need_dx else None
         dwT = np.zeros((d.K1, g.F), dtype=dt) if need_dw else None
         for s0, s1 in slices:
-            nch = (s1 - s0) // d.c
+            ns, nch = s1 - s0, (s1 - s0) // d.c
+            cols = None
             if need_dw:
-                cols = cached if cached is not None else np.empty((nch, d.K1, d.c * d.L), dt)
-            else:
-                cols = None
-            dyw = self._scratch("conv_dyw", (nch, g.F, d.c * d.L), dt, zero=True)
-            dcols = (self._scratch("conv_dcols", (nch, g.K, d.c * d.L), dt) if need_dx
-                     else None)
+                cols = (cached if cached is not None
+                        else self._take_cols((nch, d.K1, d.c * d.L), dt))
+                dyw = self._scratch("conv_dyw", (nch, g.F, d.c * d.L), dt, zero=True)
+            if need_dx:
+                dyS = self._scratch("conv_dyS", (g.F, ns, S), dt, zero=True)
+                dcS = self._scratch("conv_dcS", (g.K, ns * S), dt)
+                dxS = self._scratch("conv_dxS", (g.C, ns * S), dt)
 
-            def work(a, b, s0=s0, cols=cols, dyw=dyw, dcols=dcols):
-                ca, cb = (a - s0) // d.c, (b - s0) // d.c
-                # dy into the wide layout; junk columns stay zero (never written).
-                np.copyto(_wide_to_nchw(dyw[ca:cb], g, d),
-                          dy[a:b].reshape(cb - ca, d.c, g.F, g.Ho, g.Wo))
+            def work(a, b, s0=s0, cols=cols):
                 part = None
                 if need_dw:
+                    ca, cb = (a - s0) // d.c, (b - s0) // d.c
+                    # dy into the wide layout; junk columns stay zero (never written).
+                    np.copyto(_wide_to_nchw(dyw[ca:cb], g, d),
+                              dy[a:b].reshape(cb - ca, d.c, g.F, g.Ho, g.Wo))
                     if cached is None:
                         self._im2col_wide(x, g, d, a, b, cols[ca:cb])
                     part = np.matmul(cols[ca:cb], dyw[ca:cb].transpose(0, 2, 1)).sum(axis=0)
                 if need_dx:
-                    np.matmul(wT, dyw[ca:cb], out=dcols[ca:cb])
-                    self._col2im_wide(dcols[ca:cb], g, d, a, b, dx, padded)
+                    self._conv_dx(dy, wT, g, d, a - s0, b - s0, s0, dyS, dcS, dxS, dx)
                 return part
 
             parts = self._run(work, [(s0 + a, s0 + b) for a, b in
-                                     self._ranges(s1 - s0, d.c, min_units=d.c)])
+                                     self._ranges(ns, d.c, min_units=d.c)])
             if need_dw:
                 for part in parts:
                     dwT += part
+            if cols is not None:
+                self._give_cols(cols)
         if not need_dw:
             return dx, None, None
         dw = np.ascontiguousarray(dwT[:g.K].T).reshape(w.shape)
         return dx, dw, dwT[g.K].copy()
 
-    def _col2im_wide(self, dcols, g, d, a, b, dx, padded):
-        """dx[a:b] = the adjoint of _im2col_wide applied to dcols (overwrites dx[a:b])."""
+    @staticmethod
+    def _conv_dx(dy, wT, g, d, a, b, s0, dyS, dcS, dxS, dx):
+        """dx for images [s0 + a, s0 + b) of the slice, in the channel-major padded-plane
+        layout (C, n, Hp * Wp): dcols = W^T @ dy (dy zero outside valid output positions),
+        then each tap adds its whole (C, n * plane) block, shifted by i * Wp + j, in one call
+        (C long rows instead of N * C * kh * kw short ones). A shifted block would run past
+        its last plane only with zeros (outputs end L <= plane - shift into the plane), so
+        the tail is dropped and ranges of different threads never touch."""
+        S = d.Hp * d.Wp
+        lo, hi = a * S, b * S
         n = b - a
-        if padded:
-            dxp = self._scratch("conv_dxpad", (n, g.C, d.Hp, d.Wp), dx.dtype)
-        else:
-            dxp = dx[a:b]
-        dxp.fill(0)
-        sN, sC, sH, sW = dxp.strides
-        flat = dxp.reshape(n, g.C, d.Hp * d.Wp)
-        src = _view(dcols, (n // d.c, g.C, g.kh, g.kw, d.c, d.L))
+        # dy -> (F, image, plane) with zeros at junk positions (never written).
+        dst = as_strided(dyS[:, a:], (g.F, n, g.Ho, g.Wo),
+                         (dyS.strides[0], dyS.strides[1], d.Wp * dyS.itemsize, dyS.itemsize))
+        np.copyto(dst, dy[s0 + a:s0 + b].transpose(1, 0, 2, 3))
+        np.matmul(wT, dyS.reshape(g.F, -1)[:, lo:hi], out=dcS[:, lo:hi])
+        out = dxS[:, lo:hi]
+        out.fill(0)
         for i in range(g.kh):
             for j in range(g.kw):
-                dst = as_strided(flat[:, :, i * d.Wp + j:], (n // d.c, g.C, d.c, d.L),
-                                 (d.c * sN, sC, sN, sW))
-                np.add(dst, src[:, :, i, j], out=dst)
-        if padded:
-            dx[a:b] = dxp[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W]
+                off = i * d.Wp + j
+                t = (i * g.kw + j) * g.C
+                blk = out[:, off:]
+                np.add(blk, dcS[t:t + g.C, lo:hi - off], out=blk)
+        planes = out.reshape(g.C, n, d.Hp, d.Wp)[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W]
+        dx[s0 + a:s0 + b] = planes.transpose(1, 0, 2, 3)
 
     # -- the general path: any stride / dilation / groups ------------------------------------
     def _conv2d_generic(self, x, w, b, g, relu):

@@ -116,8 +116,9 @@ def format_header(res):
     if "gpu" in env:
         lines.append(f"GPU: {env['gpu']}")
     tel = res["telemetry"]
-    lines.append("telemetry: " + (f"NVML on {tel['device'].get('name')}" if tel["available"]
-                                  else f"off ({tel['reason']})"))
+    lines.append(f"GPU telemetry: NVML on {tel['device'].get('name')}, min/median/max per "
+                 f"benchmark in the JSON" if tel["available"]
+                 else "GPU telemetry: not recorded (NVML unavailable, see above)")
     return "\n".join(lines)
 
 

@@ -111,7 +111,11 @@ def _our_timer(B):
 
 
 def _setup_torch(cfg, B, log):
-    import torch  # only here: torch is never a dependency of gpucnn
+    try:
+        import torch  # only here: torch is never a dependency of gpucnn
+    except ImportError as exc:
+        raise ImportError(f"--compare torch needs PyTorch, which is not importable: {exc}") \
+            from exc
     threads = cfg.threads or _env.blas_threads()
     torch.set_num_threads(int(threads))
     torch.manual_seed(cfg.seed)
@@ -155,10 +159,10 @@ def run_suite(cfg, log=print, nvml=None, argv=None):
     t_start = time.perf_counter()
     B = get_backend(cfg.backend)
     notes = list(cfg.notes)
-    threads_note = None
     if cfg.threads:
         threads_note = _env.limit_blas_threads(cfg.threads)
         notes.append(threads_note)
+        log(f"note: {threads_note}")
     res = {"schema": SCHEMA, "created": _now(), "argv": list(argv or []),
            "config": cfg.as_dict(), "environment": _env.environment(B),
            "layers": [], "nets": [], "comparisons": [], "errors": [], "notes": notes}

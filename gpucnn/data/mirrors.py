@@ -18,6 +18,7 @@ fetched from the URL directly. Only urllib is used.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import posixpath
 import tarfile
@@ -156,7 +157,7 @@ def fetch(url: str, dest: str | os.PathLike, digest: str, progress: bool = True,
             except urllib.error.HTTPError as e:
                 raise DataError(f"{dest.name}: download failed: HTTP {e.code} {e.reason} "
                                 f"for {url}") from None
-            except (urllib.error.URLError, OSError) as e:
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 reason = getattr(e, "reason", e)
                 raise DataError(f"{dest.name}: cannot download {url}: {reason}") from None
             with response:
@@ -168,7 +169,7 @@ def fetch(url: str, dest: str | os.PathLike, digest: str, progress: bool = True,
                     while True:
                         try:
                             chunk = response.read(_CHUNK)
-                        except OSError as e:
+                        except (OSError, http.client.HTTPException) as e:
                             raise DataError(f"{dest.name}: download of {url} interrupted "
                                             f"after {received} bytes: {e}") from None
                         if not chunk:

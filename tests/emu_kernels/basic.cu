@@ -73,3 +73,18 @@ extern "C" __global__ void count_positive(const float* x, int* counter, unsigned
         atomicAdd(fsum, 1.0f);
     }
 }
+
+// float4 loads/stores over the first n4*4 elements, scalar tail (array length need not be a
+// multiple of 4: the emulator then 16-byte aligns its guarded copy).
+extern "C" __global__ void scale_vec4(const float* __restrict__ x, float* __restrict__ y, float s, int n)
+{
+    int n4 = n / 4;
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    float4* y4 = reinterpret_cast<float4*>(y);
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += blockDim.x * gridDim.x) {
+        float4 v = x4[i];
+        y4[i] = make_float4(v.x * s, v.y * s, v.z * s, v.w * s);
+    }
+    for (int i = n4 * 4 + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        y[i] = x[i] * s;
+}

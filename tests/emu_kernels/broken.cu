@@ -126,3 +126,16 @@ extern "C" __global__ void shfl_vs_barrier(float* out)
     }
     out[threadIdx.x] = v;
 }
+
+// float4 store covering one element past the end when n is not a multiple of 4.
+extern "C" __global__ void vec4_overrun(float* y, int n)
+{
+    int i = threadIdx.x;
+    if (i * 4 < n) reinterpret_cast<float4*>(y)[i] = make_float4(1.0f, 2.0f, 3.0f, 4.0f);
+}
+
+extern "C" __global__ void calls_trap(float* out)
+{
+    if (threadIdx.x == 2) __trap();
+    out[threadIdx.x] = 1.0f;
+}

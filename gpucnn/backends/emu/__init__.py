@@ -26,6 +26,7 @@ import ctypes
 import hashlib
 import json
 import os
+import platform
 import re
 import signal
 import subprocess
@@ -37,8 +38,9 @@ import numpy as np
 
 from ..kernel_sig import check_launch_args, parse_kernels, parse_launch_bounds
 
-__all__ = ["EmuModule", "EmuKernel", "EmuError", "EmuBuildError", "EmuMemoryError",
-           "EmuDeadlockError", "EmuTimeoutError", "EmuLaunchError", "EmuArithmeticError", "cache_dir", "ORDERS"]
+__all__ = ["EmuModule", "EmuKernel", "emulator_info", "EmuError", "EmuBuildError",
+           "EmuMemoryError", "EmuDeadlockError", "EmuTimeoutError", "EmuLaunchError",
+           "EmuArithmeticError", "cache_dir", "ORDERS"]
 
 _HERE = Path(__file__).resolve().parent
 HEADER = _HERE / "cuda_emu.h"
@@ -48,10 +50,27 @@ DYN_SMEM_MAX = 48 * 1024
 ABI = 2
 
 CXX = os.environ.get("GPUCNN_EMU_CXX", "g++")
+
+
+def _cpu_flags():
+    """-mfma / -mavx2 when this CPU has them (the flags are part of every cache key)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            words = set()
+            for line in f:
+                if line.startswith("flags"):
+                    words = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return []
+    return [f"-m{x}" for x in ("avx2", "fma") if x in words]
+
+
 # -O2 not -O3 (path splitting duplicates barrier calls); -mfma so fmaf is one instruction;
-# hidden visibility + no gnu-unique so separately loaded modules never share statics.
-COMMON_FLAGS = ["-O2", "-mfma", "-mavx2", "-mtls-dialect=gnu2", "-fPIC", "-fvisibility=hidden", "-fno-gnu-unique",
-                "-fno-math-errno", "-fno-strict-aliasing", "-fno-exceptions",
+# hidden visibility + no gnu-unique so separately loaded modules never share statics;
+# TLS descriptors (gnu2) make thread-local lookups (threadIdx, __shared__) cheaper.
+COMMON_FLAGS = ["-O2", *_cpu_flags(), "-mtls-dialect=gnu2", "-fPIC", "-fvisibility=hidden",
+                "-fno-gnu-unique", "-fno-math-errno", "-fno-strict-aliasing", "-fno-exceptions",
                 "-fno-stack-protector"]
 # -fstack-clash-protection: a big local array probes the stack page by page, so it hits the
 # fiber's guard page (an error) instead of jumping over it into other memory.
@@ -247,7 +266,8 @@ class _Built:
                                 ctypes.POINTER(_Err)]
         self.guard_alloc = self.lib["gpucnn_emu_guard_alloc"]
         self.guard_alloc.restype = ctypes.c_void_p
-        self.guard_alloc.argtypes = [ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p),
+        self.guard_alloc.argtypes = [ctypes.c_ulonglong, ctypes.c_ulonglong,
+                                     ctypes.POINTER(ctypes.c_void_p),
                                      ctypes.POINTER(ctypes.c_ulonglong)]
         self.guard_free = self.lib["gpucnn_emu_guard_free"]
         self.guard_free.restype = None
@@ -288,6 +308,7 @@ def _build(sources) -> _Built:
             paths.append(p)
 
     kernels = {}
+    vector_sources = {}
     objs = []
     jobs = []
     for p in paths:
@@ -297,6 +318,8 @@ def _build(sources) -> _Built:
         except ValueError as e:
             raise EmuBuildError(f"emu: {p}: {e}") from None
         bounds = parse_launch_bounds(text)
+        vector_sources[str(p)] = bool(re.search(r"\b(float4|int4|uint4|double2|float2|int2|uint2)\b",
+                                                text))
         for k, params in ks.items():
             if k in kernels:
                 raise EmuBuildError(f"emu: kernel {k} is defined in both {kernels[k][1]} and {p}")
@@ -364,6 +387,7 @@ def _build(sources) -> _Built:
         m = json.loads(meta.read_text())
         built = _loaded[so] = _Built(so, kernels, [tuple(x) for x in m["poison"]],
                                      m.get("has_dyn", True))
+        built.vector_sources = vector_sources
     return built
 
 
@@ -403,6 +427,11 @@ class EmuKernel:
         self.source = source
         self._tramp = module._built.tramps[name]
         self.last_cpu_s = 0.0   # CPU seconds the emulator's workers spent in the last launch
+        # Guarded copies normally end exactly at a guard page (their start may then be only
+        # 4-byte aligned). A kernel whose source uses 16-byte vector types gets 16-byte aligned
+        # copies instead (a past-the-end write within the last 16 bytes is then found by a
+        # canary check, a read there sees NaN).
+        self.align = 16 if module._built.vector_sources.get(str(source)) else 1
 
     def __repr__(self):
         return f"<EmuKernel {self.name} from {self.source}>"
@@ -446,7 +475,7 @@ class EmuKernel:
                         else:
                             base = ctypes.c_void_p()
                             total = ctypes.c_ulonglong()
-                            ptr = built.guard_alloc(nbytes, ctypes.byref(base),
+                            ptr = built.guard_alloc(nbytes, self.align, ctypes.byref(base),
                                                     ctypes.byref(total))
                             if not ptr:
                                 raise MemoryError("emu: could not map a guarded buffer")
@@ -473,15 +502,7 @@ class EmuKernel:
             self.last_cpu_s = built.cpu_ns() * 1e-9
             if rc == 0 and mod.checks:
                 for p, v, ptr, base, total, nbytes in guards:
-                    pad = ptr - base - mmap_page()
-                    if pad > 0 and ctypes.string_at(base + mmap_page(), pad) != b"\xff" * pad:
-                        raw = ctypes.string_at(base + mmap_page(), pad)
-                        first = next(i for i, c in enumerate(raw) if c != 0xFF)
-                        before = pad - first
-                        raise EmuMemoryError(
-                            f"kernel {self.name} grid={g} block={b}: out-of-bounds write before the "
-                            f"start of argument {p.index} ({p.ctype} {p.name}, {v.size} elements): "
-                            f"{before} bytes before element 0 were modified")
+                    self._check_canaries(p, v, ptr, base, total, nbytes, g, b)
                 for p, v, ptr, base, total, nbytes in guards:
                     if nbytes and v.flags.writeable:
                         ctypes.memmove(v.ctypes.data, ptr, nbytes)
@@ -490,6 +511,27 @@ class EmuKernel:
         finally:
             for p, v, ptr, base, total, nbytes in guards:
                 built.guard_free(base, total)
+
+    def _check_canaries(self, p, v, ptr, base, total, nbytes, g, b):
+        page = mmap_page()
+        pad = ptr - base - page
+        what = f"argument {p.index} ({p.ctype} {p.name}, {v.size} elements of {v.dtype})"
+        if pad > 0:
+            raw = ctypes.string_at(base + page, pad)
+            if raw != b"\xff" * pad:
+                first = next(i for i, c in enumerate(raw) if c != 0xFF)
+                raise EmuMemoryError(
+                    f"kernel {self.name} grid={g} block={b}: out-of-bounds write before the start "
+                    f"of {what}: byte {pad - first} before element 0 was modified")
+        end = ptr + nbytes
+        tail = base + total - page - end
+        if tail > 0:
+            raw = ctypes.string_at(end, tail)
+            if raw != b"\xff" * tail:
+                first = next(i for i, c in enumerate(raw) if c != 0xFF)
+                raise EmuMemoryError(
+                    f"kernel {self.name} grid={g} block={b}: out-of-bounds write past the end of "
+                    f"{what}: byte {first} past the end was modified")
 
     def _error(self, rc, err, g, b, ranges, shared_mem):
         msg = err.msg.decode(errors="replace")
@@ -552,11 +594,29 @@ def _describe_addr(addr, ranges, checks):
     return best[1]
 
 
+def emulator_info() -> str:
+    """One line for ``gpucnn info``: compiler, cache, model. Builds nothing."""
+    try:
+        cver = _compiler_version().splitlines()[0]
+    except EmuError as e:
+        cver = f"no compiler ({e})"
+    d = os.environ.get("GPUCNN_CACHE_DIR")
+    cdir = Path(d) / "emu" if d else Path.home() / ".cache" / "gpucnn" / "emu"
+    return (f"g++ fibers (one per CUDA thread, 64 KiB stacks), up to "
+            f"{os.environ.get('GPUCNN_EMU_WORKERS', '2')} worker threads; compiler: {cver}; "
+            f"cache: {cdir}")
+
+
 class EmuModule:
     """The emulator's counterpart of ``cupy.RawModule``."""
 
-    def __init__(self, sources, order="forward", checks=False, seed=0, watchdog_s=20.0,
+    def __init__(self, sources, order="forward", checks=False, seed=0, watchdog_s=None,
                  workers=None):
+        if watchdog_s is None:
+            watchdog_s = float(os.environ.get("GPUCNN_EMU_WATCHDOG_S", "20"))
+        if platform.machine() not in ("x86_64", "AMD64"):
+            raise EmuError(f"the CUDA emulator needs an x86-64 CPU (its fiber switch is x86-64 "
+                           f"assembly); this is {platform.machine()}")
         if isinstance(sources, (str, Path)):
             sources = [sources]
         if order not in ORDERS:

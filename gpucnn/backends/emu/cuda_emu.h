@@ -277,10 +277,23 @@ __EMU_INL long long min(long long a, long long b) { return a < b ? a : b; }
 __EMU_INL long long max(long long a, long long b) { return a > b ? a : b; }
 __EMU_INL unsigned long long min(unsigned long long a, unsigned long long b) { return a < b ? a : b; }
 __EMU_INL unsigned long long max(unsigned long long a, unsigned long long b) { return a > b ? a : b; }
+// mixed signed/unsigned and float/double overloads, as CUDA's math_functions provide
+__EMU_INL unsigned int min(int a, unsigned int b) { return min((unsigned int)a, b); }
+__EMU_INL unsigned int min(unsigned int a, int b) { return min(a, (unsigned int)b); }
+__EMU_INL unsigned int max(int a, unsigned int b) { return max((unsigned int)a, b); }
+__EMU_INL unsigned int max(unsigned int a, int b) { return max(a, (unsigned int)b); }
+__EMU_INL unsigned long long min(long long a, unsigned long long b) { return min((unsigned long long)a, b); }
+__EMU_INL unsigned long long min(unsigned long long a, long long b) { return min(a, (unsigned long long)b); }
+__EMU_INL unsigned long long max(long long a, unsigned long long b) { return max((unsigned long long)a, b); }
+__EMU_INL unsigned long long max(unsigned long long a, long long b) { return max(a, (unsigned long long)b); }
 __EMU_INL float min(float a, float b) { return fminf(a, b); }
 __EMU_INL float max(float a, float b) { return fmaxf(a, b); }
 __EMU_INL double min(double a, double b) { return fmin(a, b); }
 __EMU_INL double max(double a, double b) { return fmax(a, b); }
+__EMU_INL double min(float a, double b) { return fmin((double)a, b); }
+__EMU_INL double min(double a, float b) { return fmin(a, (double)b); }
+__EMU_INL double max(float a, double b) { return fmax((double)a, b); }
+__EMU_INL double max(double a, float b) { return fmax(a, (double)b); }
 __EMU_INL int abs(int a) { return a < 0 ? -a : a; }
 __EMU_INL long long llabs(long long a) { return a < 0 ? -a : a; }
 

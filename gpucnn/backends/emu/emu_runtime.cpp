@@ -135,6 +135,7 @@ struct Worker {
     volatile sig_atomic_t in_fiber;
     volatile sig_atomic_t fault_sig;
     void* fault_addr;
+    int fault_code;
     sigjmp_buf jb;
     pthread_t thread;
     pthread_t self;            // set by the worker itself while it runs
@@ -288,6 +289,7 @@ extern "C" HIDDEN unsigned __emu_activemask(void) {
 
 extern "C" HIDDEN void __emu_trap(const char* file, int line) {
     Worker* w = __emu_tw;
+    w->in_fiber = 0;   // no watchdog longjmp while set_error holds the lock
     set_error(w->L, ERR_TRAP, 0, w->cur, &w->bidx, 0, "__trap() called at %s:%d", file, line);
     // abandon the launch: jump back to the worker loop
     siglongjmp(w->jb, 2);
@@ -550,6 +552,7 @@ static void on_signal(int sig, siginfo_t* info, void* uctx) {
         w->in_fiber = 0;
         w->fault_sig = sig;
         w->fault_addr = info ? info->si_addr : nullptr;
+        w->fault_code = info ? info->si_code : 0;
         siglongjmp(w->jb, 1);
     }
     if (sig == watchdog_signal()) return;   // not running kernel code: the scheduler sees `abort`
@@ -601,9 +604,11 @@ static void describe_fault(Worker* w, char* buf, size_t len) {
     else if (a >= s0 && a < s1 && (a - s0) % (kStack + g_page) < g_page)
         snprintf(buf, len, "%s: fiber stack overflow (a CUDA thread used more than %zu KiB of stack) at 0x%lx",
                  sname, kStack / 1024, (unsigned long)a);
-    else if (w->fault_sig == SIGSEGV && a == 0)
-        snprintf(buf, len, "%s: invalid memory access (address 0 reported: null pointer, or a general-protection "
-                 "fault such as a misaligned vector access)", sname);
+    else if (w->fault_sig == SIGSEGV && w->fault_code == SI_KERNEL)
+        snprintf(buf, len, "%s: general-protection fault: a misaligned vector access (float4/int4/double2 "
+                 "need 16-byte aligned addresses, as on a GPU) or a wild pointer", sname);
+    else if (w->fault_sig == SIGSEGV && a < 4096)
+        snprintf(buf, len, "%s: null pointer access (address 0x%lx)", sname, (unsigned long)a);
     else
         snprintf(buf, len, "%s: invalid memory access at address 0x%lx", sname, (unsigned long)a);
 }
@@ -802,17 +807,23 @@ EXPORT int gpucnn_emu_launch(void (*tramp)(void**), void** args, const unsigned*
 // Guarded buffers for checks=True: [PROT_NONE page][canary 0xff.. | data][PROT_NONE page], the
 // data's end touching the trailing guard page (any access past the end faults). Writes before the
 // start are found by checking the canary after the launch; reads there see 0xff bytes (NaN / -1).
-EXPORT void* gpucnn_emu_guard_alloc(unsigned long long nbytes, void** base_out, unsigned long long* total_out) {
+// align > 1: the data start is rounded down to that alignment (kernels using float4 & co. on
+// arrays whose size is not a multiple of 16 bytes); the few bytes between the data's end and the
+// guard page are canary too.
+EXPORT void* gpucnn_emu_guard_alloc(unsigned long long nbytes, unsigned long long align, void** base_out,
+                                    unsigned long long* total_out) {
     size_t pg = (size_t)sysconf(_SC_PAGESIZE);
-    size_t dpages = (nbytes + pg - 1) / pg;
+    if (align < 1) align = 1;
+    size_t dpages = (nbytes + align - 1 + pg - 1) / pg;
     if (dpages == 0) dpages = 1;
     size_t total = (dpages + 2) * pg;
     void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return nullptr;
     mprotect(p, pg, PROT_NONE);
     mprotect((char*)p + (dpages + 1) * pg, pg, PROT_NONE);
-    char* data = (char*)p + (dpages + 1) * pg - nbytes;
-    memset((char*)p + pg, 0xff, (size_t)(data - ((char*)p + pg)));   // canary: reads see NaN / -1
+    char* end = (char*)p + (dpages + 1) * pg;
+    char* data = (char*)(((uintptr_t)(end - nbytes)) & ~(uintptr_t)(align - 1));
+    memset((char*)p + pg, 0xff, (size_t)(end - ((char*)p + pg)));   // canary: reads see NaN / -1
     *base_out = p;
     *total_out = total;
     return data;
