@@ -351,3 +351,26 @@ def test_bench_cli_accepts_separator(tmp_path):
                          str(path)])
     assert rc == 0 and json.loads(path.read_text())["schema"] == "gpucnn-bench/1"
 
+
+def test_cupy_event_timer_with_fake_cupy():
+    """The GPU timer records events around the call and reads their elapsed time."""
+    from gpucnn.bench.timing import CupyEventTimer
+    calls = []
+
+    class Event:
+        def record(self):
+            calls.append("record")
+
+        def synchronize(self):
+            calls.append("event-sync")
+
+    class Device:
+        def synchronize(self):
+            calls.append("device-sync")
+
+    cuda = types.SimpleNamespace(Event=Event, Device=Device,
+                                 get_elapsed_time=lambda a, b: 12.5)  # milliseconds
+    timer = CupyEventTimer(types.SimpleNamespace(cuda=cuda))
+    assert timer.time(lambda i: calls.append(f"run{i}"), 3) == pytest.approx(0.0125)
+    assert calls == ["device-sync", "record", "run3", "record", "event-sync"]
+

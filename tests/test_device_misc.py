@@ -167,6 +167,17 @@ def test_softmax_cross_entropy(device_backend, numpy_backend, rng, N, K, scale, 
     assert_close(host(B, dlogits), dlogits_ref, TOL, "dlogits")
 
 
+def test_xent_block_size_matches_the_kernel():
+    """The launch's block size is the size of loss.cu's shared-memory reduction tree."""
+    import re
+
+    from gpucnn.backends.device import kernel_dir
+    from gpucnn.backends.device_misc import XENT_THREADS
+    text = (kernel_dir() / "loss.cu").read_text()
+    assert int(re.search(r"#define XENT_THREADS (\d+)", text).group(1)) == XENT_THREADS
+    assert XENT_THREADS & (XENT_THREADS - 1) == 0, "the tree reduction needs a power of two"
+
+
 def test_softmax_cross_entropy_is_deterministic(device_backend, rng):
     B = device_backend
     logits = dev(B, randn(rng, 9, 130))

@@ -363,7 +363,8 @@ class Backend:
     # ---- optimiser updates (in place; PyTorch's formulas) -----------------------------------
     def sgd_update(self, param, grad, velocity, lr, momentum=0.0, weight_decay=0.0,
                    nesterov=False):
-        """d = g + wd*p; v = momentum*v + d; p -= lr * (d + momentum*v if nesterov else v)."""
+        """PyTorch's SGD: d = g + wd*p; with momentum, v = momentum*v + d and the step is
+        d + momentum*v (Nesterov) or v; without momentum the step is d and v is untouched."""
         self._check(param, "param")
         self._check(grad, "grad", shape=param.shape)
         self._check(velocity, "velocity", shape=param.shape)

@@ -151,6 +151,10 @@ def build_config(args, backend_name):
         net_names = args.nets
     elif args.full:
         net_names = ["lenet5", "alexnet_cifar", "alexnet"]
+    elif emu and model != "lenet5":
+        net_names = ["lenet5"]
+        notes.append(f"emu: smoke run of lenet5 only ({model} on the emulator would take very "
+                     f"long; pass --nets {model} to insist)")
     else:
         net_names = [model]
     nets = []

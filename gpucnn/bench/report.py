@@ -118,7 +118,7 @@ def format_header(res):
     tel = res["telemetry"]
     lines.append(f"GPU telemetry: NVML on {tel['device'].get('name')}, min/median/max per "
                  f"benchmark in the JSON" if tel["available"]
-                 else "GPU telemetry: not recorded (NVML unavailable, see above)")
+                 else f"GPU telemetry: not recorded: {tel['reason']}")
     return "\n".join(lines)
 
 

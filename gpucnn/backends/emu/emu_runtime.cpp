@@ -114,8 +114,8 @@ struct Launch {
     std::atomic<long long> next_block;
     std::atomic<int> abort;
     std::mutex mu;
-    std::condition_variable cv;
-    int workers_done;
+    int nworkers;              // worker slots this launch may use
+    int participants;          // helpers that joined (under g_pool_mu)
     EmuErr err;                // first error wins (under mu)
 };
 
@@ -137,15 +137,15 @@ struct Worker {
     void* fault_addr;
     int fault_code;
     sigjmp_buf jb;
-    pthread_t thread;
     pthread_t self;            // set by the worker itself while it runs
     volatile sig_atomic_t has_self;
-    volatile int running;
+    char* altstack;            // signal stack
     EmuU3 bidx;
     unsigned char* dyn;
 };
 
 static const size_t kStack = 64 * 1024;
+static const size_t kAltStack = 64 * 1024;
 static size_t g_page = 4096;
 static __thread Worker* __emu_tw;
 static std::mutex g_launch_mu;
@@ -170,7 +170,6 @@ static void set_error(Launch* L, int kind, int signo, const Fiber* f, const EmuU
         va_end(ap);
     }
     L->abort.store(1);
-    L->cv.notify_all();
 }
 
 // ---------------------------------------------------------------- fibers
@@ -581,7 +580,7 @@ static void install_handlers() {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_sigaction = on_signal;
-        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER;
+        sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_NODEFER | SA_RESTART;
         sigemptyset(&sa.sa_mask);
         struct sigaction old;
         sigaction(sig, &sa, &old);
@@ -621,22 +620,25 @@ static long long thread_cpu_ns() {
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
-static void worker_main(Worker* w) {
+// Runs blocks of launch L on the calling OS thread until none is left or the launch aborts.
+// Called by the launching thread itself (worker 0) and by the persistent helper thread(s).
+static void worker_main(Worker* w, Launch* L) {
     long long cpu0 = thread_cpu_ns();
+    w->L = L;
+    w->cur = nullptr;
+    w->fault_sig = 0;
+    w->in_fiber = 0;
     __emu_tw = w;
-    w->self = pthread_self();
-    w->has_self = 1;
-    Launch* L = w->L;
     stack_t ss, old_ss;
-    size_t alt_size = 64 * 1024;
-    ss.ss_sp = malloc(alt_size);
-    ss.ss_size = alt_size;
+    ss.ss_sp = w->altstack;
+    ss.ss_size = kAltStack;
     ss.ss_flags = 0;
     sigaltstack(&ss, &old_ss);
+    w->self = pthread_self();
+    w->has_self = 1;
     blockDim = L->block;
     gridDim = L->grid;
     w->dyn = __emu_dyn_smem;
-    w->in_fiber = 0;
     if (sigsetjmp(w->jb, 1) == 0) {
         for (;;) {
             if (L->abort.load()) break;
@@ -651,11 +653,12 @@ static void worker_main(Worker* w) {
             if (w->cur) {
                 char a[48];
                 fmt_tid(a, sizeof a, w->cur);
-                // the launcher already recorded the watchdog error; add where this thread was
+                // the watchdog recorded the error; add where this thread was
                 std::lock_guard<std::mutex> g(L->mu);
                 if (L->err.kind == ERR_WATCHDOG && L->err.msg[0] == 0) {
                     L->err.block[0] = w->bidx.x; L->err.block[1] = w->bidx.y; L->err.block[2] = w->bidx.z;
-                    L->err.thread[0] = w->cur->idx.x; L->err.thread[1] = w->cur->idx.y; L->err.thread[2] = w->cur->idx.z;
+                    L->err.thread[0] = w->cur->idx.x; L->err.thread[1] = w->cur->idx.y;
+                    L->err.thread[2] = w->cur->idx.z;
                     snprintf(L->err.msg, sizeof L->err.msg, "thread %s of block (%u,%u,%u) was still running",
                              a, w->bidx.x, w->bidx.y, w->bidx.z);
                 }
@@ -669,25 +672,104 @@ static void worker_main(Worker* w) {
         L->abort.store(1);
     }
     w->in_fiber = 0;
-    stack_t dis;
-    memset(&dis, 0, sizeof dis);
-    dis.ss_flags = SS_DISABLE;
-    sigaltstack(&dis, nullptr);
-    free(ss.ss_sp);
     w->has_self = 0;
+    sigaltstack(&old_ss, nullptr);
     __emu_tw = nullptr;
+    w->L = nullptr;
     g_cpu_ns.fetch_add(thread_cpu_ns() - cpu0);
-    {
-        std::lock_guard<std::mutex> g(L->mu);
-        L->workers_done++;
-        w->running = 0;
-    }
-    L->cv.notify_all();
 }
 
-static void* worker_thread(void* p) {
-    worker_main((Worker*)p);
+// ---------------------------------------------------------------- helper threads and watchdog
+// Helpers are persistent. A launch is "open" while the launching thread runs blocks itself; a
+// helper that wakes up in time joins (participants++) and takes blocks too. The launching thread
+// never waits for a helper that has not joined, so a busy machine cannot delay a launch.
+static std::mutex g_pool_mu;
+static std::condition_variable g_pool_cv;      // helpers wait here for a new launch
+static std::condition_variable g_done_cv;      // the launcher waits here for participants == 0
+static Launch* g_open = nullptr;
+static unsigned long long g_gen = 0;
+static int g_helpers = 0;
+
+static void* helper_thread(void* p) {
+    int id = (int)(intptr_t)p;
+    Worker* w = &g_workers[id];
+    unsigned long long seen = 0;
+    std::unique_lock<std::mutex> lk(g_pool_mu);
+    for (;;) {
+        g_pool_cv.wait(lk, [&] { return g_gen != seen; });
+        seen = g_gen;
+        Launch* L = g_open;
+        if (!L || L->abort.load() || L->next_block.load() >= L->nblocks || id >= L->nworkers) continue;
+        L->participants++;
+        lk.unlock();
+        worker_main(w, L);
+        lk.lock();
+        L->participants--;
+        g_done_cv.notify_all();
+    }
     return nullptr;
+}
+
+static std::mutex g_wd_mu;
+static std::condition_variable g_wd_cv;
+static Launch* g_wd_launch = nullptr;
+static std::chrono::steady_clock::time_point g_wd_deadline;
+static bool g_wd_started = false;
+
+static void signal_workers(Launch* L) {
+    for (int i = 0; i < kMaxWorkers; i++) {
+        Worker* w = &g_workers[i];
+        if (w->has_self && w->L == L) pthread_kill(w->self, watchdog_signal());
+    }
+}
+
+static void* watchdog_thread(void*) {
+    std::unique_lock<std::mutex> lk(g_wd_mu);
+    for (;;) {
+        if (!g_wd_launch) { g_wd_cv.wait(lk); continue; }
+        Launch* L = g_wd_launch;
+        if (g_wd_cv.wait_until(lk, g_wd_deadline) != std::cv_status::timeout) continue;
+        if (g_wd_launch != L || std::chrono::steady_clock::now() < g_wd_deadline) continue;
+        {
+            std::lock_guard<std::mutex> g(L->mu);
+            if (L->err.kind == ERR_NONE) { L->err.kind = ERR_WATCHDOG; L->err.msg[0] = 0; }
+        }
+        L->abort.store(1);
+        // interrupt the workers still inside kernel code until the launcher disarms us
+        while (g_wd_launch == L) {
+            signal_workers(L);
+            g_wd_cv.wait_for(lk, std::chrono::milliseconds(20));
+        }
+    }
+    return nullptr;
+}
+
+static bool start_threads(int nw) {
+    if (!g_wd_started) {
+        pthread_t t;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setstacksize(&at, 256 * 1024);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        bool ok = pthread_create(&t, &at, watchdog_thread, nullptr) == 0;
+        pthread_attr_destroy(&at);
+        if (!ok) return false;
+        g_wd_started = true;
+    }
+    while (g_helpers < nw - 1) {
+        int id = g_helpers + 1;
+        if (!g_workers[id].altstack) g_workers[id].altstack = (char*)malloc(kAltStack);
+        pthread_t t;
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setstacksize(&at, 1 << 20);
+        pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+        bool ok = pthread_create(&t, &at, helper_thread, (void*)(intptr_t)id) == 0;
+        pthread_attr_destroy(&at);
+        if (!ok) break;
+        g_helpers++;
+    }
+    return true;
 }
 
 // ---------------------------------------------------------------- exported API
@@ -715,6 +797,21 @@ EXPORT int gpucnn_emu_launch(void (*tramp)(void**), void** args, const unsigned*
     g_cpu_ns.store(0);
     g_page = (size_t)sysconf(_SC_PAGESIZE);
     install_handlers();
+    int nw = max_workers < 1 ? 1 : max_workers > kMaxWorkers ? kMaxWorkers : max_workers;
+    if (nblocks < nw) nw = (int)nblocks;
+    for (int i = 0; i < nw; i++) {
+        if (!ensure_stacks(&g_workers[i], nthreads)) {
+            err->kind = ERR_LAUNCH;
+            snprintf(err->msg, sizeof err->msg, "out of memory allocating fiber stacks");
+            return err->kind;
+        }
+    }
+    if (!g_workers[0].altstack) g_workers[0].altstack = (char*)malloc(kAltStack);
+    if (!start_threads(nw)) {
+        err->kind = ERR_LAUNCH;
+        snprintf(err->msg, sizeof err->msg, "could not start the watchdog thread");
+        return err->kind;
+    }
     Launch* L = new Launch();
     L->tramp = tramp;
     L->args = args;
@@ -728,78 +825,49 @@ EXPORT int gpucnn_emu_launch(void (*tramp)(void**), void** args, const unsigned*
     L->checks = checks;
     L->poison = poison;
     L->npoison = npoison;
+    L->nworkers = nw;
+    L->participants = 0;
     L->next_block.store(0);
     L->abort.store(0);
-    L->workers_done = 0;
     memset(&L->err, 0, sizeof L->err);
-    int nw = max_workers < 1 ? 1 : max_workers > kMaxWorkers ? kMaxWorkers : max_workers;
-    if (nblocks < nw) nw = (int)nblocks;
-    for (int i = 0; i < nw; i++) {
-        if (!ensure_stacks(&g_workers[i], nthreads)) {
-            err->kind = ERR_LAUNCH;
-            snprintf(err->msg, sizeof err->msg, "out of memory allocating fiber stacks");
-            delete L;
-            return err->kind;
-        }
-    }
-    // Block the watchdog signal in the launcher so that it is only delivered to workers.
-    int started = 0;
-    for (int i = 0; i < nw; i++) {
-        Worker* w = &g_workers[i];
-        w->L = L;
-        w->id = i;
-        w->cur = nullptr;
-        w->fault_sig = 0;
-        w->running = 1;
-        pthread_attr_t at;
-        pthread_attr_init(&at);
-        pthread_attr_setstacksize(&at, 1 << 20);
-        if (pthread_create(&w->thread, &at, worker_thread, w) != 0) {
-            w->running = 0;
-            pthread_attr_destroy(&at);
-            std::lock_guard<std::mutex> g(L->mu);
-            L->workers_done++;
-            continue;
-        }
-        pthread_attr_destroy(&at);
-        started++;
-    }
-    if (started == 0) {
-        err->kind = ERR_LAUNCH;
-        snprintf(err->msg, sizeof err->msg, "could not start worker threads");
-        delete L;
-        return err->kind;
-    }
-    auto deadline = std::chrono::steady_clock::now() +
-                    std::chrono::microseconds((long long)(watchdog_s > 0 ? watchdog_s * 1e6 : 1e15));
     {
-        std::unique_lock<std::mutex> lk(L->mu);
-        bool timed_out = false;
-        while (L->workers_done < nw) {
-            if (L->abort.load() || timed_out) {
-                // interrupt workers that are still inside kernel code
-                for (int i = 0; i < nw; i++)
-                    if (g_workers[i].running) pthread_kill(g_workers[i].thread, watchdog_signal());
-                L->cv.wait_for(lk, std::chrono::milliseconds(20));
-                continue;
-            }
-            if (L->cv.wait_until(lk, deadline) == std::cv_status::timeout && L->workers_done < nw) {
-                timed_out = true;
-                if (L->err.kind == ERR_NONE) {
-                    L->err.kind = ERR_WATCHDOG;
-                    L->err.msg[0] = 0;
-                }
-                L->abort.store(1);
+        std::lock_guard<std::mutex> g(g_wd_mu);
+        g_wd_launch = L;
+        g_wd_deadline = std::chrono::steady_clock::now() +
+                        std::chrono::microseconds((long long)(watchdog_s > 0 ? watchdog_s * 1e6 : 1e15));
+    }
+    g_wd_cv.notify_all();
+    if (nw > 1) {
+        {
+            std::lock_guard<std::mutex> g(g_pool_mu);
+            g_open = L;
+            g_gen++;
+        }
+        g_pool_cv.notify_all();
+    }
+    worker_main(&g_workers[0], L);
+    {
+        std::unique_lock<std::mutex> lk(g_pool_mu);
+        if (g_open == L) g_open = nullptr;
+        // wait for helpers that joined; if the launch aborted, keep interrupting them
+        while (L->participants > 0) {
+            if (L->abort.load()) {
+                signal_workers(L);
+                g_done_cv.wait_for(lk, std::chrono::milliseconds(20));
+            } else {
+                g_done_cv.wait(lk);
             }
         }
     }
-    for (int i = 0; i < nw; i++)
-        if (g_workers[i].L == L) pthread_join(g_workers[i].thread, nullptr);
+    {
+        std::lock_guard<std::mutex> g(g_wd_mu);
+        g_wd_launch = nullptr;
+    }
+    g_wd_cv.notify_all();
     if (L->err.kind == ERR_WATCHDOG && L->err.msg[0] == 0)
         snprintf(L->err.msg, sizeof L->err.msg, "no running thread identified");
     *err = L->err;
     int kind = L->err.kind;
-    for (int i = 0; i < nw; i++) g_workers[i].L = nullptr;
     delete L;
     return kind;
 }
@@ -836,4 +904,4 @@ EXPORT unsigned long long gpucnn_emu_dyn_smem_addr(void) { return (unsigned long
 // CPU time (ns) the worker threads of the last launch used (a load-independent speed measure).
 EXPORT long long gpucnn_emu_last_cpu_ns(void) { return g_cpu_ns.load(); }
 
-EXPORT int gpucnn_emu_abi_version(void) { return 1; }
+EXPORT int gpucnn_emu_abi_version(void) { return 2; }
