@@ -374,3 +374,30 @@ def test_cupy_event_timer_with_fake_cupy():
     assert timer.time(lambda i: calls.append(f"run{i}"), 3) == pytest.approx(0.0125)
     assert calls == ["device-sync", "record", "run3", "record", "event-sync"]
 
+
+
+def test_threads_option_limits_and_restores_blas(monkeypatch, tmp_path):
+    """--threads: torch gets N threads; with threadpoolctl the BLAS is limited during the run
+    and restored afterwards (a fake threadpoolctl records the calls)."""
+    import sys
+    calls = []
+
+    class Limits:
+        def __init__(self, limits, user_api):
+            calls.append(("limit", limits, user_api))
+
+        def restore_original_limits(self):
+            calls.append(("restore",))
+
+    fake = types.SimpleNamespace(
+        threadpool_limits=Limits,
+        threadpool_info=lambda: [{"user_api": "blas", "internal_api": "openblas",
+                                  "version": "x", "num_threads": 3, "filepath": "f"}])
+    monkeypatch.setitem(sys.modules, "threadpoolctl", fake)
+    rc, res = _run(tmp_path, "--layers", "none", "--nets", "none", "--threads", "1",
+                   "--no-telemetry")
+    assert rc == 0
+    assert calls == [("limit", 1, "blas"), ("restore",)]
+    assert res["environment"]["blas"]["source"] == "threadpoolctl"
+    assert res["environment"]["threads"]["blas"] == 3   # what the fake reports
+    assert any("threadpoolctl" in n for n in res["notes"])

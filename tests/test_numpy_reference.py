@@ -251,3 +251,224 @@ def test_sgd_and_adam_match_pytorch_formulas():
         rv = 0.999 * rv + 0.001 * g * g
         rp = rp - 1e-2 * (rm / (1 - 0.9 ** t)) / (np.sqrt(rv / (1 - 0.999 ** t)) + 1e-8)
     assert rel_error(p, rp) < 1e-12
+
+
+# ---- fast paths against the general ones (same backend, same inputs) ------------------------
+from gpucnn.backends.base import conv_geometry, pool_geometry  # noqa: E402
+
+FAST_CONV_CASES = [
+    # N, C, H, W, F, k, padding: stride 1, dilation 1, one group -> the wide-column path
+    (32, 1, 28, 28, 6, 5, 2),    # LeNet conv1 (smaller batch: same GEMM chunking)
+    (32, 6, 14, 14, 16, 5, 0),   # LeNet conv2
+    (3, 4, 9, 7, 5, 3, 1),       # odd sizes, odd batch
+    (5, 3, 6, 8, 2, (3, 1), (0, 2)),
+    (1, 2, 5, 5, 3, 5, 0),       # 1x1 output
+    (7, 2, 4, 4, 3, 1, 0),       # 1x1 kernel, prime batch
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", FAST_CONV_CASES)
+def test_fast_conv_matches_general_path(case, dtype):
+    N, C, H, W, F, k, p = case
+    rng = np.random.default_rng(20)
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal((N, C, H, W)).astype(dtype)
+    w = rng.standard_normal((F, C, kh, kw)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    g = conv_geometry(x.shape, w.shape, 1, p)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    for threads in (1, 2):
+        fast = NumpyBackend(threads=threads)
+        for relu in (False, True):
+            y = fast.conv2d(x, w, b, padding=p, relu=relu)
+            assert rel_error(y, B._conv2d_generic(x, w, b, g, relu)) < tol
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        ref = B._conv2d_backward_generic(dy, x, w, g)
+        got = fast.conv2d_backward(dy, x, w, padding=p)  # uses the cached columns
+        for a, r in zip(got, ref):
+            assert a.dtype == dtype and a.flags.c_contiguous
+            assert rel_error(a, r) < tol
+        again = fast.conv2d_backward(dy, x, w, padding=p)  # cache consumed: recomputed
+        for a, r in zip(again, ref):
+            assert rel_error(a, r) < tol
+        dx, dw, db = fast.conv2d_backward(dy, x, w, padding=p, need_dx=False)
+        assert dx is None and rel_error(dw, ref[1]) < tol and rel_error(db, ref[2]) < tol
+        dx, dw, db = fast.conv2d_backward(dy, x, w, padding=p, need_dw=False)
+        assert dw is None and db is None and rel_error(dx, ref[0]) < tol
+    y = fast.conv2d(x, w, None, padding=p)
+    assert rel_error(y, B._conv2d_generic(x, w, None, g, False)) < tol
+
+
+def test_fast_conv_column_cache_is_safe():
+    """The forward's columns are reused by backward only for the very same, unchanged x."""
+    rng = np.random.default_rng(21)
+    fast = NumpyBackend(threads=1)
+    x = rng.standard_normal((4, 3, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((5, 3, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((4, 5, 8, 8)).astype(np.float32)
+    g = conv_geometry(x.shape, w.shape, 1, 1)
+    fast.conv2d(x, w, None, padding=1)
+    x += 1.0  # modified in place after the forward
+    ref = B._conv2d_backward_generic(dy, x, w, g)
+    assert rel_error(fast.conv2d_backward(dy, x, w, padding=1)[1], ref[1]) < 1e-5
+    fast.conv2d(x, w, None, padding=1)
+    x2 = x.copy()  # a different array with the same contents: recomputed, same answer
+    assert rel_error(fast.conv2d_backward(dy, x2, w, padding=1)[1], ref[1]) < 1e-5
+    fast.conv2d(x, w, None, padding=1)
+    xv = x.reshape(4, 3, 64)[:, :, :].reshape(4, 3, 8, 8)  # a view: different identity
+    assert rel_error(fast.conv2d_backward(dy, xv, w, padding=1)[1], ref[1]) < 1e-5
+    for _ in range(40):  # many forwards without backward: the cache stays bounded
+        fast.conv2d(rng.standard_normal((4, 3, 8, 8)).astype(np.float32), w, None, padding=1)
+    assert len(fast._cols_cache) <= 16
+
+
+def test_fast_conv_workspace_slices():
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((9, 2, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(3).astype(np.float32)
+    small = NumpyBackend(workspace_bytes=1, threads=2)
+    y = small.conv2d(x, w, b, padding=1, relu=True)
+    np.testing.assert_allclose(y, B.conv2d(x, w, b, padding=1, relu=True), rtol=1e-5,
+                               atol=1e-5)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    for a, r in zip(small.conv2d_backward(dy, x, w, padding=1),
+                    B.conv2d_backward(dy, x, w, padding=1)):
+        assert rel_error(a, r) < 1e-5
+
+
+POOL_FAST_CASES = [
+    (128, 6, 28, 28, 2, None),   # LeNet pool1
+    (3, 2, 7, 9, 3, 2),          # overlapping windows, odd sizes
+    (2, 3, 9, 8, (2, 3), (3, 2)),
+    (2, 2, 5, 5, 1, 1),
+    (2, 2, 9, 9, 2, 3),          # gaps between windows
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", POOL_FAST_CASES)
+def test_fast_max_pool_matches_general_path_with_ties(case, threads):
+    N, C, H, W, k, s = case
+    rng = np.random.default_rng(23)
+    fast = NumpyBackend(threads=threads)
+    # Few distinct values and flat zero regions: ties everywhere (Fashion-MNIST backgrounds).
+    x = rng.integers(-2, 3, (N, C, H, W)).astype(np.float32)
+    x[:, :, : H // 2] = 0.0
+    g = pool_geometry(x.shape, k, s, 0)
+    y, sw = fast.max_pool2d(x, k, s)
+    y_ref, sw_ref = B._max_pool2d_generic(x, g)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(sw, sw_ref)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    dx = fast.max_pool2d_backward(dy, sw, x.shape, k, s)
+    plane = H * W
+    ref = np.bincount((np.arange(N * C)[:, None] * plane + sw.reshape(N * C, -1)).ravel(),
+                      weights=dy.ravel().astype(np.float64), minlength=N * C * plane)
+    np.testing.assert_allclose(dx.ravel(), ref, rtol=1e-6, atol=1e-6)
+    assert dx.dtype == np.float32
+
+
+def test_fast_max_pool_nan_and_inf_follow_the_strict_fold():
+    x = np.zeros((1, 1, 4, 4), np.float32)
+    x[0, 0, 0, 1] = np.nan          # first window: NaN second -> the fold keeps x[0, 0]
+    x[0, 0, 0, 2] = np.nan          # second window: NaN first -> kept
+    x[0, 0, 0, 3] = 5.0
+    x[0, 0, 2:, 2:] = -np.inf
+    x[0, 0, 3, 3] = np.inf
+    y, sw = B.max_pool2d(x, 2)
+    y_ref, sw_ref = B._max_pool2d_generic(x, pool_geometry(x.shape, 2, None, 0))
+    np.testing.assert_array_equal(sw, sw_ref)
+    np.testing.assert_array_equal(y, y_ref)  # NaN positions compare equal here
+
+
+def test_relu_backward_is_an_exact_select():
+    rng = np.random.default_rng(24)
+    for dtype in (np.float32, np.float64):
+        y = np.maximum(rng.standard_normal((4, 5, 80, 81)), 0).astype(dtype)  # > 1 thread
+        y[0, 0, 0, :4] = [np.nan, -0.0, np.inf, 1e-40]
+        dy = rng.standard_normal(y.shape).astype(dtype)
+        dy[0, 0, 1, :2] = [np.nan, np.inf]
+        y[0, 0, 1, :2] = 0.0
+        for threads in (1, 2):
+            got = NumpyBackend(threads=threads).relu_backward(dy, y)
+            ref = np.where(y > 0, dy, 0).astype(dtype)
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got, ref)
+
+
+def test_linear_split_over_threads():
+    rng = np.random.default_rng(25)
+    x = rng.standard_normal((96, 300)).astype(np.float32)
+    w = rng.standard_normal((200, 300)).astype(np.float32)
+    b = rng.standard_normal(200).astype(np.float32)
+    one, two = NumpyBackend(threads=1), NumpyBackend(threads=2)
+    y1, y2 = one.linear(x, w, b, relu=True), two.linear(x, w, b, relu=True)
+    assert rel_error(y2, y1) < 1e-6
+    for a, r in zip(two.linear_backward(y2, x, w), one.linear_backward(y1, x, w)):
+        assert rel_error(a, r) < 1e-6
+
+
+def test_backend_shared_by_threads_and_worker_errors():
+    """Two caller threads on one backend (one runs inline while the other holds the workers)
+    and an exception raised inside a worker reaches the caller."""
+    import threading
+    rng = np.random.default_rng(26)
+    two = NumpyBackend(threads=2)
+    x = rng.standard_normal((64, 3, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((8, 3, 3, 3)).astype(np.float32)
+    ref = B.conv2d(x, w, None, padding=1, relu=True)
+    errors = []
+
+    def loop():
+        try:
+            for _ in range(20):
+                np.testing.assert_allclose(two.conv2d(x, w, None, padding=1, relu=True), ref,
+                                           rtol=1e-5, atol=1e-5)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=loop) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+    def boom(a, b):
+        if a > 0:
+            raise RuntimeError("worker failed")
+        return a
+
+    with pytest.raises(RuntimeError, match="worker failed"):
+        two._run(boom, [(0, 1), (1, 2)])
+    assert two._run(lambda a, b: b - a, [(0, 3), (3, 4)]) == [3, 1]  # still usable
+
+
+def test_recycled_results_are_never_shared():
+    """Large results come from a pool recycled by reference count: a result (or any view of
+    it) that is still referenced is never handed out again."""
+    rng = np.random.default_rng(27)
+    be = NumpyBackend(threads=1)
+    y = np.maximum(rng.standard_normal((4, 8, 64, 64)), 0).astype(np.float32)  # 512 KiB
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    ref = np.where(y > 0, dy, 0)
+    a = be.relu_backward(dy, y)
+    b = be.relu_backward(dy, y)
+    assert a is not b and not np.shares_memory(a, b)
+    view = a[1:3]
+    addr = a.__array_interface__["data"][0]
+    del a
+    c = be.relu_backward(2 * dy, y)  # `view` still holds the first block
+    assert not np.shares_memory(c, view) and not np.shares_memory(c, b)
+    np.testing.assert_array_equal(view, ref[1:3])
+    mv = memoryview(c)
+    del c, view
+    d = be.relu_backward(3 * dy, y)
+    assert not np.shares_memory(d, np.asarray(mv)) and not np.shares_memory(d, b)
+    del d, mv
+    e = be.relu_backward(dy, y)  # now something is free again: reused, and correct
+    np.testing.assert_array_equal(e, ref)
+    np.testing.assert_array_equal(b, ref)
+    assert addr is not None

@@ -1,7 +1,7 @@
 """The NumPy backend: the CPU reference every kernel is checked against, and the fallback.
 
 It takes float32 (training) or float64 (the reference for equivalence tests) and computes in
-the input's precision.
+the input's precision. Public arrays are NCHW (base.py); everything below is internal.
 
 Convolution is im2col + GEMM. The general path (any stride, dilation, groups) builds a
 channel-major column matrix ``cols[(c, i, j), (n, ho, wo)]`` so a conv is a single
@@ -10,24 +10,37 @@ channel-major column matrix ``cols[(c, i, j), (n, ho, wo)]`` so a conv is a sing
 The fast path (stride 1, dilation 1, one group: LeNet, most of AlexNet) uses "wide" columns:
 with the padded plane flattened row-major (width Wp), tap (i, j) of output position
 ``p = ho * Wp + wo`` is element ``p + i * Wp + j``, so every row of the column matrix is ONE
-contiguous slice of the plane (the Wp - Wo columns past each output row are junk, computed and
-then skipped). Columns are grouped ``c`` images per GEMM, chunk-major
-``cols[chunk, (c_in, i, j) + bias row of ones, (image, p)]``, with ``c`` chosen so each GEMM
-stays in OpenBLAS's small-matrix regime; the bias rides in the GEMM as an extra row of ones
-(and db falls out of the dW GEMM). The epilogue (ReLU + dropping junk columns + NCHW order) is
-one strided pass. The column matrix of a forward is kept for the matching backward (keyed by
-the identity of x, checked against a copy of x's contents, dropped when x dies), so backward
-does not redo im2col. Batches are split across a few Python threads (NumPy and OpenBLAS release
-the GIL); OpenBLAS is held to one thread inside those regions and restored afterwards.
+contiguous slice of the plane (the Wp - Wo positions past each output row are junk: computed,
+then skipped; zero in every dy-side buffer, so they add nothing in backward). Columns are
+grouped ``c`` images per GEMM, ``cols[chunk, (c_in, i, j) + a bias row of ones, (image, p)]``,
+with ``c`` chosen so each GEMM stays in OpenBLAS's small-matrix regime (faster than its packed
+path for these thin shapes); the bias rides in the GEMM and db falls out of the dW GEMM. The
+epilogue (ReLU + dropping junk + NCHW order) is one strided pass. dx is col2im of W^T @ dy,
+the exact adjoint of the im2col. A forward's column matrix is kept for the matching backward
+(keyed by the identity of x, validated against a copy of x's contents, dropped when x dies).
+
+Max-pool without padding: the window max is a tree of np.maximum over the taps (gathered into
+contiguous blocks first), the switch the first tap equal to it (= the strict '>' fold, ties
+to the first in row-major order); any NaN sends the call to the general fold. Backward with
+non-overlapping windows is a scatter; ReLU backward a branch-free bitwise select.
+
+Speed plumbing, all internal and scoped: batches are split over ``threads`` Python threads
+(GPUCNN_NUMPY_THREADS; NumPy and OpenBLAS release the GIL); OpenBLAS is held to one thread
+inside those regions (via its own C API, restored afterwards); NumPy's ufunc buffer is made
+small there (context-local; strided ufuncs ran ~3x faster); scratch buffers are reused per
+thread; large results come from a pool recycled by reference count (no page faults).
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
+import sys
+import sysconfig
+import _thread
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -96,6 +109,28 @@ class _OneBlasThread:
         return False
 
 
+# NumPy buffers strided ufunc operands through a buffer of this many elements; the default
+# (8192: 3 operands x 32 KiB for float32) spills L1 and makes strided ufuncs (tap adds, the
+# conv epilogue, pooling) ~3x slower than with 2048 on the machines measured.
+_UFUNC_BUFSIZE = 2048
+
+# Results handed to callers are recycled by reference count (see NumpyBackend._output) only
+# where that count is exact: CPython with the GIL.
+_REFCOUNT_POOL = (sys.implementation.name == "cpython"
+                  and not sysconfig.get_config_var("Py_GIL_DISABLED"))
+_POOL_MIN_BYTES = 256 << 10
+
+# Elementwise work is split across threads only with at least this many elements per thread
+# (a hand-off costs ~50 us; below this the split measured no faster).
+_MIN_SPLIT = 1 << 17
+
+
+def _small_buffers(fn, a, b):
+    with np.errstate():  # restores the buffer size on exit
+        np.setbufsize(_UFUNC_BUFSIZE)
+        return fn(a, b)
+
+
 def _default_threads():
     env = os.environ.get("GPUCNN_NUMPY_THREADS")
     if env:
@@ -160,6 +195,7 @@ class _WideDims:
         self.L = (g.Ho - 1) * self.Wp + g.Wo
         self.K1 = g.K + 1
         self.c = _gemm_chunk(g.N, g.F * self.K1 * self.L)
+        self.key = (g.H, g.W, g.kh, g.kw, g.ph, g.pw, self.c)
 
 
 def _view(a, shape):
@@ -192,6 +228,39 @@ def _plane_windows(xr, g):
                       (sP, sH, sW, sH * g.sh, sW * g.sw), writeable=False)
 
 
+class _Worker:
+    """One persistent helper thread; a job is handed over with two plain locks (~20 us per
+    round trip, against ~50 us for a ThreadPoolExecutor future)."""
+
+    def __init__(self):
+        self._go = _thread.allocate_lock()
+        self._go.acquire()
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        self._job = self._result = None
+        threading.Thread(target=self._loop, name="gpucnn-numpy", daemon=True).start()
+
+    def _loop(self):
+        while True:
+            self._go.acquire()
+            fn, a, b = self._job
+            self._job = None
+            try:
+                self._result = (True, fn(a, b))
+            except BaseException as exc:  # handed to the caller
+                self._result = (False, exc)
+            self._done.release()
+
+    def submit(self, fn, a, b):
+        self._job = (fn, a, b)
+        self._go.release()
+
+    def wait(self):
+        self._done.acquire()
+        result, self._result = self._result, None
+        return result
+
+
 class _ColsEntry:
     __slots__ = ("ref", "key", "x", "cols")
 
@@ -211,33 +280,44 @@ class NumpyBackend(Backend):
         # Python threads splitting a batch (GPUCNN_NUMPY_THREADS; default: usable cores, <= 8).
         self.threads = _default_threads() if threads is None else max(1, int(threads))
         self.cache_cols = bool(cache_cols)
-        self._executor = None
-        self._executor_pid = None
+        self._workers, self._workers_pid = [], None
+        self._busy = threading.Lock()  # held while this backend's workers run a job
         self._lock = threading.Lock()
         self._cols_cache = {}  # id(x) -> _ColsEntry, forward -> backward
         self._local = threading.local()  # per-thread scratch buffers
         self._spare = {}  # (shape, dtype) -> column buffers free for reuse (no page faults)
+        self._outputs = {}  # (shape, dtype) -> result blocks, see _output
 
     # ---- internal helpers: threads, scratch buffers, the forward->backward column cache -------
     def _run(self, fn, ranges):
-        """Call fn(a, b) for each range, spread over self.threads threads (this one included)."""
-        if len(ranges) <= 1 or self.threads <= 1:
+        """Call fn(a, b) for each range, spread over self.threads threads (this one included).
+
+        The work runs with OpenBLAS on one thread and with a small ufunc buffer (both
+        restored afterwards; the buffer size is context-local in NumPy >= 2). If another
+        thread is using this backend's workers at the moment, the ranges run here, in turn."""
+        fn = functools.partial(_small_buffers, fn)
+        if len(ranges) <= 1 or self.threads <= 1 or not self._busy.acquire(blocking=False):
             with _OneBlasThread():
                 return [fn(a, b) for a, b in ranges]
-        with self._lock:
-            if self._executor is None or self._executor_pid != os.getpid():
-                self._executor = ThreadPoolExecutor(self.threads - 1,
-                                                    thread_name_prefix="gpucnn-numpy")
-                self._executor_pid = os.getpid()
-            pool = self._executor
-        with _OneBlasThread():
-            futures = [pool.submit(fn, a, b) for a, b in ranges[1:]]
-            try:
-                first = fn(*ranges[0])
-            finally:
-                for f in futures:  # never leave a worker writing into our buffers
-                    f.exception()
-            return [first] + [f.result() for f in futures]
+        try:
+            if self._workers_pid != os.getpid():  # first use, or after a fork
+                self._workers = [_Worker() for _ in range(self.threads - 1)]
+                self._workers_pid = os.getpid()
+            with _OneBlasThread():
+                used = list(zip(self._workers, ranges[1:]))
+                for worker, (a, b) in used:
+                    worker.submit(fn, a, b)
+                try:
+                    first = [fn(*ranges[0])]
+                    first += [fn(a, b) for a, b in ranges[len(used) + 1:]]
+                finally:
+                    done = [worker.wait() for worker, _ in used]  # never leave one running
+            for ok, value in done:
+                if not ok:
+                    raise value
+            return first[:1] + [value for _, value in done] + first[1:]
+        finally:
+            self._busy.release()
 
     def _ranges(self, n, quantum=1, min_units=1):
         """Split range(n) for the threads; a single range when there is too little work."""
@@ -253,10 +333,40 @@ class NumpyBackend(Backend):
         key = (tag, tuple(shape), np.dtype(dtype).str)
         buf = bufs.get(key)
         if buf is None:
-            if len(bufs) >= 16:
+            buf = (np.zeros if zero else np.empty)(shape, dtype=dtype)
+            # Shapes come and go (a last, smaller batch; other models): stay bounded.
+            if len(bufs) >= 64 or sum(b.nbytes for b in bufs.values()) + buf.nbytes > max(
+                    2 * self.workspace_bytes, 64 << 20):
                 bufs.clear()
-            buf = bufs[key] = (np.zeros if zero else np.empty)(shape, dtype=dtype)
+            bufs[key] = buf
         return buf
+
+    def _output(self, shape, dtype):
+        """A C-contiguous array for a result handed to the caller. Large ones come from a
+        few blocks per shape that are reused once nothing but this pool refers to them
+        (CPython reference count): views, memoryviews and arrays built on a block all keep
+        a reference to it, so a block still in use anywhere is never handed out again.
+        This saves the page faults of fresh large allocations (~1 us per 4 KiB page)."""
+        dtype = np.dtype(dtype)
+        nbytes = dtype.itemsize * int(np.prod(shape))
+        if not _REFCOUNT_POOL or nbytes < _POOL_MIN_BYTES:
+            return np.empty(shape, dtype=dtype)
+        key = (tuple(shape), dtype.str)
+        with self._lock:
+            blocks = self._outputs.get(key)
+            if blocks is None:
+                if sum(b.nbytes for lst in self._outputs.values() for b in lst) + nbytes > (
+                        self.workspace_bytes):
+                    self._outputs.clear()  # shapes come and go: stay bounded
+                blocks = self._outputs[key] = []
+            for blk in blocks:
+                # References: the list, this loop variable and getrefcount's argument.
+                if sys.getrefcount(blk) <= 3:
+                    return blk
+            blk = np.empty(shape, dtype=dtype)
+            if len(blocks) < 4:
+                blocks.append(blk)
+            return blk
 
     def _take_cols(self, shape, dtype):
         with self._lock:
@@ -269,11 +379,12 @@ class NumpyBackend(Backend):
         """Return a column buffer that nothing references any more, for the next forward."""
         key = (cols.shape, cols.dtype.str)
         with self._lock:
+            total = sum(b.nbytes for lst in self._spare.values() for b in lst)
+            if total + cols.nbytes > self.workspace_bytes:
+                self._spare = {}  # shapes come and go (a last, smaller batch): stay bounded
             spares = self._spare.setdefault(key, [])
             if len(spares) < 2 and cols.nbytes <= self.workspace_bytes:
                 spares.append(cols)
-            if len(self._spare) > 8:  # shapes come and go (e.g. a last, smaller batch)
-                self._spare = {key: spares}
 
     def _cache_put(self, x, g, cols):
         if not self.cache_cols or cols.nbytes > self.workspace_bytes:
@@ -305,7 +416,9 @@ class NumpyBackend(Backend):
         return entry.cols
 
     def describe(self):
-        return "numpy (CPU)"
+        blas = blas_threads()
+        return (f"numpy (CPU, {self.threads} thread{'s' if self.threads > 1 else ''}"
+                + (f"; OpenBLAS held to 1 inside, {blas} outside)" if blas else ")"))
 
     def asarray(self, a, dtype=None):
         a = np.asarray(a)
@@ -350,7 +463,7 @@ class NumpyBackend(Backend):
         wext = np.empty((g.F, d.K1), dtype=x.dtype)
         wext[:, :g.K] = w.reshape(g.F, g.K)
         wext[:, g.K] = 0 if b is None else b
-        y = np.empty(g.y_shape, dtype=x.dtype)
+        y = self._output(g.y_shape, x.dtype)
         slices = self._wide_slices(g, d, x.itemsize)
         for s0, s1 in slices:
             cols = self._take_cols(((s1 - s0) // d.c, d.K1, d.c * d.L), x.dtype)
@@ -384,7 +497,7 @@ class NumpyBackend(Backend):
         """cols[chunk, (c_in, i, j), (image, p)] for images [a, b); last row = ones."""
         n = b - a
         if g.ph or g.pw:  # copy into a zero-bordered buffer (borders are never written)
-            xp = self._scratch("conv_pad", (n, g.C, d.Hp, d.Wp), x.dtype, zero=True)
+            xp = self._scratch(("conv_pad", d.key), (n, g.C, d.Hp, d.Wp), x.dtype, zero=True)
             xp[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W] = x[a:b]
         else:
             xp = x[a:b]
@@ -395,25 +508,22 @@ class NumpyBackend(Backend):
         cols[:, g.K] = 1
 
     def _conv2d_backward(self, dy, x, w, g, need_dx=True, need_dw=True):
-        if w.dtype != x.dtype or dy.dtype != x.dtype:
-            raise TypeError(f"conv2d_backward: dtypes differ (dy {dy.dtype}, x {x.dtype}, "
-                            f"w {w.dtype})")
         if not _fast_conv(g):
             return self._conv2d_backward_generic(dy, x, w, g, need_dx, need_dw)
         d = _WideDims(g)
         dt = x.dtype
+        dy, w = dy.astype(dt, copy=False), w.astype(dt, copy=False)  # compute in x's precision
         slices = self._wide_slices(g, d, x.itemsize)
         cached = self._cache_take(x, g) if len(slices) == 1 else None
         if not (need_dx or need_dw):
             if cached is not None:
                 self._give_cols(cached)
             return None, None, None
-        # dx: rows of W^T in tap-major order (i, j, c_in), so that each tap's block of the
-        # GEMM result is laid out [c_in, image, padded plane] like the channel-major dx.
+        # dx: rows of W^T in tap-major order (i, j, c_in): each tap's block of dcols is then
+        # one (C, image, L) block.
         wT = (np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(g.K, g.F)) if need_dx
               else None)
-        S = d.Hp * d.Wp
-        dx = np.empty(g.x_shape, dtype=dt) if need_dx else None
+        dx = self._output(g.x_shape, dt) if need_dx else None
         dwT = np.zeros((d.K1, g.F), dtype=dt) if need_dw else None
         for s0, s1 in slices:
             ns, nch = s1 - s0, (s1 - s0) // d.c
@@ -421,24 +531,22 @@ class NumpyBackend(Backend):
             if need_dw:
                 cols = (cached if cached is not None
                         else self._take_cols((nch, d.K1, d.c * d.L), dt))
-                dyw = self._scratch("conv_dyw", (nch, g.F, d.c * d.L), dt, zero=True)
-            if need_dx:
-                dyS = self._scratch("conv_dyS", (g.F, ns, S), dt, zero=True)
-                dcS = self._scratch("conv_dcS", (g.K, ns * S), dt)
-                dxS = self._scratch("conv_dxS", (g.C, ns * S), dt)
+            # Zero-invariant scratch (junk positions are never written): keyed by geometry.
+            dyw = self._scratch(("conv_dyw", d.key), (nch, g.F, d.c * d.L), dt, zero=True)
+            dcols = self._scratch("conv_dcols", (nch, g.K, d.c * d.L), dt) if need_dx else None
 
             def work(a, b, s0=s0, cols=cols):
+                ca, cb = (a - s0) // d.c, (b - s0) // d.c
+                # dy into the wide layout; junk columns stay zero (never written).
+                np.copyto(_wide_to_nchw(dyw[ca:cb], g, d),
+                          dy[a:b].reshape(cb - ca, d.c, g.F, g.Ho, g.Wo))
                 part = None
                 if need_dw:
-                    ca, cb = (a - s0) // d.c, (b - s0) // d.c
-                    # dy into the wide layout; junk columns stay zero (never written).
-                    np.copyto(_wide_to_nchw(dyw[ca:cb], g, d),
-                              dy[a:b].reshape(cb - ca, d.c, g.F, g.Ho, g.Wo))
                     if cached is None:
                         self._im2col_wide(x, g, d, a, b, cols[ca:cb])
                     part = np.matmul(cols[ca:cb], dyw[ca:cb].transpose(0, 2, 1)).sum(axis=0)
                 if need_dx:
-                    self._conv_dx(dy, wT, g, d, a - s0, b - s0, s0, dyS, dcS, dxS, dx)
+                    self._conv_dx(wT, g, d, a - s0, b - s0, dyw, dcols, dx[a:b])
                 return part
 
             parts = self._run(work, [(s0 + a, s0 + b) for a, b in
@@ -453,32 +561,30 @@ class NumpyBackend(Backend):
         dw = np.ascontiguousarray(dwT[:g.K].T).reshape(w.shape)
         return dx, dw, dwT[g.K].copy()
 
-    @staticmethod
-    def _conv_dx(dy, wT, g, d, a, b, s0, dyS, dcS, dxS, dx):
-        """dx for images [s0 + a, s0 + b) of the slice, in the channel-major padded-plane
-        layout (C, n, Hp * Wp): dcols = W^T @ dy (dy zero outside valid output positions),
-        then each tap adds its whole (C, n * plane) block, shifted by i * Wp + j, in one call
-        (C long rows instead of N * C * kh * kw short ones). A shifted block would run past
-        its last plane only with zeros (outputs end L <= plane - shift into the plane), so
-        the tail is dropped and ranges of different threads never touch."""
-        S = d.Hp * d.Wp
-        lo, hi = a * S, b * S
-        n = b - a
-        # dy -> (F, image, plane) with zeros at junk positions (never written).
-        dst = as_strided(dyS[:, a:], (g.F, n, g.Ho, g.Wo),
-                         (dyS.strides[0], dyS.strides[1], d.Wp * dyS.itemsize, dyS.itemsize))
-        np.copyto(dst, dy[s0 + a:s0 + b].transpose(1, 0, 2, 3))
-        np.matmul(wT, dyS.reshape(g.F, -1)[:, lo:hi], out=dcS[:, lo:hi])
-        out = dxS[:, lo:hi]
-        out.fill(0)
+    def _conv_dx(self, wT, g, d, a, b, dyw, dcols, dx):
+        """dx (images [a, b) of the slice) = col2im(W^T @ dy) on the wide layout (the adjoint
+        of _im2col_wide): small GEMMs, then kh * kw strided adds of L-long rows into padded
+        planes (with NumPy's ufunc buffer made small, see _UFUNC_BUFSIZE)."""
+        n, c = b - a, d.c
+        ca, cb = a // c, b // c
+        np.matmul(wT, dyw[ca:cb], out=dcols[ca:cb])
+        if g.ph or g.pw:
+            dxp = self._scratch(("conv_dxpad", d.key), (n, g.C, d.Hp, d.Wp), dx.dtype)
+        else:
+            dxp = dx
+        dxp.fill(0)
+        sN, sC = dxp.strides[:2]
+        sW = dxp.itemsize
+        flat = dxp.reshape(n, g.C, d.Hp * d.Wp)
+        # rows of wT are tap-major (i, j, c_in)
+        src = _view(dcols[ca:cb], (cb - ca, g.kh, g.kw, g.C, c, d.L))
         for i in range(g.kh):
             for j in range(g.kw):
-                off = i * d.Wp + j
-                t = (i * g.kw + j) * g.C
-                blk = out[:, off:]
-                np.add(blk, dcS[t:t + g.C, lo:hi - off], out=blk)
-        planes = out.reshape(g.C, n, d.Hp, d.Wp)[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W]
-        dx[s0 + a:s0 + b] = planes.transpose(1, 0, 2, 3)
+                dst = as_strided(flat[:, :, i * d.Wp + j:], (n // c, g.C, c, d.L),
+                                 (c * sN, sC, sN, sW))
+                np.add(dst, src[:, i, j], out=dst)
+        if dxp is not dx:
+            np.copyto(dx, dxp[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W])
 
     # -- the general path: any stride / dilation / groups ------------------------------------
     def _conv2d_generic(self, x, w, b, g, relu):
@@ -527,37 +633,44 @@ class NumpyBackend(Backend):
         # Unpadded: the window max by a tree of np.maximum (exact), then the switch is the
         # first tap (row-major) equal to it: the same as a strict '>' fold, ties included.
         # A NaN anywhere makes np.maximum disagree with the fold: then the generic path runs.
-        P, kk = g.N * g.C, g.kh * g.kw
+        P, kk, plane = g.N * g.C, g.kh * g.kw, g.H * g.W
         xr = x.reshape(P, g.H, g.W)
-        y = np.empty(g.y_shape, dtype=x.dtype)
-        sw = np.empty(g.y_shape, dtype=np.int32)
+        y = self._output(g.y_shape, x.dtype)
+        sw = self._output(g.y_shape, np.int32)
         yr, swr = y.reshape(P, g.Ho, g.Wo), sw.reshape(P, g.Ho, g.Wo)
         base = _pool_base(g)
         cdt = np.uint8 if kk < 256 else np.int32
 
         def work(a, b):
-            view = _plane_windows(xr[a:b], g)
-            taps = [view[:, i, j] for i in range(g.kh) for j in range(g.kw)]
-            ys = yr[a:b]
+            n, m = b - a, (b - a) * g.Ho * g.Wo
+            # One strided gather makes every tap a contiguous block; all later passes are
+            # then long contiguous SIMD loops instead of short strided rows.
+            taps = self._scratch("pool_taps", (g.kh, g.kw, n, g.Ho, g.Wo), x.dtype)
+            np.copyto(taps, _plane_windows(xr[a:b], g).transpose(1, 2, 0, 3, 4))
+            t = taps.reshape(kk, m)
+            ys = yr[a:b].reshape(m)
             if kk == 1:
-                np.copyto(ys, taps[0])
+                np.copyto(ys, t[0])
             else:
-                np.maximum(taps[0], taps[1], out=ys)
-                for t in taps[2:]:
-                    np.maximum(ys, t, out=ys)
+                np.maximum(t[0], t[1], out=ys)
+                for i in range(2, kk):
+                    np.maximum(ys, t[i], out=ys)
             if np.isnan(ys).any():
                 return False
             out = swr[a:b]
             if kk == 1:
                 out[...] = base
                 return True
-            notyet = np.not_equal(taps[0], ys)  # no maximum among the taps seen so far
-            count = notyet.astype(cdt)
-            ne = np.empty_like(notyet)
-            for t in taps[1:-1]:
-                np.not_equal(t, ys, out=ne)
-                notyet &= ne
-                count += notyet  # -> index of the first tap equal to the max
+            notyet = self._scratch("pool_notyet", (m,), np.bool_)
+            ne = self._scratch("pool_ne", (m,), np.bool_)
+            count = self._scratch("pool_count", (m,), cdt)
+            np.not_equal(t[0], ys, out=notyet)  # no maximum among the taps seen so far
+            np.copyto(count, notyet)
+            for i in range(1, kk - 1):
+                np.not_equal(t[i], ys, out=ne)
+                np.bitwise_and(notyet, ne, out=notyet)
+                np.add(count, notyet, out=count, casting="unsafe")  # -> first max's tap
+            count = count.reshape(n, g.Ho, g.Wo)
             if g.kw == 1:
                 np.multiply(count, g.W, out=out, casting="unsafe")
             elif g.kw == 2:
@@ -570,7 +683,7 @@ class NumpyBackend(Backend):
             out += base
             return True
 
-        if all(self._run(work, self._ranges(P, min_units=max(1, 8192 // (g.Ho * g.Wo))))):
+        if all(self._run(work, self._ranges(P, min_units=max(1, _MIN_SPLIT // plane)))):
             return y, sw
         return self._max_pool2d_generic(x, g)
 
@@ -599,15 +712,16 @@ class NumpyBackend(Backend):
             # Windows do not overlap: every input element has at most one switch pointing at
             # it (switches from max_pool2d lie in their own window), so a scatter suffices.
             P, per = g.N * g.C, g.Ho * g.Wo
-            dx = np.empty(g.x_shape, dtype=dy.dtype)
+            dx = self._output(g.x_shape, dy.dtype)
             flat, swr, dyr = dx.reshape(-1), switches.reshape(P, per), dy.reshape(P, per)
 
             def work(a, b):
                 flat[a * plane:b * plane] = 0
-                idx = swr[a:b] + (np.arange(a, b, dtype=np.intp) * plane)[:, None]
+                idx = self._scratch("pool_idx", (b - a, per), np.intp)
+                np.add(swr[a:b], (np.arange(a, b, dtype=np.intp) * plane)[:, None], out=idx)
                 flat[idx.reshape(-1)] = dyr[a:b].reshape(-1)
 
-            self._run(work, self._ranges(P, min_units=max(1, 8192 // per)))
+            self._run(work, self._ranges(P, min_units=max(1, _MIN_SPLIT // plane)))
             return dx
         base = (np.arange(g.N * g.C, dtype=np.int64) * plane).reshape(g.N, g.C, 1, 1)
         # bincount sums duplicates in index order, so overlapping windows are deterministic.
@@ -638,14 +752,17 @@ class NumpyBackend(Backend):
         # dx = dy where y > 0 else 0, as a bitwise AND with a 0 / all-ones mask: branch-free
         # (np.where and masked copies are ~5x slower on random masks) and exact (NaN, -0.0).
         it = np.int32 if dy.itemsize == 4 else np.int64
-        dx = np.empty(dy.shape, dtype=dy.dtype)
+        dx = self._output(dy.shape, dy.dtype)
         yf, dyf, dxf = y.reshape(-1), dy.reshape(-1).view(it), dx.reshape(-1).view(it)
 
         def work(a, b):
-            mask = np.negative(np.greater(yf[a:b], 0).view(np.int8), dtype=it)
+            pos = self._scratch("relu_pos", (b - a,), np.bool_)
+            mask = self._scratch("relu_mask", (b - a,), it)
+            np.greater(yf[a:b], 0, out=pos)
+            np.negative(pos.view(np.int8), out=mask)  # 0 or all ones
             np.bitwise_and(dyf[a:b], mask, out=dxf[a:b])
 
-        self._run(work, self._ranges(dy.size, 4096, min_units=16))
+        self._run(work, self._ranges(dy.size, 4096, min_units=max(1, _MIN_SPLIT // 4096)))
         return dx
 
     def _linear(self, x, w, b, relu):

@@ -9,7 +9,7 @@ from importlib import metadata
 import numpy as np
 
 __all__ = ["cpu_model", "blas_info", "blas_threads", "package_versions", "environment",
-           "limit_blas_threads"]
+           "limit_blas_threads", "our_threads"]
 
 _THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                "GPUCNN_NUMPY_THREADS")
@@ -53,20 +53,26 @@ def blas_info():
     except Exception as exc:  # older numpy without dict mode
         info["error"] = f"numpy.show_config(mode='dicts') failed: {exc}"
     info["num_threads"] = blas_threads()
-    info["num_threads_source"] = ("environment" if any(os.environ.get(k) for k in _THREAD_ENV)
-                                  else "default: one per usable CPU (OpenBLAS/MKL default)")
     return "numpy.show_config (threadpoolctl not installed)", [info]
 
 
 def blas_threads():
-    """Threads the BLAS under numpy uses: threadpoolctl if installed, else the usual
-    environment variables, else the usable CPU count (OpenBLAS's and MKL's default)."""
+    """Threads the BLAS under numpy uses: threadpoolctl if installed, else OpenBLAS asked
+    directly (the numpy backend's query), else the usual environment variables, else the
+    usable CPU count (OpenBLAS's and MKL's default)."""
     try:
         from threadpoolctl import threadpool_info
         n = [d.get("num_threads") for d in threadpool_info() if d.get("user_api") == "blas"]
         if n and n[0]:
             return int(n[0])
     except ImportError:
+        pass
+    try:
+        from ..backends.numpy_backend import blas_threads as _query
+        n = _query()
+        if n:
+            return int(n)
+    except (ImportError, OSError):
         pass
     for k in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
         v = os.environ.get(k, "").split(",")[0].strip()
@@ -75,16 +81,25 @@ def blas_threads():
     return _usable_cpus()
 
 
+def our_threads(backend):
+    """The thread count of our backend's CPU work: the numpy backend's own thread count
+    where it has one, else the BLAS's."""
+    n = getattr(backend, "threads", None)
+    return int(n) if n else blas_threads()
+
+
 def limit_blas_threads(n):
-    """Limit the BLAS pool to ``n`` threads for the rest of the process; returns a short
-    description of what was done (threadpoolctl is needed to change a running pool)."""
+    """Limit the BLAS pool to ``n`` threads; returns ``(description, restore)`` where
+    ``restore()`` puts the previous limits back (threadpoolctl is needed to change a running
+    pool; without it nothing changes and ``restore`` does nothing)."""
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         return (f"threadpoolctl not installed: BLAS threads cannot be changed in a running "
-                f"process; set OPENBLAS_NUM_THREADS={n} before starting to use {n}")
-    threadpool_limits(limits=int(n), user_api="blas")
-    return f"BLAS limited to {n} threads (threadpoolctl)"
+                f"process; set OPENBLAS_NUM_THREADS={n} before starting to use {n}"), \
+            (lambda: None)
+    limiter = threadpool_limits(limits=int(n), user_api="blas")
+    return f"BLAS limited to {n} threads (threadpoolctl)", limiter.restore_original_limits
 
 
 def _version(dist_names):
@@ -135,6 +150,10 @@ def environment(backend=None):
     }
     if backend is not None:
         env["backend"] = {"name": backend.name, "describe": backend.describe()}
+        if getattr(backend, "threads", None):
+            # the numpy backend splits batches over its own Python threads (OpenBLAS is held
+            # to one thread inside those regions)
+            env["threads"]["backend"] = int(backend.threads)
         if getattr(backend, "xp", np) is not np:
             env["gpu"] = cupy_device_info(backend.xp)
     return env

@@ -6,6 +6,10 @@ callable ``fn(i)`` for one pass on a gpucnn backend (:func:`gpucnn_pass`) or on 
 gradients) come from a small pool of different buffers used in rotation, so a pass does not
 find its input already in cache from the previous iteration.
 
+Each pass is timed in isolation on its own copies of the inputs: a backward pass does not
+profit from a forward having run on the same array (the numpy backend caches the forward's
+column matrix for the backward; the network benchmarks include that effect).
+
 Passes: conv ``fwd`` / ``bwd_data`` / ``bwd_weights`` (the last includes the bias gradient);
 max-pool ``fwd`` (values and switches) / ``bwd``; linear ``fwd`` / ``bwd`` (data and weights
 together: the backend's ``linear_backward`` computes both in one call).
@@ -184,8 +188,12 @@ def host_data(spec, rng, rotate):
 def gpucnn_pass(spec, pass_, B, data):
     """``fn(i)`` running one ``pass_`` of ``spec`` on backend ``B`` with rotated inputs."""
     xs_h, dys_h, w_h, b_h = data
-    xs = [B.asarray(x) for x in xs_h]
-    dys = [B.asarray(d) for d in dys_h]
+    # Fresh arrays for every pass (B.asarray may return the host array itself): a backend
+    # that caches per input array between forward and backward (the numpy backend keeps the
+    # forward's column matrix) must not find the fwd pass's entries here — each pass is timed
+    # in isolation. The nets benchmarks include such forward->backward reuse.
+    xs = [B.asarray(np.array(x, copy=True)) for x in xs_h]
+    dys = [B.asarray(np.array(d, copy=True)) for d in dys_h]
     k = len(xs)
     if spec.kind == "conv":
         w, b = B.asarray(w_h), B.asarray(b_h)

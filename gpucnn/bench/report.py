@@ -106,8 +106,10 @@ def format_header(res):
     env = res["environment"]
     v = env["versions"]
     blas = env["blas"]["pools"][0] if env["blas"]["pools"] else {}
-    lines = [f"environment: {env['cpu_model']}, {env['usable_cpus']} usable CPUs, BLAS threads "
-             f"{env['threads']['blas']} ({blas.get('name') or blas.get('internal_api') or '?'}"
+    th = env["threads"]
+    lines = [f"environment: {env['cpu_model']}, {env['usable_cpus']} usable CPUs, "
+             + (f"backend threads {th['backend']}, " if th.get("backend") else "")
+             + f"BLAS threads {th['blas']} ({blas.get('name') or blas.get('internal_api') or '?'}"
              f" {blas.get('version') or ''}; via {env['blas']['source']}), numpy {v['numpy']}"
              + (f", torch {v['torch']}" if v.get("torch") else "")
              + (f", cupy {v['cupy']}" if v.get("cupy") else "")]

@@ -116,7 +116,7 @@ def _setup_torch(cfg, B, log):
     except ImportError as exc:
         raise ImportError(f"--compare torch needs PyTorch, which is not importable: {exc}") \
             from exc
-    threads = cfg.threads or _env.blas_threads()
+    threads = cfg.threads or _env.our_threads(B)
     torch.set_num_threads(int(threads))
     torch.manual_seed(cfg.seed)
     on_gpu = getattr(B, "xp", np) is not np
@@ -159,16 +159,29 @@ def run_suite(cfg, log=print, nvml=None, argv=None):
     t_start = time.perf_counter()
     B = get_backend(cfg.backend)
     notes = list(cfg.notes)
+    restore_blas = None
     if cfg.threads:
-        threads_note = _env.limit_blas_threads(cfg.threads)
-        notes.append(threads_note)
-        log(f"note: {threads_note}")
+        if B.name == "numpy":
+            B = _numpy_with_threads(cfg.threads, notes)
+        msg, restore_blas = _env.limit_blas_threads(cfg.threads)
+        notes.append(msg)
+        for n in notes[len(cfg.notes):]:
+            log(f"note: {n}")
+    try:
+        return _run(cfg, B, notes, log, nvml, argv, t_start)
+    finally:
+        if restore_blas is not None:
+            restore_blas()
+
+
+def _run(cfg, B, notes, log, nvml, argv, t_start):
     res = {"schema": SCHEMA, "created": _now(), "argv": list(argv or []),
            "config": cfg.as_dict(), "environment": _env.environment(B),
            "layers": [], "nets": [], "comparisons": [], "errors": [], "notes": notes}
     envd = res["environment"]
     log(f"gpucnn bench: backend {B.describe()}; CPU {envd['cpu_model']} "
-        f"({envd['usable_cpus']} usable CPUs), BLAS threads {envd['threads']['blas']}, "
+        f"({envd['usable_cpus']} usable CPUs), threads: "
+        f"{', '.join(f'{k} {v}' for k, v in envd['threads'].items() if k != 'env')}, "
         f"load average {', '.join(f'{v:.2f}' for v in envd['loadavg'] or [])}")
     tel = _Telemetry(cfg, B, nvml=nvml, log=log)
     res["telemetry"] = tel.header()
@@ -300,6 +313,17 @@ def run_suite(cfg, log=print, nvml=None, argv=None):
         tel.close()
     res["elapsed_s"] = time.perf_counter() - t_start
     return res
+
+
+def _numpy_with_threads(n, notes):
+    """A private numpy backend with ``n`` threads (the shared cached one is left alone)."""
+    from ..backends.numpy_backend import NumpyBackend
+    try:
+        B = NumpyBackend(threads=n)
+        notes.append(f"numpy backend with {n} threads (--threads)")
+    except TypeError:  # a numpy backend without its own threads: only the BLAS matters
+        B = NumpyBackend()
+    return B
 
 
 def _compare(kind, name, what, stats):

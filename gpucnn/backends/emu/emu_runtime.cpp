@@ -148,7 +148,7 @@ static const size_t kStack = 64 * 1024;
 static const size_t kAltStack = 64 * 1024;
 static size_t g_page = 4096;
 static __thread Worker* __emu_tw;
-static std::mutex g_launch_mu;
+static std::mutex& g_launch_mu = *new std::mutex;
 static Worker g_workers[2];
 static const int kMaxWorkers = 2;
 
@@ -547,6 +547,12 @@ static void on_signal(int sig, siginfo_t* info, void* uctx) {
     pthread_t me = pthread_self();
     for (int i = 0; i < kMaxWorkers; i++)
         if (g_workers[i].has_self && pthread_equal(g_workers[i].self, me)) w = &g_workers[i];
+    if (sig == watchdog_signal()) {
+        // Only abandon kernel code of a launch that is being aborted: a watchdog signal sent
+        // for an earlier launch may arrive late.
+        Launch* L = w ? w->L : nullptr;
+        if (!(w && w->in_fiber && L && L->abort.load())) return;
+    }
     if (w && w->in_fiber) {
         w->in_fiber = 0;
         w->fault_sig = sig;
@@ -683,9 +689,10 @@ static void worker_main(Worker* w, Launch* L) {
 // Helpers are persistent. A launch is "open" while the launching thread runs blocks itself; a
 // helper that wakes up in time joins (participants++) and takes blocks too. The launching thread
 // never waits for a helper that has not joined, so a busy machine cannot delay a launch.
-static std::mutex g_pool_mu;
-static std::condition_variable g_pool_cv;      // helpers wait here for a new launch
-static std::condition_variable g_done_cv;      // the launcher waits here for participants == 0
+// Never destroyed: persistent threads wait on them while static destructors run at exit.
+static std::mutex& g_pool_mu = *new std::mutex;
+static std::condition_variable& g_pool_cv = *new std::condition_variable;   // helpers wait for a launch
+static std::condition_variable& g_done_cv = *new std::condition_variable;   // launcher waits for helpers
 static Launch* g_open = nullptr;
 static unsigned long long g_gen = 0;
 static int g_helpers = 0;
@@ -710,8 +717,8 @@ static void* helper_thread(void* p) {
     return nullptr;
 }
 
-static std::mutex g_wd_mu;
-static std::condition_variable g_wd_cv;
+static std::mutex& g_wd_mu = *new std::mutex;
+static std::condition_variable& g_wd_cv = *new std::condition_variable;
 static Launch* g_wd_launch = nullptr;
 static std::chrono::steady_clock::time_point g_wd_deadline;
 static bool g_wd_started = false;
@@ -866,6 +873,10 @@ EXPORT int gpucnn_emu_launch(void (*tramp)(void**), void** args, const unsigned*
     g_wd_cv.notify_all();
     if (L->err.kind == ERR_WATCHDOG && L->err.msg[0] == 0)
         snprintf(L->err.msg, sizeof L->err.msg, "no running thread identified");
+    if (L->abort.load() && L->err.kind == ERR_NONE) {   // must not happen; never report success
+        L->err.kind = ERR_LAUNCH;
+        snprintf(L->err.msg, sizeof L->err.msg, "internal error: the launch was aborted without a reason");
+    }
     *err = L->err;
     int kind = L->err.kind;
     delete L;
