@@ -53,7 +53,7 @@ def blas_info():
         info["error"] = repr(exc)
     try:
         from gpucnn.backends import numpy_backend as nb
-        info["openblas_threads_now"] = nb.blas_threads()
+        info["openblas_runtime"] = nb.openblas_info()
     except Exception:
         pass
     env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
@@ -151,7 +151,7 @@ def main(argv=None):
                 losses[name].append(float(loss.detach() if hasattr(loss, "detach") else loss))
 
     res = {"batch_size": n, "steps": args.steps, "warmup": args.warmup,
-           "python": platform.python_version(), "numpy": np.__version__,
+           "python": platform.python_version(), "numpy_version": np.__version__,
            "cpu_count": os.cpu_count(), "loadavg": os.getloadavg()}
     for name, _, _ in runners:
         med = statistics.median(times[name])

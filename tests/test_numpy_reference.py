@@ -264,6 +264,7 @@ FAST_CONV_CASES = [
     (5, 3, 6, 8, 2, (3, 1), (0, 2)),
     (1, 2, 5, 5, 3, 5, 0),       # 1x1 output
     (7, 2, 4, 4, 3, 1, 0),       # 1x1 kernel, prime batch
+    (64, 8, 10, 10, 8, 3, 1),    # K + 1 >= 64: dW on 32-image blocks, GEMMs on 8-image ones
 ]
 
 
@@ -323,19 +324,22 @@ def test_fast_conv_column_cache_is_safe():
     assert len(fast._cols_cache) <= 16
 
 
-def test_fast_conv_workspace_slices():
+@pytest.mark.parametrize("shape", [(9, 2, 7, 7, 3), (64, 8, 10, 10, 8)])
+def test_fast_conv_workspace_slices(shape):
+    N, C, H, W, F = shape
     rng = np.random.default_rng(22)
-    x = rng.standard_normal((9, 2, 7, 7)).astype(np.float32)
-    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
-    b = rng.standard_normal(3).astype(np.float32)
-    small = NumpyBackend(workspace_bytes=1, threads=2)
-    y = small.conv2d(x, w, b, padding=1, relu=True)
-    np.testing.assert_allclose(y, B.conv2d(x, w, b, padding=1, relu=True), rtol=1e-5,
-                               atol=1e-5)
-    dy = rng.standard_normal(y.shape).astype(np.float32)
-    for a, r in zip(small.conv2d_backward(dy, x, w, padding=1),
-                    B.conv2d_backward(dy, x, w, padding=1)):
-        assert rel_error(a, r) < 1e-5
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((F, C, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    g = conv_geometry(x.shape, w.shape, 1, 1)
+    for ws in (1, 200_000):  # one GEMM block per slice; a few blocks per slice
+        small = NumpyBackend(workspace_bytes=ws, threads=2)
+        y = small.conv2d(x, w, b, padding=1, relu=True)
+        assert rel_error(y, B._conv2d_generic(x, w, b, g, True)) < 1e-5
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        for a, r in zip(small.conv2d_backward(dy, x, w, padding=1),
+                        B._conv2d_backward_generic(dy, x, w, g)):
+            assert rel_error(a, r) < 1e-5
 
 
 POOL_FAST_CASES = [
@@ -344,6 +348,10 @@ POOL_FAST_CASES = [
     (2, 3, 9, 8, (2, 3), (3, 2)),
     (2, 2, 5, 5, 1, 1),
     (2, 2, 9, 9, 2, 3),          # gaps between windows
+    (1, 2, 7, 300, 3, 3),        # wide planes: offsets h * W + w beyond 8 bits
+    (1, 1, 7, 200, 3, 2),        # W < 256 but i * W > 255
+    (1, 1, 4, 600, (1, 2), 2),   # kw == 2 with W > 255
+    (1, 1, 5, 300, (3, 1), 1),   # kw == 1
 ]
 
 

@@ -23,7 +23,8 @@ examples:
   gpucnn bench --full --json full.json --plot full.png            # everything (slow on a CPU)
   gpucnn bench --backend emu                                      # emulator smoke run
 
-Default batch sizes: nets lenet5 128, alexnet_cifar 128, alexnet 16 (--full adds alexnet 128);
+Default batch sizes: nets lenet5 128, alexnet_cifar 128, alexnet 16 (on a GPU or with --full
+also 128);
 layer sets 128, except the AlexNet set on a CPU backend, 16 (128 with --full). --batch-size N
 overrides all of them. Timing: warm-up runs excluded, then --repeat timed runs per benchmark,
 interleaved with PyTorch when comparing; medians with min/max/IQR are reported.
@@ -163,7 +164,7 @@ def build_config(args, backend_name):
             nets.append((n, args.batch_size))
         elif smoke:
             nets.append((n, 2 if emu else 4))
-        elif args.full and n == "alexnet":
+        elif n == "alexnet" and (args.full or not cpu):
             nets += [(n, 16), (n, 128)]
         else:
             nets.append((n, _nets.DEFAULT_NET_BATCH[n]))

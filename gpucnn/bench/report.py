@@ -143,6 +143,8 @@ def format_result(res, roofline=False):
     parts = [format_header(res), format_layers(res), format_nets(res)]
     if roofline:
         parts.append(format_roofline_section(res))
+    if res["notes"]:
+        parts.append("notes:\n" + "\n".join(f"  {n}" for n in res["notes"]))
     if res["errors"]:
         parts.append("errors:\n" + "\n".join(f"  {e}" for e in res["errors"]))
     parts.append(f"done in {res['elapsed_s']:.1f} s")

@@ -183,6 +183,13 @@ def _run(cfg, B, notes, log, nvml, argv, t_start):
         f"({envd['usable_cpus']} usable CPUs), threads: "
         f"{', '.join(f'{k} {v}' for k, v in envd['threads'].items() if k != 'env')}, "
         f"load average {', '.join(f'{v:.2f}' for v in envd['loadavg'] or [])}")
+    load, ncpu = (envd["loadavg"] or [0.0])[0], envd["usable_cpus"] or 1
+    if load > 0.75 * ncpu:
+        msg = (f"machine busy: 1-minute load average {load:.1f} on {ncpu} usable CPUs before "
+               f"the run; timings are noisy, and multi-threaded runs that synchronise with "
+               f"barriers (PyTorch's OpenMP) suffer most; --threads 1 compares more fairly")
+        notes.append(msg)
+        log(f"note: {msg}")
     tel = _Telemetry(cfg, B, nvml=nvml, log=log)
     res["telemetry"] = tel.header()
     torch = tdev = ttimer = None
