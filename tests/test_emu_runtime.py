@@ -129,7 +129,8 @@ def test_divergent_barrier_exited_threads():
 
 def test_divergent_barrier_two_sites():
     out = np.zeros(32, np.float32)
-    with pytest.raises(EmuDeadlockError, match=r"two_barriers.*divergent barrier.*thread \(16,0,0\)"):
+    with pytest.raises(EmuDeadlockError,
+                       match=r"two_barriers.*divergent barrier.*thread \(16,0,0\)"):
         module().get_function("two_barriers")((1,), (32,), (out,))
 
 
@@ -171,7 +172,8 @@ def test_module_survives_faults(x):
 def test_fault_in_one_block_of_many():
     """Block 3 faults while the other worker thread is running other blocks."""
     out = np.zeros(256, np.float32)
-    with pytest.raises(EmuMemoryError, match=r"block \(3,0,0\) thread \(7,0,0\).*element index 261"):
+    with pytest.raises(EmuMemoryError,
+                       match=r"block \(3,0,0\) thread \(7,0,0\).*element index 261"):
         module().get_function("oob_in_one_block")((8,), (64,), (out, np.int32(256)))
 
 
@@ -218,7 +220,8 @@ def test_python_int_for_int_param_is_type_error(x):
 
 def test_wrong_array_dtype_is_type_error(x):
     out = np.empty(x.size, np.float64)
-    with pytest.raises(TypeError, match=r"argument 2 \(float\* out\): expected an array of float32"):
+    with pytest.raises(TypeError,
+                       match=r"argument 2 \(float\* out\): expected an array of float32"):
         module().get_function("vec_add")((1,), (32,), (x, x, out, np.int32(x.size)))
 
 
@@ -301,7 +304,8 @@ def test_float4_kernel_on_odd_length_arrays(x):
 
 
 def test_trap():
-    with pytest.raises(EmuLaunchError, match=r"calls_trap.*thread \(2,0,0\).*__trap\(\) called at .*broken\.cu"):
+    with pytest.raises(EmuLaunchError,
+                       match=r"calls_trap.*thread \(2,0,0\).*__trap\(\) called at .*broken\.cu"):
         module().get_function("calls_trap")(1, 8, (np.zeros(8, np.float32),))
 
 
@@ -315,3 +319,36 @@ def test_test_kernels_are_valid_cuda():
     for src in SOURCES:
         res = kr.compile_nvrtc(src, "sm_80", nvrtc=nv)
         assert res.ok, f"{src.name}: {res.errors}"
+
+
+def test_mixed_faults_and_good_launches_stay_consistent(x):
+    """Errors of every kind interleaved with good launches, over 2 worker threads: every good
+    launch is right, every bad one raises its own error (no stale watchdog / fault state)."""
+    bad = module(watchdog_s=0.1)
+    seq = ["oob", "good", "spin", "good", "div", "fpe", "warp", "stack", "spin", "good", "oob",
+           "warp", "trap", "good"] * 2
+    expect = {"oob": EmuMemoryError, "spin": EmuTimeoutError, "div": EmuDeadlockError,
+              "fpe": EmuArithmeticError, "stack": EmuMemoryError, "trap": EmuLaunchError}
+    ref = x.sum(dtype=np.float64)
+    for k in seq:
+        if k in ("good", "warp"):
+            part = np.full(5, np.nan, np.float32)
+            name = "block_sum" if k == "good" else "warp_reduce"
+            bad.get_function(name)((5,), (256,), (x, part, np.int32(x.size)))
+            assert abs(part.sum(dtype=np.float64) - ref) < 1e-3, k
+            continue
+        with pytest.raises(expect[k]):
+            if k == "oob":
+                bad.get_function("oob_in_one_block")((8,), (64,), (np.zeros(256, np.float32),
+                                                                  np.int32(256)))
+            elif k == "spin":
+                bad.get_function("spin_forever")((3,), (32,), (np.zeros(1, np.int32),))
+            elif k == "div":
+                bad.get_function("divergent_barrier")((4,), (32,), (np.zeros(32, np.float32),))
+            elif k == "fpe":
+                bad.get_function("int_div_zero")((3,), (8,), (np.zeros(8, np.int32), np.int32(0)))
+            elif k == "stack":
+                bad.get_function("big_stack")((3,), (8,), (np.zeros(8, np.float32),
+                                                           np.int32(65536)))
+            else:
+                bad.get_function("calls_trap")((2,), (8,), (np.zeros(8, np.float32),))

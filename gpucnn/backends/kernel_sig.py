@@ -178,14 +178,16 @@ def parse_kernels(source_text: str) -> dict:
     return {name: params for name, params, _ in _scan_kernels(source_text)}
 
 
-_DEFINE_RE = re.compile(r"(?m)^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+\(?\s*(\d+)[uU]?\s*\)?[ \t]*$")
+_DEFINE_RE = re.compile(
+    r"(?m)^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+\(?\s*(\d+)[uU]?\s*\)?[ \t]*$")
 
 
 def parse_launch_bounds(source_text: str) -> dict:
     """``{kernel_name: max_threads_per_block}`` for kernels declared with
     ``__launch_bounds__(N, ...)`` where N is an integer literal or an object-like ``#define`` of
     one (other expressions are skipped). CUDA refuses a launch with more threads per block."""
-    defines = {m.group(1): int(m.group(2)) for m in _DEFINE_RE.finditer(strip_comments(source_text))}
+    defines = {m.group(1): int(m.group(2))
+               for m in _DEFINE_RE.finditer(strip_comments(source_text))}
     out = {}
     for name, _, bounds in _scan_kernels(source_text):
         if bounds is None:
@@ -215,7 +217,8 @@ def _scan_kernels(source_text: str):
         name = None
         bounds = None
         # __launch_bounds__ may also come before __global__
-        lb = re.search(r"__launch_bounds__\s*\(([^()]*)\)\s*$", text[max(0, m.start() - 300):m.start()])
+        lb = re.search(r"__launch_bounds__\s*\(([^()]*)\)\s*$",
+                       text[max(0, m.start() - 300):m.start()])
         if lb:
             bounds = lb.group(1)
         while j < len(head):

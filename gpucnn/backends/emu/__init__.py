@@ -281,6 +281,7 @@ class _Built:
                        for name in kernels}
 
 
+_VECTOR_RE = re.compile(r"\b(float4|int4|uint4|double2|float2|int2|uint2)\b")
 _loaded = {}   # .so path -> _Built (a library is loaded once per process)
 
 
@@ -318,8 +319,7 @@ def _build(sources) -> _Built:
         except ValueError as e:
             raise EmuBuildError(f"emu: {p}: {e}") from None
         bounds = parse_launch_bounds(text)
-        vector_sources[str(p)] = bool(re.search(r"\b(float4|int4|uint4|double2|float2|int2|uint2)\b",
-                                                text))
+        vector_sources[str(p)] = bool(_VECTOR_RE.search(text))
         for k, params in ks.items():
             if k in kernels:
                 raise EmuBuildError(f"emu: kernel {k} is defined in both {kernels[k][1]} and {p}")
@@ -453,7 +453,8 @@ class EmuKernel:
                                  f"refuses this launch")
         shared_mem = int(shared_mem)
         if shared_mem < 0 or shared_mem > DYN_SMEM_MAX:
-            raise ValueError(f"kernel {self.name}: shared_mem={shared_mem} outside 0..{DYN_SMEM_MAX}")
+            raise ValueError(f"kernel {self.name}: shared_mem={shared_mem} outside "
+                             f"0..{DYN_SMEM_MAX}")
         built = mod._built
         n = len(vals)
         slots = []            # ctypes objects holding each argument's value

@@ -90,8 +90,11 @@ __EMU_API void __emu_trap(const char* file, int line);
 
 // The barrier is identified by its source location (file, line), so a copy made by the
 // compiler still counts as the same barrier. The fence keeps memory accesses on their side.
-#define __syncthreads() \
-    do { __emu_syncthreads(__FILE__, __LINE__, __EMU_BAR_SYNC, 1); __asm__ __volatile__("" ::: "memory"); } while (0)
+#define __syncthreads() __emu_syncthreads_v(__FILE__, __LINE__)
+__EMU_INL void __emu_syncthreads_v(const char* f, int l) {
+    __emu_syncthreads(f, l, __EMU_BAR_SYNC, 1);
+    __asm__ __volatile__("" ::: "memory");
+}
 #define __syncthreads_count(p) __emu_syncthreads_r(__FILE__, __LINE__, __EMU_BAR_COUNT, (p))
 #define __syncthreads_and(p) __emu_syncthreads_r(__FILE__, __LINE__, __EMU_BAR_AND, (p))
 #define __syncthreads_or(p) __emu_syncthreads_r(__FILE__, __LINE__, __EMU_BAR_OR, (p))

@@ -3,10 +3,13 @@
 // hidden visibility, so each module has its own copy and its own thread-local state.
 //
 // Model: one fiber per CUDA thread (64 KiB stack + guard page), all fibers of a block on one OS
-// thread; blocks are handed out to up to 2 worker OS threads. A fiber runs until it calls a
-// barrier / warp operation (it then yields to the scheduler) or returns. The scheduler runs the
-// ready threads of a block in the requested order, then releases warps / the block barrier.
-// Context switch: a hand-written x86-64 routine (callee-saved registers + rsp).
+// thread; blocks are handed out to up to 2 workers: the launching thread itself and a persistent
+// helper thread that joins if it wakes up in time. A fiber runs until it calls a barrier / warp
+// operation (it then yields to the scheduler) or returns. The scheduler runs the ready threads of
+// a block in the requested order, then releases warps / the block barrier, or reports a
+// deadlock. Context switch: a hand-written x86-64 routine (callee-saved registers + rsp).
+// A persistent watchdog thread aborts launches that run past their deadline. Faults inside
+// kernel code siglongjmp back to the worker loop; the launch is abandoned, the process survives.
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -18,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <new>
 #include <pthread.h>
 #include <sys/mman.h>
 #include <thread>
@@ -535,7 +539,6 @@ static int run_block(Worker* w, long long b) {
 }
 
 // ---------------------------------------------------------------- signals
-static const int kSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
 static struct sigaction g_old[65];
 static std::mutex g_sig_mu;
 static int watchdog_signal() { return SIGRTMIN + 5; }
@@ -720,6 +723,7 @@ static void* helper_thread(void* p) {
 static std::mutex& g_wd_mu = *new std::mutex;
 static std::condition_variable& g_wd_cv = *new std::condition_variable;
 static Launch* g_wd_launch = nullptr;
+static unsigned long long g_wd_gen = 0;      // launches armed so far (a Launch address may repeat)
 static std::chrono::steady_clock::time_point g_wd_deadline;
 static bool g_wd_started = false;
 
@@ -735,15 +739,16 @@ static void* watchdog_thread(void*) {
     for (;;) {
         if (!g_wd_launch) { g_wd_cv.wait(lk); continue; }
         Launch* L = g_wd_launch;
+        unsigned long long gen = g_wd_gen;
         if (g_wd_cv.wait_until(lk, g_wd_deadline) != std::cv_status::timeout) continue;
-        if (g_wd_launch != L || std::chrono::steady_clock::now() < g_wd_deadline) continue;
+        if (g_wd_gen != gen || !g_wd_launch || std::chrono::steady_clock::now() < g_wd_deadline) continue;
         {
             std::lock_guard<std::mutex> g(L->mu);
             if (L->err.kind == ERR_NONE) { L->err.kind = ERR_WATCHDOG; L->err.msg[0] = 0; }
         }
         L->abort.store(1);
         // interrupt the workers still inside kernel code until the launcher disarms us
-        while (g_wd_launch == L) {
+        while (g_wd_gen == gen && g_wd_launch == L) {
             signal_workers(L);
             g_wd_cv.wait_for(lk, std::chrono::milliseconds(20));
         }
@@ -751,7 +756,28 @@ static void* watchdog_thread(void*) {
     return nullptr;
 }
 
+// After fork() only the forking thread exists in the child: forget the helper and watchdog
+// threads (they are started again by the child's first launch).
+static void atfork_child() {
+    new (&g_pool_mu) std::mutex;
+    new (&g_pool_cv) std::condition_variable;
+    new (&g_done_cv) std::condition_variable;
+    new (&g_wd_mu) std::mutex;
+    new (&g_wd_cv) std::condition_variable;
+    new (&g_launch_mu) std::mutex;
+    g_open = nullptr;
+    g_wd_launch = nullptr;
+    g_helpers = 0;
+    g_wd_started = false;
+    for (int i = 0; i < kMaxWorkers; i++) { g_workers[i].has_self = 0; g_workers[i].L = nullptr; }
+}
+
 static bool start_threads(int nw) {
+    static bool atfork_done = false;
+    if (!atfork_done) {
+        pthread_atfork(nullptr, nullptr, atfork_child);
+        atfork_done = true;
+    }
     if (!g_wd_started) {
         pthread_t t;
         pthread_attr_t at;
@@ -840,6 +866,7 @@ EXPORT int gpucnn_emu_launch(void (*tramp)(void**), void** args, const unsigned*
     {
         std::lock_guard<std::mutex> g(g_wd_mu);
         g_wd_launch = L;
+        g_wd_gen++;
         g_wd_deadline = std::chrono::steady_clock::now() +
                         std::chrono::microseconds((long long)(watchdog_s > 0 ? watchdog_s * 1e6 : 1e15));
     }
@@ -869,6 +896,7 @@ EXPORT int gpucnn_emu_launch(void (*tramp)(void**), void** args, const unsigned*
     {
         std::lock_guard<std::mutex> g(g_wd_mu);
         g_wd_launch = nullptr;
+        g_wd_gen++;
     }
     g_wd_cv.notify_all();
     if (L->err.kind == ERR_WATCHDOG && L->err.msg[0] == 0)
