@@ -19,14 +19,20 @@ def _backend_arg(p):
                    help="compute backend (default: $GPUCNN_BACKEND or auto)")
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def int_at_least(minimum):
+    """An argparse type: an integer >= minimum, with a message naming the expected value."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return v
+    return parse
+
+
+_positive_int = int_at_least(1)
 
 
 def _shape(text):
@@ -126,7 +132,7 @@ def cmd_summary(args):
     return 0
 
 
-def _tool_version(cmd):
+def _tool_version(cmd, line=-1):
     path = shutil.which(cmd[0])
     if not path:
         return "not found"
@@ -135,7 +141,7 @@ def _tool_version(cmd):
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"{path} (version query failed: {exc})"
     lines = [l for l in out.splitlines() if l.strip()]
-    return f"{path}: {lines[-1] if lines else '?'}"
+    return f"{path}: {lines[line] if lines else '?'}"
 
 
 def info_lines(backend_name=None):
@@ -152,7 +158,7 @@ def info_lines(backend_name=None):
         lines.append(f"backend: {auto_reason()}")
     else:
         lines.append(f"backend: {get_backend(backend_name).describe()} (requested)")
-    lines.append(f"g++: {_tool_version(['g++', '--version'])}".split("\n")[0])
+    lines.append(f"g++: {_tool_version(['g++', '--version'], line=0)}")
     lines.append(f"nvcc: {_tool_version(['nvcc', '--version'])}")
     try:
         from .kernel_report import nvrtc_version_string
