@@ -85,7 +85,9 @@ class Module:
 
 class Sequential(Module):
     """Layers applied in order. A Conv2d or Linear directly followed by ReLU is fused: the
-    producer computes bias + ReLU in one pass and the ReLU layer is skipped."""
+    producer computes bias + ReLU in one pass and the ReLU layer is skipped. The first
+    layer computes no input gradient (nothing consumes it), so ``backward`` returns None
+    when the first layer is a Conv2d (set ``layers[0].needs_input_grad = True`` to get it)."""
 
     def __init__(self, *layers):
         super().__init__()
