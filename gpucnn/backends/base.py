@@ -261,6 +261,48 @@ class Backend:
         self._check(dy, "dy", 4, shape=g.y_shape)
         return self._conv2d_backward(dy, x, w, g, bool(need_dx), bool(need_dw))
 
+    # ---- fused conv + ReLU + max-pool (a composed default; backends may override) -----------
+    def conv2d_relu_maxpool(self, x, w, b=None, stride=1, padding=0, dilation=1, groups=1,
+                            kernel_size=2, pool_stride=None, pool_padding=0):
+        """(y, switches) of max_pool2d(relu(conv2d(x, w, b))): the pooled output and the
+        pool's switches into the conv output planes, exactly as the three ops give them."""
+        self._check(x, "x", 4)
+        self._check(w, "w", 4)
+        g = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+        if b is not None:
+            self._check(b, "b", 1, shape=(g.F,))
+        pg = pool_geometry(g.y_shape, kernel_size, pool_stride, pool_padding)
+        return self._conv2d_relu_maxpool(x, w, b, g, pg)
+
+    def _conv2d_relu_maxpool(self, x, w, b, g, pg):
+        a = self.conv2d(x, w, b, (g.sh, g.sw), (g.ph, g.pw), (g.dh, g.dw), g.groups, relu=True)
+        return self.max_pool2d(a, (pg.kh, pg.kw), (pg.sh, pg.sw), (pg.ph, pg.pw))
+
+    def conv2d_relu_maxpool_backward(self, dy, switches, y, x, w, stride=1, padding=0,
+                                     dilation=1, groups=1, kernel_size=2, pool_stride=None,
+                                     pool_padding=0, need_dx=True, need_dw=True):
+        """(dx, dw, db) of conv2d_relu_maxpool, given the gradient ``dy`` of its pooled
+        output ``y`` and the switches. The ReLU mask is taken on the pooled output: a switch
+        points at a conv output equal to the window's pooled value, so ``y > 0`` there is the
+        ReLU's own ``relu_out > 0`` at every position that receives a gradient."""
+        self._check(x, "x", 4)
+        self._check(w, "w", 4)
+        g = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+        pg = pool_geometry(g.y_shape, kernel_size, pool_stride, pool_padding)
+        self._check(y, "y", 4, shape=pg.y_shape)
+        self._check(dy, "dy", 4, shape=pg.y_shape)
+        self._check(switches, "switches", 4, dtype=np.int32, shape=pg.y_shape)
+        return self._conv2d_relu_maxpool_backward(dy, switches, y, x, w, g, pg, bool(need_dx),
+                                                  bool(need_dw))
+
+    def _conv2d_relu_maxpool_backward(self, dy, switches, y, x, w, g, pg, need_dx, need_dw):
+        conv = dict(stride=(g.sh, g.sw), padding=(g.ph, g.pw), dilation=(g.dh, g.dw),
+                    groups=g.groups)
+        dy = self.relu_backward(dy, y)
+        dy = self.max_pool2d_backward(dy, switches, g.y_shape, (pg.kh, pg.kw), (pg.sh, pg.sw),
+                                      (pg.ph, pg.pw))
+        return self.conv2d_backward(dy, x, w, **conv, need_dx=need_dx, need_dw=need_dw)
+
     # ---- pooling --------------------------------------------------------------------------
     def max_pool2d(self, x, kernel_size, stride=None, padding=0):
         """(y, switches): switches[n, c, i, j] = h * W + w of the window's (first) maximum."""

@@ -490,7 +490,10 @@ class NumpyBackend(Backend):
                 dxpad_chunk[:, c0:c0 + g.Cg, hs, ws] += d[:, i, j].transpose(1, 0, 2, 3)
 
     # -- the fast path: stride 1, dilation 1, one group; "wide" columns (module docstring) --
-    def _conv2d(self, x, w, b, g, relu):
+    def _conv2d(self, x, w, b, g, relu, epilogue=None):
+        """epilogue(src, a, b) (fast path only), if given, replaces the write of y: src is the
+        (chunks, c, F, Ho, Wo) view of images [a, b) of the GEMM output (before any ReLU) and
+        the return value is the list of what it returned per thread range."""
         if w.dtype != x.dtype:
             raise TypeError(f"conv2d: w dtype {w.dtype} differs from x dtype {x.dtype}")
         if b is not None and b.dtype != x.dtype:
@@ -501,7 +504,7 @@ class NumpyBackend(Backend):
         wext = np.empty((g.F, d.K1), dtype=x.dtype)
         wext[:, :g.K] = w.reshape(g.F, g.K)
         wext[:, g.K] = 0 if b is None else b
-        y = self._output(g.y_shape, x.dtype)
+        y = self._output(g.y_shape, x.dtype) if epilogue is None else []
         slices = self._wide_slices(g, d, x.itemsize)
         for s0, s1 in slices:
             cols = self._take_cols(((s1 - s0) // d.cb, d.K1, d.cb * d.L), x.dtype)
@@ -514,13 +517,18 @@ class NumpyBackend(Backend):
                 np.matmul(wext, _subchunks(cols[ka:kb], d, d.K1),
                           out=out[oa:ob].reshape(kb - ka, d.m, g.F, d.c * d.L))
                 src = _wide_to_nchw(out[oa:ob], g, d, d.c)
+                if epilogue is not None:
+                    return epilogue(src, a, b_)
                 dst = y[a:b_].reshape(ob - oa, d.c, g.F, g.Ho, g.Wo)
                 if relu:
                     np.maximum(src, 0, out=dst)
                 else:
                     np.copyto(dst, src)
 
-            self._run(work, [(s0 + a, s0 + b_) for a, b_ in self._ranges(s1 - s0, d.cb)])
+            done = self._run(work, [(s0 + a, s0 + b_)
+                                    for a, b_ in self._ranges(s1 - s0, d.cb)])
+            if epilogue is not None:
+                y += done
             if len(slices) == 1 and self._cache_put(x, g, cols):
                 continue
             self._give_cols(cols)
@@ -546,12 +554,80 @@ class NumpyBackend(Backend):
         np.copyto(_view(cols[:, :g.K], (n // d.cb, g.C, g.kh, g.kw, d.cb, d.L)), taps)
         cols[:, g.K] = 1
 
-    def _conv2d_backward(self, dy, x, w, g, need_dx=True, need_dw=True):
+    def _conv2d_relu_maxpool(self, x, w, b, g, pg):
+        # Fast path: the pool reads the GEMM output (ReLU applied as the taps are gathered)
+        # while it is in cache; the full-size conv output is never written.
+        if not (_fast_conv(g) and not (pg.ph or pg.pw)) or w.dtype != x.dtype:
+            return super()._conv2d_relu_maxpool(x, w, b, g, pg)
+        y = self._output(pg.y_shape, x.dtype)
+        sw = self._output(pg.y_shape, np.int32)
+        per = pg.Ho * pg.Wo
+        yr, swr = y.reshape(g.N * g.F, pg.Ho, pg.Wo), sw.reshape(g.N * g.F, pg.Ho, pg.Wo)
+
+        def epilogue(src, a, b_):
+            # src (chunks, c, F, Ho, Wo) -> pool windows (chunks, c, F, kh, kw, Hp, Wp)
+            s0, s1, s2, s3, s4 = src.strides
+            win = as_strided(src, src.shape[:3] + (pg.kh, pg.kw, pg.Ho, pg.Wo),
+                             (s0, s1, s2, s3, s4, s3 * pg.sh, s4 * pg.sw), writeable=False)
+            n = b_ - a
+            taps = self._scratch("fused_taps", (pg.kh, pg.kw) + src.shape[:3]
+                                 + (pg.Ho, pg.Wo), x.dtype)
+            np.maximum(win.transpose(3, 4, 0, 1, 2, 5, 6), 0, out=taps)  # ReLU on the way
+            return self._pool_taps(taps.reshape(pg.kh, pg.kw, n * g.F, pg.Ho, pg.Wo), pg,
+                                   yr[a * g.F:b_ * g.F], swr[a * g.F:b_ * g.F])
+
+        if all(self._conv2d(x, w, b, g, True, epilogue=epilogue)):
+            return y, sw
+        return super()._conv2d_relu_maxpool(x, w, b, g, pg)  # a NaN: the general pool
+
+    def _conv2d_relu_maxpool_backward(self, dy, switches, y, x, w, g, pg, need_dx, need_dw):
+        # Fast path: the pooled gradient (ReLU mask taken on the pooled output, see base.py)
+        # is scattered straight into the conv backward's wide dy buffer: no full-size dy for
+        # the pool or ReLU backward. Needs non-overlapping, unpadded pool windows.
+        if not (_fast_conv(g) and pg.sh >= pg.kh and pg.sw >= pg.kw
+                and not (pg.ph or pg.pw)):
+            return super()._conv2d_relu_maxpool_backward(dy, switches, y, x, w, g, pg,
+                                                         need_dx, need_dw)
+        plane = g.Ho * g.Wo
+        if switches.size and (switches.min() < 0 or switches.max() >= plane):
+            raise ValueError(f"max_pool2d_backward: switches must lie in [0, {plane}) for "
+                             f"input planes of {g.Ho}x{g.Wo}")
+        return self._conv2d_backward(None, x, w, g, need_dx, need_dw, pooled=(dy, switches, y))
+
+    def _scatter_pooled(self, pooled, g, d, a, b, dyw):
+        """dyw (the wide dy of images [a, b), zeroed here) = the pool + ReLU backward of the
+        pooled gradient: dy at each switch where the pooled output is > 0, else 0."""
+        dyp, sw, yp = pooled
+        n = b - a
+        dyw.fill(0)
+        per = sw[0, 0].size
+        # switch h * Wo + w -> wide position h * Wp + w
+        s = sw[a:b].reshape(n, g.F, per)
+        pos = self._scratch("fused_pos", (n, g.F, per), np.intp)
+        np.floor_divide(s, g.Wo, out=pos)
+        pos *= d.Wp - g.Wo
+        pos += s
+        # + the (image-in-block, channel) offset: block k = i // cb, slot i % cb
+        i = np.arange(n, dtype=np.intp)
+        base = ((i // d.cb)[:, None] * g.F + np.arange(g.F, dtype=np.intp)[None, :]) * d.cb
+        base = (base + (i % d.cb)[:, None]) * d.L
+        pos += base[:, :, None]
+        vals = self._scratch("fused_vals", (n, g.F, per), dyw.dtype)
+        vals.fill(0)
+        np.copyto(vals, dyp[a:b].reshape(n, g.F, per), where=yp[a:b].reshape(n, g.F, per) > 0)
+        dyw.reshape(-1)[pos.reshape(-1)] = vals.reshape(-1)
+
+    def _conv2d_backward(self, dy, x, w, g, need_dx=True, need_dw=True, pooled=None):
         if not _fast_conv(g):
             return self._conv2d_backward_generic(dy, x, w, g, need_dx, need_dw)
         d = _WideDims(g)
         dt = x.dtype
-        dy, w = dy.astype(dt, copy=False), w.astype(dt, copy=False)  # compute in x's precision
+        if pooled is not None:
+            pooled = tuple(a.astype(dt, copy=False) if a.dtype.kind == "f" else a
+                           for a in pooled)
+        else:
+            dy = dy.astype(dt, copy=False)
+        w = w.astype(dt, copy=False)  # compute in x's precision
         slices = self._wide_slices(g, d, x.itemsize)
         cached = self._cache_take(x, g) if len(slices) == 1 else None
         if not (need_dx or need_dw):
@@ -577,9 +653,11 @@ class NumpyBackend(Backend):
 
             def work(a, b, s0=s0, cols=cols):
                 ka, kb = (a - s0) // d.cb, (b - s0) // d.cb
-                # dy into the wide layout; junk columns stay zero (never written).
-                np.copyto(_wide_to_nchw(dyw[ka:kb], g, d, d.cb),
-                          dy[a:b].reshape(kb - ka, d.cb, g.F, g.Ho, g.Wo))
+                if pooled is not None:
+                    self._scatter_pooled(pooled, g, d, a, b, dyw[ka:kb])
+                else:  # dy into the wide layout; junk columns stay zero (never written).
+                    np.copyto(_wide_to_nchw(dyw[ka:kb], g, d, d.cb),
+                              dy[a:b].reshape(kb - ka, d.cb, g.F, g.Ho, g.Wo))
                 part = None
                 if need_dw:
                     if cached is None:
@@ -679,55 +757,61 @@ class NumpyBackend(Backend):
         y = self._output(g.y_shape, x.dtype)
         sw = self._output(g.y_shape, np.int32)
         yr, swr = y.reshape(P, g.Ho, g.Wo), sw.reshape(P, g.Ho, g.Wo)
-        base = _pool_base(g)
-        cdt = np.uint8 if kk < 256 else np.int32
 
         def work(a, b):
-            n, m = b - a, (b - a) * g.Ho * g.Wo
             # One strided gather makes every tap a contiguous block; all later passes are
             # then long contiguous SIMD loops instead of short strided rows.
-            taps = self._scratch("pool_taps", (g.kh, g.kw, n, g.Ho, g.Wo), x.dtype)
+            taps = self._scratch("pool_taps", (g.kh, g.kw, b - a, g.Ho, g.Wo), x.dtype)
             np.copyto(taps, _plane_windows(xr[a:b], g).transpose(1, 2, 0, 3, 4))
-            t = taps.reshape(kk, m)
-            ys = yr[a:b].reshape(m)
-            if kk == 1:
-                np.copyto(ys, t[0])
-            else:
-                np.maximum(t[0], t[1], out=ys)
-                for i in range(2, kk):
-                    np.maximum(ys, t[i], out=ys)
-            if np.isnan(ys).any():
-                return False
-            out = swr[a:b]
-            if kk == 1:
-                out[...] = base
-                return True
-            notyet = self._scratch("pool_notyet", (m,), np.bool_)
-            ne = self._scratch("pool_ne", (m,), np.bool_)
-            count = self._scratch("pool_count", (m,), cdt)
-            np.not_equal(t[0], ys, out=notyet)  # no maximum among the taps seen so far
-            np.copyto(count, notyet)
-            for i in range(1, kk - 1):
-                np.not_equal(t[i], ys, out=ne)
-                np.bitwise_and(notyet, ne, out=notyet)
-                np.add(count, notyet, out=count, casting="unsafe")  # -> first max's tap
-            count = count.reshape(n, g.Ho, g.Wo)
-            W = np.int32(g.W)  # offsets computed in int32 (never in count's small dtype)
-            if g.kw == 1:
-                np.multiply(count, W, out=out, dtype=np.int32)
-            elif g.kw == 2:
-                np.multiply(count >> 1, W, out=out, dtype=np.int32)
-                np.add(out, count & 1, out=out, dtype=np.int32)
-            else:
-                i, j = np.divmod(count, cdt(g.kw))
-                np.multiply(i, W, out=out, dtype=np.int32)
-                np.add(out, j, out=out, dtype=np.int32)
-            out += base
-            return True
+            return self._pool_taps(taps, g, yr[a:b], swr[a:b])
 
         if all(self._run(work, self._ranges(P, min_units=max(1, _MIN_SPLIT // plane)))):
             return y, sw
         return self._max_pool2d_generic(x, g)
+
+    def _pool_taps(self, taps, g, y, out):
+        """Max-pool (no padding) from gathered taps (kh, kw, n, Ho, Wo): the window maxima into
+        y (n, Ho, Wo) and the switches into out (n, Ho, Wo); False (results unusable) if
+        there is a NaN."""
+        kk, n = g.kh * g.kw, taps.shape[2]
+        m = n * g.Ho * g.Wo
+        base = _pool_base(g)
+        cdt = np.uint8 if kk < 256 else np.int32
+        t = taps.reshape(kk, m)
+        ys = y.reshape(m)
+        if kk == 1:
+            np.copyto(ys, t[0])
+        else:
+            np.maximum(t[0], t[1], out=ys)
+            for i in range(2, kk):
+                np.maximum(ys, t[i], out=ys)
+        if np.isnan(ys).any():
+            return False
+        if kk == 1:
+            out[...] = base
+            return True
+        notyet = self._scratch("pool_notyet", (m,), np.bool_)
+        ne = self._scratch("pool_ne", (m,), np.bool_)
+        count = self._scratch("pool_count", (m,), cdt)
+        np.not_equal(t[0], ys, out=notyet)  # no maximum among the taps seen so far
+        np.copyto(count, notyet)
+        for i in range(1, kk - 1):
+            np.not_equal(t[i], ys, out=ne)
+            np.bitwise_and(notyet, ne, out=notyet)
+            np.add(count, notyet, out=count, casting="unsafe")  # -> first max's tap
+        count = count.reshape(n, g.Ho, g.Wo)
+        W = np.int32(g.W)  # offsets computed in int32 (never in count's small dtype)
+        if g.kw == 1:
+            np.multiply(count, W, out=out, dtype=np.int32)
+        elif g.kw == 2:
+            np.multiply(count >> 1, W, out=out, dtype=np.int32)
+            np.add(out, count & 1, out=out, dtype=np.int32)
+        else:
+            i, j = np.divmod(count, cdt(g.kw))
+            np.multiply(i, W, out=out, dtype=np.int32)
+            np.add(out, j, out=out, dtype=np.int32)
+        out += base
+        return True
 
     def _max_pool2d_generic(self, x, g):
         xpad = _pad_hw(x, g.ph, g.pw, value=-np.inf)

@@ -53,6 +53,9 @@ class _WeightLayer(Module):
 
 
 class Conv2d(_WeightLayer):
+    can_fuse_pool = True
+    fused_pool = None  # the MaxPool2d folded into this layer (with its ReLU) by Sequential
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, init="he"):
         super().__init__()
@@ -90,17 +93,31 @@ class Conv2d(_WeightLayer):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
                     groups=self.groups)
 
+    def _pool_kw(self):
+        p = self.fused_pool
+        return dict(kernel_size=p.kernel_size, pool_stride=p.stride, pool_padding=p.padding)
+
     def forward(self, x):
         self.x = x
+        if self.fused_pool is not None:  # conv + ReLU + max-pool (Sequential sets this up)
+            self.y, self.switches = self.B.conv2d_relu_maxpool(
+                x, self.weight.data, self._bias_data(), **self._kw(), **self._pool_kw())
+            return self.y
         self.y = self.B.conv2d(x, self.weight.data, self._bias_data(), relu=self.fused_relu,
                                **self._kw())
         return self.y
 
     def backward(self, dy):
-        if self.fused_relu:
-            dy = self.B.relu_backward(dy, self.y)
-        dx, dw, db = self.B.conv2d_backward(dy, self.x, self.weight.data, **self._kw(),
-                                            need_dx=self.needs_input_grad)
+        if self.fused_pool is not None:
+            dx, dw, db = self.B.conv2d_relu_maxpool_backward(
+                dy, self.switches, self.y, self.x, self.weight.data, **self._kw(),
+                **self._pool_kw(), need_dx=self.needs_input_grad)
+            self.switches = None
+        else:
+            if self.fused_relu:
+                dy = self.B.relu_backward(dy, self.y)
+            dx, dw, db = self.B.conv2d_backward(dy, self.x, self.weight.data, **self._kw(),
+                                                need_dx=self.needs_input_grad)
         self._store_grads(dw, db)
         self.x = self.y = None
         return dx
@@ -225,8 +242,6 @@ class AvgPool2d(_Pool):
 
 
 class ReLU(Module):
-    fused_into = None
-
     def forward(self, x):
         self.y = self.B.relu(x)
         return self.y

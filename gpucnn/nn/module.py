@@ -32,6 +32,7 @@ class Parameter:
 class Module:
     training = True
     fused_relu = False  # set by Sequential when a following ReLU is folded into this layer
+    fused_into = None  # set by Sequential on a layer folded into the previous one
 
     def __init__(self):
         self.B = None
@@ -85,7 +86,8 @@ class Module:
 
 class Sequential(Module):
     """Layers applied in order. A Conv2d or Linear directly followed by ReLU is fused: the
-    producer computes bias + ReLU in one pass and the ReLU layer is skipped. The first
+    producer computes bias + ReLU in one pass and the ReLU layer is skipped; a Conv2d, ReLU,
+    MaxPool2d triple runs as one ``conv2d_relu_maxpool`` call (the pool layer is skipped). The first
     layer computes no input gradient (nothing consumes it), so ``backward`` returns None
     when the first layer is a Conv2d (set ``layers[0].needs_input_grad = True`` to get it)."""
 
@@ -96,6 +98,13 @@ class Sequential(Module):
             if getattr(a, "can_fuse_relu", False) and type(b).__name__ == "ReLU":
                 a.fused_relu = True
                 b.fused_into = a
+        # Conv2d, ReLU, MaxPool2d: the conv layer also does the pooling (one backend call
+        # forward and one backward); the ReLU and pool layers stay listed but are skipped.
+        for a, b, c in zip(self.layers, self.layers[1:], self.layers[2:]):
+            if (getattr(a, "can_fuse_pool", False) and b.fused_into is a
+                    and type(c).__name__ == "MaxPool2d"):
+                a.fused_pool = c
+                c.fused_into = a
         if self.layers and hasattr(self.layers[0], "needs_input_grad"):
             self.layers[0].needs_input_grad = False
 
