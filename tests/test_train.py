@@ -103,3 +103,19 @@ def test_lenet5_five_epochs_fashion_mnist_reaches_88_percent(tmp_path):
                           lr=0.05, momentum=0.9, backend="numpy", progress=False))
     print("per epoch:", [round(r["test_accuracy"], 4) for r in m["epochs"]])
     assert m["test_accuracy"] >= 0.88
+
+
+def test_cifar10_training_path_with_augmentation(tmp_path):
+    """AlexNet-CIFAR on CIFAR-10 binary files (tiny ones written here): the host-side
+    crop+flip augmentation path of the loop, and a finite loss."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "cifar10"
+    d.mkdir()
+    for name, n in [(f"data_batch_{i}.bin", 16) for i in range(1, 6)] + [("test_batch.bin", 16)]:
+        labels = rng.integers(0, 10, (n, 1), dtype=np.uint8)
+        pixels = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        (d / name).write_bytes(np.concatenate([labels, pixels], axis=1).tobytes())
+    m = train(TrainConfig(model="alexnet_cifar", dataset="cifar10", data_dir=str(tmp_path),
+                          epochs=1, batch_size=16, lr=0.01, backend="numpy", limit=32,
+                          progress=False))
+    assert np.isfinite(m["epochs"][0]["train_loss"]) and m["epochs"][0]["images_per_s"] > 0
