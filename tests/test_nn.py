@@ -74,8 +74,11 @@ def test_fused_relu_equals_unfused():
     b = lenet5(backend="numpy", seed=5)
     for layer in b.layers:
         layer.fused_relu = False
-        if isinstance(layer, ReLU):
-            layer.fused_into = None
+        if isinstance(layer, Conv2d):
+            layer.fused_pool = None
+        layer.fused_into = None
+    assert [isinstance(l.fused_pool, MaxPool2d) for l in a.layers if isinstance(l, Conv2d)] \
+        == [True, True]
     np.testing.assert_allclose(a.forward(x), b.forward(x), rtol=1e-6, atol=1e-6)
 
 

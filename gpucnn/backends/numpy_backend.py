@@ -24,6 +24,12 @@ contiguous blocks first), the switch the first tap equal to it (= the strict '>'
 to the first in row-major order); any NaN sends the call to the general fold. Backward with
 non-overlapping windows is a scatter; ReLU backward a branch-free bitwise select.
 
+Conv + ReLU + max-pool (base.Backend.conv2d_relu_maxpool, used by Sequential for such triples)
+is fused on the fast conv path: forward, the pool gathers its taps (ReLU applied on the way)
+straight from the GEMM output, so the full-size activation is never written; backward (pool
+windows not overlapping), the pooled gradient, masked where the pooled output is > 0, is
+scattered to the switches directly in the wide dy buffer of the conv backward.
+
 Speed plumbing, all internal and scoped: batches are split over ``threads`` Python threads
 (GPUCNN_NUMPY_THREADS; NumPy and OpenBLAS release the GIL); OpenBLAS is held to one thread
 inside those regions (via its own C API, restored afterwards); NumPy's ufunc buffer is made
@@ -136,6 +142,10 @@ _POOL_MIN_BYTES = 256 << 10
 # Elementwise work is split across threads only with at least this many elements per thread
 # (a hand-off costs ~50 us; below this the split measured no faster).
 _MIN_SPLIT = 1 << 17
+
+# Linear layers split the batch over our threads from this many multiply-adds (n * in * out);
+# below it one GEMM call with OpenBLAS's own threads measured faster (LeNet's 128x400x120).
+_LINEAR_SPLIT = 50_000_000
 
 
 def _small_buffers(fn, a, b):
@@ -598,23 +608,27 @@ class NumpyBackend(Backend):
         """dyw (the wide dy of images [a, b), zeroed here) = the pool + ReLU backward of the
         pooled gradient: dy at each switch where the pooled output is > 0, else 0."""
         dyp, sw, yp = pooled
-        n = b - a
+        n, per = b - a, sw[0, 0].size
+        shape = (n, g.F, per)
         dyw.fill(0)
-        per = sw[0, 0].size
-        # switch h * Wo + w -> wide position h * Wp + w
-        s = sw[a:b].reshape(n, g.F, per)
-        pos = self._scratch("fused_pos", (n, g.F, per), np.intp)
-        np.floor_divide(s, g.Wo, out=pos)
-        pos *= d.Wp - g.Wo
-        pos += s
-        # + the (image-in-block, channel) offset: block k = i // cb, slot i % cb
+        # the wide index of each switch: a table maps h * Wo + w -> h * Wp + w, then add
+        # each (image-in-block, channel) row's offset (block i // cb, slot i % cb)
+        plane = np.arange(g.Ho * g.Wo, dtype=np.intp)
+        table = plane + (plane // g.Wo) * (d.Wp - g.Wo)
+        pos = self._scratch("fused_pos", shape, np.intp)
+        np.take(table, sw[a:b].reshape(shape), out=pos, mode="clip")  # checked: in range
         i = np.arange(n, dtype=np.intp)
         base = ((i // d.cb)[:, None] * g.F + np.arange(g.F, dtype=np.intp)[None, :]) * d.cb
-        base = (base + (i % d.cb)[:, None]) * d.L
-        pos += base[:, :, None]
-        vals = self._scratch("fused_vals", (n, g.F, per), dyw.dtype)
-        vals.fill(0)
-        np.copyto(vals, dyp[a:b].reshape(n, g.F, per), where=yp[a:b].reshape(n, g.F, per) > 0)
+        pos += ((base + (i % d.cb)[:, None]) * d.L)[:, :, None]
+        # values: dy where the pooled output is > 0, else +0 (a branch-free bitwise select,
+        # exactly as _relu_backward)
+        it = np.int32 if dyw.itemsize == 4 else np.int64
+        keep = self._scratch("fused_keep", shape, np.bool_)
+        mask = self._scratch("fused_mask", shape, it)
+        vals = self._scratch("fused_vals", shape, dyw.dtype)
+        np.greater(yp[a:b].reshape(shape), 0, out=keep)
+        np.negative(keep.view(np.int8), out=mask)  # 0 or all ones
+        np.bitwise_and(dyp[a:b].reshape(shape).view(it), mask, out=vals.view(it))
         dyw.reshape(-1)[pos.reshape(-1)] = vals.reshape(-1)
 
     def _conv2d_backward(self, dy, x, w, g, need_dx=True, need_dw=True, pooled=None):
@@ -905,12 +919,19 @@ class NumpyBackend(Backend):
             if relu:
                 np.maximum(out, 0, out=out)
 
-        self._run(work, self._linear_ranges(x.shape[0], w.size))
+        self._run_linear(work, self._linear_ranges(x.shape[0], w.size))
         return y
+
+    def _run_linear(self, fn, ranges):
+        """A single range runs here, directly: OpenBLAS then uses its own threads, which for
+        these small GEMMs (LeNet's) measured ~2x faster than our split or one BLAS thread."""
+        if len(ranges) == 1:
+            return [fn(*ranges[0])]
+        return self._run(fn, ranges)
 
     def _linear_ranges(self, n, wsize):
         """Row ranges for a (n x in) @ (in x out) GEMM: split only when it is worth it."""
-        return self._ranges(n, 8, min_units=1) if n * wsize >= 4_000_000 else [(0, n)]
+        return self._ranges(n, 8, min_units=1) if n * wsize >= _LINEAR_SPLIT else [(0, n)]
 
     def _linear_backward(self, dy, x, w):
         n = x.shape[0]
@@ -923,9 +944,9 @@ class NumpyBackend(Backend):
         def work_dw(a, b):  # rows of dw = output features
             np.matmul(dy[:, a:b].T, x, out=dw[a:b])
 
-        big = n * w.size >= 4_000_000
-        self._run(work_dx, self._ranges(n, 8) if big else [(0, n)])
-        self._run(work_dw, self._ranges(w.shape[0], 8) if big else [(0, w.shape[0])])
+        big = n * w.size >= _LINEAR_SPLIT
+        self._run_linear(work_dx, self._ranges(n, 8) if big else [(0, n)])
+        self._run_linear(work_dw, self._ranges(w.shape[0], 8) if big else [(0, w.shape[0])])
         return dx, dw, dy.sum(axis=0)
 
     def _check_label_range(self, labels, classes):
