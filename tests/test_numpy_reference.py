@@ -265,6 +265,8 @@ FAST_CONV_CASES = [
     (1, 2, 5, 5, 3, 5, 0),       # 1x1 output
     (7, 2, 4, 4, 3, 1, 0),       # 1x1 kernel, prime batch
     (64, 8, 10, 10, 8, 3, 1),    # K + 1 >= 64: dW on 32-image blocks, GEMMs on 8-image ones
+    (6, 32, 12, 12, 64, 3, 1),   # one image's GEMM past the small-matrix regime: long GEMMs
+    (5, 24, 11, 11, 96, 3, 0),   # the same with a prime batch (chunks of one image)
 ]
 
 

@@ -175,13 +175,16 @@ def _split(n, parts, quantum=1):
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def _gemm_chunk(n, mnk_per_image):
-    """Images per GEMM: the largest divisor of n keeping M*N*K within _GEMM_MNK."""
-    cmax = max(1, _GEMM_MNK // max(1, mnk_per_image))
-    for c in range(min(n, cmax), 0, -1):
+def _largest_divisor(n, cmax):
+    for c in range(max(1, min(n, cmax)), 0, -1):
         if n % c == 0:
             return c
     return 1
+
+
+def _gemm_chunk(n, mnk_per_image):
+    """Images per GEMM: the largest divisor of n keeping M*N*K within _GEMM_MNK."""
+    return _largest_divisor(n, _GEMM_MNK // max(1, mnk_per_image))
 
 
 def _pad_hw(x, ph, pw, value=0.0):
@@ -219,11 +222,17 @@ class _WideDims:
         self.Hp, self.Wp = g.H + 2 * g.ph, g.W + 2 * g.pw
         self.L = (g.Ho - 1) * self.Wp + g.Wo
         self.K1 = g.K + 1
-        self.c = _gemm_chunk(g.N, g.F * self.K1 * self.L)
-        # Storage chunk (images per block of cols / dy): a multiple of c, so forward and dx
-        # GEMMs run on c-image column blocks while dW gets one long-K GEMM per block, which
-        # OpenBLAS does faster when K1 is large (conv2 of LeNet: 2.9 -> 1.9 ms).
-        self.cb = _storage_chunk(g.N, self.c, self.K1)
+        if g.F * self.K1 * self.L >= _GEMM_MNK:
+            # One image's GEMM is already past OpenBLAS's small-matrix regime: longer GEMMs
+            # are faster (AlexNet conv3 forward at batch 16: 60 -> 29 ms), so one GEMM per storage
+            # chunk of up to half the batch (one chunk per worker thread), at most 32 images.
+            self.c = self.cb = _largest_divisor(g.N, min(32, g.N // 2))
+        else:
+            self.c = _gemm_chunk(g.N, g.F * self.K1 * self.L)
+            # Storage chunk (images per block of cols / dy): a multiple of c, so forward and
+            # dx GEMMs run on c-image column blocks while dW gets one long-K GEMM per block,
+            # which OpenBLAS does faster when K1 is large (LeNet conv2: 2.9 -> 1.9 ms).
+            self.cb = _storage_chunk(g.N, self.c, self.K1)
         self.m = self.cb // self.c
         self.key = (g.H, g.W, g.kh, g.kw, g.ph, g.pw, self.c, self.cb)
 
