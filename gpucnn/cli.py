@@ -67,7 +67,7 @@ def build_parser():
     _backend_arg(t)
     t.add_argument("--data-dir", default=None, help="look here first for the dataset files")
     t.add_argument("--download", action="store_true",
-                   help="download the dataset (SHA-256 checked) when it is not found")
+                   help="download the dataset when it is not found (each file digest-checked)")
     t.add_argument("--limit", type=_positive_int, default=None,
                    help="use only the first N training images (quick runs)")
     t.add_argument("--test-limit", type=_positive_int, default=None)

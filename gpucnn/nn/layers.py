@@ -135,11 +135,13 @@ class Conv2d(_WeightLayer):
         return self.dilation[0] * (self.kernel_size[0] - 1) + 1, self.stride[0]
 
     def __repr__(self):
-        extra = "".join(f", {n}={v}" for n, v, d in (
-            ("stride", self.stride, (1, 1)), ("padding", self.padding, (0, 0)),
+        def hw(v):
+            return str(v[0]) if v[0] == v[1] else f"{v[0]}x{v[1]}"
+        extra = "".join(f", {n} {hw(v) if n != 'groups' else v}" for n, v, d in (
+            ("stride", self.stride, (1, 1)), ("pad", self.padding, (0, 0)),
             ("dilation", self.dilation, (1, 1)), ("groups", self.groups, 1)) if v != d)
-        return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size="
-                f"{self.kernel_size}{extra}{', relu fused' if self.fused_relu else ''})")
+        return (f"Conv2d({self.in_channels}->{self.out_channels}, "
+                f"{self.kernel_size[0]}x{self.kernel_size[1]}{extra})")
 
 
 class Linear(_WeightLayer):
@@ -179,8 +181,7 @@ class Linear(_WeightLayer):
         return 2 * self.in_features * self.out_features
 
     def __repr__(self):
-        return (f"Linear({self.in_features}, {self.out_features}"
-                f"{', relu fused' if self.fused_relu else ''})")
+        return f"Linear({self.in_features}->{self.out_features})"
 
 
 class _Pool(Module):
@@ -212,8 +213,10 @@ class _Pool(Module):
         return self.kernel_size[0], self.stride[0]
 
     def __repr__(self):
-        return (f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}"
-                f"{', padding=' + str(self.padding) if self.padding != (0, 0) else ''})")
+        k, s, p = self.kernel_size, self.stride, self.padding
+        pad = f", pad {p[0]}x{p[1]}" if p != (0, 0) else ""
+        fused = " [fused into the conv]" if self.fused_into is not None else ""
+        return f"{type(self).__name__}({k[0]}x{k[1]}, stride {s[0]}x{s[1]}{pad}){fused}"
 
 
 class MaxPool2d(_Pool):
@@ -252,7 +255,7 @@ class ReLU(Module):
         return dx
 
     def __repr__(self):
-        return "ReLU(fused into the previous layer)" if self.fused_into is not None else "ReLU()"
+        return "ReLU() [fused into the previous layer]" if self.fused_into is not None else "ReLU()"
 
 
 class Flatten(Module):
@@ -329,7 +332,7 @@ class LocalResponseNorm(Module):
         return int(np.prod(in_shape)) * (self.args[0] + 4)
 
     def __repr__(self):
-        return "LocalResponseNorm(size={}, alpha={}, beta={}, k={})".format(*self.args)
+        return "LocalResponseNorm(size {}, alpha {:g}, beta {:g}, k {:g})".format(*self.args)
 
 
 class SoftmaxCrossEntropy(Module):
