@@ -26,3 +26,25 @@ def assert_close(out, ref, tol, what="output"):
 def randn(rng, *shape, dtype=np.float32):
     """Standard normal, never all zeros."""
     return rng.standard_normal(shape).astype(dtype)
+
+
+def central_difference(f, arr, index, eps=1e-6):
+    """(f(arr with arr.flat[index] + eps) - f(... - eps)) / (2 eps), restoring arr in place."""
+    flat = arr.reshape(-1)
+    old = flat[index]
+    flat[index] = old + eps
+    fp = f()
+    flat[index] = old - eps
+    fm = f()
+    flat[index] = old
+    return (fp - fm) / (2 * eps)
+
+
+def check_gradient_entries(f, arr, grad, indices, eps=1e-6, atol=1e-6, rtol=1e-5):
+    """Assert grad.flat[i] matches the central difference of scalar f() for each index."""
+    gflat = np.asarray(grad).reshape(-1)
+    for i in indices:
+        num = central_difference(f, arr, i, eps)
+        assert abs(num - gflat[i]) <= atol + rtol * abs(num), (
+            f"gradient entry {i} of an array of shape {arr.shape}: analytic {gflat[i]!r}, "
+            f"numerical {num!r}")

@@ -9,6 +9,7 @@ from gpucnn.backends.base import Backend
 from gpucnn.backends.numpy_backend import NumpyBackend
 from gpucnn.nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 from gpucnn.summary import summarize
+from gpucnn.testing import check_gradient_entries
 
 # (N, C, H, W, F, k, conv stride, conv padding, pool kernel, pool stride, pool padding)
 GEOMS = [
@@ -121,16 +122,8 @@ def test_fused_finite_differences(rng, geom):
         return float((B.conv2d_relu_maxpool(x, w, b, **kw)[0] * r).sum())
 
     for arr, grad in ((x, dx), (w, dw), (b, db)):
-        flat, gflat = arr.reshape(-1), grad.reshape(-1)
-        for i in rng.choice(flat.size, min(flat.size, 15), replace=False):
-            old = flat[i]
-            flat[i] = old + eps
-            fp = f()
-            flat[i] = old - eps
-            fm = f()
-            flat[i] = old
-            num = (fp - fm) / (2 * eps)
-            assert abs(num - gflat[i]) <= 1e-6 + 1e-5 * abs(num)
+        check_gradient_entries(f, arr, grad, rng.choice(arr.size, min(arr.size, 15),
+                                                         replace=False), eps)
 
 
 def test_sequential_fuses_conv_relu_pool_and_keeps_summary():
