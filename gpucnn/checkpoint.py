@@ -16,9 +16,9 @@ Loading checks the zip (CRCs included), refuses any member that is not a .npy or
 header declares an object dtype (which would need unpickling) *before* reading data, and
 validates the metadata envelope. Every problem is a CheckpointError naming the file.
 
-Random number generator state: np.random.Generator.bit_generator.state is a dict of
-ints/strings (PCG64, the default_rng generator) and is JSON-able as is; rng_state() and
-restore_rng() also handle generators whose state holds arrays (MT19937).
+Random state needs no generator snapshot: gpucnn derives every random draw from counters
+(shuffle order from (seed, epoch), augmentation from (seed, epoch, batch), dropout masks from
+(seed, call count)), and those counters are part of the metadata the trainer saves.
 """
 
 from __future__ import annotations
@@ -217,35 +217,3 @@ def check_compatible(metadata: dict[str, Any], model_config: dict[str, Any],
         raise CheckpointError("checkpoint does not fit the model: differing "
                               f"{'key' if len(problems) == 1 else 'keys'}: "
                               + "; ".join(problems))
-
-
-def rng_state(generator: np.random.Generator) -> dict[str, Any]:
-    """The JSON-able state of a NumPy Generator (arrays in it become lists)."""
-    return _jsonable(generator.bit_generator.state)
-
-
-_BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64", "MT19937")
-
-
-def restore_rng(state: dict[str, Any]) -> np.random.Generator:
-    """A Generator in exactly the state returned by rng_state()."""
-    name = state.get("bit_generator") if isinstance(state, dict) else None
-    if name not in _BIT_GENERATORS:
-        raise CheckpointError(f"unknown or missing bit generator in RNG state: {name!r}")
-    bit_gen = getattr(np.random, name)()
-    state = dict(state)
-    if name == "MT19937":
-        inner = dict(state["state"])
-        inner["key"] = np.asarray(inner["key"], dtype=np.uint32)
-        state["state"] = inner
-    elif name == "Philox":
-        inner = dict(state["state"])
-        inner["counter"] = np.asarray(inner["counter"], dtype=np.uint64)
-        inner["key"] = np.asarray(inner["key"], dtype=np.uint64)
-        state["state"] = inner
-        state["buffer"] = np.asarray(state["buffer"], dtype=np.uint64)
-    try:
-        bit_gen.state = state
-    except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"invalid {name} RNG state: {e}") from None
-    return np.random.Generator(bit_gen)

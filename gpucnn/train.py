@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .backends import get_backend
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .data import load_dataset
 from .data.loader import epoch_permutation, num_batches
 from .models import build_model
@@ -27,10 +27,6 @@ from .nn import SoftmaxCrossEntropy
 from .optim import SGD, Adam, make_schedule
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train"]
-
-DATASET_MODEL = {"lenet5": ("fashion-mnist", "mnist", "kmnist"),
-                 "alexnet_cifar": ("cifar10",), "alexnet": ()}
-
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped before saving a broken checkpoint."""
@@ -126,10 +122,10 @@ class Trainer:
 
     def load(self, path):
         arrays, meta = load_checkpoint(path)
-        if meta.get("model", {}).get("name") != self.model.config["name"] or \
-                meta["model"].get("kwargs") != self.model.config["kwargs"]:
-            raise CheckpointError(f"{path}: checkpoint is for model {meta.get('model')}, not "
-                                  f"{self.model.config}")
+        try:
+            check_compatible(meta, self.model.config, key="model")
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
         try:
             self.model.load_state_dict({k[6:]: v for k, v in arrays.items()
                                         if k.startswith("model/")})

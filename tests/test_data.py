@@ -361,7 +361,6 @@ def test_dataset_batches_with_augmentation_reproducible(tmp_path, rng, no_env):
 
 # ---------------------------------------------------------------- the real Fashion-MNIST
 
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="dataset-fashion-mnist not installed")
 def test_real_fashion_mnist(monkeypatch, no_env):
     test = load_dataset("fashion-mnist", "test")
     assert test.files[0].parent == FASHION_DIR

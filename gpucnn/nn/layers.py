@@ -339,9 +339,6 @@ class SoftmaxCrossEntropy(Module):
     """Mean softmax cross-entropy; ``forward(logits, labels)`` returns the loss as a 0-d
     backend array (read it with ``float(B.to_numpy(loss))`` only when you need it)."""
 
-    def bind(self, backend, rng=None):
-        return super().bind(backend, rng)
-
     def forward(self, logits, labels):
         self.labels = labels
         loss, self.probs = self.B.softmax_cross_entropy(logits, labels)

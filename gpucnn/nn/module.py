@@ -38,7 +38,7 @@ class Module:
         self.B = None
 
     # -- backend and parameters ----------------------------------------------------------------
-    def bind(self, backend, rng):
+    def bind(self, backend, rng=None):
         """Attach to a backend and create parameters (host-side init with ``rng``)."""
         self.B = get_backend(backend)
         return self
