@@ -1,7 +1,7 @@
 """gpucnn: the top-level kernels/ folder ships inside the package as gpucnn.kernels."""
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="gpucnn",
@@ -11,8 +11,7 @@ setup(
     long_description=(Path(__file__).parent / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["gpucnn", "gpucnn.backends", "gpucnn.backends.emu", "gpucnn.nn", "gpucnn.data",
-              "gpucnn.bench", "gpucnn.kernels"],
+    packages=[*find_packages(include=["gpucnn", "gpucnn.*"]), "gpucnn.kernels"],
     package_dir={"gpucnn.kernels": "kernels"},
     package_data={"gpucnn.kernels": ["*.cu", "*.cuh"],
                   "gpucnn.backends.emu": ["*.h", "*.cpp", "*.S"]},

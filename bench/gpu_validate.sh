@@ -13,7 +13,7 @@
 #   env      nvidia-smi, `python -m gpucnn info`, package versions
 #   install  pip install -e ".[cudaXX,test,bench]" (XX from the driver's CUDA version) and torch
 #            with --torch; only what does not import already; skipped with --no-install
-#   kernels  python -m gpucnn.kernel_report (NVRTC sm_80/sm_90, plus nvcc when present) -> JSON
+#   kernels  python -m gpucnn.toolchain (NVRTC sm_80/sm_90, plus nvcc when present) -> JSON
 #   attrs    the driver's view of every compiled kernel (registers, local memory, max threads
 #            per block) next to the static report's numbers for this GPU's architecture
 #   tests    GPUCNN_CUDA_POISON=1 pytest -m "not slow" --device-backend cuda tests/
@@ -79,7 +79,7 @@ log "python: $("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0
 # ---- the GPU --------------------------------------------------------------------------------
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
   echo "gpu_validate.sh: no NVIDIA GPU visible (nvidia-smi missing or failing); nothing to" \
-       "validate. The CPU-side checks are: pytest tests/ and python -m gpucnn.kernel_report" >&2
+       "validate. The CPU-side checks are: pytest tests/ and python -m gpucnn.toolchain" >&2
   echo "# gpucnn GPU validation: no GPU visible on $(hostname) at $(date -u)" > "$SUMMARY"
   exit 2
 fi
@@ -123,7 +123,7 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 kernels_step() {
   local nvcc_flag=()
   command -v nvcc >/dev/null 2>&1 && nvcc_flag=(--nvcc)
-  "$PY" -m gpucnn.kernel_report ${nvcc_flag[@]+"${nvcc_flag[@]}"} --json "$OUT/kernel_report.json"
+  "$PY" -m gpucnn.toolchain ${nvcc_flag[@]+"${nvcc_flag[@]}"} --json "$OUT/kernel_report.json"
 }
 run_step kernels kernels_step
 
@@ -161,7 +161,7 @@ run_step attrs attrs_step
 tests_step() {
   # the compile gates are CPU-only and already ran in the kernels step (nvcc may be absent)
   GPUCNN_CUDA_POISON=1 "$PY" -m pytest -m "not slow" --device-backend cuda -ra \
-    --ignore=tests/test_compile_gates.py --junitxml="$OUT/pytest_cuda.xml" ${PYTEST_EXTRA[@]+"${PYTEST_EXTRA[@]}"} tests/
+    --ignore=tests/toolchain --junitxml="$OUT/pytest_cuda.xml" ${PYTEST_EXTRA[@]+"${PYTEST_EXTRA[@]}"} tests/
 }
 run_step tests tests_step
 

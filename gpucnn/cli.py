@@ -10,29 +10,9 @@ import subprocess
 import sys
 
 from . import __version__
+from .argtypes import add_backend_arg, positive_int
 
 __all__ = ["main"]
-
-
-def _backend_arg(p):
-    p.add_argument("--backend", choices=("auto", "numpy", "cuda", "emu"), default=None,
-                   help="compute backend (default: $GPUCNN_BACKEND or auto)")
-
-
-def int_at_least(minimum):
-    """An argparse type: an integer >= minimum, with a message naming the expected value."""
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            v = None
-        if v is None or v < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return v
-    return parse
-
-
-_positive_int = int_at_least(1)
 
 
 def _shape(text):
@@ -52,39 +32,64 @@ def build_parser():
     sub = ap.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model on a dataset")
-    t.add_argument("--model", default="lenet5", help="lenet5, alexnet_cifar or alexnet")
+    t.add_argument("--model", default="lenet5",
+                   help="model to train: lenet5, alexnet_cifar or alexnet (default: %(default)s)")
     t.add_argument("--dataset", default="fashion-mnist",
-                   help="fashion-mnist, mnist, kmnist or cifar10")
-    t.add_argument("--epochs", type=_positive_int, default=1)
-    t.add_argument("--batch-size", type=_positive_int, default=128)
-    t.add_argument("--lr", type=float, default=0.05)
-    t.add_argument("--momentum", type=float, default=0.9)
-    t.add_argument("--nesterov", action="store_true")
-    t.add_argument("--weight-decay", type=float, default=0.0)
-    t.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    t.add_argument("--schedule", choices=("constant", "step", "cosine"), default="constant")
-    t.add_argument("--seed", type=int, default=0)
-    _backend_arg(t)
-    t.add_argument("--data-dir", default=None, help="look here first for the dataset files")
+                   help="dataset: fashion-mnist, mnist, kmnist or cifar10 "
+                        "(default: %(default)s)")
+    t.add_argument("--epochs", type=positive_int, default=1,
+                   help="number of passes over the training set (default: %(default)s)")
+    t.add_argument("--batch-size", type=positive_int, default=128,
+                   help="images per optimizer step (default: %(default)s)")
+    t.add_argument("--lr", type=float, default=0.05,
+                   help="learning rate, the starting one under --schedule "
+                        "(default: %(default)s)")
+    t.add_argument("--momentum", type=float, default=0.9,
+                   help="SGD momentum; unused by adam (default: %(default)s)")
+    t.add_argument("--nesterov", action="store_true",
+                   help="Nesterov momentum for SGD (default: off)")
+    t.add_argument("--weight-decay", type=float, default=0.0,
+                   help="L2 weight decay (default: %(default)s)")
+    t.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                   help="optimizer (default: %(default)s)")
+    t.add_argument("--schedule", choices=("constant", "step", "cosine"), default="constant",
+                   help="learning-rate schedule over the epochs: constant, step (x0.1 every "
+                        "third of the epochs) or cosine (default: %(default)s)")
+    t.add_argument("--seed", type=int, default=0,
+                   help="seed of the weight init and the shuffling (default: %(default)s)")
+    add_backend_arg(t)
+    t.add_argument("--data-dir", default=None,
+                   help="folder searched first for the dataset files (default: only "
+                        "$GPUCNN_DATA and the user cache are searched)")
     t.add_argument("--download", action="store_true",
-                   help="download the dataset when it is not found (each file digest-checked)")
-    t.add_argument("--limit", type=_positive_int, default=None,
-                   help="use only the first N training images (quick runs)")
-    t.add_argument("--test-limit", type=_positive_int, default=None)
-    t.add_argument("--checkpoint", default=None, help="checkpoint file (.npz), written after "
-                   "every epoch and on Ctrl-C")
-    t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    t.add_argument("--metrics-json", default=None)
-    t.add_argument("--plot", default=None, help="write loss/accuracy curves to this PNG")
-    t.add_argument("--no-progress", action="store_true")
+                   help="download the dataset when it is not found, each file digest-checked "
+                        "(default: off)")
+    t.add_argument("--limit", type=positive_int, default=None,
+                   help="use only the first N training images, for quick runs "
+                        "(default: all)")
+    t.add_argument("--test-limit", type=positive_int, default=None,
+                   help="evaluate on only the first N test images (default: all)")
+    t.add_argument("--checkpoint", default=None,
+                   help="checkpoint file (.npz), written after every epoch and on Ctrl-C "
+                        "(default: none)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint (default: start afresh)")
+    t.add_argument("--metrics-json", default=None,
+                   help="write the per-epoch metrics to this JSON file (default: none)")
+    t.add_argument("--plot", default=None,
+                   help="write loss/accuracy curves to this PNG (default: none)")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (default: shown)")
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, FLOPs, receptive field")
-    s.add_argument("model")
-    s.add_argument("--input", type=_shape, default=None, help="C,H,W (default: the model's)")
-    s.add_argument("--json", default=None)
+    s.add_argument("model", help="model name: lenet5, alexnet_cifar or alexnet")
+    s.add_argument("--input", type=_shape, default=None,
+                   help="input shape C,H,W (default: the model's)")
+    s.add_argument("--json", default=None,
+                   help="also write the summary to this JSON file (default: none)")
 
     i = sub.add_parser("info", help="versions, backend choice, compilers, GPU")
-    _backend_arg(i)
+    add_backend_arg(i)
 
     k = sub.add_parser("kernels", help="compile the CUDA kernels with NVRTC (and nvcc) and "
                        "report registers, spills, shared memory and occupancy per kernel",
@@ -161,7 +166,7 @@ def info_lines(backend_name=None):
     lines.append(f"g++: {_tool_version(['g++', '--version'], line=0)}")
     lines.append(f"nvcc: {_tool_version(['nvcc', '--version'])}")
     try:
-        from .kernel_report import nvrtc_version_string
+        from .toolchain.compilers import nvrtc_version_string
         lines.append(f"NVRTC: {nvrtc_version_string()}")
     except Exception as exc:
         lines.append(f"NVRTC: not available ({exc})")
@@ -200,9 +205,9 @@ def cmd_info(args):
 
 
 def cmd_kernels(args):
-    from . import kernel_report
+    from .toolchain.report import main as report_main
     # `gpucnn kernels --report` is the documented spelling; the report is what it does.
-    return kernel_report.main([a for a in args.rest if a != "--report"])
+    return report_main([a for a in args.rest if a != "--report"], prog="gpucnn kernels --report")
 
 
 def cmd_bench(args):

@@ -48,3 +48,24 @@ def check_gradient_entries(f, arr, grad, indices, eps=1e-6, atol=1e-6, rtol=1e-5
         assert abs(num - gflat[i]) <= atol + rtol * abs(num), (
             f"gradient entry {i} of an array of shape {arr.shape}: analytic {gflat[i]!r}, "
             f"numerical {num!r}")
+
+
+def numeric_grad(f, x, cot, eps=1e-6):
+    """Gradient of sum(cot * f()) w.r.t. x by central differences (x modified in place and
+    restored): exact up to O(eps^2) and round-off since the loss is linear in f's output."""
+    loss = lambda: np.sum(cot * f())  # noqa: E731
+    return np.array([central_difference(loss, x, i, eps) for i in range(x.size)]).reshape(
+        x.shape)
+
+
+def f64(*arrays):
+    """The arrays as float64 NumPy arrays (the reference is run in float64)."""
+    return tuple(np.asarray(a, dtype=np.float64) for a in arrays)
+
+
+def to_backend(B, *arrays):
+    return tuple(B.asarray(a) for a in arrays)
+
+
+def to_host(B, *arrays):
+    return tuple(B.to_numpy(a) for a in arrays)

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import __version__
 from .backends import get_backend
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .data import load_dataset
@@ -26,10 +27,35 @@ from .models import build_model
 from .nn import SoftmaxCrossEntropy
 from .optim import SGD, Adam, make_schedule
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train"]
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "SCHEMA_VERSION",
+           "upgrade_metadata"]
+
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; training stopped before saving a broken checkpoint."""
+
+
+# The layout of the metadata the trainer saves. 1: gpucnn 0.1.0 (no "schema_version" key);
+# 2: adds "schema_version" and "written_by". A later schema adds its keys here with an
+# upgrade step from the one before, so every older checkpoint keeps loading.
+SCHEMA_VERSION = 2
+
+
+def upgrade_metadata(meta, path):
+    """The metadata of a checkpoint of any earlier schema, brought to SCHEMA_VERSION."""
+    version = meta.get("schema_version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{path}: metadata schema_version must be a positive int, got "
+                              f"{version!r}")
+    if version > SCHEMA_VERSION:
+        raise CheckpointError(f"{path}: metadata schema {version} was written by a newer "
+                              f"gpucnn ({meta.get('written_by', 'unknown')}); this one reads "
+                              f"schemas 1 to {SCHEMA_VERSION}")
+    meta = dict(meta)
+    if version == 1:
+        meta["written_by"] = "gpucnn 0.1.0"
+    meta["schema_version"] = SCHEMA_VERSION
+    return meta
 
 
 @dataclass
@@ -108,7 +134,8 @@ class Trainer:
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         opt_arrays, opt_meta = self.opt.state_dict(self.B)
         arrays.update({f"optim/{k}": v for k, v in opt_arrays.items()})
-        meta = {"model": self.model.config, "model_extra": self.model.extra_state(),
+        meta = {"schema_version": SCHEMA_VERSION, "written_by": f"gpucnn {__version__}",
+                "model": self.model.config, "model_extra": self.model.extra_state(),
                 "optimizer": opt_meta, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "epoch_sums": self._epoch_sums,
                 "history": self.history, "config": _jsonable_config(self.cfg)}
@@ -122,6 +149,7 @@ class Trainer:
 
     def load(self, path):
         arrays, meta = load_checkpoint(path)
+        meta = upgrade_metadata(meta, path)
         try:
             check_compatible(meta, self.model.config, key="model")
         except CheckpointError as exc:

@@ -1,11 +1,13 @@
 // Elementwise activations: ReLU and (inverted) dropout, float32, any shape (flat index).
-// Grid-stride loops; the launches are in gpucnn/backends/device_misc.py.
+// Grid-stride loops; the launches are in gpucnn/ops/activation.py.
+
+#include "common.cuh"
 
 // y = max(x, 0); a NaN input stays NaN (as in PyTorch and np.maximum).
 // gpucnn: block=256 max_regs=64
 extern "C" __global__ void relu_forward(const float* x, float* y, int n)
 {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(i, n) {
         float v = x[i];
         y[i] = (v < 0.0f) ? 0.0f : v;
     }
@@ -15,7 +17,7 @@ extern "C" __global__ void relu_forward(const float* x, float* y, int n)
 // gpucnn: block=256 max_regs=64
 extern "C" __global__ void relu_backward(const float* dy, const float* y, float* dx, int n)
 {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(i, n) {
         dx[i] = (y[i] > 0.0f) ? dy[i] : 0.0f;
     }
 }
@@ -40,7 +42,7 @@ extern "C" __global__ void dropout_forward(
     const float* x, float* y, float* mask, int n,
     unsigned int seed, unsigned int threshold, float keep_scale)
 {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(i, n) {
         unsigned int h = dropout_hash32(seed, (unsigned int)i);
         float m = ((h >> 8) >= threshold) ? keep_scale : 0.0f;
         mask[i] = m;
@@ -52,7 +54,7 @@ extern "C" __global__ void dropout_forward(
 // gpucnn: block=256 max_regs=64
 extern "C" __global__ void dropout_backward(const float* dy, const float* mask, float* dx, int n)
 {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(i, n) {
         dx[i] = dy[i] * mask[i];
     }
 }

@@ -1,14 +1,17 @@
 // Bias-gradient reductions for convolution and fully connected layers (launches:
-// gpucnn/backends/device_conv.py). Both are deterministic: fixed per-thread summation order
+// gpucnn/ops/conv/device.py, gpucnn/ops/linear.py). Both are deterministic: fixed per-thread summation order
 // and a fixed shared-memory tree, no atomics.
 
-// Threads per block of bias_grad_nchw: device_conv.py launches exactly this many (the tree
+#include "common.cuh"
+
+// Threads per block of bias_grad_nchw: gpucnn/ops/conv/device.py launches exactly this many (the tree
 // below needs a power of two and sizes its shared array by it).
 #define REDUCE_THREADS 256
 
 // db[c] = sum over n < N, p < P of dy[n][c][p]   (dy is N x C x P, P = Ho * Wo).
 // One block per channel (block-stride over channels): each thread sums a strided subset of
 // the N * P values, then the block adds the partial sums in a shared-memory tree.
+// gpucnn: block=REDUCE_THREADS
 extern "C" __global__ void bias_grad_nchw(const float* dy, float* db, int N, int C, int P)
 {
     __shared__ float partial[REDUCE_THREADS];
@@ -37,9 +40,10 @@ extern "C" __global__ void bias_grad_nchw(const float* dy, float* db, int N, int
 // db[c] = sum over r < rows of dy[r][c]  (dy is rows x cols: a linear layer's bias gradient).
 // One thread per column (grid-stride), summing its rows in order: consecutive threads read
 // consecutive columns, so every load is coalesced.
+// gpucnn: block=256
 extern "C" __global__ void bias_grad_rows(const float* dy, float* db, int rows, int cols)
 {
-    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(c, cols) {
         float sum = 0.0f;
         const float* p = dy + c;
         for (int r = 0; r < rows; ++r) {

@@ -1,5 +1,5 @@
 // im2col / col2im for NCHW float32 convolution (stride, zero padding, dilation).
-// Launches: gpucnn/backends/device_conv.py. Geometry (Ho, Wo) comes from base.py's ConvGeom.
+// Launches: gpucnn/ops/conv/device.py. Geometry (Ho, Wo) comes from gpucnn/ops/conv (ConvGeom).
 //
 // Column layout, for a chunk of nb images, P = Ho * Wo output positions per image:
 //
@@ -15,8 +15,11 @@
 // in a fixed order (i, then j ascending), every column entry that was read from it. No
 // atomics, deterministic.
 
+#include "common.cuh"
+
 // One thread per (n, c, ho, wo) writes the kh * kw column entries of that output position
 // (consecutive threads write consecutive p: coalesced stores). Grid-stride loop.
+// gpucnn: block=256
 extern "C" __global__ void im2col(
     const float* __restrict__ x, float* __restrict__ cols, int nb, int C, int H, int W,
     int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo)
@@ -24,8 +27,7 @@ extern "C" __global__ void im2col(
     const int P = Ho * Wo;
     const int total = nb * C * P;
     const int taps = kh * kw;
-    for (int index = blockIdx.x * blockDim.x + threadIdx.x; index < total;
-         index += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(index, total) {
         const int p = index % P;
         const int plane = index / P;            // n * C + c
         const int ho = p / Wo;
@@ -49,6 +51,7 @@ extern "C" __global__ void im2col(
 // x[n][c][h][w] = sum of cols[n][(c * kh + i) * kw + j][ho * Wo + wo] over the taps (i, j)
 // and output positions (ho, wo) with ho * sh - ph + i * dh == h and wo * sw - pw + j * dw == w.
 // One thread per input pixel (grid-stride); every pixel is written (0 if no tap reads it).
+// gpucnn: block=256
 extern "C" __global__ void col2im(
     const float* __restrict__ cols, float* __restrict__ x, int nb, int C, int H, int W,
     int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo)
@@ -56,8 +59,7 @@ extern "C" __global__ void col2im(
     const int P = Ho * Wo;
     const int total = nb * C * H * W;
     const int taps = kh * kw;
-    for (int index = blockIdx.x * blockDim.x + threadIdx.x; index < total;
-         index += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(index, total) {
         const int w = index % W;
         const int rest = index / W;
         const int h = rest % H;

@@ -1,6 +1,6 @@
 // Softmax cross-entropy over logits (N, K) float32 with int32 labels (N,).
 //
-// Forward, two launches (gpucnn/backends/device_misc.py):
+// Forward, two launches (gpucnn/ops/loss.py):
 //   softmax_xent_forward  one block per row (block-stride over rows): the row's probabilities
 //                         and its loss log(sum exp(z - max)) - (z[label] - max);
 //   softmax_xent_mean     one block: the mean of the row losses.
@@ -8,7 +8,9 @@
 // atomics). A label outside [0, K) cannot raise on the device: its row's loss, and so the mean,
 // is NaN, and its row of the gradient is NaN.
 
-#define XENT_THREADS 128  // blockDim.x of both reduction kernels (device_misc.XENT_THREADS)
+#include "common.cuh"
+
+#define XENT_THREADS 128  // blockDim.x of both reduction kernels (their annotations say so)
 
 __device__ __forceinline__ float xent_nan()
 {
@@ -52,7 +54,7 @@ __device__ __forceinline__ float xent_block_sum(float* buf, float value)
 
 // probs[r, :] = softmax(logits[r, :]); row_loss[r] = -log(probs[r, labels[r]]), computed
 // from the max-subtracted logits so large logits neither overflow nor lose the loss.
-// gpucnn: block=128 max_regs=64
+// gpucnn: block=XENT_THREADS max_regs=64
 extern "C" __global__ void softmax_xent_forward(
     const float* logits, const int* labels, float* probs, float* row_loss, int N, int K)
 {
@@ -89,7 +91,7 @@ extern "C" __global__ void softmax_xent_forward(
 }
 
 // loss[0] = mean of row_loss[0..N). Launch with exactly one block.
-// gpucnn: block=128 max_regs=64
+// gpucnn: block=XENT_THREADS max_regs=64
 extern "C" __global__ void softmax_xent_mean(const float* row_loss, float* loss, int N)
 {
     __shared__ float buf[XENT_THREADS];
@@ -109,8 +111,7 @@ extern "C" __global__ void softmax_xent_backward(
     const float* probs, const int* labels, float* dlogits, int N, int K)
 {
     int total = N * K;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < total;
-         i += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(i, total) {
         int row = i / K;
         int k = i % K;
         int label = labels[row];

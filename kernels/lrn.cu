@@ -7,6 +7,8 @@
 // One thread per element in both passes (grid-stride); each sums its own channel window
 // directly, so no running sums and no ordering between threads.
 
+#include "common.cuh"
+
 // The channel window of output channel c is [c - size / 2, c + (size - 1) / 2]. For even
 // sizes it is lopsided, so the backward pass needs the mirror image: the outputs c whose
 // window contains input channel i are c in [i - (size - 1) / 2, i + size / 2].
@@ -18,8 +20,7 @@ extern "C" __global__ void lrn_forward(
 {
     int plane = H * W;
     int total = N * C * plane;
-    for (int index = blockIdx.x * blockDim.x + threadIdx.x; index < total;
-         index += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(index, total) {
         int c = (index / plane) % C;
         int c_first = c - size / 2;
         int c_last = c + (size - 1) / 2;
@@ -49,8 +50,7 @@ extern "C" __global__ void lrn_backward(
 {
     int plane = H * W;
     int total = N * C * plane;
-    for (int index = blockIdx.x * blockDim.x + threadIdx.x; index < total;
-         index += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(index, total) {
         int c = (index / plane) % C;
         int c_first = c - (size - 1) / 2;
         int c_last = c + size / 2;

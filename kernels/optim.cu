@@ -1,5 +1,7 @@
 // Optimiser steps, in place, elementwise over flat float32 tensors (PyTorch's formulas, see
-// Backend.sgd_update / adam_update in gpucnn/backends/base.py). Grid-stride loops.
+// gpucnn/ops/optim.py). Grid-stride loops.
+
+#include "common.cuh"
 
 // SGD (PyTorch's torch.optim.SGD): momentum with dampening 0, optional Nesterov, L2 decay:
 //   d = grad + weight_decay * param
@@ -12,7 +14,7 @@ extern "C" __global__ void sgd_update(
     float* param, const float* grad, float* velocity, int n,
     float lr, float momentum, float weight_decay, int nesterov)
 {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(i, n) {
         float d = grad[i] + weight_decay * param[i];
         if (momentum != 0.0f) {
             float v = momentum * velocity[i] + d;
@@ -23,7 +25,7 @@ extern "C" __global__ void sgd_update(
     }
 }
 
-// Adam with L2 weight decay added to the gradient. Host-computed in float64 (device_misc.py):
+// Adam with L2 weight decay added to the gradient. Host-computed in float64 (gpucnn/ops/optim.py):
 // step_size = lr / (1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t) (base.adam_bias_corrections),
 // and one_minus_beta1/2 (1 - 0.999f in float32 would be off by 1.3e-5 relative).
 //   g = grad + weight_decay * param
@@ -36,7 +38,7 @@ extern "C" __global__ void adam_update(
     float step_size, float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,
     float eps, float weight_decay, float bias2_sqrt)
 {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(i, n) {
         float g = grad[i] + weight_decay * param[i];
         float mi = beta1 * m[i] + one_minus_beta1 * g;
         float vi = beta2 * v[i] + one_minus_beta2 * g * g;

@@ -1,5 +1,5 @@
 // Single-precision GEMM: a tiled shared-memory kernel with register blocking, used by every
-// convolution and fully connected layer (launches in gpucnn/backends/device_conv.py).
+// convolution and fully connected layer (launches in gpucnn/ops/gemm.py).
 //
 //   C[y, z] = sum_{r < nr(z)} op(A[y, z, r]) @ op(B[y, z, r])  (+ bias)  (+ beta * C)  (ReLU)
 //
@@ -24,8 +24,11 @@
 // Tiling: a block of SGEMM_THREADS threads computes a SGEMM_BM x SGEMM_BN tile of C, stepping
 // through K in slices of SGEMM_BK held in shared memory (double buffered: the next slice is
 // fetched into registers while the current one is multiplied, one barrier per slice). Each
-// thread owns a SGEMM_TM x SGEMM_TN micro-tile of accumulators. device_conv.py reads these
+// thread owns a SGEMM_TM x SGEMM_TN micro-tile of accumulators. gpucnn/ops/gemm.py reads these
 // #defines (it computes the grid from them and checks they are consistent).
+
+#include "common.cuh"
+
 #define SGEMM_BM 64
 #define SGEMM_BN 64
 #define SGEMM_BK 16
@@ -55,6 +58,7 @@ __device__ __forceinline__ void sgemm_load_pos(int e, int contiguous_k, int tile
     }
 }
 
+// gpucnn: block=SGEMM_THREADS
 extern "C" __global__ void sgemm(
     const float* __restrict__ A, const float* __restrict__ B, float* C,
     const float* __restrict__ bias,
@@ -197,10 +201,11 @@ extern "C" __global__ void sgemm(
 
 // out[i] = sum_{s < S} parts[s * part_stride + i]  (+ beta * out[i] when beta != 0), summed
 // in order s = 0, 1, ...: combines the partial weight gradients of a split reduction.
+// gpucnn: block=256
 extern "C" __global__ void sgemm_sum_partials(
     const float* parts, float* out, int n, int S, int part_stride, float beta)
 {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) {
+    GRID_STRIDE_LOOP(i, n) {
         float s = 0.0f;
         const float* p = parts + i;
         for (int t = 0; t < S; ++t) {

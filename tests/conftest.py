@@ -24,6 +24,13 @@ def numpy_backend():
     return get_backend("numpy")
 
 
+@pytest.fixture(scope="session")
+def reference_backend():
+    """The plain definitions (gpucnn/ops/*reference*): the oracle, used in float64."""
+    from gpucnn.backends import get_backend
+    return get_backend("reference")
+
+
 _device_cache = {}
 
 

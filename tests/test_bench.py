@@ -260,17 +260,12 @@ def test_roofline_linear_and_pool_bytes():
     assert row["reference_floor_ms"] == pytest.approx(pool.min_bytes("fwd") / 3.35e12 * 1e3)
 
 
-def test_kernel_report_absent_is_tolerated(monkeypatch):
-    import sys
-    monkeypatch.setitem(sys.modules, "gpucnn.kernel_report", None)  # import now fails
-    recs, reason = R.kernel_records()
-    assert recs == [] and "gpucnn.kernel_report is not available" in reason
-    assert "not available" in R.format_kernels(recs, reason)
-
+def test_kernel_report_failure_is_tolerated():
     def boom(targets):
         raise RuntimeError("no NVRTC")
     recs, reason = R.kernel_records(collect=boom)
     assert recs == [] and "no NVRTC" in reason
+    assert "no NVRTC" in R.format_kernels(recs, reason)
 
 
 def test_kernel_records_from_collect():

@@ -14,10 +14,10 @@ import types
 import numpy as np
 import pytest
 
-from gpucnn import kernel_report as kr
 from gpucnn.backends import BackendUnavailable, auto_reason, get_backend
 from gpucnn.backends import cuda as cuda_mod
-from gpucnn.backends.device import kernel_sources
+from gpucnn.toolchain import COMPILE_OPTIONS, kernel_decls, kernel_sources
+from gpucnn.toolchain.compilers import nvrtc_options
 
 KNOWN_CAUSES = ("CuPy is not installed", "CuPy is installed but failed to import",
                 "no usable CUDA device", "the probe kernel", "the gpucnn kernels failed to compile",
@@ -93,7 +93,8 @@ def test_missing_cupy_picks_wheel_from_driver(monkeypatch):
 
 
 def test_compile_options_are_the_gated_ones():
-    gate = kr.nvrtc_options("sm_80")
+    assert cuda_mod.COMPILE_OPTIONS is COMPILE_OPTIONS
+    gate = nvrtc_options("sm_80")
     assert all(o in gate for o in cuda_mod.COMPILE_OPTIONS)
     assert "-std=c++17" in cuda_mod.COMPILE_OPTIONS
     assert not any("fast_math" in o or "fast-math" in o for o in cuda_mod.COMPILE_OPTIONS)
@@ -351,16 +352,14 @@ def cuda_backend():
 def test_gpu_kernels_load_and_fit_their_blocks(cuda_backend):
     mod = cuda_backend.module
     attrs = mod.attributes()
-    for src in kernel_sources():
-        decls, _ = kr.parse_kernel_decls(src.read_text(), src.name)
-        for name, d in decls.items():
-            if name not in attrs:
-                continue
-            a = attrs[name]
-            print(f"{name}: {a}")
-            assert a["max_threads_per_block"] >= d.block, (
-                f"{name}: the driver allows {a['max_threads_per_block']} threads per block "
-                f"with {a['num_regs']} registers; the declared launch uses {d.block}")
+    for name, d in kernel_decls().items():
+        if name not in attrs:
+            continue
+        a = attrs[name]
+        print(f"{name}: {a}")
+        assert a["max_threads_per_block"] >= d.block, (
+            f"{name}: the driver allows {a['max_threads_per_block']} threads per block "
+            f"with {a['num_regs']} registers; the declared launch uses {d.block}")
 
 
 @pytest.mark.gpu

@@ -227,7 +227,7 @@ def test_builtin_digest_table_is_well_formed():
     for name, table in download_mod.KNOWN_DIGESTS.items():
         assert set(table) == set(download_mod.DOWNLOAD_FILES[name])
         for f, spec in table.items():
-            download_mod._parse_digest(spec, f)
+            download_mod.parse_digest(spec, f)
 
 
 def test_cifar_download_and_extract(server, tmp_path, rng, monkeypatch):

@@ -1,4 +1,4 @@
-"""The CUDA emulator itself (gpucnn.backends.emu) and the kernel signature checker.
+"""The CUDA emulator itself (gpucnn.backends.emu).
 
 Kernels live in tests/emu_kernels/: basic.cu (good kernels), broken.cu (each one planted bug
 that a check must catch). Kept small: the whole file should run in well under a minute.
@@ -10,7 +10,7 @@ import pytest
 
 from gpucnn.backends.emu import (EmuArithmeticError, EmuBuildError, EmuDeadlockError,
                                  EmuLaunchError, EmuMemoryError, EmuModule, EmuTimeoutError)
-from gpucnn.backends.kernel_sig import check_launch_args, parse_kernels, parse_launch_bounds
+from gpucnn.toolchain.compilers import compile_nvrtc, get_nvrtc
 
 KDIR = Path(__file__).resolve().parent / "emu_kernels"
 SOURCES = [KDIR / "basic.cu", KDIR / "broken.cu"]
@@ -230,37 +230,6 @@ def test_wrong_arg_count_is_type_error(x):
         module().get_function("vec_add")((1,), (32,), (x, x, np.int32(x.size)))
 
 
-def test_parse_launch_bounds():
-    src = """#define BS 128
-    extern "C" __global__ void __launch_bounds__(BS) a(int n) { }
-    extern "C" __global__ void __launch_bounds__(256, 2) b(int n) { }
-    extern "C" __global__ void c(int n) { }"""
-    assert parse_launch_bounds(src) == {"a": 128, "b": 256}
-
-
-def test_parse_kernels_signatures():
-    ks = parse_kernels('''
-        // extern "C" __global__ void commented_out(int a) {}
-        extern "C" __global__ void __launch_bounds__(256, 2)
-        k1(const float* __restrict__ a, float *b, int n, unsigned int m, long long q,
-           unsigned char* bytes, size_t s, double d) { }
-        __global__ void declared_only(int a);
-    ''')
-    assert list(ks) == ["k1"]
-    ps = ks["k1"]
-    assert [p.name for p in ps] == ["a", "b", "n", "m", "q", "bytes", "s", "d"]
-    assert ps[0].is_pointer and ps[0].is_const and ps[0].dtype == np.float32
-    assert ps[5].dtype == np.uint8 and not ps[2].is_pointer and ps[2].dtype == np.int32
-    assert ps[6].dtype == np.uint64 and ps[7].dtype == np.float64 and ps[4].dtype == np.int64
-    a = np.zeros(3, np.float32)
-    vals = check_launch_args("k1", ps, [a, a, np.int32(1), np.uint32(2), np.int64(3),
-                                        np.zeros(2, np.uint8), np.uint64(4), np.float64(5)])
-    assert vals[0] is a
-    with pytest.raises(TypeError, match=r"argument 3 \(unsigned int m\)"):
-        check_launch_args("k1", ps, [a, a, np.int32(1), np.int32(2), np.int64(3),
-                                     np.zeros(2, np.uint8), np.uint64(4), np.float64(5)])
-
-
 def test_infinity_does_not_compile():
     """Like NVRTC, no host math header: INFINITY is undefined on the emulator too."""
     src = ('extern "C" __global__ void uses_inf(float* o) { o[threadIdx.x] = -INFINITY; }\n')
@@ -311,10 +280,9 @@ def test_trap():
 
 def test_test_kernels_are_valid_cuda():
     """What runs here must also be real CUDA: the test kernels compile with NVRTC."""
-    from gpucnn import kernel_report as kr
-    nv = kr.get_nvrtc()  # NVRTC comes with the test extras; its absence is a failure
+    nv = get_nvrtc()  # NVRTC comes with the test extras; its absence is a failure
     for src in SOURCES:
-        res = kr.compile_nvrtc(src, "sm_80", nvrtc=nv)
+        res = compile_nvrtc(src, "sm_80", nvrtc=nv)
         assert res.ok, f"{src.name}: {res.errors}"
 
 

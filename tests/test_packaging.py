@@ -14,6 +14,11 @@ def test_wheel_contains_kernels_and_emulator_sources(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     cu = {Path(n).name for n in names if n.startswith("gpucnn/kernels/") and n.endswith(".cu")}
     expected = {p.name for p in (ROOT / "kernels").glob("*.cu")}
+    headers = {Path(n).name for n in names if n.startswith("gpucnn/kernels/") and n.endswith(".cuh")}
+    assert headers == {p.name for p in (ROOT / "kernels").glob("*.cuh")} and headers
     assert expected and cu == expected
     assert any(n.startswith("gpucnn/backends/emu/") and n.endswith(".h") for n in names)
     assert "gpucnn/cli.py" in names
+    # every subpackage of the source tree ships (find_packages in setup.py)
+    for init in (ROOT / "gpucnn").rglob("__init__.py"):
+        assert init.relative_to(ROOT).as_posix() in names, init

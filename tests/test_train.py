@@ -119,3 +119,33 @@ def test_cifar10_training_path_with_augmentation(tmp_path):
                           epochs=1, batch_size=16, lr=0.01, backend="numpy", limit=32,
                           progress=False))
     assert np.isfinite(m["epochs"][0]["train_loss"]) and m["epochs"][0]["images_per_s"] > 0
+
+
+def test_checkpoint_written_by_0_1_0_loads_and_resumes(tmp_path):
+    """tests/data holds a checkpoint written by gpucnn 0.1.0 (LeNet-5, 1 epoch of 256
+    images, batch 64): it loads (schema 1 upgraded) and training continues from it."""
+    import shutil
+    from pathlib import Path
+
+    from gpucnn.checkpoint import load_checkpoint
+    from gpucnn.train import SCHEMA_VERSION
+
+    ck = tmp_path / "old.npz"
+    shutil.copy(Path(__file__).parent / "data" / "checkpoint_0.1.0_lenet5.npz", ck)
+    assert "schema_version" not in load_checkpoint(ck)[1]
+    tr = Trainer(_cfg(tmp_path, epochs=2, limit=256, checkpoint=str(ck), resume=True))
+    tr.load(ck)
+    assert (tr.epoch, tr.batch_in_epoch, len(tr.history)) == (1, 0, 1)
+    tr.fit()
+    assert tr.epoch == 2 and len(tr.history) == 2
+    _, meta = load_checkpoint(ck)
+    assert meta["schema_version"] == SCHEMA_VERSION and meta["written_by"].startswith("gpucnn ")
+
+
+def test_metadata_of_a_newer_or_bad_schema_is_refused():
+    from gpucnn.train import upgrade_metadata
+    with pytest.raises(CheckpointError, match="schema 99 was written by a newer gpucnn"):
+        upgrade_metadata({"schema_version": 99, "written_by": "gpucnn 9"}, "x.npz")
+    with pytest.raises(CheckpointError, match="schema_version must be a positive int"):
+        upgrade_metadata({"schema_version": "2"}, "x.npz")
+    assert upgrade_metadata({}, "x.npz")["written_by"] == "gpucnn 0.1.0"

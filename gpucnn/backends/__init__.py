@@ -1,4 +1,4 @@
-"""Backend selection: ``get_backend("numpy" | "cuda" | "emu" | "auto")``.
+"""Backend selection: ``get_backend("numpy" | "cuda" | "emu" | "reference" | "auto")``.
 
 ``auto`` picks ``cuda`` only when CuPy imports, a device exists and a tiny kernel compiles and
 runs on it; otherwise ``numpy``, and says why once (a log line; ``gpucnn info`` shows it too).
@@ -10,17 +10,14 @@ import logging
 import os
 
 from .base import Backend
+from .errors import BackendUnavailable
 
 __all__ = ["Backend", "BackendUnavailable", "get_backend", "auto_reason", "BACKEND_NAMES"]
 
-BACKEND_NAMES = ("numpy", "cuda", "emu", "auto")
+BACKEND_NAMES = ("numpy", "cuda", "emu", "reference", "auto")
 log = logging.getLogger("gpucnn")
 _cache: dict[str, Backend] = {}
 _auto_reason: str | None = None
-
-
-class BackendUnavailable(RuntimeError):
-    """The requested backend cannot run on this machine; the message says why."""
 
 
 def _make(name):
@@ -33,6 +30,9 @@ def _make(name):
     if name == "emu":
         from .device import make_emu_backend
         return make_emu_backend()
+    if name == "reference":
+        from .reference import ReferenceBackend
+        return ReferenceBackend()
     raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
 
 

@@ -1,10 +1,12 @@
-"""The backend contract: argument checking and geometry shared by every backend.
+"""The backend contract: argument checking shared by every backend.
 
 A backend is an object ``B`` exposing the functional API (``B.conv2d``, ``B.max_pool2d``, ...).
 The public methods below validate their arguments once and reduce them to a small frozen
-geometry record; subclasses implement only the ``_underscored`` methods, which receive
-already-checked arrays and geometry. So the NumPy reference and the device backends (``cuda``,
-``emu``) cannot drift apart in what they accept or in how output sizes are computed.
+geometry record (computed by the op's module in :mod:`gpucnn.ops`); subclasses implement only
+the ``_underscored`` methods, which receive already-checked arrays and geometry, each in one
+line that names the op function doing the work. So the reference, the tuned NumPy path and
+the device backends (``cuda``, ``emu``) cannot drift apart in what they accept or in how
+output sizes are computed.
 
 Conventions (PyTorch's): NCHW, float32, conv weight ``(C_out, C_in/groups, kH, kW)``, linear
 weight ``(out, in)``, floor output size, zero padding for conv, -inf padding for max-pool.
@@ -13,183 +15,14 @@ first maximum in row-major window order (the GPU kernels match this exactly).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 
-__all__ = ["Backend", "ConvGeom", "PoolGeom", "pair", "conv_geometry", "pool_geometry",
-           "dropout_hash", "dropout_threshold"]
+from ..ops.conv import conv_geometry
+from ..ops.pool import lp_norm_type, pool_geometry
 
+__all__ = ["Backend"]
 
-def pair(value, name):
-    """An int or a pair of ints -> a tuple of two Python ints, with a clear error otherwise."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
-        return int(value[0]), int(value[1])
-    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-
-
-@dataclass(frozen=True)
-class ConvGeom:
-    N: int
-    C: int
-    H: int
-    W: int
-    F: int
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    ph: int
-    pw: int
-    dh: int
-    dw: int
-    groups: int
-    Ho: int
-    Wo: int
-
-    @property
-    def Cg(self):  # input channels per group
-        return self.C // self.groups
-
-    @property
-    def Fg(self):  # output channels per group
-        return self.F // self.groups
-
-    @property
-    def K(self):  # rows of one group's im2col matrix
-        return self.Cg * self.kh * self.kw
-
-    @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
-
-    @property
-    def w_shape(self):
-        return (self.F, self.Cg, self.kh, self.kw)
-
-    @property
-    def y_shape(self):
-        return (self.N, self.F, self.Ho, self.Wo)
-
-    def flops(self):
-        """Multiply-adds counted as 2 FLOPs, forward pass."""
-        return 2 * self.N * self.F * self.Ho * self.Wo * self.K
-
-
-@dataclass(frozen=True)
-class PoolGeom:
-    N: int
-    C: int
-    H: int
-    W: int
-    kh: int
-    kw: int
-    sh: int
-    sw: int
-    ph: int
-    pw: int
-    Ho: int
-    Wo: int
-
-    @property
-    def x_shape(self):
-        return (self.N, self.C, self.H, self.W)
-
-    @property
-    def y_shape(self):
-        return (self.N, self.C, self.Ho, self.Wo)
-
-
-def _out_size(size, k, s, p, d, what, axis):
-    out = (size + 2 * p - d * (k - 1) - 1) // s + 1
-    if out <= 0:
-        raise ValueError(
-            f"{what}: output {axis} would be {out} (input {size}, kernel {k}, stride {s}, "
-            f"padding {p}, dilation {d}); expected an output size >= 1 — use a smaller kernel "
-            f"or more padding")
-    return out
-
-
-def _check_hparams(stride, padding, dilation, what):
-    for name, (a, b), lo in (("stride", stride, 1), ("padding", padding, 0),
-                             ("dilation", dilation, 1)):
-        if a < lo or b < lo:
-            raise ValueError(f"{what}: {name} must be >= {lo}, got {(a, b)}")
-
-
-def conv_geometry(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1):
-    what = "conv2d"
-    stride, padding, dilation = (pair(stride, "stride"), pair(padding, "padding"),
-                                 pair(dilation, "dilation"))
-    _check_hparams(stride, padding, dilation, what)
-    if len(x_shape) != 4:
-        raise ValueError(f"{what}: x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
-    if len(w_shape) != 4:
-        raise ValueError(f"{what}: w must be 4-D (C_out, C_in/groups, kH, kW), got shape "
-                         f"{tuple(w_shape)}")
-    if not isinstance(groups, (int, np.integer)) or groups < 1:
-        raise ValueError(f"{what}: groups must be a positive int, got {groups!r}")
-    N, C, H, W = (int(s) for s in x_shape)
-    F, Cg, kh, kw = (int(s) for s in w_shape)
-    if C % groups or F % groups:
-        raise ValueError(f"{what}: groups={groups} must divide in_channels ({C}) and "
-                         f"out_channels ({F})")
-    if Cg * groups != C:
-        raise ValueError(f"{what}: w expects {Cg * groups} input channels (w.shape[1]={Cg} x "
-                         f"groups={groups}) but x has C={C}")
-    if min(N, kh, kw, F) < 1:
-        raise ValueError(f"{what}: empty dimension in x {tuple(x_shape)} or w {tuple(w_shape)}")
-    Ho = _out_size(H, kh, stride[0], padding[0], dilation[0], what, "height")
-    Wo = _out_size(W, kw, stride[1], padding[1], dilation[1], what, "width")
-    return ConvGeom(N, C, H, W, F, kh, kw, *stride, *padding, *dilation, int(groups), Ho, Wo)
-
-
-def pool_geometry(x_shape, kernel_size, stride=None, padding=0, what="max_pool2d"):
-    kh, kw = pair(kernel_size, "kernel_size")
-    sh, sw = (kh, kw) if stride is None else pair(stride, "stride")
-    ph, pw = pair(padding, "padding")
-    if kh < 1 or kw < 1:
-        raise ValueError(f"{what}: kernel_size must be >= 1, got {(kh, kw)}")
-    _check_hparams((sh, sw), (ph, pw), (1, 1), what)
-    if ph > kh // 2 or pw > kw // 2:
-        # Beyond half the kernel a window can lie wholly in the padding (PyTorch's rule).
-        raise ValueError(f"{what}: padding {(ph, pw)} must be at most half of kernel_size "
-                         f"{(kh, kw)}")
-    if len(x_shape) != 4:
-        raise ValueError(f"{what}: x must be 4-D (N, C, H, W), got shape {tuple(x_shape)}")
-    N, C, H, W = (int(s) for s in x_shape)
-    Ho = _out_size(H, kh, sh, ph, 1, what, "height")
-    Wo = _out_size(W, kw, sw, pw, 1, what, "width")
-    return PoolGeom(N, C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo)
-
-
-# --- dropout's counter-based RNG: identical bit-for-bit in NumPy and in kernels/elementwise.cu ---
 _M32 = 0xFFFFFFFF
-
-
-def dropout_hash(seed, index):
-    """32-bit hash of (seed, flat element index); ``index`` is a uint32 NumPy array.
-
-    x = index * 0x9E3779B1 + seed * 0x85EBCA77 (mod 2^32), then the 'lowbias32' finaliser:
-    x ^= x >> 16; x *= 0x7FEB352D; x ^= x >> 15; x *= 0x846CA68B; x ^= x >> 16.
-    """
-    x = index.astype(np.uint32) * np.uint32(0x9E3779B1) + np.uint32(
-        (int(seed) * 0x85EBCA77) & _M32)
-    x ^= x >> np.uint32(16)
-    x *= np.uint32(0x7FEB352D)
-    x ^= x >> np.uint32(15)
-    x *= np.uint32(0x846CA68B)
-    x ^= x >> np.uint32(16)
-    return x
-
-
-def dropout_threshold(p):
-    """An element is kept iff (hash >> 8) >= threshold; threshold = round(p * 2^24)."""
-    return int(round(float(p) * (1 << 24)))
 
 
 class Backend:
@@ -275,7 +108,7 @@ class Backend:
         return self._conv2d_relu_maxpool(x, w, b, g, pg)
 
     def _conv2d_relu_maxpool(self, x, w, b, g, pg):
-        a = self.conv2d(x, w, b, (g.sh, g.sw), (g.ph, g.pw), (g.dh, g.dw), g.groups, relu=True)
+        a = self.conv2d(x, w, b, **g.conv_kw, relu=True)
         return self.max_pool2d(a, (pg.kh, pg.kw), (pg.sh, pg.sw), (pg.ph, pg.pw))
 
     def conv2d_relu_maxpool_backward(self, dy, switches, y, x, w, stride=1, padding=0,
@@ -296,35 +129,72 @@ class Backend:
                                                   bool(need_dw))
 
     def _conv2d_relu_maxpool_backward(self, dy, switches, y, x, w, g, pg, need_dx, need_dw):
-        conv = dict(stride=(g.sh, g.sw), padding=(g.ph, g.pw), dilation=(g.dh, g.dw),
-                    groups=g.groups)
         dy = self.relu_backward(dy, y)
         dy = self.max_pool2d_backward(dy, switches, g.y_shape, (pg.kh, pg.kw), (pg.sh, pg.sw),
                                       (pg.ph, pg.pw))
-        return self.conv2d_backward(dy, x, w, **conv, need_dx=need_dx, need_dw=need_dw)
+        return self.conv2d_backward(dy, x, w, **g.conv_kw, need_dx=need_dx, need_dw=need_dw)
 
-    # ---- pooling --------------------------------------------------------------------------
-    def max_pool2d(self, x, kernel_size, stride=None, padding=0):
-        """(y, switches): switches[n, c, i, j] = h * W + w of the window's (first) maximum."""
+    # ---- pooling (PyTorch's F.max_pool2d / avg_pool2d / lp_pool2d; gpucnn/ops/pool) ------
+    def max_pool2d(self, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        """(y, switches): switches[n, c, i, j] = h * W + w of the window's (first) maximum.
+        Taps ``dilation`` apart; padding (-inf) at most half the kernel; ``ceil_mode`` rounds
+        the output size up as long as the last window starts inside the input or the left
+        padding."""
         self._check(x, "x", 4)
-        return self._max_pool2d(x, pool_geometry(x.shape, kernel_size, stride, padding))
+        return self._max_pool2d(x, pool_geometry(x.shape, kernel_size, stride, padding,
+                                                 dilation=dilation, ceil_mode=ceil_mode))
 
-    def max_pool2d_backward(self, dy, switches, x_shape, kernel_size, stride=None, padding=0):
-        g = pool_geometry(tuple(x_shape), kernel_size, stride, padding)
+    def max_pool2d_backward(self, dy, switches, x_shape, kernel_size, stride=None, padding=0,
+                            dilation=1, ceil_mode=False):
+        g = pool_geometry(tuple(x_shape), kernel_size, stride, padding, dilation=dilation,
+                          ceil_mode=ceil_mode)
         self._check(dy, "dy", 4, shape=g.y_shape)
         self._check(switches, "switches", 4, dtype=np.int32, shape=g.y_shape)
         return self._max_pool2d_backward(dy, switches, g)
 
-    def avg_pool2d(self, x, kernel_size, stride=None, padding=0):
-        """Average over each window; padded zeros count in the divisor (kH * kW)."""
+    def avg_pool2d(self, x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                   count_include_pad=True, divisor_override=None):
+        """Average over each window. Divisor: ``divisor_override`` (a positive int) if given;
+        else, with ``count_include_pad`` (the default), the window clipped to the padded
+        input (kH * kW except for a ceil_mode window reaching past the right padding); else
+        the number of its elements inside the input."""
         self._check(x, "x", 4)
-        return self._avg_pool2d(x, pool_geometry(x.shape, kernel_size, stride, padding,
-                                                 "avg_pool2d"))
+        return self._avg_pool2d(x, pool_geometry(
+            x.shape, kernel_size, stride, padding, "avg_pool2d", ceil_mode=ceil_mode,
+            count_include_pad=count_include_pad, divisor_override=divisor_override))
 
-    def avg_pool2d_backward(self, dy, x_shape, kernel_size, stride=None, padding=0):
-        g = pool_geometry(tuple(x_shape), kernel_size, stride, padding, "avg_pool2d")
+    def avg_pool2d_backward(self, dy, x_shape, kernel_size, stride=None, padding=0,
+                            ceil_mode=False, count_include_pad=True, divisor_override=None):
+        g = pool_geometry(tuple(x_shape), kernel_size, stride, padding, "avg_pool2d",
+                          ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                          divisor_override=divisor_override)
         self._check(dy, "dy", 4, shape=g.y_shape)
         return self._avg_pool2d_backward(dy, g)
+
+    def lp_pool2d(self, x, norm_type, kernel_size, stride=None, ceil_mode=False):
+        """Power-average pooling, exactly PyTorch's F.lp_pool2d: (avg_pool2d(x^p) * kH * kW)
+        ^ (1/p) with p = norm_type (a finite number > 0; p = 2 is L2 pooling), no padding.
+        That is the p-th root of the window's sum of x^p, except for a ceil_mode partial
+        window of n elements, whose sum is scaled by kH * kW / n first. No abs: NaN where
+        x^p is (a negative x, non-integer p) or where a window's sum is negative and p odd
+        (its root)."""
+        self._check(x, "x", 4)
+        p = lp_norm_type(norm_type)
+        return self._lp_pool2d(x, p, pool_geometry(x.shape, kernel_size, stride, 0,
+                                                   "lp_pool2d", ceil_mode=ceil_mode))
+
+    def lp_pool2d_backward(self, dy, x, y, norm_type, kernel_size, stride=None,
+                           ceil_mode=False):
+        """dx of lp_pool2d given its input x and output y: each window passes
+        dy * y * x^(p-1) / S to its elements, S its sum of x^p. Convention: a window whose
+        S is 0 passes no gradient, and an element's gradient is 0 where the sum over its
+        windows of dy * y / S is 0 (even if x^(p-1) is infinite there, x = 0 with p < 1)."""
+        self._check(x, "x", 4)
+        p = lp_norm_type(norm_type)
+        g = pool_geometry(x.shape, kernel_size, stride, 0, "lp_pool2d", ceil_mode=ceil_mode)
+        self._check(y, "y", 4, shape=g.y_shape)
+        self._check(dy, "dy", 4, shape=g.y_shape)
+        return self._lp_pool2d_backward(dy, x, y, p, g)
 
     # ---- activations ----------------------------------------------------------------------
     def relu(self, x):
@@ -423,8 +293,3 @@ class Backend:
             raise ValueError(f"adam_update: step must be >= 1, got {step}")
         self._adam_update(param, grad, m, v, float(lr), float(beta1), float(beta2), float(eps),
                           float(weight_decay), int(step))
-
-
-def adam_bias_corrections(beta1, beta2, step):
-    """(1 - beta1^t, sqrt(1 - beta2^t)) computed in float64 on the host, shared by backends."""
-    return 1.0 - beta1 ** step, math.sqrt(1.0 - beta2 ** step)

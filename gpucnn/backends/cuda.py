@@ -2,18 +2,18 @@
 through CuPy.
 
 * :class:`CudaModule` wraps one ``cupy.RawModule`` per ``.cu`` file (files are compiled
-  separately, as the compile gates in :mod:`gpucnn.kernel_report` check them, with the same
+  separately, as the compile gates in :mod:`gpucnn.toolchain` check them, with the same
   options :data:`COMPILE_OPTIONS`). A file is compiled the first time one of its kernels is
   asked for, once per process (:func:`get_cuda_module` keeps the module). ``get_function(name)``
   returns a launcher ``f(grid, block, args, shared_mem=0)`` that checks ``args`` against the
-  kernel's C signature (:mod:`gpucnn.backends.kernel_sig`: arrays must be C-contiguous CuPy
+  kernel's C signature (:mod:`gpucnn.toolchain.launch_args`: arrays must be C-contiguous CuPy
   arrays of the pointee dtype, scalars NumPy scalars of the exact C type) before launching.
 * :func:`make_cuda_backend` returns a :class:`~gpucnn.backends.device.DeviceBackend`, or raises
   :class:`~gpucnn.backends.BackendUnavailable` saying precisely why not: CuPy missing (and
   which wheel to install for the driver found), no driver or device, or the probe kernel (a
   one-line kernel compiled and run, its result checked) failing.
-* :func:`count_host_transfers` counts host<->device copies made through CuPy's Python API
-  inside a ``with`` block (used by the GPU test that a training step stays on the device).
+* :func:`count_host_transfers` (in ``cuda_transfers.py``, re-exported here) counts
+  host<->device copies made through CuPy's Python API inside a ``with`` block.
 
 Compiled-kernel cache: CuPy stores every compiled module on disk in ``$CUPY_CACHE_DIR``
 (default ``~/.cupy/kernel_cache``), keyed by the source text, the options and the NVRTC/driver
@@ -32,9 +32,7 @@ with checks; ``bench/gpu_validate.sh`` sets it for the equivalence suite).
 """
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import functools
 import hashlib
 import os
 import sys
@@ -43,16 +41,14 @@ from pathlib import Path
 
 import numpy as np
 
-from . import BackendUnavailable
-from ..kernel_report import NVRTC_OPTIONS
+from .cuda_transfers import TransferCounter, count_host_transfers
+from .errors import BackendUnavailable
+from ..toolchain import COMPILE_OPTIONS, check_launch_args, kernel_sources, parse_kernels
+from ..toolchain.limits import BLOCK_DIM_MAX, GRID_DIM_MAX, MAX_THREADS_PER_BLOCK
 
 __all__ = ["CudaModule", "CudaKernel", "make_cuda_backend", "get_cuda_module",
            "count_host_transfers", "TransferCounter", "driver_cuda_version", "COMPILE_OPTIONS",
            "PROBE_SOURCE"]
-
-# NVRTC options of every gpucnn kernel (the compile gates use the same tuple). Fast math stays
-# off: the kernels must match the NumPy reference within float32 rounding.
-COMPILE_OPTIONS = tuple(NVRTC_OPTIONS)
 
 PROBE_SOURCE = r'''
 extern "C" __global__ void gpucnn_probe(float* y, float a, int n) {
@@ -60,9 +56,6 @@ extern "C" __global__ void gpucnn_probe(float* y, float a, int n) {
     if (i < n) y[i] = a * (float)i + 1.0f;
 }
 '''
-
-_MAX_GRID = (2**31 - 1, 65535, 65535)
-_MAX_BLOCK = (1024, 1024, 64)
 
 
 def _env_flag(name):
@@ -102,19 +95,19 @@ class CudaKernel:
         return dict(self.raw.attributes)
 
     def __call__(self, grid, block, args, shared_mem=0):
-        from .kernel_sig import check_launch_args
         grid = _dim3(grid, "grid", self.name)
         block = _dim3(block, "block", self.name)
-        for i, (g, lim) in enumerate(zip(grid, _MAX_GRID)):
+        for i, (g, lim) in enumerate(zip(grid, GRID_DIM_MAX)):
             if not 1 <= g <= lim:
                 raise ValueError(f"kernel {self.name}: grid{'xyz'[i]} = {g} is outside "
                                  f"[1, {lim}] (grid {grid})")
-        for i, (b, lim) in enumerate(zip(block, _MAX_BLOCK)):
+        for i, (b, lim) in enumerate(zip(block, BLOCK_DIM_MAX)):
             if not 1 <= b <= lim:
                 raise ValueError(f"kernel {self.name}: block{'xyz'[i]} = {b} is outside "
                                  f"[1, {lim}] (block {block})")
-        if block[0] * block[1] * block[2] > 1024:
-            raise ValueError(f"kernel {self.name}: block {block} has more than 1024 threads")
+        if block[0] * block[1] * block[2] > MAX_THREADS_PER_BLOCK:
+            raise ValueError(f"kernel {self.name}: block {block} has more than "
+                             f"{MAX_THREADS_PER_BLOCK} threads")
         shared_mem = int(shared_mem)
         if shared_mem < 0:
             raise ValueError(f"kernel {self.name}: shared_mem must be >= 0, got {shared_mem}")
@@ -152,7 +145,6 @@ class CudaModule:
     def __init__(self, sources, options=COMPILE_OPTIONS, cupy=None, sync=None, poison=None):
         if cupy is None:
             import cupy
-        from .kernel_sig import parse_kernels
         self._cp = cupy
         self.sources = [Path(s) for s in sources]
         if not self.sources:
@@ -231,7 +223,7 @@ class CudaModule:
 
     def attributes(self):
         """``{kernel: CuPy function attributes}`` (registers, local memory, ... as the driver
-        sees them), for comparison with :mod:`gpucnn.kernel_report`'s static numbers."""
+        sees them), for comparison with :mod:`gpucnn.toolchain`'s static numbers."""
         return {n: self.get_function(n).attributes for n in self.kernel_names()}
 
 
@@ -348,7 +340,6 @@ _modules: dict = {}
 
 def get_cuda_module(sources=None, options=COMPILE_OPTIONS, cupy=None):
     """The process-wide :class:`CudaModule` of the gpucnn kernels (created once)."""
-    from .device import kernel_sources
     srcs = tuple(Path(s) for s in (sources if sources is not None else kernel_sources()))
     key = (srcs, tuple(options), id(cupy) if cupy is not None else None)
     with _module_lock:
@@ -417,7 +408,9 @@ def make_cuda_backend(use_cublas=None, device=None, probe=True, eager=True, cupy
             raise BackendUnavailable(f"the gpucnn kernels failed to compile for {name} "
                                      f"(sm_{cc[0]}{cc[1]}): {type(exc).__name__}: "
                                      f"{str(exc)[:2000]}") from exc
-    max_blocks = int(os.environ.get("GPUCNN_CUDA_MAX_BLOCKS", "0")) or min(65535, 32 * sms)
+    # Capped at the grid y/z limit so the cap is valid on whichever grid axis a launch uses.
+    max_blocks = (int(os.environ.get("GPUCNN_CUDA_MAX_BLOCKS", "0"))
+                  or min(GRID_DIM_MAX[1], 32 * sms))
     from .device import DeviceBackend
     backend = DeviceBackend(module, cp, "cuda", max_blocks=max_blocks,
                             device_name=f"{name}, sm_{cc[0]}{cc[1]}, {sms} SMs, "
@@ -426,163 +419,3 @@ def make_cuda_backend(use_cublas=None, device=None, probe=True, eager=True, cupy
     backend.device_id = dev_id
     backend.compute_capability = cc
     return backend
-
-
-# --------------------------------------------------------------------------------------------
-# Host <-> device transfer counting (tests).
-# --------------------------------------------------------------------------------------------
-
-class TransferCounter:
-    """What :func:`count_host_transfers` saw: ``to_host`` / ``to_device`` copies and their
-    bytes; ``events`` lists ``(direction, api, nbytes, shape, where)``."""
-
-    def __init__(self):
-        self.to_host = 0
-        self.to_device = 0
-        self.bytes_to_host = 0
-        self.bytes_to_device = 0
-        self.events = []
-        self.unpatched = []          # API names that could not be hooked
-
-    @property
-    def count(self):
-        return self.to_host + self.to_device
-
-    def _add(self, direction, api, nbytes, shape, where):
-        if direction == "to_host":
-            self.to_host += 1
-            self.bytes_to_host += nbytes
-        else:
-            self.to_device += 1
-            self.bytes_to_device += nbytes
-        self.events.append((direction, api, nbytes, shape, where))
-
-    def summary(self):
-        lines = [f"{self.to_host} device->host ({self.bytes_to_host} B), "
-                 f"{self.to_device} host->device ({self.bytes_to_device} B)"]
-        lines += [f"  {d} {api} {nb} B shape={sh} at {w}" for d, api, nb, sh, w in self.events]
-        return "\n".join(lines)
-
-    def __repr__(self):
-        return (f"TransferCounter(to_host={self.to_host}, to_device={self.to_device}, "
-                f"bytes_to_host={self.bytes_to_host}, bytes_to_device={self.bytes_to_device})")
-
-
-_D2H_METHODS = ("get", "item", "tolist", "__float__", "__int__", "__bool__", "__complex__",
-                "__index__")
-_H2D_METHODS = ("set",)
-_D2H_FUNCS = ("asnumpy",)
-_H2D_FUNCS = ("asarray", "array", "ascontiguousarray", "asanyarray")
-
-_tr_lock = threading.RLock()
-_tr_active: list = []
-_tr_saved: list = []               # (owner, name, had_own_attr, original)
-_tr_tls = threading.local()
-_THIS_FILE = os.path.abspath(__file__)
-
-
-def _caller():
-    f = sys._getframe(2)
-    while f is not None:
-        fn = f.f_code.co_filename
-        if os.path.abspath(fn) != _THIS_FILE and f"{os.sep}cupy" not in fn:
-            return f"{os.path.basename(fn)}:{f.f_lineno} ({f.f_code.co_name})"
-        f = f.f_back
-    return "?"
-
-
-def _nbytes(a):
-    try:
-        return int(a.nbytes)
-    except Exception:  # noqa: BLE001
-        try:
-            return int(np.asarray(a).nbytes)
-        except Exception:  # noqa: BLE001
-            return 0
-
-
-def _hook(direction, api, orig, ndarray, is_method):
-    @functools.wraps(orig)
-    def wrapper(*args, **kwargs):
-        depth = getattr(_tr_tls, "depth", 0)
-        if depth == 0 and _tr_active and args:
-            a = args[0]
-            counts = True
-            if direction == "to_device" and not is_method:
-                # asarray(x) copies only when x is host data
-                counts = not isinstance(a, ndarray)
-            if counts:
-                src = args[1] if (is_method and direction == "to_device" and len(args) > 1) \
-                    else a
-                nb = _nbytes(src) if src is not None else 0
-                shape = tuple(getattr(src, "shape", ()) or ())
-                where = _caller()
-                for c in list(_tr_active):
-                    c._add(direction, api, nb, shape, where)
-        _tr_tls.depth = depth + 1
-        try:
-            return orig(*args, **kwargs)
-        finally:
-            _tr_tls.depth = depth
-    wrapper._gpucnn_hook = True
-    return wrapper
-
-
-def _install(cp, counter):
-    nd = cp.ndarray
-    for names, direction, owner, is_method in (
-            (_D2H_METHODS, "to_host", nd, True), (_H2D_METHODS, "to_device", nd, True),
-            (_D2H_FUNCS, "to_host", cp, False), (_H2D_FUNCS, "to_device", cp, False)):
-        for name in names:
-            orig = getattr(owner, name, None)
-            if orig is None:
-                continue
-            had_own = name in vars(owner)
-            api = f"ndarray.{name}" if is_method else f"cupy.{name}"
-            try:
-                setattr(owner, name, _hook(direction, api, orig, nd, is_method))
-            except (TypeError, AttributeError):
-                counter.unpatched.append(api)
-                continue
-            _tr_saved.append((owner, name, had_own, orig))
-
-
-def _uninstall():
-    while _tr_saved:
-        owner, name, had_own, orig = _tr_saved.pop()
-        try:
-            if had_own:
-                setattr(owner, name, orig)
-            else:
-                delattr(owner, name)
-        except (TypeError, AttributeError):
-            pass
-
-
-@contextlib.contextmanager
-def count_host_transfers(cupy=None):
-    """Count host<->device copies made through CuPy's Python API in the block::
-
-        with count_host_transfers() as t:
-            trainer.step(x, y)
-        assert t.to_host == 0, t.summary()
-
-    Hooks (for the duration of the outermost block): device->host ``cupy.asnumpy``,
-    ``ndarray.get/item/tolist`` and the ``float()/int()/bool()`` conversions; host->device
-    ``cupy.asarray/array/ascontiguousarray/asanyarray`` of non-CuPy data and ``ndarray.set``.
-    A copy made inside another hooked call counts once. Copies made inside compiled code
-    (cuBLAS, CuPy's C internals) are not seen. ``cupy`` injects a module (tests)."""
-    if cupy is None:
-        import cupy
-    counter = TransferCounter()
-    with _tr_lock:
-        if not _tr_active:
-            _install(cupy, counter)
-        _tr_active.append(counter)
-    try:
-        yield counter
-    finally:
-        with _tr_lock:
-            _tr_active.remove(counter)
-            if not _tr_active:
-                _uninstall()

@@ -4,53 +4,36 @@ One class serves both ``cuda`` (CuPy arrays, ``cupy.RawModule``) and ``emu`` (Nu
 same ``.cu`` files compiled for the CPU by :mod:`gpucnn.backends.emu`). The two differ only in
 ``module`` — an object whose ``get_function(name)`` returns a callable
 ``f(grid, block, args, shared_mem=0)`` — in the array module ``xp`` and in ``max_blocks``.
-Launch geometry is computed once, here and in :mod:`.launch`, for both.
+Each op's launches (and their geometry) live in its module under :mod:`gpucnn.ops`; every
+method below is one line naming it, so the emulator executes exactly the launch a GPU gets.
 """
 from __future__ import annotations
 
 import os
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
+from ..cpu import default_workspace_bytes
+from ..ops import activation, gemm, linear, loss, lrn, optim
+from ..ops.conv import device as conv
+from ..ops.pool import device as pool
+from ..toolchain import kernel_sources
 from .base import Backend
-from .device_conv import ConvKernels
-from .device_misc import MiscKernels
 
-__all__ = ["DeviceBackend", "kernel_dir", "kernel_sources", "make_emu_backend"]
+__all__ = ["DeviceBackend", "make_emu_backend"]
 
 
-def kernel_dir() -> Path:
-    """Where the .cu files are: the installed ``gpucnn.kernels`` package, else the checkout."""
-    try:
-        d = Path(str(resources.files("gpucnn.kernels")))
-        if any(d.glob("*.cu")):
-            return d
-    except (ModuleNotFoundError, TypeError):
-        pass
-    d = Path(__file__).resolve().parents[2] / "kernels"
-    if any(d.glob("*.cu")):
-        return d
-    raise FileNotFoundError("gpucnn's CUDA sources (kernels/*.cu) were not found: the package "
-                            "install is incomplete (expected package data gpucnn/kernels/*.cu)")
+class DeviceBackend(Backend):
+    use_cublas = False  # the cuda backend sets it (GPUCNN_CUBLAS=1): GEMMs by cuBLAS
 
-
-def kernel_sources():
-    """Sorted paths of every kernel source file."""
-    return sorted(kernel_dir().glob("*.cu"))
-
-
-class DeviceBackend(ConvKernels, MiscKernels, Backend):
     def __init__(self, module, xp, name, max_blocks, device_name="", workspace_bytes=None):
         self.module = module
         self.xp = xp
         self.name = name
         self.max_blocks = int(max_blocks)
         self.device_name = device_name
-        if workspace_bytes is None:
-            workspace_bytes = int(float(os.environ.get("GPUCNN_WORKSPACE_MB", "256")) * 2**20)
-        self.workspace_bytes = int(workspace_bytes)
+        self.workspace_bytes = (default_workspace_bytes() if workspace_bytes is None
+                                else int(workspace_bytes))
 
     def describe(self):
         return f"{self.name} ({self.device_name})" if self.device_name else self.name
@@ -77,14 +60,93 @@ class DeviceBackend(ConvKernels, MiscKernels, Backend):
             out.fill(np.nan if np.issubdtype(np.dtype(dtype), np.floating) else -7777)
         return out
 
+    def workspace(self, attr, count):
+        """A float32 buffer of at least ``count`` elements, kept on the backend as ``attr``
+        and reused (grown, never shrunk, when a layer needs more)."""
+        buf = getattr(self, attr, None)
+        if buf is None or buf.size < count:
+            setattr(self, attr, None)  # free the old one before allocating
+            buf = self.empty((int(count),), np.float32)
+            setattr(self, attr, buf)
+        return buf[:count]
+
     def synchronize(self):
         if self.xp is not np:
             self.xp.cuda.Device().synchronize()
 
+    def gemm(self, a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=False,
+             out=None, beta=0.0):
+        """C = op(a) @ op(b) (+ bias) (+ beta * out) (ReLU); see :func:`gpucnn.ops.gemm.gemm`."""
+        return gemm.gemm(self, a, b, trans_a, trans_b, bias, bias_axis, relu, out, beta)
+
+    # ---- the ops: one line each, naming the op module that launches the kernels ----------
+    def _conv2d(self, x, w, b, g, relu):
+        return conv.conv2d(self, x, w, b, g, relu)
+
+    def _conv2d_backward(self, dy, x, w, g, need_dx, need_dw):
+        return conv.conv2d_backward(self, dy, x, w, g, need_dx, need_dw)
+
+    def _max_pool2d(self, x, g):
+        return pool.max_pool2d(self, x, g)
+
+    def _max_pool2d_backward(self, dy, switches, g):
+        return pool.max_pool2d_backward(self, dy, switches, g)
+
+    def _avg_pool2d(self, x, g):
+        return pool.avg_pool2d(self, x, g)
+
+    def _avg_pool2d_backward(self, dy, g):
+        return pool.avg_pool2d_backward(self, dy, g)
+
+    def _lp_pool2d(self, x, p, g):
+        return pool.lp_pool2d(self, x, p, g)
+
+    def _lp_pool2d_backward(self, dy, x, y, p, g):
+        return pool.lp_pool2d_backward(self, dy, x, y, p, g)
+
+    def _relu(self, x):
+        return activation.relu_device(self, x)
+
+    def _relu_backward(self, dy, y):
+        return activation.relu_backward_device(self, dy, y)
+
+    def _linear(self, x, w, b, relu):
+        return linear.linear_device(self, x, w, b, relu)
+
+    def _linear_backward(self, dy, x, w):
+        return linear.linear_backward_device(self, dy, x, w)
+
+    def _softmax_cross_entropy(self, logits, labels):
+        return loss.softmax_cross_entropy_device(self, logits, labels)
+
+    def _softmax_cross_entropy_backward(self, probs, labels):
+        return loss.softmax_cross_entropy_backward_device(self, probs, labels)
+
+    def _local_response_norm(self, x, size, alpha, beta, k):
+        return lrn.local_response_norm_device(self, x, size, alpha, beta, k)
+
+    def _local_response_norm_backward(self, dy, x, y, scale, size, alpha, beta, k):
+        return lrn.local_response_norm_backward_device(self, dy, x, y, scale, size, alpha,
+                                                       beta, k)
+
+    def _dropout(self, x, p, seed):
+        return activation.dropout_device(self, x, p, seed)
+
+    def _dropout_backward(self, dy, mask):
+        return activation.dropout_backward_device(self, dy, mask)
+
+    def _sgd_update(self, param, grad, velocity, lr, momentum, weight_decay, nesterov):
+        optim.sgd_update_device(self, param, grad, velocity, lr, momentum, weight_decay,
+                                nesterov)
+
+    def _adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+        optim.adam_update_device(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay,
+                                 step)
+
 
 def make_emu_backend(**emu_options):
     """The ``emu`` backend; options (order, checks, ...) go to :class:`EmuModule`."""
-    from .emu import EmuModule
+    from .emu import EmuModule  # compiles with g++ on first use: only when asked for
     module = EmuModule(kernel_sources(), **emu_options)
     return DeviceBackend(module, np, "emu", max_blocks=int(os.environ.get(
         "GPUCNN_EMU_MAX_BLOCKS", "8")), device_name="CUDA emulator on the CPU")

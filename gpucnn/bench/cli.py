@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from ..cli import int_at_least
+from ..argtypes import add_backend_arg, nonneg_int, positive_int
 from . import layers as _layers
 from . import nets as _nets
 
@@ -31,9 +31,6 @@ overrides all of them. Timing: warm-up runs excluded, then --repeat timed runs p
 interleaved with PyTorch when comparing; medians with min/max/IQR are reported.
 """
 
-
-_positive_int = int_at_least(1)
-_nonneg_int = int_at_least(0)
 
 
 def _net_list(text):
@@ -66,52 +63,61 @@ def build_parser():
                     "telemetry.", epilog=EPILOG)
     ap.add_argument("--model", default="lenet5", choices=sorted(MODEL_LAYER_SET),
                     help="the default run: this net's benchmarks plus its layer set "
-                         "(default lenet5)")
-    ap.add_argument("--backend", choices=("auto", "numpy", "cuda", "emu"), default=None,
-                    help="gpucnn backend (default: $GPUCNN_BACKEND or auto); emu runs a smoke "
-                         "test with tiny shapes")
+                         "(default: %(default)s)")
+    add_backend_arg(ap, note="; emu runs a smoke test with tiny shapes")
     ap.add_argument("--layers", choices=("alexnet", "lenet5", "tiny", "all", "none"),
                     default=None, help="layer set (default: the model's)")
     ap.add_argument("--nets", type=_net_list, default=None,
                     help="comma-separated nets (lenet5,alexnet_cifar,alexnet) or none "
                          "(default: the model)")
     ap.add_argument("--modes", type=_mode_list, default=_nets.NET_MODES,
-                    help="net modes (default forward,forward_backward,train_step)")
+                    help="net modes, comma separated "
+                         "(default: forward,forward_backward,train_step)")
     ap.add_argument("--full", action="store_true",
                     help="everything: all nets (AlexNet at batch 16 and 128), all layer sets "
-                         "at batch 128")
-    ap.add_argument("--batch-size", type=_positive_int, default=None,
-                    help="batch size of every net and layer benchmark")
-    ap.add_argument("--repeat", type=_positive_int, default=None,
-                    help="timed runs per benchmark (default 10; --quick 3; emu 2)")
-    ap.add_argument("--warmup", type=_nonneg_int, default=None,
-                    help="untimed warm-up runs per benchmark (default 2; --quick/emu 1)")
-    ap.add_argument("--rotate", type=_positive_int, default=4,
-                    help="different input buffers used in rotation (default 4; capped at "
-                         "512 MiB per benchmark)")
+                         "at batch 128 (default: off)")
+    ap.add_argument("--batch-size", type=positive_int, default=None,
+                    help="batch size of every net and layer benchmark (default: per net and "
+                         "layer set, see below)")
+    ap.add_argument("--repeat", type=positive_int, default=None,
+                    help="timed runs per benchmark (default: 10; --quick 3; emu 2)")
+    ap.add_argument("--warmup", type=nonneg_int, default=None,
+                    help="untimed warm-up runs per benchmark (default: 2; --quick/emu 1)")
+    ap.add_argument("--rotate", type=positive_int, default=4,
+                    help="different input buffers used in rotation, capped at 512 MiB per "
+                         "benchmark (default: %(default)s)")
     ap.add_argument("--compare", choices=("torch",), action="append", default=[],
                     help="also run PyTorch, interleaved with ours (CPU with the same thread "
-                         "count, or CUDA when our backend is cuda and torch has it)")
-    ap.add_argument("--threads", type=_positive_int, default=None,
-                    help="threads for PyTorch and (with threadpoolctl) the BLAS; default: "
-                         "the BLAS's current thread count")
-    ap.add_argument("--json", metavar="PATH", default=None, help="write every figure here")
+                         "count, or CUDA when our backend is cuda and torch has it; "
+                         "default: no comparison)")
+    ap.add_argument("--threads", type=positive_int, default=None,
+                    help="threads for PyTorch and (with threadpoolctl) the BLAS (default: "
+                         "the BLAS's current thread count)")
+    ap.add_argument("--json", metavar="PATH", default=None,
+                    help="write every figure to this JSON file (default: none)")
     ap.add_argument("--plot", metavar="PATH.png", default=None,
-                    help="bar charts of throughput per layer pass and net")
+                    help="write bar charts of throughput per layer pass and net to this PNG "
+                         "(default: none)")
     ap.add_argument("--roofline", action="store_true",
                     help="print the roofline table (H100 datasheet floors, measured floors) "
-                         "and the per-kernel resource report")
+                         "and the per-kernel resource report (default: off)")
     ap.add_argument("--no-kernel-report", action="store_true",
-                    help="with --roofline: skip compiling the kernels for their resources")
-    ap.add_argument("--gemm-size", type=_positive_int, default=None,
-                    help="n of the n x n x n SGEMM that measures the peak (default 2048 on a "
-                         "CPU, 8192 on a GPU)")
-    ap.add_argument("--no-telemetry", action="store_true", help="do not start NVML sampling")
-    ap.add_argument("--telemetry-interval", type=float, default=0.02, metavar="SECONDS")
+                    help="with --roofline: skip compiling the kernels for their resources "
+                         "(default: compile them)")
+    ap.add_argument("--gemm-size", type=positive_int, default=None,
+                    help="n of the n x n x n SGEMM that measures the peak (default: 2048 on a "
+                         "CPU, 8192 on a GPU, 256 with --quick, 128 on emu)")
+    ap.add_argument("--no-telemetry", action="store_true",
+                    help="do not sample GPU telemetry through NVML (default: sample when NVML "
+                         "is available)")
+    ap.add_argument("--telemetry-interval", type=float, default=0.02, metavar="SECONDS",
+                    help="seconds between NVML telemetry samples (default: %(default)s)")
     ap.add_argument("--quick", action="store_true",
-                    help="tiny shapes and few repeats (tests, smoke runs)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quiet", action="store_true", help="no progress lines")
+                    help="tiny shapes and few repeats, for tests and smoke runs (default: off)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="seed of the random inputs and weights (default: %(default)s)")
+    ap.add_argument("--quiet", action="store_true",
+                    help="no progress lines (default: print them)")
     return ap
 
 

@@ -68,7 +68,7 @@ def blas_threads():
     except ImportError:
         pass
     try:
-        from ..backends.numpy_backend import blas_threads as _query
+        from ..cpu import blas_threads as _query
         n = _query()
         if n:
             return int(n)

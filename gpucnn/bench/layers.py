@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backends.base import conv_geometry, pool_geometry
+from ..ops.conv import conv_geometry
+from ..ops.pool import pool_geometry
 
 __all__ = ["LayerSpec", "LAYER_SETS", "layer_set", "gpucnn_pass", "torch_pass",
            "ROTATE_BUDGET_BYTES"]

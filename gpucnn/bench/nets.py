@@ -97,9 +97,11 @@ def _torch_module(layer, torch):
     elif kind == "ReLU":
         return nn.ReLU()
     elif kind == "MaxPool2d":
-        return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding)
+        return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, **layer.options)
     elif kind == "AvgPool2d":
-        return nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding)
+        return nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, **layer.options)
+    elif kind == "LPPool2d":
+        return nn.LPPool2d(layer.norm_type, layer.kernel_size, layer.stride, **layer.options)
     elif kind == "Flatten":
         return nn.Flatten()
     elif kind == "Dropout":

@@ -11,11 +11,12 @@ and copy bandwidth of the device the backend ran on), on the measured device too
 measured time as a percentage of that floor.
 
 The per-kernel part (registers, spills, shared memory, occupancy) comes from
-:mod:`gpucnn.kernel_report` (NVRTC + ptxas, no GPU needed), imported lazily.
+:mod:`gpucnn.toolchain` (NVRTC + ptxas, no GPU needed); a missing compiler leaves that part
+out with the reason.
 """
 from __future__ import annotations
 
-import importlib
+from ..toolchain.gates import collect as _collect
 
 __all__ = ["H100_SXM", "DevicePeaks", "roofline_rows", "kernel_records", "format_roofline",
            "format_kernels"]
@@ -76,15 +77,9 @@ def roofline_rows(specs, reference=H100_SXM, measured=None, timings=None):
 
 def kernel_records(target="sm_90", collect=None):
     """``(records, None)`` — per-kernel dicts (kernel, file, registers, spills, smem, block,
-    occupancy, limiter) from :mod:`gpucnn.kernel_report` for ``target`` — or ``([], reason)``
-    when that module, NVRTC or the kernel sources are missing."""
-    if collect is None:
-        try:
-            # import_module consults sys.modules, so a blocked import is seen as missing.
-            kernel_report = importlib.import_module("gpucnn.kernel_report")
-        except Exception as exc:  # module absent or broken: the rest of the report goes on
-            return [], f"gpucnn.kernel_report is not available ({type(exc).__name__}: {exc})"
-        collect = kernel_report.collect
+    occupancy, limiter) from :mod:`gpucnn.toolchain` for ``target`` — or ``([], reason)``
+    when NVRTC or the kernel sources are missing."""
+    collect = _collect if collect is None else collect
     try:
         records, _ = collect(targets=(target,))
     except Exception as exc:
@@ -118,8 +113,8 @@ def _table(head, rows):
 
 
 def format_roofline(rows, reference=H100_SXM, measured=None):
-    lines = [f"Roofline floors: floor = max(FLOPs / peak, min bytes / bandwidth); min bytes = "
-             f"inputs + weights + outputs once (float32)",
+    lines = ["Roofline floors: floor = max(FLOPs / peak, min bytes / bandwidth); min bytes = "
+             "inputs + weights + outputs once (float32)",
              f"  reference: {reference.name}: {reference.flops_per_s / 1e12:.1f} TFLOP/s, "
              f"{reference.bytes_per_s / 1e12:.2f} TB/s, ridge "
              f"{reference.balance:.1f} FLOP/B ({reference.source})"]
@@ -152,5 +147,5 @@ def format_kernels(records, reason=None, target="sm_90"):
              str(r["block"]) + (f"+{r['dyn_smem']}B dyn" if r.get("dyn_smem") else ""),
              "-" if r["occupancy"] is None else f"{100 * r['occupancy']:.0f}%",
              r.get("limiter") or ""] for r in records]
-    return "\n".join([f"Kernel resources ({target}, from gpucnn.kernel_report; theoretical "
+    return "\n".join([f"Kernel resources ({target}, from gpucnn.toolchain; theoretical "
                       f"occupancy at the declared block size):"] + _table(head, body))

@@ -92,7 +92,7 @@ _CHUNK = 1 << 20
 _ALGORITHMS = ("md5", "sha1", "sha256", "sha512")
 
 
-def _parse_digest(spec: str, what: str) -> tuple[str, str]:
+def parse_digest(spec: str, what: str) -> tuple[str, str]:
     algo, sep, hexdigest = str(spec).partition(":")
     algo = algo.lower()
     hexdigest = hexdigest.strip().lower()
@@ -143,7 +143,7 @@ def fetch(url: str, dest: str | os.PathLike, digest: str, progress: bool = True,
     deleted, `dest` is left as it was, and a DataError naming the file and URL is raised.
     """
     dest = Path(dest)
-    algo, expected = _parse_digest(digest, dest.name)
+    algo, expected = parse_digest(digest, dest.name)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -198,7 +198,7 @@ def fetch(url: str, dest: str | os.PathLike, digest: str, progress: bool = True,
 def _have_valid(path: Path, digest: str) -> bool:
     if not path.is_file():
         return False
-    algo, expected = _parse_digest(digest, path.name)
+    algo, expected = parse_digest(digest, path.name)
     return file_digest(path, algo) == expected
 
 
@@ -284,7 +284,7 @@ def download(name: str, dest_dir: str | os.PathLike, base_url: str | None = None
         if f not in table:
             raise DataError(f"{f}: no digest known for this file; pass digests={{{f!r}: "
                             f"'sha256:...'}} to download it")
-        _parse_digest(table[f], f)
+        parse_digest(table[f], f)
     dest_dir.mkdir(parents=True, exist_ok=True)
     if name == "cifar10":
         if all((dest_dir / f).is_file() for f in CIFAR_FILES):

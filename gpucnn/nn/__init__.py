@@ -1,7 +1,7 @@
 """The layer graph: layers own forward and backward; arrays stay on the backend."""
 from .layers import (AvgPool2d, Conv2d, Dropout, Flatten, Linear, LocalResponseNorm,
-                     MaxPool2d, ReLU, SoftmaxCrossEntropy)
+                     LPPool2d, MaxPool2d, ReLU, SoftmaxCrossEntropy)
 from .module import Module, Parameter, Sequential
 
 __all__ = ["Module", "Parameter", "Sequential", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d",
-           "ReLU", "Flatten", "Dropout", "LocalResponseNorm", "SoftmaxCrossEntropy"]
+           "LPPool2d", "ReLU", "Flatten", "Dropout", "LocalResponseNorm", "SoftmaxCrossEntropy"]

@@ -100,9 +100,10 @@ class Sequential(Module):
                 b.fused_into = a
         # Conv2d, ReLU, MaxPool2d: the conv layer also does the pooling (one backend call
         # forward and one backward); the ReLU and pool layers stay listed but are skipped.
+        # Only a pool whose options the fused op takes (no dilation or ceil_mode) is folded.
         for a, b, c in zip(self.layers, self.layers[1:], self.layers[2:]):
             if (getattr(a, "can_fuse_pool", False) and b.fused_into is a
-                    and type(c).__name__ == "MaxPool2d"):
+                    and type(c).__name__ == "MaxPool2d" and c.fusable):
                 a.fused_pool = c
                 c.fused_into = a
         if self.layers and hasattr(self.layers[0], "needs_input_grad"):

@@ -12,7 +12,7 @@ loaded with ctypes.
 
 ``sources``: list of ``.cu`` paths, or of source texts (a string containing a newline).
 Arrays are NumPy arrays used in place as device memory; scalars must be NumPy scalars of the
-parameter's exact type (see :mod:`gpucnn.backends.kernel_sig`).
+parameter's exact type (see :mod:`gpucnn.toolchain.launch_args`).
 
 ``order``: how threads of a block run between barriers: "forward" (0..n-1), "reverse",
 "random" (seeded shuffle per phase). ``checks``: guarded copies of the array arguments (an
@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..kernel_sig import check_launch_args, parse_kernels, parse_launch_bounds
+from ...toolchain import check_launch_args, parse_kernels, parse_launch_bounds
+from ...toolchain.limits import SMEM_PER_BLOCK_DEFAULT as DYN_SMEM_MAX
 
 __all__ = ["EmuModule", "EmuKernel", "emulator_info", "EmuError", "EmuBuildError",
            "EmuMemoryError", "EmuDeadlockError", "EmuTimeoutError", "EmuLaunchError",
@@ -46,7 +47,6 @@ _HERE = Path(__file__).resolve().parent
 HEADER = _HERE / "cuda_emu.h"
 RUNTIME = _HERE / "emu_runtime.cpp"
 ORDERS = {"forward": 0, "reverse": 1, "random": 2}
-DYN_SMEM_MAX = 48 * 1024
 ABI = 2
 
 CXX = os.environ.get("GPUCNN_EMU_CXX", "g++")

@@ -1,0 +1,37 @@
+"""Argument types and options shared by the ``gpucnn`` command line and ``gpucnn bench``.
+
+A leaf module: both parsers import it, so neither has to import the other.
+"""
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["int_at_least", "positive_int", "nonneg_int", "add_backend_arg", "BACKEND_CHOICES"]
+
+BACKEND_CHOICES = ("auto", "numpy", "cuda", "emu", "reference")
+
+
+def int_at_least(minimum):
+    """An argparse type: an integer >= minimum, with a message naming the expected value."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            v = None
+        if v is None or v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return v
+    return parse
+
+
+positive_int = int_at_least(1)
+nonneg_int = int_at_least(0)
+
+
+def add_backend_arg(parser, note=""):
+    """``--backend``: the compute backend; ``note`` is appended to its help."""
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
+                        help="compute backend: auto (cuda when usable, else numpy), numpy, "
+                             "cuda, emu (the CUDA kernels on the CPU emulator) or reference "
+                             "(the plain definitions: slow, for checking a result) "
+                             "(default: $GPUCNN_BACKEND or auto)" + note)

@@ -1,0 +1,205 @@
+"""Threads for the tuned CPU ops: OpenBLAS thread control and a small persistent worker pool.
+
+Batches are split over ``threads`` Python threads (NumPy and OpenBLAS release the GIL). Inside
+such a region OpenBLAS is held to one thread (via its own C API, restored afterwards) so the two
+levels of parallelism do not oversubscribe the cores, and NumPy's ufunc buffer is made small
+(context-local; strided ufuncs ran ~3x faster, see UFUNC_BUFSIZE).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import os
+import _thread
+import threading
+
+import numpy as np
+
+__all__ = ["ThreadPool", "blas_threads", "openblas_info", "default_threads", "split",
+           "MIN_SPLIT", "one_blas_thread"]
+
+
+def _find_openblas():
+    """(get, set, corename, path) for the OpenBLAS NumPy links (the scipy-openblas wheels), or
+    None: then thread limiting is skipped."""
+    try:
+        libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
+        for path in sorted(glob.glob(os.path.join(libdir, "*openblas*"))):
+            lib = ctypes.CDLL(path)  # already loaded by NumPy: the same handle
+            for suffix in ("64_", "", "_"):
+                for prefix in ("scipy_openblas", "openblas"):
+                    get = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                    set_ = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                    if get is not None and set_ is not None:
+                        get.restype, get.argtypes = ctypes.c_int, []
+                        set_.restype, set_.argtypes = None, [ctypes.c_int]
+                        core = getattr(lib, f"{prefix}_get_corename{suffix}", None)
+                        if core is not None:
+                            core.restype, core.argtypes = ctypes.c_char_p, []
+                        return get, set_, core, os.path.realpath(path)
+    except OSError:
+        pass
+    return None
+
+
+_OPENBLAS = _find_openblas()
+
+
+def openblas_info():
+    """What was found of NumPy's OpenBLAS at run time (for benchmark reports)."""
+    if not _OPENBLAS:
+        return {"found": False}
+    get, _, core, path = _OPENBLAS
+    return {"found": True, "path": path, "threads_now": get(),
+            "corename": core().decode() if core else None}
+
+
+def blas_threads():
+    """OpenBLAS's current thread count (None when it cannot be queried)."""
+    return _OPENBLAS[0]() if _OPENBLAS else None
+
+
+_blas_lock = threading.Lock()
+_blas_depth = [0, None]  # nesting depth, saved thread count
+
+
+class one_blas_thread:
+    """Hold OpenBLAS to one thread while our own threads split the work; restore afterwards.
+
+    The setting is process-wide, so it is taken only around a parallel region (a few
+    microseconds) and nested regions (several backends, or threads) share one save/restore."""
+
+    def __enter__(self):
+        if _OPENBLAS:
+            with _blas_lock:
+                if _blas_depth[0] == 0:
+                    _blas_depth[1] = _OPENBLAS[0]()
+                    if _blas_depth[1] != 1:
+                        _OPENBLAS[1](1)
+                _blas_depth[0] += 1
+        return self
+
+    def __exit__(self, *exc):
+        if _OPENBLAS:
+            with _blas_lock:
+                _blas_depth[0] -= 1
+                if _blas_depth[0] == 0 and _blas_depth[1] not in (None, 1):
+                    _OPENBLAS[1](_blas_depth[1])
+        return False
+
+
+# NumPy buffers strided ufunc operands through a buffer of this many elements; the default
+# (8192: 3 operands x 32 KiB for float32) spills L1 and makes strided ufuncs (tap adds, the
+# conv epilogue, pooling) ~3x slower than with 2048 on the machines measured.
+UFUNC_BUFSIZE = 2048
+
+# Elementwise work is split across threads only with at least this many elements per thread
+# (a hand-off costs ~50 us; below this the split measured no faster).
+MIN_SPLIT = 1 << 17
+
+
+def _small_buffers(fn, a, b):
+    old = np.setbufsize(UFUNC_BUFSIZE)  # thread/context-local in NumPy; restored below
+    try:
+        return fn(a, b)
+    finally:
+        np.setbufsize(old)
+
+
+def default_threads():
+    """GPUCNN_NUMPY_THREADS, else the usable cores (at most 8)."""
+    env = os.environ.get("GPUCNN_NUMPY_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, 8))
+
+
+def split(n, parts, quantum=1):
+    """Split range(n) into <= parts contiguous ranges whose bounds are multiples of quantum."""
+    units = -(-n // quantum)
+    parts = max(1, min(parts, units))
+    bounds = [min(n, quantum * ((units * k) // parts)) for k in range(parts + 1)]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+class _Worker:
+    """One persistent helper thread; a job is handed over with two plain locks (~20 us per
+    round trip, against ~50 us for a ThreadPoolExecutor future)."""
+
+    def __init__(self):
+        self._go = _thread.allocate_lock()
+        self._go.acquire()
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        self._job = self._result = None
+        threading.Thread(target=self._loop, name="gpucnn-numpy", daemon=True).start()
+
+    def _loop(self):
+        while True:
+            self._go.acquire()
+            fn, a, b = self._job
+            self._job = None
+            try:
+                self._result = (True, fn(a, b))
+            except BaseException as exc:  # handed to the caller
+                self._result = (False, exc)
+            self._done.release()
+
+    def submit(self, fn, a, b):
+        self._job = (fn, a, b)
+        self._go.release()
+
+    def wait(self):
+        self._done.acquire()
+        result, self._result = self._result, None
+        return result
+
+
+class ThreadPool:
+    """``run(fn, ranges)`` spreads ``fn(a, b)`` over ``threads`` threads (the caller's
+    included); ``ranges`` says how to cut the work."""
+
+    def __init__(self, threads=None):
+        self.threads = default_threads() if threads is None else max(1, int(threads))
+        self._workers, self._workers_pid = [], None
+        self._busy = threading.Lock()  # held while this pool's workers run a job
+
+    def run(self, fn, ranges):
+        """Call fn(a, b) for each range; returns the results in range order.
+
+        The work runs with OpenBLAS on one thread and with a small ufunc buffer (both
+        restored afterwards). If another thread is using this pool's workers at the moment,
+        the ranges run here, in turn."""
+        fn = functools.partial(_small_buffers, fn)
+        if len(ranges) <= 1 or self.threads <= 1 or not self._busy.acquire(blocking=False):
+            with one_blas_thread():
+                return [fn(a, b) for a, b in ranges]
+        try:
+            if self._workers_pid != os.getpid():  # first use, or after a fork
+                self._workers = [_Worker() for _ in range(self.threads - 1)]
+                self._workers_pid = os.getpid()
+            with one_blas_thread():
+                used = list(zip(self._workers, ranges[1:]))
+                for worker, (a, b) in used:
+                    worker.submit(fn, a, b)
+                try:
+                    first = [fn(*ranges[0])]
+                    first += [fn(a, b) for a, b in ranges[len(used) + 1:]]
+                finally:
+                    done = [worker.wait() for worker, _ in used]  # never leave one running
+            for ok, value in done:
+                if not ok:
+                    raise value
+            return first[:1] + [value for _, value in done] + first[1:]
+        finally:
+            self._busy.release()
+
+    def ranges(self, n, quantum=1, min_units=1):
+        """Split range(n) for the threads; a single range when there is too little work."""
+        parts = self.threads if n // max(1, quantum) >= 2 * min_units else 1
+        return split(n, parts, quantum)

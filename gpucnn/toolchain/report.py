@@ -1,0 +1,144 @@
+"""The kernel resource report: a table (and JSON) of every kernel's registers, spills, shared
+memory and theoretical occupancy per target, with the gate verdicts.
+
+Command line (``gpucnn kernels --report`` calls :func:`main`)::
+
+    python -m gpucnn.toolchain [--targets sm_80,sm_90] [--nvcc] [--nvcc-targets ...]
+                               [--json PATH] [--no-nvrtc] [--jobs N] [FILE.cu ...]
+
+It prints the table and exits 0 when every gate passes, 1 when one fails, 2 when a compiler is
+missing or no kernel sources exist.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+from .compilers import ToolchainUnavailable, find_nvcc, get_nvrtc, nvcc_version
+from .gates import DEFAULT_NVCC_TARGETS, DEFAULT_NVRTC_TARGETS, collect, gate_failures
+
+__all__ = ["render_table", "report_dict", "toolchain_info", "build_parser", "main"]
+
+
+def _fmt_bytes(n):
+    if n is None:
+        return "-"
+    return f"{n / 1024:.1f}K" if n >= 1024 else str(n)
+
+
+def render_table(records):
+    """A plain-text table of the records, failures listed below it."""
+    head = ("kernel", "target", "compiler", "regs", "budget", "spill st/ld", "stack", "smem",
+            "block", "occupancy", "gate")
+    rows = []
+    for r in sorted(records, key=lambda r: (r.file, r.kernel != "*", r.kernel, r.compiler,
+                                            r.target)):
+        name = f"{r.file}" if r.kernel == "*" else f"{Path(r.file).stem}:{r.kernel}"
+        occ = "-" if r.occupancy is None else f"{r.occupancy * 100:.0f}% ({r.blocks_per_sm} " \
+                                               f"blk, {r.limiter})"
+        block = "-" if r.block is None else (str(r.block) + (f"+{_fmt_bytes(r.dyn_smem)}dyn"
+                                                              if r.dyn_smem else ""))
+        rows.append((name, r.target, r.compiler,
+                     "-" if r.registers is None else str(r.registers),
+                     "-" if r.reg_budget is None else str(r.reg_budget),
+                     "-" if r.spill_stores is None else f"{r.spill_stores}/{r.spill_loads}",
+                     _fmt_bytes(r.stack), _fmt_bytes(r.smem), block, occ,
+                     "ok" if r.ok else "FAIL"))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    fails = gate_failures(records)
+    notes = sorted({f"{r.file} [{r.compiler} {r.target}]: {n}" for r in records for n in r.notes})
+    if notes:
+        lines += ["", "notes:"] + [f"  {n}" for n in notes]
+    lines += ["", f"gate failures: {len(fails)}" if fails else "all gates passed"]
+    lines += [f"  {f}" for f in fails]
+    return "\n".join(lines)
+
+
+def toolchain_info(use_nvrtc=True, use_nvcc=False):
+    info = {}
+    if use_nvrtc:
+        try:
+            nv = get_nvrtc()
+            info["nvrtc"] = {"path": nv.path, "version": "%d.%d" % nv.version()}
+        except ToolchainUnavailable as exc:
+            info["nvrtc"] = {"error": str(exc)}
+    if use_nvcc:
+        try:
+            p = find_nvcc()
+            info["nvcc"] = {"path": p, "version": "%d.%d" % nvcc_version(p)}
+        except ToolchainUnavailable as exc:
+            info["nvcc"] = {"error": str(exc)}
+    return info
+
+
+def report_dict(records, results=(), toolchain=None):
+    """A JSON-serialisable report."""
+    srcs = sorted({r.file for r in results})
+    return {
+        "ok": not gate_failures(records),
+        "toolchain": toolchain or {},
+        "sources": {Path(s).name: hashlib.sha256(Path(s).read_bytes()).hexdigest()[:16]
+                    for s in srcs if Path(s).exists()},
+        "records": [r.as_dict() for r in records],
+        "failures": gate_failures(records),
+    }
+
+
+def _targets(s):
+    return tuple(t.strip() if t.strip().startswith("sm_") else f"sm_{t.strip()}"
+                 for t in s.split(",") if t.strip())
+
+
+def build_parser(prog="python -m gpucnn.toolchain"):
+    ap = argparse.ArgumentParser(
+        prog=prog,
+        description="Compile the gpucnn CUDA kernels with NVRTC (and nvcc), gate them "
+                    "(errors, warnings, spills, register budgets) and report registers, "
+                    "shared memory and theoretical occupancy.")
+    ap.add_argument("files", nargs="*", help=".cu files (default: every gpucnn kernel source)")
+    ap.add_argument("--targets", type=_targets, default=DEFAULT_NVRTC_TARGETS,
+                    help="NVRTC targets, comma separated (default: sm_80,sm_90)")
+    ap.add_argument("--nvcc", action="store_true", help="also compile with nvcc (default: off)")
+    ap.add_argument("--nvcc-targets", type=_targets, default=DEFAULT_NVCC_TARGETS,
+                    help="nvcc targets (default: sm_75,sm_80,sm_86,sm_90)")
+    ap.add_argument("--no-nvrtc", action="store_true",
+                    help="skip NVRTC (default: compile with it)")
+    ap.add_argument("--json", metavar="PATH",
+                    help="also write the report as JSON to PATH (default: none)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="parallel nvcc processes (default: $GPUCNN_REPORT_JOBS or 2)")
+    ap.add_argument("--verbose", "-v", action="store_true",
+                    help="print the compiler logs (default: off)")
+    return ap
+
+
+def main(argv=None, prog="python -m gpucnn.toolchain"):
+    """``python -m gpucnn.toolchain``; returns the exit status (0 ok, 1 gate failure,
+    2 missing compiler or sources). ``prog`` names the command in the usage line."""
+    args = build_parser(prog).parse_args(argv)
+    use_nvrtc = not args.no_nvrtc
+    try:
+        records, results = collect(args.files or None, targets=args.targets if use_nvrtc else (),
+                                   nvcc_targets=args.nvcc_targets if args.nvcc else (),
+                                   use_nvrtc=use_nvrtc, jobs=args.jobs)
+    except (ToolchainUnavailable, FileNotFoundError) as exc:
+        print(f"gpucnn kernel report: {exc}", file=sys.stderr)
+        return 2
+    tc = toolchain_info(use_nvrtc, args.nvcc)
+    for k, v in tc.items():
+        print(f"{k}: {v.get('version', '?')} ({v.get('path', v.get('error'))})")
+    if args.verbose:
+        for r in results:
+            print(f"\n=== {r.compiler} {r.target} {Path(r.file).name}: {r.command}\n{r.log}")
+    print(render_table(records))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report_dict(records, results, tc), indent=2))
+    return 1 if gate_failures(records) else 0

@@ -1,0 +1,69 @@
+"""Local response normalisation (gpucnn/ops/lrn.py, kernels/lrn.cu): the reference by its
+definition and finite differences; the kernels (emu, three thread orders) against it."""
+import numpy as np
+import pytest
+
+from gpucnn.ops import lrn
+from gpucnn.testing import assert_close, f64, numeric_grad, randn, rel_error
+
+TOL = 1e-5
+
+
+def test_reference_matches_definition(rng):
+    x = rng.standard_normal((1, 6, 2, 2))
+    size, alpha, beta, k = 4, 0.3, 0.75, 2.0
+    y, _ = lrn.local_response_norm_reference(x, size, alpha, beta, k)
+    ref = np.empty_like(x)
+    for c in range(6):
+        lo, hi = max(0, c - size // 2), min(6, c + (size - 1) // 2 + 1)
+        ref[:, c] = x[:, c] / (k + alpha / size * (x[:, lo:hi] ** 2).sum(1)) ** beta
+    assert rel_error(y, ref) < 1e-12
+
+
+@pytest.mark.parametrize("size", [5, 4, 1])
+def test_reference_gradient(rng, size):
+    x = rng.standard_normal((2, 7, 3, 3))
+    args = (size, 1e-1, 0.75, 2.0)  # a large alpha so the cross-channel term matters
+    y, scale = lrn.local_response_norm_reference(x, *args)
+    cot = rng.standard_normal(y.shape)
+    dx = lrn.local_response_norm_backward_reference(cot, x, y, scale, *args)
+    num = numeric_grad(lambda: lrn.local_response_norm_reference(x, *args)[0], x, cot)
+    assert rel_error(dx, num) < 1e-7
+
+
+@pytest.mark.parametrize("shape,size,alpha,beta,k", [
+    ((2, 7, 3, 4), 5, 1e-4, 0.75, 2.0),  # AlexNet's constants
+    ((2, 7, 3, 4), 5, 0.5, 0.75, 1.0),   # strong enough that the cross-channel term matters
+    ((1, 6, 2, 3), 4, 0.3, 0.6, 1.5),    # even size: a lopsided window
+    ((2, 3, 2, 2), 7, 0.2, 0.75, 1.0),   # window wider than the channel count
+    ((1, 5, 3, 3), 1, 0.1, 0.5, 1.0),
+])
+def test_device_matches_reference(device_backend, reference_backend, rng, shape, size, alpha,
+                                  beta, k):
+    B, R = device_backend, reference_backend
+    x = randn(rng, *shape)
+    y, scale = B.local_response_norm(B.asarray(x), size, alpha, beta, k)
+    y_ref, scale_ref = R.local_response_norm(f64(x)[0], size, alpha, beta, k)
+    assert_close(B.to_numpy(scale), scale_ref, TOL, "scale")
+    assert_close(B.to_numpy(y), y_ref, TOL, "y")
+    dy = randn(rng, *shape)
+    dx = B.local_response_norm_backward(B.asarray(dy), B.asarray(x), y, scale, size, alpha,
+                                        beta, k)
+    dx_ref = R.local_response_norm_backward(*f64(dy, x), y_ref, scale_ref, size, alpha, beta, k)
+    assert_close(B.to_numpy(dx), dx_ref, TOL, "dx")
+
+
+@pytest.mark.parametrize("size", [3, 4])
+def test_device_backward_is_the_gradient(device_backend, rng, size):
+    """The kernel's dx against central differences of the float64 reference forward."""
+    B = device_backend
+    alpha, beta, k = 0.4, 0.75, 1.0
+    x = randn(rng, 1, 5, 2, 2)
+    dy = randn(rng, *x.shape)
+    y, scale = B.local_response_norm(B.asarray(x), size, alpha, beta, k)
+    dx = B.local_response_norm_backward(B.asarray(dy), B.asarray(x), y, scale, size, alpha,
+                                        beta, k)
+    x64, dy64 = f64(x, dy)
+    num = numeric_grad(lambda: lrn.local_response_norm_reference(x64, size, alpha, beta, k)[0],
+                       x64, dy64)
+    assert_close(B.to_numpy(dx), num, 1e-5, "dx vs finite differences")

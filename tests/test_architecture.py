@@ -1,0 +1,158 @@
+"""The layout rules of gpucnn/ (issue 7): dependencies point one way, no import cycles (lazy
+imports inside functions count), small files, and tests that use public or op-level names.
+
+The import graph is read from the source with ``ast`` (nothing is imported), so a cycle hidden
+behind a function-level import is found as well.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = ROOT / "gpucnn"
+
+# Lower layers never import higher ones: toolchain -> ops -> backends -> nn -> models -> train
+# -> bench -> cli. Leaves (rank 0) import nothing of gpucnn outside their own subpackage.
+RANKS = {
+    "gpucnn.toolchain": 0, "gpucnn.cpu": 0, "gpucnn.data": 0, "gpucnn.checkpoint": 0,
+    "gpucnn.argtypes": 0, "gpucnn.testing": 0,
+    "gpucnn.ops": 1,
+    "gpucnn.backends": 2, "gpucnn": 2,  # the root package re-exports get_backend
+    "gpucnn.nn": 3, "gpucnn.optim": 3,
+    "gpucnn.models": 4, "gpucnn.summary": 4,
+    "gpucnn.train": 5,
+    "gpucnn.bench": 6,
+    "gpucnn.cli": 7, "gpucnn.kernel_report": 7, "gpucnn.__main__": 8,
+}
+MAX_LINES = 500
+LARGE_OK = {"gpucnn/backends/emu/__init__.py"}  # the emulator (issue 7 exempts it)
+
+
+def _modules():
+    mods = {}
+    for path in sorted(PKG.rglob("*.py")):
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        is_pkg = parts[-1] == "__init__"
+        mods[".".join(parts[:-1] if is_pkg else parts)] = (path, is_pkg)
+    return mods
+
+
+def _imports(mod, is_pkg, node, mods):
+    """The gpucnn modules an import statement loads (a package only when a name is taken
+    from the package itself, not when every name is one of its submodules)."""
+    if isinstance(node, ast.Import):
+        return {a.name for a in node.names}
+    if node.level:
+        base = mod.split(".") if is_pkg else mod.split(".")[:-1]
+        base = base[:len(base) - node.level + 1]
+        prefix = ".".join(base + ([node.module] if node.module else []))
+    else:
+        prefix = node.module
+    subs = {f"{prefix}.{a.name}" for a in node.names if f"{prefix}.{a.name}" in mods}
+    return subs if len(subs) == len(node.names) else subs | {prefix}
+
+
+def import_graph():
+    mods = _modules()
+    graph = {}
+    for mod, (path, is_pkg) in mods.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                deps |= {d for d in _imports(mod, is_pkg, node, mods) if d in mods and d != mod}
+        graph[mod] = deps
+    return graph
+
+
+def _cycles(graph):
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def _group(mod):
+    """The RANKS entry a module belongs to (its longest listed prefix)."""
+    best = max((k for k in RANKS if mod == k or mod.startswith(k + ".")), key=len, default=None)
+    assert best is not None, f"{mod} has no layer in tests/test_architecture.py RANKS"
+    return best
+
+
+def test_no_import_cycles():
+    assert _cycles(import_graph()) == []
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_dependencies_point_one_way():
+    bad = []
+    for mod, deps in import_graph().items():
+        g = _group(mod)
+        for dep in deps:
+            h = _group(dep)
+            if RANKS[h] > RANKS[g] or (RANKS[h] == RANKS[g] and h != g and g != "gpucnn"):
+                bad.append(f"{mod} (layer {RANKS[g]}) imports {dep} (layer {RANKS[h]})")
+    assert not bad, "\n".join(sorted(bad))
+
+
+def test_toolchain_is_a_leaf():
+    for mod, deps in import_graph().items():
+        if mod.startswith("gpucnn.toolchain"):
+            assert all(d.startswith("gpucnn.toolchain") for d in deps), (mod, deps)
+
+
+@pytest.mark.parametrize("path", sorted(p.relative_to(ROOT).as_posix() for p in PKG.rglob("*.py")))
+def test_source_files_stay_small(path):
+    if path in LARGE_OK:
+        return
+    lines = (ROOT / path).read_text().count("\n")
+    assert lines <= MAX_LINES, f"{path} has {lines} lines (split it: at most {MAX_LINES})"
+
+
+def test_tests_use_public_names():
+    """Tests import no ``_private`` name from gpucnn and call none on a gpucnn module."""
+    bad = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        modules = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gpucnn"):
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        bad.append(f"{path.name}: from {node.module} import {a.name}")
+                    modules.add(a.asname or a.name)
+            elif isinstance(node, ast.Import):
+                modules |= {a.asname or a.name for a in node.names if a.name.startswith("gpucnn")}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                    and not node.attr.startswith("__") and isinstance(node.value, ast.Name)
+                    and node.value.id in modules):
+                bad.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert not bad, "\n".join(bad)
