@@ -17,11 +17,15 @@ setup(
                   "gpucnn.backends.emu": ["*.h", "*.cpp", "*.S"]},
     install_requires=["numpy>=1.24", "tqdm>=4.60", "platformdirs>=3"],
     extras_require={
-        "cuda12": ["cupy-cuda12x>=13", "nvidia-ml-py>=12"],
-        "cuda13": ["cupy-cuda13x>=13", "nvidia-ml-py>=12"],
+        # [ctk] brings the CUDA libraries CuPy loads at run time (NVRTC, cuBLAS, ...): without
+        # it a machine with a driver but no CUDA toolkit cannot compile our kernels.
+        "cuda12": ["cupy-cuda12x[ctk]>=14", "nvidia-ml-py>=12"],
+        "cuda13": ["cupy-cuda13x[ctk]>=14", "nvidia-ml-py>=12"],
         "plot": ["matplotlib>=3.6"],
         "test": ["pytest>=7", "matplotlib>=3.6", "nvidia-ml-py>=12",
-                 "nvidia-cuda-nvrtc-cu12>=12.0"],
+                 "nvidia-cuda-nvrtc-cu12>=12.0", "nvidia-cuda-nvrtc>=13",
+                 # nvdisasm: the SASS gate (gpucnn/toolchain/sass.py); no -cu12 wheel exists
+                 "nvidia-cuda-nvdisasm>=13"],
         "bench": ["matplotlib>=3.6", "nvidia-ml-py>=12", "threadpoolctl>=3"],
     },
     entry_points={"console_scripts": ["gpucnn=gpucnn.cli:main"]},

@@ -1,19 +1,23 @@
-"""LeNet-5 training step: gpucnn's NumPy backend against PyTorch on the CPU, in one process.
+"""gpucnn's NumPy backend against PyTorch on the CPU, measured the way a user would compare them.
 
-One step = forward, softmax cross-entropy, backward, SGD momentum update, batch of
-``--batch-size`` 1x28x28 images. The two frameworks are timed interleaved (A B A B ...) so a
-noisy, shared machine affects both alike; warm-up steps are excluded, inputs are drawn from a
-small pool of random batches in rotation, and the medians are reported. The ratio is
-numpy speed / torch speed (> 1 means the NumPy backend is faster).
+Each framework runs in its OWN process with its own default settings: nothing is set in the
+competitor's environment (no OMP_WAIT_POLICY, no thread variables); both get the same thread
+count through their own API (gpucnn: GPUCNN_NUMPY_THREADS, PyTorch: torch.set_num_threads, and
+only when it differs from PyTorch's default). Processes are alternated A B A B ..., so a noisy
+machine affects both alike; inside each process warm-up steps are excluded and the median step
+is kept; the report gives the median over processes and the spread (min-max), plus each
+process's peak RSS, the CPU model and its vector ISA.
 
-PyTorch is imported only here: it is never a dependency of gpucnn itself.
+Workloads (the same model, initialisation scheme, optimizer and batch in both frameworks, on
+random inputs from a fixed seed):
+  lenet5-step        LeNet-5 training step (forward, softmax cross-entropy, backward, SGD
+                     momentum 0.9), batch 128
+  lenet5-infer       LeNet-5 inference, batch 1000
+  alexnet_cifar-step AlexNet-CIFAR training step, batch 128
 
-By default the script sets OMP_WAIT_POLICY=PASSIVE (unless already set) before importing torch:
-otherwise torch's idle OpenMP threads keep spinning for a while after each torch step, on the
-same cores, during the NumPy step that follows (measured: NumPy's median 29 -> 22 ms/step on 2
-cores, torch's own median unchanged). --omp-active keeps libgomp's default spin-waiting.
+    python bench/cpu_vs_torch.py [--workloads lenet5-step,lenet5-infer] [--rounds 5] [--json]
 
-    python bench/cpu_vs_torch.py [--steps 60] [--batch-size 128] [--warmup 5] [--json]
+PyTorch is imported only in its own child process: it is never a dependency of gpucnn.
 """
 from __future__ import annotations
 
@@ -21,168 +25,225 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 
-import numpy as np
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import gpucnn.nn  # noqa: E402
-import gpucnn.optim  # noqa: E402
-from gpucnn.models import lenet5  # noqa: E402
-
-
-def blas_info():
-    """Thread pools and BLAS libraries: threadpoolctl's view if installed, else numpy's."""
-    try:
-        from threadpoolctl import threadpool_info
-        return [{k: d.get(k) for k in ("user_api", "internal_api", "version", "num_threads",
-                                        "architecture", "filepath")}
-                for d in threadpool_info()]
-    except ImportError:
-        pass
-    info = {"source": "numpy.show_config (threadpoolctl not installed)"}
-    try:
-        cfg = np.show_config(mode="dicts")
-        blas = cfg.get("Build Dependencies", {}).get("blas", {})
-        info.update(name=blas.get("name"), version=blas.get("version"),
-                    config=blas.get("openblas configuration"))
-    except Exception as exc:  # older numpy: no dict mode
-        info["error"] = repr(exc)
-    try:
-        from gpucnn.backends import numpy_backend as nb
-        info["openblas_runtime"] = nb.openblas_info()
-    except Exception:
-        pass
-    env = {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                                      "MKL_NUM_THREADS", "GPUCNN_NUMPY_THREADS")
-           if k in os.environ}
-    info["env"] = env
-    return [info]
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+WORKLOADS = {
+    # name: (model, batch, training?, default steps, default warm-up)
+    "lenet5-step": ("lenet5", 128, True, 40, 5),
+    "lenet5-infer": ("lenet5", 1000, False, 20, 3),
+    "alexnet_cifar-step": ("alexnet_cifar", 128, True, 4, 1),
+}
+FRAMEWORKS = ("gpucnn", "torch")
 
 
-class NumpyStep:
-    def __init__(self, batch):
-        self.model = lenet5(backend="numpy")
-        self.model.train()
-        self.loss = gpucnn.nn.SoftmaxCrossEntropy().bind("numpy")
-        self.opt = gpucnn.optim.SGD(self.model.parameters(), 0.05, momentum=0.9,
-                                    backend="numpy")
+# ---- the child: one framework, one workload, one process ------------------------------------
+def _inputs(model, batch, pool=4):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    shape = (1, 28, 28) if model == "lenet5" else (3, 32, 32)
+    return [(rng.standard_normal((batch, *shape)).astype(np.float32),
+             rng.integers(0, 10, batch).astype(np.int64)) for _ in range(pool)]
 
-    def __call__(self, x, y):
-        logits = self.model.forward(x)
-        loss = self.loss.forward(logits, y)
-        self.model.backward(self.loss.backward())
-        self.opt.step()
+
+def _gpucnn_step(model, training):
+    import gpucnn.nn
+    import gpucnn.optim
+    from gpucnn.models import build_model
+    net = build_model(model, backend="numpy", seed=0)
+    B = net.B
+    if not training:
+        net.eval()
+        return lambda x, y: net.forward(x), B, B.describe()
+    net.train()
+    crit = gpucnn.nn.SoftmaxCrossEntropy().bind(B)
+    opt = gpucnn.optim.SGD(net.parameters(), 0.05, momentum=0.9, backend=B)
+
+    def step(x, y):
+        loss = crit.forward(net.forward(x), y)
+        net.backward(crit.backward())
+        opt.step()
         return loss
+    return step, B, B.describe()
 
 
-class TorchStep:
-    def __init__(self, torch):
-        nn = torch.nn
-        self.torch = torch
-        self.model = nn.Sequential(
-            nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(),
-            nn.Linear(400, 120), nn.ReLU(),
-            nn.Linear(120, 84), nn.ReLU(),
-            nn.Linear(84, 10))
-        self.model.train()
-        self.crit = nn.CrossEntropyLoss()
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=0.05, momentum=0.9)
+def _torch_model(torch, model):
+    # the very layers (and initial weights) of the gpucnn model
+    from gpucnn.bench.nets import torch_sequential
+    from gpucnn.models import build_model
+    return torch_sequential(build_model(model, backend="reference"), torch)
 
-    def __call__(self, x, y):
-        self.opt.zero_grad(set_to_none=True)
-        loss = self.crit(self.model(x), y)
+
+def _torch_step(model, training, threads):
+    import torch
+    if threads and threads != torch.get_num_threads():
+        torch.set_num_threads(threads)  # the same thread count as ours, through its own API
+    torch.manual_seed(0)
+    net = _torch_model(torch, model)
+    info = (f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+            f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(default)')}")
+    if not training:
+        net.eval()
+
+        def infer(x, y):
+            with torch.no_grad():
+                return net(x)
+        return infer, torch, info
+    net.train()
+    crit = torch.nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+
+    def step(x, y):
+        opt.zero_grad(set_to_none=True)
+        loss = crit(net(x), y)
         loss.backward()
-        self.opt.step()
+        opt.step()
         return loss
+    return step, torch, info
+
+
+def child(framework, workload, steps, warmup, threads):
+    model, batch, training, _, _ = WORKLOADS[workload]
+    data = _inputs(model, batch)
+    if framework == "gpucnn":
+        step, B, info = _gpucnn_step(model, training)
+        data = [(B.asarray(x), B.asarray(y, dtype="int64")) for x, y in data]
+    else:
+        step, torch, info = _torch_step(model, training, threads)
+        data = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in data]
+    times = []
+    for i in range(warmup + steps):
+        x, y = data[i % len(data)]
+        t0 = time.perf_counter()
+        step(x, y)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"framework": framework, "workload": workload, "info": info, "median_s": med,
+            "images_per_s": batch / med, "steps": steps, "warmup": warmup,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+# ---- the parent: alternate processes, summarise ------------------------------------------------
+def cpu_description():
+    """CPU model and its widest vector ISA (AVX-512 changes PyTorch's kernels)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and model in ("", platform.machine()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = [f for f in ("avx512f", "avx512_bf16", "avx512_vnni", "avx2", "fma") if f in flags]
+    return {"model": model, "isa": isa, "cpus": os.cpu_count()}
+
+
+def run_child(framework, workload, steps, warmup, threads):
+    env = dict(os.environ)
+    if framework == "gpucnn":
+        env["GPUCNN_NUMPY_THREADS"] = str(threads)  # ours; the competitor's env is untouched
+    cmd = [sys.executable, os.path.abspath(__file__), "--child", framework, "--workloads",
+           workload, "--steps", str(steps), "--warmup", str(warmup), "--threads", str(threads)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{framework} {workload} failed (exit {out.returncode}):\n"
+                           f"{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(workloads, rounds, threads, steps=None, warmup=None, frameworks=FRAMEWORKS,
+            log=print):
+    res = {"cpu": cpu_description(), "python": platform.python_version(), "threads": threads,
+           "rounds": rounds, "method": "one process per framework and round, alternated "
+           "A B A B; each framework with its own defaults", "workloads": {}}
+    for wl in workloads:
+        _, batch, _, d_steps, d_warm = WORKLOADS[wl]
+        st, wu = steps or d_steps, d_warm if warmup is None else warmup
+        runs = {fw: [] for fw in frameworks}
+        for r in range(rounds):
+            order = frameworks if r % 2 == 0 else frameworks[::-1]
+            for fw in order:
+                runs[fw].append(run_child(fw, wl, st, wu, threads))
+        entry = {"batch": batch, "steps": st, "warmup": wu}
+        for fw, rs in runs.items():
+            ips = [r["images_per_s"] for r in rs]
+            entry[fw] = {"images_per_s_median": statistics.median(ips),
+                         "images_per_s_min": min(ips), "images_per_s_max": max(ips),
+                         "ms_per_step_median": 1e3 * batch / statistics.median(ips),
+                         "peak_rss_mib_max": max(r["peak_rss_mib"] for r in rs),
+                         "info": rs[0]["info"]}
+        if "gpucnn" in runs and "torch" in runs:
+            per_round = [a["images_per_s"] / b["images_per_s"]
+                         for a, b in zip(runs["gpucnn"], runs["torch"])]
+            entry["ratio_gpucnn_over_torch"] = {"median": statistics.median(per_round),
+                                                "min": min(per_round), "max": max(per_round)}
+        res["workloads"][wl] = entry
+        log(_format(wl, entry))
+    return res
+
+
+def _format(wl, e):
+    lines = [f"{wl} (batch {e['batch']}, {e['steps']} timed steps after {e['warmup']} per "
+             f"process)"]
+    for fw in FRAMEWORKS:
+        if fw in e:
+            r = e[fw]
+            lines.append(f"  {fw:6s} {r['ms_per_step_median']:9.2f} ms/step "
+                         f"{r['images_per_s_median']:9.0f} img/s (spread "
+                         f"{r['images_per_s_min']:.0f}-{r['images_per_s_max']:.0f}), peak RSS "
+                         f"{r['peak_rss_mib_max']:.0f} MiB  [{r['info']}]")
+    if "ratio_gpucnn_over_torch" in e:
+        q = e["ratio_gpucnn_over_torch"]
+        lines.append(f"  speed ratio gpucnn / torch: median {q['median']:.2f} "
+                     f"(rounds {q['min']:.2f}-{q['max']:.2f})")
+    return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=60, help="timed steps per framework")
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--warmup", type=int, default=5, help="untimed steps per framework")
-    ap.add_argument("--torch-threads", type=int, default=2)
-    ap.add_argument("--pool", type=int, default=8, help="random batches rotated through")
-    ap.add_argument("--json", action="store_true", help="print one JSON object instead")
-    ap.add_argument("--no-torch", action="store_true", help="time the NumPy backend only")
-    ap.add_argument("--omp-active", action="store_true",
-                    help="do not set OMP_WAIT_POLICY=PASSIVE for torch's OpenMP threads")
+    ap.add_argument("--workloads", default="lenet5-step,lenet5-infer",
+                    help=f"comma separated, of {', '.join(WORKLOADS)} "
+                         f"(default: lenet5-step,lenet5-infer)")
+    ap.add_argument("--rounds", type=int, default=5,
+                    help="processes per framework, alternated (default: 5)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per process (default: per workload)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed steps per process (default: per workload)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count(),
+                    help="threads for both frameworks (default: the CPU count)")
+    ap.add_argument("--no-torch", action="store_true", help="time gpucnn only (default: off)")
+    ap.add_argument("--json", metavar="PATH", default=None,
+                    help="also write every figure to this JSON file (default: none)")
+    ap.add_argument("--child", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-
-    torch = None
-    if not args.no_torch:
-        if not args.omp_active:
-            os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        import torch
-        torch.set_num_threads(args.torch_threads)
-        torch.manual_seed(0)
-
-    rng = np.random.default_rng(0)
-    n = args.batch_size
-    xs = [rng.standard_normal((n, 1, 28, 28)).astype(np.float32) for _ in range(args.pool)]
-    ys = [rng.integers(0, 10, n).astype(np.int64) for _ in range(args.pool)]
-
-    np_step = NumpyStep(n)
-    B = np_step.model.B
-    np_in = [(B.asarray(x), B.asarray(y, dtype=np.int64)) for x, y in zip(xs, ys)]
-    runners = [("numpy", np_step, np_in)]
-    if torch is not None:
-        t_step = TorchStep(torch)
-        t_in = [(torch.from_numpy(x.copy()), torch.from_numpy(y.copy())) for x, y in zip(xs, ys)]
-        runners.append(("torch", t_step, t_in))
-
-    times = {name: [] for name, _, _ in runners}
-    losses = {name: [] for name, _, _ in runners}
-    for i in range(args.warmup + args.steps):
-        for name, step, inputs in runners:
-            x, y = inputs[i % len(inputs)]
-            t0 = time.perf_counter()
-            loss = step(x, y)
-            dt = time.perf_counter() - t0
-            if i >= args.warmup:
-                times[name].append(dt)
-            if i in (0, args.warmup + args.steps - 1):
-                losses[name].append(float(loss.detach() if hasattr(loss, "detach") else loss))
-
-    res = {"batch_size": n, "steps": args.steps, "warmup": args.warmup,
-           "python": platform.python_version(), "numpy_version": np.__version__,
-           "cpu_count": os.cpu_count(), "loadavg": os.getloadavg()}
-    for name, _, _ in runners:
-        med = statistics.median(times[name])
-        res[name] = {"median_ms": 1e3 * med, "images_per_s": n / med,
-                     "min_ms": 1e3 * min(times[name]),
-                     "first_last_loss": losses[name]}
-    res["numpy"]["describe"] = B.describe()
-    if torch is not None:
-        res["torch"].update(version=torch.__version__, threads=torch.get_num_threads(),
-                            interop_threads=torch.get_num_interop_threads(),
-                            omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "(default)"))
-        res["ratio_numpy_over_torch_speed"] = (res["numpy"]["images_per_s"]
-                                              / res["torch"]["images_per_s"])
-    res["blas"] = blas_info()
-
+    workloads = [w for w in args.workloads.split(",") if w]
+    unknown = [w for w in workloads if w not in WORKLOADS]
+    if unknown:
+        ap.error(f"--workloads: unknown {unknown}; expected some of {', '.join(WORKLOADS)}")
+    sys.path.insert(0, ROOT)  # this checkout's gpucnn
+    if args.child:
+        _, _, _, d_steps, d_warm = WORKLOADS[workloads[0]]
+        print(json.dumps(child(args.child, workloads[0], args.steps or d_steps,
+                               d_warm if args.warmup is None else args.warmup, args.threads)))
+        return 0
+    fws = ("gpucnn",) if args.no_torch else FRAMEWORKS
+    cpu = cpu_description()
+    print(f"CPU: {cpu['model']} ({cpu['cpus']} CPUs; {' '.join(cpu['isa'])}); "
+          f"{args.threads} threads each; {args.rounds} processes per framework, alternated")
+    res = compare(workloads, args.rounds, args.threads, args.steps, args.warmup, fws)
     if args.json:
-        print(json.dumps(res, indent=1, default=str))
-        return res
-    print(f"LeNet-5 training step, batch {n}, {args.steps} timed steps each "
-          f"(after {args.warmup} warm-up), interleaved; load average {res['loadavg']}")
-    for name, _, _ in runners:
-        r = res[name]
-        extra = (f"  [torch {r['version']}, {r['threads']} threads, OMP_WAIT_POLICY="
-                 f"{r['omp_wait_policy']}]" if name == "torch" else f"  [{r['describe']}]")
-        print(f"  {name:6s} median {r['median_ms']:8.2f} ms/step  {r['images_per_s']:9.0f} "
-              f"images/s  (min {r['min_ms']:.2f} ms){extra}")
-    if torch is not None:
-        print(f"  ratio (numpy speed / torch speed): {res['ratio_numpy_over_torch_speed']:.3f}")
-    print("  BLAS:", json.dumps(res["blas"], default=str))
-    return res
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -5,8 +5,10 @@ A leaf module: both parsers import it, so neither has to import the other.
 from __future__ import annotations
 
 import argparse
+import math
 
-__all__ = ["int_at_least", "positive_int", "nonneg_int", "add_backend_arg", "BACKEND_CHOICES"]
+__all__ = ["int_at_least", "positive_int", "nonneg_int", "number_above", "positive_number",
+           "nonneg_number", "add_backend_arg", "BACKEND_CHOICES"]
 
 BACKEND_CHOICES = ("auto", "numpy", "cuda", "emu", "reference")
 
@@ -26,6 +28,27 @@ def int_at_least(minimum):
 
 positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
+
+
+def number_above(minimum, inclusive):
+    """An argparse type: a finite float > minimum (>= with ``inclusive``). float() alone
+    accepts 'nan' and 'inf', which would only fail later, or silently."""
+    op = ">=" if inclusive else ">"
+
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and (v >= minimum if inclusive else v > minimum)):
+            raise argparse.ArgumentTypeError(f"expected a finite number {op} {minimum}, got "
+                                             f"{text!r}")
+        return v
+    return parse
+
+
+positive_number = number_above(0, inclusive=False)
+nonneg_number = number_above(0, inclusive=True)
 
 
 def add_backend_arg(parser, note=""):

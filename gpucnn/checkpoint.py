@@ -8,13 +8,19 @@ np.load(path, allow_pickle=False)) holding
 
 The archive is written with zipfile + np.lib.format.write_array(allow_pickle=False) (the
 same members np.savez writes, without np.savez's reserved keyword names such as "file"),
-to a temporary file in the target's directory, flushed and fsync'ed, then moved over the
-target with os.replace and the directory fsync'ed: a crash at any point leaves either the
-old checkpoint or the new one, never a mix.
+to a temporary file ``.<name>.<pid>.<random>.tmp`` in the target's directory, flushed and
+fsync'ed, then moved over the target with os.replace and the directory fsync'ed: a crash at
+any point leaves either the old checkpoint or the new one, never a mix. A process killed
+mid-write leaves its temporary file behind; remove_stale_temp_files deletes those whose
+writer is no longer running. The file gets the mode a plain open() would give it (0666 less
+the umask), not mkstemp's 0600.
 
-Loading checks the zip (CRCs included), refuses any member that is not a .npy or whose
-header declares an object dtype (which would need unpickling) *before* reading data, and
-validates the metadata envelope. Every problem is a CheckpointError naming the file.
+Loading checks, *before* reading any data: that every member is a .npy (no pickle, no other
+file), that no header declares an object dtype (which would need unpickling), and that each
+header's shape and dtype account exactly for the bytes the member holds, which the archive's
+real size bounds (so a crafted header declaring 4 TiB is refused, never allocated). Then the
+zip CRCs and the metadata envelope. Every problem is a CheckpointError naming the file and
+the member.
 
 Random state needs no generator snapshot: gpucnn derives every random draw from counters
 (shuffle order from (seed, epoch), augmentation from (seed, epoch, batch), dropout masks from
@@ -24,7 +30,9 @@ Random state needs no generator snapshot: gpucnn derives every random draw from 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import tempfile
 import zipfile
 import zlib
@@ -65,6 +73,70 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for a moment, for every
+    thread) where /proc tells it."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def temp_prefix(path: Path) -> str:
+    """The name prefix of this process's temporary files for checkpoint `path`."""
+    return f".{path.name}.{os.getpid()}."
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a zombie counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files interrupted writes of checkpoint `path` left beside it
+    (``.<name>.<pid>.*.tmp`` whose pid no longer runs, and the pid-less names earlier
+    versions wrote). Call it holding the checkpoint's lock (gpucnn.runsafety): no other
+    trainer then writes this checkpoint. Returns the paths removed."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    pattern = re.compile(r"\." + re.escape(path.name) + r"\.(?:(\d+)\.)?[^/]*\.tmp\Z")
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if not m or not entry.is_file(follow_symlinks=False):
+            continue
+        if m.group(1) is not None and process_alive(int(m.group(1))):
+            continue  # a live writer's
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray],
                     metadata: dict[str, Any]) -> Path:
     """Write `arrays` and JSON `metadata` to `path` (exactly that name) atomically."""
@@ -89,8 +161,9 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray],
 
     directory = path.parent if str(path.parent) else Path(".")
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
                 for key, arr in prepared.items():
@@ -109,16 +182,55 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray],
     return path
 
 
-def _read_member_dtype(zf: zipfile.ZipFile, member: str, path: Path) -> np.dtype:
-    with zf.open(member) as f:
+# Deflate cannot shrink data by more than about 1032:1, so a member's stated uncompressed size
+# beyond that ratio of its compressed bytes is a lie.
+_DEFLATE_MAX_RATIO = 1032
+_SIZE_UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def _size(n: int) -> str:
+    i = min(int(math.log(max(n, 1), 1024)), len(_SIZE_UNITS) - 1)
+    return f"{n} bytes" if i == 0 else f"{n / 1024 ** i:.1f} {_SIZE_UNITS[i]}"
+
+
+def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path,
+                  archive_size: int) -> np.dtype:
+    """The dtype of .npy member `info`, after checking that its header's shape and dtype
+    account exactly for the bytes it holds and that those fit in the archive."""
+    name = info.filename
+    where = f"{path}: member {name!r}"
+    if info.compress_type == zipfile.ZIP_STORED:
+        if info.file_size != info.compress_size:
+            raise CheckpointError(f"{where}: stored member claims {info.file_size} bytes but "
+                                  f"occupies {info.compress_size}")
+    elif info.compress_type == zipfile.ZIP_DEFLATED:
+        if info.file_size > _DEFLATE_MAX_RATIO * info.compress_size + 1024:
+            raise CheckpointError(f"{where}: claims {_size(info.file_size)} from "
+                                  f"{_size(info.compress_size)} of compressed data, more "
+                                  f"than deflate can hold (a crafted or damaged archive)")
+    else:
+        raise CheckpointError(f"{where}: unsupported zip compression {info.compress_type} "
+                              f"(checkpoints are stored or deflated)")
+    if info.compress_size > archive_size:
+        raise CheckpointError(f"{where}: claims {_size(info.compress_size)} in an archive of "
+                              f"{_size(archive_size)} (truncated or crafted)")
+    with zf.open(info) as f:
         version = np.lib.format.read_magic(f)
         if version == (1, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         elif version in ((2, 0), (3, 0)):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
-            raise CheckpointError(f"{path}: member {member!r}: unsupported .npy version "
-                                  f"{version}")
+            raise CheckpointError(f"{where}: unsupported .npy version {version}")
+        header = f.tell()
+    if dtype.hasobject:
+        return dtype  # refused by the caller, with the pickle explanation
+    declared = math.prod(shape) * dtype.itemsize
+    if declared != info.file_size - header:
+        raise CheckpointError(f"{where}: header declares shape {tuple(shape)} {dtype} = "
+                              f"{_size(declared)}, but the member holds "
+                              f"{_size(max(info.file_size - header, 0))} of data "
+                              f"(crafted or damaged); nothing was allocated")
     return dtype
 
 
@@ -130,19 +242,20 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dic
     if not path.is_file():
         raise CheckpointError(f"{path}: not a regular file")
     try:
+        archive_size = path.stat().st_size
         with zipfile.ZipFile(path) as zf:
-            bad = zf.testzip()  # reads every member and checks its CRC
-            if bad is not None:
-                raise CheckpointError(f"{path}: damaged: CRC mismatch in member {bad!r}")
             names = zf.namelist()
-            for member in names:
+            for info in zf.infolist():
+                member = info.filename
                 if not member.endswith(".npy"):
                     raise CheckpointError(f"{path}: unexpected member {member!r} (a "
                                           f"checkpoint holds only .npy arrays)")
-                dtype = _read_member_dtype(zf, member, path)
-                if dtype.hasobject:
+                if _check_member(zf, info, path, archive_size).hasobject:
                     raise CheckpointError(f"{path}: array {member[:-4]!r} has an object "
                                           f"dtype (pickled Python objects); refused")
+            bad = zf.testzip()  # reads every member and checks its CRC
+            if bad is not None:
+                raise CheckpointError(f"{path}: damaged: CRC mismatch in member {bad!r}")
     except CheckpointError:
         raise
     except FileNotFoundError:

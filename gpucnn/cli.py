@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from . import __version__
-from .argtypes import add_backend_arg, positive_int
+from .argtypes import add_backend_arg, nonneg_int, nonneg_number, positive_int, positive_number
 
 __all__ = ["main"]
 
@@ -41,21 +41,21 @@ def build_parser():
                    help="number of passes over the training set (default: %(default)s)")
     t.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per optimizer step (default: %(default)s)")
-    t.add_argument("--lr", type=float, default=0.05,
+    t.add_argument("--lr", type=positive_number, default=0.05,
                    help="learning rate, the starting one under --schedule "
                         "(default: %(default)s)")
-    t.add_argument("--momentum", type=float, default=0.9,
+    t.add_argument("--momentum", type=nonneg_number, default=0.9,
                    help="SGD momentum; unused by adam (default: %(default)s)")
     t.add_argument("--nesterov", action="store_true",
                    help="Nesterov momentum for SGD (default: off)")
-    t.add_argument("--weight-decay", type=float, default=0.0,
+    t.add_argument("--weight-decay", type=nonneg_number, default=0.0,
                    help="L2 weight decay (default: %(default)s)")
     t.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
                    help="optimizer (default: %(default)s)")
     t.add_argument("--schedule", choices=("constant", "step", "cosine"), default="constant",
                    help="learning-rate schedule over the epochs: constant, step (x0.1 every "
                         "third of the epochs) or cosine (default: %(default)s)")
-    t.add_argument("--seed", type=int, default=0,
+    t.add_argument("--seed", type=nonneg_int, default=0,
                    help="seed of the weight init and the shuffling (default: %(default)s)")
     add_backend_arg(t)
     t.add_argument("--data-dir", default=None,
@@ -70,10 +70,20 @@ def build_parser():
     t.add_argument("--test-limit", type=positive_int, default=None,
                    help="evaluate on only the first N test images (default: all)")
     t.add_argument("--checkpoint", default=None,
-                   help="checkpoint file (.npz), written after every epoch and on Ctrl-C "
+                   help="checkpoint file (.npz), written after every epoch and on Ctrl-C or "
+                        "SIGTERM; an existing one is refused unless --resume or --overwrite "
                         "(default: none)")
     t.add_argument("--resume", action="store_true",
-                   help="continue from --checkpoint (default: start afresh)")
+                   help="continue from --checkpoint, exactly; a different run configuration "
+                        "(batch size, seed, ...) is refused (default: start afresh)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --checkpoint with this new run (default: refuse)")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue although the run configuration differs "
+                        "from the checkpoint's; recorded in the metrics (default: refuse)")
+    t.add_argument("--save-retry-s", type=nonneg_number, default=10.0,
+                   help="seconds to wait before the one retry of a failed checkpoint/metrics "
+                        "write, e.g. a full disk (default: %(default)s)")
     t.add_argument("--metrics-json", default=None,
                    help="write the per-epoch metrics to this JSON file (default: none)")
     t.add_argument("--plot", default=None,
@@ -99,26 +109,36 @@ def build_parser():
     b = sub.add_parser("bench", help="throughput benchmarks (see gpucnn bench --help)",
                        add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
+
+    from .verify import add_arguments as add_verify_arguments
+    v = sub.add_parser("verify", help="check a device backend against the float64 reference, "
+                                      "layer by layer, for a model or a checkpoint")
+    add_verify_arguments(v)
     return ap
 
 
 def cmd_train(args):
-    from .train import TrainConfig, TrainingDiverged, train
+    from .train import SaveFailed, TrainConfig, TrainingDiverged, train
     cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                       nesterov=args.nesterov, weight_decay=args.weight_decay,
                       optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
                       backend=args.backend, data_dir=args.data_dir, download=args.download,
                       limit=args.limit, test_limit=args.test_limit, checkpoint=args.checkpoint,
-                      resume=args.resume, metrics_json=args.metrics_json, plot=args.plot,
-                      progress=not args.no_progress)
+                      resume=args.resume, overwrite=args.overwrite,
+                      allow_config_change=args.allow_config_change,
+                      save_retry_s=args.save_retry_s, metrics_json=args.metrics_json,
+                      plot=args.plot, progress=not args.no_progress)
     try:
         m = train(cfg)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM
+        return 128 + int(getattr(exc, "signum", 2))
     except TrainingDiverged as exc:
         print(f"gpucnn train: stopped: {exc}", file=sys.stderr)
         return 3
+    except SaveFailed as exc:  # one line: what, why, what was kept
+        print(f"gpucnn train: error: {exc}", file=sys.stderr)
+        return 2
     print(f"test accuracy {m['test_accuracy']:.4f} after {len(m['epochs'])} epoch(s); "
           f"{m['train_images_per_s']:.0f} train images/s on {m['device']}")
     return 0
@@ -215,6 +235,11 @@ def cmd_bench(args):
     return bench_main(args.rest)
 
 
+def cmd_verify(args):
+    from .verify import run
+    return run(args)
+
+
 def main(argv=None):
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -222,14 +247,16 @@ def main(argv=None):
         args.rest = extra + args.rest  # their own parsers read the options
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if getattr(args, "backend", None):
+    if getattr(args, "backend", None) and args.command != "verify":
+        # (verify's --backend names the device side only: auto means cuda, else emu)
         os.environ["GPUCNN_BACKEND"] = args.backend
     from .backends import BackendUnavailable
     from .checkpoint import CheckpointError
     from .data.errors import DataError
     try:
         return {"train": cmd_train, "summary": cmd_summary, "info": cmd_info,
-                "kernels": cmd_kernels, "bench": cmd_bench}[args.command](args)
+                "kernels": cmd_kernels, "bench": cmd_bench,
+                "verify": cmd_verify}[args.command](args)
     except (BackendUnavailable, CheckpointError, DataError, FileNotFoundError, ValueError,
             TypeError) as exc:
         print(f"gpucnn {args.command}: error: {exc}", file=sys.stderr)

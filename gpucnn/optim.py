@@ -6,15 +6,21 @@ only keeps per-parameter state arrays on the same backend.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
 __all__ = ["SGD", "Adam", "ConstantLR", "StepLR", "CosineLR", "make_schedule"]
 
 
-def _check_nonneg(value, name, opt):
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise ValueError(f"{opt}: {name} must be a finite number >= 0, got {value!r}")
+def _check_number(value, name, opt, positive=False):
+    """A finite real >= 0 (> 0 with ``positive``), or a ValueError naming it: a NaN or inf
+    hyper-parameter would turn every parameter into NaN at the first step."""
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+          and math.isfinite(value) and (value > 0 if positive else value >= 0))
+    if not ok:
+        raise ValueError(f"{opt}: {name} must be a finite number {'>' if positive else '>='} "
+                         f"0, got {value!r}")
 
 
 class _Optimizer:
@@ -24,8 +30,7 @@ class _Optimizer:
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: no parameters to optimise")
-        if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"{type(self).__name__}: lr must be a finite number > 0, got {lr!r}")
+        _check_number(lr, "lr", type(self).__name__, positive=True)
         self.lr = float(lr)
         self.steps = 0
         self.state = {n: [self._B.zeros(p.shape, np.float32) for p in self.params]
@@ -59,8 +64,8 @@ class SGD(_Optimizer):
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, backend=None):
         from .backends import get_backend
         self._B = get_backend(backend)
-        _check_nonneg(momentum, "momentum", "SGD")
-        _check_nonneg(weight_decay, "weight_decay", "SGD")
+        _check_number(momentum, "momentum", "SGD")
+        _check_number(weight_decay, "weight_decay", "SGD")
         if nesterov and momentum <= 0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
@@ -80,10 +85,11 @@ class Adam(_Optimizer):
                  backend=None):
         from .backends import get_backend
         self._B = get_backend(backend)
-        if not all(0.0 <= b < 1.0 for b in betas):
-            raise ValueError(f"Adam: betas must lie in [0, 1), got {betas!r}")
-        _check_nonneg(eps, "eps", "Adam")
-        _check_nonneg(weight_decay, "weight_decay", "Adam")
+        if not (len(betas) == 2 and all(isinstance(b, numbers.Real) and 0.0 <= b < 1.0
+                                        for b in betas)):
+            raise ValueError(f"Adam: betas must be two numbers in [0, 1), got {betas!r}")
+        _check_number(eps, "eps", "Adam")
+        _check_number(weight_decay, "weight_decay", "Adam")
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
         super().__init__(params, lr)
 

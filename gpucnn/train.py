@@ -2,18 +2,29 @@
 
 A step is forward, loss, backward and the optimiser update, all on the backend. The only host
 transfer inside the loop is reading the scalar loss and the running correct-count every
-``check_every`` steps (every step on the CPU backends, where it costs nothing). The training
-split is uploaded once; each epoch's permutation is uploaded once and batches are gathered on
-the device (CIFAR augmentation is the exception: it runs on the host, batch by batch).
+``check_every`` steps (every step on the CPU backends, where it costs nothing); that read is
+also where the errors device kernels flag (out-of-range labels) are raised. The training split
+is uploaded once; each epoch's permutation is uploaded once and batches are gathered on the
+device (CIFAR augmentation is the exception: it runs on the host, batch by batch).
+
+What protects the user's files (README: "What gpucnn guarantees about your files"): before any
+work, :func:`train` checks every output path, takes the checkpoint's lock, refuses to replace
+another run's checkpoint and removes the temporary files of interrupted writes
+(:mod:`gpucnn.runsafety`); ``--resume`` validates the checkpoint's metadata and compares its
+run configuration before using anything of it (:mod:`gpucnn.runmeta`); nothing non-finite is
+ever saved; Ctrl-C and SIGTERM stop between two steps and save; a failed write is retried once.
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import math
 import os
 import signal
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -25,37 +36,43 @@ from .data import load_dataset
 from .data.loader import epoch_permutation, num_batches
 from .models import build_model
 from .nn import SoftmaxCrossEntropy
+from .ops.conv import algos as conv_algos
+from .ops.loss import check_label_range
 from .optim import SGD, Adam, make_schedule
+from .runmeta import (SCHEMA_VERSION, compare_run, config_mismatch_message, upgrade_metadata,
+                      validate_metadata)
+from .runsafety import (RunLock, SaveFailed, TrainingDiverged, check_finite_state,
+                        check_output_paths, check_room, file_size_limit_as_error,
+                        prepare_checkpoint, write_with_retry)
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train", "SCHEMA_VERSION",
-           "upgrade_metadata"]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; training stopped before saving a broken checkpoint."""
-
-
-# The layout of the metadata the trainer saves. 1: gpucnn 0.1.0 (no "schema_version" key);
-# 2: adds "schema_version" and "written_by". A later schema adds its keys here with an
-# upgrade step from the one before, so every older checkpoint keeps loading.
-SCHEMA_VERSION = 2
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted", "SaveFailed",
+           "train", "SCHEMA_VERSION", "upgrade_metadata"]
 
 
-def upgrade_metadata(meta, path):
-    """The metadata of a checkpoint of any earlier schema, brought to SCHEMA_VERSION."""
-    version = meta.get("schema_version", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise CheckpointError(f"{path}: metadata schema_version must be a positive int, got "
-                              f"{version!r}")
-    if version > SCHEMA_VERSION:
-        raise CheckpointError(f"{path}: metadata schema {version} was written by a newer "
-                              f"gpucnn ({meta.get('written_by', 'unknown')}); this one reads "
-                              f"schemas 1 to {SCHEMA_VERSION}")
-    meta = dict(meta)
-    if version == 1:
-        meta["written_by"] = "gpucnn 0.1.0"
-    meta["schema_version"] = SCHEMA_VERSION
-    return meta
+_NUMERIC_WARNINGS = r"(overflow|invalid value|divide by zero|underflow) encountered"
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped training. ``immediate``: a second signal, which
+    stops at once, mid-step, so nothing is saved (the previous checkpoint is kept)."""
+
+    def __init__(self, signum=signal.SIGINT, immediate=False):
+        super().__init__(signum)
+        self.signum, self.immediate = signum, immediate
+
+
+def _check_number(name, value, positive=False, integer=False, optional=False):
+    if optional and value is None:
+        return
+    if integer:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "an integer"
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+        want = "a finite number"
+    if not (ok and (value > 0 if positive else value >= 0)):
+        raise ValueError(f"{name} must be {want} {'>' if positive else '>='} 0, got {value!r}")
 
 
 @dataclass
@@ -78,6 +95,9 @@ class TrainConfig:
     test_limit: int | None = None
     checkpoint: str | None = None
     resume: bool = False
+    overwrite: bool = False            # replace an existing --checkpoint of another run
+    allow_config_change: bool = False  # --resume with a different run configuration
+    save_retry_s: float = 10.0         # pause before the one retry of a failed write
     metrics_json: str | None = None
     plot: str | None = None
     progress: bool = True
@@ -86,15 +106,23 @@ class TrainConfig:
 
     def validate(self):
         for name in ("epochs", "batch_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+            _check_number(name, getattr(self, name), positive=True, integer=True)
+        for name in ("limit", "test_limit", "check_every"):
+            _check_number(name, getattr(self, name), positive=True, integer=True,
+                          optional=True)
+        _check_number("seed", self.seed, integer=True)
+        _check_number("lr", self.lr, positive=True)
+        for name in ("momentum", "weight_decay", "save_retry_s"):
+            _check_number(name, getattr(self, name))
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.resume and not self.checkpoint:
             raise ValueError("--resume needs --checkpoint PATH (the file to continue from)")
+        if self.resume and self.overwrite:
+            raise ValueError("--resume continues the checkpoint and --overwrite replaces it: "
+                             "give one of them")
+        if self.allow_config_change and not self.resume:
+            raise ValueError("--allow-config-change applies to --resume only")
 
 
 class Trainer:
@@ -112,6 +140,18 @@ class Trainer:
         if tuple(self.model.input_shape) != tuple(self.train_set.input_shape):
             raise ValueError(f"model {cfg.model} takes inputs of shape {self.model.input_shape} "
                              f"but {cfg.dataset} has {tuple(self.train_set.input_shape)}")
+        self.data_files = {}
+        for ds in (self.train_set, self.test_set):
+            # Checked once here, on the host: a device backend only flags bad labels later.
+            try:
+                check_label_range(ds.labels, kwargs["num_classes"])
+            except ValueError as exc:
+                raise ValueError(f"{cfg.dataset} {ds.split} split ({ds.files[-1]}): {exc}; the "
+                                 f"model has num_classes={kwargs['num_classes']}") from None
+            self.data_files[ds.split] = [str(f) for f in ds.files]
+        print(f"data: {cfg.dataset}, train {len(self.train_set)} images from "
+              f"{', '.join(self.data_files['train'])}; test {len(self.test_set)} images from "
+              f"{', '.join(self.data_files['test'])}", flush=True)
         self.loss = SoftmaxCrossEntropy().bind(self.B)
         params = self.model.parameters()
         if cfg.optimizer == "sgd":
@@ -123,13 +163,21 @@ class Trainer:
         self.augment = self.train_set.name == "cifar10"
         self.epoch, self.batch_in_epoch = 0, 0
         self.history: list[dict] = []
+        self.config_changes: list[dict] = []  # what --allow-config-change let through
+        self.resume_unchecked: list[str] = []  # run keys the checkpoint did not record
         self._epoch_sums = [0.0, 0, 0, 0.0]  # loss*n, correct, seen, seconds
+        self._interrupted = None  # the signal that asked to stop, if any
         self.check_every = cfg.check_every or (1 if self.B.xp is np else 20)
         if not self.augment:
             self.train_x = self.B.asarray(self.train_set.images)
             self.train_y = self.B.asarray(self.train_set.labels, dtype=np.int32)
 
     # ---- checkpoints -------------------------------------------------------------------------
+    def run_record(self):
+        """What this run is, saved in the checkpoint and compared by --resume (the keys of
+        gpucnn.runmeta.RESUME_KEYS are paths into it); a new compared key is recorded here."""
+        return {"config": _jsonable_config(self.cfg), "conv_algos": conv_algos.record(self.B)}
+
     def state(self):
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         opt_arrays, opt_meta = self.opt.state_dict(self.B)
@@ -138,18 +186,47 @@ class Trainer:
                 "model": self.model.config, "model_extra": self.model.extra_state(),
                 "optimizer": opt_meta, "epoch": self.epoch,
                 "batch_in_epoch": self.batch_in_epoch, "epoch_sums": self._epoch_sums,
-                "history": self.history, "config": _jsonable_config(self.cfg)}
+                "history": self.history, "config_changes": self.config_changes,
+                **self.run_record()}
         return arrays, meta
 
+    def checkpoint_bytes(self):
+        """About the size of this run's checkpoint file (for the start-up room check)."""
+        n = sum(p.data.size for p in self.model.parameters()) * 4
+        arrays = len(self.model.parameters()) * (1 + len(self.opt.state_names))
+        return n * (1 + len(self.opt.state_names)) + 400 * arrays + 4096 + 300 * self.cfg.epochs
+
     def save(self, path=None):
+        """Write the checkpoint, never a non-finite one; a failed write is retried once."""
         path = path or self.cfg.checkpoint
-        if path:
-            arrays, meta = self.state()
-            save_checkpoint(path, arrays, meta)
+        if not path:
+            return
+        arrays, meta = self.state()
+        check_finite_state(arrays, self._epoch_sums, f"checkpoint {path}")
+        kept = (f"the previous checkpoint {path} is kept unchanged" if os.path.exists(path)
+                else "no checkpoint file was written")
+        write_with_retry("checkpoint", path, lambda: save_checkpoint(path, arrays, meta),
+                         self.cfg.save_retry_s, kept)
 
     def load(self, path):
+        """Continue from checkpoint ``path``: every metadata field is validated and the run
+        configuration compared before anything of it is used."""
         arrays, meta = load_checkpoint(path)
         meta = upgrade_metadata(meta, path)
+        try:  # before the comparison: auto then runs the checkpoint's algorithms again
+            conv_algos.restore(self.B, meta.get("conv_algos"))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: conv_algos: {exc}") from None
+        differences, self.resume_unchecked = compare_run(meta, self.run_record())
+        if differences and not self.cfg.allow_config_change:
+            raise CheckpointError(config_mismatch_message(path, differences))
+        same_data = not any(k in differences for k in
+                            ("config.batch_size", "config.limit", "config.dataset"))
+        validate_metadata(meta, path, len(self.train_set), self.cfg.batch_size, same_data)
+        bad = next((k for k, a in arrays.items()
+                    if a.dtype.kind == "f" and not np.isfinite(a).all()), None)
+        if bad is not None:  # gpucnn never saves one: edited or damaged
+            raise CheckpointError(f"{path}: array {bad!r} holds NaN or inf; nothing was loaded")
         try:
             check_compatible(meta, self.model.config, key="model")
         except CheckpointError as exc:
@@ -159,12 +236,19 @@ class Trainer:
                                         if k.startswith("model/")})
             self.opt.load_state_dict(self.B, {k[6:]: v for k, v in arrays.items()
                                               if k.startswith("optim/")}, meta["optimizer"])
-            self.model.load_extra_state(meta.get("model_extra", {}))
-            self.epoch, self.batch_in_epoch = int(meta["epoch"]), int(meta["batch_in_epoch"])
-            self._epoch_sums = list(meta["epoch_sums"])
-            self.history = list(meta["history"])
+            self.model.load_extra_state(meta["model_extra"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: checkpoint does not fit this run: {exc}") from exc
+        self.epoch, self.batch_in_epoch = meta["epoch"], meta["batch_in_epoch"]
+        self._epoch_sums = list(meta["epoch_sums"])
+        self.history = list(meta["history"])
+        self.config_changes = list(meta["config_changes"])
+        if differences:
+            self.config_changes.append({"epoch": self.epoch, "batch_in_epoch":
+                                        self.batch_in_epoch, "changes": differences})
+            print("resuming with a changed configuration (--allow-config-change): "
+                  + "; ".join(f"{k.split('.')[-1]} {d['checkpoint']!r} -> {d['now']!r}"
+                              for k, d in differences.items()), flush=True)
 
     # ---- one step -------------------------------------------------------------------------------
     def step(self, x, y):
@@ -204,64 +288,88 @@ class Trainer:
         return correct / len(dataset)
 
     # ---- the loop ---------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _stop_signals(self):
+        """Ctrl-C and SIGTERM only raise a flag; the loop stops *between* steps so the
+        checkpoint holds a consistent state that --resume continues from exactly. A second
+        signal stops at once, without saving that half-done step."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_signal(signum, frame):
+            if self._interrupted is not None:
+                raise TrainingInterrupted(signum, immediate=True)
+            self._interrupted = signum
+
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
     def fit(self, on_step=None):
         cfg = self.cfg
         n_batches = num_batches(len(self.train_set), cfg.batch_size)
         self.model.train()
-        self._interrupted = False
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            # Ctrl-C only raises a flag; the loop stops *between* steps so the checkpoint
-            # holds a consistent state that --resume continues from exactly. A second
-            # Ctrl-C interrupts at once.
-            def on_sigint(signum, frame):
-                if self._interrupted:
-                    raise KeyboardInterrupt
-                self._interrupted = True
-            previous = signal.signal(signal.SIGINT, on_sigint)
-        try:
-            while self.epoch < cfg.epochs:
-                self._run_epoch(n_batches, on_step)
-        except KeyboardInterrupt:
-            if cfg.checkpoint:
-                self.save()
-                print(f"\ninterrupted at epoch {self.epoch + 1}, batch {self.batch_in_epoch}: "
-                      f"checkpoint written to {cfg.checkpoint}; continue with --resume")
-            raise
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+        self._interrupted = None
+        with self._stop_signals():
+            try:
+                while self.epoch < cfg.epochs:
+                    self._run_epoch(n_batches, on_step)
+            except KeyboardInterrupt as exc:
+                signum = getattr(exc, "signum", signal.SIGINT)
+                if getattr(exc, "immediate", False):
+                    print(f"\nstopped at once by a second {signal.Signals(signum).name}: no "
+                          f"checkpoint written for this state (the previous one is kept)")
+                    raise
+                if cfg.checkpoint:
+                    self.save()
+                    print(f"\n{signal.Signals(signum).name} at epoch {self.epoch + 1}, batch "
+                          f"{self.batch_in_epoch}: checkpoint written to {cfg.checkpoint}; "
+                          f"continue with --resume", flush=True)
+                raise TrainingInterrupted(signum) from None
         return self.metrics()
 
     def _run_epoch(self, n_batches, on_step):
-        cfg, B = self.cfg, self.B
+        cfg = self.cfg
         self.opt.lr = self.schedule.lr_at(self.epoch)
         bar = _progress(n_batches, self.batch_in_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}",
                         cfg.progress)
         pending = []  # (loss, correct, n) on the device, read every check_every steps
         t0 = time.perf_counter()
-        try:
-            for x, y in self._batches(self.epoch, self.batch_in_epoch):
-                loss, correct = self.step(x, y)
-                pending.append((loss, correct, len(y)))
-                self.batch_in_epoch += 1
-                if len(pending) >= self.check_every or self.batch_in_epoch == n_batches:
+        # A diverging run is reported once, by the loss check of _drain, not by a stream of
+        # overflow warnings from every op of every step. A warnings filter, not np.errstate:
+        # errstate is per thread and the numpy backend computes on worker threads too.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _NUMERIC_WARNINGS, RuntimeWarning)
+            try:
+                for x, y in self._batches(self.epoch, self.batch_in_epoch):
+                    loss, correct = self.step(x, y)
+                    pending.append((loss, correct, len(y)))
+                    self.batch_in_epoch += 1
+                    if len(pending) >= self.check_every or self.batch_in_epoch == n_batches:
+                        self._drain(pending, time.perf_counter() - t0, bar)
+                        t0 = time.perf_counter()
+                    if on_step is not None:
+                        on_step(self)
+                    if self._interrupted is not None:
+                        raise TrainingInterrupted(self._interrupted)
+            except KeyboardInterrupt as exc:
+                # The losses not read yet are checked too: a NaN is never saved on Ctrl-C.
+                if pending and not getattr(exc, "immediate", False):
                     self._drain(pending, time.perf_counter() - t0, bar)
-                    t0 = time.perf_counter()
-                if on_step is not None:
-                    on_step(self)
-                if self._interrupted:
-                    raise KeyboardInterrupt
-        finally:
-            if pending:
-                self._drain(pending, time.perf_counter() - t0, bar, check=False)
-            if bar is not None:
-                bar.close()
-        loss_sum, correct, seen, seconds = self._epoch_sums
-        record = {"epoch": self.epoch + 1, "lr": self.opt.lr, "train_loss": loss_sum / seen,
-                  "train_accuracy": correct / seen, "seconds": seconds,
-                  "images_per_s": seen / seconds if seconds > 0 else None,
-                  "test_accuracy": self.evaluate(self.test_set)}
+                raise
+            finally:
+                if bar is not None:
+                    bar.close()
+            loss_sum, correct, seen, seconds = self._epoch_sums
+            record = {"epoch": self.epoch + 1, "lr": self.opt.lr,
+                      "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
+                      "seconds": seconds,
+                      "images_per_s": seen / seconds if seconds > 0 else None,
+                      "test_accuracy": self.evaluate(self.test_set)}
         self.history.append(record)
         if cfg.progress:
             print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}, train accuracy "
@@ -271,20 +379,22 @@ class Trainer:
         self.batch_in_epoch = 0
         self._epoch_sums = [0.0, 0, 0, 0.0]
         self.save()
-        if cfg.metrics_json:
-            write_metrics(cfg.metrics_json, self.metrics())
+        self.write_metrics()
 
-    def _drain(self, pending, seconds, bar, check=True):
+    def _drain(self, pending, seconds, bar):
         B = self.B
         losses = [float(B.to_numpy(l)) for l, _, _ in pending]
         corrects = [int(B.to_numpy(c)) for _, c, _ in pending]
         ns = [n for _, _, n in pending]
         pending.clear()
-        if check and not all(math.isfinite(v) for v in losses):
+        B.raise_device_errors()  # e.g. a bad label a loss kernel flagged: a ValueError
+        if not all(math.isfinite(v) for v in losses):
+            bad = next(v for v in losses if not math.isfinite(v))
             raise TrainingDiverged(
-                f"the training loss became {losses[-1]} at epoch {self.epoch + 1}, batch "
+                f"the training loss became {bad} at epoch {self.epoch + 1}, batch "
                 f"{self.batch_in_epoch}: check the input data for NaN/inf and lower the "
-                f"learning rate (lr={self.cfg.lr}); no checkpoint was written for this state")
+                f"learning rate (lr={self.cfg.lr}); no checkpoint was written for this state "
+                f"(the previous one, if any, is kept)")
         s = self._epoch_sums
         s[0] += sum(l * n for l, n in zip(losses, ns))
         s[1] += sum(corrects)
@@ -303,7 +413,18 @@ class Trainer:
                 "epochs": self.history, "test_accuracy": last.get("test_accuracy"),
                 "train_images_per_s": float(np.median(seen_s)) if seen_s else None,
                 "batch_size": self.cfg.batch_size, "seed": self.cfg.seed,
+                "data_files": self.data_files, "config_changes": self.config_changes,
+                "resume_unchecked": self.resume_unchecked,
+                "conv_algorithms": self.B.conv_algorithms(),
                 "config": _jsonable_config(self.cfg)}
+
+    def write_metrics(self):
+        path = self.cfg.metrics_json
+        if path:
+            kept = (f"the previous {path} is kept unchanged" if os.path.exists(path)
+                    else "no metrics file was written")
+            write_with_retry("metrics", path, lambda: write_metrics(path, self.metrics()),
+                             self.cfg.save_retry_s, kept)
 
 
 def _jsonable_config(cfg):
@@ -320,10 +441,15 @@ def _progress(total, initial, desc, enabled):
 
 def write_metrics(path, metrics):
     tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(metrics, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def plot_metrics(metrics, path):
@@ -344,15 +470,29 @@ def plot_metrics(metrics, path):
 
 
 def train(cfg: TrainConfig, on_step=None):
-    """Build, optionally resume, fit; returns the metrics dict."""
-    trainer = Trainer(cfg)
-    if cfg.resume:
-        if not os.path.exists(cfg.checkpoint):
-            raise FileNotFoundError(f"--resume: checkpoint {cfg.checkpoint} does not exist")
-        trainer.load(cfg.checkpoint)
-    metrics = trainer.fit(on_step)
-    if cfg.metrics_json:
-        write_metrics(cfg.metrics_json, metrics)
-    if cfg.plot:
-        plot_metrics(metrics, cfg.plot)
+    """Check, build, optionally resume, fit; returns the metrics dict."""
+    cfg.validate()
+    if cfg.plot and importlib.util.find_spec("matplotlib") is None:  # not after the training
+        raise ValueError("--plot needs matplotlib: pip install 'gpucnn[plot]'")
+    with file_size_limit_as_error():
+        check_output_paths({"--checkpoint": cfg.checkpoint, "--metrics-json": cfg.metrics_json,
+                            "--plot": cfg.plot})
+        lock = RunLock(cfg.checkpoint) if cfg.checkpoint else None
+        with lock or contextlib.nullcontext():
+            if lock:
+                prepare_checkpoint(cfg.checkpoint, cfg.resume, cfg.overwrite, lock)
+            trainer = Trainer(cfg)
+            if cfg.checkpoint:
+                check_room(cfg.checkpoint, trainer.checkpoint_bytes())
+            if cfg.resume:
+                trainer.load(cfg.checkpoint)
+                if trainer.epoch >= cfg.epochs:
+                    print(f"{cfg.checkpoint} holds {trainer.epoch} finished epoch(s): nothing "
+                          f"to train for --epochs {cfg.epochs} (give more to continue)")
+            metrics = trainer.fit(on_step)
+            trainer.write_metrics()
+            if cfg.plot:
+                kept = "the metrics and the checkpoint are written"
+                write_with_retry("plot", cfg.plot, lambda: plot_metrics(metrics, cfg.plot),
+                                 cfg.save_retry_s, kept)
     return metrics

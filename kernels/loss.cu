@@ -5,8 +5,10 @@
 //                         and its loss log(sum exp(z - max)) - (z[label] - max);
 //   softmax_xent_mean     one block: the mean of the row losses.
 // Both reduce with a fixed-shape tree in shared memory, so the loss is deterministic (no
-// atomics). A label outside [0, K) cannot raise on the device: its row's loss, and so the mean,
-// is NaN, and its row of the gradient is NaN.
+// atomics in the loss). A label outside [0, K) cannot raise on the device: its row's loss, and
+// so the mean, is NaN, its row of the gradient is NaN, and the kernel records it in
+// label_error (see xent_flag_label), which the host reads where it synchronises anyway
+// (Backend.raise_device_errors) instead of once per step.
 
 #include "common.cuh"
 
@@ -52,17 +54,29 @@ __device__ __forceinline__ float xent_block_sum(float* buf, float value)
     return result;
 }
 
+// label_error = {flag, smallest bad label, largest bad label, K}: set when `label` lies outside
+// [0, K). The host allocates it as {0, INT_MAX, INT_MIN, 0} and clears it after reporting.
+// Only rows with a bad label touch it, so a correct step costs nothing.
+__device__ __forceinline__ void xent_flag_label(int* label_error, int label, int K)
+{
+    label_error[0] = 1;
+    atomicMin(&label_error[1], label);
+    atomicMax(&label_error[2], label);
+    label_error[3] = K;
+}
+
 // probs[r, :] = softmax(logits[r, :]); row_loss[r] = -log(probs[r, labels[r]]), computed
 // from the max-subtracted logits so large logits neither overflow nor lose the loss.
 // gpucnn: block=XENT_THREADS max_regs=64
 extern "C" __global__ void softmax_xent_forward(
-    const float* logits, const int* labels, float* probs, float* row_loss, int N, int K)
+    const float* logits, const int* labels, float* probs, float* row_loss, int* label_error,
+    int N, int K)
 {
     __shared__ float buf[XENT_THREADS];
     int tid = threadIdx.x;
     for (int row = blockIdx.x; row < N; row += gridDim.x) {
-        const float* z = logits + row * K;
-        float* p = probs + row * K;
+        const float* z = logits + (long long)row * K;  // N * K may pass 2^31
+        float* p = probs + (long long)row * K;
 
         float row_max = __int_as_float(0xff800000);  // -inf
         for (int k = tid; k < K; k += XENT_THREADS) {
@@ -84,8 +98,11 @@ extern "C" __global__ void softmax_xent_forward(
 
         if (tid == 0) {
             int label = labels[row];
-            row_loss[row] = (label >= 0 && label < K) ? logf(sum) - (z[label] - row_max)
-                                                       : xent_nan();
+            bool ok = label >= 0 && label < K;
+            row_loss[row] = ok ? logf(sum) - (z[label] - row_max) : xent_nan();
+            if (!ok) {
+                xent_flag_label(label_error, label, K);
+            }
         }
     }
 }
@@ -108,7 +125,7 @@ extern "C" __global__ void softmax_xent_mean(const float* row_loss, float* loss,
 // dlogits[r, k] = (probs[r, k] - (k == labels[r])) / N: the gradient of the mean loss.
 // gpucnn: block=256 max_regs=64
 extern "C" __global__ void softmax_xent_backward(
-    const float* probs, const int* labels, float* dlogits, int N, int K)
+    const float* probs, const int* labels, float* dlogits, int* label_error, int N, int K)
 {
     int total = N * K;
     GRID_STRIDE_LOOP(i, total) {
@@ -116,6 +133,10 @@ extern "C" __global__ void softmax_xent_backward(
         int k = i % K;
         int label = labels[row];
         float onehot = (k == label) ? 1.0f : 0.0f;
-        dlogits[i] = (label >= 0 && label < K) ? (probs[i] - onehot) / (float)N : xent_nan();
+        bool ok = label >= 0 && label < K;
+        dlogits[i] = ok ? (probs[i] - onehot) / (float)N : xent_nan();
+        if (!ok && k == 0) {  // once per row
+            xent_flag_label(label_error, label, K);
+        }
     }
 }

@@ -18,27 +18,6 @@
 
 #include "common.cuh"
 
-// Element `index` of a tensor of (N * C) planes of rows x cols: its plane (n * C + c), row
-// and column. Plane offsets are 64-bit: a tensor can pass 2^31 elements (AlexNet pool1 at a
-// large batch) while the one being written, whose size bounds `index`, does not.
-struct PlanePos {
-    int plane, row, col;
-};
-
-__device__ __forceinline__ PlanePos plane_pos(int index, int rows, int cols)
-{
-    PlanePos p;
-    p.col = index % cols;
-    p.row = (index / cols) % rows;
-    p.plane = index / (cols * rows);
-    return p;
-}
-
-__device__ __forceinline__ long long plane_offset(int plane, int rows, int cols)
-{
-    return (long long)plane * rows * cols;
-}
-
 // The windows whose span (span = dilation * (k - 1) + 1 input positions from i * stride - pad)
 // covers input position `pos` are i in [pool_first_window, pool_last_window).
 __device__ __forceinline__ int pool_first_window(int pos, int span, int stride, int pad)
@@ -118,9 +97,10 @@ extern "C" __global__ void max_pool2d_forward(
                 int w = j * sw - pw + b * dw;
                 if (w < 0 || w >= W) continue;
                 float v = x_plane[h * W + w];
-                // Strictly greater: the first maximum keeps its place (and a NaN never
-                // replaces a number, as in the reference's fold).
-                if (best_index < 0 || v > best) {
+                // PyTorch's rule: strictly greater, so the first maximum keeps its place;
+                // a NaN always takes over, so a NaN anywhere in the window is the result
+                // (its switch: the last NaN in window order).
+                if (best_index < 0 || v > best || isnan(v)) {
                     best = v;
                     best_index = h * W + w;
                 }

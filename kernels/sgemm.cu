@@ -1,11 +1,17 @@
-// Single-precision GEMM: a tiled shared-memory kernel with register blocking, used by every
-// convolution and fully connected layer (launches in gpucnn/ops/gemm.py).
+// Single-precision GEMM (v2): block tiles staged in shared memory, 8x8 accumulators per
+// thread, warp tiling, 128-bit shared and global loads; used by every convolution and fully
+// connected layer (launches in gpucnn/ops/gemm.py).
 //
 //   C[y, z] = sum_{r < nr(z)} op(A[y, z, r]) @ op(B[y, z, r])  (+ bias)  (+ beta * C)  (ReLU)
 //
 // op(A) is M x K, op(B) is K x N, C is M x N, all row-major with leading dimensions lda, ldb,
 // ldc. trans_a = 0: A[m, k] = A[m * lda + k]; trans_a = 1: A[m, k] = A[k * lda + m] (and the
-// same for B with (k, n)). So one kernel serves C = A @ B, A^T @ B, A @ B^T and A^T @ B^T.
+// same for B with (k, n)). The transposes are template parameters, not run-time branches:
+// each of the four combinations is its own kernel (sgemm_nn, sgemm_tn, sgemm_nt, sgemm_tt,
+// and the same four with the small tile, sgemm_small_*), so the main loop of each holds only
+// the loads of its own layout (v1 tested trans_a / trans_b inside its loop, which held the
+// address code of all four layouts: 256 FFMA in 638 instructions). The launcher picks the
+// kernel by name.
 //
 // Batching: blockIdx.y and blockIdx.z select a matrix triple; the operands of block (y, z)
 // start at  base + y * stride_y + z * stride_z.  The reduction index r adds r * stride_r to
@@ -21,74 +27,223 @@
 // (a NaN stays NaN). Ragged M, N, K are handled by bounds-checked tile loads (zero fill) and
 // bounds-checked stores. Summation order is fixed: the result is deterministic.
 //
-// Tiling: a block of SGEMM_THREADS threads computes a SGEMM_BM x SGEMM_BN tile of C, stepping
-// through K in slices of SGEMM_BK held in shared memory (double buffered: the next slice is
-// fetched into registers while the current one is multiplied, one barrier per slice). Each
-// thread owns a SGEMM_TM x SGEMM_TN micro-tile of accumulators. gpucnn/ops/gemm.py reads these
-// #defines (it computes the grid from them and checks they are consistent).
+// Structure (the steps of Simon Boehm's SGEMM worklog and CUTLASS's SIMT GEMM, written
+// for this engine's batched/epilogue contract):
+// * Block tile BM x BN, K in slices of SGEMM_BK held in shared memory, double buffered: slice
+//   s + 1 is fetched into registers while slice s is multiplied, then stored to the other
+//   buffer; one barrier per slice. The slice loop is the kernel's only loop (the BK steps
+//   inside it are unrolled), and its step has no division: the operand offsets advance by a
+//   constant and wrap to the next reduction matrix r with one compare.
+// * Warp tiling: a warp owns a SGEMM_WM x SGEMM_WN part of the block tile; its 32 lanes form
+//   8 x 4 and each owns 8 x 8 accumulators as 2 x 2 sub-tiles of 4 x 4 placed SGEMM_WM / 2
+//   rows and SGEMM_WN / 2 columns apart. Per k a thread reads its 8 A and 8 B values as four
+//   128-bit LDS; within a quarter warp (the unit of a 128-bit shared access) the lanes touch
+//   at most 4 distinct, contiguous float4, so the reads are free of bank conflicts.
+// * Global loads are float4 chunks along each operand's contiguous dimension: 128-bit LDG
+//   when the launcher says the operand allows it (vec_a / vec_b: 16-byte aligned start,
+//   leading dimension and batch strides multiples of 4) and the chunk lies inside the
+//   matrix; otherwise (ragged edges, unaligned operands) four bounds-checked scalar loads.
+//   k-contiguous operands (A not transposed, B transposed) are transposed on the store into
+//   shared memory; the padding (SGEMM_PAD) puts the two k-halves of a warp's stores 16 banks
+//   apart, so those scalar stores do not conflict either, and keeps rows float4-aligned.
+//
+// gpucnn/ops/gemm.py reads the #defines below (grids, the tile choice) and checks them.
 
 #include "common.cuh"
 
-#define SGEMM_BM 64
-#define SGEMM_BN 64
-#define SGEMM_BK 16
-#define SGEMM_TM 4
-#define SGEMM_TN 4
+// The large tile (the default; SGEMM_BM etc. name it).
+#define SGEMM_BM 128
+#define SGEMM_BN 128
 #define SGEMM_THREADS 256
-// Shared rows are padded (keeps a row a multiple of 4 floats, and spreads the transposed
-// tile stores over more banks).
+// The small tile, for problems that give the large one too few blocks to fill a GPU.
+#define SGEMM_SMALL_BM 64
+#define SGEMM_SMALL_BN 64
+#define SGEMM_SMALL_THREADS 64
+// Shared by both tiles.
+#define SGEMM_BK 8
+#define SGEMM_TM 8
+#define SGEMM_TN 8
+#define SGEMM_WM 64
+#define SGEMM_WN 32
 #define SGEMM_PAD 4
+// Register caps through __launch_bounds__: 65536 / (256 * 2) = 128 for the large tile, two
+// blocks (16 warps, 25% theoretical occupancy) per SM, which 64 accumulators per thread and
+// the independent FFMAs of an 8 x 8 outer product keep busy; the small tile, whose threads
+// stage twice the global data per FFMA, gets 65536 / (64 * 6) = 170 (168 allocatable):
+// at 128 ptxas spilled it, and small problems rarely have the blocks to fill an SM anyway.
+#define SGEMM_MIN_BLOCKS 2
+#define SGEMM_SMALL_MIN_BLOCKS 6
 
-#define SGEMM_THREADS_N (SGEMM_BN / SGEMM_TN)               // threads along n: 16
-#define SGEMM_A_LOADS (SGEMM_BM * SGEMM_BK / SGEMM_THREADS) // A elements per thread per slice
-#define SGEMM_B_LOADS (SGEMM_BN * SGEMM_BK / SGEMM_THREADS) // B elements per thread per slice
+// The parameter list of every sgemm kernel (one list, so the eight kernels cannot disagree;
+// gpucnn/toolchain/parse.py expands it when it reads their signatures).
+#define SGEMM_PARAMS                                                                  \
+    const float* __restrict__ A, const float* __restrict__ B, float* C,               \
+        const float* __restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc, \
+        int vec_a, int vec_b, int a_stride_y, int a_stride_z, int a_stride_r,         \
+        int b_stride_y, int b_stride_z, int b_stride_r, int c_stride_y, int c_stride_z, \
+        int bias_stride_y, int red_per_z, int red_total, int bias_mode, int relu, float beta
+#define SGEMM_ARGS                                                                       \
+    A, B, C, bias, M, N, K, lda, ldb, ldc, vec_a, vec_b, a_stride_y, a_stride_z, a_stride_r, \
+        b_stride_y, b_stride_z, b_stride_r, c_stride_y, c_stride_z, bias_stride_y, red_per_z, \
+        red_total, bias_mode, relu, beta
 
-// Position (row kk of the K slice, column mm of the tile) of the i-th element this thread
-// loads. Consecutive threads take consecutive addresses of the operand in memory: along k
-// when the operand is stored k-contiguous, along m (or n) when it is stored transposed.
-__device__ __forceinline__ void sgemm_load_pos(int e, int contiguous_k, int tile, int* kk,
-                                               int* mm)
+// One operand's part of a K slice: TILE rows of the block tile (m for A, n for B) by SGEMM_BK,
+// fetched as float4 chunks along the operand's contiguous dimension and stored into shared
+// memory as S[k][row]. A thread fetches CHUNKS chunks STEP floats apart in memory (a
+// compile-time distance, so one offset and immediate displacements address them all).
+// KCONTIG: the operand is stored k-contiguous (A not transposed, B transposed): a chunk is
+// 4 consecutive k of one row and a thread's chunks are adjacent (its 4 * CHUNKS consecutive
+// k). Otherwise a chunk is 4 consecutive rows at one k, and a thread's chunks lie TILE /
+// CHUNKS rows apart, so that 8 neighbouring threads cover 32 consecutive rows (one 128-byte
+// line in memory and a conflict-free 128-bit shared store).
+template <int TILE, int THREADS, bool KCONTIG>
+struct SgemmOperand {
+    static constexpr int CHUNKS = TILE * SGEMM_BK / 4 / THREADS;
+    static constexpr int STEP = KCONTIG ? 4 : TILE / CHUNKS;     // floats between chunks
+    static constexpr int PER_LINE = (KCONTIG ? SGEMM_BK : TILE) / (4 * CHUNKS);  // threads
+    static constexpr int LD = TILE + SGEMM_PAD;                  // floats per shared row
+    static_assert(CHUNKS >= 1 && CHUNKS * THREADS * 4 == TILE * SGEMM_BK, "tile / threads");
+    static_assert(PER_LINE >= 1 && PER_LINE * 4 * CHUNKS == (KCONTIG ? SGEMM_BK : TILE),
+                  "chunk layout");
+    // Few registers on purpose: with 64 accumulators a thread has ~30 left for everything.
+    const float* base;  // the current reduction matrix (the same for the whole block)
+    int off;            // the thread's first float in the current slice, from base
+    int lim;            // KCONTIG: chunk i has kleft - lim - 4 i valid elements (lim is huge
+                        // for a row past the matrix); else: the chunks exist when kleft > lim
+    int rows;           // !KCONTIG: rows left in the matrix from the thread's first one
+                        // (chunk i has rows - i * STEP valid elements)
+    int sts;            // shared offset (floats) of the thread's first element in S[k][row]
+    float4 v[CHUNKS];   // the fetched values, in flight between fetch and store
+
+    __device__ __forceinline__ void init(const float* matrix, int tid, int tile0, int extent,
+                                         int ld)
+    {
+        base = matrix;
+        if (KCONTIG) {
+            const int row = tid / PER_LINE, kpos = (tid % PER_LINE) * 4 * CHUNKS;
+            off = (tile0 + row) * ld + kpos;
+            lim = (tile0 + row < extent) ? kpos : (1 << 30);
+            rows = 0;
+            sts = kpos * LD + row;
+        } else {
+            const int kpos = tid / PER_LINE, row = (tid % PER_LINE) * 4;
+            off = kpos * ld + tile0 + row;
+            lim = kpos;
+            rows = extent - (tile0 + row);
+            sts = kpos * LD + row;
+        }
+    }
+
+    // Fetch the current slice; kleft = K - k0 of that slice (<= 0: nothing, zeros). A chunk
+    // is one 128-bit load when it has `whole` valid elements (4, or 1 << 30 when the operand
+    // does not allow vector loads), else up to four scalar loads (ragged edge, unaligned
+    // operand). Predicated loads on the element count, not a test of the vector flag: a
+    // loop-invariant test would make the compiler version the loop body per value.
+    __device__ __forceinline__ void fetch(int kleft, int whole)
+    {
+#pragma unroll
+        for (int i = 0; i < CHUNKS; ++i) {
+            const float* q = base + (off + i * STEP);
+            // Elements 0 .. n - 1 of the chunk lie inside the matrix.
+            const int n = KCONTIG ? kleft - lim - 4 * i : (kleft > lim ? rows - i * STEP : 0);
+            const bool vector = n >= whole;
+            float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (vector)
+                x = *reinterpret_cast<const float4*>(q);
+            if (!vector && n > 0) x.x = q[0];
+            if (!vector && n > 1) x.y = q[1];
+            if (!vector && n > 2) x.z = q[2];
+            if (!vector && n > 3) x.w = q[3];
+            v[i] = x;
+        }
+    }
+
+    // Store the fetched slice into the buffer S (S[k * LD + row]).
+    __device__ __forceinline__ void store(float* S) const
+    {
+#pragma unroll
+        for (int i = 0; i < CHUNKS; ++i) {
+            if (KCONTIG) {   // transpose: 4 k of one row -> 4 shared rows
+                float* s = S + sts + 4 * i * LD;
+                s[0 * LD] = v[i].x;
+                s[1 * LD] = v[i].y;
+                s[2 * LD] = v[i].z;
+                s[3 * LD] = v[i].w;
+            } else {
+                *reinterpret_cast<float4*>(S + sts + i * STEP) = v[i];
+            }
+        }
+    }
+};
+
+// acc += the outer products of one shared slice: per k, 8 A and 8 B values from four
+// 128-bit loads (a: the thread's first A value at k = 0, rows LDA floats apart, its second
+// sub-tile SGEMM_WM / 2 further; b likewise).
+template <int LDA, int LDB>
+__device__ __forceinline__ void sgemm_multiply(float (&acc)[SGEMM_TM][SGEMM_TN], const float* a,
+                                               const float* b)
 {
-    if (contiguous_k) {
-        *kk = e % SGEMM_BK;
-        *mm = e / SGEMM_BK;
-    } else {
-        *mm = e % tile;
-        *kk = e / tile;
+#pragma unroll
+    for (int k = 0; k < SGEMM_BK; ++k) {
+        const float4 a0 = *reinterpret_cast<const float4*>(a + k * LDA);
+        const float4 a1 = *reinterpret_cast<const float4*>(a + k * LDA + SGEMM_WM / 2);
+        const float4 b0 = *reinterpret_cast<const float4*>(b + k * LDB);
+        const float4 b1 = *reinterpret_cast<const float4*>(b + k * LDB + SGEMM_WN / 2);
+        const float av[SGEMM_TM] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+        const float bv[SGEMM_TN] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+        for (int i = 0; i < SGEMM_TM; ++i)
+#pragma unroll
+            for (int j = 0; j < SGEMM_TN; ++j)
+                acc[i][j] += av[i] * bv[j];
     }
 }
 
-// gpucnn: block=SGEMM_THREADS
-extern "C" __global__ void sgemm(
-    const float* __restrict__ A, const float* __restrict__ B, float* C,
-    const float* __restrict__ bias,
-    int M, int N, int K, int lda, int ldb, int ldc, int trans_a, int trans_b,
-    int a_stride_y, int a_stride_z, int a_stride_r,
-    int b_stride_y, int b_stride_z, int b_stride_r,
-    int c_stride_y, int c_stride_z, int bias_stride_y,
-    int red_per_z, int red_total, int bias_mode, int relu, float beta)
+// The whole kernel, for one block tile and one transpose combination.
+template <int BM, int BN, bool TRANS_A, bool TRANS_B>
+__device__ __forceinline__ void sgemm_block(SGEMM_PARAMS)
 {
-    __shared__ __align__(16) float As[2][SGEMM_BK][SGEMM_BM + SGEMM_PAD];
-    __shared__ __align__(16) float Bs[2][SGEMM_BK][SGEMM_BN + SGEMM_PAD];
+    constexpr int THREADS = (BM / SGEMM_TM) * (BN / SGEMM_TN);
+    constexpr int WARPS_M = BM / SGEMM_WM;
+    constexpr int LANES_N = SGEMM_WN / SGEMM_TN;   // 4 lanes along n, 8 along m
+    static_assert(THREADS == (BM / SGEMM_WM) * (BN / SGEMM_WN) * 32, "warp tiling");
+    static_assert(SGEMM_TM == 8 && SGEMM_TN == 8, "2 x 2 sub-tiles of 4 x 4 per thread");
+
+    __shared__ __align__(16) float As[2][SGEMM_BK][BM + SGEMM_PAD];
+    __shared__ __align__(16) float Bs[2][SGEMM_BK][BN + SGEMM_PAD];
 
     const int tid = threadIdx.x;
-    const int tx = tid % SGEMM_THREADS_N;   // micro-tile column
-    const int ty = tid / SGEMM_THREADS_N;   // micro-tile row
-    const int tiles_m = (M + SGEMM_BM - 1) / SGEMM_BM;
-    const int m0 = (blockIdx.x % tiles_m) * SGEMM_BM;
-    const int n0 = (blockIdx.x / tiles_m) * SGEMM_BN;
+    const int tiles_m = (M + BM - 1) / BM;
+    const int m0 = (blockIdx.x % tiles_m) * BM;
+    const int n0 = (blockIdx.x / tiles_m) * BN;
     const long long y = blockIdx.y;
     const long long z = blockIdx.z;
 
-    const float* a_base = A + y * a_stride_y + z * a_stride_z;
-    const float* b_base = B + y * b_stride_y + z * b_stride_z;
+    // This thread's accumulators: rows wm + s * WM/2 + i, columns wn + t * WN/2 + j
+    // (s, t in {0, 1}; i, j in 0..3) of the block tile.
+    const int warp = tid / 32, lane = tid % 32;
+    const int wm = (warp % WARPS_M) * SGEMM_WM + (lane / LANES_N) * 4;
+    const int wn = (warp / WARPS_M) * SGEMM_WN + (lane % LANES_N) * 4;
+
     int nr = red_total - (int)z * red_per_z;
     if (nr > red_per_z) nr = red_per_z;
     if (nr < 0) nr = 0;
+    const int ktiles = (K + SGEMM_BK - 1) / SGEMM_BK;
+    const int steps = nr * ktiles;  // the same for every thread of the block
 
     // A stored non-transposed is k-contiguous; B stored transposed is k-contiguous.
-    const int a_kc = !trans_a;
-    const int b_kc = trans_b;
+    SgemmOperand<BM, THREADS, !TRANS_A> la;
+    SgemmOperand<BN, THREADS, TRANS_B> lb;
+    la.init(A + y * a_stride_y + z * a_stride_z, tid, m0, M, lda);
+    lb.init(B + y * b_stride_y + z * b_stride_z, tid, n0, N, ldb);
+    // Pointer increments per slice: along k by SGEMM_BK elements or SGEMM_BK rows; after
+    // the last slice of a reduction matrix, on to the first slice of the next one. Both are
+    // int: they are bounded by an operand's extent and stride, which the host checks.
+    const int a_step = TRANS_A ? SGEMM_BK * lda : SGEMM_BK;
+    const int b_step = TRANS_B ? SGEMM_BK : SGEMM_BK * ldb;
+    const int a_back = -(ktiles - 1) * a_step, b_back = -(ktiles - 1) * b_step;
+    int kleft = K;   // K - k0 of the current slice
+    const int a_whole = vec_a ? 4 : (1 << 30), b_whole = vec_b ? 4 : (1 << 30);
 
     float acc[SGEMM_TM][SGEMM_TN];
 #pragma unroll
@@ -97,99 +252,76 @@ extern "C" __global__ void sgemm(
         for (int j = 0; j < SGEMM_TN; ++j)
             acc[i][j] = 0.0f;
 
-    float ra[SGEMM_A_LOADS];
-    float rb[SGEMM_B_LOADS];
-    const int ktiles = (K + SGEMM_BK - 1) / SGEMM_BK;
-    const int steps = nr * ktiles;  // the same for every thread of the block
+    la.fetch(steps > 0 ? kleft : 0, a_whole);
+    lb.fetch(steps > 0 ? kleft : 0, b_whole);
+    la.store(&As[0][0][0]);
+    lb.store(&Bs[0][0][0]);
+    __syncthreads();
 
-    for (int step = 0; step <= steps; ++step) {
-        // 1. Fetch slice `step` into registers (global loads in flight during step 2).
-        if (step < steps) {
-            const int r = step / ktiles;
-            const int k0 = (step - r * ktiles) * SGEMM_BK;
-            const float* a_ptr = a_base + (long long)r * a_stride_r;
-            const float* b_ptr = b_base + (long long)r * b_stride_r;
-#pragma unroll
-            for (int i = 0; i < SGEMM_A_LOADS; ++i) {
-                int kk, mm;
-                sgemm_load_pos(tid + i * SGEMM_THREADS, a_kc, SGEMM_BM, &kk, &mm);
-                const int gm = m0 + mm;
-                const int gk = k0 + kk;
-                float v = 0.0f;
-                if (gm < M && gk < K)
-                    v = a_kc ? a_ptr[gm * lda + gk] : a_ptr[gk * lda + gm];
-                ra[i] = v;
-            }
-#pragma unroll
-            for (int i = 0; i < SGEMM_B_LOADS; ++i) {
-                int kk, nn;
-                sgemm_load_pos(tid + i * SGEMM_THREADS, b_kc, SGEMM_BN, &kk, &nn);
-                const int gn = n0 + nn;
-                const int gk = k0 + kk;
-                float v = 0.0f;
-                if (gn < N && gk < K)
-                    v = b_kc ? b_ptr[gn * ldb + gk] : b_ptr[gk * ldb + gn];
-                rb[i] = v;
-            }
+    for (int step = 0; step < steps; ++step) {
+        // Advance to slice step + 1 (wrapping to the next reduction matrix). The last step
+        // fetches nothing (kl = 0) instead of branching around the fetches.
+        kleft -= SGEMM_BK;
+        const bool wrap = kleft <= 0;
+        kleft = wrap ? K : kleft;
+        la.off += wrap ? a_back : a_step;
+        lb.off += wrap ? b_back : b_step;
+        if (wrap) {
+            la.base += a_stride_r;
+            lb.base += b_stride_r;
         }
-        // 2. Multiply slice step - 1 (in buffer (step - 1) & 1).
-        if (step > 0) {
-            const int buf = (step - 1) & 1;
-#pragma unroll
-            for (int k = 0; k < SGEMM_BK; ++k) {
-                float a[SGEMM_TM];
-                float b[SGEMM_TN];
-#pragma unroll
-                for (int i = 0; i < SGEMM_TM; ++i)
-                    a[i] = As[buf][k][ty * SGEMM_TM + i];
-#pragma unroll
-                for (int j = 0; j < SGEMM_TN; ++j)
-                    b[j] = Bs[buf][k][tx * SGEMM_TN + j];
-#pragma unroll
-                for (int i = 0; i < SGEMM_TM; ++i)
-#pragma unroll
-                    for (int j = 0; j < SGEMM_TN; ++j)
-                        acc[i][j] += a[i] * b[j];
-            }
-        }
-        // 3. Store slice `step` into the other buffer. Its previous contents (slice step - 2)
-        //    were last read before the barrier that ended the previous step.
-        if (step < steps) {
-            const int buf = step & 1;
-#pragma unroll
-            for (int i = 0; i < SGEMM_A_LOADS; ++i) {
-                int kk, mm;
-                sgemm_load_pos(tid + i * SGEMM_THREADS, a_kc, SGEMM_BM, &kk, &mm);
-                As[buf][kk][mm] = ra[i];
-            }
-#pragma unroll
-            for (int i = 0; i < SGEMM_B_LOADS; ++i) {
-                int kk, nn;
-                sgemm_load_pos(tid + i * SGEMM_THREADS, b_kc, SGEMM_BN, &kk, &nn);
-                Bs[buf][kk][nn] = rb[i];
-            }
-        }
+        const int kl = (step + 1 < steps) ? kleft : 0;
+        const int buf = step & 1;
+
+        // Fetch slice step + 1 into registers, multiply slice `step` (buffer buf) while it
+        // travels, store it into the other buffer: that buffer is free, its slice (step - 1)
+        // was last read before the barrier that ended the previous step.
+        la.fetch(kl, a_whole);
+        lb.fetch(kl, b_whole);
+        sgemm_multiply<BM + SGEMM_PAD, BN + SGEMM_PAD>(acc, &As[buf][0][wm], &Bs[buf][0][wn]);
+        la.store(&As[buf ^ 1][0][0]);
+        lb.store(&Bs[buf ^ 1][0][0]);
         __syncthreads();
     }
 
-    // Epilogue: bias, accumulate, ReLU; bounds-checked stores.
-    float* c_base = C + y * c_stride_y + z * c_stride_z;
+    // Epilogue. The bias is added to the accumulators first, one load per row or column
+    // (loading it next to every store kept 16 bias values and their addresses live beside
+    // the 64 accumulators and made the compiler spill); then beta * C, ReLU and
+    // bounds-checked stores.
+    const int mt = m0 + wm, nt = n0 + wn;   // this thread's first row and column
     const float* bias_base = bias + y * bias_stride_y;
+    if (bias_mode == 1) {
 #pragma unroll
-    for (int i = 0; i < SGEMM_TM; ++i) {
-        const int m = m0 + ty * SGEMM_TM + i;
-        if (m >= M)
-            continue;
-        const float row_bias = (bias_mode == 1) ? bias_base[m] : 0.0f;
+        for (int i = 0; i < SGEMM_TM; ++i) {
+            const int m = mt + (i / 4) * (SGEMM_WM / 2) + i % 4;
+            const float bv = (m < M) ? bias_base[m] : 0.0f;
+#pragma unroll
+            for (int j = 0; j < SGEMM_TN; ++j)
+                acc[i][j] += bv;
+        }
+    } else if (bias_mode == 2) {
 #pragma unroll
         for (int j = 0; j < SGEMM_TN; ++j) {
-            const int n = n0 + tx * SGEMM_TN + j;
+            const int n = nt + (j / 4) * (SGEMM_WN / 2) + j % 4;
+            const float bv = (n < N) ? bias_base[n] : 0.0f;
+#pragma unroll
+            for (int i = 0; i < SGEMM_TM; ++i)
+                acc[i][j] += bv;
+        }
+    }
+    float* c_base = C + y * c_stride_y + z * c_stride_z;
+#pragma unroll
+    for (int i = 0; i < SGEMM_TM; ++i) {
+        const int m = mt + (i / 4) * (SGEMM_WM / 2) + i % 4;
+        if (m >= M)
+            continue;
+#pragma unroll
+        for (int j = 0; j < SGEMM_TN; ++j) {
+            const int n = nt + (j / 4) * (SGEMM_WN / 2) + j % 4;
             if (n >= N)
                 continue;
-            float v = acc[i][j] + row_bias;
-            if (bias_mode == 2)
-                v += bias_base[n];
             float* c = c_base + ((long long)m * ldc + n);
+            float v = acc[i][j];
             if (beta != 0.0f)
                 v += beta * *c;
             if (relu && v < 0.0f)
@@ -197,6 +329,54 @@ extern "C" __global__ void sgemm(
             *c = v;
         }
     }
+}
+
+// The exported kernels: one per tile and transpose combination (names: sgemm[_small]_XY,
+// X = op(A), Y = op(B), n = as stored, t = transposed). gemm=1 puts each under the SASS
+// gate (gpucnn/toolchain/sass.py): its main loop must be >= 75% FFMA with 128-bit LDS only.
+
+// gpucnn: block=SGEMM_THREADS max_regs=128 min_occupancy=25% gemm=1
+extern "C" __global__ void __launch_bounds__(SGEMM_THREADS, SGEMM_MIN_BLOCKS)
+    sgemm_nn(SGEMM_PARAMS) { sgemm_block<SGEMM_BM, SGEMM_BN, false, false>(SGEMM_ARGS); }
+
+// gpucnn: block=SGEMM_THREADS max_regs=128 min_occupancy=25% gemm=1
+extern "C" __global__ void __launch_bounds__(SGEMM_THREADS, SGEMM_MIN_BLOCKS)
+    sgemm_tn(SGEMM_PARAMS) { sgemm_block<SGEMM_BM, SGEMM_BN, true, false>(SGEMM_ARGS); }
+
+// gpucnn: block=SGEMM_THREADS max_regs=128 min_occupancy=25% gemm=1
+extern "C" __global__ void __launch_bounds__(SGEMM_THREADS, SGEMM_MIN_BLOCKS)
+    sgemm_nt(SGEMM_PARAMS) { sgemm_block<SGEMM_BM, SGEMM_BN, false, true>(SGEMM_ARGS); }
+
+// gpucnn: block=SGEMM_THREADS max_regs=128 min_occupancy=25% gemm=1
+extern "C" __global__ void __launch_bounds__(SGEMM_THREADS, SGEMM_MIN_BLOCKS)
+    sgemm_tt(SGEMM_PARAMS) { sgemm_block<SGEMM_BM, SGEMM_BN, true, true>(SGEMM_ARGS); }
+
+// gpucnn: block=SGEMM_SMALL_THREADS max_regs=168 min_occupancy=18% gemm=1
+extern "C" __global__ void __launch_bounds__(SGEMM_SMALL_THREADS, SGEMM_SMALL_MIN_BLOCKS)
+    sgemm_small_nn(SGEMM_PARAMS)
+{
+    sgemm_block<SGEMM_SMALL_BM, SGEMM_SMALL_BN, false, false>(SGEMM_ARGS);
+}
+
+// gpucnn: block=SGEMM_SMALL_THREADS max_regs=168 min_occupancy=18% gemm=1
+extern "C" __global__ void __launch_bounds__(SGEMM_SMALL_THREADS, SGEMM_SMALL_MIN_BLOCKS)
+    sgemm_small_tn(SGEMM_PARAMS)
+{
+    sgemm_block<SGEMM_SMALL_BM, SGEMM_SMALL_BN, true, false>(SGEMM_ARGS);
+}
+
+// gpucnn: block=SGEMM_SMALL_THREADS max_regs=168 min_occupancy=18% gemm=1
+extern "C" __global__ void __launch_bounds__(SGEMM_SMALL_THREADS, SGEMM_SMALL_MIN_BLOCKS)
+    sgemm_small_nt(SGEMM_PARAMS)
+{
+    sgemm_block<SGEMM_SMALL_BM, SGEMM_SMALL_BN, false, true>(SGEMM_ARGS);
+}
+
+// gpucnn: block=SGEMM_SMALL_THREADS max_regs=168 min_occupancy=18% gemm=1
+extern "C" __global__ void __launch_bounds__(SGEMM_SMALL_THREADS, SGEMM_SMALL_MIN_BLOCKS)
+    sgemm_small_tt(SGEMM_PARAMS)
+{
+    sgemm_block<SGEMM_SMALL_BM, SGEMM_SMALL_BN, true, true>(SGEMM_ARGS);
 }
 
 // out[i] = sum_{s < S} parts[s * part_stride + i]  (+ beta * out[i] when beta != 0), summed

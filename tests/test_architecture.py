@@ -21,8 +21,10 @@ RANKS = {
     "gpucnn.backends": 2, "gpucnn": 2,  # the root package re-exports get_backend
     "gpucnn.nn": 3, "gpucnn.optim": 3,
     "gpucnn.models": 4, "gpucnn.summary": 4,
+    "gpucnn.runsafety": 4.5, "gpucnn.runmeta": 4.5,  # below train, which imports them
     "gpucnn.train": 5,
     "gpucnn.bench": 6,
+    "gpucnn.verify": 6.5,  # uses bench.env (equal ranks may not import each other); cli uses it
     "gpucnn.cli": 7, "gpucnn.kernel_report": 7, "gpucnn.__main__": 8,
 }
 MAX_LINES = 500

@@ -1,5 +1,6 @@
 """Tests for gpucnn.checkpoint: .npz + JSON metadata, atomic writes, refusal of pickles."""
 
+import io
 import json
 import os
 import zipfile
@@ -216,3 +217,52 @@ def test_atomic_crash_mid_write_keeps_old(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert os.listdir(tmp_path) == ["ckpt.npz"]
     assert load_checkpoint(path)[1] == {"epoch": 1}
+
+
+def test_member_whose_header_overstates_its_data_is_refused(tmp_path):
+    """The declared shape must account exactly for the member's bytes, checked before any
+    array is allocated; a deflated member may not claim more than deflate can hold."""
+    path = tmp_path / "c.npz"
+    save_checkpoint(path, {"w": np.zeros(10, np.float32)}, {})
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                                  "shape": (11,)})
+    members["w.npy"] = header.getvalue() + b"\0" * 40  # 11 floats declared, 10 present
+    with zipfile.ZipFile(path, "w") as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    with pytest.raises(CheckpointError, match=r"member 'w.npy': header declares shape \(11,\) "
+                                              r"float32 = 44 bytes, but the member holds 40"):
+        load_checkpoint(path)
+    members["w.npy"] = header.getvalue() + b"\0" * 44
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for n, data in members.items():
+            zf.writestr(n, data)
+    assert load_checkpoint(path)[0]["w"].shape == (11,)  # deflated and honest: fine
+
+
+def test_file_mode_follows_the_umask(tmp_path):
+    old = os.umask(0o002)
+    try:
+        save_checkpoint(tmp_path / "a.npz", {"w": np.ones(2)}, {})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.npz").stat().st_mode & 0o777 == 0o664  # not mkstemp's 0600
+
+
+def test_stale_temp_files_of_dead_writers_are_removed(tmp_path):
+    path = tmp_path / "ck.npz"
+    path.write_bytes(b"the checkpoint")
+    dead = tmp_path / f".ck.npz.{2 ** 22 + 7}.x1y2.tmp"   # pid above pid_max: not running
+    old_style = tmp_path / ".ck.npz.k3j4h5g6.tmp"          # no pid: written before pids
+    live = tmp_path / f".ck.npz.{os.getpid()}.q9w8.tmp"   # this process: a live writer
+    other = tmp_path / f".other.npz.{2 ** 22 + 7}.x.tmp"   # another checkpoint's
+    for p in (dead, old_style, live, other):
+        p.write_bytes(b"partial")
+    removed = ckpt.remove_stale_temp_files(path)
+    assert sorted(removed) == sorted([dead, old_style])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["ck.npz", live.name, other.name])
+    assert ckpt.process_alive(os.getpid()) and not ckpt.process_alive(2 ** 22 + 7)

@@ -9,6 +9,7 @@ printed (``-ra``), elsewhere; ``bench/gpu_validate.sh`` runs them on a GPU machi
 from __future__ import annotations
 
 import sys
+import threading
 import types
 
 import numpy as np
@@ -117,6 +118,10 @@ class FakeArray:
     flags = property(lambda self: self._a.flags)
     nbytes = property(lambda self: self._a.nbytes)
     ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+
+    def fill(self, value):
+        self._a.fill(value)
 
     def get(self):
         return self._a.copy()
@@ -135,6 +140,8 @@ class FakeArray:
 
 
 class FakeRawKernel:
+    cp = None  # the fake CuPy module, set by make_fake_cupy (for its event log)
+
     def __init__(self, code, name, options=()):
         self.code, self.name, self.options = code, name, tuple(options)
         self.calls = []
@@ -142,6 +149,8 @@ class FakeRawKernel:
 
     def __call__(self, grid, block, args, shared_mem=0):
         self.calls.append((grid, block, args, shared_mem))
+        if self.cp is not None:
+            self.cp.events.append(("launch " + self.name, self.cp.current_device()))
         if self.name == "gpucnn_probe":
             y, a, n = args
             y._a[:int(n)] = a * np.arange(int(n), dtype=np.float32) + 1.0
@@ -167,15 +176,29 @@ def make_fake_cupy(device_count=1, probe="ok"):
             raise device_count
         return device_count
 
+    current = threading.local()  # CuPy's current device is per thread
+
     class Device:
-        def __init__(self, i=0):
-            self.id = i
+        def __init__(self, i=None):
+            self.id = getattr(current, "id", 0) if i is None else i
+            self._stack = []
 
         def use(self):
-            pass
+            current.id = self.id
 
         def synchronize(self):
-            pass
+            cp.events.append(("sync", self.id))
+
+        def __enter__(self):
+            self._stack.append(getattr(current, "id", 0))
+            current.id = self.id
+            return self
+
+        def __exit__(self, *exc):
+            current.id = self._stack.pop()
+
+    cp.events = []  # (what, device) of allocations, launches and synchronises
+    cp.current_device = lambda: getattr(current, "id", 0)
 
     cp.cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(
@@ -197,6 +220,15 @@ def make_fake_cupy(device_count=1, probe="ok"):
         return k
 
     cp.RawKernel = raw_kernel
+    FakeRawKernel.cp = cp
+
+    def empty(shape, dtype=np.float32):
+        cp.events.append(("alloc", cp.current_device()))
+        return FakeArray(np.empty(shape, dtype=dtype))
+
+    cp.empty = empty
+    cp.ascontiguousarray = lambda a: a
+    cp.matmul = lambda a, b: FakeArray(a.get() @ b.get())
     cp.full = lambda n, v, dtype=np.float32: FakeArray(np.full(n, v, dtype=dtype))
     cp.asnumpy = lambda a: a.get()
     cp.asarray = lambda a, dtype=None: a if isinstance(a, FakeArray) else FakeArray(
@@ -239,6 +271,82 @@ def test_backend_on_fake_gpu(monkeypatch):
     assert cuda_mod.get_cuda_module(cupy=cp) is b.module          # once per process
     b2 = cuda_mod.make_cuda_backend(cupy=cp, use_cublas=False)
     assert b2.use_cublas is False and b2.module is b.module
+
+
+def test_backend_works_on_its_own_device_from_any_thread():
+    """Allocations, launches and synchronise run on the backend's GPU even when the calling
+    thread's current device is another one (CuPy's current device is per thread)."""
+    cp = make_fake_cupy(device_count=2)
+    b = cuda_mod.make_cuda_backend(cupy=cp, device=1, use_cublas=False)
+    assert b.device_id == 1 and cp.current_device() == 0  # the caller's device is untouched
+    assert b.module is cuda_mod.get_cuda_module(cupy=cp, device_id=1)
+    assert b.module is not cuda_mod.get_cuda_module(cupy=cp, device_id=0)  # one per GPU
+    seen = []
+
+    def work():
+        cp.cuda.Device(0).use()  # this thread works on GPU 0 otherwise
+        cp.events.clear()
+        x = b.empty((4, 8))
+        b.relu(x)
+        b.synchronize()
+        seen.extend(cp.events)
+        seen.append(("after", cp.current_device()))
+
+    errors = []
+
+    def run():
+        try:
+            work()
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert not errors, errors
+    assert ("launch relu_forward", 1) in seen and ("sync", 1) in seen
+    assert all(dev == 1 for what, dev in seen if what != "after"), seen
+    assert seen[-1] == ("after", 0)
+
+
+def test_gpu_present_but_unusable_says_what_to_install(monkeypatch):
+    """CuPy imports, a GPU is visible, the probe fails for a missing library: the error (and
+    auto's warning) names the library and the pip command."""
+    cp = make_fake_cupy(probe="compile-error")
+
+    def missing(code, name, options=()):
+        raise RuntimeError("CuPy failed to load libnvrtc.so.12: OSError: libnvrtc.so.12: "
+                           "cannot open shared object file: No such file or directory")
+
+    cp.RawKernel = missing
+    with pytest.raises(cuda_mod.GpuUnusable) as exc:
+        cuda_mod.make_cuda_backend(cupy=cp)
+    msg = str(exc.value)
+    assert "a GPU is present (Fake GPU, sm_90, device 0) but gpucnn cannot use it" in msg
+    assert "libnvrtc.so.12 is missing" in msg and "[ctk]>=14'" in msg
+
+    import gpucnn.backends as backends
+    from gpucnn.backends.reference import ReferenceBackend
+
+    def make(name):  # the cuda backend fails as above; the CPU one is a stand-in
+        if name == "cuda":
+            raise cuda_mod.GpuUnusable(msg)
+        return ReferenceBackend()
+
+    monkeypatch.setattr(backends, "_cache", {})
+    monkeypatch.setattr(backends, "_make", make)
+    with pytest.warns(backends.GpuUnusableWarning, match="libnvrtc.so.12 is missing"):
+        chosen = backends.get_backend("auto")
+    assert isinstance(chosen, ReferenceBackend) and "libnvrtc.so.12" in backends.auto_reason()
+
+
+def test_cublas_is_probed_when_asked_for():
+    cp = make_fake_cupy()
+    cp.matmul = lambda a, b: (_ for _ in ()).throw(
+        RuntimeError("libcublasLt.so.12: cannot open shared object file"))
+    with pytest.raises(cuda_mod.GpuUnusable, match="GPUCNN_CUBLAS=1 but cuBLAS does not work.*"
+                                                   "libcublasLt.so.12 is missing"):
+        cuda_mod.make_cuda_backend(cupy=cp, use_cublas=True)
 
 
 def _valid_args(params):

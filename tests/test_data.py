@@ -232,10 +232,25 @@ def test_search_order(tmp_path, rng, monkeypatch, no_env):
     assert len(load_dataset("mnist")) == 4                      # env beats cache
     monkeypatch.delenv("GPUCNN_DATA")
     assert len(load_dataset("mnist")) == 3                      # cache
-    # A data_dir without the dataset falls through to the next place.
-    assert len(load_dataset("mnist", data_dir=tmp_path / "empty")) == 3
-    origins = [o for o, _ in search_locations("mnist", explicit)]
-    assert origins.index("--data-dir") < origins.index("user cache")
+    # A data_dir is authoritative: without the dataset it is an error, never the cache.
+    with pytest.raises(DataError, match="not found in --data-dir .*empty"):
+        load_dataset("mnist", data_dir=tmp_path / "empty")
+    assert {o for o, _ in search_locations("mnist", explicit)} == {"--data-dir"}
+    assert [o for o, _ in search_locations("mnist")][-1] == "user cache"
+
+
+def test_data_dir_with_one_split_names_the_missing_one(tmp_path, rng, monkeypatch, no_env):
+    """Only the train files in --data-dir: the test split is not taken from elsewhere."""
+    write_idx_split(no_env / "mnist", rng, 3)
+    write_idx_split(no_env / "mnist", rng, 3, split="test")  # a complete copy elsewhere
+    write_idx_split(tmp_path / "mine", rng, 5)
+    assert len(load_dataset("mnist", "train", data_dir=tmp_path / "mine")) == 5
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", "test", data_dir=tmp_path / "mine")
+    msg = str(e.value)
+    assert "holds the train split but not the test split" in msg
+    assert "t10k-images-idx3-ubyte" in msg and str(tmp_path / "mine") in msg
+    assert str(no_env) not in msg  # the cache was not searched
 
 
 def test_not_found_lists_places(tmp_path, monkeypatch, no_env):
@@ -244,12 +259,17 @@ def test_not_found_lists_places(tmp_path, monkeypatch, no_env):
                                system_dirs=(str(tmp_path / "sysdir"),))
     monkeypatch.setitem(datasets_mod.DATASETS, "fashion-mnist", fake)
     with pytest.raises(DataError) as e:
-        load_dataset("fashion-mnist", "test", data_dir=tmp_path / "mydata")
+        load_dataset("fashion-mnist", "test")
     msg = str(e.value)
-    for place in ["mydata", "envdir", str(no_env / "fashion-mnist"), "sysdir"]:
+    for place in ["envdir", str(no_env / "fashion-mnist"), "sysdir"]:
         assert place in msg
     assert "t10k-images-idx3-ubyte" in msg
     assert "--download" in msg and "apt-get install dataset-fashion-mnist" in msg
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion-mnist", "test", data_dir=tmp_path / "mydata")
+    msg = str(e.value)
+    assert "mydata" in msg and "--data-dir is authoritative" in msg
+    assert "envdir" not in msg and "sysdir" not in msg
 
 
 def test_wrong_image_size_rejected(tmp_path, rng, no_env):

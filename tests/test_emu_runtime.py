@@ -317,3 +317,22 @@ def test_mixed_faults_and_good_launches_stay_consistent(x):
                                                            np.int32(65536)))
             else:
                 bad.get_function("calls_trap")((2,), (8,), (np.zeros(8, np.float32),))
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_subnormals_flush_inside_kernels_only(order):
+    """Kernels run with flush-to-zero / denormals-are-zero, as CuPy's -ftz=true builds do on a
+    GPU; the launching thread's mode is restored, so NumPy here still keeps subnormals."""
+    tiny = np.float32(1e-40)  # subnormal in float32
+    assert 0 < tiny < np.finfo(np.float32).tiny
+    x = np.array([tiny, 1.5e-38, 2.0, -tiny], np.float32)
+    y = np.full_like(x, np.nan)
+    module(order).get_function("scale_floats")((1,), (32,), (x, y, np.float32(1.0),
+                                                             np.int32(x.size)))
+    np.testing.assert_array_equal(y, np.array([0.0, x[1], 2.0, 0.0], np.float32))  # DAZ: operand
+    y2 = np.full_like(x, np.nan)
+    module(order).get_function("scale_floats")((1,), (32,), (x, y2, np.float32(1e-3),
+                                                              np.int32(x.size)))
+    assert y2[1] == 0.0 and y2[2] == np.float32(2e-3)  # FTZ: a subnormal result -> 0
+    assert x[0] * np.float32(1.0) == tiny  # outside the launch, in the same thread: kept
+    assert np.float32(1.5e-38) * np.float32(1e-3) > 0

@@ -22,3 +22,13 @@ def test_wheel_contains_kernels_and_emulator_sources(tmp_path):
     # every subpackage of the source tree ships (find_packages in setup.py)
     for init in (ROOT / "gpucnn").rglob("__init__.py"):
         assert init.relative_to(ROOT).as_posix() in names, init
+    # The GPU extras bring CuPy *with* the CUDA libraries it loads at run time ([ctk]), so a
+    # machine with only a driver gets a working cuda backend.
+    meta = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    requires = [line.split(":", 1)[1].strip().replace(" ", "")
+                for line in zipfile.ZipFile(wheel).read(meta).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
+    for extra, cupy in (("cuda12", "cupy-cuda12x"), ("cuda13", "cupy-cuda13x")):
+        mine = [r for r in requires if r.endswith(f'extra=="{extra}"')]
+        assert any(r.startswith(f"{cupy}[ctk]>=14") for r in mine), (extra, mine)
+        assert any(r.startswith("nvidia-ml-py") for r in mine), (extra, mine)

@@ -77,10 +77,12 @@ def test_cli_train_summary_and_errors(tmp_path, capsys):
     assert main(["summary", "alexnet"]) == 0
     out = capsys.readouterr().out
     assert "96x55x55" in out and "34,944" in out
-    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path),
-                 "--backend", "numpy", "--model", "alexnet", "--limit", "8",
-                 "--no-progress"]) == 2
+    assert main(["train", "--dataset", "fashion-mnist", "--backend", "numpy", "--model",
+                 "alexnet", "--limit", "8", "--no-progress"]) == 2
     assert "takes inputs of shape" in capsys.readouterr().err
+    assert main(["train", "--data-dir", str(tmp_path), "--backend", "numpy", "--limit", "8",
+                 "--no-progress"]) == 2  # --data-dir is authoritative: no fall-through
+    assert "not found in --data-dir" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", "--epochs", "0"])
     assert main(["info", "--backend", "numpy"]) == 0
@@ -140,6 +142,9 @@ def test_checkpoint_written_by_0_1_0_loads_and_resumes(tmp_path):
     assert tr.epoch == 2 and len(tr.history) == 2
     _, meta = load_checkpoint(ck)
     assert meta["schema_version"] == SCHEMA_VERSION and meta["written_by"].startswith("gpucnn ")
+    # 0.1.0 recorded neither the run configuration nor the conv algorithms: not compared
+    assert meta["config_changes"] == []
+    assert "conv_algos.setting" in tr.metrics()["resume_unchecked"]
 
 
 def test_metadata_of_a_newer_or_bad_schema_is_refused():
@@ -149,3 +154,29 @@ def test_metadata_of_a_newer_or_bad_schema_is_refused():
     with pytest.raises(CheckpointError, match="schema_version must be a positive int"):
         upgrade_metadata({"schema_version": "2"}, "x.npz")
     assert upgrade_metadata({}, "x.npz")["written_by"] == "gpucnn 0.1.0"
+    # schema 3 records what --allow-config-change let through; older ones changed nothing
+    two = upgrade_metadata({"schema_version": 2, "written_by": "gpucnn 0.1.0"}, "x.npz")
+    assert two["config_changes"] == [] and two["schema_version"] == 3
+
+
+def test_conv_algorithms_are_recorded_restored_and_compared(tmp_path, monkeypatch):
+    """The checkpoint and the metrics record the convolution algorithms; --resume presets
+    auto's choices from the checkpoint and refuses a forced different setting."""
+    from gpucnn.checkpoint import load_checkpoint
+    monkeypatch.delenv("GPUCNN_CONV_ALGO", raising=False)
+    cfg = _cfg(tmp_path, epochs=1, limit=128)
+    tr = Trainer(cfg)
+    tr.fit()
+    saved = load_checkpoint(cfg.checkpoint)[1]["conv_algos"]
+    assert saved["setting"] == "auto" and saved["kind"] == "cpu"
+    assert saved["chosen"] and set(saved["chosen"].values()) <= {"wide", "im2col"}
+    assert tr.metrics()["conv_algorithms"] == saved["chosen"]
+
+    resumed = Trainer(_cfg(tmp_path, epochs=2, limit=128, resume=True))
+    resumed.load(cfg.checkpoint)
+    assert all(resumed.B.conv_selector.auto[k] == v for k, v in saved["chosen"].items())
+
+    monkeypatch.setenv("GPUCNN_CONV_ALGO", "im2col")
+    with pytest.raises(CheckpointError,
+                       match=r"checkpoint .auto., now .im2col. \(\$GPUCNN_CONV_ALGO"):
+        Trainer(_cfg(tmp_path, epochs=2, limit=128, resume=True)).load(cfg.checkpoint)

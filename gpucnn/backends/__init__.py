@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 from .base import Backend
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, GpuUnusable, GpuUnusableWarning
 
-__all__ = ["Backend", "BackendUnavailable", "get_backend", "auto_reason", "BACKEND_NAMES"]
+__all__ = ["Backend", "BackendUnavailable", "GpuUnusable", "GpuUnusableWarning", "get_backend",
+           "auto_reason", "BACKEND_NAMES"]
 
 BACKEND_NAMES = ("numpy", "cuda", "emu", "reference", "auto")
 log = logging.getLogger("gpucnn")
@@ -42,6 +44,14 @@ def _choose_auto():
         backend = get_backend("cuda")
         _auto_reason = f"cuda: {backend.describe()}"
         return backend
+    except GpuUnusable as exc:
+        # A GPU is there but unusable: the engine's reason to exist is at stake, so say it
+        # loudly (a warning, not just a log line), with the fix.
+        _auto_reason = f"numpy, because a GPU is present but unusable: {exc}"
+        warnings.warn(f"gpucnn: training on the CPU (numpy backend): {exc}",
+                      GpuUnusableWarning, stacklevel=3)
+        log.error("gpucnn: using the numpy backend although a GPU is present (%s)", exc)
+        return get_backend("numpy")
     except BackendUnavailable as exc:
         _auto_reason = f"numpy, because the cuda backend is unavailable: {exc}"
         log.warning("gpucnn: using the numpy backend (%s)", exc)

@@ -15,14 +15,37 @@ first maximum in row-major window order (the GPU kernels match this exactly).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from ..ops.conv import algos as conv_algos
 from ..ops.conv import conv_geometry
 from ..ops.pool import lp_norm_type, pool_geometry
 
 __all__ = ["Backend"]
 
 _M32 = 0xFFFFFFFF
+
+
+def _hyper(op, name, value, low=None, high=None, low_open=False, high_open=False):
+    """``value`` as a float, or a ValueError naming the op, the argument and its range. NaN
+    and inf never pass: one NaN learning rate silently turns every parameter into NaN."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    ok = (math.isfinite(v) and (low is None or (v > low if low_open else v >= low))
+          and (high is None or (v < high if high_open else v <= high)))
+    if not ok:
+        if low is not None and high is not None:
+            want = f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        elif low is not None:
+            want = f" {'>' if low_open else '>='} {low}"
+        else:
+            want = ""
+        raise ValueError(f"{op}: {name} must be a finite number{want}, got {value!r}")
+    return v
 
 
 class Backend:
@@ -44,6 +67,12 @@ class Backend:
 
     def synchronize(self):
         """Wait for queued device work (no-op on the CPU)."""
+
+    def raise_device_errors(self):
+        """Raise the errors device kernels flagged since the last call: a label outside
+        [0, K) given to softmax_cross_entropy is the same ValueError on every backend, but a
+        kernel cannot raise, so device backends report it here (one small read; the trainer
+        calls this where it synchronises anyway). The CPU backends raise at once: no-op."""
 
     def describe(self):
         """One line: which backend, on which device."""
@@ -73,51 +102,90 @@ class Backend:
             raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
 
     # ---- convolution ----------------------------------------------------------------------
-    def conv2d(self, x, w, b=None, stride=1, padding=0, dilation=1, groups=1, relu=False):
-        """y = conv(x, w) + b, optionally followed by ReLU fused in the same pass."""
+    # The algorithms (gpucnn/ops/conv/algos.py): this backend's kind of them, and how "auto"
+    # picks one per layer shape: "heuristic", "timed" (cuda) or "fixed" (names checked only:
+    # the reference runs the plain definition whatever the name).
+    conv_kind = "cpu"
+    conv_policy = "heuristic"
+
+    @property
+    def conv_selector(self):
+        """This backend's :class:`gpucnn.ops.conv.algos.Selector` (its choices so far)."""
+        sel = self.__dict__.get("_conv_selector")
+        if sel is None:
+            sel = self._conv_selector = conv_algos.Selector(self)
+        return sel
+
+    def conv_algorithms(self):
+        """``{shape key: algorithm}`` of every convolution this backend ran so far (asked for
+        or chosen by ``auto``), e.g. ``{"forward N128 C64 27x27 F192 k5x5 ...": "implicit"}``."""
+        return dict(self.conv_selector.chosen)
+
+    def set_conv_algorithms(self, mapping):
+        """Make ``auto`` pick ``mapping[shape key]`` (a ``conv_algorithms()`` result, e.g.
+        from a checkpoint: an exact resume runs the same algorithms)."""
+        self.conv_selector.preset(mapping)
+
+    def conv2d(self, x, w, b=None, stride=1, padding=0, dilation=1, groups=1, relu=False,
+               algo=None):
+        """y = conv(x, w) + b, optionally followed by ReLU fused in the same pass. ``algo``:
+        a name of :mod:`gpucnn.ops.conv.algos` or "auto" (default: $GPUCNN_CONV_ALGO, else
+        "auto")."""
         self._check(x, "x", 4)
         self._check(w, "w", 4)
         g = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
         if b is not None:
             self._check(b, "b", 1, shape=(g.F,))
-        return self._conv2d(x, w, b, g, bool(relu))
+        relu = bool(relu)
+        name = self.conv_selector.select("forward", g, algo,
+                                         lambda n: self._conv2d(x, w, b, g, relu, n))
+        return self._conv2d(x, w, b, g, relu, name)
 
     def conv2d_backward(self, dy, x, w, stride=1, padding=0, dilation=1, groups=1,
-                        need_dx=True, need_dw=True):
+                        need_dx=True, need_dw=True, algo=None):
         """Gradients (dx, dw, db) of conv2d with respect to its input, weight and bias.
 
         ``need_dx=False`` skips the input gradient (a network's first layer needs none) and
-        ``need_dw=False`` the weight and bias gradients; skipped ones are returned as None."""
+        ``need_dw=False`` the weight and bias gradients; skipped ones are returned as None.
+        ``algo`` as for conv2d (chosen separately from the forward's)."""
         self._check(x, "x", 4)
         self._check(w, "w", 4)
         g = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
         self._check(dy, "dy", 4, shape=g.y_shape)
-        return self._conv2d_backward(dy, x, w, g, bool(need_dx), bool(need_dw))
+        need_dx, need_dw = bool(need_dx), bool(need_dw)
+        name = self.conv_selector.select(
+            "backward", g, algo, lambda n: self._conv2d_backward(dy, x, w, g, need_dx, need_dw, n),
+            need_dx, need_dw)
+        return self._conv2d_backward(dy, x, w, g, need_dx, need_dw, name)
 
     # ---- fused conv + ReLU + max-pool (a composed default; backends may override) -----------
     def conv2d_relu_maxpool(self, x, w, b=None, stride=1, padding=0, dilation=1, groups=1,
-                            kernel_size=2, pool_stride=None, pool_padding=0):
+                            kernel_size=2, pool_stride=None, pool_padding=0, algo=None):
         """(y, switches) of max_pool2d(relu(conv2d(x, w, b))): the pooled output and the
-        pool's switches into the conv output planes, exactly as the three ops give them."""
+        pool's switches into the conv output planes, exactly as the three ops give them.
+        ``algo``: the convolution's, as for conv2d."""
         self._check(x, "x", 4)
         self._check(w, "w", 4)
         g = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
         if b is not None:
             self._check(b, "b", 1, shape=(g.F,))
         pg = pool_geometry(g.y_shape, kernel_size, pool_stride, pool_padding)
-        return self._conv2d_relu_maxpool(x, w, b, g, pg)
+        name = self.conv_selector.select("forward", g, algo,
+                                         lambda n: self._conv2d(x, w, b, g, True, n))
+        return self._conv2d_relu_maxpool(x, w, b, g, pg, name)
 
-    def _conv2d_relu_maxpool(self, x, w, b, g, pg):
-        a = self.conv2d(x, w, b, **g.conv_kw, relu=True)
+    def _conv2d_relu_maxpool(self, x, w, b, g, pg, algo):
+        a = self.conv2d(x, w, b, **g.conv_kw, relu=True, algo=algo)
         return self.max_pool2d(a, (pg.kh, pg.kw), (pg.sh, pg.sw), (pg.ph, pg.pw))
 
     def conv2d_relu_maxpool_backward(self, dy, switches, y, x, w, stride=1, padding=0,
                                      dilation=1, groups=1, kernel_size=2, pool_stride=None,
-                                     pool_padding=0, need_dx=True, need_dw=True):
+                                     pool_padding=0, need_dx=True, need_dw=True, algo=None):
         """(dx, dw, db) of conv2d_relu_maxpool, given the gradient ``dy`` of its pooled
         output ``y`` and the switches. The ReLU mask is taken on the pooled output: a switch
         points at a conv output equal to the window's pooled value, so ``y > 0`` there is the
-        ReLU's own ``relu_out > 0`` at every position that receives a gradient."""
+        ReLU's own ``relu_out > 0`` at every position that receives a gradient. ``algo``: the
+        convolution backward's, as for conv2d_backward."""
         self._check(x, "x", 4)
         self._check(w, "w", 4)
         g = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
@@ -125,14 +193,23 @@ class Backend:
         self._check(y, "y", 4, shape=pg.y_shape)
         self._check(dy, "dy", 4, shape=pg.y_shape)
         self._check(switches, "switches", 4, dtype=np.int32, shape=pg.y_shape)
-        return self._conv2d_relu_maxpool_backward(dy, switches, y, x, w, g, pg, bool(need_dx),
-                                                  bool(need_dw))
+        need_dx, need_dw = bool(need_dx), bool(need_dw)
+        # Timing (cuda's auto) runs the plain convolution backward on a stand-in dy of the
+        # conv output's shape: the algorithms differ only there.
+        name = self.conv_selector.select(
+            "backward", g, algo, lambda n: self._conv2d_backward(
+                self.zeros(g.y_shape, dy.dtype), x, w, g, need_dx, need_dw, n),
+            need_dx, need_dw)
+        return self._conv2d_relu_maxpool_backward(dy, switches, y, x, w, g, pg, need_dx,
+                                                  need_dw, name)
 
-    def _conv2d_relu_maxpool_backward(self, dy, switches, y, x, w, g, pg, need_dx, need_dw):
+    def _conv2d_relu_maxpool_backward(self, dy, switches, y, x, w, g, pg, need_dx, need_dw,
+                                      algo):
         dy = self.relu_backward(dy, y)
         dy = self.max_pool2d_backward(dy, switches, g.y_shape, (pg.kh, pg.kw), (pg.sh, pg.sw),
                                       (pg.ph, pg.pw))
-        return self.conv2d_backward(dy, x, w, **g.conv_kw, need_dx=need_dx, need_dw=need_dw)
+        return self.conv2d_backward(dy, x, w, **g.conv_kw, need_dx=need_dx, need_dw=need_dw,
+                                    algo=algo)
 
     # ---- pooling (PyTorch's F.max_pool2d / avg_pool2d / lp_pool2d; gpucnn/ops/pool) ------
     def max_pool2d(self, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
@@ -227,7 +304,9 @@ class Backend:
 
     # ---- loss -----------------------------------------------------------------------------
     def softmax_cross_entropy(self, logits, labels):
-        """(mean_loss, probs); mean_loss is a 0-d array on this backend (no host transfer)."""
+        """(mean_loss, probs); mean_loss is a 0-d array on this backend (no host transfer).
+        A label outside [0, K) is a ValueError: at once on the CPU backends, at the next
+        raise_device_errors() on a device (which cannot raise without a host sync)."""
         self._check(logits, "logits", 2)
         self._check_labels(labels, logits.shape[0])
         return self._softmax_cross_entropy(logits, labels)
@@ -245,9 +324,10 @@ class Backend:
         self._check(x, "x", 4)
         if not isinstance(size, (int, np.integer)) or size < 1:
             raise ValueError(f"local_response_norm: size must be a positive int, got {size!r}")
-        if not k > 0:
-            raise ValueError(f"local_response_norm: k must be > 0, got {k!r}")
-        return self._local_response_norm(x, int(size), float(alpha), float(beta), float(k))
+        op = "local_response_norm"
+        return self._local_response_norm(x, int(size), _hyper(op, "alpha", alpha),
+                                         _hyper(op, "beta", beta), _hyper(op, "k", k, 0,
+                                                                          low_open=True))
 
     def local_response_norm_backward(self, dy, x, y, scale, size=5, alpha=1e-4, beta=0.75,
                                      k=1.0):
@@ -261,11 +341,10 @@ class Backend:
     def dropout(self, x, p, seed):
         """(y, mask) with mask = 0 or 1/(1-p); element i kept iff hash(seed, i) passes."""
         self._check(x, "x")
-        if not 0.0 <= float(p) < 1.0:
-            raise ValueError(f"dropout: p must be in [0, 1), got {p!r}")
+        p = _hyper("dropout", "p", p, 0, 1, high_open=True)
         if x.size >= 2 ** 32:
             raise ValueError("dropout: tensors of 2^32 elements or more are not supported")
-        return self._dropout(x, float(p), int(seed) & _M32)
+        return self._dropout(x, p, int(seed) & _M32)
 
     def dropout_backward(self, dy, mask):
         self._check(mask, "mask")
@@ -280,8 +359,9 @@ class Backend:
         self._check(param, "param")
         self._check(grad, "grad", shape=param.shape)
         self._check(velocity, "velocity", shape=param.shape)
-        self._sgd_update(param, grad, velocity, float(lr), float(momentum),
-                         float(weight_decay), bool(nesterov))
+        self._sgd_update(param, grad, velocity, _hyper("sgd_update", "lr", lr, 0),
+                         _hyper("sgd_update", "momentum", momentum, 0),
+                         _hyper("sgd_update", "weight_decay", weight_decay, 0), bool(nesterov))
 
     def adam_update(self, param, grad, m, v, lr, beta1=0.9, beta2=0.999, eps=1e-8,
                     weight_decay=0.0, step=1):
@@ -289,7 +369,11 @@ class Backend:
         self._check(param, "param")
         for a, n in ((grad, "grad"), (m, "m"), (v, "v")):
             self._check(a, n, shape=param.shape)
-        if step < 1:
-            raise ValueError(f"adam_update: step must be >= 1, got {step}")
-        self._adam_update(param, grad, m, v, float(lr), float(beta1), float(beta2), float(eps),
-                          float(weight_decay), int(step))
+        if not isinstance(step, (int, np.integer)) or step < 1:
+            raise ValueError(f"adam_update: step must be an int >= 1, got {step!r}")
+        op = "adam_update"
+        self._adam_update(param, grad, m, v, _hyper(op, "lr", lr, 0),
+                          _hyper(op, "beta1", beta1, 0, 1, high_open=True),
+                          _hyper(op, "beta2", beta2, 0, 1, high_open=True),
+                          _hyper(op, "eps", eps, 0), _hyper(op, "weight_decay", weight_decay, 0),
+                          int(step))

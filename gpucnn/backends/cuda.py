@@ -34,19 +34,22 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import re
 import os
 import sys
 import threading
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from .cuda_transfers import TransferCounter, count_host_transfers
-from .errors import BackendUnavailable
+from .device import DeviceBackend
+from .errors import BackendUnavailable, GpuUnusable
 from ..toolchain import COMPILE_OPTIONS, check_launch_args, kernel_sources, parse_kernels
 from ..toolchain.limits import BLOCK_DIM_MAX, GRID_DIM_MAX, MAX_THREADS_PER_BLOCK
 
-__all__ = ["CudaModule", "CudaKernel", "make_cuda_backend", "get_cuda_module",
+__all__ = ["CudaModule", "CudaKernel", "GpuUnusable", "make_cuda_backend", "get_cuda_module",
            "count_host_transfers", "TransferCounter", "driver_cuda_version", "COMPILE_OPTIONS",
            "PROBE_SOURCE"]
 
@@ -78,12 +81,13 @@ def _dim3(v, what, kernel):
 class CudaKernel:
     """A launcher for one kernel: ``k(grid, block, args, shared_mem=0)``."""
 
-    def __init__(self, name, params, raw, cupy, sync=False):
+    def __init__(self, name, params, raw, cupy, sync=False, device_id=0):
         self.name = name
         self.params = params
         self.raw = raw               # the cupy.RawKernel
         self._cp = cupy
         self.sync = sync
+        self.device_id = device_id   # the GPU its module was loaded on
 
     def __repr__(self):
         sig = ", ".join(f"{p.ctype} {p.name}" for p in self.params)
@@ -119,9 +123,12 @@ class CudaKernel:
                     f"kernel {self.name}: argument {p.index} ({p.ctype} {p.name}) is a "
                     f"{type(a).__module__}.{type(a).__name__}; the cuda backend launches need "
                     f"CuPy arrays (copy host data with backend.asarray)")
-        self.raw(grid, block, tuple(args), shared_mem=shared_mem)
-        if self.sync:
-            self._cp.cuda.Device().synchronize()
+        # CuPy's current device is per thread: launch on the module's own GPU, whichever
+        # thread calls (a fresh Device object: its enter/exit stack is not thread-safe).
+        with self._cp.cuda.Device(self.device_id) as dev:
+            self.raw(grid, block, tuple(args), shared_mem=shared_mem)
+            if self.sync:
+                dev.synchronize()
 
 
 def _headers_hash(folder):
@@ -142,10 +149,12 @@ class CudaModule:
     ``get_function(name)`` -> :class:`CudaKernel`. Kernel names must be unique across files.
     """
 
-    def __init__(self, sources, options=COMPILE_OPTIONS, cupy=None, sync=None, poison=None):
+    def __init__(self, sources, options=COMPILE_OPTIONS, cupy=None, sync=None, poison=None,
+                 device_id=0):
         if cupy is None:
             import cupy
         self._cp = cupy
+        self.device_id = int(device_id)  # modules are loaded per GPU: one CudaModule each
         self.sources = [Path(s) for s in sources]
         if not self.sources:
             raise FileNotFoundError("CudaModule: no kernel sources given")
@@ -193,8 +202,9 @@ class CudaModule:
         src = Path(src)
         with self._lock:
             if src not in self._modules:
-                self._modules[src] = self._cp.RawModule(code=self._text[src],
-                                                        options=self.options)
+                with self._cp.cuda.Device(self.device_id):
+                    self._modules[src] = self._cp.RawModule(code=self._text[src],
+                                                            options=self.options)
             return self._modules[src]
 
     def get_function(self, name):
@@ -207,11 +217,13 @@ class CudaModule:
                                    f"(known: {known})")
                 src = self._where[name]
                 try:
-                    raw = self.raw_module(src).get_function(name)
+                    with self._cp.cuda.Device(self.device_id):
+                        raw = self.raw_module(src).get_function(name)
                 except Exception as exc:
                     raise RuntimeError(f"{src.name}: cannot load kernel {name}: "
                                        f"{type(exc).__name__}: {exc}") from exc
-                k = CudaKernel(name, self._params[name], raw, self._cp, sync=self.sync)
+                k = CudaKernel(name, self._params[name], raw, self._cp, sync=self.sync,
+                               device_id=self.device_id)
                 self._kernels[name] = k
             return k
 
@@ -305,6 +317,55 @@ def _no_device_message(cp, exc):
     return msg
 
 
+
+_LIBRARY_RE = re.compile(r"\b(lib[A-Za-z_+-]+\.so(?:\.\d+)*)")
+
+
+def _installed_cupy():
+    """The CuPy wheel installed here (``cupy-cuda12x``, ...), or None."""
+    for dist in ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"):
+        try:
+            metadata.version(dist)
+            return dist
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _failure_text(exc):
+    """``Type: message`` of a failed probe, plus what to do about it."""
+    name = type(exc).__name__
+    text = " ".join(str(exc).split())[:600]
+    wheel = _installed_cupy() or "cupy-cuda12x"
+    extra = {"cupy-cuda12x": "cuda12", "cupy-cuda13x": "cuda13"}.get(wheel)
+    fix = f"pip install '{wheel}[ctk]>=14'" + (f" (or pip install 'gpucnn[{extra}]')"
+                                              if extra else "")
+    lib = _LIBRARY_RE.search(text)
+    if lib:
+        return (f"{name}: {text} -- the CUDA library {lib.group(1)} is missing; {wheel}'s "
+                f"[ctk] extra brings it: {fix}")
+    if "PTX" in text or "UNSUPPORTED_PTX_VERSION" in text:
+        return (f"{name}: {text} -- the NVRTC used by CuPy is newer than the driver: update "
+                f"the driver or use the CuPy/NVRTC wheels of the driver's CUDA version")
+    if "nvrtc" in text.lower() or "Compile" in name:
+        return (f"{name}: {text} -- CuPy's NVRTC failed; the NVRTC of {wheel} comes with its "
+                f"[ctk] extra: {fix}")
+    return f"{name}: {text}"
+
+
+def _probe_cublas(cp):
+    """With GPUCNN_CUBLAS=1 every GEMM goes to cuBLAS: check now that it loads, rather than
+    fail in the middle of training."""
+    try:
+        a = cp.asarray(np.arange(4, dtype=np.float32).reshape(2, 2))
+        got = cp.asnumpy(cp.matmul(a, a))
+    except Exception as exc:  # noqa: BLE001
+        raise GpuUnusable(f"GPUCNN_CUBLAS=1 but cuBLAS does not work: "
+                          f"{_failure_text(exc)}") from exc
+    if not np.array_equal(got, np.array([[2, 3], [6, 11]], np.float32)):
+        raise GpuUnusable(f"GPUCNN_CUBLAS=1 but cuBLAS gave wrong results ({got.tolist()})")
+
+
 def _probe(cp):
     """Compile and run a one-line kernel; raise BackendUnavailable unless it works."""
     try:
@@ -315,21 +376,11 @@ def _probe(cp):
         cp.cuda.Device().synchronize()
         got = cp.asnumpy(y)
     except Exception as exc:  # noqa: BLE001 - any failure makes the backend unavailable
-        name = type(exc).__name__
-        text = str(exc).strip()
-        hint = ""
-        if "CompileException" in name or "nvrtc" in text.lower():
-            hint = (" -- CuPy's NVRTC failed: install the NVRTC wheel matching CuPy "
-                    "(nvidia-cuda-nvrtc-cu12 for cupy-cuda12x, or pip install "
-                    "'cupy-cuda12x[ctk]')")
-        if "UNSUPPORTED_PTX_VERSION" in text or "PTX" in text:
-            hint = (" -- the NVRTC used by CuPy is newer than the driver: update the driver "
-                    "or use the CuPy/NVRTC wheels for the driver's CUDA version")
-        raise BackendUnavailable(f"the probe kernel failed to compile or run on the GPU: "
-                                 f"{name}: {text[:600]}{hint}") from exc
+        raise GpuUnusable(f"the probe kernel failed to compile or run on the GPU: "
+                          f"{_failure_text(exc)}") from exc
     expected = 0.5 * np.arange(64, dtype=np.float32) + 1.0
     if not np.array_equal(got, expected):
-        raise BackendUnavailable(f"the probe kernel ran but gave wrong results "
+        raise GpuUnusable(f"the probe kernel ran but gave wrong results "
                                  f"(first values {got[:4].tolist()}, expected "
                                  f"{expected[:4].tolist()})")
 
@@ -338,13 +389,14 @@ _module_lock = threading.Lock()
 _modules: dict = {}
 
 
-def get_cuda_module(sources=None, options=COMPILE_OPTIONS, cupy=None):
-    """The process-wide :class:`CudaModule` of the gpucnn kernels (created once)."""
+def get_cuda_module(sources=None, options=COMPILE_OPTIONS, cupy=None, device_id=0):
+    """The process-wide :class:`CudaModule` of the gpucnn kernels on GPU ``device_id``
+    (created once per GPU)."""
     srcs = tuple(Path(s) for s in (sources if sources is not None else kernel_sources()))
-    key = (srcs, tuple(options), id(cupy) if cupy is not None else None)
+    key = (srcs, tuple(options), id(cupy) if cupy is not None else None, int(device_id))
     with _module_lock:
         if key not in _modules:
-            _modules[key] = CudaModule(srcs, options=options, cupy=cupy)
+            _modules[key] = CudaModule(srcs, options=options, cupy=cupy, device_id=device_id)
         return _modules[key]
 
 
@@ -383,8 +435,9 @@ def make_cuda_backend(use_cublas=None, device=None, probe=True, eager=True, cupy
             if not 0 <= int(device) < count:
                 raise BackendUnavailable(f"no usable CUDA device: device {device} requested, "
                                          f"{count} present")
-            cp.cuda.Device(int(device)).use()
-        dev_id = int(cp.cuda.Device().id)
+        # The backend keeps its GPU and makes it current around its own work only
+        # (Device.use() would be per thread, and change the caller's device).
+        dev_id = int(device) if device is not None else int(cp.cuda.Device().id)
         props = cp.cuda.runtime.getDeviceProperties(dev_id)
     except BackendUnavailable:
         raise
@@ -395,27 +448,33 @@ def make_cuda_backend(use_cublas=None, device=None, probe=True, eager=True, cupy
     cc = (int(props.get("major", 0)), int(props.get("minor", 0)))
     sms = int(props.get("multiProcessorCount", 0)) or 1
     mem = float(props.get("totalGlobalMem", 0)) / 2**30
-    if probe:
-        _probe(cp)
+    gpu = f"{name}, sm_{cc[0]}{cc[1]}"
+    use_cublas = _env_flag("GPUCNN_CUBLAS") if use_cublas is None else bool(use_cublas)
     try:
-        module = get_cuda_module(cupy=cupy)
-    except FileNotFoundError as exc:
-        raise BackendUnavailable(f"the gpucnn kernel sources are missing: {exc}") from exc
-    if eager:
-        try:
-            module.compile_all()
-        except Exception as exc:  # noqa: BLE001
-            raise BackendUnavailable(f"the gpucnn kernels failed to compile for {name} "
-                                     f"(sm_{cc[0]}{cc[1]}): {type(exc).__name__}: "
-                                     f"{str(exc)[:2000]}") from exc
+        with cp.cuda.Device(dev_id):
+            if probe:
+                _probe(cp)
+                if use_cublas:
+                    _probe_cublas(cp)
+            try:
+                module = get_cuda_module(cupy=cupy, device_id=dev_id)
+            except FileNotFoundError as exc:
+                raise BackendUnavailable(f"the gpucnn kernel sources are missing: {exc}") from exc
+            if eager:
+                try:
+                    module.compile_all()
+                except Exception as exc:  # noqa: BLE001
+                    raise GpuUnusable(f"the gpucnn kernels failed to compile: "
+                                      f"{_failure_text(exc)[:2000]}") from exc
+    except GpuUnusable as exc:
+        raise GpuUnusable(f"a GPU is present ({gpu}, device {dev_id}) but gpucnn cannot use "
+                          f"it: {exc}") from exc.__cause__
     # Capped at the grid y/z limit so the cap is valid on whichever grid axis a launch uses.
     max_blocks = (int(os.environ.get("GPUCNN_CUDA_MAX_BLOCKS", "0"))
                   or min(GRID_DIM_MAX[1], 32 * sms))
-    from .device import DeviceBackend
     backend = DeviceBackend(module, cp, "cuda", max_blocks=max_blocks,
-                            device_name=f"{name}, sm_{cc[0]}{cc[1]}, {sms} SMs, "
-                                        f"{mem:.0f} GiB")
-    backend.use_cublas = _env_flag("GPUCNN_CUBLAS") if use_cublas is None else bool(use_cublas)
-    backend.device_id = dev_id
+                            device_name=f"{gpu}, {sms} SMs, {mem:.0f} GiB",
+                            device_id=dev_id)
+    backend.use_cublas = use_cublas
     backend.compute_capability = cc
     return backend

@@ -9,13 +9,15 @@ method below is one line naming it, so the emulator executes exactly the launch 
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 
 import numpy as np
 
 from ..cpu import default_workspace_bytes
 from ..ops import activation, gemm, linear, loss, lrn, optim
-from ..ops.conv import device as conv
+from ..ops.conv import algos as conv_algos
 from ..ops.pool import device as pool
 from ..toolchain import kernel_sources
 from .base import Backend
@@ -25,18 +27,35 @@ __all__ = ["DeviceBackend", "make_emu_backend"]
 
 class DeviceBackend(Backend):
     use_cublas = False  # the cuda backend sets it (GPUCNN_CUBLAS=1): GEMMs by cuBLAS
+    conv_kind = "device"  # its convolution algorithms (gpucnn/ops/conv/algos.py)
 
-    def __init__(self, module, xp, name, max_blocks, device_name="", workspace_bytes=None):
+    @property
+    def conv_policy(self):
+        """How ``auto`` picks a convolution algorithm: timed per layer shape on a GPU, by the
+        documented heuristic on the emulator (whose timings say nothing about a GPU)."""
+        return "timed" if self.name == "cuda" else "heuristic"
+
+    def __init__(self, module, xp, name, max_blocks, device_name="", workspace_bytes=None,
+                 device_id=None):
         self.module = module
         self.xp = xp
         self.name = name
         self.max_blocks = int(max_blocks)
         self.device_name = device_name
+        self.device_id = device_id  # the GPU (cuda); None on emu
         self.workspace_bytes = (default_workspace_bytes() if workspace_bytes is None
                                 else int(workspace_bytes))
 
     def describe(self):
         return f"{self.name} ({self.device_name})" if self.device_name else self.name
+
+    def on_device(self):
+        """A context that makes this backend's GPU current. CuPy's current device is per
+        thread, so every allocation, launch and synchronise of the backend runs inside one
+        (see _pin_to_device), whichever thread calls: the ground for one process per GPU."""
+        if self.device_id is None:
+            return contextlib.nullcontext()
+        return self.xp.cuda.Device(self.device_id)  # a fresh one: its stack is per object
 
     def kernel(self, name):
         return self.module.get_function(name)
@@ -71,8 +90,12 @@ class DeviceBackend(Backend):
         return buf[:count]
 
     def synchronize(self):
-        if self.xp is not np:
-            self.xp.cuda.Device().synchronize()
+        if self.device_id is not None:
+            self.xp.cuda.Device(self.device_id).synchronize()
+
+    def raise_device_errors(self):
+        """Raise what the kernels flagged since the last call (out-of-range labels)."""
+        loss.raise_label_error_device(self)
 
     def gemm(self, a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=False,
              out=None, beta=0.0):
@@ -80,11 +103,11 @@ class DeviceBackend(Backend):
         return gemm.gemm(self, a, b, trans_a, trans_b, bias, bias_axis, relu, out, beta)
 
     # ---- the ops: one line each, naming the op module that launches the kernels ----------
-    def _conv2d(self, x, w, b, g, relu):
-        return conv.conv2d(self, x, w, b, g, relu)
+    def _conv2d(self, x, w, b, g, relu, algo):
+        return conv_algos.get("device", algo).forward(self, x, w, b, g, relu)
 
-    def _conv2d_backward(self, dy, x, w, g, need_dx, need_dw):
-        return conv.conv2d_backward(self, dy, x, w, g, need_dx, need_dw)
+    def _conv2d_backward(self, dy, x, w, g, need_dx, need_dw, algo):
+        return conv_algos.get("device", algo).backward(self, dy, x, w, g, need_dx, need_dw)
 
     def _max_pool2d(self, x, g):
         return pool.max_pool2d(self, x, g)
@@ -142,6 +165,25 @@ class DeviceBackend(Backend):
     def _adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
         optim.adam_update_device(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay,
                                  step)
+
+
+def _pin_to_device(cls):
+    """Wrap every array and op method the class defines so it runs with the backend's GPU
+    current (the public API in base.py validates, then calls these)."""
+    for attr, fn in list(vars(cls).items()):
+        if not callable(fn) or attr.startswith("__") or attr in ("on_device", "describe",
+                                                                  "kernel"):
+            continue
+
+        def pinned(self, *args, _fn=fn, **kwargs):
+            with self.on_device():
+                return _fn(self, *args, **kwargs)
+
+        setattr(cls, attr, functools.wraps(fn)(pinned))
+    return cls
+
+
+_pin_to_device(DeviceBackend)
 
 
 def make_emu_backend(**emu_options):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..cpu import CpuRuntime, blas_threads, openblas_info
 from ..ops import activation, linear
-from ..ops.conv import cpu as conv_cpu
+from ..ops.conv import algos as conv_algos
 from ..ops.conv import cpu_fused
 from ..ops.pool import cpu as pool_cpu
 from .reference import ReferenceBackend
@@ -20,6 +20,7 @@ __all__ = ["NumpyBackend", "blas_threads", "openblas_info"]
 
 class NumpyBackend(ReferenceBackend):
     name = "numpy"
+    conv_policy = "heuristic"  # auto: "wide" where it applies, else "im2col" (ops/conv/algos)
 
     def __init__(self, workspace_bytes=None, threads=None, cache_cols=True):
         self.rt = CpuRuntime(workspace_bytes, threads, cache_cols)
@@ -38,22 +39,25 @@ class NumpyBackend(ReferenceBackend):
         return (f"numpy (CPU, {t} thread{'s' if t > 1 else ''}"
                 + (f"; OpenBLAS held to 1 inside, {blas} outside)" if blas else ")"))
 
-    def _conv2d(self, x, w, b, g, relu):
-        return conv_cpu.conv2d(self.rt, x, w, b, g, relu)
+    def _conv2d(self, x, w, b, g, relu, algo):
+        return conv_algos.get("cpu", algo).forward(self.rt, x, w, b, g, relu)
 
-    def _conv2d_backward(self, dy, x, w, g, need_dx, need_dw):
-        return conv_cpu.conv2d_backward(self.rt, dy, x, w, g, need_dx, need_dw)
+    def _conv2d_backward(self, dy, x, w, g, need_dx, need_dw, algo):
+        return conv_algos.get("cpu", algo).backward(self.rt, dy, x, w, g, need_dx, need_dw)
 
-    def _conv2d_relu_maxpool(self, x, w, b, g, pg):
-        out = cpu_fused.conv2d_relu_maxpool(self.rt, x, w, b, g, pg)
-        return super()._conv2d_relu_maxpool(x, w, b, g, pg) if out is None else out
+    # The fused conv + ReLU + max-pool is the "wide" algorithm's (cpu_fused.py).
+    def _conv2d_relu_maxpool(self, x, w, b, g, pg, algo):
+        out = cpu_fused.conv2d_relu_maxpool(self.rt, x, w, b, g, pg) if algo == "wide" else None
+        return super()._conv2d_relu_maxpool(x, w, b, g, pg, algo) if out is None else out
 
-    def _conv2d_relu_maxpool_backward(self, dy, switches, y, x, w, g, pg, need_dx, need_dw):
-        out = cpu_fused.conv2d_relu_maxpool_backward(self.rt, dy, switches, y, x, w, g, pg,
-                                                     need_dx, need_dw)
+    def _conv2d_relu_maxpool_backward(self, dy, switches, y, x, w, g, pg, need_dx, need_dw,
+                                      algo):
+        out = (cpu_fused.conv2d_relu_maxpool_backward(self.rt, dy, switches, y, x, w, g, pg,
+                                                      need_dx, need_dw)
+               if algo == "wide" else None)
         if out is None:
             return super()._conv2d_relu_maxpool_backward(dy, switches, y, x, w, g, pg,
-                                                         need_dx, need_dw)
+                                                         need_dx, need_dw, algo)
         return out
 
     def _max_pool2d(self, x, g):

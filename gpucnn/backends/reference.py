@@ -32,10 +32,12 @@ class ReferenceBackend(Backend):
     def to_numpy(self, a):
         return np.array(a, copy=True)
 
-    def _conv2d(self, x, w, b, g, relu):
+    conv_policy = "fixed"  # algo= is checked (a "cpu" name or "auto"), then ignored
+
+    def _conv2d(self, x, w, b, g, relu, algo):
         return conv.conv2d(x, w, b, g, relu)
 
-    def _conv2d_backward(self, dy, x, w, g, need_dx, need_dw):
+    def _conv2d_backward(self, dy, x, w, g, need_dx, need_dw, algo):
         return conv.conv2d_backward(dy, x, w, g, need_dx, need_dw)
 
     def _max_pool2d(self, x, g):

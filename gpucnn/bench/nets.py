@@ -118,13 +118,17 @@ def _torch_module(layer, torch):
     return m
 
 
+def torch_sequential(gpucnn_model, torch):
+    """The PyTorch twin of a gpucnn Sequential (same layers, weights copied), on the CPU."""
+    return torch.nn.Sequential(*[_torch_module(layer, torch) for layer in gpucnn_model.layers])
+
+
 class TorchNet:
     """The PyTorch twin of a gpucnn model, same methods as :class:`GpucnnNet`."""
 
     def __init__(self, gpucnn_model, torch, device, batches):
         self.torch = torch
-        self.model = torch.nn.Sequential(
-            *[_torch_module(l, torch) for l in gpucnn_model.layers]).to(device)
+        self.model = torch_sequential(gpucnn_model, torch).to(device)
         self.model.train()
         self.crit = torch.nn.CrossEntropyLoss()
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)

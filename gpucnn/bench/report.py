@@ -143,6 +143,10 @@ def format_result(res, roofline=False):
     parts = [format_header(res), format_layers(res), format_nets(res)]
     if roofline:
         parts.append(format_roofline_section(res))
+    algos = res.get("conv_algorithms") or {}
+    if algos:
+        parts.append("convolution algorithms:\n" + "\n".join(f"  {v:9s} {k}"
+                                                         for k, v in sorted(algos.items())))
     if res["notes"]:
         parts.append("notes:\n" + "\n".join(f"  {n}" for n in res["notes"]))
     if res["errors"]:

@@ -324,6 +324,8 @@ def _run(cfg, B, notes, log, nvml, argv, t_start):
                                           "reason": reason, "records": recs}
     finally:
         tel.close()
+    # which convolution algorithm each benchmarked layer shape ran (auto's choices included)
+    res["conv_algorithms"] = B.conv_algorithms()
     res["elapsed_s"] = time.perf_counter() - t_start
     return res
 

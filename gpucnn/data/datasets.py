@@ -2,7 +2,10 @@
 
 Search order for a dataset `name` (the first place holding the split's files wins):
 
- 1. the `data_dir` argument (the CLI's --data-dir),
+ 1. the `data_dir` argument (the CLI's --data-dir). When given it is authoritative: only it
+    is searched, so a run never trains on files from somewhere else, nor mixes one split
+    from here with another from there; a missing or incomplete data_dir is an error listing
+    what was looked for,
  2. $GPUCNN_DATA,
  3. the user cache: platformdirs.user_cache_dir("gpucnn")/datasets/<name>
     (~/.cache/gpucnn/datasets/<name> on Linux), where --download puts files,
@@ -116,7 +119,8 @@ def user_cache_root() -> Path:
 
 def search_locations(name: str, data_dir: str | os.PathLike | None = None
                      ) -> list[tuple[str, Path]]:
-    """The (origin, directory) pairs searched for `name`, in order."""
+    """The (origin, directory) pairs searched for `name`, in order (only data_dir's when it
+    is given)."""
     info = dataset_info(name)
     subdirs = [info.name] + (["cifar-10-batches-bin"] if info.fmt == "cifar" else [])
     places: list[tuple[str, Path]] = []
@@ -131,6 +135,7 @@ def search_locations(name: str, data_dir: str | os.PathLike | None = None
 
     if data_dir is not None:
         root("--data-dir", data_dir)
+        return places
     env = os.environ.get("GPUCNN_DATA")
     if env:
         root("$GPUCNN_DATA", env)
@@ -184,19 +189,29 @@ def find_dataset(name: str, split: str = "train",
         files = split_files(d, info.name, split)
         if files is not None:
             return files
-    lines = [f"dataset {info.name!r} ({split} split) not found: looked for "
+    where = f"in --data-dir {data_dir}" if data_dir is not None else "anywhere"
+    lines = [f"dataset {info.name!r} ({split} split) not found {where}: looked for "
              f"{_wanted_description(info, split)} in:"]
     seen = set()
     for origin, d in places:
         if d not in seen:
             seen.add(d)
             lines.append(f"  {d}  ({origin})")
-    hint = (f"To get it: rerun with --download (load_dataset(..., download=True)), which "
-            f"fetches it from {MIRRORS[info.name]} into {user_cache_root() / info.name}")
-    if info.install_hint:
-        hint += f"; or {info.install_hint}"
-    hint += "; or put the files in --data-dir or $GPUCNN_DATA."
-    lines.append(hint)
+    if data_dir is not None:
+        other = next(o for o in SPLITS if o != split)
+        has_other = any(split_files(d, info.name, other) is not None for _, d in places)
+        lines.append((f"It holds the {other} split but not the {split} split. " if has_other
+                      else "") + "--data-dir is authoritative: nothing else was searched. "
+                     f"Put the files there, add --download (fetches them into "
+                     f"{Path(data_dir).expanduser() / info.name}), or drop --data-dir to "
+                     f"search $GPUCNN_DATA, the user cache and the system copies.")
+    else:
+        hint = (f"To get it: rerun with --download (load_dataset(..., download=True)), which "
+                f"fetches it from {MIRRORS[info.name]} into {user_cache_root() / info.name}")
+        if info.install_hint:
+            hint += f"; or {info.install_hint}"
+        hint += "; or put the files in --data-dir or $GPUCNN_DATA."
+        lines.append(hint)
     raise DataError("\n".join(lines))
 
 

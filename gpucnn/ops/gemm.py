@@ -7,6 +7,20 @@ The tile constants are read from the ``#define SGEMM_*`` lines of ``kernels/sgem
 the toolchain) and checked for consistency here, so the grid computed below and the kernel
 cannot disagree. With ``dev.use_cublas`` (the ``cuda`` backend, GPUCNN_CUBLAS=1) ``gemm``
 runs ``xp.matmul`` (cuBLAS) instead, for comparison benchmarks.
+
+Which kernel a launch runs (:func:`sgemm_plan`), decided here and nowhere else:
+
+* **transposes**: ``sgemm_<op(A)><op(B)>``, ``n`` = as stored, ``t`` = transposed; each
+  combination is its own compiled kernel (no run-time branch in the main loop);
+* **tile** (:func:`choose_tile`): the 64 x 64 tile (``sgemm_small_*``, 64 threads) when M or N
+  fits in 64 (a 128-wide tile would leave at least half of that side idle) or when the
+  128 x 128 tile would give fewer than :data:`LARGE_TILE_MIN_BLOCKS` blocks in all (grid x
+  batches): under one block per SM of an H100/H200 (132 SMs), the 4x more small blocks fill
+  the GPU better; otherwise the 128 x 128 tile (256 threads);
+* **vector loads**, per operand (:func:`vector_ok`): 128-bit global loads when the operand's
+  first element is 16-byte aligned and its leading dimension and batch/reduction strides are
+  multiples of 4 floats (then every 4-float chunk the kernel reads starts 16-byte aligned);
+  else scalar loads. Chunks that cross a matrix edge are read with scalar loads either way.
 """
 from __future__ import annotations
 
@@ -18,61 +32,139 @@ from ..toolchain import source_defines
 from ..toolchain.limits import GRID_DIM_MAX
 from .launch import ceil_div, i32, launch_1d
 
-__all__ = ["sgemm_tile", "sgemm_launch", "sgemm", "sum_partials", "gemm", "reference"]
+__all__ = ["LARGE_TILE_MIN_BLOCKS", "sgemm_tiles", "sgemm_tile", "choose_tile",
+           "array_address", "vector_ok", "sgemm_kernel_name", "sgemm_plan", "sgemm_launch",
+           "sgemm", "sum_partials", "gemm", "reference"]
+
+# The 128 x 128 tile needs at least this many blocks (over the grid and the batches); fewer
+# means part of a 132-SM GPU would idle, and the 64 x 64 tile (4x the blocks) is used.
+LARGE_TILE_MIN_BLOCKS = 128
 
 
 @lru_cache(maxsize=None)
-def sgemm_tile():
-    """{BM, BN, BK, TM, TN, THREADS, PAD} from kernels/sgemm.cu, checked for consistency."""
-    t = dict(source_defines("sgemm.cu", "SGEMM"))
-    missing = [k for k in ("BM", "BN", "BK", "TM", "TN", "THREADS") if k not in t]
+def sgemm_tiles():
+    """``{"large": {...}, "small": {...}}``: each tile's BM, BN, THREADS and the shared BK,
+    TM, TN, WM, WN, PAD, from kernels/sgemm.cu, checked for consistency."""
+    d = dict(source_defines("sgemm.cu", "SGEMM"))
+    shared = ("BK", "TM", "TN", "WM", "WN", "PAD")
+    need = ("BM", "BN", "THREADS", "SMALL_BM", "SMALL_BN", "SMALL_THREADS") + shared
+    missing = [k for k in need if k not in d]
     if missing:
         raise RuntimeError(f"kernels/sgemm.cu lacks #define SGEMM_{missing[0]}")
-    if (t["BM"] // t["TM"]) * (t["BN"] // t["TN"]) != t["THREADS"] or t["BM"] % t["TM"] \
-            or t["BN"] % t["TN"]:
-        raise RuntimeError(f"kernels/sgemm.cu: SGEMM tile {t} is inconsistent: THREADS must be "
-                           f"(BM/TM)*(BN/TN)")
-    if (t["BM"] * t["BK"]) % t["THREADS"] or (t["BN"] * t["BK"]) % t["THREADS"]:
-        raise RuntimeError(f"kernels/sgemm.cu: SGEMM tile {t}: BM*BK and BN*BK must be "
-                           f"multiples of THREADS")
-    return t
+    tiles = {}
+    for name, prefix in (("large", ""), ("small", "SMALL_")):
+        t = {k: d[prefix + k] for k in ("BM", "BN", "THREADS")} | {k: d[k] for k in shared}
+        if (t["BM"] // t["TM"]) * (t["BN"] // t["TN"]) != t["THREADS"] or t["BM"] % t["TM"] \
+                or t["BN"] % t["TN"]:
+            raise RuntimeError(f"kernels/sgemm.cu: SGEMM {name} tile {t} is inconsistent: "
+                               f"THREADS must be (BM/TM)*(BN/TN)")
+        if t["BM"] % t["WM"] or t["BN"] % t["WN"] or \
+                (t["BM"] // t["WM"]) * (t["BN"] // t["WN"]) * 32 != t["THREADS"]:
+            raise RuntimeError(f"kernels/sgemm.cu: SGEMM {name} tile {t}: the warp tiles "
+                               f"WM x WN must cover BM x BN with THREADS / 32 warps")
+        if (t["BM"] * t["BK"]) % (4 * t["THREADS"]) or (t["BN"] * t["BK"]) % (4 * t["THREADS"]):
+            raise RuntimeError(f"kernels/sgemm.cu: SGEMM {name} tile {t}: BM*BK and BN*BK "
+                               f"must be multiples of 4*THREADS (float4 chunks per thread)")
+        tiles[name] = t
+    return tiles
 
 
-def sgemm_launch(M, N, batch_y=1, batch_z=1):
-    """(grid, block) of an sgemm launch computing ``batch_y * batch_z`` M x N products."""
-    t = sgemm_tile()
-    tiles = ceil_div(M, t["BM"]) * ceil_div(N, t["BN"])
+def sgemm_tile():
+    """The large (default) tile: {BM, BN, BK, TM, TN, THREADS, WM, WN, PAD}."""
+    return sgemm_tiles()["large"]
+
+
+def choose_tile(M, N, batches=1):
+    """``"large"`` or ``"small"`` for an M x N product computed ``batches`` times in one
+    launch (the rule is in the module docstring)."""
+    tiles = sgemm_tiles()
+    small, large = tiles["small"], tiles["large"]
+    if M <= small["BM"] or N <= small["BN"]:
+        return "small"
+    blocks = ceil_div(M, large["BM"]) * ceil_div(N, large["BN"]) * max(1, int(batches))
+    return "large" if blocks >= LARGE_TILE_MIN_BLOCKS else "small"
+
+
+def array_address(arr):
+    """The device (or host) address of an array's first element, None if unknown."""
+    for attr in ("__cuda_array_interface__", "__array_interface__"):
+        iface = getattr(arr, attr, None)
+        if iface is not None:
+            return int(iface["data"][0])
+    return None
+
+
+def vector_ok(arr, ld, strides=()):
+    """Whether the kernel may read operand ``arr`` with 128-bit loads: its first element
+    16-byte aligned, ``ld`` and every batch/reduction stride a multiple of 4 floats."""
+    addr = array_address(arr)
+    return (addr is not None and addr % 16 == 0 and int(ld) % 4 == 0
+            and all(int(s) % 4 == 0 for s in strides))
+
+
+def sgemm_kernel_name(tile, trans_a, trans_b):
+    """``sgemm[_small]_XY`` (X = op(A), Y = op(B); ``n`` as stored, ``t`` transposed)."""
+    if tile not in ("large", "small"):
+        raise ValueError(f"sgemm: tile must be 'large' or 'small', got {tile!r}")
+    return (f"sgemm{'_small' if tile == 'small' else ''}_{'t' if trans_a else 'n'}"
+            f"{'t' if trans_b else 'n'}")
+
+
+def sgemm_plan(M, N, trans_a=False, trans_b=False, batch_y=1, batch_z=1, tile=None):
+    """``(kernel name, grid, block)`` of an sgemm launch (``tile=None``: by shape)."""
+    tile = tile or choose_tile(M, N, batch_y * batch_z)
+    t = sgemm_tiles().get(tile)
+    name = sgemm_kernel_name(tile, trans_a, trans_b)
     if batch_y > GRID_DIM_MAX[1] or batch_z > GRID_DIM_MAX[2]:
         raise ValueError(f"sgemm: batch ({batch_y}, {batch_z}) exceeds the grid limit "
                          f"{GRID_DIM_MAX[1:]}")
-    return (max(1, tiles), max(1, int(batch_y)), max(1, int(batch_z))), (t["THREADS"], 1, 1)
+    tiles = ceil_div(M, t["BM"]) * ceil_div(N, t["BN"])
+    grid = (max(1, tiles), max(1, int(batch_y)), max(1, int(batch_z)))
+    return name, grid, (t["THREADS"], 1, 1)
+
+
+def sgemm_launch(M, N, batch_y=1, batch_z=1, tile=None):
+    """(grid, block) of an sgemm launch computing ``batch_y * batch_z`` M x N products."""
+    _name, grid, block = sgemm_plan(M, N, batch_y=batch_y, batch_z=batch_z, tile=tile)
+    return grid, block
 
 
 def sgemm(dev, a, b, c, M, N, K, lda, ldb, ldc, trans_a=False, trans_b=False,
           batch_y=1, batch_z=1, a_y=0, a_z=0, a_r=0, b_y=0, b_z=0, b_r=0, c_y=0, c_z=0,
           red_per_z=1, red_total=None, bias=None, bias_y=0, bias_axis=1, relu=False,
-          beta=0.0):
-    """One launch of the ``sgemm`` kernel (see kernels/sgemm.cu for the semantics of every
+          beta=0.0, *, tile=None, vector=True):
+    """One launch of an sgemm kernel (see kernels/sgemm.cu for the semantics of every
     argument). ``a``, ``b``, ``c`` are arrays whose data start at the first matrix;
-    ``bias_axis`` 0: one bias per row of C (length M), 1: one per column (length N)."""
+    ``bias_axis`` 0: one bias per row of C (length M), 1: one per column (length N).
+    ``tile`` (``"large"``/``"small"``) and ``vector=False`` (scalar loads only) override the
+    choices of :func:`sgemm_plan` / :func:`vector_ok`, for tests and benchmarks."""
     if red_total is None:
         red_total = red_per_z * batch_z
-    grid, block = sgemm_launch(M, N, batch_y, batch_z)
+    name, grid, block = sgemm_plan(M, N, trans_a, trans_b, batch_y, batch_z, tile)
+    t = sgemm_tiles()["small" if "_small_" in name else "large"]
     bias_mode = 0 if bias is None else (1 if bias_axis == 0 else 2)
-    args = (a, b, c, c if bias is None else bias,
+    vec_a = bool(vector) and vector_ok(a, lda, (a_y, a_z, a_r))
+    vec_b = bool(vector) and vector_ok(b, ldb, (b_y, b_z, b_r))
+    # Without a bias the kernel never reads the bias pointer; pass A (read-only), not C
+    # (written), so that no restrict-qualified pointer aliases the output.
+    args = (a, b, c, a if bias is None else bias,
             i32(M, "M"), i32(N, "N"), i32(K, "K"),
             i32(lda, "lda"), i32(ldb, "ldb"), i32(ldc, "ldc"),
-            np.int32(bool(trans_a)), np.int32(bool(trans_b)),
+            np.int32(vec_a), np.int32(vec_b),
             i32(a_y, "a_stride_y"), i32(a_z, "a_stride_z"), i32(a_r, "a_stride_r"),
             i32(b_y, "b_stride_y"), i32(b_z, "b_stride_z"), i32(b_r, "b_stride_r"),
             i32(c_y, "c_stride_y"), i32(c_z, "c_stride_z"), i32(bias_y, "bias_stride"),
             i32(red_per_z, "red_per_z"), i32(red_total, "red_total"),
             np.int32(bias_mode), np.int32(bool(relu)), np.float32(beta))
-    # Each operand's in-matrix offsets are int32 in the kernel.
-    i32((M if not trans_a else K) * lda, "A extent")
-    i32((K if not trans_b else N) * ldb, "B extent")
+    # In-matrix offsets are int32 in the kernel, including those it forms for tile rows past
+    # the matrix edge (never dereferenced) and one slice past K.
+    k_pad = ceil_div(K, t["BK"]) * t["BK"] + t["BK"]
+    rows_a = ceil_div(M, t["BM"]) * t["BM"]
+    rows_b = ceil_div(N, t["BN"]) * t["BN"]
+    i32(k_pad * lda + rows_a if trans_a else rows_a * lda + k_pad, "A extent")
+    i32(rows_b * ldb + k_pad if trans_b else k_pad * ldb + rows_b, "B extent")
     i32(M * ldc, "C extent")
-    dev.kernel("sgemm")(grid, block, args)
+    dev.kernel(name)(grid, block, args)
 
 
 def sum_partials(dev, parts, out, count, nparts, beta):

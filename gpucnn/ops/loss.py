@@ -4,6 +4,12 @@ Forward returns (mean_loss, probs), the loss a 0-d array on the backend (no host
 backward is (probs - onehot(labels)) / N. The device forward is two launches: one block per
 row (max, sum of exp, probabilities, the row's loss) and a single-block mean in a fixed order,
 so the loss is deterministic.
+
+Labels outside [0, K) are a ValueError on every backend, with the same message
+(:func:`label_range_message`). The CPU paths raise at once; a device kernel cannot raise, so it
+records the bad labels in a small int32 buffer on the device and
+:func:`raise_label_error_device` reports them when the host next reads it — the trainer does
+that where it synchronises anyway, so a correct step costs no extra transfer.
 """
 from __future__ import annotations
 
@@ -13,13 +19,22 @@ from .launch import launch_1d, launch_rows
 
 __all__ = ["softmax_cross_entropy_reference", "softmax_cross_entropy_backward_reference",
            "softmax_cross_entropy_device", "softmax_cross_entropy_backward_device",
-           "check_label_range"]
+           "check_label_range", "label_range_message", "raise_label_error_device"]
+
+_INT32_MIN, _INT32_MAX = -2 ** 31, 2 ** 31 - 1
+
+
+def label_range_message(classes, lo, hi):
+    """The one message for out-of-range labels, the smallest and largest bad ones named."""
+    found = f"{lo}" if lo == hi else f"{lo} to {hi}"
+    return (f"labels must lie in [0, {classes}) for {classes} classes, got out-of-range "
+            f"labels {found}")
 
 
 def check_label_range(labels, classes):
-    if labels.size and (labels.min() < 0 or labels.max() >= classes):
-        raise ValueError(f"labels must lie in [0, {classes}) for {classes} classes, got "
-                         f"values in [{labels.min()}, {labels.max()}]")
+    bad = labels[(labels < 0) | (labels >= classes)]
+    if bad.size:
+        raise ValueError(label_range_message(classes, int(bad.min()), int(bad.max())))
 
 
 def softmax_cross_entropy_reference(logits, labels):
@@ -46,6 +61,35 @@ def _int32(labels):
     return labels if labels.dtype == np.int32 else labels.astype(np.int32)
 
 
+# The device buffer the loss kernels flag bad labels in (kernels/loss.cu: xent_flag_label),
+# kept on the backend object: {flag, smallest bad label, largest bad label, K}.
+_LABEL_ERROR = "_xent_label_error"
+
+
+def _label_error_buffer(dev):
+    buf = getattr(dev, _LABEL_ERROR, None)
+    if buf is None:
+        # Filled on the device (no host-to-device copy, so a step stays transfer-free).
+        xp = dev.xp
+        buf = xp.concatenate([xp.zeros(1, np.int32), xp.full(1, _INT32_MAX, np.int32),
+                              xp.full(1, _INT32_MIN, np.int32), xp.zeros(1, np.int32)])
+        setattr(dev, _LABEL_ERROR, buf)
+    return buf
+
+
+def raise_label_error_device(dev):
+    """The ValueError for the bad labels the loss kernels flagged since the last call, if any
+    (one 16-byte device-to-host read; the flag is cleared)."""
+    buf = getattr(dev, _LABEL_ERROR, None)
+    if buf is None:
+        return
+    flag, lo, hi, classes = (int(v) for v in dev.to_numpy(buf))
+    if flag:
+        setattr(dev, _LABEL_ERROR, None)  # the next launch starts from a clear flag
+        raise ValueError(label_range_message(classes, lo, hi)
+                         + " (flagged by the device loss kernel)")
+
+
 def softmax_cross_entropy_device(dev, logits, labels):
     N, K = logits.shape
     labels = _int32(labels)
@@ -53,7 +97,8 @@ def softmax_cross_entropy_device(dev, logits, labels):
     row_loss = dev.empty((N,), np.float32)
     loss = dev.empty((), np.float32)
     launch_rows(dev, "softmax_xent_forward", N, logits, labels, probs, row_loss,
-                np.int32(N), np.int32(K))
+                _label_error_buffer(dev), np.int32(N), np.int32(K),
+                large_ok=("logits", "probs"))  # 64-bit row offsets
     launch_rows(dev, "softmax_xent_mean", 1, row_loss, loss, np.int32(N))
     return loss, probs
 
@@ -62,5 +107,5 @@ def softmax_cross_entropy_backward_device(dev, probs, labels):
     N, K = probs.shape
     dlogits = dev.empty((N, K), np.float32)
     launch_1d(dev, "softmax_xent_backward", probs.size, probs, _int32(labels), dlogits,
-              np.int32(N), np.int32(K))
+              _label_error_buffer(dev), np.int32(N), np.int32(K))
     return dlogits

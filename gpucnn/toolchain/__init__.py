@@ -13,7 +13,9 @@ from it and never the reverse:
 * :mod:`.compilers` / :mod:`.logs` — NVRTC (ctypes) and nvcc, :data:`COMPILE_OPTIONS`, and
   their logs (ptxas resources, diagnostics);
 * :mod:`.gates` / :mod:`.report` — the compile gates and ``python -m gpucnn.toolchain``, the
-  resource report (``gpucnn kernels --report``).
+  resource report (``gpucnn kernels --report``);
+* :mod:`.sass` — the sm_90 SASS of GEMM-like kernels (nvdisasm): main-loop FFMA share and
+  load widths, and their gate.
 """
 from .compilers import COMPILE_OPTIONS
 from .launch_args import check_launch_args

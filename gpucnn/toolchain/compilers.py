@@ -27,12 +27,18 @@ from pathlib import Path
 
 from .logs import parse_diagnostics, parse_ptxas_log
 
-__all__ = ["COMPILE_OPTIONS", "ToolchainUnavailable", "Nvrtc", "find_nvrtc", "nvrtc_candidates",
+__all__ = ["find_cuda_tool", "COMPILE_OPTIONS", "CUPY_ADDED_OPTIONS", "RUNTIME_OPTIONS", "nvrtc_by_major",
+           "ToolchainUnavailable", "Nvrtc", "find_nvrtc", "nvrtc_candidates",
            "get_nvrtc", "nvrtc_version_string", "find_nvcc", "nvcc_version", "CompileResult",
            "nvrtc_options", "compile_nvrtc", "compile_nvcc"]
 
 # Fast math stays off: the kernels must match the NumPy reference within float32 rounding.
 COMPILE_OPTIONS = ("-std=c++17",)
+# What CuPy (14.x: cupy/cuda/compiler.py, _compile_with_cache_cuda) appends to every RawModule
+# compile on its own. The gates compile with RUNTIME_OPTIONS so that the binary they check is
+# the one that runs; the emulator matches -ftz=true by flushing subnormals during launches.
+CUPY_ADDED_OPTIONS = ("-ftz=true",)
+RUNTIME_OPTIONS = COMPILE_OPTIONS + CUPY_ADDED_OPTIONS
 
 
 class ToolchainUnavailable(RuntimeError):
@@ -92,6 +98,19 @@ def nvrtc_candidates():
         if c not in seen:
             seen.add(c)
             out.append(c)
+    return out
+
+
+def nvrtc_by_major():
+    """{major version: library path}: the first NVRTC found of each CUDA major (12 for
+    cupy-cuda12x, 13 for cupy-cuda13x), so the gates can compile with each."""
+    out = {}
+    for path in nvrtc_candidates():
+        try:
+            major = get_nvrtc(path).version()[0]
+        except (OSError, ToolchainUnavailable):
+            continue
+        out.setdefault(major, path)
     return out
 
 
@@ -243,25 +262,32 @@ def nvrtc_version_string():
     return "%d.%d (%s)" % (*nv.version(), nv.path)
 
 
-def find_nvcc():
-    """Path of nvcc: ``$GPUCNN_NVCC``, ``PATH``, ``$CUDA_HOME/bin``, ``/usr/local/cuda*/bin``."""
-    env = os.environ.get("GPUCNN_NVCC")
+def find_cuda_tool(name, extra=(), hint=""):
+    """Path of the CUDA command-line tool ``name``: ``$GPUCNN_<NAME>``, ``PATH``, the paths
+    ``extra`` (pip wheels' bin folders), ``$CUDA_HOME/bin``, ``/usr/local/cuda*/bin``."""
+    var = f"GPUCNN_{name.upper()}"
+    env = os.environ.get(var)
     if env:
         if os.path.exists(env):
             return env
-        raise ToolchainUnavailable(f"$GPUCNN_NVCC={env} does not exist")
-    w = shutil.which("nvcc")
+        raise ToolchainUnavailable(f"${var}={env} does not exist")
+    w = shutil.which(name)
     if w:
         return w
     homes = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
     homes += sorted(glob.glob("/usr/local/cuda*"), reverse=True)
-    for h in homes:
-        if h and os.path.exists(os.path.join(h, "bin", "nvcc")):
-            return os.path.join(h, "bin", "nvcc")
-    raise ToolchainUnavailable(
-        "nvcc was not found (not on PATH, $GPUCNN_NVCC, $CUDA_HOME/bin or /usr/local/cuda*/bin): "
-        "install the CUDA toolkit's compiler (e.g. pip install nvidia-cuda-nvcc-cu12 and put "
-        "its bin/ on PATH, or apt's nvidia-cuda-toolkit)")
+    for c in [*extra, *(os.path.join(h, "bin", name) for h in homes if h)]:
+        if os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    raise ToolchainUnavailable(f"{name} was not found (not on PATH, ${var}, $CUDA_HOME/bin or "
+                               f"/usr/local/cuda*/bin){': ' + hint if hint else ''}")
+
+
+def find_nvcc():
+    """Path of nvcc (see :func:`find_cuda_tool`)."""
+    return find_cuda_tool("nvcc", hint="install the CUDA toolkit's compiler (e.g. pip install "
+                          "nvidia-cuda-nvcc-cu12 and put its bin/ on PATH, or apt's "
+                          "nvidia-cuda-toolkit)")
 
 
 def nvcc_version(nvcc=None):
@@ -296,7 +322,7 @@ def _include_opts(path):
 
 def nvrtc_options(target, path=None, extra=()):
     """The NVRTC options of the gate: the run-time options plus the target and ``ptxas -v``."""
-    opts = [f"--gpu-architecture={target}", "--ptxas-options=-v", *COMPILE_OPTIONS]
+    opts = [f"--gpu-architecture={target}", "--ptxas-options=-v", *RUNTIME_OPTIONS]
     if path is not None:
         opts += _include_opts(path)
     return opts + list(extra)
@@ -333,7 +359,7 @@ def compile_nvcc(path, target, nvcc=None, extra_options=(), timeout=600):
     res = CompileResult(file=str(path), target=target, compiler="nvcc")
     nvcc = nvcc or find_nvcc()
     with tempfile.TemporaryDirectory(prefix="gpucnn-nvcc-") as tmp:
-        cmd = [nvcc, f"-arch={target}", "-cubin", "-Xptxas", "-v", *COMPILE_OPTIONS,
+        cmd = [nvcc, f"-arch={target}", "-cubin", "-Xptxas", "-v", *RUNTIME_OPTIONS,
                "-Wno-deprecated-gpu-targets", f"-I{path.resolve().parent}",
                "-o", os.path.join(tmp, "out.cubin"), str(path), *extra_options]
         res.command = " ".join(cmd)

@@ -9,7 +9,11 @@ A gate fails (and so does ``tests/toolchain/test_gates.py``, and CI) on
 * a declared launch that cannot run at all (0 resident blocks) or, when declared, an occupancy
   below ``min_occupancy``;
 * an annotation with an unknown key or naming a kernel that does not exist, or a declared
-  ``extern "C" __global__`` kernel missing from the ptxas output.
+  ``extern "C" __global__`` kernel missing from the ptxas output;
+* for a kernel annotated GEMM-like (``gemm=1``, ``min_ffma=``), its sm_90 SASS main loop
+  below the FFMA share or reading shared memory narrower than 128 bits (:mod:`.sass`; the
+  figures are in the record: ``loop_instructions``, ``loop_ffma``, ``ffma_share``,
+  ``lds_bits``, ``ldg_bits``, ``sts_bits``).
 
 Budgets come from the ``// gpucnn:`` annotations (:func:`~.parse.parse_kernel_decls`).
 """
@@ -21,13 +25,14 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .compilers import compile_nvcc, compile_nvrtc, find_nvcc, get_nvrtc
+from . import sass
+from .compilers import ToolchainUnavailable, compile_nvcc, compile_nvrtc, find_nvcc, get_nvrtc
 from .limits import ARCHS, MAX_REGS_PER_THREAD, occupancy, register_fit_limit
 from .parse import KernelDecl, parse_kernel_decls
 from .sources import kernel_sources
 
-__all__ = ["Record", "evaluate", "collect", "gate_failures", "DEFAULT_NVRTC_TARGETS",
-           "DEFAULT_NVCC_TARGETS"]
+__all__ = ["Record", "evaluate", "apply_sass", "collect", "gate_failures",
+           "DEFAULT_NVRTC_TARGETS", "DEFAULT_NVCC_TARGETS"]
 
 DEFAULT_NVRTC_TARGETS = ("sm_80", "sm_90")
 DEFAULT_NVCC_TARGETS = ("sm_75", "sm_80", "sm_86", "sm_90")
@@ -51,6 +56,14 @@ class Record:
     blocks_per_sm: int | None = None
     occupancy: float | None = None
     limiter: str = ""
+    gemm: str = ""                       # the annotation: "" / "gate" / "report" (parse.py)
+    # The SASS main loop (sass.py), for GEMM-like kernels on the SASS target only:
+    loop_instructions: int | None = None
+    loop_ffma: int | None = None
+    ffma_share: float | None = None
+    lds_bits: list | None = None         # widths of its shared loads, e.g. [128]
+    ldg_bits: list | None = None         # ... global loads, e.g. [32, 128]
+    sts_bits: list | None = None         # ... shared stores
     problems: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
 
@@ -102,7 +115,7 @@ def evaluate(result, decls, decl_problems=()):
         rec = Record(kernel=name, file=fname, target=result.target, compiler=result.compiler,
                      registers=st.registers, spill_stores=st.spill_stores,
                      spill_loads=st.spill_loads, stack=st.stack_frame, smem=st.smem,
-                     cmem=st.cmem.get(0), block=d.block, dyn_smem=d.dyn_smem)
+                     cmem=st.cmem.get(0), block=d.block, dyn_smem=d.dyn_smem, gemm=d.gemm)
         if st.spill_stores or st.spill_loads:
             rec.problems.append(f"spills: {st.spill_stores} bytes stores, "
                                 f"{st.spill_loads} bytes loads")
@@ -144,14 +157,50 @@ def evaluate(result, decls, decl_problems=()):
     return records
 
 
+def _decl_of(decls, name):
+    return decls.get(name) or decls.get(_base_name(name))
+
+
+def apply_sass(records, path, decls, nvrtc=None, source=None, target=sass.SASS_TARGET,
+               nvdisasm=None):
+    """Add the SASS main-loop figures and gate (:func:`.sass.sass_problems`) to the NVRTC
+    ``target`` records of one source's GEMM-like kernels. Returns the analysed records.
+    Without a disassembler the records get a note (the SASS gate did not run) and the error
+    is re-raised when ``nvdisasm`` was given explicitly."""
+    name = Path(path).name
+    mine = [r for r in records if r.file == name and r.compiler == "nvrtc" and
+            r.target == target and r.kernel != "*" and
+            (d := _decl_of(decls, r.kernel)) is not None and d.gemm_like]
+    if not mine:
+        return []
+    try:
+        loops = sass.analyze_source(path, target, nvrtc, source, nvdisasm)
+    except ToolchainUnavailable as exc:
+        if nvdisasm is not None:
+            raise
+        for r in mine:
+            r.notes.append(f"SASS gate not run: {exc}")
+        return []
+    for r in mine:
+        st = loops.get(r.kernel)
+        if st is not None:
+            r.loop_instructions, r.loop_ffma = st.instructions, st.ffma
+            r.ffma_share = round(st.ffma_share, 4)
+            r.lds_bits, r.ldg_bits, r.sts_bits = st.lds_bits, st.ldg_bits, st.sts_bits
+        r.problems += sass.sass_problems(st, _decl_of(decls, r.kernel))
+    return mine
+
+
 def collect(sources=None, targets=DEFAULT_NVRTC_TARGETS, nvcc_targets=(), use_nvrtc=True,
-            jobs=None, nvrtc=None, nvcc=None):
+            jobs=None, nvrtc=None, nvcc=None, use_sass=True):
     """Compile every source for every target and return ``(records, results)``.
 
     ``sources``: ``.cu`` paths (default :func:`~.sources.kernel_sources`);
     ``targets``: NVRTC targets (skipped when ``use_nvrtc`` is false); ``nvcc_targets``: nvcc
-    targets (none by default). Raises :class:`ToolchainUnavailable` when a needed compiler is
-    missing. ``jobs`` nvcc processes run at once (default 2, ``$GPUCNN_REPORT_JOBS``).
+    targets (none by default). ``use_sass``: GEMM-like kernels also get their SASS figures
+    and gate when :data:`.sass.SASS_TARGET` is among the NVRTC targets (:func:`apply_sass`).
+    Raises :class:`ToolchainUnavailable` when a needed compiler is missing. ``jobs`` nvcc
+    processes run at once (default 2, ``$GPUCNN_REPORT_JOBS``).
     """
     sources = [Path(s) for s in (sources if sources is not None else kernel_sources())]
     if jobs is None:
@@ -173,6 +222,9 @@ def collect(sources=None, targets=DEFAULT_NVRTC_TARGETS, nvcc_targets=(), use_nv
     for r in results:
         d, probs = decls[Path(r.file)]
         records += evaluate(r, d, probs)
+    if use_sass and nv is not None and sass.SASS_TARGET in targets:
+        for src in sources:
+            apply_sass(records, src, decls[src][0], nv, texts[src])
     return records, results
 
 

@@ -4,8 +4,10 @@ disagree about what a file says.
 
 * :func:`strip_comments` — comments and string literals blanked, offsets and lines kept;
 * :func:`int_defines` — object-like ``#define NAME <integer>`` lines;
+* :func:`object_macros` — object-like ``#define NAME <text>`` lines (continuations joined);
 * :func:`global_functions` — every ``__global__`` function (declaration or definition), with
-  its ``__launch_bounds__``, ``extern "C"`` linkage and parameter text;
+  its ``__launch_bounds__``, ``extern "C"`` linkage and parameter text (``k(PARAMS)``, one
+  object-like macro of the file, is expanded: kernels may share one parameter list);
 * :func:`parse_kernels` — ``{name: [Param, ...]}``: each kernel definition's parameters and
   the NumPy dtype each one takes from Python;
 * :func:`parse_launch_bounds` — ``{name: max threads per block}`` from ``__launch_bounds__``;
@@ -19,7 +21,9 @@ Annotations sit in a ``//`` comment directly above the kernel (or on its declara
 Keys: ``block`` (threads per block at launch, ``256`` or ``16x16`` or ``8x8x4``; default: the
 ``__launch_bounds__`` value, else 256), ``max_regs`` (registers per thread), ``dyn_smem``
 (dynamic shared memory bytes per block at launch, ``4096`` or ``4K``), ``min_occupancy``
-(``0.5`` or ``50%``). Integer values may name an integer ``#define`` of the file.
+(``0.5`` or ``50%``), ``gemm`` (``1``: GEMM-like, its SASS main loop gated by :mod:`.sass`;
+``report``: reported only; ``0``: neither, the default), ``min_ffma`` (that gate's FFMA share,
+``0.8`` or ``80%``; implies ``gemm=1``). Integer values may name an integer ``#define``.
 ``// gpucnn: kernel=NAME block=...`` anywhere in the file targets NAME;
 ``// gpucnn: defaults block=128`` sets the file's defaults.
 """
@@ -31,9 +35,9 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["strip_comments", "int_defines", "GlobalFunction", "global_functions", "Param",
-           "parse_kernels", "parse_launch_bounds", "KernelDecl", "parse_kernel_decls",
-           "C_TYPES", "VECTOR_TYPES", "DEFAULT_BLOCK"]
+__all__ = ["strip_comments", "int_defines", "object_macros", "GlobalFunction",
+           "global_functions", "Param", "parse_kernels", "parse_launch_bounds", "KernelDecl",
+           "parse_kernel_decls", "C_TYPES", "VECTOR_TYPES", "DEFAULT_BLOCK"]
 
 DEFAULT_BLOCK = 256
 
@@ -119,6 +123,17 @@ def int_defines(text: str) -> dict:
     return {m.group(1): int(m.group(2)) for m in _DEFINE_RE.finditer(strip_comments(text))}
 
 
+_MACRO_RE = re.compile(
+    r"(?m)^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)(?![\w(])((?:[^\n]*\\\n)*[^\n]*)")
+
+
+def object_macros(text: str) -> dict:
+    """``{NAME: body}`` for every object-like ``#define NAME body`` (continuations joined,
+    comments removed, whitespace collapsed); function-like macros are skipped."""
+    return {m.group(1): " ".join(m.group(2).replace("\\\n", " ").split())
+            for m in _MACRO_RE.finditer(strip_comments(text))}
+
+
 def int_value(expr: str, defines: dict) -> Optional[int]:
     """An integer literal (``256``, ``256u``, ``(256)``) or the name of an integer
     ``#define``; None for any other expression."""
@@ -172,6 +187,7 @@ _BOUNDS_BEFORE = re.compile(r"__launch_bounds__\s*\(([^()]*)\)\s*$")
 def global_functions(text: str) -> list:
     """Every ``__global__`` function of ``text`` (raw source), in order."""
     code = _blank(strip_comments(text), _PREPROCESSOR_RE)
+    macros = object_macros(text)
     extern_blocks = []
     for m in re.finditer(r'extern\s+"C"\s*\{', code):
         depth, j = 0, m.end() - 1
@@ -212,8 +228,11 @@ def global_functions(text: str) -> list:
             continue
         extern_c = (bool(re.search(r'extern\s+"C"', prefix))
                     or any(a <= m.start() < b for a, b in extern_blocks))
+        params = code[params_start:params_end].strip()
+        for _ in range(8):    # a parameter list that is one macro name, expanded
+            params = macros[params] if params in macros else params
         found.append(GlobalFunction(
-            name=name, offset=m.start(), params=code[params_start:params_end].strip(),
+            name=name, offset=m.start(), params=params,
             params_end=params_end + 1, launch_bounds=bounds, extern_c=extern_c,
             is_definition=code[params_end + 1:].lstrip().startswith("{")))
     return found
@@ -333,10 +352,23 @@ class KernelDecl:
     extern_c: bool = True
     annotated: bool = False
     block_annotated: bool = False    # ``block`` came from an annotation (not a default)
+    gemm: str = ""                   # "": not GEMM-like; "gate": SASS-gated; "report": shown
+    min_ffma: float | None = None    # the gate's FFMA share of the main loop (None: default)
+    gemm_like = property(lambda self: bool(self.gemm))         # its SASS loop is analysed
+    gemm_gated = property(lambda self: self.gemm == "gate")    # ... and gated
 
 
 _ANNOT_RE = re.compile(r"//\s*gpucnn\s*:(?P<body>.*)$")
-_KNOWN_KEYS = ("block", "max_regs", "dyn_smem", "min_occupancy", "kernel")
+_KNOWN_KEYS = ("block", "max_regs", "dyn_smem", "min_occupancy", "gemm", "min_ffma",
+               "kernel")
+_GEMM_VALUES = {"1": "gate", "report": "report", "0": ""}
+
+
+def _fraction(v):
+    f = float(v[:-1]) / 100 if v.endswith("%") else float(v)
+    if not 0.0 <= f <= 1.0:
+        raise ValueError(v)
+    return f
 
 
 def _parse_size(v):
@@ -376,8 +408,13 @@ def _parse_annotation(body, defines):
             elif k == "dyn_smem":
                 values["dyn_smem"] = defines[v] if v in defines else _parse_size(v)
             elif k == "min_occupancy":
-                values["min_occupancy"] = (float(v[:-1]) / 100 if v.endswith("%")
-                                           else float(v))
+                values["min_occupancy"] = _fraction(v)
+            elif k == "gemm":
+                if v.strip().lower() not in _GEMM_VALUES:
+                    raise ValueError(v)
+                values["gemm"] = _GEMM_VALUES[v.strip().lower()]
+            elif k == "min_ffma":
+                values["min_ffma"] = _fraction(v)
             elif k == "kernel":
                 values["kernel"] = v.strip()
             else:
@@ -448,6 +485,8 @@ def parse_kernel_decls(text, file=""):
         d.max_regs = values.get("max_regs")
         d.dyn_smem = int(values.get("dyn_smem", 0))
         d.min_occupancy = values.get("min_occupancy")
+        d.min_ffma = values.get("min_ffma")
+        d.gemm = values.get("gemm", "gate" if d.min_ffma is not None else "")
         decls[f.name] = d
     for ln in sorted(set(annots) - used):
         problems.append(f"{file}:{ln}: annotation is not next to a kernel (put it in the "

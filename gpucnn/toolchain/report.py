@@ -1,10 +1,13 @@
 """The kernel resource report: a table (and JSON) of every kernel's registers, spills, shared
-memory and theoretical occupancy per target, with the gate verdicts.
+memory and theoretical occupancy per target, with the gate verdicts; for GEMM-like kernels
+(annotated ``gemm=1``) also their sm_90 SASS main loop (:mod:`.sass`): its instruction count,
+FFMA count and share, and the widths of its shared loads, global loads and shared stores.
 
 Command line (``gpucnn kernels --report`` calls :func:`main`)::
 
     python -m gpucnn.toolchain [--targets sm_80,sm_90] [--nvcc] [--nvcc-targets ...]
-                               [--json PATH] [--no-nvrtc] [--jobs N] [FILE.cu ...]
+                               [--json PATH] [--no-nvrtc] [--no-sass] [--jobs N]
+                               [FILE.cu ...]
 
 It prints the table and exits 0 when every gate passes, 1 when one fails, 2 when a compiler is
 missing or no kernel sources exist.
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from .compilers import ToolchainUnavailable, find_nvcc, get_nvrtc, nvcc_version
 from .gates import DEFAULT_NVCC_TARGETS, DEFAULT_NVRTC_TARGETS, collect, gate_failures
+from .sass import SASS_TARGET, find_nvdisasm
 
 __all__ = ["render_table", "report_dict", "toolchain_info", "build_parser", "main"]
 
@@ -29,10 +33,16 @@ def _fmt_bytes(n):
     return f"{n / 1024:.1f}K" if n >= 1024 else str(n)
 
 
+def _bits(widths):
+    return "-" if not widths else "/".join(str(w) for w in widths)
+
+
 def render_table(records):
-    """A plain-text table of the records, failures listed below it."""
+    """A plain-text table of the records, failures listed below it. The ``loop`` columns
+    are the SASS main loop of GEMM-like kernels: instructions, FFMA (share), and the bit
+    widths of its LDS / LDG / STS."""
     head = ("kernel", "target", "compiler", "regs", "budget", "spill st/ld", "stack", "smem",
-            "block", "occupancy", "gate")
+            "block", "occupancy", "loop", "ffma", "lds", "ldg", "sts", "gate")
     rows = []
     for r in sorted(records, key=lambda r: (r.file, r.kernel != "*", r.kernel, r.compiler,
                                             r.target)):
@@ -46,6 +56,9 @@ def render_table(records):
                      "-" if r.reg_budget is None else str(r.reg_budget),
                      "-" if r.spill_stores is None else f"{r.spill_stores}/{r.spill_loads}",
                      _fmt_bytes(r.stack), _fmt_bytes(r.smem), block, occ,
+                     "-" if r.loop_instructions is None else str(r.loop_instructions),
+                     "-" if r.loop_ffma is None else f"{r.loop_ffma} ({r.ffma_share:.0%})",
+                     _bits(r.lds_bits), _bits(r.ldg_bits), _bits(r.sts_bits),
                      "ok" if r.ok else "FAIL"))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
               for i, h in enumerate(head)]
@@ -61,8 +74,13 @@ def render_table(records):
     return "\n".join(lines)
 
 
-def toolchain_info(use_nvrtc=True, use_nvcc=False):
+def toolchain_info(use_nvrtc=True, use_nvcc=False, use_sass=False):
     info = {}
+    if use_sass:
+        try:
+            info["nvdisasm"] = {"path": find_nvdisasm(), "target": SASS_TARGET}
+        except ToolchainUnavailable as exc:
+            info["nvdisasm"] = {"error": str(exc)}
     if use_nvrtc:
         try:
             nv = get_nvrtc()
@@ -100,8 +118,9 @@ def build_parser(prog="python -m gpucnn.toolchain"):
     ap = argparse.ArgumentParser(
         prog=prog,
         description="Compile the gpucnn CUDA kernels with NVRTC (and nvcc), gate them "
-                    "(errors, warnings, spills, register budgets) and report registers, "
-                    "shared memory and theoretical occupancy.")
+                    "(errors, warnings, spills, register budgets, the SASS main loop of "
+                    "GEMM-like kernels) and report registers, shared memory, theoretical "
+                    "occupancy and the main loop's FFMA share and load widths.")
     ap.add_argument("files", nargs="*", help=".cu files (default: every gpucnn kernel source)")
     ap.add_argument("--targets", type=_targets, default=DEFAULT_NVRTC_TARGETS,
                     help="NVRTC targets, comma separated (default: sm_80,sm_90)")
@@ -110,6 +129,9 @@ def build_parser(prog="python -m gpucnn.toolchain"):
                     help="nvcc targets (default: sm_75,sm_80,sm_86,sm_90)")
     ap.add_argument("--no-nvrtc", action="store_true",
                     help="skip NVRTC (default: compile with it)")
+    ap.add_argument("--no-sass", action="store_true",
+                    help="skip the SASS main-loop figures and gate of GEMM-like kernels "
+                         "(default: read them from the sm_90 NVRTC build with nvdisasm)")
     ap.add_argument("--json", metavar="PATH",
                     help="also write the report as JSON to PATH (default: none)")
     ap.add_argument("--jobs", type=int, default=None,
@@ -127,13 +149,15 @@ def main(argv=None, prog="python -m gpucnn.toolchain"):
     try:
         records, results = collect(args.files or None, targets=args.targets if use_nvrtc else (),
                                    nvcc_targets=args.nvcc_targets if args.nvcc else (),
-                                   use_nvrtc=use_nvrtc, jobs=args.jobs)
+                                   use_nvrtc=use_nvrtc, jobs=args.jobs,
+                                   use_sass=not args.no_sass)
     except (ToolchainUnavailable, FileNotFoundError) as exc:
         print(f"gpucnn kernel report: {exc}", file=sys.stderr)
         return 2
-    tc = toolchain_info(use_nvrtc, args.nvcc)
+    tc = toolchain_info(use_nvrtc, args.nvcc, use_sass=use_nvrtc and not args.no_sass)
     for k, v in tc.items():
-        print(f"{k}: {v.get('version', '?')} ({v.get('path', v.get('error'))})")
+        print(f"{k}: {v.get('version', v.get('target', '?'))} "
+              f"({v.get('path', v.get('error'))})")
     if args.verbose:
         for r in results:
             print(f"\n=== {r.compiler} {r.target} {Path(r.file).name}: {r.command}\n{r.log}")

@@ -88,3 +88,10 @@ extern "C" __global__ void scale_vec4(const float* __restrict__ x, float* __rest
     for (int i = n4 * 4 + blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
         y[i] = x[i] * s;
 }
+
+// y = x * s: with -ftz=true on a GPU (CuPy's default) a subnormal x or result becomes 0.
+extern "C" __global__ void scale_floats(const float* x, float* y, float s, int n)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x)
+        y[i] = x[i] * s;
+}

@@ -4,8 +4,9 @@
    (with its padding computed here, PyTorch's rule for 'same') and by finite differences.
 2. The tuned NumPy path (``ops/conv/cpu.py``: wide columns, im2col + GEMM; threads, workspace
    slices, the forward->backward column cache) against the reference in float64.
-3. The device path (``ops/conv/device.py``) on ``emu`` in three thread orders (or a GPU with
-   --device-backend cuda) against the reference in float64; outputs are poisoned on emu.
+3. The device im2col + SGEMM path (``ops/conv/device.py``, ``algo="im2col"``; the implicit
+   GEMM one is tests/ops/test_conv_implicit.py) on ``emu`` in three thread orders (or a GPU
+   with --device-backend cuda) against the reference in float64; outputs are poisoned on emu.
 """
 import numpy as np
 import pytest
@@ -279,7 +280,7 @@ def test_device_forward(device_backend, reference_backend, rng, case, relu):
     B = device_backend
     x, w, b, kw = _inputs(rng, case)
     ref = reference_backend.conv2d(*f64(x, w, b), **kw, relu=relu)
-    y = B.to_numpy(B.conv2d(*to_backend(B, x, w, b), **kw, relu=relu))
+    y = B.to_numpy(B.conv2d(*to_backend(B, x, w, b), **kw, relu=relu, algo="im2col"))
     assert y.dtype == np.float32
     assert_close(y, ref, _tol(x, w, kw), f"conv2d {case}")
 
@@ -289,14 +290,15 @@ def test_device_forward_no_bias(device_backend, reference_backend, rng):
     for case in ("groups2", "same_even"):
         x, w, _, kw = _inputs(rng, case, bias=False)
         ref = reference_backend.conv2d(*f64(x, w), **kw)
-        assert_close(B.to_numpy(B.conv2d(*to_backend(B, x, w), **kw)), ref, TOL, case)
+        assert_close(B.to_numpy(B.conv2d(*to_backend(B, x, w), **kw, algo="im2col")), ref,
+                     TOL, case)
 
 
 def _device_backward_check(B, R, rng, case, **need):
     x, w, _, kw = _inputs(rng, case, bias=False)
     dy = randn(rng, *conv_geometry(x.shape, w.shape, **kw).y_shape)
     refs = R.conv2d_backward(*f64(dy, x, w), **kw)
-    outs = B.conv2d_backward(*to_backend(B, dy, x, w), **kw, **need)
+    outs = B.conv2d_backward(*to_backend(B, dy, x, w), **kw, **need, algo="im2col")
     tol = _tol(x, w, kw)
     skipped = {"dx": not need.get("need_dx", True), "dw": not need.get("need_dw", True)}
     skipped["db"] = skipped["dw"]
@@ -334,9 +336,10 @@ def test_device_chunked_and_split(device_backend, reference_backend, rng, monkey
         monkeypatch.setattr(B, "workspace_bytes", ws)
         monkeypatch.setattr(B, "dw_target_blocks", target, raising=False)
         what = f"{case} workspace={ws} dw_target_blocks={target}"
-        assert_close(B.to_numpy(B.conv2d(*to_backend(B, x, w, b), **kw)), y_ref, TOL, what)
+        assert_close(B.to_numpy(B.conv2d(*to_backend(B, x, w, b), **kw, algo="im2col")),
+                     y_ref, TOL, what)
         for name, out, ref in zip(("dx", "dw", "db"), to_host(B, *B.conv2d_backward(
-                *to_backend(B, dy, x, w), **kw)), g_ref):
+                *to_backend(B, dy, x, w), **kw, algo="im2col")), g_ref):
             assert_close(out, ref, TOL, f"{what} {name}")
 
 
@@ -349,12 +352,12 @@ def test_device_matmul_path(device_backend, reference_backend, rng, monkeypatch)
     for case in ("groups3_stride2", "1x1_groups", "same_even"):
         x, w, b, kw = _inputs(rng, case)
         ref = reference_backend.conv2d(*f64(x, w, b), **kw, relu=True)
-        y = B.to_numpy(B.conv2d(*to_backend(B, x, w, b), **kw, relu=True))
+        y = B.to_numpy(B.conv2d(*to_backend(B, x, w, b), **kw, relu=True, algo="im2col"))
         assert_close(y, ref, TOL, f"{case} (matmul path)")
         dy = randn(rng, *ref.shape)
         refs = reference_backend.conv2d_backward(*f64(dy, x, w), **kw)
-        for out, r in zip(to_host(B, *B.conv2d_backward(*to_backend(B, dy, x, w), **kw)),
-                          refs):
+        for out, r in zip(to_host(B, *B.conv2d_backward(*to_backend(B, dy, x, w), **kw,
+                                                          algo="im2col")), refs):
             assert_close(out, r, TOL, f"{case} backward (matmul path)")
 
 
@@ -371,11 +374,12 @@ def test_conv_plan_and_workspace_reuse(device_backend, rng, monkeypatch):
     assert not conv_device.conv_plan(B, conv_geometry((5, 3, 8, 8), (4, 3, 1, 1), stride=2))[0]
     # One workspace, reused by later layers and calls that need no more.
     x, w = to_backend(B, randn(rng, 2, 3, 8, 8), randn(rng, 4, 3, 3, 3))
-    B.conv2d(x, w, padding=1)
+    B.conv2d(x, w, padding=1, algo="im2col")
     buf = getattr(B, conv_device.WORKSPACE)
-    B.conv2d(x[:1].copy(), w, padding=1)
-    B.conv2d_backward(B.conv2d(x, w, padding=1), x, w, padding=1)
-    assert getattr(B, conv_device.WORKSPACE) is buf
+    B.conv2d(x[:1].copy(), w, padding=1, algo="im2col")
+    B.conv2d_backward(B.conv2d(x, w, padding=1, algo="im2col"), x, w, padding=1,
+                      algo="im2col")
+    assert buf is not None and getattr(B, conv_device.WORKSPACE) is buf
 
 
 def test_dw_split(device_backend, monkeypatch):
@@ -425,7 +429,7 @@ def test_bias_grad_many_channels(device_backend, rng):
     F = 2 * B.max_blocks + 3
     x, w = randn(rng, 3, 2, 5, 7), randn(rng, F, 2, 1, 1)
     dy = randn(rng, 3, F, 5, 7)
-    _, _, db = B.conv2d_backward(*to_backend(B, dy, x, w), need_dx=False)
+    _, _, db = B.conv2d_backward(*to_backend(B, dy, x, w), need_dx=False, algo="im2col")
     assert_close(B.to_numpy(db), f64(dy)[0].sum(axis=(0, 2, 3)), TOL, "db")
 
 

@@ -109,7 +109,7 @@ def test_fused_fast_path_geometry():
     assert not pool_geometry((3, 4, 9, 9), 3, 2, 1).plain
 
 
-def test_fused_all_ties_and_nan(rng):
+def test_fused_all_ties_and_nan(rng, reference_backend):
     x = np.zeros((2, 2, 8, 8), np.float32)  # every window a tie (all zero after ReLU)
     w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
     b = np.array([-1, 0, 1], np.float32)
@@ -119,6 +119,16 @@ def test_fused_all_ties_and_nan(rng):
         np.testing.assert_array_equal(y, y0)
         np.testing.assert_array_equal(sw, sw0)
         x[0, 0, 3, 3] = np.nan  # second round: a NaN takes the general pool
+    # The NaN survives ReLU and wins every pool window its 3x3 conv footprint reaches
+    # (PyTorch's rule), with the switch at the last NaN of the window.
+    R = reference_backend
+    y_ref, sw_ref = R.conv2d_relu_maxpool(*f64(x, w, b), padding=1, kernel_size=2)
+    np.testing.assert_array_equal(y, y_ref.astype(np.float32))
+    np.testing.assert_array_equal(sw, sw_ref)
+    assert np.isnan(y[0, :, 1:3, 1:3]).all() and not np.isnan(y[0, :, 0]).any()
+    assert not np.isnan(y[1]).any()
+    # conv outputs (2..4, 2..4) are NaN: the last one of each window is its switch (h * 8 + w)
+    assert (sw[0, :, 1:3, 1:3] == [[27, 28], [35, 36]]).all()
 
 
 def test_fused_backward_checks_arguments(rng):

@@ -40,10 +40,28 @@ def test_reference_does_not_cancel_for_large_logits(rng, shift):
     assert abs(float(got) - np.log(10)) < 1e-6
 
 
+@pytest.mark.parametrize("shift", [1e7, 1e8])
+def test_numpy_backend_loss_does_not_cancel(numpy_backend, shift):
+    """The issue's cases on the numpy backend: ten equal logits at 1e7 / 1e8 give log(10)
+    and rows one float32 step apart the float64 loss (the cancelling log(s) + m - z[label]
+    loses up to the logits' spacing, 1 at 1e7 and 8 at 1e8: 0.0 for the ties at 1e8)."""
+    B = numpy_backend
+    ties = np.full((1, 10), shift, np.float32)
+    got, _ = B.softmax_cross_entropy(ties, np.array([3], np.int32))
+    assert abs(float(got) - np.log(10)) < 1e-6
+    z = np.full((2, 10), shift, np.float32)
+    z[:, 4] += np.spacing(np.float32(shift))  # the next float32 up: a difference of 1 or 8
+    want, _ = loss.softmax_cross_entropy_reference(z.astype(np.float64), np.array([0, 4]))
+    got, _ = B.softmax_cross_entropy(z, np.array([0, 4], np.int32))
+    assert abs(float(got) - float(want)) <= 1e-6 * float(want)
+
+
 def test_reference_rejects_labels_out_of_range(rng):
     logits = rng.standard_normal((6, 5))
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\) .*labels 5\b"):
         loss.softmax_cross_entropy_reference(logits, np.full(6, 5, dtype=np.int32))
+    with pytest.raises(ValueError, match=r"out-of-range labels -2 to 7"):
+        loss.softmax_cross_entropy_reference(logits, np.array([0, -2, 7, 1, 5, 4], np.int32))
 
 
 @pytest.mark.parametrize("label_dtype", [np.int32, np.int64])
@@ -89,12 +107,33 @@ def test_device_loss_is_deterministic(device_backend, rng):
     assert first.tobytes() == second.tobytes()
 
 
-def test_device_bad_label_is_nan(device_backend, rng):
-    """A label outside [0, K) cannot raise on the device: its row poisons loss and gradient."""
+def test_device_bad_label_is_flagged_and_raised_at_the_check(device_backend,
+                                                              reference_backend, rng):
+    """A label outside [0, K) cannot raise inside a kernel: its row poisons loss and gradient,
+    the kernel flags it on the device, and raise_device_errors (where the trainer syncs
+    anyway) raises the reference's own ValueError; the flag is then clear."""
     B = device_backend
-    logits = B.asarray(randn(rng, 3, 4))
-    labels = B.asarray(np.array([1, 4, 0], np.int32))
-    mean, probs = B.softmax_cross_entropy(logits, labels)
+    B.raise_device_errors()  # nothing flagged
+    x = randn(rng, 4, 4)
+    bad = np.array([1, 4, 0, -3], np.int32)
+    with pytest.raises(ValueError) as ref:
+        reference_backend.softmax_cross_entropy(x, bad)
+    mean, probs = B.softmax_cross_entropy(B.asarray(x), B.asarray(bad))
     assert np.isnan(B.to_numpy(mean))
-    d = B.to_numpy(B.softmax_cross_entropy_backward(probs, labels))
-    assert np.isnan(d[1]).all() and np.isfinite(d[[0, 2]]).all()
+    d = B.to_numpy(B.softmax_cross_entropy_backward(probs, B.asarray(bad)))
+    assert np.isnan(d[[1, 3]]).all() and np.isfinite(d[[0, 2]]).all()
+    with pytest.raises(ValueError) as dev:
+        B.raise_device_errors()
+    assert str(dev.value).startswith(str(ref.value))  # "... labels -3 to 4"
+    B.raise_device_errors()  # cleared
+    good = B.asarray(np.array([1, 2, 0, 3], np.int32))
+    assert np.isfinite(B.to_numpy(B.softmax_cross_entropy(B.asarray(x), good)[0]))
+    B.raise_device_errors()
+
+
+def test_device_backward_alone_flags_bad_labels(device_backend, rng):
+    B = device_backend
+    probs = B.asarray(np.full((2, 3), 1 / 3, np.float32))
+    B.softmax_cross_entropy_backward(probs, B.asarray(np.array([0, 3], np.int32)))
+    with pytest.raises(ValueError, match=r"\[0, 3\) for 3 classes, got out-of-range labels 3"):
+        B.raise_device_errors()

@@ -22,8 +22,8 @@ def two(v):
 
 
 # ---- PyTorch's definitions, transcribed loop by loop (aten/src/ATen/native/Pool.h, the
-# CPU max/avg kernels, torch/nn/functional.py lp_pool2d). Max ties keep the first maximum
-# (PyTorch's CPU kernel also lets a NaN win; our convention keeps the strict '>' fold).
+# CPU max/avg kernels, torch/nn/functional.py lp_pool2d). Max: `val > maxval || isnan(val)`,
+# so ties keep the first maximum and a NaN anywhere wins (the last one in window order).
 def torch_out_size(size, k, s, p, d, ceil):
     out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil else 0)) // s + 1
     if ceil and (out - 1) * s >= size + p:
@@ -41,7 +41,8 @@ def literal_max_pool(x, k, s, p, d=1, ceil=False):
         for a in range(kh):
             for b in range(kw):
                 h, w = i * sh - ph + a * dh, j * sw - pw + b * dw
-                if 0 <= h < H and 0 <= w < W and (arg < 0 or x[n, c, h, w] > best):
+                inside = 0 <= h < H and 0 <= w < W
+                if inside and (arg < 0 or x[n, c, h, w] > best or np.isnan(x[n, c, h, w])):
                     best, arg = x[n, c, h, w], h * W + w
         y[n, c, i, j], idx[n, c, i, j] = best, arg
     return y, idx
@@ -323,18 +324,33 @@ def test_numpy_keeps_the_tuned_path_for_lenet_and_alexnet_pools(tuned, rng, monk
         tuned.max_pool2d(randn(rng, 1, 2, 7, 7), 2, ceil_mode=True)
 
 
-def test_numpy_max_pool_nan_and_inf_follow_the_strict_fold(tuned, reference_backend):
-    x = np.zeros((1, 1, 4, 4), np.float32)
-    x[0, 0, 0, 1] = np.nan          # first window: NaN second -> the fold keeps x[0, 0]
-    x[0, 0, 0, 2] = np.nan          # second window: NaN first -> kept
+def nan_windows():
+    """(x, y, switches) by PyTorch's rule: a NaN anywhere in a window wins, the last one in
+    row-major window order when there are several; infinities compare as numbers."""
+    x = np.zeros((1, 1, 4, 6), np.float32)
+    x[0, 0, 0, 1] = np.nan          # window (0, 0): NaN after a number -> NaN at 1
+    x[0, 0, 0, 2] = np.nan          # window (0, 1): NaN first, then 5 -> still NaN at 2
     x[0, 0, 0, 3] = 5.0
-    x[0, 0, 2:, 2:] = -np.inf
-    x[0, 0, 3, 3] = np.inf
-    y, sw = tuned.max_pool2d(x, 2)
-    y_ref, sw_ref = reference_backend.max_pool2d(x, 2)
-    np.testing.assert_array_equal(sw, sw_ref)
-    np.testing.assert_array_equal(y, y_ref)  # NaN positions compare equal here
-    assert sw_ref[0, 0, 0, 0] == 0 and sw_ref[0, 0, 0, 1] == 2 and y_ref[0, 0, 1, 1] == np.inf
+    x[0, 0, 0, 4] = np.nan          # window (0, 2): two NaNs -> the last one, at 10
+    x[0, 0, 1, 4] = np.nan
+    x[0, 0, 2:, :4] = -np.inf
+    x[0, 0, 3, 3] = np.inf          # window (1, 1): inf wins over -inf
+    y = np.array([[[[np.nan, np.nan, np.nan], [-np.inf, np.inf, 0]]]], np.float32)
+    sw = np.array([[[[1, 2, 10], [12, 21, 16]]]], np.int32)
+    return x, y, sw
+
+
+def test_max_pool_nan_wins_as_in_pytorch(tuned, reference_backend):
+    x, y_want, sw_want = nan_windows()
+    lit_y, lit_sw = literal_max_pool(x.astype(np.float64), 2, 2, 0)
+    np.testing.assert_array_equal(lit_y, y_want)  # assert_array_equal: NaN equals NaN
+    np.testing.assert_array_equal(lit_sw, sw_want)
+    for B in (reference_backend, tuned):
+        y, sw = B.max_pool2d(x, 2)
+        np.testing.assert_array_equal(y, y_want, err_msg=B.name)
+        np.testing.assert_array_equal(sw, sw_want, err_msg=B.name)
+        dx = B.max_pool2d_backward(np.ones(y.shape, np.float32), sw, x.shape, 2)
+        assert dx.reshape(-1)[sw_want.reshape(-1)].tolist() == [1] * 6  # gradient to the NaN
 
 
 # ---- the kernels (emu in three thread orders) against the reference -------------------------
@@ -352,6 +368,14 @@ def test_device_max_pool(device_backend, reference_backend, rng, case, kind):
     dx = B.max_pool2d_backward(B.asarray(dy), sw, case[0], **kw)
     assert_close(B.to_numpy(dx), R.max_pool2d_backward(*f64(dy), sw_ref, case[0], **kw), TOL,
                  "dx")
+
+
+def test_device_max_pool_nan_wins_as_in_pytorch(device_backend):
+    B = device_backend
+    x, y_want, sw_want = nan_windows()
+    y, sw = B.max_pool2d(B.asarray(x), 2)
+    np.testing.assert_array_equal(B.to_numpy(y), y_want)
+    np.testing.assert_array_equal(B.to_numpy(sw), sw_want)
 
 
 def test_device_max_pool_ties_and_minus_inf(device_backend, reference_backend):
@@ -502,6 +526,13 @@ def test_max_matches_torch(torch, reference_backend, rng, case):
     np.testing.assert_array_equal(sw, idx.numpy())
     check_against_torch(torch, y, lambda dy: R.max_pool2d_backward(dy, sw, x.shape, **kw),
                         lambda xt: F.max_pool2d(xt, **kw), x, rng.standard_normal(y.shape))
+
+
+def test_max_nan_rule_matches_torch(torch):
+    x, y_want, sw_want = nan_windows()
+    y, idx = torch.nn.functional.max_pool2d(torch.from_numpy(x), 2, return_indices=True)
+    np.testing.assert_array_equal(y.numpy(), y_want)
+    np.testing.assert_array_equal(idx.numpy(), sw_want)
 
 
 @pytest.mark.parametrize("case", AVG_CASES)

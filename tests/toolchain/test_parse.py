@@ -5,8 +5,8 @@ import pytest
 
 from gpucnn.toolchain import check_launch_args
 from gpucnn.toolchain.parse import (DEFAULT_BLOCK, global_functions, int_defines,
-                                    parse_kernel_decls, parse_kernels, parse_launch_bounds,
-                                    strip_comments)
+                                    object_macros, parse_kernel_decls, parse_kernels,
+                                    parse_launch_bounds, strip_comments)
 
 
 def test_strip_comments_keeps_offsets_and_extern_c():
@@ -136,3 +136,48 @@ def test_parameter_types():
         parse_kernels("struct S { int a; };\n__global__ void k(S s) { }")
     with pytest.raises(ValueError, match="defined twice"):
         parse_kernels("__global__ void k() { }\n__global__ void k() { }")
+
+
+# ---- shared parameter lists and the GEMM annotation keys (kernels/sgemm.cu uses both) -------
+
+SHARED_PARAMS = r'''
+#define TILE 64
+#define KPARAMS const float* __restrict__ a, /* the input */ \
+    float* out, int n
+#define F(x) (x)
+template <int T> __device__ void body(KPARAMS) { }
+// gpucnn: block=TILE gemm=1
+extern "C" __global__ void __launch_bounds__(TILE) k_small(KPARAMS) { body<TILE>(a, out, n); }
+// gpucnn: block=128 min_ffma=80%
+extern "C" __global__ void k_large(KPARAMS) { body<128>(a, out, n); }
+// gpucnn: gemm=report
+extern "C" __global__ void k_shown(float* x) { }
+extern "C" __global__ void k_void(void) { }
+'''
+
+
+def test_object_macros():
+    m = object_macros(SHARED_PARAMS)
+    assert m["TILE"] == "64" and "F" not in m              # function-like macros skipped
+    assert m["KPARAMS"] == "const float* __restrict__ a, float* out, int n"
+
+
+def test_kernels_sharing_a_parameter_macro():
+    ks = parse_kernels(SHARED_PARAMS)
+    assert set(ks) == {"k_small", "k_large", "k_shown", "k_void"}   # body is not __global__
+    assert [p.name for p in ks["k_small"]] == ["a", "out", "n"] == [p.name for p in ks["k_large"]]
+    assert ks["k_small"][0].is_const and ks["k_void"] == []
+    assert parse_launch_bounds(SHARED_PARAMS) == {"k_small": 64}
+
+
+def test_gemm_annotation_keys():
+    decls, problems = parse_kernel_decls(SHARED_PARAMS, "g.cu")
+    assert problems == []
+    s, big, shown, plain = (decls[k] for k in ("k_small", "k_large", "k_shown", "k_void"))
+    assert (s.block, s.gemm, s.gemm_gated, s.min_ffma) == (64, "gate", True, None)
+    assert (big.gemm, big.min_ffma) == ("gate", 0.8)          # min_ffma implies gemm=1
+    assert (shown.gemm, shown.gemm_like, shown.gemm_gated) == ("report", True, False)
+    assert (plain.gemm, plain.gemm_like) == ("", False)
+    _d, problems = parse_kernel_decls('// gpucnn: gemm=maybe min_ffma=120%\n'
+                                      'extern "C" __global__ void k(int n) { }\n', "b.cu")
+    assert len(problems) == 2 and all("bad value" in p for p in problems), problems

@@ -4,7 +4,8 @@ Each ``.cu`` file is compiled by g++ against :file:`cuda_emu.h` (force-included,
 like NVRTC, no host header is reachable, so e.g. ``INFINITY`` does not exist), linked with the
 runtime (:file:`emu_runtime.cpp`: fibers, block scheduler, barriers, warp ops, fault recovery)
 into a shared library, cached under ``$GPUCNN_CACHE_DIR`` (default ``~/.cache/gpucnn/emu``) and
-loaded with ctypes.
+loaded with ctypes. Every cached file is checked before use and rebuilt when damaged
+(:mod:`.cache`).
 
     mod = EmuModule(sources, order="forward", checks=False, seed=0, watchdog_s=20.0)
     f = mod.get_function("vec_add")
@@ -32,12 +33,15 @@ import signal
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ...toolchain import check_launch_args, parse_kernels, parse_launch_bounds
 from ...toolchain.limits import SMEM_PER_BLOCK_DEFAULT as DYN_SMEM_MAX
+from . import cache
+from .cache import cache_dir
 
 __all__ = ["EmuModule", "EmuKernel", "emulator_info", "EmuError", "EmuBuildError",
            "EmuMemoryError", "EmuDeadlockError", "EmuTimeoutError", "EmuLaunchError",
@@ -117,13 +121,6 @@ class _Err(ctypes.Structure):
                 ("addr", ctypes.c_ulonglong), ("msg", ctypes.c_char * 2048)]
 
 
-def cache_dir() -> Path:
-    d = os.environ.get("GPUCNN_CACHE_DIR")
-    base = Path(d) / "emu" if d else Path.home() / ".cache" / "gpucnn" / "emu"
-    base.mkdir(parents=True, exist_ok=True)
-    return base
-
-
 _lock = threading.Lock()
 _compiler_id = None
 
@@ -154,6 +151,29 @@ def _atomic_write_text(path: Path, text: str):
     os.replace(tmp, path)
 
 
+def _write_if_changed(path: Path, text: str):
+    """A generated source in the cache, rewritten when missing or damaged (a damaged one
+    would otherwise fail the build forever)."""
+    try:
+        if path.read_text() == text:
+            return
+    except (OSError, UnicodeDecodeError):
+        pass
+    _atomic_write_text(path, text)
+
+
+def _needs_build(obj: Path) -> bool:
+    """True when the cached object must be compiled: missing, or damaged (then removed, with
+    a warning naming it)."""
+    reason = cache.problem(obj, "object")
+    if reason is None:
+        return False
+    if reason != "missing":
+        cache.rebuild_warning(obj, reason)
+        cache.discard(obj, ".tls.json")
+    return True
+
+
 def _run_compiler(cmd, what):
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -181,7 +201,7 @@ def _compile_many(jobs, parallel=2):
             except OSError:
                 pass
         else:
-            os.replace(tmp, final)
+            cache.publish(tmp, final)
     if errors:
         raise EmuBuildError("\n\n".join(errors))
 
@@ -253,6 +273,12 @@ class _Built:
     """A loaded shared library plus what we know about it."""
 
     def __init__(self, path: Path, kernels: dict, poison, has_dyn):
+        try:
+            self._load(path, kernels, poison, has_dyn)
+        except (OSError, AttributeError) as e:  # dlopen failed, or a symbol is missing
+            raise EmuBuildError(f"emu: cannot load the module {path}: {e}") from None
+
+    def _load(self, path, kernels, poison, has_dyn):
         self.path = path
         self.has_dyn = has_dyn      # some kernel uses extern __shared__
         self.lib = ctypes.CDLL(str(path), mode=os.RTLD_LOCAL)
@@ -282,13 +308,12 @@ class _Built:
 
 
 _VECTOR_RE = re.compile(r"\b(float4|int4|uint4|double2|float2|int2|uint2)\b")
-_loaded = {}   # .so path -> _Built (a library is loaded once per process)
+_loaded = {}   # (.so path, sha256) -> _Built (a library is loaded once per process)
 
 
-def _build(sources) -> _Built:
+def _build(sources, retry=True) -> _Built:
     cdir = cache_dir()
     objdir = cdir / "obj"
-    objdir.mkdir(exist_ok=True)
     srcdir = cdir / "src"
     header = HEADER.read_bytes()
     runtime = RUNTIME.read_bytes()
@@ -302,10 +327,8 @@ def _build(sources) -> _Built:
                 raise FileNotFoundError(f"emu: kernel source {s} not found")
             paths.append(p)
         else:
-            srcdir.mkdir(exist_ok=True)
             p = srcdir / f"src_{_sha(s)}.cu"
-            if not p.exists():
-                _atomic_write_text(p, s)
+            _write_if_changed(p, s)
             paths.append(p)
 
     kernels = {}
@@ -313,7 +336,10 @@ def _build(sources) -> _Built:
     objs = []
     jobs = []
     for p in paths:
-        text = p.read_text()
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise EmuBuildError(f"emu: cannot read kernel source {p}: {e}") from None
         try:
             ks = parse_kernels(text)
         except ValueError as e:
@@ -331,15 +357,14 @@ def _build(sources) -> _Built:
                    *[q.name.encode() + q.read_bytes() for q in siblings])
         obj = objdir / f"k_{p.stem[:40]}_{key}.o"
         objs.append(obj)
-        if not obj.exists():
+        if _needs_build(obj):
             wpath = objdir / f"k_{key}.wrap.cpp"
-            if not wpath.exists():
-                _atomic_write_text(wpath, wrapper)
+            _write_if_changed(wpath, wrapper)
             tmp = objdir / f".{obj.name}.{os.getpid()}.{threading.get_ident()}.tmp"
             jobs.append(([CXX] + kflags + ["-c", str(wpath), "-o", str(tmp)], tmp, obj, str(p)))
     rkey = _sha(ABI, cver, COMMON_FLAGS, RUNTIME_FLAGS, runtime, header)
     robj = objdir / f"rt_{rkey}.o"
-    if not robj.exists():
+    if _needs_build(robj):
         tmp = objdir / f".{robj.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         jobs.append(([CXX] + COMMON_FLAGS + RUNTIME_FLAGS + ["-c", str(RUNTIME), "-o", str(tmp)],
                      tmp, robj, "the emulator runtime"))
@@ -355,9 +380,9 @@ def _build(sources) -> _Built:
     asm = _dyn_smem_asm(ext_shared)
     akey = _sha(ABI, cver, asm)
     aobj = objdir / f"smem_{akey}.o"
-    if not aobj.exists():
+    if _needs_build(aobj):
         apath = objdir / f"smem_{akey}.s"
-        _atomic_write_text(apath, asm)
+        _write_if_changed(apath, asm)
         tmp = objdir / f".{aobj.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         _compile_many([([CXX, "-c", str(apath), "-o", str(tmp)], tmp, aobj, "shared memory")])
 
@@ -365,10 +390,17 @@ def _build(sources) -> _Built:
     mkey = _sha(ABI, cver, LINK_FLAGS, *[o.name for o in all_objs])
     so = cdir / f"mod_{mkey}.so"
     meta = cdir / f"mod_{mkey}.json"
-    if not so.exists() or not meta.exists():
+    m = cache.module_record(meta)
+    reason = "missing" if m is None else cache.problem(so, "library", m)
+    if reason is not None:
+        if reason != "missing":
+            cache.rebuild_warning(so, reason)
         tmp = cdir / f".{so.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        _run_compiler([CXX] + LINK_FLAGS + [str(o) for o in all_objs] + ["-o", str(tmp), "-lm"],
-                      "(link)")
+        try:
+            _run_compiler([CXX] + LINK_FLAGS + [str(o) for o in all_objs]
+                          + ["-o", str(tmp), "-lm"], f"(link of {so})")
+        except EmuBuildError as e:
+            return _rebuild_once(sources, so, all_objs, retry, e)
         # static __shared__ variables: thread-local symbols other than the runtime's; offsets
         # are relative to the module's TLS block -> make them relative to __emu_dyn_smem.
         _, defined = _readelf_tls(tmp)
@@ -379,16 +411,37 @@ def _build(sources) -> _Built:
                 if n not in static_shared or s == 0:
                     continue
                 poison.append((v - base[0], s))
-        poison = sorted(set(poison))
-        _atomic_write_text(meta, json.dumps({"poison": poison, "has_dyn": bool(ext_shared)}))
+        data = tmp.read_bytes()
+        m = {"poison": [list(r) for r in sorted(set(poison))], "has_dyn": bool(ext_shared),
+             "size": len(data), "sha256": cache.digest(data)}
+        _atomic_write_text(meta, json.dumps(m))
         os.replace(tmp, so)
-    built = _loaded.get(so)
+    # Keyed by content too: a library rebuilt under the same name is a new one.
+    built = _loaded.get((so, m["sha256"]))
     if built is None:
-        m = json.loads(meta.read_text())
-        built = _loaded[so] = _Built(so, kernels, [tuple(x) for x in m["poison"]],
-                                     m.get("has_dyn", True))
+        try:
+            built = _Built(so, kernels, [tuple(x) for x in m["poison"]], m["has_dyn"])
+        except EmuBuildError as e:
+            return _rebuild_once(sources, so, all_objs, retry, e)
         built.vector_sources = vector_sources
+        _loaded[(so, m["sha256"])] = built
     return built
+
+
+def _rebuild_once(sources, so, objs, retry, error):
+    """After a link or load failure: an object that passed its checks can still be bad (one
+    cached before digests were recorded, from elsewhere), so build everything of this module
+    afresh, once; a second failure is a real error and raised."""
+    if not retry:
+        raise error
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    detail = lines[min(1, len(lines) - 1)][:200]  # the linker's first message, if any
+    warnings.warn(f"emu: {so} failed to link or load from the cached objects ({detail}); "
+                  f"rebuilding all of them once", RuntimeWarning, stacklevel=4)
+    cache.discard(so, ".json")
+    for o in objs:
+        cache.discard(o, ".tls.json")
+    return _build(sources, retry=False)
 
 
 def _as_dim3(v, what):
@@ -601,8 +654,7 @@ def emulator_info() -> str:
         cver = _compiler_version().splitlines()[0]
     except EmuError as e:
         cver = f"no compiler ({e})"
-    d = os.environ.get("GPUCNN_CACHE_DIR")
-    cdir = Path(d) / "emu" if d else Path.home() / ".cache" / "gpucnn" / "emu"
+    cdir = cache.configured_dir()
     return (f"g++ fibers (one per CUDA thread, 64 KiB stacks), up to "
             f"{os.environ.get('GPUCNN_EMU_WORKERS', '2')} worker threads; compiler: {cver}; "
             f"cache: {cdir}")

@@ -631,8 +631,26 @@ static long long thread_cpu_ns() {
 
 // Runs blocks of launch L on the calling OS thread until none is left or the launch aborts.
 // Called by the launching thread itself (worker 0) and by the persistent helper thread(s).
+// CuPy compiles every kernel with -ftz=true, so on the GPU float subnormals are flushed to zero,
+// as results and as operands. MXCSR's FTZ (bit 15) and DAZ (bit 6) do the same on the CPU; they
+// are set on each emulator thread for the duration of a launch and restored after it, because
+// the launching Python thread is itself a worker and the NumPy reference that runs in it next
+// must not flush. (The fiber switch saves no MXCSR: all fibers of a thread share its mode.)
+// Unlike -ftz, MXCSR flushes doubles too; kernels here compute in float.
+static const unsigned kMxcsrFtzDaz = (1u << 15) | (1u << 6);
+
+static unsigned read_mxcsr() {
+    unsigned v;
+    __asm__ volatile("stmxcsr %0" : "=m"(v));
+    return v;
+}
+
+static void write_mxcsr(unsigned v) { __asm__ volatile("ldmxcsr %0" : : "m"(v)); }
+
 static void worker_main(Worker* w, Launch* L) {
     long long cpu0 = thread_cpu_ns();
+    const unsigned mxcsr_before = read_mxcsr();
+    write_mxcsr(mxcsr_before | kMxcsrFtzDaz);
     w->L = L;
     w->cur = nullptr;
     w->fault_sig = 0;
@@ -685,6 +703,7 @@ static void worker_main(Worker* w, Launch* L) {
     sigaltstack(&old_ss, nullptr);
     __emu_tw = nullptr;
     w->L = nullptr;
+    write_mxcsr(mxcsr_before);  // also after a fault: siglongjmp does not restore it
     g_cpu_ns.fetch_add(thread_cpu_ns() - cpu0);
 }
 

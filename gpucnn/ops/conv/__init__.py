@@ -11,8 +11,12 @@ Where each part lives (one hop apart):
   reference ....... ``reference.py``: the plain definition, the oracle of every test
   tuned CPU ....... ``cpu.py`` (wide columns, im2col + GEMM), ``cpu_fused.py`` (conv+ReLU+pool)
   device .......... ``device.py``: im2col (``kernels/im2col.cu``) + SGEMM (:mod:`..gemm`,
-                    ``kernels/sgemm.cu``) + bias gradients (``kernels/conv_reduce.cu``)
-  tests ........... ``tests/ops/test_conv.py``, ``tests/ops/test_fused.py``
+                    ``kernels/sgemm.cu``) + bias gradients (``kernels/conv_reduce.cu``);
+                    ``implicit.py``: implicit GEMM (``kernels/conv_implicit.cu``), no columns
+  algorithms ...... ``algos.py``: the registry of names per backend kind (device: im2col,
+                    implicit; cpu: wide, im2col), ``auto``'s choice, workspace bytes
+  tests ........... ``tests/ops/test_conv.py``, ``tests/ops/test_fused.py``,
+                    ``tests/ops/test_conv_implicit.py`` (implicit kernels, the registry)
 """
 from __future__ import annotations
 

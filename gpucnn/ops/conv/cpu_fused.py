@@ -24,7 +24,9 @@ __all__ = ["conv2d_relu_maxpool", "conv2d_relu_maxpool_backward"]
 
 def conv2d_relu_maxpool(rt, x, w, b, g, pg):
     """(y, switches), or None (not on the fast path, or a NaN reached the pool). The pool
-    reads its windows straight from the conv output, so they must be plain (``pg.plain``)."""
+    reads its windows straight from the conv output, so they must be plain (``pg.plain``).
+    ReLU keeps a NaN (np.maximum propagates it, as torch.relu does), so pool_taps sees it and
+    gives up; the composed ops then let the NaN win its window (ops/pool/reference.py)."""
     if not (cpu.fast_conv(g) and pg.plain) or w.dtype != x.dtype:
         return None
     y = rt.output(pg.y_shape, x.dtype)

@@ -28,7 +28,7 @@ from ...toolchain.limits import GRID_DIM_MAX
 from ..gemm import sgemm, sgemm_tile, sum_partials
 from ..launch import ceil_div, i32, launch_1d
 
-__all__ = ["conv2d", "conv2d_backward", "conv_plan", "dw_split", "im2col_args",
+__all__ = ["conv2d", "conv2d_backward", "conv_plan", "dw_split", "im2col_args", "bias_grad",
            "DW_TARGET_BLOCKS", "WORKSPACE"]
 
 # Below this many blocks the conv weight-gradient GEMM splits its image reduction over grid z
@@ -64,11 +64,13 @@ def _im2col(dev, xs, g, nb):
     P = g.Ho * g.Wo
     cols = dev.workspace(WORKSPACE, nb * g.C * g.kh * g.kw * P)
     i32(cols.size, "im2col workspace size")
-    launch_1d(dev, "im2col", nb * g.C * P, xs, cols, *im2col_args(g, nb))
+    launch_1d(dev, "im2col", nb * g.C * P, xs, cols, *im2col_args(g, nb),
+              large_ok=("x", "cols"))  # 64-bit plane offsets
     return cols
 
 
-def _bias_grad(dev, dy, db, N, C, P):
+def bias_grad(dev, dy, db, N, C, P):
+    """db[c] = sum of dy[n, c, p] over n < N, p < P (both conv algorithms use it)."""
     grid = (max(1, min(int(C), dev.max_blocks)), 1, 1)
     i32(N * P, "bias_grad: N*Ho*Wo")
     dev.kernel("bias_grad_nchw")(grid, (kernel_block("bias_grad_nchw"), 1, 1),
@@ -122,7 +124,7 @@ def conv2d_backward(dev, dy, x, w, g, need_dx=True, need_dw=True):
     db = dev.empty((g.F,), np.float32) if need_dw else None
     P, K, G, Fg, F = g.Ho * g.Wo, g.K, g.groups, g.Fg, g.F
     if need_dw:
-        _bias_grad(dev, dy, db, g.N, F, P)
+        bias_grad(dev, dy, db, g.N, F, P)
     if not (need_dx or need_dw):
         return dx, dw, db
     direct, step = conv_plan(dev, g)
@@ -151,7 +153,7 @@ def conv2d_backward(dev, dy, x, w, g, need_dx=True, need_dw=True):
                       c_y=K * P, c_z=G * K * P)
             if not direct:
                 launch_1d(dev, "col2im", nb * g.C * g.H * g.W, dcols, dx[n0:n1],
-                          *im2col_args(g, nb))
+                          *im2col_args(g, nb), large_ok=("cols",))
     return dx, dw, db
 
 

@@ -3,8 +3,9 @@
 Forward over plain windows (no padding, dilation or ceil_mode overhang: ``PoolGeom.plain``,
 which LeNet's and AlexNet's pools are): the window max is a tree of np.maximum over the taps
 (gathered into contiguous blocks first), the switch the first tap equal to it (= the strict
-'>' fold of the reference, ties to the first in row-major order); any NaN, and every other
-geometry, sends the call to the reference. Backward with non-overlapping windows is a
+'>' fold of the reference, ties to the first in row-major order); a window holding a NaN
+(whose result is that NaN, PyTorch's rule, with the last NaN as switch) and every other
+geometry send the call to the reference. Backward with non-overlapping windows is a
 scatter, with overlapping ones a bincount (which sums duplicates in index order:
 deterministic). Average and LP pooling have no tuned path (the backend runs the reference).
 Tested against ``reference.py`` in ``tests/ops/test_pool.py``.
@@ -38,7 +39,8 @@ def max_pool2d(rt, x, g):
         return reference.max_pool2d(x, g)
     # Plain windows: the window max by a tree of np.maximum (exact), then the switch is the
     # first tap (row-major) equal to it: the same as a strict '>' fold, ties included.
-    # A NaN anywhere makes np.maximum disagree with the fold: then the generic path runs.
+    # np.maximum propagates a NaN but the "first tap equal to it" switch cannot find it: with
+    # a NaN anywhere the reference's fold (which lets the last NaN win) runs instead.
     P, plane = g.N * g.C, g.H * g.W
     xr = x.reshape(P, g.H, g.W)
     y = rt.output(g.y_shape, x.dtype)
@@ -59,8 +61,8 @@ def max_pool2d(rt, x, g):
 
 def pool_taps(rt, taps, g, y, out):
     """Max-pool (no padding) from gathered taps (kh, kw, n, Ho, Wo): the window maxima into
-    y (n, Ho, Wo) and the switches into out (n, Ho, Wo); False (results unusable) if
-    there is a NaN."""
+    y (n, Ho, Wo) and the switches into out (n, Ho, Wo); False (results unusable: the
+    caller runs the reference) if there is a NaN."""
     kk, n = g.kh * g.kw, taps.shape[2]
     m = n * g.Ho * g.Wo
     base = _pool_base(g)

@@ -11,6 +11,11 @@ __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backwa
            "lp_pool2d", "lp_pool2d_backward"]
 
 
+# The tensors the pool kernels address through 64-bit plane offsets (kernels/common.cuh), which
+# may therefore hold 2^31 elements or more; the one a kernel writes is bounded by its grid.
+_PLANES = ("x", "dy", "switches", "r")
+
+
 def _geom_args(g):
     """The geometry arguments shared by every pooling kernel, in their C order."""
     return tuple(np.int32(v) for v in (g.N, g.C, g.H, g.W, g.Ho, g.Wo,
@@ -30,32 +35,35 @@ def max_pool2d(dev, x, g):
     y = dev.empty(g.y_shape, np.float32)
     switches = dev.empty(g.y_shape, np.int32)
     launch_1d(dev, "max_pool2d_forward", y.size, x, y, switches, *_geom_args(g),
-              *_dilation(g))
+              *_dilation(g), large_ok=_PLANES)
     return y, switches
 
 
 def max_pool2d_backward(dev, dy, switches, g):
     dx = dev.empty(g.x_shape, np.float32)
     launch_1d(dev, "max_pool2d_backward", dx.size, dy, switches, dx, *_geom_args(g),
-              *_dilation(g))
+              *_dilation(g), large_ok=_PLANES)
     return dx
 
 
 def avg_pool2d(dev, x, g):
     y = dev.empty(g.y_shape, np.float32)
-    launch_1d(dev, "avg_pool2d_forward", y.size, x, y, *_geom_args(g), *_divisor_rule(g))
+    launch_1d(dev, "avg_pool2d_forward", y.size, x, y, *_geom_args(g), *_divisor_rule(g),
+              large_ok=_PLANES)
     return y
 
 
 def avg_pool2d_backward(dev, dy, g):
     dx = dev.empty(g.x_shape, np.float32)
-    launch_1d(dev, "avg_pool2d_backward", dx.size, dy, dx, *_geom_args(g), *_divisor_rule(g))
+    launch_1d(dev, "avg_pool2d_backward", dx.size, dy, dx, *_geom_args(g), *_divisor_rule(g),
+              large_ok=_PLANES)
     return dx
 
 
 def lp_pool2d(dev, x, p, g):
     y = dev.empty(g.y_shape, np.float32)
-    launch_1d(dev, "lp_pool2d_forward", y.size, x, y, *_geom_args(g), np.float32(p))
+    launch_1d(dev, "lp_pool2d_forward", y.size, x, y, *_geom_args(g), np.float32(p),
+              large_ok=_PLANES)
     return y
 
 
@@ -63,7 +71,8 @@ def lp_pool2d_backward(dev, dy, x, y, p, g):
     # Two gathers: the per-window ratio dy * y / S, then each pixel's sum of them.
     r = dev.empty(g.y_shape, np.float32)
     launch_1d(dev, "lp_pool2d_backward_ratio", r.size, dy, x, y, r, *_geom_args(g),
-              np.float32(p))
+              np.float32(p), large_ok=_PLANES)
     dx = dev.empty(g.x_shape, np.float32)
-    launch_1d(dev, "lp_pool2d_backward", dx.size, r, x, dx, *_geom_args(g), np.float32(p))
+    launch_1d(dev, "lp_pool2d_backward", dx.size, r, x, dx, *_geom_args(g), np.float32(p),
+              large_ok=_PLANES)
     return dx

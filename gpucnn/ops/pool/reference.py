@@ -41,15 +41,16 @@ def _taps(g):
 
 
 def max_pool2d(x, g):
-    """(y, switches): the maximum of each window's taps inside the input and the index
-    h * W + w of the first one in row-major tap order (a strict '>' fold, so ties and NaNs
-    keep the earlier tap)."""
+    """(y, switches): the maximum of each window's taps inside the input and its index
+    h * W + w, by PyTorch's fold in row-major tap order: a tap takes over when it is
+    strictly greater (ties keep the first maximum) or NaN (a NaN anywhere in the window is
+    the result, and the last NaN its switch)."""
     best = np.zeros(g.y_shape, dtype=x.dtype)
     arg = np.full(g.y_shape, -1, dtype=np.int64)
     plane_index = np.arange(g.H * g.W).reshape(g.H, g.W)  # h * W + w
     for out, inp in _taps(g):
         v, cur, cur_arg = x[inp], best[out], arg[out]
-        take = (cur_arg < 0) | (v > cur)
+        take = (cur_arg < 0) | (v > cur) | np.isnan(v)
         best[out] = np.where(take, v, cur)
         arg[out] = np.where(take, plane_index[inp], cur_arg)
     return best, arg.astype(np.int32)  # pool_geometry: every window has a tap inside

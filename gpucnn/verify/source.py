@@ -1,0 +1,72 @@
+"""What ``gpucnn verify`` verifies: a model name, a checkpoint written by ``gpucnn train``
+(its model config and weights; read with :func:`gpucnn.checkpoint.load_checkpoint`, never
+unpickled) or a model built by :mod:`gpucnn.models`; and the copies of it built on each
+backend, by the same :func:`gpucnn.models.build_model` that training uses."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ..checkpoint import CheckpointError, load_checkpoint
+from ..models import MODELS, build_model
+from ..train import upgrade_metadata
+
+__all__ = ["ModelSource", "load_model_source", "build_copy"]
+
+
+class ModelSource:
+    """label (name or path), config (build_model's), params (float32 arrays keyed like
+    ``state_dict``, or None: the seed's initial weights) and extra (layers' extra state)."""
+
+    def __init__(self, label, config, params=None, extra=None):
+        self.label, self.config, self.params, self.extra = label, config, params, extra or {}
+
+
+def _is_checkpoint(ref):
+    text = os.fspath(ref)
+    return text.endswith(".npz") or os.sep in text or Path(text).is_file()
+
+
+def load_model_source(model_or_checkpoint):
+    """The :class:`ModelSource` of a model name, a checkpoint path or a built model. Raises
+    ValueError (CheckpointError for a checkpoint) naming what is wrong."""
+    src = model_or_checkpoint
+    if hasattr(src, "layers"):
+        cfg = getattr(src, "config", None)
+        if cfg is None:
+            raise ValueError("model: a model to verify must come from gpucnn.models (it needs "
+                             "its .config to be built a second time on the reference)")
+        return ModelSource(cfg["name"], cfg, src.state_dict(), src.extra_state())
+    if not isinstance(src, (str, os.PathLike)):
+        raise TypeError(f"model must be a model name, a checkpoint path or a model built by "
+                        f"gpucnn.models, got {type(src).__name__}")
+    if not _is_checkpoint(src):
+        key = str(src).replace("-", "_").lower()
+        if key not in MODELS:
+            raise ValueError(f"MODEL must be one of {', '.join(MODELS)} or a checkpoint .npz "
+                             f"path; got {str(src)!r}")
+        return ModelSource(key, {"name": key, "kwargs": {}})
+    arrays, meta = load_checkpoint(src)
+    meta = upgrade_metadata(meta, src)
+    cfg = meta.get("model")
+    if not (isinstance(cfg, dict) and isinstance(cfg.get("name"), str)):
+        raise CheckpointError(f"{src}: its metadata has no model config ('model'); verify "
+                              f"reads checkpoints written by gpucnn train")
+    params = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    return ModelSource(str(src), cfg, params, meta.get("model_extra", {}))
+
+
+def build_copy(source, backend, seed):
+    """The model of ``source`` on ``backend``, in training mode, with the source's weights."""
+    try:
+        model = build_model(source.config["name"], backend=backend, seed=seed,
+                            **source.config.get("kwargs", {}))
+        if source.params is not None:
+            model.load_state_dict(source.params)
+        model.load_extra_state(source.extra)
+    except (ValueError, TypeError, KeyError) as exc:
+        if source.params is None:
+            raise
+        raise CheckpointError(f"{source.label}: does not fit its model "
+                              f"{source.config['name']}: {exc}") from None
+    return model.train()
