@@ -390,3 +390,19 @@ def test_threads_option_limits_and_restores_blas(monkeypatch, tmp_path):
     assert res["environment"]["blas"]["source"] == "threadpoolctl"
     assert res["environment"]["threads"]["blas"] == 3   # what the fake reports
     assert any("threadpoolctl" in n for n in res["notes"])
+
+
+def test_conv_algorithm_roofline_estimate():
+    """im2col's estimated traffic is the compulsory bytes plus writing and reading its column
+    matrix once; implicit's is the compulsory bytes (AlexNet conv2, batch 128)."""
+    from gpucnn.bench.layers import layer_set
+    conv2 = next(s for s in layer_set("alexnet", 128) if s.name == "alexnet.conv2")
+    cols = 4 * 64 * 5 * 5 * 27 * 27 * 128
+    for p in conv2.passes:
+        assert R.conv_algo_bytes(conv2, p, "implicit") == conv2.min_bytes(p)
+        assert R.conv_algo_bytes(conv2, p, "im2col") - conv2.min_bytes(p) == 2 * cols
+    rows = R.conv_algo_rows([conv2])
+    assert len(rows) == 3 and all(r["im2col_bytes"] > r["implicit_bytes"] for r in rows)
+    h200 = f"implicit_floor_ms[{R.H200_SXM.name}]"
+    assert rows[0][h200] == pytest.approx(1e3 * conv2.flops("fwd") / 67e12)
+    assert "| alexnet.conv2 | fwd |" in R.format_conv_algos(rows)

@@ -16,10 +16,13 @@ out with the reason.
 """
 from __future__ import annotations
 
+F32 = 4  # bytes of a float32
+
 from ..toolchain.gates import collect as _collect
 
-__all__ = ["H100_SXM", "DevicePeaks", "roofline_rows", "kernel_records", "format_roofline",
-           "format_kernels"]
+__all__ = ["H100_SXM", "H200_SXM", "DevicePeaks", "roofline_rows", "kernel_records",
+           "format_roofline", "format_kernels", "conv_algo_bytes", "conv_algo_rows",
+           "format_conv_algos"]
 
 
 class DevicePeaks:
@@ -48,6 +51,62 @@ H100_SXM = DevicePeaks(
     "NVIDIA H100 SXM5 (datasheet)", 67e12, 3.35e12,
     "assumed: NVIDIA H100 Tensor Core GPU datasheet, SXM5 form factor: FP32 (non-tensor-core) "
     "67 TFLOP/s, HBM3 3.35 TB/s; boost clock, no thermal/power throttling")
+
+
+H200_SXM = DevicePeaks(
+    "NVIDIA H200 SXM (datasheet)", 67e12, 4.8e12,
+    "assumed: NVIDIA H200 datasheet, SXM: FP32 (non-tensor-core) 67 TFLOP/s as the H100, "
+    "HBM3e 4.8 TB/s")
+
+
+def conv_algo_bytes(spec, pass_, algo):
+    """Estimated DRAM traffic of one conv pass with algorithm ``algo``: "implicit" touches
+    each input and output once (the compulsory bytes; its split-K partial sums are left
+    out); "im2col" also writes the column matrix (C*kh*kw x N*Ho*Wo floats) and reads it
+    back once: x -> cols -> GEMM (forward, weight gradient), GEMM -> dcols -> col2im (data
+    gradient). GEMM tile re-reads are ignored by both: a floor, not a prediction."""
+    compulsory = spec.min_bytes(pass_)
+    if algo == "implicit":
+        return compulsory
+    g = spec.geom()
+    cols = F32 * g.C * g.kh * g.kw * g.Ho * g.Wo * g.N
+    return compulsory + 2 * cols
+
+
+def conv_algo_rows(specs, devices=(H100_SXM, H200_SXM)):
+    """Per conv layer and pass: FLOPs, estimated bytes and time floors of both algorithms."""
+    rows = []
+    for spec in specs:
+        if spec.kind != "conv":
+            continue
+        for p in spec.passes:
+            fl = spec.flops(p)
+            row = {"layer": spec.name, "pass": p, "flops": fl}
+            for algo in ("im2col", "implicit"):
+                nb = conv_algo_bytes(spec, p, algo)
+                row[f"{algo}_bytes"] = nb
+                for d in devices:
+                    row[f"{algo}_floor_ms[{d.name}]"] = 1e3 * d.floor_s(fl, nb)
+                    row[f"{algo}_bound[{d.name}]"] = d.bound(fl, nb)
+            rows.append(row)
+    return rows
+
+
+def format_conv_algos(rows, devices=(H100_SXM, H200_SXM)):
+    """A Markdown table of :func:`conv_algo_rows` (an estimate: say so where it is shown)."""
+    head = ("| layer | pass | GFLOP | im2col GB | implicit GB | "
+            + " | ".join(f"floor im2col / implicit, {d.name.split(' (')[0]} (ms)"
+                         for d in devices) + " |")
+    lines = [head, "|" + "---|" * (5 + len(devices))]
+    for r in rows:
+        floors = " | ".join(
+            f"{r[f'im2col_floor_ms[{d.name}]']:.3f} ({r[f'im2col_bound[{d.name}]'][0]}) / "
+            f"{r[f'implicit_floor_ms[{d.name}]']:.3f} ({r[f'implicit_bound[{d.name}]'][0]})"
+            for d in devices)
+        lines.append(f"| {r['layer']} | {r['pass']} | {r['flops'] / 1e9:.1f} | "
+                     f"{r['im2col_bytes'] / 1e9:.2f} | {r['implicit_bytes'] / 1e9:.2f} | "
+                     f"{floors} |")
+    return "\n".join(lines)
 
 
 def roofline_rows(specs, reference=H100_SXM, measured=None, timings=None):
