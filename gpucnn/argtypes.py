@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["int_at_least", "positive_int", "nonneg_int", "number_above", "positive_number",
+__all__ = ["chw_shape", "int_at_least", "positive_int", "nonneg_int", "number_above", "positive_number",
            "nonneg_number", "add_backend_arg", "BACKEND_CHOICES"]
 
 BACKEND_CHOICES = ("auto", "numpy", "cuda", "emu", "reference")
@@ -58,3 +58,15 @@ def add_backend_arg(parser, note=""):
                              "cuda, emu (the CUDA kernels on the CPU emulator) or reference "
                              "(the plain definitions: slow, for checking a result) "
                              "(default: $GPUCNN_BACKEND or auto)" + note)
+
+
+def chw_shape(text):
+    """An argparse type: ``C,H,W`` -> a tuple of three positive ints (an image's shape)."""
+    try:
+        dims = tuple(int(t) for t in text.split(","))
+    except ValueError:
+        dims = ()
+    if len(dims) != 3 or min(dims) < 1:
+        raise argparse.ArgumentTypeError(f"expected C,H,W with three positive ints (e.g. "
+                                         f"1,28,28), got {text!r}")
+    return dims

@@ -10,19 +10,10 @@ import subprocess
 import sys
 
 from . import __version__
-from .argtypes import add_backend_arg, nonneg_int, nonneg_number, positive_int, positive_number
+from .argtypes import (add_backend_arg, chw_shape, nonneg_int, nonneg_number, positive_int,
+                       positive_number)
 
 __all__ = ["main"]
-
-
-def _shape(text):
-    try:
-        dims = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        dims = ()
-    if len(dims) != 3 or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"--input must be C,H,W with positive ints, got {text!r}")
-    return dims
 
 
 def build_parser():
@@ -93,7 +84,7 @@ def build_parser():
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, FLOPs, receptive field")
     s.add_argument("model", help="model name: lenet5, alexnet_cifar or alexnet")
-    s.add_argument("--input", type=_shape, default=None,
+    s.add_argument("--input", type=chw_shape, default=None,
                    help="input shape C,H,W (default: the model's)")
     s.add_argument("--json", default=None,
                    help="also write the summary to this JSON file (default: none)")

@@ -2,8 +2,10 @@
 ``python -m gpucnn.kernel_report`` (the same report as ``python -m gpucnn.toolchain``)."""
 import sys
 
-from .toolchain.gates import collect, evaluate, gate_failures  # noqa: F401
-from .toolchain.report import main, render_table, report_dict  # noqa: F401
+__all__ = ["collect", "evaluate", "gate_failures", "main", "render_table", "report_dict"]
+
+from .toolchain.gates import collect, evaluate, gate_failures
+from .toolchain.report import main, render_table, report_dict
 
 if __name__ == "__main__":
     sys.exit(main())

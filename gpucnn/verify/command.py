@@ -8,7 +8,7 @@ import math
 import os
 import sys
 
-from ..argtypes import positive_int
+from ..argtypes import chw_shape, positive_int
 from ..backends import Backend, BackendUnavailable, get_backend
 from ..backends.emu import EmuError
 from ..checkpoint import CheckpointError
@@ -41,16 +41,6 @@ def _tolerance_table():
             f"  {'precision':<10} {'tolerance':<10} computed with\n" + "\n".join(rows)
             + "\n(reduced-precision modes, e.g. TF32 convolutions, will add their rows)")
 
-
-def _input_shape(text):
-    try:
-        dims = tuple(int(t) for t in text.split(","))
-    except ValueError:
-        dims = ()
-    if len(dims) != 3 or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"expected C,H,W with three positive ints (e.g. "
-                                         f"1,28,28), got {text!r}")
-    return dims
 
 
 def _tolerance(text):
@@ -85,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="device backend to check: cuda (the GPU), emu (the same CUDA "
                              "kernels on the CPU emulator, its checks on) or auto (cuda when "
                              "usable, else emu) (default: %(default)s)")
-    parser.add_argument("--input", type=_input_shape, default=None, metavar="C,H,W",
+    parser.add_argument("--input", type=chw_shape, default=None, metavar="C,H,W",
                         help="input shape of one sample (default: the model's)")
     parser.add_argument("--batch", type=positive_int, default=4, metavar="N",
                         help="samples per pass (default: %(default)s)")

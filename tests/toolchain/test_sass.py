@@ -16,19 +16,9 @@ from gpucnn.toolchain.gates import collect, gate_failures
 from gpucnn.toolchain.parse import parse_kernel_decls
 from gpucnn.toolchain.report import main, render_table
 from gpucnn.toolchain.sass import (DEFAULT_MIN_FFMA, SASS_TARGET, access_bits, analyze_source,
-                                   find_nvdisasm, hottest_loop, loops, parse_sass,
-                                   sass_problems)
+                                   hottest_loop, loops, parse_sass, sass_problems)
 
 from .helpers import write
-
-
-@pytest.fixture(scope="session")
-def nvdisasm():
-    try:
-        return find_nvdisasm()
-    except ToolchainUnavailable as exc:
-        pytest.fail(f"nvdisasm is required for the SASS gate and was not found: {exc}",
-                    pytrace=False)
 
 
 # ---- reading a listing (synthetic text: no tools needed) ---------------------------------------
