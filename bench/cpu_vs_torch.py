@@ -61,7 +61,7 @@ def _gpucnn_step(model, training):
         return lambda x, y: net.forward(x), B, B.describe()
     net.train()
     crit = gpucnn.nn.SoftmaxCrossEntropy().bind(B)
-    opt = gpucnn.optim.SGD(net.parameters(), 0.05, momentum=0.9, backend=B)
+    opt = gpucnn.optim.SGD(net.parameters(), 0.01, momentum=0.9, backend=B)
 
     def step(x, y):
         loss = crit.forward(net.forward(x), y)
@@ -95,7 +95,7 @@ def _torch_step(model, training, threads):
         return infer, torch, info
     net.train()
     crit = torch.nn.CrossEntropyLoss()
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
 
     def step(x, y):
         opt.zero_grad(set_to_none=True)

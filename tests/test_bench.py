@@ -2,6 +2,7 @@
 the roofline arithmetic and the CLI entry. Shapes are tiny: the whole file runs in seconds."""
 import json
 import math
+import os
 import statistics
 import types
 
@@ -97,12 +98,20 @@ def test_compare_torch_tiny(tmp_path):
     assert ("tiny.conv", "bwd_weights", "torch") in fws
     assert ("tiny.conv", "bwd_weights", "gpucnn") in fws
     assert {e["framework"] for e in res["nets"]} == {"gpucnn", "torch"}
-    assert res["environment"]["torch"]["num_threads"] == 1
+    tenv = res["environment"]["torch"]
+    assert tenv["num_threads"] == 1
+    # the fair method: PyTorch in processes of its own (2 alternated rounds with --quick
+    # defaults), with the environment we were given (nothing set for it)
+    assert tenv["process"] == "own" and tenv["pid"] != os.getpid()
+    assert tenv["processes"] == 2
+    assert tenv["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY")
     comps = res["comparisons"]
     assert len(comps) == 7 + 1  # 7 layer passes, one net mode
     for c in comps:
         assert c["ratio_speed_ours_over_torch"] == pytest.approx(
             c["torch_median_ms"] / c["ours_median_ms"])
+        assert len(c["ratio_per_round"]) == 2
+        assert c["ratio_min"] <= c["ratio_max"]
 
 
 def test_torch_layer_passes_match_backend():

@@ -19,7 +19,7 @@ MODEL_LAYER_SET = {"lenet5": "lenet5", "alexnet": "alexnet", "alexnet_cifar": "a
 EPILOG = """\
 examples:
   gpucnn bench --model lenet5 --backend numpy --json out.json     # quick: LeNet-5 net + layers
-  gpucnn bench --model alexnet_cifar --compare torch              # interleaved against PyTorch
+  gpucnn bench --model alexnet_cifar --compare torch              # against PyTorch in its own process
   gpucnn bench --layers alexnet --nets none --roofline            # AlexNet layer set + roofline
   gpucnn bench --full --json full.json --plot full.png            # everything (slow on a CPU)
   gpucnn bench --backend emu                                      # emulator smoke run
@@ -28,7 +28,8 @@ Default batch sizes: nets lenet5 128, alexnet_cifar 128, alexnet 16 (on a GPU or
 also 128);
 layer sets 128, except the AlexNet set on a CPU backend, 16 (128 with --full). --batch-size N
 overrides all of them. Timing: warm-up runs excluded, then --repeat timed runs per benchmark,
-interleaved with PyTorch when comparing; medians with min/max/IQR are reported.
+alternated with PyTorch's own processes when comparing (--rounds); medians with min/max/IQR
+are reported, and per comparison the spread of the per-round speed ratios.
 """
 
 
@@ -87,9 +88,13 @@ def build_parser():
                     help="different input buffers used in rotation, capped at 512 MiB per "
                          "benchmark (default: %(default)s)")
     ap.add_argument("--compare", choices=("torch",), action="append", default=[],
-                    help="also run PyTorch, interleaved with ours (CPU with the same thread "
-                         "count, or CUDA when our backend is cuda and torch has it; "
-                         "default: no comparison)")
+                    help="also run PyTorch, each benchmark in PyTorch's own process with its "
+                         "own default settings, alternated with ours in --rounds rounds (CPU "
+                         "with the same thread count, or CUDA when our backend is cuda and "
+                         "torch has it; default: no comparison)")
+    ap.add_argument("--rounds", type=positive_int, default=None,
+                    help="with --compare: alternated rounds (ours, PyTorch's process, "
+                         "PyTorch's, ours, ...) sharing --repeat (default: 3; --quick 2)")
     ap.add_argument("--threads", type=positive_int, default=None,
                     help="threads for PyTorch and (with threadpoolctl) the BLAS (default: "
                          "the BLAS's current thread count)")
@@ -192,6 +197,7 @@ def build_config(args, backend_name):
         backend=backend_name, model=model, nets=nets, layer_specs=specs, layer_sets=sets,
         modes=tuple(args.modes), repeat=repeat, warmup=warmup, rotate=args.rotate,
         compare=tuple(dict.fromkeys(args.compare)), threads=args.threads, gemm_n=gemm_n,
+        rounds=args.rounds or (2 if smoke else 3),
         bandwidth_mib=bw, quick=smoke, telemetry=not args.no_telemetry,
         telemetry_interval_s=args.telemetry_interval,
         kernel_report=args.roofline and not args.no_kernel_report, seed=args.seed,

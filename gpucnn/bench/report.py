@@ -39,6 +39,13 @@ def _index(entries, keys):
     return {tuple(e[k] for k in keys) + (e["framework"],): e for e in entries}
 
 
+def _round_spreads(res, kind):
+    """{(name, pass or mode): "min-max" of the per-round speed ratios} of the comparisons."""
+    what = "pass" if kind == "layer" else "mode"
+    return {(c["name"], c[what]): f"{c['ratio_min']:.2f}-{c['ratio_max']:.2f}"
+            for c in res.get("comparisons", ()) if c["kind"] == kind and "ratio_min" in c}
+
+
 def format_layers(res):
     entries = res["layers"]
     if not entries:
@@ -49,7 +56,8 @@ def format_layers(res):
     backend = ours[0]["backend"] if ours else "?"
     head = ["layer", "pass", "ms", "min-max (IQR)", "GFLOP/s", "% peak", "GB/s"]
     if has_torch:
-        head += ["torch ms", "torch GFLOP/s", "speed ratio"]
+        head += ["torch ms", "torch GFLOP/s", "speed ratio", "rounds"]
+    rounds = _round_spreads(res, "layer")
     rows = []
     for e in ours:
         pct = e.get("pct_gemm_peak")
@@ -58,9 +66,10 @@ def format_layers(res):
                f"{e['gbps_min_bytes']:.1f}"]
         if has_torch:
             t = idx.get((e["layer"], e["pass"], "torch"))
-            row += ["-", "-", "-"] if t is None else [
+            row += ["-", "-", "-", "-"] if t is None else [
                 _ms(t["timing"]), f"{t['gflops']:.1f}",
-                f"{t['timing']['median_ms'] / e['timing']['median_ms']:.2f}"]
+                f"{t['timing']['median_ms'] / e['timing']['median_ms']:.2f}",
+                rounds.get((e["layer"], e["pass"]), "-")]
         rows.append(row)
     pk = res["peak"]["gemm"]
     lines = [f"Layers on {backend} (median of {ours[0]['timing']['n'] if ours else 0} timed "
@@ -72,8 +81,9 @@ def format_layers(res):
             seen.append(e["layer"])
             lines.append(f"  {e['layer']}: {e['describe']}")
     if has_torch:
-        lines.append("  speed ratio = ours / torch speed (torch ms / ours ms; > 1: ours faster)")
-    return "\n".join(lines + _table(head, rows, right={2, 4, 5, 6, 7, 8, 9}))
+        lines.append("  speed ratio = ours / torch speed (torch ms / ours ms; > 1: ours faster); "
+                     "rounds = min-max of the per-round ratios (PyTorch in its own process)")
+    return "\n".join(lines + _table(head, rows, right={2, 4, 5, 6, 7, 8, 9, 10}))
 
 
 def format_nets(res):
@@ -85,21 +95,23 @@ def format_nets(res):
     ours = [e for e in entries if e["framework"] == "gpucnn"]
     head = ["net", "batch", "mode", "ms/iter", "min-max (IQR)", "images/s"]
     if has_torch:
-        head += ["torch ms/iter", "torch images/s", "speed ratio"]
+        head += ["torch ms/iter", "torch images/s", "speed ratio", "rounds"]
+    rounds = _round_spreads(res, "net")
     rows = []
     for e in ours:
         row = [e["net"], str(e["batch"]), e["mode"], _ms(e["timing"]), _spread(e["timing"]),
                f"{e['images_per_s']:.1f}"]
         if has_torch:
             t = idx.get((e["net"], e["batch"], e["mode"], "torch"))
-            row += ["-", "-", "-"] if t is None else [
+            row += ["-", "-", "-", "-"] if t is None else [
                 _ms(t["timing"]), f"{t['images_per_s']:.1f}",
-                f"{t['timing']['median_ms'] / e['timing']['median_ms']:.2f}"]
+                f"{t['timing']['median_ms'] / e['timing']['median_ms']:.2f}",
+                rounds.get((f"{e['net']} (batch {e['batch']})", e["mode"]), "-")]
         rows.append(row)
     backend = ours[0]["backend"] if ours else "?"
     return "\n".join([f"Networks on {backend} (training mode; forward_backward includes the "
                       f"loss; train_step adds SGD momentum)"]
-                     + _table(head, rows, right={1, 3, 5, 6, 7, 8}))
+                     + _table(head, rows, right={1, 3, 5, 6, 7, 8, 9}))
 
 
 def format_header(res):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import os
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -18,7 +18,8 @@ from . import nets as _nets
 from .peak import copy_bandwidth, gemm_peak
 from .roofline import H100_SXM, DevicePeaks, kernel_records, roofline_rows
 from .telemetry import MEMORY_NOTE, open_sampler
-from .timing import CupyEventTimer, Runner, TorchCudaEventTimer, WallTimer, run_interleaved
+from .timing import CupyEventTimer, Runner, WallTimer, run_interleaved, summarize
+from .torch_side import run_child
 
 __all__ = ["BenchConfig", "run_suite", "SCHEMA"]
 
@@ -37,6 +38,7 @@ class BenchConfig:
     warmup: int = 2
     rotate: int = 4
     compare: tuple = ()                                # ("torch",) or ()
+    rounds: int = 3                                    # alternated rounds when comparing
     threads: int | None = None
     gemm_n: int = 2048
     bandwidth_mib: int = 128
@@ -111,37 +113,30 @@ def _our_timer(B):
     return WallTimer(B.synchronize)
 
 
-def _setup_torch(cfg, B, log):
-    # Idle OpenMP workers of torch spin on the cores between its calls and slow down the
-    # interleaved run of our backend (seen: 22 -> 29 ms per LeNet-5 step). PASSIVE makes them
-    # sleep; it must be set before torch loads its OpenMP runtime. An explicit setting wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        import torch  # only here: torch is never a dependency of gpucnn
-    except ImportError as exc:
-        raise ImportError(f"--compare torch needs PyTorch, which is not importable: {exc}") \
-            from exc
-    threads = cfg.threads or _env.our_threads(B)
-    torch.set_num_threads(int(threads))
-    torch.manual_seed(cfg.seed)
+def _torch_plan(cfg, B, per_round):
+    """The PyTorch child's plan (gpucnn.bench.torch_side): every benchmark of ``cfg``."""
+    from .torch_side import plan_layer, plan_net
+    bench = [plan_layer(_layer_label(spec, p), spec, p, _layer_seed(cfg, si))
+             for si, spec in enumerate(cfg.layer_specs) for p in spec.passes]
+    bench += [plan_net(_net_label(name, batch, mode), name, batch, mode, cfg.seed)
+              for name, batch in cfg.nets for mode in cfg.modes]
     on_gpu = getattr(B, "xp", np) is not np
-    device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
-    timer = TorchCudaEventTimer(torch) if device == "cuda" else WallTimer()
-    info = {"version": torch.__version__, "device": device,
-            "num_threads": torch.get_num_threads(),
-            "num_interop_threads": torch.get_num_interop_threads(),
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
-    try:
-        info["config"] = torch.__config__.parallel_info().splitlines()[:12]
-    except Exception:
-        pass
-    if device == "cuda":
-        info["cuda"] = torch.version.cuda
-        info["gpu"] = torch.cuda.get_device_name()
-    elif on_gpu:
-        info["note"] = "PyTorch has no CUDA here: compared on the CPU"
-    log(f"torch {torch.__version__} on {device}, {info['num_threads']} threads")
-    return torch, device, timer, info
+    return {"threads": int(cfg.threads or _env.our_threads(B)), "seed": cfg.seed,
+            "rotate": cfg.rotate, "warmup": cfg.warmup, "repeat": per_round,
+            "device": "cuda" if on_gpu else "cpu", "benchmarks": bench}
+
+
+def _layer_label(spec, p):
+    return f"layer:{spec.name}:{p}"
+
+
+def _net_label(name, batch, mode):
+    return f"net:{name}:b{batch}:{mode}"
+
+
+def _layer_seed(cfg, index):
+    # each layer's random data from its own seed, so both processes rebuild the same arrays
+    return cfg.seed * 1000 + index
 
 
 def _stats_entry(timing, flops=None, nbytes=None, peak_gflops=None):
@@ -198,10 +193,7 @@ def _run(cfg, B, notes, log, nvml, argv, t_start):
         log(f"note: {msg}")
     tel = _Telemetry(cfg, B, nvml=nvml, log=log)
     res["telemetry"] = tel.header()
-    torch = tdev = ttimer = None
     try:
-        if "torch" in cfg.compare:
-            torch, tdev, ttimer, res["environment"]["torch"] = _setup_torch(cfg, B, log)
         # ---- device peaks -----------------------------------------------------------------
         xp = getattr(B, "xp", np)
         peak = {}
@@ -217,89 +209,9 @@ def _run(cfg, B, notes, log, nvml, argv, t_start):
             f"{peak['gemm']['timing']['n']})" + (
                 f"; copy bandwidth {peak['bandwidth']['gbps']:.1f} GB/s"
                 if "bandwidth" in peak else ""))
-        rng = np.random.default_rng(cfg.seed)
-        our_backend = B.name
-        tname = f"torch-{tdev}" if torch is not None else None
-
-        # ---- layers -------------------------------------------------------------------------
-        for spec in cfg.layer_specs:
-            try:
-                data = _layers.host_data(spec, rng, cfg.rotate)
-            except Exception as exc:
-                res["errors"].append({"layer": spec.name, "error": repr(exc)})
-                continue
-            for p in spec.passes:
-                label = f"layer:{spec.name}:{p}"
-                base = {"layer": spec.name, "set": spec.source, "kind": spec.kind, "pass": p,
-                        "describe": spec.describe(), "batch": spec.batch,
-                        "flops": spec.flops(p), "min_bytes": spec.min_bytes(p)}
-                try:
-                    runners = [Runner("gpucnn", _layers.gpucnn_pass(spec, p, B, data),
-                                      _our_timer(B))]
-                    if torch is not None:
-                        runners.append(Runner("torch", _layers.torch_pass(spec, p, torch, tdev,
-                                                                          data), ttimer,
-                                              framework="torch"))
-                    with tel.section(label):
-                        stats = run_interleaved(runners, cfg.warmup, cfg.repeat)
-                except Exception as exc:
-                    res["errors"].append({"layer": spec.name, "pass": p,
-                                          "error": f"{type(exc).__name__}: {exc}"})
-                    log(f"  {spec.name} {p}: FAILED: {type(exc).__name__}: {exc}")
-                    continue
-                telem = tel.summary(label)
-                peak_for = pk if spec.kind != "pool" else None
-                for fw, bk in (("gpucnn", our_backend), ("torch", tname)):
-                    if fw in stats:
-                        e = dict(base, framework=fw, backend=bk, telemetry=telem)
-                        e.update(_stats_entry(stats[fw], base["flops"], base["min_bytes"],
-                                              peak_for))
-                        res["layers"].append(e)
-                if "torch" in stats:
-                    res["comparisons"].append(_compare("layer", spec.name, p, stats))
-                log("  " + _progress(spec.name, p, stats))
-            del data
-
-        # ---- nets ---------------------------------------------------------------------------
-        for name, batch in cfg.nets:
-            try:
-                batches = _nets.host_batches(name, batch, rng, cfg.rotate)
-                ours = _nets.GpucnnNet(name, B, batches, seed=cfg.seed)
-                theirs = (_nets.TorchNet(ours.model, torch, tdev, batches)
-                          if torch is not None else None)
-                fwd_flops = _nets.net_flops(ours.model)
-            except Exception as exc:
-                res["errors"].append({"net": name, "error": f"{type(exc).__name__}: {exc}"})
-                log(f"  {name}: FAILED to build: {type(exc).__name__}: {exc}")
-                continue
-            for mode in cfg.modes:
-                label = f"net:{name}:b{batch}:{mode}"
-                try:
-                    runners = [Runner("gpucnn", getattr(ours, mode), _our_timer(B))]
-                    if theirs is not None:
-                        runners.append(Runner("torch", getattr(theirs, mode), ttimer,
-                                              framework="torch"))
-                    with tel.section(label):
-                        stats = run_interleaved(runners, cfg.warmup, cfg.repeat)
-                except Exception as exc:
-                    res["errors"].append({"net": name, "mode": mode,
-                                          "error": f"{type(exc).__name__}: {exc}"})
-                    log(f"  {name} {mode}: FAILED: {type(exc).__name__}: {exc}")
-                    continue
-                telem = tel.summary(label)
-                for fw, bk in (("gpucnn", our_backend), ("torch", tname)):
-                    if fw in stats:
-                        t = stats[fw]
-                        res["nets"].append({
-                            "net": name, "mode": mode, "batch": batch, "framework": fw,
-                            "backend": bk, "timing": t, "ms_per_iter": t["median_ms"],
-                            "images_per_s": batch / (t["median_ms"] / 1e3),
-                            "fwd_flops_per_image": fwd_flops, "telemetry": telem})
-                if "torch" in stats:
-                    res["comparisons"].append(_compare("net", f"{name} (batch {batch})", mode,
-                                                       stats))
-                log("  " + _progress(f"{name} b{batch}", mode, stats, batch))
-            del ours, theirs, batches
+        ours, theirs = _alternate(cfg, B, tel, res, log)
+        _file_layers(cfg, B, ours, theirs, tel, pk, res, log)
+        _file_nets(cfg, B, ours, theirs, tel, res, log)
 
         # ---- roofline -----------------------------------------------------------------------
         measured = None
@@ -330,6 +242,160 @@ def _run(cfg, B, notes, log, nvml, argv, t_start):
     return res
 
 
+def _alternate(cfg, B, tel, res, log):
+    """Every benchmark, ours in this process and (``--compare torch``) PyTorch's in its own
+    processes, in ``cfg.rounds`` alternated rounds (ours, torch, torch, ours, ...). Returns
+    ``({label: [seconds]}, {label: [[seconds] per round]})`` for ours and theirs (theirs
+    empty without a comparison); failures go to ``res["errors"]``."""
+    compare = "torch" in cfg.compare
+    rounds = max(1, cfg.rounds) if compare else 1
+    per_round = max(1, -(-cfg.repeat // rounds))
+    ours, theirs = {}, {}
+    plan = _torch_plan(cfg, B, per_round) if compare else None
+    failed = set()
+    for r in range(rounds):
+        order = ("gpucnn", "torch") if r % 2 == 0 else ("torch", "gpucnn")
+        for side in order:
+            if side == "gpucnn":
+                if rounds > 1:
+                    log(f"round {r + 1}/{rounds}: gpucnn (this process)")
+                _our_round(cfg, B, per_round if compare else cfg.repeat, tel, ours, failed,
+                           res, log)
+            elif compare:
+                log(f"round {r + 1}/{rounds}: PyTorch (its own process, its own defaults)")
+                out = run_child(plan)
+                env = res["environment"].setdefault("torch", out["info"])
+                env["peak_rss_mib"] = max(env.get("peak_rss_mib", 0.0), out["peak_rss_mib"])
+                env["processes"] = env.get("processes", 0) + 1
+                for label, msg in out["errors"].items():
+                    if label not in failed:
+                        failed.add(label)
+                        res["errors"].append({"benchmark": label, "framework": "torch",
+                                              "error": msg})
+                for label, stats in out["results"].items():
+                    theirs.setdefault(label, []).append(
+                        [v / 1e3 for v in stats["samples_ms"]])
+    if compare:
+        info = res["environment"]["torch"]
+        log(f"torch {info['version']} on {info['device']}, {info['num_threads']} threads, "
+            f"{rounds} processes alternated with ours")
+    return ours, theirs
+
+
+def _our_round(cfg, B, repeat, tel, ours, failed, res, log):
+    """One round of our benchmarks: samples appended to ``ours[label]`` (a list per round)."""
+    for si, spec in enumerate(cfg.layer_specs):
+        labels = [_layer_label(spec, p) for p in spec.passes]
+        if all(lb in failed for lb in labels):
+            continue
+        try:
+            data = _layers.host_data(spec, np.random.default_rng(_layer_seed(cfg, si)),
+                                     cfg.rotate)
+        except Exception as exc:
+            failed.update(labels)
+            res["errors"].append({"layer": spec.name, "error": repr(exc)})
+            continue
+        for p, label in zip(spec.passes, labels):
+            _time_ours(label, lambda p=p, d=data: _layers.gpucnn_pass(spec, p, B, d), cfg, B,
+                       repeat, tel, ours, failed, res, log)
+        del data
+    for name, batch in cfg.nets:
+        labels = [_net_label(name, batch, m) for m in cfg.modes]
+        if all(lb in failed for lb in labels):
+            continue
+        try:
+            net = _nets.GpucnnNet(name, B, _nets.host_batches(
+                name, batch, np.random.default_rng(cfg.seed), cfg.rotate), seed=cfg.seed)
+        except Exception as exc:
+            failed.update(labels)
+            res["errors"].append({"net": name, "error": f"{type(exc).__name__}: {exc}"})
+            log(f"  {name}: FAILED to build: {type(exc).__name__}: {exc}")
+            continue
+        for mode, label in zip(cfg.modes, labels):
+            _time_ours(label, lambda mode=mode, n=net: getattr(n, mode), cfg, B, repeat, tel,
+                       ours, failed, res, log)
+        del net
+
+
+def _time_ours(label, make, cfg, B, repeat, tel, ours, failed, res, log):
+    if label in failed:
+        return
+    try:
+        with tel.section(label):
+            stats = run_interleaved([Runner("gpucnn", make(), _our_timer(B))], cfg.warmup,
+                                    repeat)
+    except Exception as exc:
+        failed.add(label)
+        res["errors"].append({"benchmark": label, "framework": "gpucnn",
+                              "error": f"{type(exc).__name__}: {exc}"})
+        log(f"  {label}: FAILED: {type(exc).__name__}: {exc}")
+        return
+    ours.setdefault(label, []).append([v / 1e3 for v in stats["gpucnn"]["samples_ms"]])
+
+
+def _pooled(label, ours, theirs):
+    """{framework: summarize(all rounds' samples)} and the per-round speed ratios."""
+    stats, ratios = {}, None
+    if label in ours:
+        stats["gpucnn"] = summarize([v for rnd in ours[label] for v in rnd])
+    if label in theirs and "gpucnn" in stats:
+        stats["torch"] = summarize([v for rnd in theirs[label] for v in rnd])
+        med = statistics.median
+        ratios = [med(t) / med(o) for o, t in zip(ours[label], theirs[label])]
+    return stats, ratios
+
+
+def _file_layers(cfg, B, ours, theirs, tel, pk, res, log):
+    tname = f"torch-{res['environment']['torch']['device']}" if theirs else None
+    for spec in cfg.layer_specs:
+        for p in spec.passes:
+            label = _layer_label(spec, p)
+            stats, ratios = _pooled(label, ours, theirs)
+            if not stats:
+                continue
+            base = {"layer": spec.name, "set": spec.source, "kind": spec.kind, "pass": p,
+                    "describe": spec.describe(), "batch": spec.batch,
+                    "flops": spec.flops(p), "min_bytes": spec.min_bytes(p)}
+            telem = tel.summary(label)
+            peak_for = pk if spec.kind != "pool" else None
+            for fw, bk in (("gpucnn", B.name), ("torch", tname)):
+                if fw in stats:
+                    e = dict(base, framework=fw, backend=bk, telemetry=telem)
+                    e.update(_stats_entry(stats[fw], base["flops"], base["min_bytes"],
+                                          peak_for))
+                    res["layers"].append(e)
+            if "torch" in stats:
+                res["comparisons"].append(_compare("layer", spec.name, p, stats, ratios))
+            log("  " + _progress(spec.name, p, stats))
+
+
+def _file_nets(cfg, B, ours, theirs, tel, res, log):
+    tname = f"torch-{res['environment']['torch']['device']}" if theirs else None
+    for name, batch in cfg.nets:
+        fwd_flops = None
+        for mode in cfg.modes:
+            label = _net_label(name, batch, mode)
+            stats, ratios = _pooled(label, ours, theirs)
+            if not stats:
+                continue
+            if fwd_flops is None:
+                from ..models import build_model
+                fwd_flops = _nets.net_flops(build_model(name, backend="reference"))
+            telem = tel.summary(label)
+            for fw, bk in (("gpucnn", B.name), ("torch", tname)):
+                if fw in stats:
+                    t = stats[fw]
+                    res["nets"].append({
+                        "net": name, "mode": mode, "batch": batch, "framework": fw,
+                        "backend": bk, "timing": t, "ms_per_iter": t["median_ms"],
+                        "images_per_s": batch / (t["median_ms"] / 1e3),
+                        "fwd_flops_per_image": fwd_flops, "telemetry": telem})
+            if "torch" in stats:
+                res["comparisons"].append(_compare("net", f"{name} (batch {batch})", mode,
+                                                   stats, ratios))
+            log("  " + _progress(f"{name} b{batch}", mode, stats, batch))
+
+
 def _numpy_with_threads(n, notes):
     """A private numpy backend with ``n`` threads (the shared cached one is left alone)."""
     from ..backends.numpy_backend import NumpyBackend
@@ -341,11 +407,12 @@ def _numpy_with_threads(n, notes):
     return B
 
 
-def _compare(kind, name, what, stats):
+def _compare(kind, name, what, stats, ratios):
     ours, theirs = stats["gpucnn"]["median_ms"], stats["torch"]["median_ms"]
     return {"kind": kind, "name": name, "pass" if kind == "layer" else "mode": what,
             "ours_median_ms": ours, "torch_median_ms": theirs,
-            "ratio_speed_ours_over_torch": theirs / ours}
+            "ratio_speed_ours_over_torch": theirs / ours,
+            "ratio_per_round": ratios, "ratio_min": min(ratios), "ratio_max": max(ratios)}
 
 
 def _progress(name, what, stats, batch=None):
