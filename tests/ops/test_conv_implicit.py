@@ -215,11 +215,11 @@ def test_tile_defines_match_the_launch():
 def test_registry_names_and_unknown_names(device_forward, numpy_backend, reference_backend,
                                           rng):
     assert algos.names("device") == ("im2col", "implicit")
-    assert algos.names("cpu") == ("wide", "im2col")
+    assert algos.names("cpu") == ("wide", "im2col", "winograd_f2", "winograd_f4")
     x, w = randn(rng, 1, 2, 6, 6), randn(rng, 3, 2, 3, 3)
     for B, valid in ((device_forward, "auto, im2col, implicit"),
-                     (numpy_backend, "auto, wide, im2col"),
-                     (reference_backend, "auto, wide, im2col")):
+                     (numpy_backend, "auto, wide, im2col, winograd_f2, winograd_f4"),
+                     (reference_backend, "auto, wide, im2col, winograd_f2, winograd_f4")):
         xb, wb = to_backend(B, x, w)
         for bad in ("winograd", "Implicit", 3):
             with pytest.raises(ValueError, match=f"algo={bad!r}.*valid: {valid}"):
@@ -262,7 +262,7 @@ def test_env_var_and_per_call_override(device_forward, numpy_backend, rng, monke
     monkeypatch.setenv(algos.ENV, "fastest")
     with pytest.raises(ValueError, match=r"GPUCNN_CONV_ALGO='fastest' is not a convolution "
                                          r"algorithm \(valid: auto; device: im2col, implicit; "
-                                         r"cpu: wide, im2col\)"):
+                                         r"cpu: wide, im2col, winograd_f2, winograd_f4\)"):
         numpy_backend.conv2d(x, w)
 
 

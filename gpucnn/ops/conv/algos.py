@@ -29,6 +29,11 @@ Selection, per call ``algo=`` on ``B.conv2d`` / ``B.conv2d_backward`` /
   cpu    anything else                                       im2col
   ====== =================================================== ===========
 
+  The cpu kind's ``winograd_f2`` / ``winograd_f4`` (Winograd F(2x2, 3x3 or 5x5) and
+  F(4x4, 3x3), ``winograd.py``) run only when named: measured on AMD EPYC Zen 4 (2 vCPUs,
+  OpenBLAS) they are 1.1-1.8x slower than ``wide`` on every AlexNet and LeNet layer, their
+  transforms costing as much as the multiplications they save (README, "CPU algorithms").
+
 ``B.conv_algorithms()`` returns ``{shape key: algorithm}`` of what a backend ran so far, and
 ``B.set_conv_algorithms(d)`` makes ``auto`` reuse such a mapping (an exact resume).
 """
@@ -43,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
-from . import cpu, device, implicit
+from . import cpu, device, implicit, winograd
 from .device import DW_TARGET_BLOCKS
 
 __all__ = ["ConvAlgo", "REGISTRY", "AUTO", "ENV", "CACHE_FILE", "names", "get", "shape_key",
@@ -115,6 +120,14 @@ REGISTRY = {
         # the general path of cpu.py (the one its wide path falls back to)
         ConvAlgo("im2col", _cpu_im2col_forward, cpu._conv2d_backward_im2col,
                  _cpu_columns(lambda g: g.K), "im2col columns per group, GEMMs on OpenBLAS"),
+        *(ConvAlgo(name, winograd.conv2d(name), winograd.conv2d_backward(name),
+                   winograd.workspace_bytes(name),
+                   f"Winograd F({m}x{m}, r x r) for r in {sizes}: forward and dx as "
+                   f"transformed-tile GEMMs, dW by the wide GEMM",
+                   winograd.supports(name),
+                   f"stride 1, dilation 1, one group, a square "
+                   f"{' or '.join(f'{r}x{r}' for r in sizes)} kernel")
+          for name, (m, sizes) in winograd.VARIANTS.items()),
     )},
 }
 

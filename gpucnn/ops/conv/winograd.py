@@ -1,0 +1,227 @@
+"""Winograd minimal-filtering convolution F(m x m, r x r) for the CPU (stride 1, dilation 1,
+one group): fewer multiplications than the direct convolution, at the price of transforms.
+
+Each output tile of m x m pixels comes from an input tile of t x t = (m + r - 1)^2 pixels:
+
+    Y = A^T [ (G g G^T) (.) (B^T d B) ] A        (Lavin & Gray 2015, "Fast Algorithms for
+                                                  Convolutional Neural Networks")
+
+Summed over input channels, the element-wise product becomes t^2 independent GEMMs
+``M[xi] = U[xi] (F x C) @ V[xi] (C x tiles)``: ``t^2 / m^2`` multiplications per output and
+channel pair instead of ``r^2`` (F(2x2,3x3): 2.25x fewer; F(4x4,3x3): 4x; F(2x2,5x5): 2.8x),
+less what partial tiles at the border waste. Everything else is GEMM-shaped too, so it all
+runs on OpenBLAS: the input transform is ONE GEMM ``kron(B^T, B^T) (t^2 x t^2) @ D (t^2 x
+C*tiles)`` on the gathered tiles D (the only copy, t^2/m^2 times the input instead of
+im2col's r^2), the weight transform ``kron(G, G) @ w`` is done in float64, and the output
+transform is one GEMM ``kron(A^T, A^T) (m^2 x t^2) @ M``, followed by one strided pass that
+crops partial tiles and adds the bias (+ ReLU).
+
+The matrices come from :func:`transforms` (Cook-Toom: evaluation at the points 0, 1, -1, 2,
+-2, ... and infinity, interpolation by the inverse Vandermonde matrix, in exact rational
+arithmetic; the fractions moved into G so B^T and A^T are integer and exact on the data).
+
+dx of a stride-1 convolution is a stride-1 convolution of dy with the flipped, transposed
+filters and padding ``r - 1 - p``, so it runs through the same code. dW uses the wide-column
+GEMM of ``cpu.py`` (Winograd's weight-gradient form needs dy tiles as filters; not done here).
+
+Rounding: the transforms add terms of growing magnitude (points +-2 scale by up to 2^4 in
+F(4x4,3x3)), so the float32 error grows with m: tests/ops/test_conv_winograd.py states and
+checks the bounds of each variant against the float64 reference.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from functools import lru_cache
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from . import cpu
+
+__all__ = ["VARIANTS", "transforms", "supports", "workspace_bytes", "conv2d",
+           "conv2d_backward"]
+
+# name: (m, supported kernel sizes r). F(4x4, 5x5) would need t = 8 points (+-1/2): too
+# inaccurate in float32 to be worth it.
+VARIANTS = {"winograd_f2": (2, (3, 5)), "winograd_f4": (4, (3,))}
+_POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2),
+           Fraction(-1, 2))
+_CHUNK_IMAGES = 32  # images per transform/GEMM block: bounds the workspace
+
+
+@lru_cache(maxsize=None)
+def transforms(m, r):
+    """(AT (m x t), G (t x r), BT (t x t)) of F(m, r) as float64 arrays, t = m + r - 1.
+    1-D: ``y = AT @ ((G @ g) * (BT @ d))`` is the correlation ``y[i] = sum_k g[k] d[i + k]``
+    (i < m) of a length-t signal d with a length-r filter g."""
+    t = m + r - 1
+    pts = _POINTS[:t - 1]  # plus the point at infinity (its row picks the top coefficient)
+
+    def evaluation(n_coef):  # rows: value at each point, then the leading coefficient
+        rows = [[p ** k for k in range(n_coef)] for p in pts]
+        return rows + [[Fraction(int(k == n_coef - 1)) for k in range(n_coef)]]
+
+    V = evaluation(t)
+    C = _inverse(V)                      # interpolation: coefficients from values
+    BT = [list(col) for col in zip(*C)]  # C^T (t x t)
+    G = evaluation(r)                    # t x r
+    A_eval = evaluation(m)               # t x m
+    # move each row's denominators of BT into G's row: BT integer, exact on the data
+    for j in range(t):
+        den = 1
+        for v in BT[j]:
+            den = den * v.denominator // np.gcd(den, v.denominator)
+        BT[j] = [v * den for v in BT[j]]
+        G[j] = [v / den for v in G[j]]
+    AT = [list(col) for col in zip(*A_eval)]  # m x t
+    return tuple(np.array([[float(v) for v in row] for row in a]) for a in (AT, G, BT))
+
+
+def _inverse(M):
+    """Exact inverse of a square matrix of Fractions (Gauss-Jordan)."""
+    n = len(M)
+    A = [list(row) + [Fraction(int(i == j)) for j in range(n)] for i, row in enumerate(M)]
+    for c in range(n):
+        p = next(i for i in range(c, n) if A[i][c] != 0)
+        A[c], A[p] = A[p], A[c]
+        inv = 1 / A[c][c]
+        A[c] = [v * inv for v in A[c]]
+        for i in range(n):
+            if i != c and A[i][c] != 0:
+                f = A[i][c]
+                A[i] = [a - f * b for a, b in zip(A[i], A[c])]
+    return [row[n:] for row in A]
+
+
+def supports(name):
+    """supports(g) for variant ``name``: stride 1, dilation 1, one group, square kernel of a
+    supported size."""
+    _, sizes = VARIANTS[name]
+
+    def ok(g):
+        return (cpu.fast_conv(g) and g.kh == g.kw and g.kh in sizes)
+    return ok
+
+
+def workspace_bytes(name):
+    """workspace(g, limit) of variant ``name``: float32 bytes of one image block's buffers
+    (padded input, gathered tiles, transformed tiles, products, output tiles), the larger
+    of forward and dx (the wide dW's columns are not counted); ``limit`` is not used: the
+    block is at most _CHUNK_IMAGES images whatever the bound."""
+    m = _m(name)
+
+    def workspace(g, limit):
+        r, n = g.kh, min(g.N, _CHUNK_IMAGES)
+        t = m + r - 1
+        sizes = []
+        for cin, cout, (ho, wo) in ((g.C, g.F, (g.Ho, g.Wo)), (g.F, g.C, (g.H, g.W))):
+            th, tw = -(-ho // m), -(-wo // m)
+            tiles = n * th * tw
+            sizes.append(cin * n * (th * m + r - 1) * (tw * m + r - 1)
+                         + 2 * t * t * cin * tiles + t * t * cout * tiles
+                         + m * m * cout * tiles)
+        return 4 * max(sizes)
+    return workspace
+
+
+def _kron_mats(m, r, dtype):
+    AT, G, BT = transforms(m, r)
+    return np.kron(AT, AT).astype(dtype), np.kron(BT, BT).astype(dtype), np.kron(G, G)
+
+
+def _weights(w, m, dtype):
+    """U (t^2, F, C) = (G g G^T) per filter pair, computed in float64."""
+    F, C, r, _ = w.shape
+    _, _, GG = _kron_mats(m, r, np.float64)
+    wf = np.asarray(w, dtype=np.float64).reshape(F * C, r * r).T  # (r^2, F*C)
+    return (GG @ wf).reshape(-1, F, C).astype(dtype)
+
+
+def _forward(rt, x, U, b, m, r, pads, relu, out_shape):
+    """Correlation of x (N, C, H, W) with the transformed filters U (t^2, F, C), zero
+    padding ``pads = (top, left, bottom, right)``, into a new (N, F, Ho, Wo) array."""
+    N, C, H, W = x.shape
+    F = U.shape[1]
+    Ho, Wo = out_shape
+    t = m + r - 1
+    th, tw = -(-Ho // m), -(-Wo // m)
+    Hp, Wp = th * m + r - 1, tw * m + r - 1  # every tile whole (extra zeros cropped later)
+    AA, BB, _ = _kron_mats(m, r, x.dtype)
+    y = rt.output((N, F, Ho, Wo), x.dtype)
+    bias = None if b is None else np.asarray(b, dtype=x.dtype).reshape(F, 1, 1, 1)
+    key = ("wino", N, C, H, W, F, m, r, pads)
+
+    def block(a, e):
+        n = e - a
+        xp = rt.scratch(key + ("pad", n), (C, n, Hp, Wp), x.dtype, zero=True)
+        # channel-major padded input: D's columns come out (c, image, tile) with no transpose
+        xp[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W] = x[a:e].transpose(1, 0, 2, 3)
+        sC, sN, sH, sW = xp.strides
+        tiles = as_strided(xp, (t, t, C, n, th, tw), (sH, sW, sC, sN, m * sH, m * sW),
+                           writeable=False)
+        D = rt.scratch(key + ("D", n), (t * t, C * n * th * tw), x.dtype)
+        np.copyto(D.reshape(t, t, C, n, th, tw), tiles)
+        V = rt.scratch(key + ("V", n), (t * t, C, n * th * tw), x.dtype)
+        np.matmul(BB, D, out=V.reshape(t * t, -1))
+        M = rt.scratch(key + ("M", n), (t * t, F, n * th * tw), x.dtype)
+        np.matmul(U, V, out=M)
+        Y = rt.scratch(key + ("Y", n), (m * m, F * n * th * tw), x.dtype)
+        np.matmul(AA, M.reshape(t * t, -1), out=Y)
+        # Y[(i, j), f, image, ti, tj] -> y[image, f, ti*m + i, tj*m + j], partial tiles cut
+        Yv = Y.reshape(m, m, F, n, th, tw).transpose(3, 2, 4, 0, 5, 1).reshape(
+            n, F, th * m, tw * m)[:, :, :Ho, :Wo]
+        dst = y[a:e]
+        if bias is not None:
+            np.add(Yv, bias.reshape(1, F, 1, 1), out=dst)
+            src = dst
+        else:
+            src = Yv
+        if relu:
+            np.maximum(src, 0, out=dst)
+        elif src is not dst:
+            np.copyto(dst, src)
+
+    def work(a, e):
+        for s in range(a, e, _CHUNK_IMAGES):
+            block(s, min(e, s + _CHUNK_IMAGES))
+
+    rt.run(work, rt.ranges(N))
+    return y
+
+
+def _m(name):
+    return VARIANTS[name][0]
+
+
+def conv2d(name):
+    """The forward of variant ``name``: ``forward(rt, x, w, b, g, relu) -> y``."""
+    def forward(rt, x, w, b, g, relu):
+        if w.dtype != x.dtype:
+            raise TypeError(f"conv2d: w dtype {w.dtype} differs from x dtype {x.dtype}")
+        U = _weights(w, _m(name), x.dtype)
+        return _forward(rt, x, U, b, _m(name), g.kh, (g.ph, g.pw, g.ph_end, g.pw_end), relu,
+                        (g.Ho, g.Wo))
+    return forward
+
+
+def conv2d_backward(name):
+    """The backward of variant ``name``: dx by Winograd (the flipped, transposed filters,
+    padding r - 1 - p), dW and db by the wide-column GEMM of cpu.py."""
+    def backward(rt, dy, x, w, g, need_dx=True, need_dw=True):
+        dt = x.dtype
+        dx = dw = db = None
+        if need_dw:
+            _, dw, db = cpu.conv2d_backward(rt, dy, x, w, g, need_dx=False, need_dw=True)
+        if need_dx:
+            dy = np.ascontiguousarray(dy, dtype=dt)
+            wT = np.ascontiguousarray(w.astype(dt, copy=False).transpose(1, 0, 2, 3)[:, :, ::-1,
+                                                                                    ::-1])
+            r = g.kh
+            U = _weights(wT, _m(name), dt)
+            pads = (r - 1 - g.ph, r - 1 - g.pw, r - 1 - g.ph_end, r - 1 - g.pw_end)
+            if min(pads) < 0:  # padding > r - 1: the plain im2col adjoint
+                dx, _, _ = cpu._conv2d_backward_im2col(rt, dy, x, w, g, True, False)
+            else:
+                dx = _forward(rt, dy, U, None, _m(name), r, pads, False, (g.H, g.W))
+        return dx, dw, db
+    return backward
