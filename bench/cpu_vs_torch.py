@@ -14,6 +14,9 @@ random inputs from a fixed seed):
                      momentum 0.9), batch 128
   lenet5-infer       LeNet-5 inference, batch 1000
   alexnet_cifar-step AlexNet-CIFAR training step, batch 128
+  lenet5-epoch       one LeNet-5 training epoch over Fashion-MNIST's 60,000 training images
+                     (batch 128, the last one 96, one fixed shuffle; needs the dataset:
+                     apt-get install dataset-fashion-mnist), timed whole after one warm-up step
 
     python bench/cpu_vs_torch.py [--workloads lenet5-step,lenet5-infer] [--rounds 5] [--json]
 
@@ -37,6 +40,7 @@ WORKLOADS = {
     "lenet5-step": ("lenet5", 128, True, 40, 5),
     "lenet5-infer": ("lenet5", 1000, False, 20, 3),
     "alexnet_cifar-step": ("alexnet_cifar", 128, True, 4, 1),
+    "lenet5-epoch": ("lenet5", 128, True, 1, 1),  # steps: epochs
 }
 FRAMEWORKS = ("gpucnn", "torch")
 
@@ -106,9 +110,21 @@ def _torch_step(model, training, threads):
     return step, torch, info
 
 
+def _epoch_batches(batch):
+    """Fashion-MNIST's training split in one fixed shuffle, cut into batches (the last one
+    shorter)."""
+    import numpy as np
+    from gpucnn.data.datasets import load_dataset
+    ds = load_dataset("fashion-mnist", "train")
+    order = np.random.default_rng(0).permutation(len(ds.labels))
+    x, y = ds.images[order], ds.labels[order].astype(np.int64)
+    return [(x[i:i + batch], y[i:i + batch]) for i in range(0, len(y), batch)]
+
+
 def child(framework, workload, steps, warmup, threads):
     model, batch, training, _, _ = WORKLOADS[workload]
-    data = _inputs(model, batch)
+    epoch = workload.endswith("-epoch")
+    data = _epoch_batches(batch) if epoch else _inputs(model, batch)
     if framework == "gpucnn":
         step, B, info = _gpucnn_step(model, training)
         data = [(B.asarray(x), B.asarray(y, dtype="int64")) for x, y in data]
@@ -116,15 +132,26 @@ def child(framework, workload, steps, warmup, threads):
         step, torch, info = _torch_step(model, training, threads)
         data = [(torch.from_numpy(x), torch.from_numpy(y)) for x, y in data]
     times = []
-    for i in range(warmup + steps):
-        x, y = data[i % len(data)]
-        t0 = time.perf_counter()
-        step(x, y)
-        if i >= warmup:
+    if epoch:  # steps = timed epochs, warmup = untimed steps before the first
+        for i in range(warmup):
+            step(*data[i % len(data)])
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            for x, y in data:
+                step(x, y)
             times.append(time.perf_counter() - t0)
+        images = sum(len(y) for _, y in data)
+    else:
+        for i in range(warmup + steps):
+            x, y = data[i % len(data)]
+            t0 = time.perf_counter()
+            step(x, y)
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+        images = batch
     med = statistics.median(times)
     return {"framework": framework, "workload": workload, "info": info, "median_s": med,
-            "images_per_s": batch / med, "steps": steps, "warmup": warmup,
+            "images_per_s": images / med, "steps": steps, "warmup": warmup,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
