@@ -12,7 +12,7 @@ channel pair instead of ``r^2`` (F(2x2,3x3): 2.25x fewer; F(4x4,3x3): 4x; F(2x2,
 less what partial tiles at the border waste. Everything else is GEMM-shaped too, so it all
 runs on OpenBLAS: the input transform is ONE GEMM ``kron(B^T, B^T) (t^2 x t^2) @ D (t^2 x
 C*tiles)`` on the gathered tiles D (the only copy, t^2/m^2 times the input instead of
-im2col's r^2), the weight transform ``kron(G, G) @ w`` is done in float64, and the output
+im2col's r^2), the weight transform is one GEMM ``kron(G, G) @ w``, and the output
 transform is one GEMM ``kron(A^T, A^T) (m^2 x t^2) @ M``, followed by one strided pass that
 crops partial tiles and adds the bias (+ ReLU).
 
@@ -105,7 +105,7 @@ def supports(name):
 
 def workspace_bytes(name):
     """workspace(g, limit) of variant ``name``: float32 bytes of one image block's buffers
-    (padded input, gathered tiles, transformed tiles, products, output tiles), the larger
+    (padded input, gathered tiles, transformed tiles, products, output tiles twice), the larger
     of forward and dx (the wide dW's columns are not counted); ``limit`` is not used: the
     block is at most _CHUNK_IMAGES images whatever the bound."""
     m = _m(name)
@@ -119,7 +119,7 @@ def workspace_bytes(name):
             tiles = n * th * tw
             sizes.append(cin * n * (th * m + r - 1) * (tw * m + r - 1)
                          + 2 * t * t * cin * tiles + t * t * cout * tiles
-                         + m * m * cout * tiles)
+                         + 2 * m * m * cout * tiles)
         return 4 * max(sizes)
     return workspace
 
@@ -130,11 +130,12 @@ def _kron_mats(m, r, dtype):
 
 
 def _weights(w, m, dtype):
-    """U (t^2, F, C) = (G g G^T) per filter pair, computed in float64."""
+    """U (t^2, F, C) = (G g G^T) per filter pair: one GEMM kron(G, G) @ w. In the data's
+    precision: G's fractions (1/4, 1/6, 1/12, 1/24) round once, like any weight."""
     F, C, r, _ = w.shape
-    _, _, GG = _kron_mats(m, r, np.float64)
-    wf = np.asarray(w, dtype=np.float64).reshape(F * C, r * r).T  # (r^2, F*C)
-    return (GG @ wf).reshape(-1, F, C).astype(dtype)
+    _, _, GG = _kron_mats(m, r, dtype)
+    wT = np.ascontiguousarray(np.asarray(w, dtype=dtype).reshape(F * C, r * r).T)
+    return (GG.astype(dtype) @ wT).reshape(-1, F, C)
 
 
 def _forward(rt, x, U, b, m, r, pads, relu, out_shape):
@@ -153,29 +154,31 @@ def _forward(rt, x, U, b, m, r, pads, relu, out_shape):
 
     def block(a, e):
         n = e - a
-        xp = rt.scratch(key + ("pad", n), (C, n, Hp, Wp), x.dtype, zero=True)
-        # channel-major padded input: D's columns come out (c, image, tile) with no transpose
-        xp[:, :, pads[0]:pads[0] + H, pads[1]:pads[1] + W] = x[a:e].transpose(1, 0, 2, 3)
-        sC, sN, sH, sW = xp.strides
-        tiles = as_strided(xp, (t, t, C, n, th, tw), (sH, sW, sC, sN, m * sH, m * sW),
+        P = th * tw * n
+        # Image-minor padded input (C, Hp, Wp, n): every gathered tile row is n contiguous
+        # floats (NCHW would give runs of tw), so D's columns come out (c, tile, image).
+        xp = rt.scratch(key + ("pad", n), (C, Hp, Wp, n), x.dtype, zero=True)
+        xp[:, pads[0]:pads[0] + H, pads[1]:pads[1] + W, :] = x[a:e].transpose(1, 2, 3, 0)
+        sC, sH, sW, sN = xp.strides
+        tiles = as_strided(xp, (t, t, C, th, tw, n), (sH, sW, sC, m * sH, m * sW, sN),
                            writeable=False)
-        D = rt.scratch(key + ("D", n), (t * t, C * n * th * tw), x.dtype)
-        np.copyto(D.reshape(t, t, C, n, th, tw), tiles)
-        V = rt.scratch(key + ("V", n), (t * t, C, n * th * tw), x.dtype)
+        D = rt.scratch(key + ("D", n), (t * t, C * P), x.dtype)
+        np.copyto(D.reshape(t, t, C, th, tw, n), tiles)
+        V = rt.scratch(key + ("V", n), (t * t, C, P), x.dtype)
         np.matmul(BB, D, out=V.reshape(t * t, -1))
-        M = rt.scratch(key + ("M", n), (t * t, F, n * th * tw), x.dtype)
+        M = rt.scratch(key + ("M", n), (t * t, F, P), x.dtype)
         np.matmul(U, V, out=M)
-        Y = rt.scratch(key + ("Y", n), (m * m, F * n * th * tw), x.dtype)
+        Y = rt.scratch(key + ("Y", n), (m * m, F * P), x.dtype)
         np.matmul(AA, M.reshape(t * t, -1), out=Y)
-        # Y[(i, j), f, image, ti, tj] -> y[image, f, ti*m + i, tj*m + j], partial tiles cut
-        Yv = Y.reshape(m, m, F, n, th, tw).transpose(3, 2, 4, 0, 5, 1).reshape(
-            n, F, th * m, tw * m)[:, :, :Ho, :Wo]
-        dst = y[a:e]
+        # Y[(i, j), f, ti, tj, image] -> whole tiles yp[image, f, ti*m + i, tj*m + j]
+        yp = rt.scratch(key + ("yp", n), (n, F, th * m, tw * m), x.dtype)
+        s0, s1, s2, s3 = yp.strides
+        np.copyto(as_strided(yp, (n, F, th, m, tw, m), (s0, s1, m * s2, s2, m * s3, s3)),
+                  Y.reshape(m, m, F, th, tw, n).transpose(5, 2, 3, 0, 4, 1))
+        src, dst = yp[:, :, :Ho, :Wo], y[a:e]  # partial tiles cut
         if bias is not None:
-            np.add(Yv, bias.reshape(1, F, 1, 1), out=dst)
+            np.add(src, bias.reshape(1, F, 1, 1), out=dst)
             src = dst
-        else:
-            src = Yv
         if relu:
             np.maximum(src, 0, out=dst)
         elif src is not dst:
