@@ -24,11 +24,11 @@ _REFCOUNT_POOL = (sys.implementation.name == "cpython"
 _POOL_MIN_BYTES = 256 << 10
 
 
-# Without GPUCNN_WORKSPACE_MB: 256 MiB on a device; 64 MiB for the NumPy backend, whose pools
-# (results, scratch, spare columns) are bounded by it. At 256 they held AlexNet-CIFAR's
-# training (batch 128) at 763 MiB peak RSS, at 64 at 626, in the same time (2 Zen 4 vCPUs).
+# Without GPUCNN_WORKSPACE_MB: 256 MiB on a device; 32 MiB for the NumPy backend, whose pools
+# (results, scratch, spare columns) are bounded by it. AlexNet-CIFAR training (batch 128)
+# peaked at 763 MiB RSS with 256, 626 with 64, 542 with 32, in the same time (2 Zen 4 vCPUs).
 DEVICE_WORKSPACE_MB = 256
-CPU_WORKSPACE_MB = 64
+CPU_WORKSPACE_MB = 32
 
 
 def default_workspace_bytes(default_mb=DEVICE_WORKSPACE_MB):

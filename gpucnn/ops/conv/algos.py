@@ -171,7 +171,7 @@ def heuristic(kind, g):
 def workspace_bytes(algo, g, workspace_limit=None, kind="device"):
     """Peak workspace bytes algorithm ``algo`` of ``kind`` allocates for geometry g (over
     forward, dx and dW) with the workspace bound ``workspace_limit`` (default
-    $GPUCNN_WORKSPACE_MB, else 256 MiB on a device, 64 MiB on the CPU). CPU figures count the
+    $GPUCNN_WORKSPACE_MB, else 256 MiB on a device, 32 MiB on the CPU). CPU figures count the
     column matrices only."""
     if workspace_limit is None:
         from ...cpu.buffers import CPU_WORKSPACE_MB, DEVICE_WORKSPACE_MB, default_workspace_bytes
