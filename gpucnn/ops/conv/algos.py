@@ -31,8 +31,8 @@ Selection, per call ``algo=`` on ``B.conv2d`` / ``B.conv2d_backward`` /
 
   The cpu kind's ``winograd_f2`` / ``winograd_f4`` (Winograd F(2x2, 3x3 or 5x5) and
   F(4x4, 3x3), ``winograd.py``) run only when named: measured on AMD EPYC Zen 4 (2 vCPUs,
-  OpenBLAS) they are 1.1-1.8x slower than ``wide`` on every AlexNet and LeNet layer, their
-  transforms costing as much as the multiplications they save (README, "CPU algorithms").
+  OpenBLAS), F(4x4, 3x3) is 1.6-2.1x faster than ``wide`` on one thread but only level with
+  it on two, and F(2x2, .) is slower (README, "CPU algorithms").
 
 ``B.conv_algorithms()`` returns ``{shape key: algorithm}`` of what a backend ran so far, and
 ``B.set_conv_algorithms(d)`` makes ``auto`` reuse such a mapping (an exact resume).
