@@ -114,6 +114,19 @@ def test_compare_torch_tiny(tmp_path):
         assert c["ratio_min"] <= c["ratio_max"]
 
 
+def test_compare_torch_without_torch_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """No PyTorch: exit status 2 and one line saying what is missing, before any timing."""
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "torch" else real(name, *a))
+    rc, res = _run(tmp_path, "--layers", "tiny", "--nets", "none", "--compare", "torch",
+                   "--no-telemetry")
+    assert rc == 2 and res is None
+    err = capsys.readouterr().err
+    assert "--compare torch needs PyTorch, which is not installed" in err
+
+
 def test_torch_layer_passes_match_backend():
     """Ours and PyTorch's pass compute the same thing (so the comparison is fair)."""
     torch = pytest.importorskip("torch")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import importlib.util
 import statistics
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -248,6 +250,9 @@ def _alternate(cfg, B, tel, res, log):
     ``({label: [seconds]}, {label: [[seconds] per round]})`` for ours and theirs (theirs
     empty without a comparison); failures go to ``res["errors"]``."""
     compare = "torch" in cfg.compare
+    if compare and importlib.util.find_spec("torch") is None:
+        raise ImportError(f"--compare torch needs PyTorch, which is not installed for "
+                          f"{sys.executable} (pip install torch)")
     rounds = max(1, cfg.rounds) if compare else 1
     per_round = max(1, -(-cfg.repeat // rounds))
     ours, theirs = {}, {}
