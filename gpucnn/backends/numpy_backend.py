@@ -20,7 +20,7 @@ __all__ = ["NumpyBackend", "blas_threads", "openblas_info"]
 
 class NumpyBackend(ReferenceBackend):
     name = "numpy"
-    conv_policy = "heuristic"  # auto: "wide" where it applies, else "im2col" (ops/conv/algos)
+    conv_policy = "heuristic"  # auto: winograd_f4 / wide / im2col by shape (ops/conv/algos)
 
     def __init__(self, workspace_bytes=None, threads=None, cache_cols=True):
         self.rt = CpuRuntime(workspace_bytes, threads, cache_cols)

@@ -199,6 +199,20 @@ class ThreadPool:
         finally:
             self._busy.release()
 
+    def matmul(self, a, b, out=None):
+        """``a @ b`` (2-D) on this pool: b's columns split over the threads, OpenBLAS on one
+        thread in each. Every GEMM of the tuned ops runs that way: OpenBLAS's own threads are
+        as fast on a large GEMM, but its idle workers then spin for a while on the cores the
+        next parallel op needs (LeNet-5's training step: 19-22 ms with them, 11-16 without)."""
+        if out is None:
+            out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+
+        def work(c0, c1):
+            np.matmul(a, b[:, c0:c1], out=out[:, c0:c1])
+
+        self.run(work, self.ranges(b.shape[1], min_units=64))
+        return out
+
     def ranges(self, n, quantum=1, min_units=1):
         """Split range(n) for the threads; a single range when there is too little work."""
         parts = self.threads if n // max(1, quantum) >= 2 * min_units else 1

@@ -12,7 +12,7 @@ __all__ = ["linear_reference", "linear_backward_reference", "linear_cpu",
            "linear_backward_cpu", "linear_device", "linear_backward_device"]
 
 # Linear layers split the batch over our threads from this many multiply-adds (n * in * out);
-# below it one GEMM call with OpenBLAS's own threads measured faster (LeNet's 128x400x120).
+# below it one GEMM on one thread (LeNet's 128x400x120: the split costs more than it saves).
 _LINEAR_SPLIT = 50_000_000
 
 
@@ -29,10 +29,11 @@ def linear_backward_reference(dy, x, w):
 
 
 def _run(rt, fn, ranges):
-    """A single range runs here, directly: OpenBLAS then uses its own threads, which for
-    these small GEMMs (LeNet's) measured ~2x faster than our split or one BLAS thread."""
-    if len(ranges) == 1:
-        return [fn(*ranges[0])]
+    """Every GEMM here runs with OpenBLAS on one thread (rt.run holds it there; a single
+    range runs in this thread). Letting OpenBLAS use its own threads for the small ones made
+    them faster, but its idle workers then spin for a while on the cores our next parallel
+    op needs: LeNet-5's training step ran 19-22 ms that way, 14-16 ms with OpenBLAS held to
+    one thread (2 Zen 4 vCPUs)."""
     return rt.run(fn, ranges)
 
 

@@ -274,6 +274,12 @@ def test_env_var_and_per_call_override(device_forward, numpy_backend, rng, monke
     ((2, 4, 8, 8), (4, 2, 3, 3), dict(groups=2), "implicit", "im2col"),
     ((2, 3, 9, 9), (4, 3, 3, 3), dict(dilation=2), "implicit", "im2col"),
     ((1, 3, 227, 227), (64, 3, 11, 11), dict(stride=4, padding=2), "implicit", "im2col"),
+    # Winograd F(4x4, 3x3) from 64 channels each way and 256 output tiles (AlexNet's 3x3s)
+    ((128, 192, 7, 7), (384, 192, 3, 3), dict(padding=1), "implicit", "winograd_f4"),
+    ((16, 192, 13, 13), (384, 192, 3, 3), dict(padding=1), "implicit", "winograd_f4"),
+    ((128, 3, 32, 32), (64, 3, 3, 3), dict(padding=1), "implicit", "wide"),     # C < 64
+    ((4, 256, 13, 13), (256, 256, 3, 3), dict(padding=1), "implicit", "wide"),  # 64 tiles
+    ((128, 64, 15, 15), (192, 64, 5, 5), dict(padding=2), "implicit", "wide"),  # 5x5
 ])
 def test_auto_heuristic_table(xs, ws, kw, device, cpu):
     g = conv_geometry(xs, ws, **kw)

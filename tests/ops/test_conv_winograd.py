@@ -99,9 +99,9 @@ def test_backward_matches_reference(algo, spec, need):
 
 
 def test_registered_and_checked():
-    """Selectable by name on the numpy backend, never chosen by auto on its own (measured
-    slower than the wide columns here, README), and a layer it cannot run is a clear error
-    naming what it needs."""
+    """Selectable by name on the numpy backend (auto picks F(4x4, 3x3) only for layers with
+    >= 64 channels each way and >= 256 tiles: tests/ops/test_conv_implicit.py's table), and a
+    layer it cannot run is a clear error naming what it needs."""
     B = NumpyBackend()
     assert {"winograd_f2", "winograd_f4"} <= set(algos.names("cpu"))
     x = np.ones((1, 2, 6, 6), np.float32)
@@ -110,7 +110,25 @@ def test_registered_and_checked():
     with pytest.raises(ValueError, match=r"winograd_f2.*stride 1"):
         B.conv2d(x, np.ones((2, 2, 3, 3), np.float32), stride=2, algo="winograd_f2")
     B.conv2d(x, np.ones((2, 2, 3, 3), np.float32), padding=1)
-    assert set(B.conv_algorithms().values()) == {"wide"}
+    assert set(B.conv_algorithms().values()) == {"wide"}  # 2 channels: wide
+
+
+def test_auto_runs_winograd_where_preferred():
+    """A layer auto gives to winograd_f4 runs it (forward and backward recorded) and matches
+    the reference to its bound."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((64, 64, 6, 6))  # 64 images x 4 tiles
+    w = rng.standard_normal((64, 64, 3, 3)) / 24
+    g = conv_geometry(x.shape, w.shape, 1, 1)
+    B = NumpyBackend(threads=2)
+    y = B.conv2d(x.astype(np.float32), w.astype(np.float32), padding=1)
+    dy = rng.standard_normal(y.shape)
+    dx, dw, _ = B.conv2d_backward(dy.astype(np.float32), x.astype(np.float32),
+                                  w.astype(np.float32), padding=1)
+    assert set(B.conv_algorithms().values()) == {"winograd_f4"}
+    assert rel_error(y, conv_ref.conv2d(x, w, None, g, False)) < BOUND["winograd_f4", 3]
+    rdx, rdw, _ = conv_ref.conv2d_backward(dy, x, w, g)
+    assert rel_error(dx, rdx) < BOUND["winograd_f4", 3] and rel_error(dw, rdw) < 1e-5
 
 
 def test_workspace_is_bounded_by_the_block():

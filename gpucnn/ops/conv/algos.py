@@ -25,14 +25,15 @@ Selection, per call ``algo=`` on ``B.conv2d`` / ``B.conv2d_backward`` /
   device 1x1 kernel, stride 1, no padding                    im2col (x is its own column
                                                              matrix: the plain SGEMM, no copy)
   device anything else                                       implicit (no column matrix)
-  cpu    stride 1, dilation 1, one group                     wide
+  cpu    3x3, stride 1, dilation 1, one group, C, F >= 64,   winograd_f4
+         >= 256 output tiles of 4x4 in the batch
+  cpu    other stride 1, dilation 1, one group               wide
   cpu    anything else                                       im2col
   ====== =================================================== ===========
 
-  The cpu kind's ``winograd_f2`` / ``winograd_f4`` (Winograd F(2x2, 3x3 or 5x5) and
-  F(4x4, 3x3), ``winograd.py``) run only when named: measured on AMD EPYC Zen 4 (2 vCPUs,
-  OpenBLAS), F(4x4, 3x3) is 1.6-2.1x faster than ``wide`` on one thread but only level with
-  it on two, and F(2x2, .) is slower (README, "CPU algorithms").
+  The cpu rows come from measurements on AMD EPYC Zen 4 (2 vCPUs, OpenBLAS; README, "CPU
+  algorithms"): F(4x4, 3x3) ran AlexNet's 3x3 layers 1.6-1.9x faster than ``wide`` and lost
+  with few channels or tiles; ``winograd_f2`` (F(2x2, 3x3 or 5x5)) runs only when named.
 
 ``B.conv_algorithms()`` returns ``{shape key: algorithm}`` of what a backend ran so far, and
 ``B.set_conv_algorithms(d)`` makes ``auto`` reuse such a mapping (an exact resume).
@@ -165,7 +166,9 @@ def heuristic(kind, g):
         plain = (g.kh == g.kw == g.sh == g.sw == 1
                  and not (g.ph or g.pw or g.ph_end or g.pw_end))
         return "im2col" if plain else "implicit"
-    return "wide" if cpu.fast_conv(g) else "im2col"
+    if not cpu.fast_conv(g):
+        return "im2col"
+    return winograd.preferred(g) or "wide"
 
 
 def workspace_bytes(algo, g, workspace_limit=None, kind="device"):

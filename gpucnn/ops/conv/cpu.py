@@ -340,7 +340,7 @@ def _conv2d_im2col(rt, x, w, b, g, relu):
         for gi in range(g.groups):
             f0 = gi * g.Fg
             cols = _im2col(xpad[n0:n1], g, gi * g.Cg)
-            out = wmat[f0:f0 + g.Fg] @ cols  # (Fg, n*Ho*Wo), channel-major
+            out = rt.matmul(wmat[f0:f0 + g.Fg], cols)  # (Fg, n*Ho*Wo), channel-major
             out = out.reshape(g.Fg, n1 - n0, g.Ho, g.Wo)
             if b is not None:
                 out += b[f0:f0 + g.Fg, None, None, None]
@@ -363,9 +363,9 @@ def _conv2d_backward_im2col(rt, dy, x, w, g, need_dx=True, need_dw=True):
             dy_g = dy[n0:n1, f0:f0 + g.Fg].transpose(1, 0, 2, 3).reshape(
                 g.Fg, n * g.Ho * g.Wo)
             if need_dw:
-                dw[f0:f0 + g.Fg] += dy_g @ _im2col(xpad[n0:n1], g, c0).T
+                dw[f0:f0 + g.Fg] += rt.matmul(dy_g, _im2col(xpad[n0:n1], g, c0).T)
             if need_dx:
-                _col2im_add(wmat[f0:f0 + g.Fg].T @ dy_g, dxpad[n0:n1], g, c0)
+                _col2im_add(rt.matmul(wmat[f0:f0 + g.Fg].T, dy_g), dxpad[n0:n1], g, c0)
     dx = (np.ascontiguousarray(dxpad[:, :, g.ph:g.ph + g.H, g.pw:g.pw + g.W])
           if need_dx else None)
     if not need_dw:

@@ -38,7 +38,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from . import cpu
 
-__all__ = ["VARIANTS", "transforms", "supports", "workspace_bytes", "conv2d",
+__all__ = ["VARIANTS", "transforms", "supports", "preferred", "workspace_bytes", "conv2d",
            "conv2d_backward"]
 
 # name: (m, supported kernel sizes r). F(4x4, 5x5) would need t = 8 points (+-1/2): too
@@ -103,6 +103,23 @@ def supports(name):
     return ok
 
 
+# Where F(4x4, 3x3) beat the wide columns on the CPU (2 Zen 4 vCPUs, OpenBLAS; forward and dx,
+# README "CPU algorithms"): both channel counts >= 64 and >= 256 output tiles in the batch.
+# It lost with few channels (3 -> 64: 34 vs 25 ms) or few tiles (4 x 13^2, 256 -> 256).
+PREFERRED_MIN_CHANNELS = 64
+PREFERRED_MIN_TILES = 256
+
+
+def preferred(g):
+    """The variant ``auto`` runs for geometry g on the CPU, or None (then ``wide``)."""
+    if not (supports("winograd_f4")(g) and g.kh == 3):
+        return None
+    tiles = g.N * -(-g.Ho // 4) * -(-g.Wo // 4)
+    if min(g.C, g.F) >= PREFERRED_MIN_CHANNELS and tiles >= PREFERRED_MIN_TILES:
+        return "winograd_f4"
+    return None
+
+
 def workspace_bytes(name):
     """workspace(g, limit) of variant ``name``: float32 bytes of one image block's buffers
     (padded input, gathered tiles, transformed tiles, products, output tiles twice), the larger
@@ -129,13 +146,19 @@ def _kron_mats(m, r, dtype):
     return np.kron(AT, AT).astype(dtype), np.kron(BT, BT).astype(dtype), np.kron(G, G)
 
 
-def _weights(w, m, dtype):
-    """U (t^2, F, C) = (G g G^T) per filter pair: one GEMM kron(G, G) @ w. In the data's
-    precision: G's fractions (1/4, 1/6, 1/12, 1/24) round once, like any weight."""
+def _weights(rt, w, m, dtype):
+    """U (t^2, F, C) = (G g G^T) per filter pair: one GEMM kron(G, G) @ w, in the data's
+    precision (G's fractions 1/4, 1/6, 1/12, 1/24 round once, like any weight), on our
+    threads (rt.matmul: with OpenBLAS's own, its spinning workers left the forward that
+    follows no faster on two threads than on one), into recycled buffers."""
     F, C, r, _ = w.shape
+    t2 = (m + r - 1) ** 2
     _, _, GG = _kron_mats(m, r, dtype)
-    wT = np.ascontiguousarray(np.asarray(w, dtype=dtype).reshape(F * C, r * r).T)
-    return (GG.astype(dtype) @ wT).reshape(-1, F, C)
+    wT = rt.scratch(("wino_wT", m), (r * r, F * C), dtype)
+    np.copyto(wT, np.asarray(w).reshape(F * C, r * r).T)
+    U = rt.scratch(("wino_U", m), (t2, F * C), dtype)
+    rt.matmul(GG.astype(dtype), wT, out=U)
+    return U.reshape(t2, F, C)
 
 
 def _forward(rt, x, U, b, m, r, pads, relu, out_shape):
@@ -201,7 +224,7 @@ def conv2d(name):
     def forward(rt, x, w, b, g, relu):
         if w.dtype != x.dtype:
             raise TypeError(f"conv2d: w dtype {w.dtype} differs from x dtype {x.dtype}")
-        U = _weights(w, _m(name), x.dtype)
+        U = _weights(rt, w, _m(name), x.dtype)
         return _forward(rt, x, U, b, _m(name), g.kh, (g.ph, g.pw, g.ph_end, g.pw_end), relu,
                         (g.Ho, g.Wo))
     return forward
@@ -220,7 +243,7 @@ def conv2d_backward(name):
             wT = np.ascontiguousarray(w.astype(dt, copy=False).transpose(1, 0, 2, 3)[:, :, ::-1,
                                                                                     ::-1])
             r = g.kh
-            U = _weights(wT, _m(name), dt)
+            U = _weights(rt, wT, _m(name), dt)
             pads = (r - 1 - g.ph, r - 1 - g.pw, r - 1 - g.ph_end, r - 1 - g.pw_end)
             if min(pads) < 0:  # padding > r - 1: the plain im2col adjoint
                 dx, _, _ = cpu._conv2d_backward_im2col(rt, dy, x, w, g, True, False)
