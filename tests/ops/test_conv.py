@@ -439,3 +439,26 @@ def test_bias_grad_block_is_the_kernels_reduction_tree():
     from gpucnn.toolchain import kernel_block, source_defines
     threads = source_defines("conv_reduce.cu", "REDUCE")["THREADS"]
     assert kernel_block("bias_grad_nchw") == threads and threads & (threads - 1) == 0
+
+
+def test_streamed_blocks_several_per_thread(reference_backend, rng):
+    """A layer too large to keep its columns streams them, each thread through several
+    blocks of its own (here 2 x 32 images per thread, 10 MiB of columns per block): forward,
+    the fused conv + ReLU + max-pool, and both backward passes against the reference."""
+    x = randn(rng, 128, 8, 32, 32)
+    w = randn(rng, 4, 8, 3, 3)
+    b = randn(rng, 4)
+    B = NumpyBackend(threads=2, workspace_bytes=1 << 20)  # nothing kept: streamed
+    R = reference_backend
+    y = B.conv2d(x, w, b, padding=1)
+    ref = R.conv2d(*f64(x, w, b), padding=1)
+    assert_close(y, ref, TOL_LARGE_K, "y")
+    dy = randn(rng, *y.shape)
+    got = B.conv2d_backward(dy, x, w, padding=1)
+    want = R.conv2d_backward(*f64(dy, x, w), padding=1)
+    for name, a, r in zip(("dx", "dw", "db"), got, want):
+        assert_close(a, r, TOL_LARGE_K, name)
+    yp, sw = B.conv2d_relu_maxpool(x, w, b, padding=1, kernel_size=2, pool_stride=2)
+    rp, rsw = R.max_pool2d(np.maximum(ref, 0), 2, 2)
+    assert_close(yp, rp, TOL_LARGE_K, "fused y")
+    np.testing.assert_array_equal(sw, rsw)

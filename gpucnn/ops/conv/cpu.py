@@ -36,7 +36,9 @@ __all__ = ["conv2d", "conv2d_backward", "fast_conv"]
 _GEMM_MNK = 1_000_000
 # Column bytes of one storage chunk of a large layer (see _WideDims).
 _BLOCK_BYTES = 16 << 20
-# A forward keeps its column matrix for the backward only up to this size (_wide_slices).
+# Column bytes of one streamed block (_stream_block): 1, 4 and 16 MiB measured, 4 fastest.
+_STREAM_BYTES = 4 << 20
+# A forward keeps its column matrix for the backward only up to this size (_keeps_cols).
 _CACHE_BYTES = 32 << 20
 
 
@@ -182,48 +184,62 @@ def conv2d(rt, x, w, b, g, relu, epilogue=None):
     wext[:, :g.K] = w.reshape(g.F, g.K)
     wext[:, g.K] = 0 if b is None else b
     y = rt.output(g.y_shape, x.dtype) if epilogue is None else []
-    slices = _wide_slices(rt, g, d, x.itemsize)
-    for s0, s1 in slices:
-        cols = rt.take_cols(((s1 - s0) // d.cb, d.K1, d.cb * d.L), x.dtype)
-        out = rt.scratch("conv_out", ((s1 - s0) // d.c, g.F, d.c * d.L), x.dtype)
 
-        def work(a, b_, s0=s0, cols=cols, out=out):
-            ka, kb = (a - s0) // d.cb, (b_ - s0) // d.cb
-            oa, ob = (a - s0) // d.c, (b_ - s0) // d.c
-            _im2col_wide(rt, x, g, d, a, b_, cols[ka:kb])
-            np.matmul(wext, _subchunks(cols[ka:kb], d, d.K1),
-                      out=out[oa:ob].reshape(kb - ka, d.m, g.F, d.c * d.L))
-            src = _wide_to_nchw(out[oa:ob], g, d, d.c)
-            if epilogue is not None:
-                return epilogue(src, a, b_)
-            dst = y[a:b_].reshape(ob - oa, d.c, g.F, g.Ho, g.Wo)
-            if relu:
-                np.maximum(src, 0, out=dst)
-            else:
-                np.copyto(dst, src)
-
-        done = rt.run(work, [(s0 + a, s0 + b_)
-                          for a, b_ in rt.ranges(s1 - s0, d.cb)])
+    def block(a, b_, cols, out):
+        """Images [a, b_) (whole storage chunks) with their own cols and GEMM output."""
+        k = (b_ - a) // d.cb
+        _im2col_wide(rt, x, g, d, a, b_, cols)
+        np.matmul(wext, _subchunks(cols, d, d.K1), out=out.reshape(k, d.m, g.F, d.c * d.L))
+        src = _wide_to_nchw(out, g, d, d.c)
         if epilogue is not None:
-            y += done
-        if len(slices) == 1 and rt.cache_put(x, g, cols):
-            continue
+            return epilogue(src, a, b_)
+        dst = y[a:b_].reshape(k * d.m, d.c, g.F, g.Ho, g.Wo)
+        if relu:
+            np.maximum(src, 0, out=dst)
+        else:
+            np.copyto(dst, src)
+
+    if not _keeps_cols(rt, g, d, x.itemsize):
+        blk = _stream_block(g, d, x.itemsize)
+
+        def stream(a, b_):
+            done = []
+            for s in range(a, b_, blk):
+                e = min(b_, s + blk)
+                k = (e - s) // d.cb
+                cols = rt.scratch(("conv_cols", d.key), (k, d.K1, d.cb * d.L), x.dtype)
+                out = rt.scratch(("conv_out", d.key), (k * d.m, g.F, d.c * d.L), x.dtype)
+                done.append(block(s, e, cols, out))
+            return done
+
+        done = rt.run(stream, rt.ranges(g.N, d.cb))
+        return y + [r for part in done for r in part] if epilogue is not None else y
+    cols = rt.take_cols((g.N // d.cb, d.K1, d.cb * d.L), x.dtype)
+    out = rt.scratch("conv_out", (g.N // d.c, g.F, d.c * d.L), x.dtype)
+    done = rt.run(lambda a, b_: block(a, b_, cols[a // d.cb:b_ // d.cb],
+                                      out[a // d.c:b_ // d.c]), rt.ranges(g.N, d.cb))
+    if not rt.cache_put(x, g, cols):
         rt.give_cols(cols)
-    return y
+    return y + done if epilogue is not None else y
 
 
-def _wide_slices(rt, g, d, itemsize):
-    """Batch slices (multiples of the storage chunk). The whole batch is one slice when its
-    columns fit in _CACHE_BYTES (and half the workspace): they are then kept for the
-    backward (rt.cache_put). Larger layers are streamed, a chunk per thread at a time,
-    through recycled buffers: holding a column matrix of 50-220 MiB per layer from forward
-    to backward (AlexNet-CIFAR, batch 128) cost more in page faults and memory than
-    computing the columns again (measured: step 1.87 -> 1.27-1.43 s, peak RSS 1,341 ->
-    763 MiB, on 2 Zen 4 vCPUs)."""
-    if d.K1 * g.N * d.L * itemsize <= min(rt.workspace_bytes // 2, _CACHE_BYTES):
-        return [(0, g.N)]
-    step = d.cb * max(1, rt.threads)
-    return [(n0, min(n0 + step, g.N)) for n0 in range(0, g.N, step)]
+def _keeps_cols(rt, g, d, itemsize):
+    """Whether the forward builds the whole batch's columns and keeps them for the backward
+    (rt.cache_put): when they fit in _CACHE_BYTES and half the workspace. Larger layers
+    are streamed, each thread through its own recycled blocks (_stream_block images at a
+    time), and build their columns again in the backward: holding 43-220 MiB per layer from
+    forward to backward (AlexNet-CIFAR, batch 128) cost more in page faults and memory than
+    the copy (step 1.87 -> 1.27-1.43 s, peak RSS 1,341 -> 763 MiB, 2 Zen 4 vCPUs)."""
+    return d.K1 * g.N * d.L * itemsize <= min(rt.workspace_bytes // 2, _CACHE_BYTES)
+
+
+def _stream_block(g, d, itemsize):
+    """Images per streamed block: whole storage chunks, columns within _STREAM_BYTES. One
+    parallel region walks all of a thread's blocks, in its own recycled buffers; a region
+    per block (a slice of one chunk per thread) woke the other thread hundreds of times per
+    layer: LeNet-5 inference at batch 1000 took 50-58 ms that way, 27-32 ms now."""
+    per_chunk = d.K1 * d.cb * d.L * itemsize
+    return d.cb * max(1, _STREAM_BYTES // max(per_chunk, 1))
 
 
 def _im2col_wide(rt, x, g, d, a, b, cols):
@@ -252,8 +268,8 @@ def conv2d_backward(rt, dy, x, w, g, need_dx=True, need_dw=True, fill_dy=None):
     if fill_dy is None:
         dy = dy.astype(dt, copy=False)
     w = w.astype(dt, copy=False)  # compute in x's precision
-    slices = _wide_slices(rt, g, d, x.itemsize)
-    cached = rt.cache_take(x, g) if len(slices) == 1 else None
+    keep = _keeps_cols(rt, g, d, x.itemsize)
+    cached = rt.cache_take(x, g) if keep else None
     if not (need_dx or need_dw):
         if cached is not None:
             rt.give_cols(cached)
@@ -264,39 +280,63 @@ def conv2d_backward(rt, dy, x, w, g, need_dx=True, need_dw=True, fill_dy=None):
           else None)
     dx = rt.output(g.x_shape, dt) if need_dx else None
     dwT = np.zeros((d.K1, g.F), dtype=dt) if need_dw else None
-    for s0, s1 in slices:
-        ns, nbl = s1 - s0, (s1 - s0) // d.cb
+
+    def block(a, b, cols, dyw, dcols, have_cols):
+        """Images [a, b) (whole storage chunks) with their own buffers; dyw's junk columns
+        are zero (zero-invariant scratch: never written there). Returns dW^T's part."""
+        if fill_dy is not None:
+            fill_dy(d, a, b, dyw)
+        else:  # dy into the wide layout; junk columns stay zero (never written).
+            np.copyto(_wide_to_nchw(dyw, g, d, d.cb),
+                      dy[a:b].reshape(len(dyw), d.cb, g.F, g.Ho, g.Wo))
+        part = None
+        if need_dw:
+            if not have_cols:
+                _im2col_wide(rt, x, g, d, a, b, cols)
+            part = np.matmul(cols, dyw.transpose(0, 2, 1)).sum(axis=0)
+        if need_dx:
+            _conv_dx(rt, wT, g, d, 0, b - a, dyw, dcols, dx[a:b])
+        return part
+
+    def buffers(n, tag):
+        k = n // d.cb
+        cols = rt.scratch(("conv_cols", d.key), (k, d.K1, d.cb * d.L), dt) if need_dw else None
+        dyw = rt.scratch(("conv_dyw", d.key, tag), (k, g.F, d.cb * d.L), dt, zero=True)
+        dcols = (rt.scratch(("conv_dcols", tag), (n // d.c, g.K, d.c * d.L), dt) if need_dx
+                 else None)
+        return cols, dyw, dcols
+
+    if keep:
         cols = None
         if need_dw:
             cols = (cached if cached is not None
-                    else rt.take_cols((nbl, d.K1, d.cb * d.L), dt))
-        # Zero-invariant scratch (junk positions are never written): keyed by geometry.
-        dyw = rt.scratch(("conv_dyw", d.key), (nbl, g.F, d.cb * d.L), dt, zero=True)
-        dcols = (rt.scratch("conv_dcols", (ns // d.c, g.K, d.c * d.L), dt) if need_dx
-                 else None)
+                    else rt.take_cols((g.N // d.cb, d.K1, d.cb * d.L), dt))
+        _, dyw, dcols = buffers(g.N, "batch")
 
-        def work(a, b, s0=s0, cols=cols):
-            ka, kb = (a - s0) // d.cb, (b - s0) // d.cb
-            if fill_dy is not None:
-                fill_dy(d, a, b, dyw[ka:kb])
-            else:  # dy into the wide layout; junk columns stay zero (never written).
-                np.copyto(_wide_to_nchw(dyw[ka:kb], g, d, d.cb),
-                          dy[a:b].reshape(kb - ka, d.cb, g.F, g.Ho, g.Wo))
-            part = None
-            if need_dw:
-                if cached is None:
-                    _im2col_wide(rt, x, g, d, a, b, cols[ka:kb])
-                part = np.matmul(cols[ka:kb], dyw[ka:kb].transpose(0, 2, 1)).sum(axis=0)
-            if need_dx:
-                _conv_dx(rt, wT, g, d, a - s0, b - s0, dyw, dcols, dx[a:b])
-            return part
-
-        parts = rt.run(work, [(s0 + a, s0 + b) for a, b in rt.ranges(ns, d.cb)])
-        if need_dw:
-            for part in parts:
-                dwT += part
+        def work(a, b):
+            return block(a, b, None if cols is None else cols[a // d.cb:b // d.cb],
+                         dyw[a // d.cb:b // d.cb],
+                         None if dcols is None else dcols[a // d.c:b // d.c],
+                         cached is not None)
+        parts = rt.run(work, rt.ranges(g.N, d.cb))
         if cols is not None:
             rt.give_cols(cols)
+    else:
+        blk = _stream_block(g, d, x.itemsize)
+
+        def stream(a, b):
+            total = None
+            for s in range(a, b, blk):
+                e = min(b, s + blk)
+                part = block(s, e, *buffers(e - s, "block"), False)
+                if part is not None:
+                    total = part if total is None else total + part
+            return total
+        parts = rt.run(stream, rt.ranges(g.N, d.cb))
+    if need_dw:
+        for part in parts:
+            if part is not None:
+                dwT += part
     if not need_dw:
         return dx, None, None
     dw = np.ascontiguousarray(dwT[:g.K].T).reshape(w.shape)
