@@ -32,7 +32,7 @@ Selection, per call ``algo=`` on ``B.conv2d`` / ``B.conv2d_backward`` /
   ====== =================================================== ===========
 
   The cpu rows come from measurements on AMD EPYC Zen 4 (2 vCPUs, OpenBLAS; README, "CPU
-  algorithms"): F(4x4, 3x3) ran AlexNet's 3x3 layers 1.6-1.9x faster than ``wide`` and lost
+  algorithms"): F(4x4, 3x3) ran AlexNet's 3x3 layers 1.5-2.2x faster than ``wide`` and lost
   with few channels or tiles; ``winograd_f2`` (F(2x2, 3x3 or 5x5)) runs only when named.
 
 ``B.conv_algorithms()`` returns ``{shape key: algorithm}`` of what a backend ran so far, and
