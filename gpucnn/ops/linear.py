@@ -13,6 +13,9 @@ __all__ = ["linear_reference", "linear_backward_reference", "linear_cpu",
 
 # Linear layers split the batch over our threads from this many multiply-adds (n * in * out);
 # below it one GEMM on one thread (LeNet's 128x400x120: the split costs more than it saves).
+# Never on OpenBLAS's own threads (rt.run holds it to one): they made the small GEMMs faster,
+# but its idle workers then spin for a while on the cores our next parallel op needs
+# (LeNet-5's training step: 19-22 ms that way, 11-16 ms without; 2 Zen 4 vCPUs).
 _LINEAR_SPLIT = 50_000_000
 
 
@@ -26,15 +29,6 @@ def linear_reference(x, w, b, relu):
 def linear_backward_reference(dy, x, w):
     """(dx, dw, db)."""
     return dy @ w, dy.T @ x, dy.sum(axis=0)
-
-
-def _run(rt, fn, ranges):
-    """Every GEMM here runs with OpenBLAS on one thread (rt.run holds it there; a single
-    range runs in this thread). Letting OpenBLAS use its own threads for the small ones made
-    them faster, but its idle workers then spin for a while on the cores our next parallel
-    op needs: LeNet-5's training step ran 19-22 ms that way, 14-16 ms with OpenBLAS held to
-    one thread (2 Zen 4 vCPUs)."""
-    return rt.run(fn, ranges)
 
 
 def _rows(rt, n, big):
@@ -55,7 +49,7 @@ def linear_cpu(rt, x, w, b, relu):
         if relu:
             np.maximum(out, 0, out=out)
 
-    _run(rt, work, _rows(rt, x.shape[0], x.shape[0] * w.size >= _LINEAR_SPLIT))
+    rt.run(work, _rows(rt, x.shape[0], x.shape[0] * w.size >= _LINEAR_SPLIT))
     return y
 
 
@@ -71,8 +65,8 @@ def linear_backward_cpu(rt, dy, x, w):
         np.matmul(dy[:, a:b].T, x, out=dw[a:b])
 
     big = n * w.size >= _LINEAR_SPLIT
-    _run(rt, work_dx, _rows(rt, n, big))
-    _run(rt, work_dw, _rows(rt, w.shape[0], big))
+    rt.run(work_dx, _rows(rt, n, big))
+    rt.run(work_dw, _rows(rt, w.shape[0], big))
     return dx, dw, dy.sum(axis=0)
 
 

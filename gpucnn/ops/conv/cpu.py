@@ -295,7 +295,7 @@ def conv2d_backward(rt, dy, x, w, g, need_dx=True, need_dw=True, fill_dy=None):
                 _im2col_wide(rt, x, g, d, a, b, cols)
             part = np.matmul(cols, dyw.transpose(0, 2, 1)).sum(axis=0)
         if need_dx:
-            _conv_dx(rt, wT, g, d, 0, b - a, dyw, dcols, dx[a:b])
+            _conv_dx(rt, wT, g, d, dyw, dcols, dx[a:b])
         return part
 
     def buffers(n, tag):
@@ -343,15 +343,12 @@ def conv2d_backward(rt, dy, x, w, g, need_dx=True, need_dw=True, fill_dy=None):
     return dx, dw, dwT[g.K].copy()
 
 
-def _conv_dx(rt, wT, g, d, a, b, dyw, dcols, dx):
-    """dx (images [a, b) of the slice) = col2im(W^T @ dy) on the wide layout (the adjoint
-    of _im2col_wide): small GEMMs, then kh * kw strided adds of L-long rows into padded
-    planes (with NumPy's ufunc buffer made small, see gpucnn.cpu.threads.UFUNC_BUFSIZE)."""
-    n, c = b - a, d.c
-    ca, cb = a // c, b // c
-    ka, kb = a // d.cb, b // d.cb
-    np.matmul(wT, _subchunks(dyw[ka:kb], d, g.F),
-              out=dcols[ca:cb].reshape(kb - ka, d.m, g.K, c * d.L))
+def _conv_dx(rt, wT, g, d, dyw, dcols, dx):
+    """dx (the images of dyw's storage chunks) = col2im(W^T @ dy) on the wide layout (the
+    adjoint of _im2col_wide): small GEMMs, then kh * kw strided adds of L-long rows into
+    padded planes (with NumPy's ufunc buffer made small, see gpucnn.cpu.threads.UFUNC_BUFSIZE)."""
+    n, c = dx.shape[0], d.c
+    np.matmul(wT, _subchunks(dyw, d, g.F), out=dcols.reshape(len(dyw), d.m, g.K, c * d.L))
     if d.padded:
         dxp = rt.scratch(("conv_dxpad", d.key), (n, g.C, d.Hp, d.Wp), dx.dtype)
     else:
@@ -361,7 +358,7 @@ def _conv_dx(rt, wT, g, d, a, b, dyw, dcols, dx):
     sW = dxp.itemsize
     flat = dxp.reshape(n, g.C, d.Hp * d.Wp)
     # rows of wT are tap-major (i, j, c_in)
-    src = _view(dcols[ca:cb], (cb - ca, g.kh, g.kw, g.C, c, d.L))
+    src = _view(dcols, (n // c, g.kh, g.kw, g.C, c, d.L))
     for i in range(g.kh):
         for j in range(g.kw):
             dst = as_strided(flat[:, :, i * d.Wp + j:], (n // c, g.C, c, d.L),
