@@ -14,7 +14,9 @@ setup(
     packages=[*find_packages(include=["gpucnn", "gpucnn.*"]), "gpucnn.kernels"],
     package_dir={"gpucnn.kernels": "kernels"},
     package_data={"gpucnn.kernels": ["*.cu", "*.cuh"],
-                  "gpucnn.backends.emu": ["*.h", "*.cpp", "*.S"]},
+                  "gpucnn.backends.emu": ["*.h", "*.cpp", "*.S"],
+                  "gpucnn.ops.conv": ["*.cpp"],  # the "direct" CPU kernels, built on first use
+                  "gpucnn.cpu": ["*.cpp"]},  # spin.cpp (threads.py)
     install_requires=["numpy>=1.24", "tqdm>=4.60", "platformdirs>=3"],
     extras_require={
         # [ctk] brings the CUDA libraries CuPy loads at run time (NVRTC, cuBLAS, ...): without

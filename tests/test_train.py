@@ -169,7 +169,7 @@ def test_conv_algorithms_are_recorded_restored_and_compared(tmp_path, monkeypatc
     tr.fit()
     saved = load_checkpoint(cfg.checkpoint)[1]["conv_algos"]
     assert saved["setting"] == "auto" and saved["kind"] == "cpu"
-    assert saved["chosen"] and set(saved["chosen"].values()) <= {"wide", "im2col"}
+    assert saved["chosen"] and set(saved["chosen"].values()) <= {"wide", "direct", "im2col"}
     assert tr.metrics()["conv_algorithms"] == saved["chosen"]
 
     resumed = Trainer(_cfg(tmp_path, epochs=2, limit=128, resume=True))

@@ -11,11 +11,14 @@ from __future__ import annotations
 from ..cpu import CpuRuntime, blas_threads, openblas_info
 from ..ops import activation, linear
 from ..ops.conv import algos as conv_algos
-from ..ops.conv import cpu_fused
+from ..ops.conv import cpu_fused, direct
 from ..ops.pool import cpu as pool_cpu
 from .reference import ReferenceBackend
 
 __all__ = ["NumpyBackend", "blas_threads", "openblas_info"]
+
+_FUSED = {"wide": (cpu_fused.conv2d_relu_maxpool, cpu_fused.conv2d_relu_maxpool_backward),
+          "direct": (direct.conv2d_relu_maxpool, direct.conv2d_relu_maxpool_backward)}
 
 
 class NumpyBackend(ReferenceBackend):
@@ -45,16 +48,18 @@ class NumpyBackend(ReferenceBackend):
     def _conv2d_backward(self, dy, x, w, g, need_dx, need_dw, algo):
         return conv_algos.get("cpu", algo).backward(self.rt, dy, x, w, g, need_dx, need_dw)
 
-    # The fused conv + ReLU + max-pool is the "wide" algorithm's (cpu_fused.py).
+    # The fused conv + ReLU + max-pool of the "wide" (cpu_fused.py) and "direct" (direct.py)
+    # algorithms; the others run the composition.
     def _conv2d_relu_maxpool(self, x, w, b, g, pg, algo):
-        out = cpu_fused.conv2d_relu_maxpool(self.rt, x, w, b, g, pg) if algo == "wide" else None
+        fused = _FUSED.get(algo)
+        out = fused[0](self.rt, x, w, b, g, pg) if fused else None
         return super()._conv2d_relu_maxpool(x, w, b, g, pg, algo) if out is None else out
 
     def _conv2d_relu_maxpool_backward(self, dy, switches, y, x, w, g, pg, need_dx, need_dw,
                                       algo):
-        out = (cpu_fused.conv2d_relu_maxpool_backward(self.rt, dy, switches, y, x, w, g, pg,
-                                                      need_dx, need_dw)
-               if algo == "wide" else None)
+        fused = _FUSED.get(algo)
+        out = (fused[1](self.rt, dy, switches, y, x, w, g, pg, need_dx, need_dw)
+               if fused else None)
         if out is None:
             return super()._conv2d_relu_maxpool_backward(dy, switches, y, x, w, g, pg,
                                                          need_dx, need_dw, algo)

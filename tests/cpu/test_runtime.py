@@ -100,3 +100,20 @@ def test_column_cache_refuses_a_changed_input(rng):
     assert rt.cache_take(x, "key") is None
     rt.cache_put(x, "key", cols)
     assert rt.cache_take(x, "other geometry") is None
+
+
+@pytest.mark.parametrize("spin_us", ["0", "500"])
+def test_pool_hand_off_with_and_without_spinning(spin_us, monkeypatch):
+    """Workers spin (spin.cpp) before they block, or never (0): either way every range runs
+    once, in order, many hand-offs in a row (the counters are only hints)."""
+    monkeypatch.setenv("GPUCNN_SPIN_US", spin_us)
+    rt = CpuRuntime(threads=3)
+    for i in range(300):
+        got = rt.run(lambda a, b: (a, b, i), rt.ranges(9))
+        assert got == [(0, 3, i), (3, 6, i), (6, 9, i)]
+
+
+def test_pool_rejects_a_bad_spin_setting(monkeypatch):
+    monkeypatch.setenv("GPUCNN_SPIN_US", "fast")
+    with pytest.raises(ValueError, match="GPUCNN_SPIN_US='fast'.*microseconds"):
+        CpuRuntime(threads=2).run(lambda a, b: a, [(0, 1), (1, 2)])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from gpucnn.backends.device import DeviceBackend
-from gpucnn.ops.conv import algos, conv_geometry, implicit
+from gpucnn.ops.conv import algos, conv_geometry, direct, implicit
 from gpucnn.testing import assert_close, f64, randn, to_backend, to_host
 
 TOL = 1e-5
@@ -215,11 +215,11 @@ def test_tile_defines_match_the_launch():
 def test_registry_names_and_unknown_names(device_forward, numpy_backend, reference_backend,
                                           rng):
     assert algos.names("device") == ("im2col", "implicit")
-    assert algos.names("cpu") == ("wide", "im2col", "winograd_f2", "winograd_f4")
+    assert algos.names("cpu") == ("wide", "direct", "im2col", "winograd_f2", "winograd_f4")
     x, w = randn(rng, 1, 2, 6, 6), randn(rng, 3, 2, 3, 3)
     for B, valid in ((device_forward, "auto, im2col, implicit"),
-                     (numpy_backend, "auto, wide, im2col, winograd_f2, winograd_f4"),
-                     (reference_backend, "auto, wide, im2col, winograd_f2, winograd_f4")):
+                     (numpy_backend, "auto, wide, direct, im2col, winograd_f2, winograd_f4"),
+                     (reference_backend, "auto, wide, direct, im2col, winograd_f2, winograd_f4")):
         xb, wb = to_backend(B, x, w)
         for bad in ("winograd", "Implicit", 3):
             with pytest.raises(ValueError, match=f"algo={bad!r}.*valid: {valid}"):
@@ -255,31 +255,36 @@ def test_env_var_and_per_call_override(device_forward, numpy_backend, rng, monke
     # a device name in the env var means auto on the CPU; an unknown one is an error anywhere
     monkeypatch.setenv(algos.ENV, "implicit")
     numpy_backend.conv2d(x, w, padding=1)
-    assert numpy_backend.conv_algorithms()[key] == "wide"
+    assert numpy_backend.conv_algorithms()[key] == DIRECT
     monkeypatch.setenv(algos.ENV, "im2col")  # a name of both kinds applies to both
     numpy_backend.conv2d(x, w, padding=1)
     assert numpy_backend.conv_algorithms()[key] == "im2col"
     monkeypatch.setenv(algos.ENV, "fastest")
     with pytest.raises(ValueError, match=r"GPUCNN_CONV_ALGO='fastest' is not a convolution "
                                          r"algorithm \(valid: auto; device: im2col, implicit; "
-                                         r"cpu: wide, im2col, winograd_f2, winograd_f4\)"):
+                                         r"cpu: wide, direct, im2col, winograd_f2, winograd_f4\)"):
         numpy_backend.conv2d(x, w)
 
 
+# the CPU's stride-1 layers with padding < kernel run "direct" where its C++ source can be
+# built (tests/ops/test_conv_direct.py), else "wide"
+DIRECT = "direct" if direct.available() else "wide"
+
+
 @pytest.mark.parametrize("xs,ws,kw,device,cpu", [
-    ((2, 3, 8, 8), (4, 3, 1, 1), {}, "im2col", "wide"),                  # a plain GEMM
+    ((2, 3, 8, 8), (4, 3, 1, 1), {}, "im2col", DIRECT),                  # a plain GEMM
     ((2, 3, 8, 8), (4, 3, 1, 1), dict(stride=2), "implicit", "im2col"),
-    ((2, 3, 8, 8), (4, 3, 1, 1), dict(padding=1), "implicit", "wide"),
-    ((2, 3, 8, 8), (4, 3, 3, 3), dict(padding=1), "implicit", "wide"),
+    ((2, 3, 8, 8), (4, 3, 1, 1), dict(padding=1), "implicit", "wide"),  # padding >= kernel
+    ((2, 3, 8, 8), (4, 3, 3, 3), dict(padding=1), "implicit", DIRECT),
     ((2, 4, 8, 8), (4, 2, 3, 3), dict(groups=2), "implicit", "im2col"),
     ((2, 3, 9, 9), (4, 3, 3, 3), dict(dilation=2), "implicit", "im2col"),
     ((1, 3, 227, 227), (64, 3, 11, 11), dict(stride=4, padding=2), "implicit", "im2col"),
     # Winograd F(4x4, 3x3) from 64 channels each way and 256 output tiles (AlexNet's 3x3s)
     ((128, 192, 7, 7), (384, 192, 3, 3), dict(padding=1), "implicit", "winograd_f4"),
     ((16, 192, 13, 13), (384, 192, 3, 3), dict(padding=1), "implicit", "winograd_f4"),
-    ((128, 3, 32, 32), (64, 3, 3, 3), dict(padding=1), "implicit", "wide"),     # C < 64
-    ((4, 256, 13, 13), (256, 256, 3, 3), dict(padding=1), "implicit", "wide"),  # 64 tiles
-    ((128, 64, 15, 15), (192, 64, 5, 5), dict(padding=2), "implicit", "wide"),  # 5x5
+    ((128, 3, 32, 32), (64, 3, 3, 3), dict(padding=1), "implicit", DIRECT),     # C < 64
+    ((4, 256, 13, 13), (256, 256, 3, 3), dict(padding=1), "implicit", DIRECT),  # 64 tiles
+    ((128, 64, 15, 15), (192, 64, 5, 5), dict(padding=2), "implicit", DIRECT),  # 5x5
 ])
 def test_auto_heuristic_table(xs, ws, kw, device, cpu):
     g = conv_geometry(xs, ws, **kw)

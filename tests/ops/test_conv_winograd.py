@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gpucnn.backends.numpy_backend import NumpyBackend
-from gpucnn.ops.conv import algos, conv_geometry, winograd
+from gpucnn.ops.conv import algos, conv_geometry, direct, winograd
 from gpucnn.ops.conv import reference as conv_ref
 from gpucnn.testing import rel_error
 
@@ -110,7 +110,8 @@ def test_registered_and_checked():
     with pytest.raises(ValueError, match=r"winograd_f2.*stride 1"):
         B.conv2d(x, np.ones((2, 2, 3, 3), np.float32), stride=2, algo="winograd_f2")
     B.conv2d(x, np.ones((2, 2, 3, 3), np.float32), padding=1)
-    assert set(B.conv_algorithms().values()) == {"wide"}  # 2 channels: wide
+    # 2 channels: not Winograd (direct where it can be built, else wide)
+    assert set(B.conv_algorithms().values()) == {"direct" if direct.available() else "wide"}
 
 
 def test_auto_runs_winograd_where_preferred():

@@ -11,7 +11,7 @@ from gpucnn.backends.numpy_backend import NumpyBackend
 from gpucnn.nn import AvgPool2d, Conv2d, Flatten, Linear, LPPool2d, MaxPool2d, ReLU, Sequential
 from gpucnn.ops.pool import pool_geometry
 from gpucnn.summary import summarize
-from gpucnn.testing import check_gradient_entries, f64
+from gpucnn.testing import check_gradient_entries, f64, rel_error
 
 # (N, C, H, W, F, k, conv stride, conv padding, pool kernel, pool stride, pool padding)
 GEOMS = [
@@ -213,8 +213,8 @@ def test_fused_backend_options(rng, opts):
         dy = rng.standard_normal(y.shape).astype(np.float32)
         got = Bo.conv2d_relu_maxpool_backward(dy, sw, y, x, w, **kw)
         ref = Backend.conv2d_relu_maxpool_backward(B, dy, sw, y, x, w, **kw)
-        for u, v in zip(got, ref):
-            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
+        for u, v in zip(got, ref):  # sums over the batch split by thread count: rounding
+            assert rel_error(u, v) < 1e-6
 
 
 @pytest.mark.parametrize("kernel,dilation", [(4, 1), (3, 2), ((2, 3), 1)])

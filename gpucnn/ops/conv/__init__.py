@@ -10,16 +10,17 @@ Where each part lives (one hop apart):
   geometry ........ here: :class:`ConvGeom`, :func:`conv_geometry`
   reference ....... ``reference.py``: the plain definition, the oracle of every test
   tuned CPU ....... ``cpu.py`` (wide columns, im2col + GEMM), ``cpu_fused.py`` (conv+ReLU+pool),
-                    ``winograd.py`` (Winograd F(2x2,3x3/5x5), F(4x4,3x3))
+                    ``winograd.py`` (Winograd F(2x2,3x3/5x5), F(4x4,3x3)), ``direct.py``
+                    (compiled loops, ``direct.cpp``, conv+ReLU+pool fused too)
   device .......... ``device.py``: im2col (``kernels/im2col.cu``) + SGEMM (:mod:`..gemm`,
                     ``kernels/sgemm.cu``) + bias gradients (``kernels/conv_reduce.cu``);
                     ``implicit.py``: implicit GEMM (``kernels/conv_implicit.cu``), no columns
   algorithms ...... ``algos.py``: the registry of names per backend kind (device: im2col,
-                    implicit; cpu: wide, im2col, winograd_f2, winograd_f4), ``auto``'s
-                    choice, workspace bytes
+                    implicit; cpu: wide, direct, im2col, winograd_f2, winograd_f4),
+                    ``auto``'s choice, workspace bytes
   tests ........... ``tests/ops/test_conv.py``, ``tests/ops/test_fused.py``,
                     ``tests/ops/test_conv_implicit.py`` (implicit kernels, the registry),
-                    ``tests/ops/test_conv_winograd.py``
+                    ``tests/ops/test_conv_winograd.py``, ``tests/ops/test_conv_direct.py``
 """
 from __future__ import annotations
 

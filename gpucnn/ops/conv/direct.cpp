@@ -1,0 +1,371 @@
+// Direct convolution on the CPU (stride 1, dilation 1, one group), float32; the "direct"
+// algorithm of gpucnn/ops/conv/direct.py, which builds this file with the host compiler
+// (-O3 -march=native) and tests it against reference.py (tests/ops/test_conv_direct.py).
+//
+// Layout ("wide", as in cpu.py): each padded input plane is Hp x Wp, flattened row-major and
+// stored with a plane stride S >= Hp*Wp + V whose tail is zero. Output position
+// p = ho*Wp + wo reads tap k = (c, i, j) at xp[c*S + i*Wp + j + p], so one SIMD vector of
+// consecutive p is one unaligned load per tap (the Wp - Wo positions past each output row
+// are junk: computed, then dropped). The loop nests keep a block of accumulators in
+// registers across the whole reduction, which is what the GEMM route cannot do for layers
+// this thin (LeNet: K = 25..150, F = 6..16).
+//
+// One call is single-threaded; direct.py splits the batch over its threads.
+#include <cstddef>
+#include <cstring>
+
+#if defined(__AVX512F__)
+#define LANES 16         // floats per vector
+constexpr int ACC = 24;  // accumulator registers per block (of 32)
+#elif defined(__AVX__)
+#define LANES 8
+constexpr int ACC = 12;  // of 16
+#else
+#define LANES 4  // SSE
+constexpr int ACC = 12;
+#endif
+constexpr int V = LANES;
+
+typedef float vf __attribute__((vector_size(V * 4), aligned(4)));  // unaligned loads
+
+static inline vf load(const float* p) { return *reinterpret_cast<const vf*>(p); }
+static inline float hsum(vf v) {
+    float s = 0.f;
+    for (int l = 0; l < V; ++l) s += v[l];
+    return s;
+}
+
+// ---- forward: y[f, p] = b[f] + sum_k w[f, k] * xp[off[k] + p] ----------------------------
+// FB output channels x PB vectors of positions per block.
+template <int FB, int PB>
+static void fwd_block(const float* x, const long* off, long K, const float* w, long K_w,
+                      const float* bias, long p0, float* out, long Lr) {
+    vf acc[FB][PB];
+    for (int f = 0; f < FB; ++f)
+        for (int q = 0; q < PB; ++q) acc[f][q] = vf{} + (bias ? bias[f] : 0.f);
+    const float* xb = x + p0;
+    for (long k = 0; k < K; ++k) {
+        const float* xk = xb + off[k];
+        vf xv[PB];
+        for (int q = 0; q < PB; ++q) xv[q] = load(xk + q * V);
+        for (int f = 0; f < FB; ++f) {
+            const float wv = w[f * K_w + k];  // a scalar operand broadcasts (no add)
+            for (int q = 0; q < PB; ++q) acc[f][q] += wv * xv[q];
+        }
+    }
+    for (int f = 0; f < FB; ++f)
+        for (int q = 0; q < PB; ++q)
+            std::memcpy(out + f * Lr + p0 + q * V, &acc[f][q], sizeof(vf));
+}
+
+template <int FB>
+static void fwd_channels(const float* x, const long* off, long K, const float* w,
+                         const float* bias, long Lr, float* out) {
+    constexpr int PB = ACC / FB < 1 ? 1 : (ACC / FB > 4 ? 4 : ACC / FB);
+    long p = 0;
+    for (; p + PB * V <= Lr; p += PB * V) fwd_block<FB, PB>(x, off, K, w, K, bias, p, out, Lr);
+    for (; p < Lr; p += V) fwd_block<FB, 1>(x, off, K, w, K, bias, p, out, Lr);
+}
+
+typedef void (*fwd_fn)(const float*, const long*, long, const float*, const float*, long,
+                       float*);
+static const fwd_fn FWD[] = {nullptr, fwd_channels<1>, fwd_channels<2>, fwd_channels<3>,
+                             fwd_channels<4>, fwd_channels<5>, fwd_channels<6>,
+                             fwd_channels<7>, fwd_channels<8>};
+constexpr int FB_MAX = 8;
+
+static inline unsigned bits(float f) {
+    unsigned u;
+    std::memcpy(&u, &f, 4);
+    return u;
+}
+static inline float from_bits(unsigned u) {
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+// ReLU keeping NaN, as a bitwise select (a data-dependent branch here mispredicts on about
+// every other element: the pool below ran 5x slower with branches).
+static inline float relu_bits(float t) {
+    return from_bits(bits(t) & -static_cast<unsigned>((t > 0.f) | (t != t)));
+}
+
+// y[f] = act(scratch[f]) with its junk positions dropped.
+static void store_plane(const float* s, long Wp, long Ho, long Wo, int relu, float* y) {
+    for (long h = 0; h < Ho; ++h) {
+        const float* sr = s + h * Wp;
+        float* yr = y + h * Wo;
+        if (!relu) {
+            std::memcpy(yr, sr, Wo * sizeof(float));
+            continue;
+        }
+        for (long v = 0; v < Wo; ++v) yr[v] = relu_bits(sr[v]);
+    }
+}
+
+// The max-pool of relu(scratch[f]) over plain windows (pk = {kh, kw, sh, sw, Ho, Wo} of the
+// pool): ops/pool/reference.py's fold, taps in row-major order, a tap taking over when it is
+// greater or NaN; the switch is the conv-output index h * Wo + w.
+// Any plain window, a chunk of windows at a time for each tap in turn: the tap's values are
+// gathered into a row (strided loads do not vectorize) and the selects run on whole vectors
+// (one window at a time, the tiny tap loops and the select chain cost ~13 cycles a tap).
+static void pool_any(const float* s, long Wp, long Wo, const long* pk, float* y, int* sw) {
+    const long kh = pk[0], kw = pk[1], sh = pk[2], sv = pk[3], Hq = pk[4], Wq = pk[5];
+    constexpr long CH = 256;
+    for (long q0 = 0, i = 0, j = 0; q0 < Hq * Wq; q0 += CH) {
+        const long nq = Hq * Wq - q0 < CH ? Hq * Wq - q0 : CH;
+        long at[CH];       // each window's first tap in the wide plane
+        unsigned idx[CH];  // ... and in the conv output plane (the switch)
+        for (long q = 0; q < nq; ++q) {
+            at[q] = i * sh * Wp + j * sv;
+            idx[q] = static_cast<unsigned>(i * sh * Wo + j * sv);
+            if (++j == Wq) j = 0, ++i;
+        }
+        float best[CH], tap[CH];
+        unsigned arg[CH];
+        for (long a = 0; a < kh; ++a)
+            for (long b = 0; b < kw; ++b) {
+                const float* r = s + a * Wp + b;
+                const unsigned di = static_cast<unsigned>(a * Wo + b);
+                const bool first = a == 0 && b == 0;
+                for (long q = 0; q < nq; ++q) tap[q] = r[at[q]];
+                for (long q = 0; q < nq; ++q) {
+                    const float t = relu_bits(tap[q]);
+                    const bool take = first | (t > best[q]) | (t != t);
+                    best[q] = take ? t : best[q];
+                    arg[q] = take ? idx[q] + di : arg[q];
+                }
+            }
+        for (long q = 0; q < nq; ++q) {
+            y[q0 + q] = best[q];
+            sw[q0 + q] = static_cast<int>(arg[q]);
+        }
+    }
+}
+
+typedef int vi __attribute__((vector_size(V * 4)));
+
+template <int... I>
+struct Lanes {
+    static constexpr vi even = {(2 * I)...};
+    static constexpr vi odd = {(2 * I + 1)...};
+    static constexpr vi iota = {I...};
+};
+#if LANES == 16
+using L = Lanes<0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15>;
+#elif LANES == 8
+using L = Lanes<0, 1, 2, 3, 4, 5, 6, 7>;
+#else
+using L = Lanes<0, 1, 2, 3>;
+#endif
+
+static inline vf relu_v(vf t) {
+    const vi keep = (t > 0.f) | (t != t);
+    return reinterpret_cast<vf>(reinterpret_cast<vi>(t) & keep);
+}
+
+// The 2x2 stride-2 pool (LeNet's, the common one) V windows at a time: the even and odd
+// columns of two rows, deinterleaved by shuffles, folded in the order (0,0) (0,1) (1,0) (1,1).
+// Reads up to 2V floats past a row's last window (the caller's scratch has that tail).
+static void pool_2x2(const float* s, long Wp, long Wo, long Hq, long Wq, float* y, int* sw) {
+    for (long i = 0; i < Hq; ++i) {
+        const float* r0 = s + 2 * i * Wp;
+        for (long j = 0; j < Wq; j += V) {
+            vf tap[4];
+            for (int a = 0; a < 2; ++a) {
+                const vf lo = load(r0 + a * Wp + 2 * j), hi = load(r0 + a * Wp + 2 * j + V);
+                tap[2 * a] = __builtin_shuffle(lo, hi, L::even);
+                tap[2 * a + 1] = __builtin_shuffle(lo, hi, L::odd);
+            }
+            const vi base = static_cast<int>(2 * i * Wo + 2 * j) + 2 * L::iota;
+            vf best = relu_v(tap[0]);
+            vi arg = base;
+            for (int t = 1; t < 4; ++t) {
+                const vf v = relu_v(tap[t]);
+                const vi take = (v > best) | (v != v);
+                best = reinterpret_cast<vf>((reinterpret_cast<vi>(v) & take) |
+                                            (reinterpret_cast<vi>(best) & ~take));
+                arg = ((base + static_cast<int>((t / 2) * Wo + t % 2)) & take) | (arg & ~take);
+            }
+            const long nj = Wq - j < V ? Wq - j : V;
+            std::memcpy(y + i * Wq + j, &best, nj * sizeof(float));
+            std::memcpy(sw + i * Wq + j, &arg, nj * sizeof(int));
+        }
+    }
+}
+
+static void store_pooled(const float* s, long Wp, long Wo, const long* pk, float* y, int* sw) {
+    if (pk[0] == 2 && pk[1] == 2 && pk[2] == 2 && pk[3] == 2)
+        return pool_2x2(s, Wp, Wo, pk[4], pk[5], y, sw);
+    pool_any(s, Wp, Wo, pk, y, sw);
+}
+
+// ---- the images' planes -----------------------------------------------------------------
+// Where a kernel reads its operand: element (r, c) of channel ch at d0 + ch * ds + r * dr + c
+// of an image's block, for r < rows, c < cols; everything else in the block (padding, junk,
+// tails) is zero: the buffers are zeroed once by the caller and only these are written.
+struct Planes {
+    long ch, rows, cols, ds, dr, d0;
+};
+// Where the values come from: images of ch x rows x cols (NCHW, contiguous), or, with sw set,
+// the backward of a ReLU + max-pool over them: the gradient x of the pooled output yq
+// (plane_q values a plane) at each switch sw where yq > 0, zero elsewhere (windows do not
+// overlap; switches are checked by the caller).
+struct Source {
+    const float* x;
+    const int* sw;
+    const float* yq;
+    long plane_q;
+};
+
+// Images [a, e) of src into the block dst (image a at dst).
+static void fill(const Planes& p, const Source& src, long a, long e, float* dst) {
+    for (long img = a; img < e; ++img)
+        for (long c = 0; c < p.ch; ++c) {
+            float* d = dst + (img - a) * p.ch * p.ds + c * p.ds + p.d0;
+            const long pl = img * p.ch + c;
+            if (!src.sw) {
+                const float* x = src.x + pl * p.rows * p.cols;
+                for (long r = 0; r < p.rows; ++r)
+                    std::memcpy(d + r * p.dr, x + r * p.cols, p.cols * sizeof(float));
+                continue;
+            }
+            for (long r = 0; r < p.rows; ++r) std::memset(d + r * p.dr, 0, p.cols * sizeof(float));
+            const long q = pl * src.plane_q;
+            for (long i = 0; i < src.plane_q; ++i) {
+                const int at = src.sw[q + i];
+                if (src.yq[q + i] > 0.f) d[(at / p.cols) * p.dr + at % p.cols] = src.x[q + i];
+            }
+        }
+}
+
+static void offsets(const Planes& p, long kh, long kw, long* off) {
+    for (long c = 0, k = 0; c < p.ch; ++c)
+        for (long i = 0; i < kh; ++i)
+            for (long j = 0; j < kw; ++j) off[k++] = c * p.ds + i * p.dr + j;
+}
+
+// ---- forward --------------------------------------------------------------------------------
+// The input planes are the padded Hp x Wp planes (dr = Wp); Lr: positions computed per plane,
+// a multiple of V with Lr - L < V (L: the last useful position + 1). pool: null, or the
+// pool's {kh, kw, sh, sw, Ho, Wo} (plain windows): then y and sw are the pooled output and
+// switches of relu(conv) (relu is then ignored), else y is the conv output.
+struct Forward {
+    Planes in;
+    Source src;
+    long kh, kw, F, Ho, Wo, Lr;
+    const float* w;
+    const float* bias;
+    int relu;
+    const long* pool;
+    float* y;
+    int* sw;
+};
+
+// Images [a, e). Per thread: xp, one image's planes (in.ch * in.ds floats, zeroed once);
+// scratch, FB_MAX * Lr + 2 * V floats; off, in.ch * kh * kw longs.
+extern "C" void conv_direct_forward(const Forward* c, long a, long e, float* xp,
+                                    float* scratch, long* off) {
+    const long K = c->in.ch * c->kh * c->kw, F = c->F, Lr = c->Lr, Wp = c->in.dr;
+    offsets(c->in, c->kh, c->kw, off);
+    const long plane = c->pool ? c->pool[4] * c->pool[5] : c->Ho * c->Wo;
+    // Blocks of output channels as even as FB_MAX allows (F = 6: one block of 6, not 4 + 2).
+    const long nb = (F + FB_MAX - 1) / FB_MAX;
+    for (long img = a; img < e; ++img) {
+        fill(c->in, c->src, img, img + 1, xp);
+        for (long b = 0, f0 = 0; b < nb; ++b) {
+            const long fb = (F - f0) / (nb - b);
+            FWD[fb](xp, off, K, c->w + f0 * K, c->bias ? c->bias + f0 : nullptr, Lr, scratch);
+            for (long f = 0; f < fb; ++f) {
+                const long o = (img * F + f0 + f) * plane;
+                if (c->pool)
+                    store_pooled(scratch + f * Lr, Wp, c->Wo, c->pool, c->y + o, c->sw + o);
+                else
+                    store_plane(scratch + f * Lr, Wp, c->Ho, c->Wo, c->relu, c->y + o);
+            }
+            f0 += fb;
+        }
+    }
+}
+
+// ---- weight gradient: dw[f, k] += sum_img sum_p dy[img, f, p] * xp[img, off[k] + p] ------
+// dy is wide too (plane stride Sd, zero at every junk position and past the last useful one),
+// so the junk lanes add nothing. FB channels x TB taps of accumulators per block.
+template <int FB, int TB>
+static void dw_block(const float* xp, long n, long CS, const long* off, const float* dy,
+                     long FSd, long Sd, long Lr, float* dw, long K) {
+    vf acc[FB][TB];
+    for (int f = 0; f < FB; ++f)
+        for (int t = 0; t < TB; ++t) acc[f][t] = vf{};
+    for (long img = 0; img < n; ++img) {
+        const float* x = xp + img * CS;
+        const float* d = dy + img * FSd;
+        for (long p = 0; p < Lr; p += V) {
+            vf dv[FB];
+            for (int f = 0; f < FB; ++f) dv[f] = load(d + f * Sd + p);
+            for (int t = 0; t < TB; ++t) {
+                vf xv = load(x + off[t] + p);
+                // one load per tap: kept in a register, not refolded into each FMA (an
+                // unaligned vector load costs two when it crosses a cache line)
+                asm("" : "+v"(xv));
+                for (int f = 0; f < FB; ++f) acc[f][t] += dv[f] * xv;
+            }
+        }
+    }
+    for (int f = 0; f < FB; ++f)
+        for (int t = 0; t < TB; ++t) dw[f * K + t] += hsum(acc[f][t]);
+}
+
+constexpr int DW_FB = 4;
+constexpr int DW_TB = V == 16 ? 5 : 2;  // 4 x TB accumulators + 4 dy + 1 x registers
+
+template <int FB>
+static void dw_channels(const float* xp, long n, long CS, const long* off, long K,
+                        const float* dy, long FSd, long Sd, long Lr, float* dw) {
+    long k = 0;
+    for (; k + DW_TB <= K; k += DW_TB)
+        dw_block<FB, DW_TB>(xp, n, CS, off + k, dy, FSd, Sd, Lr, dw + k, K);
+    for (; k < K; ++k) dw_block<FB, 1>(xp, n, CS, off + k, dy, FSd, Sd, Lr, dw + k, K);
+}
+
+typedef void (*dw_fn)(const float*, long, long, const long*, long, const float*, long, long,
+                      long, float*);
+static const dw_fn DW[] = {nullptr, dw_channels<1>, dw_channels<2>, dw_channels<3>,
+                           dw_channels<4>};
+
+struct WeightGrad {
+    Planes in;   // x in padded planes (dr = Wp)
+    Source src;  // of x
+    Planes dy;   // dy wide: dr = Wp, ds = Lr, d0 = 0
+    Source dsrc; // of dy
+    long kh, kw, F, Lr;
+};
+
+// dw (F x C*kh*kw) and db (F) += the weight and bias gradients of images [a, e), blk
+// images at a time. Per thread: xp (blk * in.ch * in.ds floats) and dyw (blk * F * Lr
+// floats), zeroed once; off.
+extern "C" void conv_direct_dw(const WeightGrad* c, long a, long e, long blk, float* xp,
+                               float* dyw, long* off, float* dw, float* db) {
+    const long K = c->in.ch * c->kh * c->kw, F = c->F;
+    offsets(c->in, c->kh, c->kw, off);
+    for (long s = a; s < e; s += blk) {
+        const long t = e - s < blk ? e - s : blk;
+        fill(c->in, c->src, s, s + t, xp);
+        fill(c->dy, c->dsrc, s, s + t, dyw);
+        for (long i = 0; i < t; ++i)
+            for (long f = 0; f < F; ++f) {  // junk positions are zero
+                vf acc{};
+                const float* d = dyw + (i * F + f) * c->Lr;
+                for (long p = 0; p < c->Lr; p += V) acc += load(d + p);
+                db[f] += hsum(acc);
+            }
+        for (long f0 = 0; f0 < F; f0 += DW_FB) {
+            const long fb = F - f0 < DW_FB ? F - f0 : DW_FB;
+            DW[fb](xp, t, c->in.ch * c->in.ds, off, K, dyw + f0 * c->Lr, F * c->Lr, c->Lr,
+                   c->Lr, dw + f0 * K);
+        }
+    }
+}
+
+extern "C" int conv_direct_abi(void) { return 4; }
+extern "C" int conv_direct_lanes(void) { return V; }
