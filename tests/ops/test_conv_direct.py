@@ -28,7 +28,7 @@ needs_native = pytest.mark.skipif(not direct.available(),
                                          f"{direct.unavailable_reason()}")
 # (N, C, H, W), F, (kh, kw), padding: LeNet's two layers, odd sizes, rectangles, 'same' with
 # an even kernel (asymmetric padding), 1x1, channel blocks of 8 + remainders, F x K past the
-# direct dW limit (its dW then runs on the GEMM)
+# direct dW limit (its dW then runs as Winograd for 3x3 and 5x5, else on the GEMM)
 CASES = {
     "lenet_conv1": ((5, 1, 28, 28), 6, (5, 5), 2),
     "lenet_conv2": ((4, 6, 14, 14), 16, (5, 5), 0),
@@ -38,7 +38,9 @@ CASES = {
     "k1": ((3, 7, 5, 5), 17, (1, 1), 0),
     "tiny_plane": ((6, 2, 1, 1), 3, (3, 3), "same"),
     "wide_rows": ((2, 3, 4, 40), 4, (3, 3), 1),
-    "dw_by_gemm": ((2, 64, 6, 6), 64, (3, 3), 1),
+    "dw_winograd_3x3": ((2, 64, 6, 6), 64, (3, 3), 1),
+    "dw_winograd_5x5": ((3, 32, 7, 7), 48, (5, 5), 2),
+    "dw_by_gemm_7x7": ((2, 16, 8, 8), 64, (7, 7), 3),
 }
 
 
@@ -113,9 +115,11 @@ def test_results_depend_only_on_the_thread_count():
 
 def _pool_cases():
     # conv case, pool kernel, stride: LeNet's 2/2 (the vectorised path), AlexNet's
-    # overlapping 3/2 (forward fused, backward composed), 3/3, a rectangle, a floor crop
+    # overlapping 3/2 (the backward adds where windows share a switch), 3/3, a rectangle, a
+    # floor crop, and layers whose dW runs past direct.cpp (a dense dy is built)
     return [("lenet_conv1", 2, 2), ("lenet_conv2", 2, 2), ("odd_13_channels", 3, 2),
-            ("wide_rows", (2, 3), (2, 3)), ("rect_kernel", 3, 3), ("same_even", 2, 2)]
+            ("wide_rows", (2, 3), (2, 3)), ("rect_kernel", 3, 3), ("same_even", 2, 2),
+            ("dw_winograd_5x5", 3, 2), ("dw_by_gemm_7x7", 2, 2)]
 
 
 def _fused_reference(x, w, b, padding, ksize, stride):

@@ -209,8 +209,9 @@ struct Planes {
 };
 // Where the values come from: images of ch x rows x cols (NCHW, contiguous), or, with sw set,
 // the backward of a ReLU + max-pool over them: the gradient x of the pooled output yq
-// (plane_q values a plane) at each switch sw where yq > 0, zero elsewhere (windows do not
-// overlap; switches are checked by the caller).
+// (plane_q values a plane) added at each switch sw where yq > 0, in window order (as
+// ops/pool/reference.py's np.add.at: overlapping windows accumulate), zero elsewhere
+// (switches are checked by the caller).
 struct Source {
     const float* x;
     const int* sw;
@@ -234,9 +235,16 @@ static void fill(const Planes& p, const Source& src, long a, long e, float* dst)
             const long q = pl * src.plane_q;
             for (long i = 0; i < src.plane_q; ++i) {
                 const int at = src.sw[q + i];
-                if (src.yq[q + i] > 0.f) d[(at / p.cols) * p.dr + at % p.cols] = src.x[q + i];
+                if (src.yq[q + i] > 0.f) d[(at / p.cols) * p.dr + at % p.cols] += src.x[q + i];
             }
         }
+}
+
+// fill() on its own: images [a, e) of src into dst (image a at dst), e.g. a pooled gradient
+// into a dense NCHW array (ds = rows * cols, dr = cols, d0 = 0).
+extern "C" void conv_direct_fill(const Planes* p, const Source* src, long a, long e,
+                                 float* dst) {
+    fill(*p, *src, a, e, dst);
 }
 
 static void offsets(const Planes& p, long kh, long kw, long* off) {
@@ -367,5 +375,5 @@ extern "C" void conv_direct_dw(const WeightGrad* c, long a, long e, long blk, fl
     }
 }
 
-extern "C" int conv_direct_abi(void) { return 4; }
+extern "C" int conv_direct_abi(void) { return 5; }
 extern "C" int conv_direct_lanes(void) { return V; }

@@ -12,9 +12,9 @@ copied but the padded planes themselves, one image at a time, while they are in 
 * dx: the same kernel on dy padded by ``k - 1 - p`` with the flipped, transposed filters (a
   stride-1 convolution's adjoint is one);
 * dW and db: ``conv_direct_dw``, one register block of channels x taps per pass over a block
-  of images that fits in L2; past ``DW_MAX_FK`` the wide path's GEMM;
-* the fused backward (windows not overlapping) scatters the pooled gradient straight into
-  the planes the two backward kernels read.
+  of images that fits in L2; past ``DW_MAX_FK`` Winograd's dW (3x3, 5x5) or the wide GEMM;
+* the fused backward scatters (adds) the pooled gradient straight into the planes the two
+  backward kernels read.
 
 Each thread makes ONE call for its contiguous range of images (a call per block cost a GIL
 hand-off each, which made two threads slower than one); its dW partial sums are added in
@@ -33,14 +33,14 @@ import numpy as np
 
 from ...cpu import default_threads, native
 from ..pool import check_switches
-from . import cpu
+from . import cpu, winograd
 
 __all__ = ["SOURCE", "available", "unavailable_reason", "supports", "preferred", "conv2d",
            "conv2d_backward", "conv2d_relu_maxpool", "conv2d_relu_maxpool_backward",
            "workspace_bytes", "REQUIRES"]
 
 SOURCE = Path(__file__).with_name("direct.cpp")
-_ABI = 4
+_ABI = 5
 REQUIRES = ("stride 1, dilation 1, one group, padding smaller than the kernel, and a C++ "
             "compiler to build gpucnn/ops/conv/direct.cpp ($GPUCNN_CXX, default g++)")
 # Padded planes and wide dy of the block of images a dW pass walks: L2-sized.
@@ -89,6 +89,8 @@ def _lib():
                     lib.conv_direct_forward.restype = None
                     lib.conv_direct_dw.argtypes = [_P, _L, _L, _L, _P, _P, _P, _P, _P]
                     lib.conv_direct_dw.restype = None
+                    lib.conv_direct_fill.argtypes = [_P, _P, _L, _L, _P]
+                    lib.conv_direct_fill.restype = None
                     _state["lanes"] = lib.conv_direct_lanes()
                 except native.NativeUnavailable as e:
                     lib, _state["error"] = None, str(e)
@@ -118,9 +120,21 @@ def supports(g):
 
 # dW by direct.cpp only up to this F x K: it keeps a block of F x K sums in registers through a
 # pass over the images, and with many channels a block of images that fits in L2 is one
-# image, so the passes multiply; above it, the wide path's GEMM (AlexNet-CIFAR conv2,
-# F x K = 307,200: 216 vs 144 ms; LeNet-5 conv2, 2,400: 0.5 vs 2.1 ms; 2 Zen 4 vCPUs).
+# image, so the passes multiply. Above it dW runs as Winograd F(r x r, m x m) for square 3x3
+# (m = 4) and 5x5 (m = 2) kernels, else on the wide path's GEMM (AlexNet-CIFAR conv2, F x K
+# = 307,200: direct 216, GEMM 144-164, Winograd 145 ms; LeNet-5 conv2, 2,400: direct 0.5,
+# GEMM 2.1 ms; 2 Zen 4 vCPUs).
 DW_MAX_FK = 1 << 15
+_DW_WINOGRAD_M = {3: 4, 5: 2}
+
+
+def _large_dw(rt, dy, x, w32, g):
+    """(dW, db) of a layer past DW_MAX_FK."""
+    m = _DW_WINOGRAD_M.get(g.kh) if g.kh == g.kw else None
+    if m is None:
+        _, dw, db = cpu.conv2d_backward(rt, dy, x, w32, g, need_dx=False, need_dw=True)
+        return dw, db
+    return winograd.weight_grad(rt, dy, x, m, g.kh, (g.ph, g.pw, g.ph_end, g.pw_end))
 
 
 def preferred(g):
@@ -233,17 +247,16 @@ def conv2d_backward(rt, dy, x, w, g, need_dx=True, need_dw=True):
     x = np.ascontiguousarray(x)
     if need_dw and g.F * g.K > DW_MAX_FK:
         dx, _, _ = _backward(rt, g, x, w32, need_dx, False, _source(dy))
-        _, dw, db = cpu.conv2d_backward(rt, dy, x, w32, g, need_dx=False, need_dw=True)
-        return dx, dw, db
+        return (dx, *_large_dw(rt, dy, x, w32, g))
     return _backward(rt, g, x, w32, need_dx, need_dw, _source(dy))
 
 
 def conv2d_relu_maxpool_backward(rt, dy, switches, y, x, w, g, pg, need_dx, need_dw):
     """(dx, dw, db) of :func:`conv2d_relu_maxpool`: the pooled gradient, where the pooled
-    output is > 0, goes straight to its switch in the dy planes; None where windows overlap
-    or dW takes the GEMM (``DW_MAX_FK``): then the composed ops run."""
-    fits = pg.plain and not pg.overlapping and not (need_dw and g.F * g.K > DW_MAX_FK)
-    w32 = _native_args(x, w) if fits else None
+    output is > 0, is added at its switch straight in the dy planes the kernels read (so
+    overlapping windows accumulate), or, where dW runs by :func:`_large_dw`, into a dense dy
+    in one pass."""
+    w32 = _native_args(x, w) if pg.plain else None
     if w32 is None:
         return None
     check_switches(switches, g.Ho, g.Wo)
@@ -251,7 +264,17 @@ def conv2d_relu_maxpool_backward(rt, dy, switches, y, x, w, g, pg, need_dx, need
     y = np.ascontiguousarray(y, dtype=np.float32)
     switches = np.ascontiguousarray(switches)
     src = _Source(_ptr(dy), _ptr(switches), _ptr(y), pg.Ho * pg.Wo)
-    return _backward(rt, g, np.ascontiguousarray(x), w32, need_dx, need_dw, src)
+    x = np.ascontiguousarray(x)
+    if need_dw and g.F * g.K > DW_MAX_FK:
+        dense = rt.output(g.y_shape, np.float32)
+        dense_planes = _Planes(g.F, g.Ho, g.Wo, g.Ho * g.Wo, g.Wo, 0)
+        lib = _lib()
+        rt.run(lambda a, e: lib.conv_direct_fill(
+            ctypes.byref(dense_planes), ctypes.byref(src), a, e,
+            _ptr(dense.reshape(g.N, -1)[a])), rt.ranges(g.N))
+        dx, _, _ = _backward(rt, g, x, w32, need_dx, False, src)
+        return (dx, *_large_dw(rt, dense, x, w32, g))
+    return _backward(rt, g, x, w32, need_dx, need_dw, src)
 
 
 def _backward(rt, g, x, w32, need_dx, need_dw, dsrc):
