@@ -41,6 +41,13 @@ CASES = {
     "dw_winograd_3x3": ((2, 64, 6, 6), 64, (3, 3), 1),
     "dw_winograd_5x5": ((3, 32, 7, 7), 48, (5, 5), 2),
     "dw_by_gemm_7x7": ((2, 16, 8, 8), 64, (7, 7), 3),
+    # 32 images or more: the lanes layout (V images a vector; 35, 34 and 33 leave a group
+    # part full, whose idle lanes must not add to dW)
+    "lanes_lenet_conv2": ((35, 6, 14, 14), 16, (5, 5), 0),
+    "lanes_odd": ((33, 3, 9, 7), 13, (3, 3), 1),
+    "lanes_same_even": ((32, 2, 6, 5), 5, (4, 4), "same"),
+    "lanes_many_channels": ((34, 64, 5, 5), 64, (3, 3), 1),
+    "lanes_conv1_dw_wide": ((33, 1, 12, 12), 6, (5, 5), 2),  # few taps: dW stays wide
 }
 
 
@@ -98,6 +105,11 @@ def test_backward_matches_reference(case, need):
         assert dw is None and db is None
 
 
+def test_lanes_cases_use_the_lanes_layout():
+    if direct.available():
+        assert direct.lanes_layout(32) and not direct.lanes_layout(6)
+
+
 @needs_native
 def test_results_depend_only_on_the_thread_count():
     x, w, b, padding, rng = _inputs("lenet_conv2")
@@ -119,7 +131,8 @@ def _pool_cases():
     # floor crop, and layers whose dW runs past direct.cpp (a dense dy is built)
     return [("lenet_conv1", 2, 2), ("lenet_conv2", 2, 2), ("odd_13_channels", 3, 2),
             ("wide_rows", (2, 3), (2, 3)), ("rect_kernel", 3, 3), ("same_even", 2, 2),
-            ("dw_winograd_5x5", 3, 2), ("dw_by_gemm_7x7", 2, 2)]
+            ("dw_winograd_5x5", 3, 2), ("dw_by_gemm_7x7", 2, 2), ("lanes_lenet_conv2", 2, 2),
+            ("lanes_odd", 3, 2), ("lanes_same_even", (2, 3), (2, 1))]
 
 
 def _fused_reference(x, w, b, padding, ksize, stride):

@@ -2,13 +2,17 @@
 // algorithm of gpucnn/ops/conv/direct.py, which builds this file with the host compiler
 // (-O3 -march=native) and tests it against reference.py (tests/ops/test_conv_direct.py).
 //
-// Layout ("wide", as in cpu.py): each padded input plane is Hp x Wp, flattened row-major and
-// stored with a plane stride S >= Hp*Wp + V whose tail is zero. Output position
-// p = ho*Wp + wo reads tap k = (c, i, j) at xp[c*S + i*Wp + j + p], so one SIMD vector of
-// consecutive p is one unaligned load per tap (the Wp - Wo positions past each output row
-// are junk: computed, then dropped). The loop nests keep a block of accumulators in
-// registers across the whole reduction, which is what the GEMM route cannot do for layers
-// this thin (LeNet: K = 25..150, F = 6..16).
+// Two layouts of the padded input planes (Hp x Wp), chosen per layer by direct.py; in both,
+// the vector at output position (ho, wo) reads tap k = (c, i, j) at x + off[k] + p, with
+// off[k] = c*ds + i*dr + j*cs and p = ho*dr + wo*cs, so every tap is ONE vector load:
+//  - "wide" (one image at a time, cs = 1, dr = Wp): a vector is V consecutive positions
+//    p = ho*Wp + wo of one plane, each plane stored with a zero tail of at least V floats.
+//    The Wp - Wo positions past each output row are junk: computed, then dropped.
+//  - "lanes" (V images at a time, image-minor, cs = V, dr = Wp*V): a vector is one position
+//    of V images. No junk, and aligned loads; the images are transposed in and out.
+// The loop nests keep a block of accumulators in registers across the whole reduction,
+// which is what the GEMM route cannot do for layers this thin (LeNet: K = 25..150,
+// F = 6..16).
 //
 // One call is single-threaded; direct.py splits the batch over its threads.
 #include <cstddef>
@@ -58,16 +62,26 @@ static void fwd_block(const float* x, const long* off, long K, const float* w, l
             std::memcpy(out + f * Lr + p0 + q * V, &acc[f][q], sizeof(vf));
 }
 
+// The positions a kernel computes: n rows of len floats (whole vectors), stride apart; wide:
+// one row of Lr positions, lanes: Ho rows of Wo positions.
+struct Rows {
+    long n, stride, len;
+};
+
 template <int FB>
 static void fwd_channels(const float* x, const long* off, long K, const float* w,
-                         const float* bias, long Lr, float* out) {
+                         const float* bias, Rows rows, long Ls, float* out) {
     constexpr int PB = ACC / FB < 1 ? 1 : (ACC / FB > 4 ? 4 : ACC / FB);
-    long p = 0;
-    for (; p + PB * V <= Lr; p += PB * V) fwd_block<FB, PB>(x, off, K, w, K, bias, p, out, Lr);
-    for (; p < Lr; p += V) fwd_block<FB, 1>(x, off, K, w, K, bias, p, out, Lr);
+    for (long r = 0; r < rows.n; ++r) {
+        long p = r * rows.stride;
+        const long end = p + rows.len;
+        for (; p + PB * V <= end; p += PB * V)
+            fwd_block<FB, PB>(x, off, K, w, K, bias, p, out, Ls);
+        for (; p < end; p += V) fwd_block<FB, 1>(x, off, K, w, K, bias, p, out, Ls);
+    }
 }
 
-typedef void (*fwd_fn)(const float*, const long*, long, const float*, const float*, long,
+typedef void (*fwd_fn)(const float*, const long*, long, const float*, const float*, Rows, long,
                        float*);
 static const fwd_fn FWD[] = {nullptr, fwd_channels<1>, fwd_channels<2>, fwd_channels<3>,
                              fwd_channels<4>, fwd_channels<5>, fwd_channels<6>,
@@ -200,12 +214,50 @@ static void store_pooled(const float* s, long Wp, long Wo, const long* pk, float
     pool_any(s, Wp, Wo, pk, y, sw);
 }
 
+// The lanes layout's stores: lane l of the vector at (h, w) (s + h * dr + w * V) is image l's
+// element (h, w); images n apart in y (n of them).
+static void store_lanes(const float* s, long dr, long Ho, long Wo, int relu, float* y,
+                        long n, long ystride) {
+    for (long h = 0; h < Ho; ++h)
+        for (long w = 0; w < Wo; ++w) {
+            vf v = load(s + h * dr + w * V);
+            if (relu) v = relu_v(v);
+            for (long l = 0; l < n; ++l) y[l * ystride + h * Wo + w] = v[l];
+        }
+}
+
+static void pool_lanes(const float* s, long dr, long Wo, const long* pk, float* y, int* sw,
+                       long n, long ystride) {
+    const long kh = pk[0], kw = pk[1], sh = pk[2], sv = pk[3], Hq = pk[4], Wq = pk[5];
+    for (long i = 0; i < Hq; ++i)
+        for (long j = 0; j < Wq; ++j) {
+            vf best{};
+            vi arg{};
+            for (long a = 0; a < kh; ++a)
+                for (long b = 0; b < kw; ++b) {
+                    const long h = i * sh + a, w = j * sv + b;
+                    const vf v = relu_v(load(s + h * dr + w * V));
+                    const vi take = (a == 0 && b == 0) ? ~vi{} : ((v > best) | (v != v));
+                    best = reinterpret_cast<vf>((reinterpret_cast<vi>(v) & take) |
+                                                (reinterpret_cast<vi>(best) & ~take));
+                    arg = ((vi{} + static_cast<int>(h * Wo + w)) & take) | (arg & ~take);
+                }
+            for (long l = 0; l < n; ++l) {
+                y[l * ystride + i * Wq + j] = best[l];
+                sw[l * ystride + i * Wq + j] = arg[l];
+            }
+        }
+}
+
 // ---- the images' planes -----------------------------------------------------------------
-// Where a kernel reads its operand: element (r, c) of channel ch at d0 + ch * ds + r * dr + c
-// of an image's block, for r < rows, c < cols; everything else in the block (padding, junk,
-// tails) is zero: the buffers are zeroed once by the caller and only these are written.
+// Where a kernel reads its operand: element (r, c) of channel ch of image i of a block at
+// (i / gn) * gs + i % gn + d0 + ch * ds + r * dr + c * cs, for r < rows, c < cols (gn = 1:
+// wide, one image per group of gs floats; gn = V: lanes, image i % V in lane i % V).
+// Everything else in a group (padding, junk, tails) is zero: the buffers are zeroed once by
+// the caller and only these elements are written (a group filled with fewer than gn images
+// is zeroed first, its unused lanes too).
 struct Planes {
-    long ch, rows, cols, ds, dr, d0;
+    long ch, rows, cols, ds, dr, cs, d0, gs, gn;
 };
 // Where the values come from: images of ch x rows x cols (NCHW, contiguous), or, with sw set,
 // the backward of a ReLU + max-pool over them: the gradient x of the pooled output yq
@@ -219,29 +271,43 @@ struct Source {
     long plane_q;
 };
 
-// Images [a, e) of src into the block dst (image a at dst).
+// Images [a, e) of src into the block dst (image a at dst; a is a multiple of p.gn).
 static void fill(const Planes& p, const Source& src, long a, long e, float* dst) {
+    if ((e - a) % p.gn) std::memset(dst + (e - a) / p.gn * p.gs, 0, p.gs * sizeof(float));
     for (long img = a; img < e; ++img)
         for (long c = 0; c < p.ch; ++c) {
-            float* d = dst + (img - a) * p.ch * p.ds + c * p.ds + p.d0;
+            const long i = img - a;
+            float* d = dst + (i / p.gn) * p.gs + i % p.gn + p.d0 + c * p.ds;
             const long pl = img * p.ch + c;
             if (!src.sw) {
                 const float* x = src.x + pl * p.rows * p.cols;
-                for (long r = 0; r < p.rows; ++r)
-                    std::memcpy(d + r * p.dr, x + r * p.cols, p.cols * sizeof(float));
+                for (long r = 0; r < p.rows; ++r) {
+                    if (p.cs == 1) {
+                        std::memcpy(d + r * p.dr, x + r * p.cols, p.cols * sizeof(float));
+                        continue;
+                    }
+                    for (long k = 0; k < p.cols; ++k) d[r * p.dr + k * p.cs] = x[r * p.cols + k];
+                }
                 continue;
             }
-            for (long r = 0; r < p.rows; ++r) std::memset(d + r * p.dr, 0, p.cols * sizeof(float));
+            for (long r = 0; r < p.rows; ++r) {
+                if (p.cs == 1) {
+                    std::memset(d + r * p.dr, 0, p.cols * sizeof(float));
+                    continue;
+                }
+                for (long k = 0; k < p.cols; ++k) d[r * p.dr + k * p.cs] = 0.f;
+            }
             const long q = pl * src.plane_q;
-            for (long i = 0; i < src.plane_q; ++i) {
-                const int at = src.sw[q + i];
-                if (src.yq[q + i] > 0.f) d[(at / p.cols) * p.dr + at % p.cols] += src.x[q + i];
+            for (long k = 0; k < src.plane_q; ++k) {
+                const int at = src.sw[q + k];
+                if (src.yq[q + k] > 0.f)
+                    d[(at / p.cols) * p.dr + (at % p.cols) * p.cs] += src.x[q + k];
             }
         }
 }
 
 // fill() on its own: images [a, e) of src into dst (image a at dst), e.g. a pooled gradient
-// into a dense NCHW array (ds = rows * cols, dr = cols, d0 = 0).
+// into a dense NCHW array (ds = rows * cols, dr = cols, cs = 1, d0 = 0, gs = ch * ds, gn = 1).
 extern "C" void conv_direct_fill(const Planes* p, const Source* src, long a, long e,
                                  float* dst) {
     fill(*p, *src, a, e, dst);
@@ -250,18 +316,20 @@ extern "C" void conv_direct_fill(const Planes* p, const Source* src, long a, lon
 static void offsets(const Planes& p, long kh, long kw, long* off) {
     for (long c = 0, k = 0; c < p.ch; ++c)
         for (long i = 0; i < kh; ++i)
-            for (long j = 0; j < kw; ++j) off[k++] = c * p.ds + i * p.dr + j;
+            for (long j = 0; j < kw; ++j) off[k++] = c * p.ds + i * p.dr + j * p.cs;
 }
 
 // ---- forward --------------------------------------------------------------------------------
-// The input planes are the padded Hp x Wp planes (dr = Wp); Lr: positions computed per plane,
-// a multiple of V with Lr - L < V (L: the last useful position + 1). pool: null, or the
-// pool's {kh, kw, sh, sw, Ho, Wo} (plain windows): then y and sw are the pooled output and
-// switches of relu(conv) (relu is then ignored), else y is the conv output.
+// rows: the positions computed (wide: Lr of them, a multiple of V with Lr - L < V, L the last
+// useful position + 1); Ls: scratch floats per output channel. pool: null, or the pool's
+// {kh, kw, sh, sw, Ho, Wo} (plain windows): then y and sw are the pooled output and switches
+// of relu(conv) (relu is then ignored), else y is the conv output.
 struct Forward {
     Planes in;
     Source src;
-    long kh, kw, F, Ho, Wo, Lr;
+    long kh, kw, F, Ho, Wo;
+    Rows rows;
+    long Ls;
     const float* w;
     const float* bias;
     int relu;
@@ -270,55 +338,64 @@ struct Forward {
     int* sw;
 };
 
-// Images [a, e). Per thread: xp, one image's planes (in.ch * in.ds floats, zeroed once);
-// scratch, FB_MAX * Lr + 2 * V floats; off, in.ch * kh * kw longs.
+// Images [a, e) (a a multiple of in.gn). Per thread: xp, one group's planes (in.gs floats,
+// zeroed once); scratch, FB_MAX * Ls + 2 * V floats; off, in.ch * kh * kw longs.
 extern "C" void conv_direct_forward(const Forward* c, long a, long e, float* xp,
                                     float* scratch, long* off) {
-    const long K = c->in.ch * c->kh * c->kw, F = c->F, Lr = c->Lr, Wp = c->in.dr;
+    const long K = c->in.ch * c->kh * c->kw, F = c->F, Ls = c->Ls, gn = c->in.gn;
     offsets(c->in, c->kh, c->kw, off);
     const long plane = c->pool ? c->pool[4] * c->pool[5] : c->Ho * c->Wo;
     // Blocks of output channels as even as FB_MAX allows (F = 6: one block of 6, not 4 + 2).
     const long nb = (F + FB_MAX - 1) / FB_MAX;
-    for (long img = a; img < e; ++img) {
-        fill(c->in, c->src, img, img + 1, xp);
+    for (long g0 = a; g0 < e; g0 += gn) {
+        const long n = e - g0 < gn ? e - g0 : gn;
+        fill(c->in, c->src, g0, g0 + n, xp);
         for (long b = 0, f0 = 0; b < nb; ++b) {
             const long fb = (F - f0) / (nb - b);
-            FWD[fb](xp, off, K, c->w + f0 * K, c->bias ? c->bias + f0 : nullptr, Lr, scratch);
+            FWD[fb](xp, off, K, c->w + f0 * K, c->bias ? c->bias + f0 : nullptr, c->rows, Ls,
+                    scratch);
             for (long f = 0; f < fb; ++f) {
-                const long o = (img * F + f0 + f) * plane;
-                if (c->pool)
-                    store_pooled(scratch + f * Lr, Wp, c->Wo, c->pool, c->y + o, c->sw + o);
+                const long o = (g0 * F + f0 + f) * plane;
+                const float* s = scratch + f * Ls;
+                if (gn > 1 && c->pool)
+                    pool_lanes(s, c->in.dr, c->Wo, c->pool, c->y + o, c->sw + o, n, F * plane);
+                else if (gn > 1)
+                    store_lanes(s, c->in.dr, c->Ho, c->Wo, c->relu, c->y + o, n, F * plane);
+                else if (c->pool)
+                    store_pooled(s, c->in.dr, c->Wo, c->pool, c->y + o, c->sw + o);
                 else
-                    store_plane(scratch + f * Lr, Wp, c->Ho, c->Wo, c->relu, c->y + o);
+                    store_plane(s, c->in.dr, c->Ho, c->Wo, c->relu, c->y + o);
             }
             f0 += fb;
         }
     }
 }
 
-// ---- weight gradient: dw[f, k] += sum_img sum_p dy[img, f, p] * xp[img, off[k] + p] ------
-// dy is wide too (plane stride Sd, zero at every junk position and past the last useful one),
-// so the junk lanes add nothing. FB channels x TB taps of accumulators per block.
+// ---- weight gradient: dw[f, k] += sum_group sum_p dy[group, f, p] . xp[group, off[k] + p] -
+// dy in the same layout as the output positions (wide: plane stride Sd, zero at every junk
+// position and past the last useful one, so junk lanes add nothing; lanes: junk never read).
+// FB channels x TB taps of accumulators per block.
 template <int FB, int TB>
 static void dw_block(const float* xp, long n, long CS, const long* off, const float* dy,
-                     long FSd, long Sd, long Lr, float* dw, long K) {
+                     long FSd, long Sd, Rows rows, float* dw, long K) {
     vf acc[FB][TB];
     for (int f = 0; f < FB; ++f)
         for (int t = 0; t < TB; ++t) acc[f][t] = vf{};
     for (long img = 0; img < n; ++img) {
         const float* x = xp + img * CS;
         const float* d = dy + img * FSd;
-        for (long p = 0; p < Lr; p += V) {
-            vf dv[FB];
-            for (int f = 0; f < FB; ++f) dv[f] = load(d + f * Sd + p);
-            for (int t = 0; t < TB; ++t) {
-                vf xv = load(x + off[t] + p);
-                // one load per tap: kept in a register, not refolded into each FMA (an
-                // unaligned vector load costs two when it crosses a cache line)
-                asm("" : "+v"(xv));
-                for (int f = 0; f < FB; ++f) acc[f][t] += dv[f] * xv;
+        for (long r = 0; r < rows.n; ++r)
+            for (long p = r * rows.stride, end = p + rows.len; p < end; p += V) {
+                vf dv[FB];
+                for (int f = 0; f < FB; ++f) dv[f] = load(d + f * Sd + p);
+                for (int t = 0; t < TB; ++t) {
+                    vf xv = load(x + off[t] + p);
+                    // one load per tap: kept in a register, not refolded into each FMA (an
+                    // unaligned vector load costs two when it crosses a cache line)
+                    asm("" : "+v"(xv));
+                    for (int f = 0; f < FB; ++f) acc[f][t] += dv[f] * xv;
+                }
             }
-        }
     }
     for (int f = 0; f < FB; ++f)
         for (int t = 0; t < TB; ++t) dw[f * K + t] += hsum(acc[f][t]);
@@ -329,51 +406,54 @@ constexpr int DW_TB = V == 16 ? 5 : 2;  // 4 x TB accumulators + 4 dy + 1 x regi
 
 template <int FB>
 static void dw_channels(const float* xp, long n, long CS, const long* off, long K,
-                        const float* dy, long FSd, long Sd, long Lr, float* dw) {
+                        const float* dy, long FSd, long Sd, Rows rows, float* dw) {
     long k = 0;
     for (; k + DW_TB <= K; k += DW_TB)
-        dw_block<FB, DW_TB>(xp, n, CS, off + k, dy, FSd, Sd, Lr, dw + k, K);
-    for (; k < K; ++k) dw_block<FB, 1>(xp, n, CS, off + k, dy, FSd, Sd, Lr, dw + k, K);
+        dw_block<FB, DW_TB>(xp, n, CS, off + k, dy, FSd, Sd, rows, dw + k, K);
+    for (; k < K; ++k) dw_block<FB, 1>(xp, n, CS, off + k, dy, FSd, Sd, rows, dw + k, K);
 }
 
 typedef void (*dw_fn)(const float*, long, long, const long*, long, const float*, long, long,
-                      long, float*);
+                      Rows, float*);
 static const dw_fn DW[] = {nullptr, dw_channels<1>, dw_channels<2>, dw_channels<3>,
                            dw_channels<4>};
 
 struct WeightGrad {
-    Planes in;   // x in padded planes (dr = Wp)
-    Source src;  // of x
-    Planes dy;   // dy wide: dr = Wp, ds = Lr, d0 = 0
-    Source dsrc; // of dy
-    long kh, kw, F, Lr;
+    Planes in;    // x, as the forward reads it
+    Source src;   // of x
+    Planes dy;    // dy at the output positions (same dr and cs as in, d0 = 0)
+    Source dsrc;  // of dy
+    long kh, kw, F;
+    Rows rows;
 };
 
-// dw (F x C*kh*kw) and db (F) += the weight and bias gradients of images [a, e), blk
-// images at a time. Per thread: xp (blk * in.ch * in.ds floats) and dyw (blk * F * Lr
-// floats), zeroed once; off.
+// dw (F x C*kh*kw) and db (F) += the weight and bias gradients of images [a, e), blk images
+// (a multiple of in.gn) at a time. Per thread: xp (blk / gn groups of in.gs floats) and dyw
+// (of dy.gs floats), zeroed once; off.
 extern "C" void conv_direct_dw(const WeightGrad* c, long a, long e, long blk, float* xp,
                                float* dyw, long* off, float* dw, float* db) {
-    const long K = c->in.ch * c->kh * c->kw, F = c->F;
+    const long K = c->in.ch * c->kh * c->kw, F = c->F, gn = c->in.gn, Sd = c->dy.ds;
     offsets(c->in, c->kh, c->kw, off);
     for (long s = a; s < e; s += blk) {
-        const long t = e - s < blk ? e - s : blk;
+        const long t = e - s < blk ? e - s : blk, groups = (t + gn - 1) / gn;
         fill(c->in, c->src, s, s + t, xp);
         fill(c->dy, c->dsrc, s, s + t, dyw);
-        for (long i = 0; i < t; ++i)
-            for (long f = 0; f < F; ++f) {  // junk positions are zero
+        for (long i = 0; i < groups; ++i)
+            for (long f = 0; f < F; ++f) {  // junk positions are zero or not read
                 vf acc{};
-                const float* d = dyw + (i * F + f) * c->Lr;
-                for (long p = 0; p < c->Lr; p += V) acc += load(d + p);
+                const float* d = dyw + i * c->dy.gs + f * Sd;
+                for (long r = 0; r < c->rows.n; ++r)
+                    for (long p = r * c->rows.stride, end = p + c->rows.len; p < end; p += V)
+                        acc += load(d + p);
                 db[f] += hsum(acc);
             }
         for (long f0 = 0; f0 < F; f0 += DW_FB) {
             const long fb = F - f0 < DW_FB ? F - f0 : DW_FB;
-            DW[fb](xp, t, c->in.ch * c->in.ds, off, K, dyw + f0 * c->Lr, F * c->Lr, c->Lr,
-                   c->Lr, dw + f0 * K);
+            DW[fb](xp, groups, c->in.gs, off, K, dyw + f0 * Sd, c->dy.gs, Sd, c->rows,
+                   dw + f0 * K);
         }
     }
 }
 
-extern "C" int conv_direct_abi(void) { return 5; }
+extern "C" int conv_direct_abi(void) { return 6; }
 extern "C" int conv_direct_lanes(void) { return V; }

@@ -4,15 +4,21 @@ For thin layers (LeNet-5: K = C*kh*kw of 25 and 150, F of 6 and 16) the GEMM rou
 more time writing and reading its column matrix, and in OpenBLAS's edge handling of a 6- or
 16-row GEMM, than in arithmetic. ``direct.cpp`` keeps a block of output channels x output
 positions in SIMD registers across the whole reduction and reads each tap as one unaligned
-vector load of the padded input plane ("wide" positions, as in ``cpu.py``), so nothing is
-copied but the padded planes themselves, one image at a time, while they are in cache.
+vector load of the padded input planes, so nothing is copied but the planes themselves, a
+group of images at a time, while they are in cache. Two layouts (direct.cpp's header):
+"wide" (a vector is consecutive positions of one image's plane, as in ``cpu.py``: the
+positions past each output row are junk) and, from 32 images on (:func:`lanes_layout`),
+"lanes" (a vector is one position of 16 images: no junk; the forward and dx always take it
+then, dW as ``_dw_layout`` says: AlexNet-CIFAR conv2 forward 106-108 -> 83 ms, LeNet-5 conv2
+0.84 -> 0.67 ms).
 
 * forward: ``conv_direct_forward`` (bias and ReLU applied on the way out, or the max-pool
   with its switches: :func:`conv2d_relu_maxpool`);
 * dx: the same kernel on dy padded by ``k - 1 - p`` with the flipped, transposed filters (a
   stride-1 convolution's adjoint is one);
 * dW and db: ``conv_direct_dw``, one register block of channels x taps per pass over a block
-  of images that fits in L2; past ``DW_MAX_FK`` Winograd's dW (3x3, 5x5) or the wide GEMM;
+  of images that fits in L2 (``_dw_layout``), else Winograd's dW (3x3, 5x5) or the wide
+  GEMM;
 * the fused backward scatters (adds) the pooled gradient straight into the planes the two
   backward kernels read.
 
@@ -35,12 +41,13 @@ from ...cpu import default_threads, native
 from ..pool import check_switches
 from . import cpu, winograd
 
-__all__ = ["SOURCE", "available", "unavailable_reason", "supports", "preferred", "conv2d",
+__all__ = ["SOURCE", "available", "unavailable_reason", "supports", "preferred", "lanes_layout",
+           "conv2d",
            "conv2d_backward", "conv2d_relu_maxpool", "conv2d_relu_maxpool_backward",
            "workspace_bytes", "REQUIRES"]
 
 SOURCE = Path(__file__).with_name("direct.cpp")
-_ABI = 5
+_ABI = 6
 REQUIRES = ("stride 1, dilation 1, one group, padding smaller than the kernel, and a C++ "
             "compiler to build gpucnn/ops/conv/direct.cpp ($GPUCNN_CXX, default g++)")
 # Padded planes and wide dy of the block of images a dW pass walks: L2-sized.
@@ -53,8 +60,9 @@ _P, _L = ctypes.c_void_p, ctypes.c_long
 
 
 class _Planes(ctypes.Structure):
-    """direct.cpp ``Planes``: channel ch's element (r, c) at d0 + ch * ds + r * dr + c."""
-    _fields_ = [(n, _L) for n in ("ch", "rows", "cols", "ds", "dr", "d0")]
+    """direct.cpp ``Planes``: element (r, c) of channel ch of a block's image i at
+    (i / gn) * gs + i % gn + d0 + ch * ds + r * dr + c * cs."""
+    _fields_ = [(n, _L) for n in ("ch", "rows", "cols", "ds", "dr", "cs", "d0", "gs", "gn")]
 
 
 class _Source(ctypes.Structure):
@@ -62,15 +70,20 @@ class _Source(ctypes.Structure):
     _fields_ = [("x", _P), ("sw", _P), ("yq", _P), ("plane_q", _L)]
 
 
+class _Rows(ctypes.Structure):
+    """direct.cpp ``Rows``: the output positions computed, n rows of len floats."""
+    _fields_ = [("n", _L), ("stride", _L), ("len", _L)]
+
+
 class _Forward(ctypes.Structure):
     _fields_ = [("in_", _Planes), ("src", _Source)] + [
-        (n, _L) for n in ("kh", "kw", "F", "Ho", "Wo", "Lr")] + [
+        (n, _L) for n in ("kh", "kw", "F", "Ho", "Wo")] + [("rows", _Rows), ("Ls", _L)] + [
         ("w", _P), ("bias", _P), ("relu", ctypes.c_int), ("pool", _P), ("y", _P), ("sw", _P)]
 
 
 class _WeightGrad(ctypes.Structure):
     _fields_ = [("in_", _Planes), ("src", _Source), ("dy", _Planes), ("dsrc", _Source)] + [
-        (n, _L) for n in ("kh", "kw", "F", "Lr")]
+        (n, _L) for n in ("kh", "kw", "F")] + [("rows", _Rows)]
 
 
 def _lib():
@@ -118,18 +131,34 @@ def supports(g):
     return cpu.fast_conv(g) and _pads_fit(g) and available()
 
 
-# dW by direct.cpp only up to this F x K: it keeps a block of F x K sums in registers through a
-# pass over the images, and with many channels a block of images that fits in L2 is one
-# image, so the passes multiply. Above it dW runs as Winograd F(r x r, m x m) for square 3x3
-# (m = 4) and 5x5 (m = 2) kernels, else on the wide path's GEMM (AlexNet-CIFAR conv2, F x K
-# = 307,200: direct 216, GEMM 144-164, Winograd 145 ms; LeNet-5 conv2, 2,400: direct 0.5,
-# GEMM 2.1 ms; 2 Zen 4 vCPUs).
+# Where dW runs (_dw_layout), measured on 2 Zen 4 vCPUs at batch 128:
+#  - lanes layout (batch >= 32) where K >= DW_LANES_MIN_K or the wide planes waste more than
+#    DW_LANES_MIN_JUNK of their positions: its passes walk 16 images at once (AlexNet-CIFAR
+#    conv2: 99-106 ms against Winograd's 133-157 and the GEMM's 144-164; 64 -> 192 on 27x27:
+#    316 vs 423-452); with few taps its transposes in cost more than they save (LeNet-5
+#    conv1, K = 25, 12% junk: wide 0.46-0.50 ms, lanes 0.71-0.86);
+#  - else wide, up to F x K = DW_MAX_FK (LeNet-5 conv2: 0.5 against the GEMM's 2.1 ms): a
+#    block of images that fits in L2 is one image for a layer with many channels, so its
+#    passes multiply;
+#  - else Winograd F(r x r, m x m) for square 3x3 (m = 4) and 5x5 (m = 2) kernels, else the
+#    wide path's GEMM.
+DW_LANES_MIN_K = 128
+DW_LANES_MIN_JUNK = 0.2
 DW_MAX_FK = 1 << 15
 _DW_WINOGRAD_M = {3: 4, 5: 2}
 
 
+def _dw_layout(g):
+    """The layout dW runs in by direct.cpp, or None (then :func:`_large_dw`)."""
+    wide = _geometry_layout(g, False)
+    junk = 1 - g.Ho * g.Wo / wide.rows.len
+    if lanes_layout(g.N) and (g.K >= DW_LANES_MIN_K or junk > DW_LANES_MIN_JUNK):
+        return _geometry_layout(g, True)
+    return wide if g.F * g.K <= DW_MAX_FK else None
+
+
 def _large_dw(rt, dy, x, w32, g):
-    """(dW, db) of a layer past DW_MAX_FK."""
+    """(dW, db) where direct.cpp does not run dW (_dw_layout is None)."""
     m = _DW_WINOGRAD_M.get(g.kh) if g.kh == g.kw else None
     if m is None:
         _, dw, db = cpu.conv2d_backward(rt, dy, x, w32, g, need_dx=False, need_dw=True)
@@ -144,29 +173,45 @@ def preferred(g):
     return supports(g)
 
 
-class _Layout:
-    """A convolution's planes: the input padded to Hp x Wp (``planes``, plane stride S: a
-    zero tail of at least one vector past each plane, which the last position block reads),
-    L useful wide output positions and Lr computed ones (whole vectors); ``wide``: the
-    output's gradient with element (ho, wo) at ho * Wp + wo, plane stride Lr (for dW)."""
+def lanes_layout(N):
+    """Whether a batch of N images runs in the lanes layout (V images per vector, no junk
+    positions; direct.cpp's header): from two whole groups of V images on (fewer leave most
+    lanes idle)."""
+    return N >= 2 * _state["lanes"]
 
-    def __init__(self, C, F, H, W, pads, kh, kw):
+
+class _Layout:
+    """A convolution's planes in one of direct.cpp's layouts: ``planes``, the input padded to
+    Hp x Wp; ``grad``, the output's gradient at the output positions (for dW); ``rows``, the
+    positions computed; ``Ls``, scratch floats per output channel; ``group``, images per
+    group (1: wide, V: lanes). Wide planes have a plane stride S with a zero tail of at least
+    one vector (the last position block reads it), and compute Lr positions (L useful ones
+    rounded up to whole vectors)."""
+
+    def __init__(self, C, F, H, W, pads, kh, kw, lanes):
         top, bottom, left, right = pads
         v = _state["lanes"]
         self.Hp, self.Wp = H + top + bottom, W + left + right
         self.Ho, self.Wo = self.Hp - kh + 1, self.Wp - kw + 1
-        self.L = (self.Ho - 1) * self.Wp + self.Wo
-        self.Lr = -(-self.L // v) * v
-        self.S = -(-(self.Hp * self.Wp + v) // v) * v
-        self.key = (C, F, H, W, pads, kh, kw)
-        self.planes = _Planes(C, H, W, self.S, self.Wp, top * self.Wp + left)
-        self.wide = _Planes(F, self.Ho, self.Wo, self.Lr, self.Wp, 0)
+        self.key = (C, F, H, W, pads, kh, kw, lanes)
+        Hp, Wp, Ho, Wo = self.Hp, self.Wp, self.Ho, self.Wo
+        if lanes:
+            ds, dr = Hp * Wp * v, Wp * v
+            self.planes = _Planes(C, H, W, ds, dr, v, (top * Wp + left) * v, C * ds, v)
+            self.grad = _Planes(F, Ho, Wo, Ho * dr, dr, v, 0, F * Ho * dr, v)
+            self.rows, self.Ls, self.group = _Rows(Ho, dr, Wo * v), Ho * dr, v
+        else:
+            L = (Ho - 1) * Wp + Wo
+            Lr = -(-L // v) * v
+            S = -(-(Hp * Wp + v) // v) * v
+            self.planes = _Planes(C, H, W, S, Wp, 1, top * Wp + left, C * S, 1)
+            self.grad = _Planes(F, Ho, Wo, Lr, Wp, 1, 0, F * Lr, 1)
+            self.rows, self.Ls, self.group = _Rows(1, 0, Lr), Lr, 1
 
-    def buffer(self, rt, tag, planes, images):
-        """A per-thread buffer of ``images`` blocks of ``planes``, zeroed once (the padding,
+    def buffer(self, rt, tag, planes, groups):
+        """A per-thread buffer of ``groups`` groups of ``planes``, zeroed once (the padding,
         junk and tails around what direct.cpp writes stay zero); keyed by this layout."""
-        return rt.scratch((tag, self.key), (images * planes.ch * planes.ds,), np.float32,
-                          zero=True)
+        return rt.scratch((tag, self.key), (groups * planes.gs,), np.float32, zero=True)
 
 
 def _ptr(a):
@@ -193,23 +238,23 @@ def _forward(rt, lay, src, w, bias, relu, out, pool=None):
     lib = _lib()
     F, C, kh, kw = w.shape
     pk, sw = (None, None) if pool is None else pool
-    c = _Forward(lay.planes, src, kh, kw, F, lay.Ho, lay.Wo, lay.Lr, _ptr(w),
+    c = _Forward(lay.planes, src, kh, kw, F, lay.Ho, lay.Wo, lay.rows, lay.Ls, _ptr(w),
                  None if bias is None else _ptr(bias), int(relu),
                  None if pk is None else _ptr(pk), _ptr(out), None if sw is None else _ptr(sw))
 
     def work(a, e):
         xp = lay.buffer(rt, "direct_x", lay.planes, 1)
-        scratch = rt.scratch("direct_out", (_FB_MAX * lay.Lr + 2 * _state["lanes"],),
+        scratch = rt.scratch("direct_out", (_FB_MAX * lay.Ls + 2 * _state["lanes"],),
                              np.float32)
         off = rt.scratch("direct_off", (C * kh * kw,), np.int64)
         lib.conv_direct_forward(ctypes.byref(c), a, e, _ptr(xp), _ptr(scratch), _ptr(off))
 
-    rt.run(work, rt.ranges(out.shape[0]))
+    rt.run(work, rt.ranges(out.shape[0], quantum=lay.group))
     return out
 
 
-def _geometry_layout(g):
-    return _Layout(g.C, g.F, g.H, g.W, (g.ph, g.ph_end, g.pw, g.pw_end), g.kh, g.kw)
+def _geometry_layout(g, lanes):
+    return _Layout(g.C, g.F, g.H, g.W, (g.ph, g.ph_end, g.pw, g.pw_end), g.kh, g.kw, lanes)
 
 
 def _bias(b):
@@ -222,7 +267,8 @@ def conv2d(rt, x, w, b, g, relu):
         return cpu.conv2d(rt, x, w, b, g, relu)
     x = np.ascontiguousarray(x)
     y = rt.output((g.N, g.F, g.Ho, g.Wo), np.float32)
-    return _forward(rt, _geometry_layout(g), _source(x), w32, _bias(b), relu, y)
+    return _forward(rt, _geometry_layout(g, lanes_layout(g.N)), _source(x), w32, _bias(b), relu,
+                    y)
 
 
 def conv2d_relu_maxpool(rt, x, w, b, g, pg):
@@ -235,7 +281,8 @@ def conv2d_relu_maxpool(rt, x, w, b, g, pg):
     y = rt.output(pg.y_shape, np.float32)
     sw = rt.output(pg.y_shape, np.int32)
     pk = np.array([pg.kh, pg.kw, pg.sh, pg.sw, pg.Ho, pg.Wo], np.int64)
-    _forward(rt, _geometry_layout(g), _source(x), w32, _bias(b), True, y, (pk, sw))
+    _forward(rt, _geometry_layout(g, lanes_layout(g.N)), _source(x), w32, _bias(b), True, y,
+             (pk, sw))
     return y, sw
 
 
@@ -245,7 +292,7 @@ def conv2d_backward(rt, dy, x, w, g, need_dx=True, need_dw=True):
         return cpu.conv2d_backward(rt, dy, x, w, g, need_dx, need_dw)
     dy = np.ascontiguousarray(dy, dtype=np.float32)
     x = np.ascontiguousarray(x)
-    if need_dw and g.F * g.K > DW_MAX_FK:
+    if need_dw and _dw_layout(g) is None:
         dx, _, _ = _backward(rt, g, x, w32, need_dx, False, _source(dy))
         return (dx, *_large_dw(rt, dy, x, w32, g))
     return _backward(rt, g, x, w32, need_dx, need_dw, _source(dy))
@@ -265,9 +312,9 @@ def conv2d_relu_maxpool_backward(rt, dy, switches, y, x, w, g, pg, need_dx, need
     switches = np.ascontiguousarray(switches)
     src = _Source(_ptr(dy), _ptr(switches), _ptr(y), pg.Ho * pg.Wo)
     x = np.ascontiguousarray(x)
-    if need_dw and g.F * g.K > DW_MAX_FK:
+    if need_dw and _dw_layout(g) is None:
         dense = rt.output(g.y_shape, np.float32)
-        dense_planes = _Planes(g.F, g.Ho, g.Wo, g.Ho * g.Wo, g.Wo, 0)
+        dense_planes = _Planes(g.F, g.Ho, g.Wo, g.Ho * g.Wo, g.Wo, 1, 0, g.F * g.Ho * g.Wo, 1)
         lib = _lib()
         rt.run(lambda a, e: lib.conv_direct_fill(
             ctypes.byref(dense_planes), ctypes.byref(src), a, e,
@@ -286,25 +333,25 @@ def _backward(rt, g, x, w32, need_dx, need_dw, dsrc):
         wT = np.ascontiguousarray(w32.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
         lay_dx = _Layout(g.F, g.C, g.Ho, g.Wo, (g.kh - 1 - g.ph, g.kh - 1 - g.ph_end,
                                                 g.kw - 1 - g.pw, g.kw - 1 - g.pw_end),
-                         g.kh, g.kw)
+                         g.kh, g.kw, lanes_layout(g.N))
         dx = rt.output((g.N, g.C, g.H, g.W), np.float32)
         _forward(rt, lay_dx, dsrc, wT, None, False, dx)
     if need_dw:
-        lay = _geometry_layout(g)
-        c = _WeightGrad(lay.planes, _source(x), lay.wide, dsrc, g.kh, g.kw, g.F, lay.Lr)
-        blk = max(1, _BLOCK_BYTES // (4 * (g.C * lay.S + g.F * lay.Lr)))
+        lay = _dw_layout(g)
+        c = _WeightGrad(lay.planes, _source(x), lay.grad, dsrc, g.kh, g.kw, g.F, lay.rows)
+        blk = max(1, _BLOCK_BYTES // (4 * (lay.planes.gs + lay.grad.gs)))  # groups
 
         def work(a, e):
             part = np.zeros(g.F * (g.K + 1), np.float32)  # dw, then db
-            n = min(e - a, blk)
+            n = min(-(-(e - a) // lay.group), blk)
             xp = lay.buffer(rt, "direct_xw", lay.planes, n)
-            dyw = lay.buffer(rt, "direct_dy", lay.wide, n)
+            dyw = lay.buffer(rt, "direct_dy", lay.grad, n)
             off = rt.scratch("direct_off", (g.K,), np.int64)
-            lib.conv_direct_dw(ctypes.byref(c), a, e, n, _ptr(xp), _ptr(dyw), _ptr(off),
-                               _ptr(part), _ptr(part[g.F * g.K:]))
+            lib.conv_direct_dw(ctypes.byref(c), a, e, n * lay.group, _ptr(xp), _ptr(dyw),
+                               _ptr(off), _ptr(part), _ptr(part[g.F * g.K:]))
             return part
 
-        parts = rt.run(work, rt.ranges(g.N))
+        parts = rt.run(work, rt.ranges(g.N, quantum=lay.group))
         total = parts[0]
         for p in parts[1:]:  # in range order: the result depends only on the thread count
             total += p
@@ -313,13 +360,15 @@ def _backward(rt, g, x, w32, need_dx, need_dw, dsrc):
 
 
 def workspace_bytes(g, limit):
-    """Bytes of padded planes and wide dy per thread (at most: 16-float vectors assumed),
-    plus the wide path's columns where dW runs on its GEMM."""
+    """Bytes of padded planes, wide or lanes dy and scratch per thread (at most: 16-float
+    vectors assumed), plus the wide path's columns where dW leaves direct.cpp."""
+    group = 16 if g.N >= 32 else 1
     hp, wp = g.H + g.ph + g.ph_end, g.W + g.pw + g.pw_end
-    plane_x = hp * wp + 32
-    plane_dy = (g.H + g.kh - 1) * (g.W + g.kw - 1) + 32
-    dw_image = g.C * plane_x + g.F * (g.Ho * wp + 16)
-    per_thread = 4 * max(g.C * plane_x, g.F * plane_dy,
-                         dw_image * max(1, _BLOCK_BYTES // (4 * dw_image)))
-    gemm = 4 * (g.K + 1) * g.Ho * g.Wo * g.N if g.F * g.K > DW_MAX_FK else 0
+    planes_x = group * g.C * (hp * wp + 32)
+    planes_dx = group * g.F * ((g.H + g.kh - 1) * (g.W + g.kw - 1) + 32)
+    dw_group = group * (g.C * (hp * wp + 32) + g.F * (g.Ho * wp + 16))
+    scratch = group * _FB_MAX * (max(g.Ho * wp, g.H * (g.W + g.kw - 1)) + 16)
+    per_thread = 4 * (max(planes_x, planes_dx, dw_group * max(1, _BLOCK_BYTES // (4 * dw_group)))
+                      + scratch)
+    gemm = 4 * (g.K + 1) * g.Ho * g.Wo * g.N if g.N < 32 and g.F * g.K > DW_MAX_FK else 0
     return per_thread * default_threads() + min(gemm, int(limit))
