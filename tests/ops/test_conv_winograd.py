@@ -138,3 +138,20 @@ def test_workspace_is_bounded_by_the_block():
     ws = winograd.workspace_bytes("winograd_f4")
     g = lambda n: conv_geometry((n, 64, 13, 13), (32, 64, 3, 3), 1, 1)  # noqa: E731
     assert ws(g(8), 0) < ws(g(64), 0) == ws(g(512), 0)
+
+
+@pytest.mark.parametrize("algo", list(winograd.VARIANTS))
+def test_weight_gradient_blocks_follow_the_workspace_bound(algo):
+    """dW's image blocks shrink to fit GPUCNN_WORKSPACE_MB (down to one image): the same
+    gradient, to the variant's bound."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((5, 8, 7, 7))
+    w = rng.standard_normal((6, 8, 3, 3)) / 8
+    g = conv_geometry(x.shape, w.shape, 1, 1)
+    dy = rng.standard_normal(g.y_shape)
+    _, rdw, rdb = conv_ref.conv2d_backward(dy, x, w, g)
+    for ws in (1, 10 ** 8):
+        B = NumpyBackend(threads=2, workspace_bytes=ws)
+        _, dw, db = B.conv2d_backward(*(a.astype(np.float32) for a in (dy, x, w)), padding=1,
+                                      need_dx=False, algo=algo)
+        assert rel_error(dw, rdw) < BOUND[algo, 3] and rel_error(db, rdb) < 1e-5

@@ -50,7 +50,9 @@ VARIANTS = {"winograd_f2": (2, (3, 5)), "winograd_f4": (4, (3,))}
 _POINTS = (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2),
            Fraction(-1, 2))
 _CHUNK_IMAGES = 32  # images per transform/GEMM block: bounds the workspace
-_DW_CHUNK_IMAGES = 64  # dW's blocks: the tile count is its GEMMs' K (32 -> 64: conv3 60 -> 45 ms)
+# dW's blocks: the tile count is its GEMMs' K (32 -> 64 images: conv3 60 -> 45 ms), as long
+# as a block's buffers fit in the workspace bound (GPUCNN_WORKSPACE_MB)
+_DW_CHUNK_IMAGES = 64
 
 
 @lru_cache(maxsize=None)
@@ -128,8 +130,9 @@ def workspace_bytes(name):
     """workspace(g, limit) of variant ``name``: float32 bytes of one image block's buffers, the
     largest of forward and dx (padded input, gathered tiles, transformed tiles, products,
     output tiles twice) and dW (padded input and dy, their tiles and transforms, the products
-    and the per-thread sums); ``limit`` is not used: a block is at most _CHUNK_IMAGES
-    (_DW_CHUNK_IMAGES for dW) images whatever the bound."""
+    and the per-thread sums); a forward or dx block is at most _CHUNK_IMAGES images whatever
+    ``limit``, a dW block at most _DW_CHUNK_IMAGES images and ``limit`` bytes (one image at
+    least)."""
     m = _m(name)
 
     def workspace(g, limit):
@@ -142,12 +145,12 @@ def workspace_bytes(name):
             sizes.append(cin * n * (th * m + r - 1) * (tw * m + r - 1)
                          + 2 * t * t * cin * tiles + t * t * cout * tiles
                          + 2 * m * m * cout * tiles)
-        n = min(g.N, _DW_CHUNK_IMAGES)
         th, tw = -(-g.Ho // m), -(-g.Wo // m)
-        tiles = n * th * tw
-        sizes.append(g.C * n * (th * m + r - 1) * (tw * m + r - 1) + 2 * t * t * g.C * tiles
-                     + 2 * m * m * g.F * tiles + t * t * g.F * tiles + 2 * t * t * g.F * g.C)
-        return 4 * max(sizes)
+        Hp, Wp = th * m + r - 1, tw * m + r - 1
+        n = min(g.N, _dw_chunk(g.C, g.F, Hp, Wp, th, tw, m, t, limit))
+        dw = (n * _dw_image_bytes(g.C, g.F, Hp, Wp, th, tw, m, t)
+              + 4 * 3 * t * t * g.F * g.C) // 4  # + the block product and the sums
+        return 4 * max(sizes + [dw])
     return workspace
 
 
@@ -171,6 +174,23 @@ def _weights(rt, w, m, dtype):
     return U.reshape(t2, F, C)
 
 
+def _gather_tiles(rt, key, src, top_left, plane, size, m, tiles):
+    """D (size^2, ch * tiles * n): the size x size tiles m apart (th x tw of them) of images
+    ``src`` (n, ch, h, w) placed at ``top_left`` in zeroed planes of ``plane`` = (Hp, Wp).
+    The planes are image-minor (ch, Hp, Wp, n): every gathered tile row is n contiguous
+    floats (NCHW would give runs of tw), so D's columns come out (ch, tile, image)."""
+    n, ch, h, w = src.shape
+    (top, left), (th, tw) = top_left, tiles
+    xp = rt.scratch(key + ("pad", n), (ch, *plane, n), src.dtype, zero=True)
+    xp[:, top:top + h, left:left + w, :] = src.transpose(1, 2, 3, 0)
+    sC, sH, sW, sN = xp.strides
+    D = rt.scratch(key + ("D", n), (size * size, ch * th * tw * n), src.dtype)
+    np.copyto(D.reshape(size, size, ch, th, tw, n),
+              as_strided(xp, (size, size, ch, th, tw, n), (sH, sW, sC, m * sH, m * sW, sN),
+                         writeable=False))
+    return D
+
+
 def _forward(rt, x, U, b, m, r, pads, relu, out_shape):
     """Correlation of x (N, C, H, W) with the transformed filters U (t^2, F, C), zero
     padding ``pads = (top, left, bottom, right)``, into a new (N, F, Ho, Wo) array."""
@@ -188,15 +208,7 @@ def _forward(rt, x, U, b, m, r, pads, relu, out_shape):
     def block(a, e):
         n = e - a
         P = th * tw * n
-        # Image-minor padded input (C, Hp, Wp, n): every gathered tile row is n contiguous
-        # floats (NCHW would give runs of tw), so D's columns come out (c, tile, image).
-        xp = rt.scratch(key + ("pad", n), (C, Hp, Wp, n), x.dtype, zero=True)
-        xp[:, pads[0]:pads[0] + H, pads[1]:pads[1] + W, :] = x[a:e].transpose(1, 2, 3, 0)
-        sC, sH, sW, sN = xp.strides
-        tiles = as_strided(xp, (t, t, C, th, tw, n), (sH, sW, sC, m * sH, m * sW, sN),
-                           writeable=False)
-        D = rt.scratch(key + ("D", n), (t * t, C * P), x.dtype)
-        np.copyto(D.reshape(t, t, C, th, tw, n), tiles)
+        D = _gather_tiles(rt, key, x[a:e], pads[:2], (Hp, Wp), t, m, (th, tw))
         V = rt.scratch(key + ("V", n), (t * t, C, P), x.dtype)
         np.matmul(BB, D, out=V.reshape(t * t, -1))
         M = rt.scratch(key + ("M", n), (t * t, F, P), x.dtype)
@@ -225,6 +237,20 @@ def _forward(rt, x, U, b, m, r, pads, relu, out_shape):
     return y
 
 
+def _dw_image_bytes(C, F, Hp, Wp, th, tw, m, t, itemsize=4):
+    """Bytes of weight_grad's block buffers per image (padded x and dy, their tiles and
+    transforms)."""
+    tiles = th * tw
+    return itemsize * (C * Hp * Wp + 2 * t * t * C * tiles + F * th * m * tw * m
+                       + m * m * F * tiles + t * t * F * tiles)
+
+
+def _dw_chunk(C, F, Hp, Wp, th, tw, m, t, limit, itemsize=4):
+    """Images per weight_grad block: up to _DW_CHUNK_IMAGES, within the workspace bound."""
+    per_image = _dw_image_bytes(C, F, Hp, Wp, th, tw, m, t, itemsize)
+    return max(1, min(_DW_CHUNK_IMAGES, int(limit) // per_image))
+
+
 def weight_grad(rt, dy, x, m, r, pads):
     """(dW (F, C, r, r), db) of the correlation with padding ``pads``: Winograd F(r x r,
     m x m) with each m x m tile of dy as the "filter" and the t x t tile of input under it as
@@ -245,30 +271,22 @@ def weight_grad(rt, dy, x, m, r, pads):
     def block(a, e, M):
         n = e - a
         P = th * tw * n
-        xp = rt.scratch(key + ("pad", n), (C, Hp, Wp, n), dt, zero=True)
-        xp[:, pads[0]:pads[0] + H, pads[1]:pads[1] + W, :] = x[a:e].transpose(1, 2, 3, 0)
-        sC, sH, sW, sN = xp.strides
-        D = rt.scratch(key + ("D", n), (t * t, C * P), dt)
-        np.copyto(D.reshape(t, t, C, th, tw, n),
-                  as_strided(xp, (t, t, C, th, tw, n), (sH, sW, sC, m * sH, m * sW, sN)))
+        D = _gather_tiles(rt, key + ("x",), x[a:e], pads[:2], (Hp, Wp), t, m, (th, tw))
         V = rt.scratch(key + ("V", n), (t * t, C, P), dt)
         np.matmul(BB, D, out=V.reshape(t * t, -1))
-        gp = rt.scratch(key + ("dyp", n), (F, th * m, tw * m, n), dt, zero=True)
-        gp[:, :Ho, :Wo, :] = dy[a:e].transpose(1, 2, 3, 0)
-        sF, sH, sW, sN = gp.strides
-        Dg = rt.scratch(key + ("Dg", n), (m * m, F * P), dt)
-        np.copyto(Dg.reshape(m, m, F, th, tw, n),
-                  as_strided(gp, (m, m, F, th, tw, n), (sH, sW, sF, m * sH, m * sW, sN)))
+        Dg = _gather_tiles(rt, key + ("dy",), dy[a:e], (0, 0), (th * m, tw * m), m, m, (th, tw))
         U = rt.scratch(key + ("U", n), (t * t, F, P), dt)
         np.matmul(GG, Dg, out=U.reshape(t * t, -1))
         part = rt.scratch(key + ("part", n), (t * t, F, C), dt)
         np.matmul(U, V.transpose(0, 2, 1), out=part)
         M += part
 
+    chunk = _dw_chunk(C, F, Hp, Wp, th, tw, m, t, rt.workspace_bytes, dt.itemsize)
+
     def work(a, e):
         M = np.zeros((t * t, F, C), dt)
-        for s in range(a, e, _DW_CHUNK_IMAGES):
-            block(s, min(e, s + _DW_CHUNK_IMAGES), M)
+        for s in range(a, e, chunk):
+            block(s, min(e, s + chunk), M)
         return M
 
     parts = rt.run(work, rt.ranges(N))
