@@ -181,6 +181,7 @@ def info_lines(backend_name=None):
         lines.append(f"NVRTC: {nvrtc_version_string()}")
     except Exception as exc:
         lines.append(f"NVRTC: not available ({exc})")
+    lines.append(f"CPU kernels: {_native_line()}")
     try:
         from .backends.emu import emulator_info
         lines.append(f"emulator: {emulator_info()}")
@@ -188,6 +189,20 @@ def info_lines(backend_name=None):
         lines.append(f"emulator: not available ({exc})")
     lines += _nvml_lines()
     return lines
+
+
+def _native_line():
+    """The numpy backend's compiled kernels (gpucnn/ops/conv/direct.cpp): built here, or why
+    not (built on first use, so this may take a second once per machine)."""
+    from .cpu import native
+    from .ops.conv import direct
+    if direct.available():
+        lanes = direct.lanes()
+        isa = {16: "AVX-512", 8: "AVX2/AVX", 4: "SSE"}.get(lanes, f"{lanes} lanes")
+        return (f"direct convolution built for this CPU ({lanes} float lanes, {isa}; "
+                f"{native.compiler()} -O3 -march=native; cache: {native.cache_dir()})")
+    return (f"not available ({direct.unavailable_reason()}); the numpy backend runs its "
+            f"NumPy-only convolutions")
 
 
 def _nvml_lines():

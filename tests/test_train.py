@@ -86,7 +86,10 @@ def test_cli_train_summary_and_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--epochs", "0"])
     assert main(["info", "--backend", "numpy"]) == 0
-    assert "NumPy" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "NumPy" in out
+    from gpucnn.ops.conv import direct
+    assert ("CPU kernels: direct convolution built for this CPU" in out) == direct.available()
 
 
 def test_lenet5_one_epoch_fashion_mnist_reaches_84_percent(tmp_path):

@@ -41,10 +41,9 @@ from ...cpu import default_threads, native
 from ..pool import check_switches
 from . import cpu, winograd
 
-__all__ = ["SOURCE", "available", "unavailable_reason", "supports", "preferred", "lanes_layout",
-           "conv2d",
-           "conv2d_backward", "conv2d_relu_maxpool", "conv2d_relu_maxpool_backward",
-           "workspace_bytes", "REQUIRES"]
+__all__ = ["SOURCE", "REQUIRES", "available", "lanes", "unavailable_reason", "supports",
+           "preferred", "lanes_layout", "conv2d", "conv2d_backward", "conv2d_relu_maxpool",
+           "conv2d_relu_maxpool_backward", "workspace_bytes"]
 
 SOURCE = Path(__file__).with_name("direct.cpp")
 _ABI = 6
@@ -114,6 +113,11 @@ def _lib():
 def available():
     """Whether the native library is built and loaded here (builds it on first call)."""
     return _lib() is not None
+
+
+def lanes():
+    """Floats per SIMD vector of the loaded library (16 with AVX-512), or None."""
+    return _state.get("lanes") if available() else None
 
 
 def unavailable_reason():
