@@ -10,7 +10,8 @@ machines never loads a library built for another CPU). Each library is written t
 name and renamed into place, with its size and digest recorded beside it; it is checked before
 it is loaded, and a damaged or foreign one is rebuilt with a warning.
 
-No compiler (``$GPUCNN_CXX``, default ``g++``), a failed build or an unloadable library raises
+``$GPUCNN_NATIVE_FLAGS`` adds flags (the tests build the AVX2 and SSE paths that way). No
+compiler (``$GPUCNN_CXX``, default ``g++``), a failed build or an unloadable library raises
 :class:`NativeUnavailable` with the reason; the ops that use this fall back to NumPy code.
 An unwritable cache directory builds into a temporary one for this process.
 """
@@ -20,6 +21,7 @@ import atexit
 import ctypes
 import hashlib
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -27,7 +29,7 @@ import threading
 import warnings
 from pathlib import Path
 
-__all__ = ["NativeUnavailable", "load", "cache_dir", "compiler", "FLAGS"]
+__all__ = ["NativeUnavailable", "load", "cache_dir", "compiler", "flags", "FLAGS"]
 
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno",
          "-fno-exceptions", "-fno-rtti", "-Wl,-z,noexecstack")
@@ -40,6 +42,12 @@ class NativeUnavailable(RuntimeError):
 
 def compiler():
     return os.environ.get("GPUCNN_CXX", "g++")
+
+
+def flags():
+    """FLAGS plus ``$GPUCNN_NATIVE_FLAGS`` (extra compiler flags, e.g. ``-mno-avx512f`` to
+    build the AVX2 code path on an AVX-512 machine; part of the cache key)."""
+    return (*FLAGS, *shlex.split(os.environ.get("GPUCNN_NATIVE_FLAGS", "")))
 
 
 def cache_dir() -> Path:
@@ -125,7 +133,7 @@ def _compile(cxx, source: Path, lib: Path):
     fd, tmp = tempfile.mkstemp(dir=lib.parent, prefix=lib.name + ".", suffix=".tmp")
     os.close(fd)
     try:
-        out = subprocess.run([cxx, *FLAGS, "-o", tmp, str(source)], capture_output=True,
+        out = subprocess.run([cxx, *flags(), "-o", tmp, str(source)], capture_output=True,
                              text=True, timeout=_BUILD_TIMEOUT_S)
         if out.returncode != 0:
             raise NativeUnavailable(f"{cxx} failed on {source.name}:\n{out.stderr[-2000:]}")
@@ -151,7 +159,7 @@ def load(source) -> ctypes.CDLL:
     cxx = compiler()
     with _lock:
         text = source.read_bytes()
-        key = hashlib.sha256(b"\0".join([text, " ".join(FLAGS).encode(),
+        key = hashlib.sha256(b"\0".join([text, " ".join(flags()).encode(),
                                          _compiler_version(cxx).encode(),
                                          _cpu_identity().encode()])).hexdigest()[:20]
         lib = _build_dir() / f"{source.stem}-{key}.so"

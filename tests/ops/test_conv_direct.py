@@ -291,3 +291,58 @@ def test_native_cache_rebuilds_a_damaged_library(tmp_path):
     second = _child(code, GPUCNN_CACHE_DIR=str(tmp_path))
     assert second.returncode == 0 and "SUM 36.0" in second.stdout, second.stderr
     assert "damaged" in second.stderr and "rebuilding" in second.stderr
+
+
+_OTHER_ISA_CHECK = """
+import numpy as np
+from gpucnn.backends.numpy_backend import NumpyBackend
+from gpucnn.ops.conv import conv_geometry, direct
+from gpucnn.ops.conv import reference as conv_ref
+from gpucnn.ops.pool import pool_geometry
+from gpucnn.ops.pool import reference as pool_ref
+from gpucnn.testing import rel_error
+assert direct.available(), direct.unavailable_reason()
+print("LANES", direct.lanes())
+rng = np.random.default_rng(5)
+B = NumpyBackend(threads=2)
+worst = 0.0
+for n, c, h, f, k, pad, pool in ((4, 6, 14, 16, 5, 0, 2), (35, 3, 9, 13, 3, 1, 3),
+                                 (19, 1, 12, 6, 5, 2, 2)):
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32).astype(np.float64)
+    w = (rng.standard_normal((f, c, k, k)) / k).astype(np.float32).astype(np.float64)
+    b = rng.standard_normal(f).astype(np.float32).astype(np.float64)
+    g = conv_geometry(x.shape, w.shape, 1, pad)
+    f32 = [a.astype(np.float32) for a in (x, w, b)]
+    y = B.conv2d(*f32, padding=pad, relu=True, algo="direct")
+    worst = max(worst, rel_error(y, conv_ref.conv2d(x, w, b, g, True)))
+    dy = rng.standard_normal(g.y_shape)
+    got = B.conv2d_backward(dy.astype(np.float32), *f32[:2], padding=pad, algo="direct")
+    for u, v in zip(got, conv_ref.conv2d_backward(dy, x, w, g)):
+        worst = max(worst, rel_error(u, v))
+    yq, sw = B.conv2d_relu_maxpool(*f32, padding=pad, kernel_size=pool, pool_stride=2,
+                                   algo="direct")
+    pg = pool_geometry(g.y_shape, pool, 2, 0)
+    ref_yq, ref_sw = pool_ref.max_pool2d(conv_ref.conv2d(x, w, b, g, True), pg)
+    worst = max(worst, rel_error(yq, ref_yq))
+    assert np.mean(sw == ref_sw) > 0.999
+    dq = rng.standard_normal(yq.shape)
+    got = B.conv2d_relu_maxpool_backward(dq.astype(np.float32), sw, yq, *f32[:2], padding=pad,
+                                         kernel_size=pool, pool_stride=2, algo="direct")
+    da = pool_ref.max_pool2d_backward(np.where(yq > 0, dq, 0.0), sw, pg)
+    for u, v in zip(got, conv_ref.conv2d_backward(da, x, w, g)):
+        worst = max(worst, rel_error(u, v))
+print("WORST", worst)
+"""
+
+
+@needs_native
+@pytest.mark.parametrize("extra,lanes", [("-mno-avx512f", 8),
+                                         ("-mno-avx512f -mno-avx2 -mno-fma -mno-avx", 4)])
+def test_the_avx2_and_sse_builds_match_the_reference(extra, lanes, tmp_path):
+    """direct.cpp built for narrower vectors (8 floats: AVX2; 4: SSE), as on CPUs without
+    AVX-512: both layouts, the fused pools and the backward still match the reference."""
+    out = _child(_OTHER_ISA_CHECK, GPUCNN_NATIVE_FLAGS=extra, GPUCNN_CACHE_DIR=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"LANES {lanes}" in out.stdout
+    worst = float(out.stdout.split("WORST")[1])
+    assert worst < BOUND, worst
