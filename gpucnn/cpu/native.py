@@ -154,26 +154,38 @@ def _compile(cxx, source: Path, lib: Path):
 
 
 def load(source) -> ctypes.CDLL:
-    """The library built from ``source`` (a .cpp path) for this machine; built on first use."""
-    source = Path(source)
+    """The library built from ``source`` (a .cpp path) for this machine; built on first use.
+    Every failure is a NativeUnavailable saying why."""
+    try:
+        with _lock:
+            return _load(Path(source))
+    except OSError as e:
+        raise NativeUnavailable(f"native build of {source}: {e}") from None
+
+
+def _load(source):
     cxx = compiler()
-    with _lock:
-        text = source.read_bytes()
-        key = hashlib.sha256(b"\0".join([text, " ".join(flags()).encode(),
-                                         _compiler_version(cxx).encode(),
-                                         _cpu_identity().encode()])).hexdigest()[:20]
-        lib = _build_dir() / f"{source.stem}-{key}.so"
-        if lib in _loaded:
-            return _loaded[lib]
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), " ".join(flags()).encode(),
+                                     _compiler_version(cxx).encode(),
+                                     _cpu_identity().encode()])).hexdigest()[:20]
+    name = f"{source.stem}-{key}.so"
+    lib = cache_dir() / name
+    if lib in _loaded:
+        return _loaded[lib]
+    reason = _problem(lib)  # a valid library is used even where the cache is read-only
+    if reason is not None:
+        lib = _build_dir() / name
         reason = _problem(lib)
         if reason not in (None, "missing"):
-            warnings.warn(f"gpucnn: native library {lib} is damaged ({reason}); rebuilding it",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(f"gpucnn: native library {lib} is damaged ({reason}); rebuilding "
+                          f"it", RuntimeWarning, stacklevel=3)
         if reason is not None:
             _compile(cxx, source, lib)
-        try:
-            handle = ctypes.CDLL(str(lib))
-        except OSError as e:
-            raise NativeUnavailable(f"cannot load {lib}: {e}") from None
-        _loaded[lib] = handle
-        return handle
+    if lib in _loaded:
+        return _loaded[lib]
+    try:
+        handle = ctypes.CDLL(str(lib))
+    except OSError as e:
+        raise NativeUnavailable(f"cannot load {lib}: {e}") from None
+    _loaded[lib] = handle
+    return handle

@@ -159,8 +159,9 @@ class _Worker:
     first spins a while (spin.cpp, GIL released) on a counter the other side bumps after
     releasing its lock, so a hand-off that comes soon costs no wake-up (blocked, a round trip
     measured ~120 us on a 2-vCPU VM; spinning, ~10 us). The locks alone decide correctness:
-    the counters are hints. ``$GPUCNN_SPIN_US``: how long an idle worker spins (default 500;
-    0: never), the caller waiting for a result spins up to 10x that."""
+    the counters are hints. ``$GPUCNN_SPIN_US``: how long an idle worker, or the caller
+    waiting for a result, spins before it blocks (default 500; 0: never; kept short because
+    a spinning caller competes with its worker where the CPUs are oversubscribed)."""
 
     def __init__(self, spin, spin_ns):
         self._go = _thread.allocate_lock()
@@ -173,9 +174,9 @@ class _Worker:
         self._seen = [0, 0]  # what the worker / the caller last saw of them
         threading.Thread(target=self._loop, name="gpucnn-numpy", daemon=True).start()
 
-    def _spin_until(self, i, factor=1):
+    def _spin_until(self, i):
         if self._spin is not None and self._spin_ns:
-            self._spin(self._flags.ctypes.data + 4 * i, self._seen[i], factor * self._spin_ns)
+            self._spin(self._flags.ctypes.data + 4 * i, self._seen[i], self._spin_ns)
         self._seen[i] = int(self._flags[i])
 
     def _loop(self):
@@ -197,7 +198,7 @@ class _Worker:
         self._flags[0] += 1
 
     def wait(self):
-        self._spin_until(1, 10)
+        self._spin_until(1)
         self._done.acquire()
         result, self._result = self._result, None
         return result

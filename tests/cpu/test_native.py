@@ -50,3 +50,9 @@ def test_a_cache_path_under_a_file_builds_in_a_temporary_directory(tmp_path, mon
     except native.NativeUnavailable as e:
         pytest.skip(f"no compiler here: {e}")
     assert lib.answer() == 43
+
+
+def test_an_unreadable_source_is_a_native_unavailable(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPUCNN_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(native.NativeUnavailable, match=r"missing\.cpp"):
+        native.load(tmp_path / "missing.cpp")

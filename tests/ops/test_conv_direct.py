@@ -186,6 +186,28 @@ def test_fused_forward_nan_wins_its_window():
 
 
 @needs_native
+@pytest.mark.parametrize("n", [1, 33])
+def test_a_non_finite_input_spoils_only_the_taps_that_read_it(n):
+    """An inf at the end of an input row: in the wide layout the positions past each output
+    row read it too (junk), yet dW and dx must be non-finite exactly where the reference's
+    are; the lanes layout (33 images) has no junk."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, 2, 6, 6))
+    x[0, 1, 2, 5] = np.inf
+    w = rng.standard_normal((3, 2, 3, 3)) / 3
+    g = conv_geometry(x.shape, w.shape, 1, 0)
+    dy = rng.standard_normal(g.y_shape)
+    ref = conv_ref.conv2d_backward(dy, x, w, g)
+    with np.errstate(invalid="ignore"):
+        got = NumpyBackend(threads=2).conv2d_backward(*_f32(dy, x, w), algo="direct")
+    for name, u, v in zip(("dx", "dw", "db"), got, ref):
+        assert np.array_equal(np.isfinite(u), np.isfinite(v)), name
+        ok = np.isfinite(v)
+        assert rel_error(u[ok], v[ok]) < BOUND, name
+    assert not np.isfinite(ref[1]).all()  # the case has non-finite taps
+
+
+@needs_native
 @pytest.mark.parametrize("case,ksize,stride", _pool_cases())
 @pytest.mark.parametrize("need", [(True, True), (False, True), (True, False)])
 def test_fused_backward_matches_reference(case, ksize, stride, need):

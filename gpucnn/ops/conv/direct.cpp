@@ -373,11 +373,15 @@ extern "C" void conv_direct_forward(const Forward* c, long a, long e, float* xp,
 
 // ---- weight gradient: dw[f, k] += sum_group sum_p dy[group, f, p] . xp[group, off[k] + p] -
 // dy in the same layout as the output positions (wide: plane stride Sd, zero at every junk
-// position and past the last useful one, so junk lanes add nothing; lanes: junk never read).
+// position and past the last useful one; lanes: junk never read). In the wide layout x at a
+// junk position is a real input value (of the row's end or the next row), so KEEP masks it
+// to zero there: 0 * inf would otherwise put a NaN into taps the reference keeps finite.
 // FB channels x TB taps of accumulators per block.
-template <int FB, int TB>
+typedef int vi_u __attribute__((vector_size(V * 4), aligned(4)));
+
+template <int FB, int TB, bool KEEP>
 static void dw_block(const float* xp, long n, long CS, const long* off, const float* dy,
-                     long FSd, long Sd, Rows rows, float* dw, long K) {
+                     long FSd, long Sd, Rows rows, const int* keep, float* dw, long K) {
     vf acc[FB][TB];
     for (int f = 0; f < FB; ++f)
         for (int t = 0; t < TB; ++t) acc[f][t] = vf{};
@@ -388,8 +392,11 @@ static void dw_block(const float* xp, long n, long CS, const long* off, const fl
             for (long p = r * rows.stride, end = p + rows.len; p < end; p += V) {
                 vf dv[FB];
                 for (int f = 0; f < FB; ++f) dv[f] = load(d + f * Sd + p);
+                vi m{};
+                if (KEEP) m = *reinterpret_cast<const vi_u*>(keep + p);
                 for (int t = 0; t < TB; ++t) {
                     vf xv = load(x + off[t] + p);
+                    if (KEEP) xv = reinterpret_cast<vf>(reinterpret_cast<vi>(xv) & m);
                     // one load per tap: kept in a register, not refolded into each FMA (an
                     // unaligned vector load costs two when it crosses a cache line)
                     asm("" : "+v"(xv));
@@ -404,19 +411,24 @@ static void dw_block(const float* xp, long n, long CS, const long* off, const fl
 constexpr int DW_FB = 4;
 constexpr int DW_TB = V == 16 ? 5 : 2;  // 4 x TB accumulators + 4 dy + 1 x registers
 
-template <int FB>
+template <int FB, bool KEEP>
 static void dw_channels(const float* xp, long n, long CS, const long* off, long K,
-                        const float* dy, long FSd, long Sd, Rows rows, float* dw) {
+                        const float* dy, long FSd, long Sd, Rows rows, const int* keep,
+                        float* dw) {
     long k = 0;
     for (; k + DW_TB <= K; k += DW_TB)
-        dw_block<FB, DW_TB>(xp, n, CS, off + k, dy, FSd, Sd, rows, dw + k, K);
-    for (; k < K; ++k) dw_block<FB, 1>(xp, n, CS, off + k, dy, FSd, Sd, rows, dw + k, K);
+        dw_block<FB, DW_TB, KEEP>(xp, n, CS, off + k, dy, FSd, Sd, rows, keep, dw + k, K);
+    for (; k < K; ++k)
+        dw_block<FB, 1, KEEP>(xp, n, CS, off + k, dy, FSd, Sd, rows, keep, dw + k, K);
 }
 
 typedef void (*dw_fn)(const float*, long, long, const long*, long, const float*, long, long,
-                      Rows, float*);
-static const dw_fn DW[] = {nullptr, dw_channels<1>, dw_channels<2>, dw_channels<3>,
-                           dw_channels<4>};
+                      Rows, const int*, float*);
+static const dw_fn DW[2][DW_FB + 1] = {
+    {nullptr, dw_channels<1, false>, dw_channels<2, false>, dw_channels<3, false>,
+     dw_channels<4, false>},
+    {nullptr, dw_channels<1, true>, dw_channels<2, true>, dw_channels<3, true>,
+     dw_channels<4, true>}};
 
 struct WeightGrad {
     Planes in;    // x, as the forward reads it
@@ -425,6 +437,7 @@ struct WeightGrad {
     Source dsrc;  // of dy
     long kh, kw, F;
     Rows rows;
+    const int* keep;  // wide: rows.len ints, ~0 at useful positions, 0 at junk; lanes: null
 };
 
 // dw (F x C*kh*kw) and db (F) += the weight and bias gradients of images [a, e), blk images
@@ -449,11 +462,11 @@ extern "C" void conv_direct_dw(const WeightGrad* c, long a, long e, long blk, fl
             }
         for (long f0 = 0; f0 < F; f0 += DW_FB) {
             const long fb = F - f0 < DW_FB ? F - f0 : DW_FB;
-            DW[fb](xp, groups, c->in.gs, off, K, dyw + f0 * Sd, c->dy.gs, Sd, c->rows,
-                   dw + f0 * K);
+            DW[c->keep != nullptr][fb](xp, groups, c->in.gs, off, K, dyw + f0 * Sd, c->dy.gs,
+                                       Sd, c->rows, c->keep, dw + f0 * K);
         }
     }
 }
 
-extern "C" int conv_direct_abi(void) { return 6; }
+extern "C" int conv_direct_abi(void) { return 7; }
 extern "C" int conv_direct_lanes(void) { return V; }

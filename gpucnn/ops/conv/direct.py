@@ -46,7 +46,7 @@ __all__ = ["SOURCE", "REQUIRES", "available", "lanes", "unavailable_reason", "su
            "conv2d_relu_maxpool_backward", "workspace_bytes"]
 
 SOURCE = Path(__file__).with_name("direct.cpp")
-_ABI = 6
+_ABI = 7
 REQUIRES = ("stride 1, dilation 1, one group, padding smaller than the kernel, and a C++ "
             "compiler to build gpucnn/ops/conv/direct.cpp ($GPUCNN_CXX, default g++)")
 # Padded planes and wide dy of the block of images a dW pass walks: L2-sized.
@@ -82,7 +82,7 @@ class _Forward(ctypes.Structure):
 
 class _WeightGrad(ctypes.Structure):
     _fields_ = [("in_", _Planes), ("src", _Source), ("dy", _Planes), ("dsrc", _Source)] + [
-        (n, _L) for n in ("kh", "kw", "F")] + [("rows", _Rows)]
+        (n, _L) for n in ("kh", "kw", "F")] + [("rows", _Rows), ("keep", _P)]
 
 
 def _lib():
@@ -211,6 +211,15 @@ class _Layout:
             self.planes = _Planes(C, H, W, S, Wp, 1, top * Wp + left, C * S, 1)
             self.grad = _Planes(F, Ho, Wo, Lr, Wp, 1, 0, F * Lr, 1)
             self.rows, self.Ls, self.group = _Rows(1, 0, Lr), Lr, 1
+
+    def keep(self):
+        """Wide layout: int32 per computed position, -1 where it is useful, 0 at junk (the
+        weight gradient masks x there), else None."""
+        if self.group > 1:
+            return None
+        p = np.arange(self.rows.len)
+        return np.where((p % self.Wp < self.Wo) & (p < (self.Ho - 1) * self.Wp + self.Wo),
+                        np.int32(-1), np.int32(0))
 
     def buffer(self, rt, tag, planes, groups):
         """A per-thread buffer of ``groups`` groups of ``planes``, zeroed once (the padding,
@@ -342,7 +351,9 @@ def _backward(rt, g, x, w32, need_dx, need_dw, dsrc):
         _forward(rt, lay_dx, dsrc, wT, None, False, dx)
     if need_dw:
         lay = _dw_layout(g)
-        c = _WeightGrad(lay.planes, _source(x), lay.grad, dsrc, g.kh, g.kw, g.F, lay.rows)
+        keep = lay.keep()
+        c = _WeightGrad(lay.planes, _source(x), lay.grad, dsrc, g.kh, g.kw, g.F, lay.rows,
+                        None if keep is None else _ptr(keep))
         blk = max(1, _BLOCK_BYTES // (4 * (lay.planes.gs + lay.grad.gs)))  # groups
 
         def work(a, e):
@@ -364,15 +375,21 @@ def _backward(rt, g, x, w32, need_dx, need_dw, dsrc):
 
 
 def workspace_bytes(g, limit):
-    """Bytes of padded planes, wide or lanes dy and scratch per thread (at most: 16-float
-    vectors assumed), plus the wide path's columns where dW leaves direct.cpp."""
-    group = 16 if g.N >= 32 else 1
+    """Bytes of padded planes, dy planes and scratch per thread (with this machine's vector
+    width once the library is loaded, else 16 floats), plus what dW takes where it leaves
+    direct.cpp (Winograd's blocks or the wide path's columns)."""
+    v = _state.get("lanes") or 16
+    group = v if g.N >= 2 * v else 1
     hp, wp = g.H + g.ph + g.ph_end, g.W + g.pw + g.pw_end
-    planes_x = group * g.C * (hp * wp + 32)
-    planes_dx = group * g.F * ((g.H + g.kh - 1) * (g.W + g.kw - 1) + 32)
-    dw_group = group * (g.C * (hp * wp + 32) + g.F * (g.Ho * wp + 16))
-    scratch = group * _FB_MAX * (max(g.Ho * wp, g.H * (g.W + g.kw - 1)) + 16)
+    planes_x = group * g.C * (hp * wp + v)
+    planes_dx = group * g.F * ((g.H + g.kh - 1) * (g.W + g.kw - 1) + v)
+    dw_group = group * (g.C * (hp * wp + v) + g.F * (g.Ho * wp + v))
+    scratch = group * _FB_MAX * (max(g.Ho * wp, g.H * (g.W + g.kw - 1)) + v)
     per_thread = 4 * (max(planes_x, planes_dx, dw_group * max(1, _BLOCK_BYTES // (4 * dw_group)))
                       + scratch)
-    gemm = 4 * (g.K + 1) * g.Ho * g.Wo * g.N if g.N < 32 and g.F * g.K > DW_MAX_FK else 0
-    return per_thread * default_threads() + min(gemm, int(limit))
+    large = 0
+    if group == 1 and g.F * g.K > DW_MAX_FK:  # _dw_layout is None: _large_dw runs
+        m = _DW_WINOGRAD_M.get(g.kh) if g.kh == g.kw else None
+        large = (winograd.weight_grad_bytes(g, m, limit) * default_threads() if m else
+                 min(4 * (g.K + 1) * g.Ho * g.Wo * g.N, int(limit)))
+    return per_thread * default_threads() + large

@@ -27,6 +27,10 @@ input tile under it as the signal (their valid correlation is that tile's r x r 
 dW), and sums the element-wise products over all tiles in the transformed domain (t^2 GEMMs
 with the tiles as K), so only one output transform runs per filter pair.
 
+Non-finite values: the transforms mix all of a tile's values, so an inf or NaN in the input
+(or dy) makes every output (or dW tap) of the tiles it lies in non-finite, where the direct
+definition spoils only the outputs that read it.
+
 Rounding: the transforms add terms of growing magnitude (points +-2 scale by up to 2^4 in
 F(4x4,3x3)), so the float32 error grows with m: tests/ops/test_conv_winograd.py states and
 checks the bounds of each variant against the float64 reference.
@@ -42,7 +46,7 @@ from numpy.lib.stride_tricks import as_strided
 from . import cpu
 
 __all__ = ["VARIANTS", "transforms", "supports", "preferred", "workspace_bytes", "conv2d",
-           "conv2d_backward", "weight_grad"]
+           "conv2d_backward", "weight_grad", "weight_grad_bytes"]
 
 # name: (m, supported kernel sizes r). F(4x4, 5x5) would need t = 8 points (+-1/2): too
 # inaccurate in float32 to be worth it.
@@ -145,13 +149,19 @@ def workspace_bytes(name):
             sizes.append(cin * n * (th * m + r - 1) * (tw * m + r - 1)
                          + 2 * t * t * cin * tiles + t * t * cout * tiles
                          + 2 * m * m * cout * tiles)
-        th, tw = -(-g.Ho // m), -(-g.Wo // m)
-        Hp, Wp = th * m + r - 1, tw * m + r - 1
-        n = min(g.N, _dw_chunk(g.C, g.F, Hp, Wp, th, tw, m, t, limit))
-        dw = (n * _dw_image_bytes(g.C, g.F, Hp, Wp, th, tw, m, t)
-              + 4 * 3 * t * t * g.F * g.C) // 4  # + the block product and the sums
-        return 4 * max(sizes + [dw])
+        return max(4 * max(sizes), weight_grad_bytes(g, m, limit))
     return workspace
+
+
+def weight_grad_bytes(g, m, limit):
+    """Bytes :func:`weight_grad` allocates per thread for geometry g: a block of images'
+    buffers (at most _DW_CHUNK_IMAGES images and ``limit`` bytes, one image at least), the
+    block's product and the sums."""
+    r, t = g.kh, m + g.kh - 1
+    th, tw = -(-g.Ho // m), -(-g.Wo // m)
+    Hp, Wp = th * m + r - 1, tw * m + r - 1
+    n = min(g.N, _dw_chunk(g.C, g.F, Hp, Wp, th, tw, m, t, limit))
+    return n * _dw_image_bytes(g.C, g.F, Hp, Wp, th, tw, m, t) + 4 * 3 * t * t * g.F * g.C
 
 
 def _kron_mats(m, r, dtype):
