@@ -26,8 +26,9 @@ SCHEMA_VERSION = 3
 # computed, so a difference is refused unless --allow-config-change. A key the checkpoint
 # does not record (written before the key existed) is not compared; the metrics list it
 # under "resume_unchecked". Everything else may change on --resume (README: "What gpucnn
-# guarantees about your files"). A new key is recorded in Trainer.run_record(), which feeds
-# both the checkpoint and this comparison.
+# guarantees about your files"). A new key is recorded in
+# gpucnn.train_checkpoint.RunCheckpoint.run_record(), which feeds both the checkpoint and this
+# comparison.
 RESUME_KEYS = {
     "config.model": "the network",
     "config.model_kwargs": "the network's options",

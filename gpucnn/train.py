@@ -11,8 +11,9 @@ What protects the user's files (README: "What gpucnn guarantees about your files
 work, :func:`train` checks every output path, takes the checkpoint's lock, refuses to replace
 another run's checkpoint and removes the temporary files of interrupted writes
 (:mod:`gpucnn.runsafety`); ``--resume`` validates the checkpoint's metadata and compares its
-run configuration before using anything of it (:mod:`gpucnn.runmeta`); nothing non-finite is
-ever saved; Ctrl-C and SIGTERM stop between two steps and save; a failed write is retried once.
+run configuration before using anything of it (:mod:`gpucnn.train_checkpoint`, which saves and
+restores the run's position, a :class:`gpucnn.runstate.RunState`); nothing non-finite is ever
+saved; Ctrl-C and SIGTERM stop between two steps and save; a failed write is retried once.
 """
 from __future__ import annotations
 
@@ -25,31 +26,36 @@ import signal
 import threading
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import __version__
 from .backends import get_backend
-from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
 from .data import load_dataset
 from .data.loader import epoch_permutation, num_batches
 from .models import build_model
 from .nn import SoftmaxCrossEntropy
-from .ops.conv import algos as conv_algos
 from .ops.loss import check_label_range
 from .optim import SGD, Adam, make_schedule
-from .runmeta import (SCHEMA_VERSION, compare_run, config_mismatch_message, upgrade_metadata,
-                      validate_metadata)
-from .runsafety import (RunLock, SaveFailed, TrainingDiverged, check_finite_state,
-                        check_output_paths, check_room, file_size_limit_as_error,
-                        prepare_checkpoint, write_with_retry)
+from .runmeta import SCHEMA_VERSION, upgrade_metadata
+from .runsafety import (RunLock, SaveFailed, TrainingDiverged, check_output_paths, check_room,
+                        file_size_limit_as_error, prepare_checkpoint, write_with_retry)
+from .runstate import RunState
+from .train_checkpoint import RunCheckpoint, config_record
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted", "SaveFailed",
            "train", "SCHEMA_VERSION", "upgrade_metadata"]
 
 
 _NUMERIC_WARNINGS = r"(overflow|invalid value|divide by zero|underflow) encountered"
+
+
+class _Unread(NamedTuple):
+    """A step's results still on the device: read back every check_every steps."""
+    loss: Any
+    correct: Any
+    images: int
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -161,94 +167,32 @@ class Trainer:
             self.opt = Adam(params, cfg.lr, weight_decay=cfg.weight_decay, backend=self.B)
         self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs)
         self.augment = self.train_set.name == "cifar10"
-        self.epoch, self.batch_in_epoch = 0, 0
-        self.history: list[dict] = []
-        self.config_changes: list[dict] = []  # what --allow-config-change let through
+        self.run = RunState()
+        self.run_checkpoint = RunCheckpoint(cfg, self.model, self.opt, self.B)
         self.resume_unchecked: list[str] = []  # run keys the checkpoint did not record
-        self._epoch_sums = [0.0, 0, 0, 0.0]  # loss*n, correct, seen, seconds
         self._interrupted = None  # the signal that asked to stop, if any
         self.check_every = cfg.check_every or (1 if self.B.xp is np else 20)
         if not self.augment:
             self.train_x = self.B.asarray(self.train_set.images)
             self.train_y = self.B.asarray(self.train_set.labels, dtype=np.int32)
 
+    # The run's position, as on_step callbacks read it.
+    epoch = property(lambda self: self.run.epoch)
+    batch_in_epoch = property(lambda self: self.run.batch_in_epoch)
+    history = property(lambda self: self.run.history)
+
     # ---- checkpoints -------------------------------------------------------------------------
-    def run_record(self):
-        """What this run is, saved in the checkpoint and compared by --resume (the keys of
-        gpucnn.runmeta.RESUME_KEYS are paths into it); a new compared key is recorded here."""
-        return {"config": _jsonable_config(self.cfg), "conv_algos": conv_algos.record(self.B)}
-
-    def state(self):
-        arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
-        opt_arrays, opt_meta = self.opt.state_dict(self.B)
-        arrays.update({f"optim/{k}": v for k, v in opt_arrays.items()})
-        meta = {"schema_version": SCHEMA_VERSION, "written_by": f"gpucnn {__version__}",
-                "model": self.model.config, "model_extra": self.model.extra_state(),
-                "optimizer": opt_meta, "epoch": self.epoch,
-                "batch_in_epoch": self.batch_in_epoch, "epoch_sums": self._epoch_sums,
-                "history": self.history, "config_changes": self.config_changes,
-                **self.run_record()}
-        return arrays, meta
-
-    def checkpoint_bytes(self):
-        """About the size of this run's checkpoint file (for the start-up room check)."""
-        n = sum(p.data.size for p in self.model.parameters()) * 4
-        arrays = len(self.model.parameters()) * (1 + len(self.opt.state_names))
-        return n * (1 + len(self.opt.state_names)) + 400 * arrays + 4096 + 300 * self.cfg.epochs
-
     def save(self, path=None):
-        """Write the checkpoint, never a non-finite one; a failed write is retried once."""
+        """Write the checkpoint (to --checkpoint unless ``path``), never a non-finite one; a
+        failed write is retried once."""
         path = path or self.cfg.checkpoint
-        if not path:
-            return
-        arrays, meta = self.state()
-        check_finite_state(arrays, self._epoch_sums, f"checkpoint {path}")
-        kept = (f"the previous checkpoint {path} is kept unchanged" if os.path.exists(path)
-                else "no checkpoint file was written")
-        write_with_retry("checkpoint", path, lambda: save_checkpoint(path, arrays, meta),
-                         self.cfg.save_retry_s, kept)
+        if path:
+            self.run_checkpoint.save(self.run, path)
 
     def load(self, path):
         """Continue from checkpoint ``path``: every metadata field is validated and the run
         configuration compared before anything of it is used."""
-        arrays, meta = load_checkpoint(path)
-        meta = upgrade_metadata(meta, path)
-        try:  # before the comparison: auto then runs the checkpoint's algorithms again
-            conv_algos.restore(self.B, meta.get("conv_algos"))
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: conv_algos: {exc}") from None
-        differences, self.resume_unchecked = compare_run(meta, self.run_record())
-        if differences and not self.cfg.allow_config_change:
-            raise CheckpointError(config_mismatch_message(path, differences))
-        same_data = not any(k in differences for k in
-                            ("config.batch_size", "config.limit", "config.dataset"))
-        validate_metadata(meta, path, len(self.train_set), self.cfg.batch_size, same_data)
-        bad = next((k for k, a in arrays.items()
-                    if a.dtype.kind == "f" and not np.isfinite(a).all()), None)
-        if bad is not None:  # gpucnn never saves one: edited or damaged
-            raise CheckpointError(f"{path}: array {bad!r} holds NaN or inf; nothing was loaded")
-        try:
-            check_compatible(meta, self.model.config, key="model")
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-        try:
-            self.model.load_state_dict({k[6:]: v for k, v in arrays.items()
-                                        if k.startswith("model/")})
-            self.opt.load_state_dict(self.B, {k[6:]: v for k, v in arrays.items()
-                                              if k.startswith("optim/")}, meta["optimizer"])
-            self.model.load_extra_state(meta["model_extra"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: checkpoint does not fit this run: {exc}") from exc
-        self.epoch, self.batch_in_epoch = meta["epoch"], meta["batch_in_epoch"]
-        self._epoch_sums = list(meta["epoch_sums"])
-        self.history = list(meta["history"])
-        self.config_changes = list(meta["config_changes"])
-        if differences:
-            self.config_changes.append({"epoch": self.epoch, "batch_in_epoch":
-                                        self.batch_in_epoch, "changes": differences})
-            print("resuming with a changed configuration (--allow-config-change): "
-                  + "; ".join(f"{k.split('.')[-1]} {d['checkpoint']!r} -> {d['now']!r}"
-                              for k, d in differences.items()), flush=True)
+        self.run, self.resume_unchecked = self.run_checkpoint.restore(path, len(self.train_set))
 
     # ---- one step -------------------------------------------------------------------------------
     def step(self, x, y):
@@ -310,13 +254,13 @@ class Trainer:
                 signal.signal(s, handler)
 
     def fit(self, on_step=None):
-        cfg = self.cfg
+        cfg, run = self.cfg, self.run
         n_batches = num_batches(len(self.train_set), cfg.batch_size)
         self.model.train()
         self._interrupted = None
         with self._stop_signals():
             try:
-                while self.epoch < cfg.epochs:
+                while run.epoch < cfg.epochs:
                     self._run_epoch(n_batches, on_step)
             except KeyboardInterrupt as exc:
                 signum = getattr(exc, "signum", signal.SIGINT)
@@ -326,18 +270,18 @@ class Trainer:
                     raise
                 if cfg.checkpoint:
                     self.save()
-                    print(f"\n{signal.Signals(signum).name} at epoch {self.epoch + 1}, batch "
-                          f"{self.batch_in_epoch}: checkpoint written to {cfg.checkpoint}; "
+                    print(f"\n{signal.Signals(signum).name} at epoch {run.epoch + 1}, batch "
+                          f"{run.batch_in_epoch}: checkpoint written to {cfg.checkpoint}; "
                           f"continue with --resume", flush=True)
                 raise TrainingInterrupted(signum) from None
         return self.metrics()
 
     def _run_epoch(self, n_batches, on_step):
-        cfg = self.cfg
-        self.opt.lr = self.schedule.lr_at(self.epoch)
-        bar = _progress(n_batches, self.batch_in_epoch, f"epoch {self.epoch + 1}/{cfg.epochs}",
+        cfg, run = self.cfg, self.run
+        self.opt.lr = self.schedule.lr_at(run.epoch)
+        bar = _progress(n_batches, run.batch_in_epoch, f"epoch {run.epoch + 1}/{cfg.epochs}",
                         cfg.progress)
-        pending = []  # (loss, correct, n) on the device, read every check_every steps
+        pending: list[_Unread] = []
         t0 = time.perf_counter()
         # A diverging run is reported once, by the loss check of _drain, not by a stream of
         # overflow warnings from every op of every step. A warnings filter, not np.errstate:
@@ -345,11 +289,11 @@ class Trainer:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", _NUMERIC_WARNINGS, RuntimeWarning)
             try:
-                for x, y in self._batches(self.epoch, self.batch_in_epoch):
+                for x, y in self._batches(run.epoch, run.batch_in_epoch):
                     loss, correct = self.step(x, y)
-                    pending.append((loss, correct, len(y)))
-                    self.batch_in_epoch += 1
-                    if len(pending) >= self.check_every or self.batch_in_epoch == n_batches:
+                    pending.append(_Unread(loss, correct, len(y)))
+                    run.batch_in_epoch += 1
+                    if len(pending) >= self.check_every or run.batch_in_epoch == n_batches:
                         self._drain(pending, time.perf_counter() - t0, bar)
                         t0 = time.perf_counter()
                     if on_step is not None:
@@ -364,59 +308,57 @@ class Trainer:
             finally:
                 if bar is not None:
                     bar.close()
-            loss_sum, correct, seen, seconds = self._epoch_sums
-            record = {"epoch": self.epoch + 1, "lr": self.opt.lr,
-                      "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                      "seconds": seconds,
-                      "images_per_s": seen / seconds if seconds > 0 else None,
+            s = run.sums
+            record = {"epoch": run.epoch + 1, "lr": self.opt.lr,
+                      "train_loss": s.loss / s.images, "train_accuracy": s.correct / s.images,
+                      "seconds": s.seconds,
+                      "images_per_s": s.images / s.seconds if s.seconds > 0 else None,
                       "test_accuracy": self.evaluate(self.test_set)}
-        self.history.append(record)
+        run.finish_epoch(record)
         if cfg.progress:
             print(f"epoch {record['epoch']}: loss {record['train_loss']:.4f}, train accuracy "
                   f"{record['train_accuracy']:.4f}, test accuracy "
                   f"{record['test_accuracy']:.4f}, {record['images_per_s']:.0f} images/s")
-        self.epoch += 1
-        self.batch_in_epoch = 0
-        self._epoch_sums = [0.0, 0, 0, 0.0]
         self.save()
         self.write_metrics()
 
     def _drain(self, pending, seconds, bar):
-        B = self.B
-        losses = [float(B.to_numpy(l)) for l, _, _ in pending]
-        corrects = [int(B.to_numpy(c)) for _, c, _ in pending]
-        ns = [n for _, _, n in pending]
+        B, run = self.B, self.run
+        losses = [float(B.to_numpy(u.loss)) for u in pending]
+        corrects = [int(B.to_numpy(u.correct)) for u in pending]
+        images = [u.images for u in pending]
         pending.clear()
         B.raise_device_errors()  # e.g. a bad label a loss kernel flagged: a ValueError
         if not all(math.isfinite(v) for v in losses):
             bad = next(v for v in losses if not math.isfinite(v))
             raise TrainingDiverged(
-                f"the training loss became {bad} at epoch {self.epoch + 1}, batch "
-                f"{self.batch_in_epoch}: check the input data for NaN/inf and lower the "
+                f"the training loss became {bad} at epoch {run.epoch + 1}, batch "
+                f"{run.batch_in_epoch}: check the input data for NaN/inf and lower the "
                 f"learning rate (lr={self.cfg.lr}); no checkpoint was written for this state "
                 f"(the previous one, if any, is kept)")
-        s = self._epoch_sums
-        s[0] += sum(l * n for l, n in zip(losses, ns))
-        s[1] += sum(corrects)
-        s[2] += sum(ns)
-        s[3] += seconds
+        s = run.sums
+        s.loss += sum(v * n for v, n in zip(losses, images))
+        s.correct += sum(corrects)
+        s.images += sum(images)
+        s.seconds += seconds
         if bar is not None:
-            bar.update(len(ns))
-            bar.set_postfix(loss=f"{s[0] / s[2]:.4f}", acc=f"{s[1] / s[2]:.3f}",
-                            img_s=f"{s[2] / s[3]:.0f}" if s[3] > 0 else "-")
+            bar.update(len(images))
+            bar.set_postfix(loss=f"{s.loss / s.images:.4f}", acc=f"{s.correct / s.images:.3f}",
+                            img_s=f"{s.images / s.seconds:.0f}" if s.seconds > 0 else "-")
 
     def metrics(self):
-        last = self.history[-1] if self.history else {}
-        seen_s = [(r["images_per_s"]) for r in self.history if r.get("images_per_s")]
-        return {"model": self.cfg.model, "dataset": self.cfg.dataset,
+        cfg, history = self.cfg, self.run.history
+        last = history[-1] if history else {}
+        seen_s = [(r["images_per_s"]) for r in history if r.get("images_per_s")]
+        return {"model": cfg.model, "dataset": cfg.dataset,
                 "backend": self.B.name, "device": self.B.describe(),
-                "epochs": self.history, "test_accuracy": last.get("test_accuracy"),
+                "epochs": history, "test_accuracy": last.get("test_accuracy"),
                 "train_images_per_s": float(np.median(seen_s)) if seen_s else None,
-                "batch_size": self.cfg.batch_size, "seed": self.cfg.seed,
-                "data_files": self.data_files, "config_changes": self.config_changes,
+                "batch_size": cfg.batch_size, "seed": cfg.seed,
+                "data_files": self.data_files, "config_changes": self.run.config_changes,
                 "resume_unchecked": self.resume_unchecked,
                 "conv_algorithms": self.B.conv_algorithms(),
-                "config": _jsonable_config(self.cfg)}
+                "config": config_record(cfg)}
 
     def write_metrics(self):
         path = self.cfg.metrics_json
@@ -425,10 +367,6 @@ class Trainer:
                     else "no metrics file was written")
             write_with_retry("metrics", path, lambda: write_metrics(path, self.metrics()),
                              self.cfg.save_retry_s, kept)
-
-
-def _jsonable_config(cfg):
-    return {k: v for k, v in asdict(cfg).items() if k not in ("progress",)}
 
 
 def _progress(total, initial, desc, enabled):
@@ -483,11 +421,11 @@ def train(cfg: TrainConfig, on_step=None):
                 prepare_checkpoint(cfg.checkpoint, cfg.resume, cfg.overwrite, lock)
             trainer = Trainer(cfg)
             if cfg.checkpoint:
-                check_room(cfg.checkpoint, trainer.checkpoint_bytes())
+                check_room(cfg.checkpoint, trainer.run_checkpoint.size_estimate())
             if cfg.resume:
                 trainer.load(cfg.checkpoint)
-                if trainer.epoch >= cfg.epochs:
-                    print(f"{cfg.checkpoint} holds {trainer.epoch} finished epoch(s): nothing "
+                if trainer.run.epoch >= cfg.epochs:
+                    print(f"{cfg.checkpoint} holds {trainer.run.epoch} finished epoch(s): nothing "
                           f"to train for --epochs {cfg.epochs} (give more to continue)")
             metrics = trainer.fit(on_step)
             trainer.write_metrics()

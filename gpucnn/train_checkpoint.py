@@ -1,0 +1,113 @@
+"""The trainer's checkpoint I/O: what ``gpucnn train`` saves of a run, and how ``--resume``
+checks and takes it back.
+
+The pieces are elsewhere and stay there: the file format (:mod:`gpucnn.checkpoint`), the
+metadata schema, its upgrades and validation and the run configuration ``--resume`` compares
+(:mod:`gpucnn.runmeta`), what protects the files (:mod:`gpucnn.runsafety`) and the run's
+position (:mod:`gpucnn.runstate`). :class:`RunCheckpoint` puts them together for one run's
+model, optimiser and backend.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+
+import numpy as np
+
+from . import __version__
+from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .ops.conv import algos as conv_algos
+from .runmeta import (SCHEMA_VERSION, compare_run, config_mismatch_message, upgrade_metadata,
+                      validate_metadata)
+from .runsafety import check_finite_state, write_with_retry
+from .runstate import RunState
+
+__all__ = ["RunCheckpoint", "config_record"]
+
+
+def config_record(cfg):
+    """The run configuration as the checkpoint and the metrics record it (the progress bar
+    changes nothing of the run)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("progress",)}
+
+
+def _arrays_under(arrays, prefix):
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
+class RunCheckpoint:
+    """Saves and restores the run of ``model`` and ``opt`` on backend ``B``, configured by
+    ``cfg`` (a gpucnn.train.TrainConfig)."""
+
+    def __init__(self, cfg, model, opt, B):
+        self.cfg, self.model, self.opt, self.B = cfg, model, opt, B
+
+    def run_record(self):
+        """What this run is, saved in the checkpoint and compared by --resume (the keys of
+        gpucnn.runmeta.RESUME_KEYS are paths into it); a new compared key is recorded here."""
+        return {"config": config_record(self.cfg), "conv_algos": conv_algos.record(self.B)}
+
+    def contents(self, run: RunState):
+        """(arrays, metadata): what the checkpoint of ``run`` holds."""
+        arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        opt_arrays, opt_meta = self.opt.state_dict(self.B)
+        arrays.update({f"optim/{k}": v for k, v in opt_arrays.items()})
+        meta = {"schema_version": SCHEMA_VERSION, "written_by": f"gpucnn {__version__}",
+                "model": self.model.config, "model_extra": self.model.extra_state(),
+                "optimizer": opt_meta, **run.metadata(), **self.run_record()}
+        return arrays, meta
+
+    def size_estimate(self):
+        """About the size of this run's checkpoint file (for the start-up room check)."""
+        n = sum(p.data.size for p in self.model.parameters()) * 4
+        arrays = len(self.model.parameters()) * (1 + len(self.opt.state_names))
+        return n * (1 + len(self.opt.state_names)) + 400 * arrays + 4096 + 300 * self.cfg.epochs
+
+    def save(self, run: RunState, path):
+        """Write the checkpoint, never a non-finite one; a failed write is retried once."""
+        arrays, meta = self.contents(run)
+        check_finite_state(arrays, meta["epoch_sums"], f"checkpoint {path}")
+        kept = (f"the previous checkpoint {path} is kept unchanged" if os.path.exists(path)
+                else "no checkpoint file was written")
+        write_with_retry("checkpoint", path, lambda: save_checkpoint(path, arrays, meta),
+                         self.cfg.save_retry_s, kept)
+
+    def restore(self, path, n_train):
+        """Load checkpoint ``path`` into the model and the optimiser, for a run of ``n_train``
+        training images; every metadata field is validated and the run configuration compared
+        before anything of it is used. Returns (the RunState to continue from, the run keys
+        the checkpoint did not record)."""
+        arrays, meta = load_checkpoint(path)
+        meta = upgrade_metadata(meta, path)
+        try:  # before the comparison: auto then runs the checkpoint's algorithms again
+            conv_algos.restore(self.B, meta.get("conv_algos"))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: conv_algos: {exc}") from None
+        differences, unchecked = compare_run(meta, self.run_record())
+        if differences and not self.cfg.allow_config_change:
+            raise CheckpointError(config_mismatch_message(path, differences))
+        same_data = not any(k in differences for k in
+                            ("config.batch_size", "config.limit", "config.dataset"))
+        validate_metadata(meta, path, n_train, self.cfg.batch_size, same_data)
+        bad = next((k for k, a in arrays.items()
+                    if a.dtype.kind == "f" and not np.isfinite(a).all()), None)
+        if bad is not None:  # gpucnn never saves one: edited or damaged
+            raise CheckpointError(f"{path}: array {bad!r} holds NaN or inf; nothing was loaded")
+        try:
+            check_compatible(meta, self.model.config, key="model")
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        try:
+            self.model.load_state_dict(_arrays_under(arrays, "model/"))
+            self.opt.load_state_dict(self.B, _arrays_under(arrays, "optim/"), meta["optimizer"])
+            self.model.load_extra_state(meta["model_extra"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: checkpoint does not fit this run: {exc}") from exc
+        run = RunState.from_metadata(meta)
+        if differences:
+            run.config_changes.append({"epoch": run.epoch, "batch_in_epoch":
+                                       run.batch_in_epoch, "changes": differences})
+            print("resuming with a changed configuration (--allow-config-change): "
+                  + "; ".join(f"{k.split('.')[-1]} {d['checkpoint']!r} -> {d['now']!r}"
+                              for k, d in differences.items()), flush=True)
+        return run, unchecked
