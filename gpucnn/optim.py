@@ -1,7 +1,7 @@
 """Optimisers (SGD with momentum/Nesterov/weight decay, Adam) and learning-rate schedules.
 
-The update itself is a backend call (one fused kernel per parameter on the GPU); the optimiser
-only keeps per-parameter state arrays on the same backend.
+The update itself is an op (one fused kernel per parameter on the GPU) whose plan per parameter
+the optimiser keeps, with the per-parameter state arrays on the same backend.
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import math
 import numbers
 
 import numpy as np
+
+from .ops.optim import adam_hyper, adam_update_plan, sgd_hyper, sgd_update_plan
 
 __all__ = ["SGD", "Adam", "ConstantLR", "StepLR", "CosineLR", "make_schedule"]
 
@@ -33,8 +35,16 @@ class _Optimizer:
         _check_number(lr, "lr", type(self).__name__, positive=True)
         self.lr = float(lr)
         self.steps = 0
-        self.state = {n: [self._B.zeros(p.shape, np.float32) for p in self.params]
+        self.state = {n: [self.backend.zeros(p.shape, np.float32) for p in self.params]
                       for n in self.state_names}
+
+    def _plans(self, hp, make):
+        """One update plan per parameter for the hyper-parameters ``hp`` (made at the first
+        step, and again only if ``hp`` changes: the shapes are fixed)."""
+        held = self.__dict__.get("_update_plans")
+        if held is None or held[0] != hp:
+            held = self._update_plans = (hp, [make(p.data) for p in self.params])
+        return held[1]
 
     def zero_grad(self):
         for p in self.params:
@@ -63,7 +73,7 @@ class SGD(_Optimizer):
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, backend=None):
         from .backends import get_backend
-        self._B = get_backend(backend)
+        self.backend = get_backend(backend)
         _check_number(momentum, "momentum", "SGD")
         _check_number(weight_decay, "weight_decay", "SGD")
         if nesterov and momentum <= 0:
@@ -72,10 +82,12 @@ class SGD(_Optimizer):
         super().__init__(params, lr)
 
     def step(self):
+        _check_number(self.lr, "lr", "SGD")
         self.steps += 1
-        for p, v in zip(self.params, self.state["velocity"]):
-            self._B.sgd_update(p.data, p.grad, v, self.lr, self.momentum, self.weight_decay,
-                               self.nesterov)
+        hp = sgd_hyper(self.momentum, self.weight_decay, self.nesterov)
+        plans = self._plans(hp, lambda a: sgd_update_plan(self.backend, a.shape, a.dtype, hp))
+        for plan, p, v in zip(plans, self.params, self.state["velocity"]):
+            plan.run(p.data, p.grad, v, self.lr)
 
 
 class Adam(_Optimizer):
@@ -84,7 +96,7 @@ class Adam(_Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  backend=None):
         from .backends import get_backend
-        self._B = get_backend(backend)
+        self.backend = get_backend(backend)
         if not (len(betas) == 2 and all(isinstance(b, numbers.Real) and 0.0 <= b < 1.0
                                         for b in betas)):
             raise ValueError(f"Adam: betas must be two numbers in [0, 1), got {betas!r}")
@@ -94,10 +106,12 @@ class Adam(_Optimizer):
         super().__init__(params, lr)
 
     def step(self):
+        _check_number(self.lr, "lr", "Adam")
         self.steps += 1
-        for p, m, v in zip(self.params, self.state["m"], self.state["v"]):
-            self._B.adam_update(p.data, p.grad, m, v, self.lr, *self.betas, self.eps,
-                                self.weight_decay, self.steps)
+        hp = adam_hyper(*self.betas, self.eps, self.weight_decay)
+        plans = self._plans(hp, lambda a: adam_update_plan(self.backend, a.shape, a.dtype, hp))
+        for plan, p, m, v in zip(plans, self.params, self.state["m"], self.state["v"]):
+            plan.run(p.data, p.grad, m, v, self.lr, self.steps)
 
 
 class ConstantLR:

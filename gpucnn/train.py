@@ -135,14 +135,14 @@ class Trainer:
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
         self.cfg = cfg
-        self.B = get_backend(cfg.backend)
+        self.backend = get_backend(cfg.backend)
         self.train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download,
                                       cfg.limit)
         self.test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download,
                                      cfg.test_limit)
         kwargs = dict(cfg.model_kwargs)
         kwargs.setdefault("num_classes", self.train_set.num_classes)
-        self.model = build_model(cfg.model, backend=self.B, seed=cfg.seed, **kwargs)
+        self.model = build_model(cfg.model, backend=self.backend, seed=cfg.seed, **kwargs)
         if tuple(self.model.input_shape) != tuple(self.train_set.input_shape):
             raise ValueError(f"model {cfg.model} takes inputs of shape {self.model.input_shape} "
                              f"but {cfg.dataset} has {tuple(self.train_set.input_shape)}")
@@ -158,23 +158,23 @@ class Trainer:
         print(f"data: {cfg.dataset}, train {len(self.train_set)} images from "
               f"{', '.join(self.data_files['train'])}; test {len(self.test_set)} images from "
               f"{', '.join(self.data_files['test'])}", flush=True)
-        self.loss = SoftmaxCrossEntropy().bind(self.B)
+        self.loss = SoftmaxCrossEntropy().bind(self.backend)
         params = self.model.parameters()
         if cfg.optimizer == "sgd":
             self.opt = SGD(params, cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay,
-                           backend=self.B)
+                           backend=self.backend)
         else:
-            self.opt = Adam(params, cfg.lr, weight_decay=cfg.weight_decay, backend=self.B)
+            self.opt = Adam(params, cfg.lr, weight_decay=cfg.weight_decay, backend=self.backend)
         self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs)
         self.augment = self.train_set.name == "cifar10"
         self.run = RunState()
-        self.run_checkpoint = RunCheckpoint(cfg, self.model, self.opt, self.B)
+        self.run_checkpoint = RunCheckpoint(cfg, self.model, self.opt, self.backend)
         self.resume_unchecked: list[str] = []  # run keys the checkpoint did not record
         self._interrupted = None  # the signal that asked to stop, if any
-        self.check_every = cfg.check_every or (1 if self.B.xp is np else 20)
+        self.check_every = cfg.check_every or (1 if self.backend.xp is np else 20)
         if not self.augment:
-            self.train_x = self.B.asarray(self.train_set.images)
-            self.train_y = self.B.asarray(self.train_set.labels, dtype=np.int32)
+            self.train_x = self.backend.asarray(self.train_set.images)
+            self.train_y = self.backend.asarray(self.train_set.labels, dtype=np.int32)
 
     # The run's position, as on_step callbacks read it.
     epoch = property(lambda self: self.run.epoch)
@@ -196,12 +196,14 @@ class Trainer:
 
     # ---- one step -------------------------------------------------------------------------------
     def step(self, x, y):
-        """Forward, loss, backward, update. Returns (loss, correct) as backend 0-d arrays."""
-        logits = self.model.forward(x)
-        loss = self.loss.forward(logits, y)
-        self.model.backward(self.loss.backward())
-        self.opt.step()
-        correct = (self.B.xp.argmax(self.loss.probs, axis=1) == y).sum()
+        """Forward, loss, backward, update. Returns (loss, correct) as backend 0-d arrays.
+        The GPU is made current once for the whole step, not per op."""
+        with self.backend.on_device():
+            logits = self.model.forward(x)
+            loss = self.loss.forward(logits, y)
+            self.model.backward(self.loss.backward())
+            self.opt.step()
+            correct = (self.backend.xp.argmax(self.loss.probs, axis=1) == y).sum()
         return loss, correct
 
     def _batches(self, epoch, start):
@@ -209,9 +211,9 @@ class Trainer:
         if self.augment:
             for x, y in self.train_set.batches(cfg.batch_size, True, cfg.seed, epoch,
                                                augment=True, start_batch=start):
-                yield self.B.asarray(x), self.B.asarray(y, dtype=np.int32)
+                yield self.backend.asarray(x), self.backend.asarray(y, dtype=np.int32)
             return
-        order = self.B.asarray(epoch_permutation(n, cfg.seed, epoch).astype(np.int64),
+        order = self.backend.asarray(epoch_permutation(n, cfg.seed, epoch).astype(np.int64),
                                dtype=np.int64)
         for b in range(start, num_batches(n, cfg.batch_size)):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
@@ -224,8 +226,8 @@ class Trainer:
         correct = 0
         try:
             for x, y in dataset.batches(bs, shuffle=False):
-                logits = self.model.forward(self.B.asarray(x))
-                pred = self.B.to_numpy(self.B.xp.argmax(logits, axis=1))
+                logits = self.model.forward(self.backend.asarray(x))
+                pred = self.backend.to_numpy(self.backend.xp.argmax(logits, axis=1))
                 correct += int((pred == y).sum())
         finally:
             self.model.train()
@@ -323,7 +325,7 @@ class Trainer:
         self.write_metrics()
 
     def _drain(self, pending, seconds, bar):
-        B, run = self.B, self.run
+        B, run = self.backend, self.run
         losses = [float(B.to_numpy(u.loss)) for u in pending]
         corrects = [int(B.to_numpy(u.correct)) for u in pending]
         images = [u.images for u in pending]
@@ -351,13 +353,13 @@ class Trainer:
         last = history[-1] if history else {}
         seen_s = [(r["images_per_s"]) for r in history if r.get("images_per_s")]
         return {"model": cfg.model, "dataset": cfg.dataset,
-                "backend": self.B.name, "device": self.B.describe(),
+                "backend": self.backend.name, "device": self.backend.describe(),
                 "epochs": history, "test_accuracy": last.get("test_accuracy"),
                 "train_images_per_s": float(np.median(seen_s)) if seen_s else None,
                 "batch_size": cfg.batch_size, "seed": cfg.seed,
                 "data_files": self.data_files, "config_changes": self.run.config_changes,
                 "resume_unchecked": self.resume_unchecked,
-                "conv_algorithms": self.B.conv_algorithms(),
+                "conv_algorithms": self.backend.conv_algorithms(),
                 "config": config_record(cfg)}
 
     def write_metrics(self):

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__
 from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
-from .ops.conv import algos as conv_algos
+from .ops.conv import selector as conv_selector
 from .runmeta import (SCHEMA_VERSION, compare_run, config_mismatch_message, upgrade_metadata,
                       validate_metadata)
 from .runsafety import check_finite_state, write_with_retry
@@ -40,17 +40,17 @@ class RunCheckpoint:
     ``cfg`` (a gpucnn.train.TrainConfig)."""
 
     def __init__(self, cfg, model, opt, B):
-        self.cfg, self.model, self.opt, self.B = cfg, model, opt, B
+        self.cfg, self.model, self.opt, self.backend = cfg, model, opt, B
 
     def run_record(self):
         """What this run is, saved in the checkpoint and compared by --resume (the keys of
         gpucnn.runmeta.RESUME_KEYS are paths into it); a new compared key is recorded here."""
-        return {"config": config_record(self.cfg), "conv_algos": conv_algos.record(self.B)}
+        return {"config": config_record(self.cfg), "conv_algos": conv_selector.record(self.backend)}
 
     def contents(self, run: RunState):
         """(arrays, metadata): what the checkpoint of ``run`` holds."""
         arrays = {f"model/{k}": v for k, v in self.model.state_dict().items()}
-        opt_arrays, opt_meta = self.opt.state_dict(self.B)
+        opt_arrays, opt_meta = self.opt.state_dict(self.backend)
         arrays.update({f"optim/{k}": v for k, v in opt_arrays.items()})
         meta = {"schema_version": SCHEMA_VERSION, "written_by": f"gpucnn {__version__}",
                 "model": self.model.config, "model_extra": self.model.extra_state(),
@@ -80,7 +80,7 @@ class RunCheckpoint:
         arrays, meta = load_checkpoint(path)
         meta = upgrade_metadata(meta, path)
         try:  # before the comparison: auto then runs the checkpoint's algorithms again
-            conv_algos.restore(self.B, meta.get("conv_algos"))
+            conv_selector.restore(self.backend, meta.get("conv_algos"))
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: conv_algos: {exc}") from None
         differences, unchecked = compare_run(meta, self.run_record())
@@ -99,7 +99,7 @@ class RunCheckpoint:
             raise CheckpointError(f"{path}: {exc}") from None
         try:
             self.model.load_state_dict(_arrays_under(arrays, "model/"))
-            self.opt.load_state_dict(self.B, _arrays_under(arrays, "optim/"), meta["optimizer"])
+            self.opt.load_state_dict(self.backend, _arrays_under(arrays, "optim/"), meta["optimizer"])
             self.model.load_extra_state(meta["model_extra"])
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: checkpoint does not fit this run: {exc}") from exc

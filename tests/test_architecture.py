@@ -160,3 +160,50 @@ def test_tests_use_public_names():
                     and node.value.id in modules):
                 bad.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
     assert not bad, "\n".join(bad)
+
+
+# ---- the narrow backend (issue 16): ops own their dispatch ---------------------------------
+# What a backend class may define: its arrays, its context and limits, one way to run an op
+# (plan), the checks the ops call, and the convolution-algorithm bookkeeping. The functional
+# API (B.conv2d, ...) is the ops' own entry points (gpucnn/ops/dispatch.py), never a method
+# written on a backend.
+BACKEND_API = {
+    "__init__", "asarray", "to_numpy", "zeros", "empty", "synchronize", "on_device",
+    "raise_device_errors", "describe", "plan", "forget_plans", "check", "check_array",
+    "_refuse", "check_labels", "conv_selector", "conv_algorithms", "set_conv_algorithms",
+    "conv_policy", "threads", "workspace_bytes", "max_blocks", "dw_target_blocks", "use_cublas",
+}
+
+
+def _backend_classes():
+    for path in sorted((PKG / "backends").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(b, "id", getattr(b, "attr", "")).endswith("Backend")
+                    for b in node.bases) or (isinstance(node, ast.ClassDef)
+                                             and node.name == "Backend"):
+                yield path, node
+
+
+def test_backends_define_no_op_methods():
+    from gpucnn.ops.dispatch import API
+    classes = list(_backend_classes())
+    assert {n.name for _, n in classes} >= {"Backend", "DeviceBackend", "NumpyBackend",
+                                            "ReferenceBackend"}
+    bad = []
+    for path, cls in classes:
+        for item in cls.body:
+            if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                name = item.name
+                if name not in BACKEND_API or name.lstrip("_") in API:
+                    bad.append(f"{path.relative_to(ROOT)}: {cls.name}.{name}")
+    assert not bad, ("backend classes define methods beyond the narrow API (an op's entry "
+                     "point belongs in its gpucnn/ops module):\n" + "\n".join(bad))
+
+
+def test_every_op_entry_point_is_a_backend_method():
+    from gpucnn.backends.base import Backend
+    from gpucnn.ops.dispatch import API
+    assert len(API) >= 20
+    for name, fn in API.items():
+        assert getattr(Backend, name) is fn, name

@@ -21,7 +21,7 @@ class Float64Backend(NumpyBackend):
 
 
 def _net_grad_check(net, x, labels, eps=1e-6):
-    B = net.B
+    B = net.backend
     lossf = SoftmaxCrossEntropy().bind(B)
     lossf.forward(net.forward(x), labels)
     dx = net.backward(lossf.backward())

@@ -177,7 +177,7 @@ def test_conv_algorithms_are_recorded_restored_and_compared(tmp_path, monkeypatc
 
     resumed = Trainer(_cfg(tmp_path, epochs=2, limit=128, resume=True))
     resumed.load(cfg.checkpoint)
-    assert all(resumed.B.conv_selector.auto[k] == v for k, v in saved["chosen"].items())
+    assert all(resumed.backend.conv_selector.auto[k] == v for k, v in saved["chosen"].items())
 
     monkeypatch.setenv("GPUCNN_CONV_ALGO", "im2col")
     with pytest.raises(CheckpointError,

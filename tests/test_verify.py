@@ -137,28 +137,36 @@ def test_a_built_model_verifies_through_the_api():
 
 # ---- broken backends: exactly the broken layer fails ------------------------------------------
 class _Broken(DeviceBackend):
-    """The emu backend (checks on) with one op of one layer spoiled by ``spoil``."""
+    """The emu backend (checks on) with one op of one layer spoiled by ``spoil``: its one
+    way to run an op (``plan``) wraps the implementation the layer would get."""
 
     def __init__(self, spoil):
         base = make_emu_backend(checks=True, seed=3)
         super().__init__(base.module, np, "emu", base.max_blocks, base.device_name)
         self.spoil = spoil
 
-    def linear(self, x, w, b=None, relu=False):
-        y = super().linear(x, w, b, relu)
+    def plan(self, op, setup, *specs):
+        plan = super().plan(op, setup, *specs)
+        run, spoil = plan.run, getattr(self, "_SPOILERS", {}).get((op.name, self.spoil))
+        if spoil is not None:
+            plan.run = lambda *args: spoil(self, run, *args)
+        return plan
+
+    def _linear(self, run, x, w, b):
+        y = run(x, w, b)
         if w.shape[0] == 84 and self.spoil == "output":
             y = y.copy()
             y.flat[3] += 1.0 + abs(y).max()  # one wrong element in Linear(120->84)'s output
         if w.shape[0] == 84 and self.spoil == "out of bounds":
             # a real kernel writing one element past the end of its output buffer
             short = self.empty((y.size - 1,), np.float32)
-            self.kernel("relu_forward")((1, 1, 1), (64, 1, 1),
-                                        (y.reshape(-1), short, np.int32(y.size)))
+            self.ctx.kernel("relu_forward")((1, 1, 1), (64, 1, 1),
+                                            (y.reshape(-1), short, np.int32(y.size)))
         return y
 
-    def conv2d_relu_maxpool(self, x, w, b=None, **kw):
-        y, sw = super().conv2d_relu_maxpool(x, w, b, **kw)
-        if w.shape[0] == 16 and self.spoil == "switch":
+    def _conv_pool(self, run, x, w, b):
+        y, sw = run(x, w, b)
+        if w.shape[0] == 16:
             # the second conv's first window with a positive maximum (so a gradient flows
             # through it): point at its neighbour column (2x2 windows start on even columns
             # of a 10-wide plane, so index ^ 1 stays in the window)
@@ -166,11 +174,15 @@ class _Broken(DeviceBackend):
             sw.flat[np.flatnonzero(y > 0)[0]] ^= 1
         return y, sw
 
-    def conv2d_relu_maxpool_backward(self, dy, switches, y, x, w, **kw):
-        dx, dw, db = super().conv2d_relu_maxpool_backward(dy, switches, y, x, w, **kw)
-        if w.shape[0] == 6 and self.spoil == "weight grad":
+    def _conv_pool_backward(self, run, dy, switches, y, x, w):
+        dx, dw, db = run(dy, switches, y, x, w)
+        if w.shape[0] == 6:
             dw = dw * 1.01
         return dx, dw, db
+
+    _SPOILERS = {("linear", "output"): _linear, ("linear", "out of bounds"): _linear,
+                 ("conv2d_relu_maxpool", "switch"): _conv_pool,
+                 ("conv2d_relu_maxpool_backward", "weight grad"): _conv_pool_backward}
 
 
 @pytest.mark.parametrize("spoil,row,figure", [

@@ -1,38 +1,128 @@
 """The device backend: the functional API implemented by launching our CUDA C kernels.
 
-One class serves both ``cuda`` (CuPy arrays, ``cupy.RawModule``) and ``emu`` (NumPy arrays, the
-same ``.cu`` files compiled for the CPU by :mod:`gpucnn.backends.emu`). The two differ only in
-``module`` — an object whose ``get_function(name)`` returns a callable
-``f(grid, block, args, shared_mem=0)`` — in the array module ``xp`` and in ``max_blocks``.
-Each op's launches (and their geometry) live in its module under :mod:`gpucnn.ops`; every
-method below is one line naming it, so the emulator executes exactly the launch a GPU gets.
+One class serves ``cuda`` (CuPy arrays, ``cupy.RawModule``), ``emu`` (NumPy arrays, the same
+``.cu`` files compiled for the CPU by :mod:`gpucnn.backends.emu`) and the null device
+(:mod:`.null`: the cuda code path with launches that do nothing). They differ only in
+``module`` — an object whose ``get_function(name)`` returns a kernel ``k(grid, block, args,
+shared_mem=0)``, optionally with an unchecked ``k.launch`` and a ``k.check`` — in the array
+module ``xp`` and in ``max_blocks``. The ops' device implementations (``gpucnn/ops``) receive
+the backend's :class:`DeviceContext`, never the backend, so the emulator executes exactly the
+launches a GPU gets.
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
+import threading
 
 import numpy as np
 
 from ..cpu import default_workspace_bytes
-from ..ops import activation, gemm, linear, loss, lrn, optim
-from ..ops.conv import algos as conv_algos
-from ..ops.pool import device as pool
-from ..toolchain import kernel_sources
+from ..ops import loss
+from ..ops.conv.device import DW_TARGET_BLOCKS
 from .base import Backend
 
-__all__ = ["DeviceBackend", "make_emu_backend"]
+__all__ = ["DeviceBackend", "DeviceContext", "make_emu_backend"]
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class DeviceContext:
+    """What a device implementation may use: ``empty`` (allocate; NaN-poisoned where the
+    module asks for it), ``workspace`` (shared, grown buffers), ``kernel``, ``xp``, the limits
+    (``max_blocks``, ``workspace_bytes``, ``dw_target_blocks``), ``use_cublas``, ``address``
+    (an array's device address) and ``check_launches`` (check every launch, not only each
+    plan's first: always on ``emu``, or with ``GPUCNN_CHECK_LAUNCHES=1``)."""
+
+    def __init__(self, module, xp, max_blocks, workspace_bytes=None, device_id=None,
+                 check_launches=None):
+        self.module = module
+        self.xp = xp
+        self.max_blocks = int(max_blocks)
+        self.workspace_bytes = (default_workspace_bytes() if workspace_bytes is None
+                                else int(workspace_bytes))
+        self.device_id = device_id
+        self.use_cublas = False
+        self.check_launches = (_env_flag("GPUCNN_CHECK_LAUNCHES") if check_launches is None
+                               else bool(check_launches))
+        self.empty = self._poisoned if getattr(module, "poison_outputs", False) else xp.empty
+        self._buffers = {}
+
+    def kernel(self, name):
+        return self.module.get_function(name)
+
+    def _poisoned(self, shape, dtype=np.float32):
+        """An output buffer filled with NaN (float) or a sentinel (int), so a kernel that
+        skips an element cannot pass a test."""
+        out = self.xp.empty(shape, dtype=dtype)
+        out.fill(np.nan if np.issubdtype(np.dtype(dtype), np.floating) else -7777)
+        return out
+
+    def workspace(self, tag, count):
+        """A float32 buffer of at least ``count`` elements, kept under ``tag`` and reused
+        (grown, never shrunk, when a layer needs more)."""
+        buf = self._buffers.get(tag)
+        if buf is None or buf.size < count:
+            self._buffers.pop(tag, None)  # free the old one before allocating
+            buf = self._buffers[tag] = self.empty((int(count),), np.float32)
+        return buf[:count]
+
+    def buffer(self, tag):
+        """The workspace buffer kept under ``tag`` (None before its first use)."""
+        return self._buffers.get(tag)
+
+    def to_numpy(self, a):
+        return np.array(a, copy=True) if self.xp is np else self.xp.asnumpy(a)
+
+
+class _Pinned:
+    """``with ctx_holder:`` makes the backend's GPU current, once: nested op calls see the
+    depth and skip it (CuPy's current device is per thread, so the depth is too)."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.local = threading.local()
+
+    def depth(self):
+        return getattr(self.local, "depth", 0)
+
+    def __enter__(self):
+        d = self.depth()
+        if d == 0:
+            self.local.device = self.backend.xp.cuda.Device(self.backend.device_id)
+            self.local.device.__enter__()
+        self.local.depth = d + 1
+        return self
+
+    def __exit__(self, *exc):
+        self.local.depth -= 1
+        if self.local.depth == 0:
+            self.local.device.__exit__(*exc)
+
+
+def _pinning(backend, fn):
+    """The op entry ``fn`` run with the backend's GPU current (unless it already is)."""
+    pinned = backend._pinned
+
+    def op(*args, **kwargs):
+        if pinned.depth():
+            return fn(backend, *args, **kwargs)
+        with pinned:
+            return fn(backend, *args, **kwargs)
+    op.__name__, op.__doc__ = fn.__name__, fn.__doc__
+    return op
 
 
 class DeviceBackend(Backend):
-    use_cublas = False  # the cuda backend sets it (GPUCNN_CUBLAS=1): GEMMs by cuBLAS
+    kind = "device"
     conv_kind = "device"  # its convolution algorithms (gpucnn/ops/conv/algos.py)
 
     @property
     def conv_policy(self):
         """How ``auto`` picks a convolution algorithm: timed per layer shape on a GPU, by the
-        documented heuristic on the emulator (whose timings say nothing about a GPU)."""
+        documented heuristic on the emulator and the null device (whose timings say nothing
+        about a GPU)."""
         return "timed" if self.name == "cuda" else "heuristic"
 
     def __init__(self, module, xp, name, max_blocks, device_name="", workspace_bytes=None,
@@ -40,54 +130,78 @@ class DeviceBackend(Backend):
         self.module = module
         self.xp = xp
         self.name = name
-        self.max_blocks = int(max_blocks)
         self.device_name = device_name
-        self.device_id = device_id  # the GPU (cuda); None on emu
-        self.workspace_bytes = (default_workspace_bytes() if workspace_bytes is None
-                                else int(workspace_bytes))
+        self.device_id = device_id  # the GPU (cuda); None on emu and the null device
+        self.ctx = DeviceContext(module, xp, max_blocks, workspace_bytes, device_id)
+        if device_id is not None:
+            # Every op entry makes the GPU current around its work (one frame more on cuda),
+            # skipped inside on_device() (the trainer's step).
+            from ..ops.dispatch import API
+            self._pinned = _Pinned(self)
+            for op_name, fn in API.items():
+                if getattr(type(self), op_name) is fn:  # not overridden by a subclass
+                    setattr(self, op_name, _pinning(self, fn))
+
+    # The limits plans are worked out from: setting one drops the plans made with the old.
+    @property
+    def max_blocks(self):
+        return self.ctx.max_blocks
+
+    @property
+    def workspace_bytes(self):
+        """Bound on the im2col workspace (larger batches run in chunks)."""
+        return self.ctx.workspace_bytes
+
+    @workspace_bytes.setter
+    def workspace_bytes(self, n):
+        self.ctx.workspace_bytes = int(n)
+        self.forget_plans()
+
+    @property
+    def dw_target_blocks(self):
+        """Below this many blocks a weight-gradient GEMM splits its reduction over grid z."""
+        return getattr(self.ctx, "dw_target_blocks", DW_TARGET_BLOCKS)
+
+    @dw_target_blocks.setter
+    def dw_target_blocks(self, n):
+        self.ctx.dw_target_blocks = int(n)
+        self.forget_plans()
+
+    @property
+    def use_cublas(self):
+        """GEMMs through cuBLAS (``GPUCNN_CUBLAS=1`` on cuda) instead of our SGEMM."""
+        return self.ctx.use_cublas
+
+    @use_cublas.setter
+    def use_cublas(self, on):
+        self.ctx.use_cublas = bool(on)
+        self.forget_plans()
+
+    def on_device(self):
+        return self._pinned if self.device_id is not None else super().on_device()
 
     def describe(self):
         return f"{self.name} ({self.device_name})" if self.device_name else self.name
 
-    def on_device(self):
-        """A context that makes this backend's GPU current. CuPy's current device is per
-        thread, so every allocation, launch and synchronise of the backend runs inside one
-        (see _pin_to_device), whichever thread calls: the ground for one process per GPU."""
-        if self.device_id is None:
-            return contextlib.nullcontext()
-        return self.xp.cuda.Device(self.device_id)  # a fresh one: its stack is per object
-
-    def kernel(self, name):
-        return self.module.get_function(name)
-
     def asarray(self, a, dtype=None):
-        a = np.asarray(a) if not isinstance(a, self.xp.ndarray) else a
-        if dtype is None:
-            dtype = np.int32 if np.issubdtype(a.dtype, np.integer) else np.float32
-        return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
-
-    def to_numpy(self, a):
-        if self.xp is np:
-            return np.array(a, copy=True)
-        return self.xp.asnumpy(a)
+        with self.on_device():
+            a = np.asarray(a) if not isinstance(a, self.xp.ndarray) else a
+            if dtype is None:
+                dtype = np.int32 if np.issubdtype(a.dtype, np.integer) else np.float32
+            return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=dtype))
 
     def empty(self, shape, dtype=np.float32):
-        """An output buffer. On ``emu`` with checks on, it is poisoned with NaN (float) or
-        a sentinel (int) so a kernel that skips an element cannot pass a test."""
-        out = self.xp.empty(shape, dtype=dtype)
-        if getattr(self.module, "poison_outputs", False):
-            out.fill(np.nan if np.issubdtype(np.dtype(dtype), np.floating) else -7777)
-        return out
+        """An uninitialised array (NaN-poisoned where the module asks for it)."""
+        with self.on_device():
+            return self.ctx.empty(shape, dtype)
 
-    def workspace(self, attr, count):
-        """A float32 buffer of at least ``count`` elements, kept on the backend as ``attr``
-        and reused (grown, never shrunk, when a layer needs more)."""
-        buf = getattr(self, attr, None)
-        if buf is None or buf.size < count:
-            setattr(self, attr, None)  # free the old one before allocating
-            buf = self.empty((int(count),), np.float32)
-            setattr(self, attr, buf)
-        return buf[:count]
+    def zeros(self, shape, dtype=np.float32):
+        with self.on_device():
+            return self.xp.zeros(shape, dtype=dtype)
+
+    def to_numpy(self, a):
+        with self.on_device():
+            return self.ctx.to_numpy(a)
 
     def synchronize(self):
         if self.device_id is not None:
@@ -95,99 +209,13 @@ class DeviceBackend(Backend):
 
     def raise_device_errors(self):
         """Raise what the kernels flagged since the last call (out-of-range labels)."""
-        loss.raise_label_error_device(self)
-
-    def gemm(self, a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=False,
-             out=None, beta=0.0):
-        """C = op(a) @ op(b) (+ bias) (+ beta * out) (ReLU); see :func:`gpucnn.ops.gemm.gemm`."""
-        return gemm.gemm(self, a, b, trans_a, trans_b, bias, bias_axis, relu, out, beta)
-
-    # ---- the ops: one line each, naming the op module that launches the kernels ----------
-    def _conv2d(self, x, w, b, g, relu, algo):
-        return conv_algos.get("device", algo).forward(self, x, w, b, g, relu)
-
-    def _conv2d_backward(self, dy, x, w, g, need_dx, need_dw, algo):
-        return conv_algos.get("device", algo).backward(self, dy, x, w, g, need_dx, need_dw)
-
-    def _max_pool2d(self, x, g):
-        return pool.max_pool2d(self, x, g)
-
-    def _max_pool2d_backward(self, dy, switches, g):
-        return pool.max_pool2d_backward(self, dy, switches, g)
-
-    def _avg_pool2d(self, x, g):
-        return pool.avg_pool2d(self, x, g)
-
-    def _avg_pool2d_backward(self, dy, g):
-        return pool.avg_pool2d_backward(self, dy, g)
-
-    def _lp_pool2d(self, x, p, g):
-        return pool.lp_pool2d(self, x, p, g)
-
-    def _lp_pool2d_backward(self, dy, x, y, p, g):
-        return pool.lp_pool2d_backward(self, dy, x, y, p, g)
-
-    def _relu(self, x):
-        return activation.relu_device(self, x)
-
-    def _relu_backward(self, dy, y):
-        return activation.relu_backward_device(self, dy, y)
-
-    def _linear(self, x, w, b, relu):
-        return linear.linear_device(self, x, w, b, relu)
-
-    def _linear_backward(self, dy, x, w):
-        return linear.linear_backward_device(self, dy, x, w)
-
-    def _softmax_cross_entropy(self, logits, labels):
-        return loss.softmax_cross_entropy_device(self, logits, labels)
-
-    def _softmax_cross_entropy_backward(self, probs, labels):
-        return loss.softmax_cross_entropy_backward_device(self, probs, labels)
-
-    def _local_response_norm(self, x, size, alpha, beta, k):
-        return lrn.local_response_norm_device(self, x, size, alpha, beta, k)
-
-    def _local_response_norm_backward(self, dy, x, y, scale, size, alpha, beta, k):
-        return lrn.local_response_norm_backward_device(self, dy, x, y, scale, size, alpha,
-                                                       beta, k)
-
-    def _dropout(self, x, p, seed):
-        return activation.dropout_device(self, x, p, seed)
-
-    def _dropout_backward(self, dy, mask):
-        return activation.dropout_backward_device(self, dy, mask)
-
-    def _sgd_update(self, param, grad, velocity, lr, momentum, weight_decay, nesterov):
-        optim.sgd_update_device(self, param, grad, velocity, lr, momentum, weight_decay,
-                                nesterov)
-
-    def _adam_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
-        optim.adam_update_device(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay,
-                                 step)
-
-
-def _pin_to_device(cls):
-    """Wrap every array and op method the class defines so it runs with the backend's GPU
-    current (the public API in base.py validates, then calls these)."""
-    for attr, fn in list(vars(cls).items()):
-        if not callable(fn) or attr.startswith("__") or attr in ("on_device", "describe",
-                                                                  "kernel"):
-            continue
-
-        def pinned(self, *args, _fn=fn, **kwargs):
-            with self.on_device():
-                return _fn(self, *args, **kwargs)
-
-        setattr(cls, attr, functools.wraps(fn)(pinned))
-    return cls
-
-
-_pin_to_device(DeviceBackend)
+        with self.on_device():
+            loss.raise_label_error_device(self.ctx)
 
 
 def make_emu_backend(**emu_options):
     """The ``emu`` backend; options (order, checks, ...) go to :class:`EmuModule`."""
+    from ..toolchain import kernel_sources
     from .emu import EmuModule  # compiles with g++ on first use: only when asked for
     module = EmuModule(kernel_sources(), **emu_options)
     return DeviceBackend(module, np, "emu", max_blocks=int(os.environ.get(

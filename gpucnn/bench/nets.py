@@ -59,7 +59,7 @@ class GpucnnNet:
         from ..models import build_model
         from ..nn import SoftmaxCrossEntropy
         from ..optim import SGD
-        self.B = B
+        self.backend = B
         self.model = build_model(_key(name), backend=B, seed=seed)
         self.model.train()
         self.loss = SoftmaxCrossEntropy().bind(B)
@@ -112,9 +112,9 @@ def _torch_module(layer, torch):
     else:
         raise ValueError(f"no PyTorch equivalent for gpucnn layer {kind}")
     with torch.no_grad():
-        m.weight.copy_(torch.from_numpy(layer.B.to_numpy(layer.weight.data)))
+        m.weight.copy_(torch.from_numpy(layer.backend.to_numpy(layer.weight.data)))
         if layer.bias is not None:
-            m.bias.copy_(torch.from_numpy(layer.B.to_numpy(layer.bias.data)))
+            m.bias.copy_(torch.from_numpy(layer.backend.to_numpy(layer.bias.data)))
     return m
 
 

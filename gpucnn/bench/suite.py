@@ -69,7 +69,7 @@ class _Telemetry:
     """Wraps the optional NVML sampler and CuPy pool figures."""
 
     def __init__(self, cfg, B, nvml=None, log=print):
-        self.B = B
+        self.backend = B
         self.sampler, self.reason = open_sampler(cfg.telemetry, nvml=nvml,
                                                  interval_s=cfg.telemetry_interval_s)
         if self.sampler is None:

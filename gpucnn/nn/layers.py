@@ -1,12 +1,19 @@
-"""Layers. Each one owns its forward and backward and calls only the backend's functional API."""
+"""Layers. Each one owns its forward and backward; each call runs a plan of an op
+(:mod:`gpucnn.ops`) that the layer keeps for its last input shape (``Module._plan``), so a
+step goes from the layer to the kernel without re-deriving a geometry or re-validating a
+hyper-parameter."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
+from ..ops import activation, linear, lrn
+from ..ops import loss as loss_op
 from ..ops.common import pair
+from ..ops.conv import api as conv_api
 from ..ops.conv import conv_geometry
+from ..ops.pool import api as pool_api
 from ..ops.pool import lp_norm_type, pool_geometry
 from .module import Module, Parameter
 
@@ -35,8 +42,8 @@ class _WeightLayer(Module):
 
     def _make_params(self, rng, shape, fan_in, fan_out):
         w = _init_weight(rng, shape, fan_in, fan_out, self.init)
-        self.weight = Parameter(self.B.asarray(w.astype(np.float32)))
-        self.bias = (Parameter(self.B.asarray(np.zeros(shape[0], np.float32)))
+        self.weight = Parameter(self.backend.asarray(w.astype(np.float32)))
+        self.bias = (Parameter(self.backend.asarray(np.zeros(shape[0], np.float32)))
                      if self.use_bias else None)
 
     def named_parameters(self, prefix=""):
@@ -103,25 +110,33 @@ class Conv2d(_WeightLayer):
 
     def forward(self, x):
         self.x = x
+        w, b = self.weight.data, self._bias_data()
         if self.fused_pool is not None:  # conv + ReLU + max-pool (Sequential sets this up)
-            self.y, self.switches = self.B.conv2d_relu_maxpool(
-                x, self.weight.data, self._bias_data(), **self._kw(), **self._pool_kw())
+            plan = self._plan("_forward", x, lambda: conv_api.conv2d_relu_maxpool_plan(
+                self.backend, x, w, b, **self._kw(), **self._pool_kw()))
+            self.y, self.switches = plan.run(x, w, b)
             return self.y
-        self.y = self.B.conv2d(x, self.weight.data, self._bias_data(), relu=self.fused_relu,
-                               **self._kw())
+        plan = self._plan("_forward", x, lambda: conv_api.conv2d_plan(
+            self.backend, x, w, b, relu=self.fused_relu, **self._kw()))
+        self.y = plan.run(x, w, b)
         return self.y
 
     def backward(self, dy):
+        x, w, need_dx = self.x, self.weight.data, self.needs_input_grad
         if self.fused_pool is not None:
-            dx, dw, db = self.B.conv2d_relu_maxpool_backward(
-                dy, self.switches, self.y, self.x, self.weight.data, **self._kw(),
-                **self._pool_kw(), need_dx=self.needs_input_grad)
+            switches, y = self.switches, self.y
+            plan = self._plan("_backward", dy, lambda: (
+                conv_api.conv2d_relu_maxpool_backward_plan(
+                    self.backend, dy, switches, y, x, w, **self._kw(), **self._pool_kw(),
+                    need_dx=need_dx)), need_dx)
+            dx, dw, db = plan.run(dy, switches, y, x, w)
             self.switches = None
         else:
             if self.fused_relu:
-                dy = self.B.relu_backward(dy, self.y)
-            dx, dw, db = self.B.conv2d_backward(dy, self.x, self.weight.data, **self._kw(),
-                                                need_dx=self.needs_input_grad)
+                dy = self._relu_backward(dy, self.y)
+            plan = self._plan("_backward", dy, lambda: conv_api.conv2d_backward_plan(
+                self.backend, dy, x, w, **self._kw(), need_dx=need_dx), need_dx)
+            dx, dw, db = plan.run(dy, x, w)
         self._store_grads(dw, db)
         self.x = self.y = None
         return dx
@@ -166,13 +181,19 @@ class Linear(_WeightLayer):
 
     def forward(self, x):
         self.x = x
-        self.y = self.B.linear(x, self.weight.data, self._bias_data(), relu=self.fused_relu)
+        w, b = self.weight.data, self._bias_data()
+        plan = self._plan("_forward", x, lambda: linear.linear_plan(self.backend, x, w, b,
+                                                                    self.fused_relu))
+        self.y = plan.run(x, w, b)
         return self.y
 
     def backward(self, dy):
         if self.fused_relu:
-            dy = self.B.relu_backward(dy, self.y)
-        dx, dw, db = self.B.linear_backward(dy, self.x, self.weight.data)
+            dy = self._relu_backward(dy, self.y)
+        x, w = self.x, self.weight.data
+        plan = self._plan("_backward", dy, lambda: linear.linear_backward_plan(
+            self.backend, dy, x, w))
+        dx, dw, db = plan.run(dy, x, w)
         self._store_grads(dw, db)
         self.x = self.y = None
         return dx
@@ -199,7 +220,9 @@ class _Pool(Module):
     def __init__(self, kernel_size, stride=None, padding=0, **options):
         super().__init__()
         self.kernel_size = pair(kernel_size, "kernel_size")
-        self.stride = self.kernel_size if stride is None else pair(stride, "stride")
+        # None or () (PyTorch's spelling): the kernel size
+        self.stride = self.kernel_size if stride is None or stride == () else pair(stride,
+                                                                                   "stride")
         self.padding = pair(padding, "padding")
         self.options = options
         # Validate now on the smallest input every window reaches (a dilated one spans more).
@@ -263,12 +286,15 @@ class MaxPool2d(_Pool):
 
     def forward(self, x):
         self.x_shape = x.shape
-        y, self.switches = self.B.max_pool2d(x, *self._args(), **self.options)
+        plan = self._plan("_forward", x, lambda: pool_api.max_pool2d_plan(
+            self.backend, x, *self._args(), **self.options))
+        y, self.switches = plan.run(x)
         return y
 
     def backward(self, dy):
-        dx = self.B.max_pool2d_backward(dy, self.switches, self.x_shape, *self._args(),
-                                        **self.options)
+        plan = self._plan("_backward", dy, lambda: pool_api.max_pool2d_backward_plan(
+            self.backend, dy, self.switches, self.x_shape, *self._args(), **self.options))
+        dx = plan.run(dy, self.switches)
         self.switches = None
         return dx
 
@@ -285,10 +311,12 @@ class AvgPool2d(_Pool):
 
     def forward(self, x):
         self.x_shape = x.shape
-        return self.B.avg_pool2d(x, *self._args(), **self.options)
+        return self._plan("_forward", x, lambda: pool_api.avg_pool2d_plan(
+            self.backend, x, *self._args(), **self.options)).run(x)
 
     def backward(self, dy):
-        return self.B.avg_pool2d_backward(dy, self.x_shape, *self._args(), **self.options)
+        return self._plan("_backward", dy, lambda: pool_api.avg_pool2d_backward_plan(
+            self.backend, dy, self.x_shape, *self._args(), **self.options)).run(dy)
 
 
 class LPPool2d(_Pool):
@@ -303,13 +331,16 @@ class LPPool2d(_Pool):
 
     def forward(self, x):
         self.x = x
-        self.y = self.B.lp_pool2d(x, self.norm_type, self.kernel_size, self.stride,
-                                  **self.options)
+        self.y = self._plan("_forward", x, lambda: pool_api.lp_pool2d_plan(
+            self.backend, x, self.norm_type, self.kernel_size, self.stride,
+            **self.options)).run(x)
         return self.y
 
     def backward(self, dy):
-        dx = self.B.lp_pool2d_backward(dy, self.x, self.y, self.norm_type, self.kernel_size,
-                                       self.stride, **self.options)
+        x, y = self.x, self.y
+        dx = self._plan("_backward", dy, lambda: pool_api.lp_pool2d_backward_plan(
+            self.backend, dy, x, y, self.norm_type, self.kernel_size, self.stride,
+            **self.options)).run(dy, x, y)
         self.x = self.y = None
         return dx
 
@@ -322,11 +353,12 @@ class LPPool2d(_Pool):
 
 class ReLU(Module):
     def forward(self, x):
-        self.y = self.B.relu(x)
+        self.y = self._plan("_forward", x, lambda: activation.relu_plan(self.backend,
+                                                                        x)).run(x)
         return self.y
 
     def backward(self, dy):
-        dx = self.B.relu_backward(dy, self.y)
+        dx = self._relu_backward(dy, self.y)
         self.y = None
         return dx
 
@@ -370,11 +402,17 @@ class Dropout(Module):
             return x
         seed = (self.seed + 0x9E3779B9 * self.calls) & 0xFFFFFFFF
         self.calls += 1
-        y, self.mask = self.B.dropout(x, self.p, seed)
+        plan = self._plan("_forward", x, lambda: activation.dropout_plan(self.backend, x,
+                                                                         self.p))
+        y, self.mask = plan.run(x, seed)
         return y
 
     def backward(self, dy):
-        return dy if self.mask is None else self.B.dropout_backward(dy, self.mask)
+        if self.mask is None:
+            return dy
+        mask = self.mask
+        return self._plan("_backward", dy, lambda: activation.dropout_backward_plan(
+            self.backend, dy, mask)).run(dy, mask)
 
     def extra_state(self):
         return {"seed": self.seed, "calls": self.calls}
@@ -396,11 +434,14 @@ class LocalResponseNorm(Module):
 
     def forward(self, x):
         self.x = x
-        self.y, self.scale = self.B.local_response_norm(x, *self.args)
+        self.y, self.scale = self._plan("_forward", x, lambda: lrn.local_response_norm_plan(
+            self.backend, x, *self.args)).run(x)
         return self.y
 
     def backward(self, dy):
-        dx = self.B.local_response_norm_backward(dy, self.x, self.y, self.scale, *self.args)
+        x, y, scale = self.x, self.y, self.scale
+        dx = self._plan("_backward", dy, lambda: lrn.local_response_norm_backward_plan(
+            self.backend, dy, x, y, scale, *self.args)).run(dy, x, y, scale)
         self.x = self.y = self.scale = None
         return dx
 
@@ -417,9 +458,14 @@ class SoftmaxCrossEntropy(Module):
 
     def forward(self, logits, labels):
         self.labels = labels
-        loss, self.probs = self.B.softmax_cross_entropy(logits, labels)
+        loss, self.probs = self._plan("_forward", logits, lambda: (
+            loss_op.softmax_cross_entropy_plan(self.backend, logits, labels)),
+            labels.dtype).run(logits, labels)
         return loss
 
     def backward(self, dloss=1.0):
-        d = self.B.softmax_cross_entropy_backward(self.probs, self.labels)
+        probs, labels = self.probs, self.labels
+        d = self._plan("_backward", probs, lambda: (
+            loss_op.softmax_cross_entropy_backward_plan(self.backend, probs, labels)),
+            labels.dtype).run(probs, labels)
         return d if dloss == 1.0 else d * dloss

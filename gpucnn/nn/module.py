@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends import get_backend
+from ..ops.activation import relu_backward_plan
 
 __all__ = ["Parameter", "Module", "Sequential"]
 
@@ -35,12 +36,12 @@ class Module:
     fused_into = None  # set by Sequential on a layer folded into the previous one
 
     def __init__(self):
-        self.B = None
+        self.backend = None
 
     # -- backend and parameters ----------------------------------------------------------------
     def bind(self, backend, rng=None):
         """Attach to a backend and create parameters (host-side init with ``rng``)."""
-        self.B = get_backend(backend)
+        self.backend = get_backend(backend)
         return self
 
     def named_parameters(self, prefix=""):
@@ -80,6 +81,24 @@ class Module:
     def __call__(self, x):
         return self.forward(x)
 
+    # -- plans: an op worked out once for the last input shape ---------------------------------
+    def _plan(self, slot, a, make, *extra):
+        """The plan kept in ``slot`` if it was made for ``a``'s shape and dtype (and
+        ``extra``) on the backend's current plans, else a new one from ``make()``. The plan's
+        run still checks every array it gets."""
+        key = (a.shape, a.dtype, *extra)
+        plan = self.__dict__.get(slot)
+        if plan is None or plan.key != key or plan.cache is not self.backend.plans:
+            plan = make()
+            plan.key = key
+            setattr(self, slot, plan)
+        return plan
+
+    def _relu_backward(self, dy, y):
+        """dx of a ReLU (a layer's own, or one fused into it) given its output y."""
+        return self._plan("_relu_backward_plan", dy, lambda: relu_backward_plan(
+            self.backend, dy, y)).run(dy, y)
+
     def __repr__(self):
         return type(self).__name__ + "()"
 
@@ -110,9 +129,9 @@ class Sequential(Module):
             self.layers[0].needs_input_grad = False
 
     def bind(self, backend, rng):
-        self.B = get_backend(backend)
+        self.backend = get_backend(backend)
         for layer in self.layers:
-            layer.bind(self.B, rng)
+            layer.bind(self.backend, rng)
         return self
 
     def named_parameters(self, prefix=""):
@@ -154,7 +173,7 @@ class Sequential(Module):
 
     def state_dict(self):
         """Parameters as host NumPy arrays, keyed '<layer index>.<name>'."""
-        return {n: self.B.to_numpy(p.data) for n, p in self.named_parameters()}
+        return {n: self.backend.to_numpy(p.data) for n, p in self.named_parameters()}
 
     def load_state_dict(self, arrays):
         params = dict(self.named_parameters())
@@ -168,7 +187,7 @@ class Sequential(Module):
             if a.shape != p.shape:
                 raise ValueError(f"state dict entry {name!r} has shape {a.shape}, the model "
                                  f"expects {p.shape}")
-            p.data = self.B.asarray(a.astype(np.float32))
+            p.data = self.backend.asarray(a.astype(np.float32))
 
     def __repr__(self):
         inner = "\n".join(f"  ({i}) {l!r}" for i, l in enumerate(self.layers))

@@ -1,7 +1,8 @@
 """ReLU and dropout (``kernels/activation.cu``; tests: ``tests/ops/test_activation.py``).
 
 Each op has a plain ``*_reference`` (the oracle), a tuned CPU path where one exists, and a
-``*_device`` launch. ReLU backward takes the ReLU's *output* y (so fused conv/linear + ReLU
+``*_device`` plan of its launch; the entry points (``B.relu``, ...) and the plan makers
+layers keep follow. ReLU backward takes the ReLU's *output* y (so fused conv/linear + ReLU
 need no extra tensor): dx = dy where y > 0, else +0.
 
 Dropout's mask comes from a counter-based hash of (seed, flat element index), computed
@@ -9,14 +10,20 @@ identically here and in the kernel, so every backend draws the same mask for a s
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..cpu import MIN_SPLIT
-from .launch import launch_1d
+from .common import hyper
+from .dispatch import Op, api, plain, with_ctx
+from .launch import plan_1d
 
 __all__ = ["relu_reference", "relu_backward_reference", "relu_backward_cpu", "relu_device",
            "relu_backward_device", "dropout_hash", "dropout_threshold", "dropout_reference",
-           "dropout_backward_reference", "dropout_device", "dropout_backward_device"]
+           "dropout_backward_reference", "dropout_device", "dropout_backward_device",
+           "RELU", "RELU_BACKWARD", "DROPOUT", "DROPOUT_BACKWARD", "relu_plan",
+           "relu_backward_plan", "dropout_plan", "dropout_backward_plan"]
 
 _M32 = 0xFFFFFFFF
 
@@ -50,16 +57,26 @@ def relu_backward_cpu(rt, dy, y):
     return dx
 
 
-def relu_device(dev, x):
-    y = dev.empty(x.shape, np.float32)
-    launch_1d(dev, "relu_forward", x.size, x, y, np.int32(x.size))
-    return y
+def relu_device(ctx, shape):
+    n = math.prod(shape)
+    launch, empty, count = plan_1d(ctx, "relu_forward", n), ctx.empty, np.int32(n)
+
+    def run(x):
+        y = empty(shape, np.float32)
+        launch.fire((x, y, count))
+        return y
+    return run
 
 
-def relu_backward_device(dev, dy, y):
-    dx = dev.empty(y.shape, np.float32)
-    launch_1d(dev, "relu_backward", y.size, dy, y, dx, np.int32(y.size))
-    return dx
+def relu_backward_device(ctx, shape):
+    n = math.prod(shape)
+    launch, empty, count = plan_1d(ctx, "relu_backward", n), ctx.empty, np.int32(n)
+
+    def run(dy, y):
+        dx = empty(shape, np.float32)
+        launch.fire((dy, y, dx, count))
+        return dx
+    return run
 
 
 # ---- dropout ----------------------------------------------------------------------------------
@@ -96,16 +113,86 @@ def dropout_backward_reference(dy, mask):
     return dy * mask
 
 
-def dropout_device(dev, x, p, seed):
-    y = dev.empty(x.shape, np.float32)
-    mask = dev.empty(x.shape, np.float32)
+def dropout_device(ctx, shape, p):
+    n = math.prod(shape)
+    launch, empty = plan_1d(ctx, "dropout_forward", n), ctx.empty
+    count, threshold = np.int32(n), np.uint32(dropout_threshold(p))
     keep_scale = np.float32(1.0 / (1.0 - p))
-    launch_1d(dev, "dropout_forward", x.size, x, y, mask, np.int32(x.size),
-              np.uint32(seed), np.uint32(dropout_threshold(p)), keep_scale)
-    return y, mask
+
+    def run(x, seed):
+        y, mask = empty(shape, np.float32), empty(shape, np.float32)
+        launch.fire((x, y, mask, count, np.uint32(seed), threshold, keep_scale))
+        return y, mask
+    return run
 
 
-def dropout_backward_device(dev, dy, mask):
-    dx = dev.empty(mask.shape, np.float32)
-    launch_1d(dev, "dropout_backward", mask.size, dy, mask, dx, np.int32(mask.size))
-    return dx
+def dropout_backward_device(ctx, shape):
+    n = math.prod(shape)
+    launch, empty, count = plan_1d(ctx, "dropout_backward", n), ctx.empty, np.int32(n)
+
+    def run(dy, mask):
+        dx = empty(shape, np.float32)
+        launch.fire((dy, mask, dx, count))
+        return dx
+    return run
+
+
+# ---- the ops and their entry points ------------------------------------------------------
+RELU = Op("relu", plain(relu_reference, False), device=relu_device)
+RELU_BACKWARD = Op("relu_backward", plain(relu_backward_reference, False),
+                   with_ctx(relu_backward_cpu, False), relu_backward_device)
+DROPOUT = Op("dropout", lambda ctx, shape, p: lambda x, seed: dropout_reference(x, p, seed),
+             device=dropout_device)
+DROPOUT_BACKWARD = Op("dropout_backward", plain(dropout_backward_reference, False),
+                      device=dropout_backward_device)
+
+
+def relu_plan(backend, x):
+    backend.check(x, "x")
+    return backend.plan(RELU, (x.shape,), ("x", x.shape, (x.dtype,)))
+
+
+def relu_backward_plan(backend, dy, y):
+    backend.check(y, "y")
+    backend.check(dy, "dy", shape=y.shape)
+    dt = (y.dtype,)
+    return backend.plan(RELU_BACKWARD, (y.shape,), ("dy", y.shape, dt), ("y", y.shape, dt))
+
+
+def dropout_plan(backend, x, p):
+    """The run takes (x, seed): seed is taken modulo 2^32."""
+    backend.check(x, "x")
+    p = hyper("dropout", "p", p, 0, 1, high_open=True)
+    if x.size >= 2 ** 32:
+        raise ValueError("dropout: tensors of 2^32 elements or more are not supported")
+    return backend.plan(DROPOUT, (x.shape, p), ("x", x.shape, (x.dtype,)), None)
+
+
+def dropout_backward_plan(backend, dy, mask):
+    backend.check(mask, "mask")
+    backend.check(dy, "dy", shape=mask.shape)
+    dt = (mask.dtype,)
+    return backend.plan(DROPOUT_BACKWARD, (mask.shape,), ("dy", mask.shape, dt),
+                        ("mask", mask.shape, dt))
+
+
+@api
+def relu(backend, x):
+    return relu_plan(backend, x).run(x)
+
+
+@api
+def relu_backward(backend, dy, y):
+    """dx = dy where the ReLU's *output* y > 0 (works for fused conv/linear + ReLU too)."""
+    return relu_backward_plan(backend, dy, y).run(dy, y)
+
+
+@api
+def dropout(backend, x, p, seed):
+    """(y, mask) with mask = 0 or 1/(1-p); element i kept iff hash(seed, i) passes."""
+    return dropout_plan(backend, x, p).run(x, int(seed) & _M32)
+
+
+@api
+def dropout_backward(backend, dy, mask):
+    return dropout_backward_plan(backend, dy, mask).run(dy, mask)

@@ -1,9 +1,11 @@
 """Argument helpers shared by the ops' geometry functions (one wording for every error)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["pair", "output_size", "check_hparams", "is_int", "NCHWShapes"]
+__all__ = ["pair", "output_size", "check_hparams", "is_int", "hyper", "NCHWShapes"]
 
 
 def is_int(value):
@@ -51,3 +53,23 @@ class NCHWShapes:
     @property
     def y_shape(self):
         return (self.N, self.out_channels, self.Ho, self.Wo)
+
+
+def hyper(op, name, value, low=None, high=None, low_open=False, high_open=False):
+    """``value`` as a float, or a ValueError naming the op, the argument and its range. NaN
+    and inf never pass: one NaN learning rate silently turns every parameter into NaN."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    ok = (math.isfinite(v) and (low is None or (v > low if low_open else v >= low))
+          and (high is None or (v < high if high_open else v <= high)))
+    if not ok:
+        if low is not None and high is not None:
+            want = f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        elif low is not None:
+            want = f" {'>' if low_open else '>='} {low}"
+        else:
+            want = ""
+        raise ValueError(f"{op}: {name} must be a finite number{want}, got {value!r}")
+    return v

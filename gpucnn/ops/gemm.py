@@ -5,8 +5,8 @@ convolution and fully connected layer. Its plain reference is :func:`reference`;
 
 The tile constants are read from the ``#define SGEMM_*`` lines of ``kernels/sgemm.cu`` (via
 the toolchain) and checked for consistency here, so the grid computed below and the kernel
-cannot disagree. With ``dev.use_cublas`` (the ``cuda`` backend, GPUCNN_CUBLAS=1) ``gemm``
-runs ``xp.matmul`` (cuBLAS) instead, for comparison benchmarks.
+cannot disagree. With ``ctx.use_cublas`` (the ``cuda`` backend, GPUCNN_CUBLAS=1) the planned
+GEMMs run ``xp.matmul`` (cuBLAS) instead, for comparison benchmarks.
 
 Which kernel a launch runs (:func:`sgemm_plan`), decided here and nowhere else:
 
@@ -30,11 +30,12 @@ import numpy as np
 
 from ..toolchain import source_defines
 from ..toolchain.limits import GRID_DIM_MAX
-from .launch import ceil_div, i32, launch_1d
+from .launch import Launch, ceil_div, i32, plan_1d
 
 __all__ = ["LARGE_TILE_MIN_BLOCKS", "sgemm_tiles", "sgemm_tile", "choose_tile",
            "array_address", "vector_ok", "sgemm_kernel_name", "sgemm_plan", "sgemm_launch",
-           "sgemm", "sum_partials", "gemm", "reference"]
+           "SgemmLaunch", "HostGemm", "sgemm", "plan_sum_partials", "sum_partials", "plan_gemm",
+           "gemm", "reference"]
 
 # The 128 x 128 tile needs at least this many blocks (over the grid and the batches); fewer
 # means part of a 132-SM GPU would idle, and the 64 x 64 tile (4x the blocks) is used.
@@ -129,48 +130,104 @@ def sgemm_launch(M, N, batch_y=1, batch_z=1, tile=None):
     return grid, block
 
 
-def sgemm(dev, a, b, c, M, N, K, lda, ldb, ldc, trans_a=False, trans_b=False,
+def _vector_static(vector, ld, strides):
+    return bool(vector) and int(ld) % 4 == 0 and all(int(s) % 4 == 0 for s in strides)
+
+
+_ZERO, _ONE = np.int32(0), np.int32(1)
+
+
+class SgemmLaunch(Launch):
+    """One planned sgemm launch (see kernels/sgemm.cu for the semantics of every argument):
+    ``launch(a, b, c, bias=None)``. ``a``, ``b``, ``c`` are arrays whose data start at the
+    first matrix; ``bias_axis`` 0: one bias per row of C (length M), 1: one per column
+    (length N). ``tile`` (``"large"``/``"small"``) and ``vector=False`` (scalar loads only)
+    override the choices of :func:`sgemm_plan` / :func:`vector_ok`, for tests and
+    benchmarks. Everything but the operands' alignment (which decides the 128-bit loads) is
+    worked out here, once."""
+    __slots__ = ("address", "head", "tail", "vec_a", "vec_b")
+
+    def __init__(self, ctx, M, N, K, lda, ldb, ldc, trans_a=False, trans_b=False,
+                 batch_y=1, batch_z=1, a_y=0, a_z=0, a_r=0, b_y=0, b_z=0, b_r=0, c_y=0, c_z=0,
+                 red_per_z=1, red_total=None, has_bias=False, bias_y=0, bias_axis=1,
+                 relu=False, beta=0.0, *, tile=None, vector=True):
+        if red_total is None:
+            red_total = red_per_z * batch_z
+        name, grid, block = sgemm_plan(M, N, trans_a, trans_b, batch_y, batch_z, tile)
+        t = sgemm_tiles()["small" if "_small_" in name else "large"]
+        # In-matrix offsets are int32 in the kernel, including those it forms for tile rows
+        # past the matrix edge (never dereferenced) and one slice past K.
+        k_pad = ceil_div(K, t["BK"]) * t["BK"] + t["BK"]
+        rows_a = ceil_div(M, t["BM"]) * t["BM"]
+        rows_b = ceil_div(N, t["BN"]) * t["BN"]
+        i32(k_pad * lda + rows_a if trans_a else rows_a * lda + k_pad, "A extent")
+        i32(rows_b * ldb + k_pad if trans_b else k_pad * ldb + rows_b, "B extent")
+        i32(M * ldc, "C extent")
+        bias_mode = 0 if not has_bias else (1 if bias_axis == 0 else 2)
+        self.head = (i32(M, "M"), i32(N, "N"), i32(K, "K"), i32(lda, "lda"),
+                     i32(ldb, "ldb"), i32(ldc, "ldc"))
+        self.tail = (i32(a_y, "a_stride_y"), i32(a_z, "a_stride_z"), i32(a_r, "a_stride_r"),
+                     i32(b_y, "b_stride_y"), i32(b_z, "b_stride_z"), i32(b_r, "b_stride_r"),
+                     i32(c_y, "c_stride_y"), i32(c_z, "c_stride_z"),
+                     i32(bias_y, "bias_stride"), i32(red_per_z, "red_per_z"),
+                     i32(red_total, "red_total"), np.int32(bias_mode), np.int32(bool(relu)),
+                     np.float32(beta))
+        self.vec_a = _vector_static(vector, lda, (a_y, a_z, a_r))
+        self.vec_b = _vector_static(vector, ldb, (b_y, b_z, b_r))
+        super().__init__(ctx, name, grid, block)
+        self.address = array_address
+
+    def args(self, a, b, c, bias=None):
+        """The launch's argument tuple: ``gemm.fire(gemm.args(a, b, c, bias))`` launches."""
+        address = self.address
+        va = _ONE if self.vec_a and address(a) % 16 == 0 else _ZERO
+        vb = _ONE if self.vec_b and address(b) % 16 == 0 else _ZERO
+        # Without a bias the kernel never reads the bias pointer; pass A (read-only), not C
+        # (written), so that no restrict-qualified pointer aliases the output.
+        return (a, b, c, a if bias is None else bias, *self.head, va, vb, *self.tail)
+
+    def __call__(self, a, b, c, bias=None):
+        self.fire(self.args(a, b, c, bias))
+
+
+class HostGemm:
+    """A GEMM step computed by ``fn(a, b, c, bias)`` on the host side of the array module
+    (cuBLAS through ``xp.matmul``), with the launch interface of :class:`SgemmLaunch`."""
+    __slots__ = ("fire",)
+
+    def __init__(self, fn):
+        self.fire = lambda args: fn(*args)
+
+    @staticmethod
+    def args(a, b, c, bias=None):
+        return a, b, c, bias
+
+    def __call__(self, a, b, c, bias=None):
+        self.fire((a, b, c, bias))
+
+
+def sgemm(ctx, a, b, c, M, N, K, lda, ldb, ldc, trans_a=False, trans_b=False,
           batch_y=1, batch_z=1, a_y=0, a_z=0, a_r=0, b_y=0, b_z=0, b_r=0, c_y=0, c_z=0,
           red_per_z=1, red_total=None, bias=None, bias_y=0, bias_axis=1, relu=False,
           beta=0.0, *, tile=None, vector=True):
-    """One launch of an sgemm kernel (see kernels/sgemm.cu for the semantics of every
-    argument). ``a``, ``b``, ``c`` are arrays whose data start at the first matrix;
-    ``bias_axis`` 0: one bias per row of C (length M), 1: one per column (length N).
-    ``tile`` (``"large"``/``"small"``) and ``vector=False`` (scalar loads only) override the
-    choices of :func:`sgemm_plan` / :func:`vector_ok`, for tests and benchmarks."""
-    if red_total is None:
-        red_total = red_per_z * batch_z
-    name, grid, block = sgemm_plan(M, N, trans_a, trans_b, batch_y, batch_z, tile)
-    t = sgemm_tiles()["small" if "_small_" in name else "large"]
-    bias_mode = 0 if bias is None else (1 if bias_axis == 0 else 2)
-    vec_a = bool(vector) and vector_ok(a, lda, (a_y, a_z, a_r))
-    vec_b = bool(vector) and vector_ok(b, ldb, (b_y, b_z, b_r))
-    # Without a bias the kernel never reads the bias pointer; pass A (read-only), not C
-    # (written), so that no restrict-qualified pointer aliases the output.
-    args = (a, b, c, a if bias is None else bias,
-            i32(M, "M"), i32(N, "N"), i32(K, "K"),
-            i32(lda, "lda"), i32(ldb, "ldb"), i32(ldc, "ldc"),
-            np.int32(vec_a), np.int32(vec_b),
-            i32(a_y, "a_stride_y"), i32(a_z, "a_stride_z"), i32(a_r, "a_stride_r"),
-            i32(b_y, "b_stride_y"), i32(b_z, "b_stride_z"), i32(b_r, "b_stride_r"),
-            i32(c_y, "c_stride_y"), i32(c_z, "c_stride_z"), i32(bias_y, "bias_stride"),
-            i32(red_per_z, "red_per_z"), i32(red_total, "red_total"),
-            np.int32(bias_mode), np.int32(bool(relu)), np.float32(beta))
-    # In-matrix offsets are int32 in the kernel, including those it forms for tile rows past
-    # the matrix edge (never dereferenced) and one slice past K.
-    k_pad = ceil_div(K, t["BK"]) * t["BK"] + t["BK"]
-    rows_a = ceil_div(M, t["BM"]) * t["BM"]
-    rows_b = ceil_div(N, t["BN"]) * t["BN"]
-    i32(k_pad * lda + rows_a if trans_a else rows_a * lda + k_pad, "A extent")
-    i32(rows_b * ldb + k_pad if trans_b else k_pad * ldb + rows_b, "B extent")
-    i32(M * ldc, "C extent")
-    dev.kernel(name)(grid, block, args)
+    """Plan and run one sgemm launch (one-off launches and tests; ops keep their
+    :class:`SgemmLaunch`)."""
+    SgemmLaunch(ctx, M, N, K, lda, ldb, ldc, trans_a, trans_b, batch_y, batch_z, a_y, a_z,
+                a_r, b_y, b_z, b_r, c_y, c_z, red_per_z, red_total, bias is not None, bias_y,
+                bias_axis, relu, beta, tile=tile, vector=vector)(a, b, c, bias)
 
 
-def sum_partials(dev, parts, out, count, nparts, beta):
-    """out (+)= the sum of ``nparts`` partial results of ``count`` floats, in part order."""
-    launch_1d(dev, "sgemm_sum_partials", count, parts, out, i32(count, "count"),
-              np.int32(nparts), i32(count, "part stride"), np.float32(beta))
+def plan_sum_partials(ctx, count, nparts, beta):
+    """out (+)= the sum of ``nparts`` partial results of ``count`` floats, in part order:
+    ``launch((parts, out, *scalars))`` with the scalars returned alongside."""
+    launch = plan_1d(ctx, "sgemm_sum_partials", count)
+    return launch, (i32(count, "count"), np.int32(nparts), i32(count, "part stride"),
+                    np.float32(beta))
+
+
+def sum_partials(ctx, parts, out, count, nparts, beta):
+    launch, scalars = plan_sum_partials(ctx, count, nparts, beta)
+    launch.fire((parts, out, *scalars))
 
 
 def _check_operands(a, b, trans_a, trans_b, bias, bias_axis):
@@ -200,11 +257,37 @@ def reference(a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=F
     return np.maximum(r, 0) if relu else r
 
 
-def gemm(dev, a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=False,
+def plan_gemm(ctx, M, N, K, trans_a=False, trans_b=False, has_bias=False, bias_axis=1,
+              relu=False, beta=0.0):
+    """The launch of out = op(a) @ op(b) (+ bias) (+ beta * out) (ReLU) for 2-D row-major
+    operands of these sizes (checked by the caller): our SGEMM (an :class:`SgemmLaunch`), or
+    cuBLAS (``xp.matmul``, a :class:`HostGemm`) where the context says so. Either runs as
+    ``gemm.fire(gemm.args(a, b, out, bias))`` or ``gemm(a, b, out, bias)``."""
+    if ctx.use_cublas:
+        xp, beta32 = ctx.xp, np.float32(beta)
+
+        def run(a, b, out, bias):
+            r = xp.matmul(a.T if trans_a else a, b.T if trans_b else b)
+            if bias is not None:
+                r += bias[:, None] if bias_axis == 0 else bias[None, :]
+            if beta != 0.0:
+                r += beta32 * out
+            if relu:
+                xp.maximum(r, 0, out=r)
+            out[...] = r
+        return HostGemm(run)
+    if M == 0 or N == 0:
+        return HostGemm(lambda a, b, out, bias: None)
+    launch = SgemmLaunch(ctx, M, N, K, lda=M if trans_a else K, ldb=K if trans_b else N, ldc=N,
+                         trans_a=trans_a, trans_b=trans_b, has_bias=has_bias,
+                         bias_axis=bias_axis, relu=relu, beta=beta)
+    return launch
+
+
+def gemm(ctx, a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=False,
          out=None, beta=0.0):
     """C = op(a) @ op(b) (+ bias) (+ beta * out) (ReLU) for 2-D float32 C-contiguous device
-    arrays. Returns C (``out`` if given)."""
-    xp = dev.xp
+    arrays, planned and run once. Returns C (``out`` if given)."""
     for arr, nm in ((a, "a"), (b, "b")):
         if arr.ndim != 2 or arr.dtype != np.float32 or not arr.flags.c_contiguous:
             raise ValueError(f"gemm: {nm} must be a 2-D C-contiguous float32 array")
@@ -215,22 +298,10 @@ def gemm(dev, a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=F
     if out is None:
         if beta != 0.0:
             raise ValueError("gemm: beta != 0 needs out")
-        out = dev.empty((M, N), np.float32)
+        out = ctx.empty((M, N), np.float32)
     elif (out.shape != (M, N) or out.dtype != np.float32
           or not out.flags.c_contiguous):
         raise ValueError(f"gemm: out must be a C-contiguous float32 ({M}, {N}) array")
-    if dev.use_cublas:
-        r = xp.matmul(a.T if trans_a else a, b.T if trans_b else b)
-        if bias is not None:
-            r += bias[:, None] if bias_axis == 0 else bias[None, :]
-        if beta != 0.0:
-            r += np.float32(beta) * out
-        if relu:
-            xp.maximum(r, 0, out=r)
-        out[...] = r
-        return out
-    if M == 0 or N == 0:
-        return out
-    sgemm(dev, a, b, out, M, N, K, lda=a.shape[1], ldb=b.shape[1], ldc=N, trans_a=trans_a,
-          trans_b=trans_b, bias=bias, bias_axis=bias_axis, relu=relu, beta=beta)
+    plan_gemm(ctx, M, N, K, trans_a, trans_b, bias is not None, bias_axis, relu,
+              beta)(a, b, out, bias)
     return out

@@ -1,15 +1,18 @@
 """Fully connected layer: y = x @ w.T + b (w is (out_features, in_features)), optionally with
-a fused ReLU. The device path is the SGEMM of :mod:`.gemm` (``kernels/sgemm.cu``) plus
+a fused ReLU (the entry points ``B.linear``/``B.linear_backward`` and their plans are at the
+end). The device path is the SGEMM of :mod:`.gemm` (``kernels/sgemm.cu``) plus
 ``bias_grad_rows`` (``kernels/conv_reduce.cu``); tests: ``tests/ops/test_linear.py``."""
 from __future__ import annotations
 
 import numpy as np
 
-from .gemm import gemm
-from .launch import i32, launch_1d
+from .dispatch import Op, api, plain, with_ctx
+from .gemm import plan_gemm
+from .launch import i32, plan_1d
 
 __all__ = ["linear_reference", "linear_backward_reference", "linear_cpu",
-           "linear_backward_cpu", "linear_device", "linear_backward_device"]
+           "linear_backward_cpu", "linear_device", "linear_backward_device", "LINEAR",
+           "LINEAR_BACKWARD", "linear_plan", "linear_backward_plan"]
 
 # Linear layers split the batch over our threads from this many multiply-adds (n * in * out);
 # below it one GEMM on one thread (LeNet's 128x400x120: the split costs more than it saves).
@@ -70,15 +73,72 @@ def linear_backward_cpu(rt, dy, x, w):
     return dx, dw, dy.sum(axis=0)
 
 
-def linear_device(dev, x, w, b, relu):
+def linear_device(ctx, dims, has_bias, relu):
     # y (B x out) = x (B x in) @ w^T (in x out) + b (one per column)
-    return gemm(dev, x, w, trans_b=True, bias=b, bias_axis=1, relu=relu)
+    n, fin, fout = dims
+    fwd, empty = plan_gemm(ctx, n, fout, fin, trans_b=True, has_bias=has_bias, bias_axis=1,
+                           relu=relu), ctx.empty
+
+    def run(x, w, b):
+        y = empty((n, fout), np.float32)
+        fwd.fire(fwd.args(x, w, y, b))
+        return y
+    return run
 
 
-def linear_backward_device(dev, dy, x, w):
-    dx = gemm(dev, dy, w)                  # (B x out) @ (out x in)
-    dw = gemm(dev, dy, x, trans_a=True)    # (out x B) @ (B x in)
-    rows, cols = dy.shape
-    db = dev.empty((cols,), np.float32)
-    launch_1d(dev, "bias_grad_rows", cols, dy, db, i32(rows, "rows"), i32(cols, "cols"))
-    return dx, dw, db
+def linear_backward_device(ctx, dims):
+    n, fin, fout = dims
+    data = plan_gemm(ctx, n, fin, fout)                   # dx = dy (B x out) @ w (out x in)
+    weights = plan_gemm(ctx, fout, fin, n, trans_a=True)  # dw = dy^T (out x B) @ x (B x in)
+    bias = plan_1d(ctx, "bias_grad_rows", fout)
+    rows, cols, empty = i32(n, "rows"), i32(fout, "cols"), ctx.empty
+
+    def run(dy, x, w):
+        dx, dw, db = empty((n, fin), np.float32), empty((fout, fin), np.float32), empty(
+            (fout,), np.float32)
+        data.fire(data.args(dy, w, dx))
+        weights.fire(weights.args(dy, x, dw))
+        bias.fire((dy, db, rows, cols))
+        return dx, dw, db
+    return run
+
+
+LINEAR = Op("linear",
+            lambda ctx, dims, has_bias, relu: lambda x, w, b: linear_reference(x, w, b, relu),
+            lambda rt, dims, has_bias, relu: lambda x, w, b: linear_cpu(rt, x, w, b, relu),
+            linear_device)
+LINEAR_BACKWARD = Op("linear_backward", plain(linear_backward_reference, False),
+                     with_ctx(linear_backward_cpu, False), linear_backward_device)
+
+
+def linear_plan(backend, x, w, b=None, relu=False):
+    backend.check(x, "x", 2)
+    backend.check(w, "w", 2)
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"linear: x has {x.shape[1]} features but w expects in_features="
+                         f"{w.shape[1]} (w.shape={tuple(w.shape)})")
+    if b is not None:
+        backend.check(b, "b", 1, shape=(w.shape[0],))
+    dims, wt = (x.shape[0], x.shape[1], w.shape[0]), (w.dtype,)
+    return backend.plan(LINEAR, (dims, b is not None, bool(relu)), ("x", x.shape, (x.dtype,)),
+                        ("w", w.shape, wt), ("b", (w.shape[0],), wt) if b is not None else None)
+
+
+def linear_backward_plan(backend, dy, x, w):
+    backend.check(x, "x", 2)
+    backend.check(w, "w", 2)
+    backend.check(dy, "dy", 2, shape=(x.shape[0], w.shape[0]))
+    dims, dt = (x.shape[0], x.shape[1], w.shape[0]), (x.dtype,)
+    return backend.plan(LINEAR_BACKWARD, (dims,), ("dy", dy.shape, (dy.dtype,)),
+                        ("x", x.shape, dt), ("w", w.shape, (w.dtype,)))
+
+
+@api
+def linear(backend, x, w, b=None, relu=False):
+    """y = x @ w.T + b, optionally with a fused ReLU; w is (out_features, in_features)."""
+    return linear_plan(backend, x, w, b, relu).run(x, w, b)
+
+
+@api
+def linear_backward(backend, dy, x, w):
+    return linear_backward_plan(backend, dy, x, w).run(dy, x, w)

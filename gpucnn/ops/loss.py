@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .launch import launch_1d, launch_rows
+from .dispatch import Op, api, plain
+from .launch import plan_1d, plan_rows
 
 __all__ = ["softmax_cross_entropy_reference", "softmax_cross_entropy_backward_reference",
            "softmax_cross_entropy_device", "softmax_cross_entropy_backward_device",
-           "check_label_range", "label_range_message", "raise_label_error_device"]
+           "check_label_range", "label_range_message", "raise_label_error_device", "XENT",
+           "XENT_BACKWARD", "softmax_cross_entropy_plan", "softmax_cross_entropy_backward_plan"]
 
 _INT32_MIN, _INT32_MAX = -2 ** 31, 2 ** 31 - 1
 
@@ -66,46 +68,86 @@ def _int32(labels):
 _LABEL_ERROR = "_xent_label_error"
 
 
-def _label_error_buffer(dev):
-    buf = getattr(dev, _LABEL_ERROR, None)
+def _label_error_buffer(ctx):
+    buf = getattr(ctx, _LABEL_ERROR, None)
     if buf is None:
         # Filled on the device (no host-to-device copy, so a step stays transfer-free).
-        xp = dev.xp
+        xp = ctx.xp
         buf = xp.concatenate([xp.zeros(1, np.int32), xp.full(1, _INT32_MAX, np.int32),
                               xp.full(1, _INT32_MIN, np.int32), xp.zeros(1, np.int32)])
-        setattr(dev, _LABEL_ERROR, buf)
+        setattr(ctx, _LABEL_ERROR, buf)
     return buf
 
 
-def raise_label_error_device(dev):
+def raise_label_error_device(ctx):
     """The ValueError for the bad labels the loss kernels flagged since the last call, if any
     (one 16-byte device-to-host read; the flag is cleared)."""
-    buf = getattr(dev, _LABEL_ERROR, None)
+    buf = getattr(ctx, _LABEL_ERROR, None)
     if buf is None:
         return
-    flag, lo, hi, classes = (int(v) for v in dev.to_numpy(buf))
+    flag, lo, hi, classes = (int(v) for v in ctx.to_numpy(buf))
     if flag:
-        setattr(dev, _LABEL_ERROR, None)  # the next launch starts from a clear flag
+        setattr(ctx, _LABEL_ERROR, None)  # the next launch starts from a clear flag
         raise ValueError(label_range_message(classes, lo, hi)
                          + " (flagged by the device loss kernel)")
 
 
-def softmax_cross_entropy_device(dev, logits, labels):
-    N, K = logits.shape
-    labels = _int32(labels)
-    probs = dev.empty((N, K), np.float32)
-    row_loss = dev.empty((N,), np.float32)
-    loss = dev.empty((), np.float32)
-    launch_rows(dev, "softmax_xent_forward", N, logits, labels, probs, row_loss,
-                _label_error_buffer(dev), np.int32(N), np.int32(K),
-                large_ok=("logits", "probs"))  # 64-bit row offsets
-    launch_rows(dev, "softmax_xent_mean", 1, row_loss, loss, np.int32(N))
-    return loss, probs
+def softmax_cross_entropy_device(ctx, n, k):
+    rows = plan_rows(ctx, "softmax_xent_forward", n, large_ok=("logits", "probs"))  # 64-bit
+    mean = plan_rows(ctx, "softmax_xent_mean", 1)
+    empty, N, K = ctx.empty, np.int32(n), np.int32(k)
+
+    def run(logits, labels):
+        probs, row_loss, loss = empty((n, k), np.float32), empty((n,), np.float32), empty(
+            (), np.float32)
+        rows.fire((logits, _int32(labels), probs, row_loss, _label_error_buffer(ctx), N, K))
+        mean.fire((row_loss, loss, N))
+        return loss, probs
+    return run
 
 
-def softmax_cross_entropy_backward_device(dev, probs, labels):
-    N, K = probs.shape
-    dlogits = dev.empty((N, K), np.float32)
-    launch_1d(dev, "softmax_xent_backward", probs.size, probs, _int32(labels), dlogits,
-              _label_error_buffer(dev), np.int32(N), np.int32(K))
-    return dlogits
+def softmax_cross_entropy_backward_device(ctx, n, k):
+    launch, empty, N, K = plan_1d(ctx, "softmax_xent_backward", n * k), ctx.empty, np.int32(
+        n), np.int32(k)
+
+    def run(probs, labels):
+        dlogits = empty((n, k), np.float32)
+        launch.fire((probs, _int32(labels), dlogits, _label_error_buffer(ctx), N, K))
+        return dlogits
+    return run
+
+
+XENT = Op("softmax_cross_entropy", plain(softmax_cross_entropy_reference, False),
+          device=softmax_cross_entropy_device)
+XENT_BACKWARD = Op("softmax_cross_entropy_backward",
+                   plain(softmax_cross_entropy_backward_reference, False),
+                   device=softmax_cross_entropy_backward_device)
+_LABELS = (np.dtype(np.int32), np.dtype(np.int64))
+
+
+def softmax_cross_entropy_plan(backend, logits, labels):
+    backend.check(logits, "logits", 2)
+    backend.check_labels(labels, logits.shape[0])
+    return backend.plan(XENT, logits.shape, ("logits", logits.shape, (logits.dtype,)),
+                        ("labels", labels.shape, _LABELS))
+
+
+def softmax_cross_entropy_backward_plan(backend, probs, labels):
+    backend.check(probs, "probs", 2)
+    backend.check_labels(labels, probs.shape[0])
+    return backend.plan(XENT_BACKWARD, probs.shape, ("probs", probs.shape, (probs.dtype,)),
+                        ("labels", labels.shape, _LABELS))
+
+
+@api
+def softmax_cross_entropy(backend, logits, labels):
+    """(mean_loss, probs); mean_loss is a 0-d array on this backend (no host transfer).
+    A label outside [0, K) is a ValueError: at once on the CPU backends, at the next
+    raise_device_errors() on a device (which cannot raise without a host sync)."""
+    return softmax_cross_entropy_plan(backend, logits, labels).run(logits, labels)
+
+
+@api
+def softmax_cross_entropy_backward(backend, probs, labels):
+    """d(mean_loss)/d(logits) = (probs - onehot(labels)) / N."""
+    return softmax_cross_entropy_backward_plan(backend, probs, labels).run(probs, labels)

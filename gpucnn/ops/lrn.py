@@ -7,12 +7,18 @@ scale, which the backward reuses.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from .launch import launch_1d
+from .common import hyper
+from .dispatch import Op, api
+from .launch import plan_1d
 
 __all__ = ["local_response_norm_reference", "local_response_norm_backward_reference",
-           "local_response_norm_device", "local_response_norm_backward_device"]
+           "local_response_norm_device", "local_response_norm_backward_device", "LRN",
+           "LRN_BACKWARD", "lrn_hyper", "local_response_norm_plan",
+           "local_response_norm_backward_plan"]
 
 
 def _channel_window_sum(a, before, after):
@@ -39,21 +45,75 @@ def local_response_norm_backward_reference(dy, x, y, scale, size, alpha, beta, k
     return dx.astype(x.dtype)
 
 
-def local_response_norm_device(dev, x, size, alpha, beta, k):
-    N, C, H, W = x.shape
-    y = dev.empty(x.shape, np.float32)
-    scale = dev.empty(x.shape, np.float32)
-    launch_1d(dev, "lrn_forward", x.size, x, y, scale,
-              np.int32(N), np.int32(C), np.int32(H), np.int32(W), np.int32(size),
-              np.float32(alpha / size), np.float32(beta), np.float32(k))
-    return y, scale
+def _dims(ctx, name, shape, size):
+    n = math.prod(shape)
+    return plan_1d(ctx, name, n), tuple(np.int32(v) for v in (*shape, size))
 
 
-def local_response_norm_backward_device(dev, dy, x, y, scale, size, alpha, beta, k):
+def local_response_norm_device(ctx, shape, size, alpha, beta, k):
+    launch, dims = _dims(ctx, "lrn_forward", shape, size)
+    tail, empty = dims + (np.float32(alpha / size), np.float32(beta), np.float32(k)), ctx.empty
+
+    def run(x):
+        y, scale = empty(shape, np.float32), empty(shape, np.float32)
+        launch.fire((x, y, scale, *tail))
+        return y, scale
+    return run
+
+
+def local_response_norm_backward_device(ctx, shape, size, alpha, beta, k):
     # k is already folded into scale.
-    N, C, H, W = x.shape
-    dx = dev.empty(x.shape, np.float32)
-    launch_1d(dev, "lrn_backward", x.size, dy, x, y, scale, dx,
-              np.int32(N), np.int32(C), np.int32(H), np.int32(W), np.int32(size),
-              np.float32(beta), np.float32(2.0 * alpha * beta / size))
-    return dx
+    launch, dims = _dims(ctx, "lrn_backward", shape, size)
+    tail = dims + (np.float32(beta), np.float32(2.0 * alpha * beta / size))
+    empty = ctx.empty
+
+    def run(dy, x, y, scale):
+        dx = empty(shape, np.float32)
+        launch.fire((dy, x, y, scale, dx, *tail))
+        return dx
+    return run
+
+
+LRN = Op("local_response_norm",
+         lambda ctx, shape, *hp: lambda x: local_response_norm_reference(x, *hp),
+         device=local_response_norm_device)
+LRN_BACKWARD = Op("local_response_norm_backward",
+                  lambda ctx, shape, *hp: lambda *a: local_response_norm_backward_reference(
+                      *a, *hp), device=local_response_norm_backward_device)
+
+
+def lrn_hyper(size, alpha, beta, k):
+    """(size, alpha, beta, k) checked: a positive int size, finite numbers, k > 0."""
+    if not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"local_response_norm: size must be a positive int, got {size!r}")
+    op = "local_response_norm"
+    return (int(size), hyper(op, "alpha", alpha), hyper(op, "beta", beta),
+            hyper(op, "k", k, 0, low_open=True))
+
+
+def local_response_norm_plan(backend, x, size=5, alpha=1e-4, beta=0.75, k=1.0):
+    backend.check(x, "x", 4)
+    return backend.plan(LRN, (x.shape, *lrn_hyper(size, alpha, beta, k)),
+                        ("x", x.shape, (x.dtype,)))
+
+
+def local_response_norm_backward_plan(backend, dy, x, y, scale, size=5, alpha=1e-4, beta=0.75,
+                                      k=1.0):
+    backend.check(x, "x", 4)
+    spec = (x.shape, (x.dtype,))
+    return backend.plan(LRN_BACKWARD, (x.shape, *lrn_hyper(size, alpha, beta, k)),
+                        ("dy", *spec), ("x", *spec), ("y", *spec), ("scale", *spec))
+
+
+@api
+def local_response_norm(backend, x, size=5, alpha=1e-4, beta=0.75, k=1.0):
+    """(y, scale): y = x / scale**beta, scale = k + alpha/size * sum of x^2 over the
+    ``size`` neighbouring channels (PyTorch's window: size//2 before, (size-1)//2 after)."""
+    return local_response_norm_plan(backend, x, size, alpha, beta, k).run(x)
+
+
+@api
+def local_response_norm_backward(backend, dy, x, y, scale, size=5, alpha=1e-4, beta=0.75,
+                                 k=1.0):
+    return local_response_norm_backward_plan(backend, dy, x, y, scale, size, alpha, beta,
+                                             k).run(dy, x, y, scale)

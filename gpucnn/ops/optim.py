@@ -11,10 +11,13 @@ import math
 
 import numpy as np
 
-from .launch import launch_1d
+from .common import hyper
+from .dispatch import Op, api
+from .launch import plan_1d
 
 __all__ = ["adam_bias_corrections", "sgd_update_reference", "adam_update_reference",
-           "sgd_update_device", "adam_update_device"]
+           "sgd_update_device", "adam_update_device", "SGD_UPDATE", "ADAM_UPDATE", "sgd_hyper",
+           "adam_hyper", "adam_step", "sgd_update_plan", "adam_update_plan"]
 
 
 def adam_bias_corrections(beta1, beta2, step):
@@ -41,15 +44,84 @@ def adam_update_reference(param, grad, m, v, lr, beta1, beta2, eps, weight_decay
     param -= ((lr / c1) * m / (np.sqrt(v) / c2 + eps)).astype(param.dtype)
 
 
-def sgd_update_device(dev, param, grad, velocity, lr, momentum, weight_decay, nesterov):
-    launch_1d(dev, "sgd_update", param.size, param, grad, velocity, np.int32(param.size),
-              np.float32(lr), np.float32(momentum), np.float32(weight_decay),
-              np.int32(1 if nesterov else 0))
+def sgd_update_device(ctx, shape, momentum, weight_decay, nesterov):
+    n = math.prod(shape)
+    launch, count = plan_1d(ctx, "sgd_update", n), np.int32(n)
+    tail = (np.float32(momentum), np.float32(weight_decay), np.int32(1 if nesterov else 0))
+
+    def run(param, grad, velocity, lr):
+        launch.fire((param, grad, velocity, count, np.float32(lr), *tail))
+    return run
 
 
-def adam_update_device(dev, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
-    bias1, bias2_sqrt = adam_bias_corrections(beta1, beta2, step)
-    launch_1d(dev, "adam_update", param.size, param, grad, m, v, np.int32(param.size),
-              np.float32(lr / bias1), np.float32(beta1), np.float32(1.0 - beta1),
-              np.float32(beta2), np.float32(1.0 - beta2), np.float32(eps),
-              np.float32(weight_decay), np.float32(bias2_sqrt))
+def adam_update_device(ctx, shape, beta1, beta2, eps, weight_decay):
+    n = math.prod(shape)
+    launch, count = plan_1d(ctx, "adam_update", n), np.int32(n)
+    betas = (np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2),
+             np.float32(1.0 - beta2), np.float32(eps), np.float32(weight_decay))
+
+    def run(param, grad, m, v, lr, step):
+        bias1, bias2_sqrt = adam_bias_corrections(beta1, beta2, step)
+        launch.fire((param, grad, m, v, count, np.float32(lr / bias1), *betas,
+                np.float32(bias2_sqrt)))
+    return run
+
+
+SGD_UPDATE = Op("sgd_update", lambda ctx, shape, *hp: lambda p, g, v, lr: sgd_update_reference(
+    p, g, v, lr, *hp), device=sgd_update_device)
+ADAM_UPDATE = Op("adam_update", lambda ctx, shape, b1, b2, eps, wd: (
+    lambda p, g, m, v, lr, step: adam_update_reference(p, g, m, v, lr, b1, b2, eps, wd, step)),
+    device=adam_update_device)
+
+
+def sgd_hyper(momentum, weight_decay, nesterov):
+    return (hyper("sgd_update", "momentum", momentum, 0),
+            hyper("sgd_update", "weight_decay", weight_decay, 0), bool(nesterov))
+
+
+def adam_hyper(beta1, beta2, eps, weight_decay):
+    op = "adam_update"
+    return (hyper(op, "beta1", beta1, 0, 1, high_open=True),
+            hyper(op, "beta2", beta2, 0, 1, high_open=True), hyper(op, "eps", eps, 0),
+            hyper(op, "weight_decay", weight_decay, 0))
+
+
+def sgd_update_plan(backend, shape, dtype, hp):
+    """The run takes (param, grad, velocity, lr); lr is checked by the caller."""
+    spec = (shape, (dtype,))
+    return backend.plan(SGD_UPDATE, (shape, *hp), ("param", *spec), ("grad", *spec),
+                        ("velocity", *spec), None)
+
+
+def adam_update_plan(backend, shape, dtype, hp):
+    """The run takes (param, grad, m, v, lr, step); lr and step are checked by the caller."""
+    spec = (shape, (dtype,))
+    return backend.plan(ADAM_UPDATE, (shape, *hp), ("param", *spec), ("grad", *spec),
+                        ("m", *spec), ("v", *spec), None, None)
+
+
+def adam_step(step):
+    if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 1:
+        raise ValueError(f"adam_update: step must be an int >= 1, got {step!r}")
+    return int(step)
+
+
+@api
+def sgd_update(backend, param, grad, velocity, lr, momentum=0.0, weight_decay=0.0,
+               nesterov=False):
+    """PyTorch's SGD: d = g + wd*p; with momentum, v = momentum*v + d and the step is
+    d + momentum*v (Nesterov) or v; without momentum the step is d and v is untouched."""
+    backend.check(param, "param")
+    sgd_update_plan(backend, param.shape, param.dtype, sgd_hyper(
+        momentum, weight_decay, nesterov)).run(param, grad, velocity,
+                                               hyper("sgd_update", "lr", lr, 0))
+
+
+@api
+def adam_update(backend, param, grad, m, v, lr, beta1=0.9, beta2=0.999, eps=1e-8,
+                weight_decay=0.0, step=1):
+    """PyTorch's Adam (L2 weight decay added to the gradient); step counts from 1."""
+    backend.check(param, "param")
+    adam_update_plan(backend, param.shape, param.dtype, adam_hyper(
+        beta1, beta2, eps, weight_decay)).run(param, grad, m, v,
+                                              hyper("adam_update", "lr", lr, 0), adam_step(step))

@@ -102,7 +102,7 @@ class _Loss:
     """Softmax cross-entropy on fixed labels, as a layer: forward(logits), backward(_)."""
 
     def __init__(self, backend, labels):
-        self.B, self.labels = backend, backend.asarray(labels, dtype=np.int32)
+        self.backend, self.labels = backend, backend.asarray(labels, dtype=np.int32)
         self.f = SoftmaxCrossEntropy().bind(backend)
 
     def forward(self, logits):
@@ -190,7 +190,7 @@ def _quantized(params):
 
 def _set_params(model, params, dtype):
     for name, p in model.named_parameters():
-        p.data = model.B.asarray(np.asarray(params[name], dtype), dtype=dtype)
+        p.data = model.backend.asarray(np.asarray(params[name], dtype), dtype=dtype)
 
 
 def _pool_input(ref_layer, x):
@@ -198,7 +198,7 @@ def _pool_input(ref_layer, x):
     conv + ReLU output for a conv with a fused pool (None: not a max-pool)."""
     if getattr(ref_layer, "fused_pool", None) is not None:
         b = None if ref_layer.bias is None else ref_layer.bias.data
-        return ref_layer.B.to_numpy(ref_layer.B.conv2d(
+        return ref_layer.backend.to_numpy(ref_layer.backend.conv2d(
             x, ref_layer.weight.data, b, stride=ref_layer.stride, padding=ref_layer.padding,
             dilation=ref_layer.dilation, groups=ref_layer.groups, relu=True))
     return x if type(ref_layer).__name__ == "MaxPool2d" else None
@@ -206,7 +206,7 @@ def _pool_input(ref_layer, x):
 
 def _copy_state(dev_layer, ref_layer):
     """The device's forward state into the reference layer (float64), see the docstring."""
-    B, R = dev_layer.B, ref_layer.B
+    B, R = dev_layer.backend, ref_layer.backend
     for attr in FORWARD_STATE:
         v = getattr(dev_layer, attr, None)
         if isinstance(v, B.xp.ndarray) and hasattr(ref_layer, attr):
@@ -226,18 +226,18 @@ def _run_pass(pairs, x, integer, tol):
     for rec, (dl, rl) in zip(recs, pairs):
         # The net's own input is integer-valued already; later inputs are made so.
         xin = _integer_valued(h) if integer and h is not x else h.astype(np.float32)
-        x64 = rl.B.asarray(xin, dtype=np.float64)
-        h = rl.B.to_numpy(rl.forward(x64))
+        x64 = rl.backend.asarray(xin, dtype=np.float64)
+        h = rl.backend.to_numpy(rl.forward(x64))
         rec["output_shape"] = list(h.shape)
         try:
-            before = conv_algorithms(dl.B)
-            y = dl.B.to_numpy(dl.forward(dl.B.asarray(xin)))
-            rec["conv_algorithms"] = _new_entries(before, conv_algorithms(dl.B))
+            before = conv_algorithms(dl.backend)
+            y = dl.backend.to_numpy(dl.forward(dl.backend.asarray(xin)))
+            rec["conv_algorithms"] = _new_entries(before, conv_algorithms(dl.backend))
             rec["forward_error"] = rel_error(y, h)
             pool_in = _pool_input(rl, x64)
             if pool_in is not None:
                 rec["switch_mismatches"], rec["switch_ties"] = switch_mismatches(
-                    dl.B.to_numpy(dl.switches), rl.switches, pool_in, integer, tol)
+                    dl.backend.to_numpy(dl.switches), rl.switches, pool_in, integer, tol)
                 rec["tied_windows"] = tied_windows(pool_in, getattr(rl, "fused_pool", None)
                                                    or rl)
         except Exception as exc:  # a kernel fault is this layer's failure; go on with the next
@@ -247,21 +247,21 @@ def _run_pass(pairs, x, integer, tol):
         dy32 = None if dy is None else dy.astype(np.float32)
         if rec["error"] is None:
             _copy_state(dl, rl)
-        dx_ref = rl.backward(None if dy is None else rl.B.asarray(dy32, dtype=np.float64))
+        dx_ref = rl.backward(None if dy is None else rl.backend.asarray(dy32, dtype=np.float64))
         if rec["error"] is None:
             try:
-                before = conv_algorithms(dl.B)
-                dx = dl.backward(None if dy is None else dl.B.asarray(dy32))
-                rec["conv_algorithms"].update(_new_entries(before, conv_algorithms(dl.B)))
+                before = conv_algorithms(dl.backend)
+                dx = dl.backward(None if dy is None else dl.backend.asarray(dy32))
+                rec["conv_algorithms"].update(_new_entries(before, conv_algorithms(dl.backend)))
                 if dx_ref is not None:
-                    rec["input_grad_error"] = rel_error(dl.B.to_numpy(dx), dx_ref)
+                    rec["input_grad_error"] = rel_error(dl.backend.to_numpy(dx), dx_ref)
                 refp = dict(rl.named_parameters())
                 rec["param_grad_errors"] = {
-                    n: rel_error(dl.B.to_numpy(p.grad), refp[n].grad)
+                    n: rel_error(dl.backend.to_numpy(p.grad), refp[n].grad)
                     for n, p in dl.named_parameters()}
             except Exception as exc:
                 rec["error"] = f"backward: {type(exc).__name__}: {exc}"
-        dy = None if dx_ref is None else rl.B.to_numpy(dx_ref)
+        dy = None if dx_ref is None else rl.backend.to_numpy(dx_ref)
     return recs
 
 
@@ -270,12 +270,12 @@ def _end_to_end(dev, ref, x, labels):
     try:
         out = []
         for m, dtype in ((dev, np.float32), (ref, np.float64)):
-            loss = _Loss(m.B, labels)
-            logits = m.forward(m.B.asarray(x, dtype=dtype))
+            loss = _Loss(m.backend, labels)
+            logits = m.forward(m.backend.asarray(x, dtype=dtype))
             value = loss.forward(logits)
             m.backward(loss.backward(None))
-            out.append((m.B.to_numpy(logits), m.B.to_numpy(value),
-                        {n: m.B.to_numpy(p.grad) for n, p in m.named_parameters()}))
+            out.append((m.backend.to_numpy(logits), m.backend.to_numpy(value),
+                        {n: m.backend.to_numpy(p.grad) for n, p in m.named_parameters()}))
         (ld, vd, gd), (lr, vr, gr) = out
         return {"logits_error": rel_error(ld, lr), "loss_error": rel_error(vd, vr),
                 "param_grad_error": max(rel_error(gd[n], gr[n]) for n in gr)}

@@ -367,19 +367,19 @@ def test_conv_plan_and_workspace_reuse(device_backend, rng, monkeypatch):
     per_image = 3 * 9 * 64 * 4  # C * kh * kw * Ho * Wo floats
     for ws, plan in ((2 * per_image + 7, (False, 2)), (10, (False, 1)), (1 << 30, (False, 5))):
         monkeypatch.setattr(B, "workspace_bytes", ws)
-        assert conv_device.conv_plan(B, g) == plan, ws
-    assert conv_device.conv_plan(B, conv_geometry((5, 3, 8, 8), (4, 3, 1, 1))) == (True, 5)
-    assert conv_device.conv_plan(B, conv_geometry((5, 3, 8, 8), (4, 3, 1, 1), padding="same"))[0]
-    assert not conv_device.conv_plan(B, conv_geometry((5, 3, 8, 8), (4, 3, 1, 1), padding=1))[0]
-    assert not conv_device.conv_plan(B, conv_geometry((5, 3, 8, 8), (4, 3, 1, 1), stride=2))[0]
+        assert conv_device.conv_plan(B.ctx, g) == plan, ws
+    assert conv_device.conv_plan(B.ctx, conv_geometry((5, 3, 8, 8), (4, 3, 1, 1))) == (True, 5)
+    assert conv_device.conv_plan(B.ctx, conv_geometry((5, 3, 8, 8), (4, 3, 1, 1), padding="same"))[0]
+    assert not conv_device.conv_plan(B.ctx, conv_geometry((5, 3, 8, 8), (4, 3, 1, 1), padding=1))[0]
+    assert not conv_device.conv_plan(B.ctx, conv_geometry((5, 3, 8, 8), (4, 3, 1, 1), stride=2))[0]
     # One workspace, reused by later layers and calls that need no more.
     x, w = to_backend(B, randn(rng, 2, 3, 8, 8), randn(rng, 4, 3, 3, 3))
     B.conv2d(x, w, padding=1, algo="im2col")
-    buf = getattr(B, conv_device.WORKSPACE)
+    buf = B.ctx.buffer(conv_device.WORKSPACE)
     B.conv2d(x[:1].copy(), w, padding=1, algo="im2col")
     B.conv2d_backward(B.conv2d(x, w, padding=1, algo="im2col"), x, w, padding=1,
                       algo="im2col")
-    assert buf is not None and getattr(B, conv_device.WORKSPACE) is buf
+    assert buf is not None and B.ctx.buffer(conv_device.WORKSPACE) is buf
 
 
 def test_dw_split(device_backend, monkeypatch):
@@ -391,10 +391,10 @@ def test_dw_split(device_backend, monkeypatch):
     for target, nb, want in ((1, 5, (1, 5)), (512, 5, (5, 1)), (3, 5, (3, 2)), (4, 5, (3, 2)),
                              (512, 1, (1, 1))):
         monkeypatch.setattr(B, "dw_target_blocks", target, raising=False)
-        assert conv_device.dw_split(B, g, nb) == want, (target, nb)
+        assert conv_device.dw_split(B.ctx, g, nb) == want, (target, nb)
     monkeypatch.setattr(B, "dw_target_blocks", 512, raising=False)
     monkeypatch.setattr(B, "workspace_bytes", 4 * 2 * g.F * g.K * 4)  # room for 2 parts
-    assert conv_device.dw_split(B, g, 5) == (2, 3)
+    assert conv_device.dw_split(B.ctx, g, 5) == (2, 3)
 
 
 @pytest.mark.parametrize("shapes", [
@@ -411,12 +411,12 @@ def test_im2col_col2im_kernels(device_backend, rng, shapes):
     xpad = np.pad(x, ((0, 0), (0, 0), (g.ph, g.ph_end), (g.pw, g.pw_end)))
     ref = conv_ref.windows(xpad, g).transpose(0, 1, 4, 5, 2, 3).reshape(g.N, -1)
     cols = B.empty((ref.size,))
-    launch_1d(B, "im2col", g.N * g.C * g.Ho * g.Wo, B.asarray(x), cols,
+    launch_1d(B.ctx, "im2col", g.N * g.C * g.Ho * g.Wo, B.asarray(x), cols,
               *conv_device.im2col_args(g, g.N))
     np.testing.assert_array_equal(B.to_numpy(cols).reshape(ref.shape), ref)
     c = randn(rng, ref.size)
     dx = B.empty(x.shape)
-    launch_1d(B, "col2im", x.size, B.asarray(c), dx, *conv_device.im2col_args(g, g.N))
+    launch_1d(B.ctx, "col2im", x.size, B.asarray(c), dx, *conv_device.im2col_args(g, g.N))
     lhs = float(f64(ref)[0].ravel() @ f64(c)[0])
     rhs = float(f64(x)[0].ravel() @ f64(B.to_numpy(dx))[0].ravel())
     assert abs(lhs - rhs) <= 1e-5 * max(1.0, abs(lhs))

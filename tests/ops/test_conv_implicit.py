@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from gpucnn.backends.device import DeviceBackend
-from gpucnn.ops.conv import algos, conv_geometry, direct, implicit
+from gpucnn.ops.conv import algos, conv_geometry, direct, implicit, selector
 from gpucnn.testing import assert_close, f64, randn, to_backend, to_host
 
 TOL = 1e-5
@@ -335,7 +335,7 @@ def test_timed_auto_with_a_fake_timer_and_its_file_cache(device_forward, referen
                                                          rng, tmp_path, monkeypatch):
     monkeypatch.setenv("GPUCNN_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv(algos.ENV, raising=False)
-    algos.forget_timings()
+    selector.forget_timings()
     x, w, b = randn(rng, 2, 3, 9, 8), randn(rng, 4, 3, 3, 3), randn(rng, 4)
     g = conv_geometry(x.shape, w.shape, padding=1)
     key = algos.shape_key("forward", g)
@@ -349,12 +349,12 @@ def test_timed_auto_with_a_fake_timer_and_its_file_cache(device_forward, referen
     assert timer.calls == ["im2col", "implicit"]
     assert B.conv_algorithms() == {key: "im2col"}
     # the choice is on disk, keyed by GPU, driver, gpucnn version and shape
-    doc = json.loads((tmp_path / algos.CACHE_FILE).read_text())
+    doc = json.loads((tmp_path / selector.CACHE_FILE).read_text())
     (tkey, name), = doc["choices"].items()
-    assert name == "im2col" and tkey == f"{algos.device_identity(B)} | {key}"
+    assert name == "im2col" and tkey == f"{selector.device_identity(B)} | {key}"
     assert tkey.startswith("Fake GPU | driver ") and " | gpucnn " in tkey
     # a new process (memory forgotten) reads it instead of timing again
-    algos.forget_timings()
+    selector.forget_timings()
     C = _fake_gpu(device_forward)
     C.conv_selector.timer = timer2 = _FakeTimer({"im2col": 9.0, "implicit": 1.0})
     C.conv2d(*to_backend(C, x, w, b), padding=1)
@@ -364,16 +364,16 @@ def test_timed_auto_with_a_fake_timer_and_its_file_cache(device_forward, referen
     D.conv_selector.timer = timer3 = _FakeTimer({"im2col": None, "implicit": 5.0})
     D.conv2d(*to_backend(D, x, w, b), padding=1)
     assert timer3.calls == ["im2col", "implicit"] and D.conv_algorithms() == {key: "implicit"}
-    assert len(json.loads((tmp_path / algos.CACHE_FILE).read_text())["choices"]) == 2
-    algos.forget_timings()
+    assert len(json.loads((tmp_path / selector.CACHE_FILE).read_text())["choices"]) == 2
+    selector.forget_timings()
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"choices": [1, 2]}', "[]", ""])
 def test_corrupt_cache_file_is_ignored_with_one_warning(device_forward, rng, tmp_path,
                                                         monkeypatch, content):
     monkeypatch.setenv("GPUCNN_CACHE_DIR", str(tmp_path))
-    algos.forget_timings()
-    algos.cache_path().write_text(content)
+    selector.forget_timings()
+    selector.cache_path().write_text(content)
     x, w = randn(rng, 1, 2, 6, 6), randn(rng, 3, 2, 3, 3)
     B = _fake_gpu(device_forward)
     B.conv_selector.timer = _FakeTimer({"im2col": 2.0, "implicit": 1.0})
@@ -384,6 +384,6 @@ def test_corrupt_cache_file_is_ignored_with_one_warning(device_forward, rng, tmp
     assert len(record) == 1
     assert B.conv_algorithms()[algos.shape_key("forward", conv_geometry(x.shape, w.shape))] \
         == "implicit"
-    choices = json.loads(algos.cache_path().read_text())["choices"]  # rewritten, valid
+    choices = json.loads(selector.cache_path().read_text())["choices"]  # rewritten, valid
     assert sorted(choices.values()) == ["implicit", "implicit"]
-    algos.forget_timings()
+    selector.forget_timings()

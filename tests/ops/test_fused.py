@@ -236,7 +236,7 @@ def test_fused_same_padding_on_every_backend(reference_backend, device_forward, 
     y_ref = ref.forward(x)
     ref.backward(dy)
     for other in (net("numpy"), net(device_forward)):
-        B = other.B
+        B = other.backend
         assert other.layers[0].fused_pool is other.layers[2]
         y = B.to_numpy(other.forward(B.asarray(x)))
         np.testing.assert_allclose(y, y_ref, rtol=1e-4, atol=1e-5)

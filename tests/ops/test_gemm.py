@@ -50,16 +50,16 @@ class Launches:
 
     def __init__(self, B, monkeypatch):
         self.calls = []
-        kernel = B.kernel
+        kernel = B.ctx.kernel
 
         def recording(name):
             f = kernel(name)
 
-            def launch(grid, block, args, **kw):
+            def launch(grid, block, args, *rest, **kw):
                 self.calls.append((name, grid, block, args))
-                return f(grid, block, args, **kw)
+                return f(grid, block, args, *rest, **kw)
             return launch
-        monkeypatch.setattr(B, "kernel", recording)
+        monkeypatch.setattr(B.ctx, "kernel", recording)
 
     def sgemm_args(self):
         (name, grid, block, args), = [c for c in self.calls if c[0] != "sgemm_sum_partials"]
@@ -151,7 +151,7 @@ def test_sgemm_variants(device_backend, rng, monkeypatch, M, N, K, tile, ta, tb,
     da, db = _padded(B, a, lda), _padded(B, b, ldb)
     c = B.empty((M, N))
     rec = Launches(B, monkeypatch)
-    G.sgemm(B, da, db, c, M, N, K, lda, ldb, N, ta, tb, tile=tile, vector=layout != "scalar")
+    G.sgemm(B.ctx, da, db, c, M, N, K, lda, ldb, N, ta, tb, tile=tile, vector=layout != "scalar")
     name, grid, block, args = rec.sgemm_args()
     assert name == G.sgemm_kernel_name(tile, ta, tb)
     want_vec = layout == "vector" and G.vector_ok(da, lda) and G.vector_ok(db, ldb)
@@ -175,7 +175,7 @@ def test_sgemm_misaligned_operand(device_backend, rng, monkeypatch):
     db = B.asarray(b)
     c = B.empty((M, N))
     rec = Launches(B, monkeypatch)
-    G.sgemm(B, da, db, c, M, N, K, K, N, N, tile="small")
+    G.sgemm(B.ctx, da, db, c, M, N, K, K, N, N, tile="small")
     args = rec.sgemm_args()[3]
     assert int(args["vec_a"]) == 0 and int(args["vec_b"]) == int(G.vector_ok(db, N))
     assert_close(B.to_numpy(c), G.reference(*f64(a, b)), TOL, "misaligned A")
@@ -187,7 +187,7 @@ def test_sgemm_misaligned_operand(device_backend, rng, monkeypatch):
 def test_gemm(device_backend, rng, M, N, K, ta, tb):
     B = device_backend
     a, b = _operands(rng, M, N, K, ta, tb)
-    (out,) = to_host(B, G.gemm(B, *to_backend(B, a, b), trans_a=ta, trans_b=tb))
+    (out,) = to_host(B, G.gemm(B.ctx, *to_backend(B, a, b), trans_a=ta, trans_b=tb))
     assert out.dtype == np.float32
     ref = G.reference(*f64(a, b), trans_a=ta, trans_b=tb)
     assert_close(out, ref, TOL, f"gemm {M}x{N}x{K} trans=({ta},{tb})")
@@ -197,7 +197,7 @@ def test_gemm_empty_k(device_backend, rng):
     """K = 0: the products are empty sums; the epilogue still adds the bias."""
     B = device_backend
     a, b, bias = np.zeros((5, 0), np.float32), np.zeros((0, 7), np.float32), randn(rng, 7)
-    out = G.gemm(B, *to_backend(B, a, b), bias=B.asarray(bias), bias_axis=1)
+    out = G.gemm(B.ctx, *to_backend(B, a, b), bias=B.asarray(bias), bias_axis=1)
     assert_close(B.to_numpy(out), np.broadcast_to(f64(bias)[0], (5, 7)), TOL, "K = 0")
 
 
@@ -215,7 +215,7 @@ def test_sgemm_epilogue(device_backend, rng, tile, bias_axis, relu, beta):
     bias = None if bias_axis is None else randn(rng, M if bias_axis == 0 else N)
     c0 = randn(rng, M, N)
     c = B.asarray(c0.copy()) if beta else B.empty((M, N))
-    G.sgemm(B, *to_backend(B, a, b), c, M, N, K, a.shape[1], b.shape[1], N, ta, tb,
+    G.sgemm(B.ctx, *to_backend(B, a, b), c, M, N, K, a.shape[1], b.shape[1], N, ta, tb,
             bias=None if bias is None else B.asarray(bias), bias_axis=bias_axis or 0,
             relu=relu, beta=beta, tile=tile)
     a64, b64, c64 = f64(a, b, c0)
@@ -233,7 +233,7 @@ def test_gemm_bias_relu(device_backend, rng):
         M, N, K = 37, 70, 19
         a, b = _operands(rng, M, N, K, False, True)
         bias = randn(rng, M if bias_axis == 0 else N)
-        out = B.gemm(*to_backend(B, a, b), trans_b=True, bias=B.asarray(bias),
+        out = G.gemm(B.ctx, *to_backend(B, a, b), trans_b=True, bias=B.asarray(bias),
                      bias_axis=bias_axis, relu=True)
         ref = G.reference(*f64(a, b), trans_b=True, bias=f64(bias)[0], bias_axis=bias_axis,
                           relu=True)
@@ -245,7 +245,7 @@ def test_no_bias_launch_does_not_alias_c(device_backend, rng, monkeypatch):
     B = device_backend
     a, b = to_backend(B, randn(rng, 9, 5), randn(rng, 5, 7))
     rec = Launches(B, monkeypatch)
-    out = G.gemm(B, a, b)
+    out = G.gemm(B.ctx, a, b)
     args = rec.sgemm_args()[3]
     assert args["bias"] is a and args["bias"] is not out and int(args["bias_mode"]) == 0
 
@@ -256,7 +256,7 @@ def test_gemm_accumulate(device_backend, rng):
     a, b = _operands(rng, M, N, K, True, False)
     c0 = randn(rng, M, N)
     out = B.asarray(c0.copy())  # asarray may return its argument itself (emu)
-    assert G.gemm(B, *to_backend(B, a, b), trans_a=True, out=out, beta=0.5) is out
+    assert G.gemm(B.ctx, *to_backend(B, a, b), trans_a=True, out=out, beta=0.5) is out
     ref = G.reference(*f64(a, b), trans_a=True, c=f64(c0)[0], beta=0.5)
     assert_close(B.to_numpy(out), ref, TOL, "gemm with beta=0.5")
 
@@ -268,13 +268,13 @@ def test_gemm_matmul_path(device_backend, rng, monkeypatch):
     monkeypatch.setattr(B, "use_cublas", True)
     a, b = _operands(rng, 9, 14, 5, True, False)
     bias, c0 = randn(rng, 9), randn(rng, 9, 14)
-    out = B.gemm(*to_backend(B, a, b), trans_a=True, bias=B.asarray(bias),
+    out = G.gemm(B.ctx, *to_backend(B, a, b), trans_a=True, bias=B.asarray(bias),
                  bias_axis=0, relu=True)
     a64, b64, bias64, c64 = f64(a, b, bias, c0)
     assert_close(B.to_numpy(out), G.reference(a64, b64, trans_a=True, bias=bias64,
                                               bias_axis=0, relu=True), TOL, "matmul path")
     out = B.asarray(c0.copy())
-    B.gemm(*to_backend(B, a, b), trans_a=True, out=out, beta=1.0)
+    G.gemm(B.ctx, *to_backend(B, a, b), trans_a=True, out=out, beta=1.0)
     assert_close(B.to_numpy(out), G.reference(a64, b64, trans_a=True, c=c64, beta=1.0), TOL,
                  "matmul path, beta=1")
 
@@ -295,7 +295,7 @@ def test_bad_operands(device_backend, rng):
     ]
     for args, kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
-            G.gemm(B, *args, **kw)
+            G.gemm(B.ctx, *args, **kw)
     with pytest.raises(ValueError, match="beta != 0 needs c"):
         G.reference(*f64(randn(rng, 2, 2), randn(rng, 2, 2)), beta=1.0)
 
@@ -322,7 +322,7 @@ def test_sgemm_batched_reduce(device_backend, rng, monkeypatch, tile, K):
     c = B.empty((Y, Z, M, N))
     rec = Launches(B, monkeypatch)
     da, db = to_backend(B, a, b)
-    G.sgemm(B, da, db, c, M, N, K, lda=K, ldb=K, ldc=N, trans_b=True,
+    G.sgemm(B.ctx, da, db, c, M, N, K, lda=K, ldb=K, ldc=N, trans_b=True,
             batch_y=Y, batch_z=Z, a_y=Z * R * M * K, a_z=R * M * K, a_r=M * K,
             b_y=Z * R * N * K, b_z=R * N * K, b_r=N * K, c_y=Z * M * N, c_z=M * N,
             red_per_z=R, red_total=R * Z, tile=tile)
@@ -342,7 +342,7 @@ def test_sgemm_ragged_split_reduction(device_backend, rng, tile):
     M, N, K = 9, 21, 13
     a, b = randn(rng, 5, M, K), randn(rng, 5, K, N)
     c = B.empty((3, M, N))
-    G.sgemm(B, *to_backend(B, a, b), c, M, N, K, lda=K, ldb=N, ldc=N, batch_z=3,
+    G.sgemm(B.ctx, *to_backend(B, a, b), c, M, N, K, lda=K, ldb=N, ldc=N, batch_z=3,
             a_z=2 * M * K, a_r=M * K, b_z=2 * K * N, b_r=K * N, c_z=M * N, red_per_z=2,
             red_total=5, tile=tile)
     a64, b64 = f64(a, b)
@@ -358,7 +358,7 @@ def test_sgemm_batched_bias_per_group(device_backend, rng, tile):
     Y, M, N, K = 3, 5, 11, 7
     a, b, bias = randn(rng, Y, M, K), randn(rng, Y, K, N), randn(rng, Y * M)
     c = B.empty((Y, M, N))
-    G.sgemm(B, *to_backend(B, a, b), c, M, N, K, lda=K, ldb=N, ldc=N, batch_y=Y,
+    G.sgemm(B.ctx, *to_backend(B, a, b), c, M, N, K, lda=K, ldb=N, ldc=N, batch_y=Y,
             a_y=M * K, b_y=K * N, c_y=M * N, bias=B.asarray(bias), bias_y=M, bias_axis=0,
             relu=True, tile=tile)
     a64, b64, bias64 = f64(a, b, bias)
@@ -373,6 +373,6 @@ def test_sum_partials(device_backend, rng, beta):
     S, count = 5, 3 * 256 + 17  # not a multiple of the block, more than one grid stride
     parts, out0 = randn(rng, S, count), randn(rng, count)
     out = B.asarray(out0.copy()) if beta else B.empty((count,))
-    G.sum_partials(B, B.asarray(parts), out, count, S, beta)
+    G.sum_partials(B.ctx, B.asarray(parts), out, count, S, beta)
     parts64, out64 = f64(parts, out0)
     assert_close(B.to_numpy(out), parts64.sum(axis=0) + beta * out64, TOL, "sum_partials")

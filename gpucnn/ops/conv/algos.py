@@ -3,7 +3,8 @@ shape (``auto``), and the workspace each needs.
 
 Kinds: ``"device"`` (the ``cuda`` and ``emu`` backends) and ``"cpu"`` (``numpy``, and
 ``reference``, which runs the plain definition whatever the name). Adding an algorithm is one
-:class:`ConvAlgo` entry in :data:`REGISTRY`.
+:class:`ConvAlgo` entry in :data:`REGISTRY`, in a file named after it. How a backend's
+``auto`` picks one per call and what it records is :mod:`.selector`.
 
 Selection, per call ``algo=`` on ``B.conv2d`` / ``B.conv2d_backward`` /
 ``B.conv2d_relu_maxpool(_backward)``, else ``$GPUCNN_CONV_ALGO``, else ``"auto"``:
@@ -44,25 +45,17 @@ Selection, per call ``algo=`` on ``B.conv2d`` / ``B.conv2d_backward`` /
 """
 from __future__ import annotations
 
-import json
-import os
-import sys
-import time
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 
 from . import cpu, device, direct, implicit, winograd
 from .device import DW_TARGET_BLOCKS
 
-__all__ = ["ConvAlgo", "REGISTRY", "AUTO", "ENV", "CACHE_FILE", "names", "get", "shape_key",
-           "heuristic", "workspace_bytes", "cache_path", "device_identity", "wall_timer",
-           "forget_timings", "Selector"]
+__all__ = ["ConvAlgo", "REGISTRY", "AUTO", "ENV", "names", "valid_names", "get", "shape_key",
+           "heuristic", "workspace_bytes"]
 
 AUTO = "auto"
 ENV = "GPUCNN_CONV_ALGO"
-CACHE_FILE = "conv_algos.json"
 
 
 def _always(g):
@@ -71,10 +64,12 @@ def _always(g):
 
 @dataclass(frozen=True)
 class ConvAlgo:
-    """One algorithm. ``forward(ctx, x, w, b, g, relu) -> y`` and ``backward(ctx, dy, x, w, g,
-    need_dx, need_dw) -> (dx, dw, db)`` take the backend's context first (the backend itself
-    on a device, its CpuRuntime on the CPU); ``workspace(g, limit) -> bytes``; ``supports(g)``
-    says whether it runs that geometry (``requires`` says what it needs, for errors)."""
+    """One algorithm. ``forward(ctx, g, relu, has_bias) -> run(x, w, b) -> y`` and
+    ``backward(ctx, g, need_dx, need_dw) -> run(dy, x, w) -> (dx, dw, db)`` are plan
+    factories: they take the backend's context (a DeviceContext on a device, the CpuRuntime
+    on the CPU) and the checked geometry, work out what they can once, and return the run of
+    one call. ``workspace(g, limit) -> bytes``; ``supports(g)`` says whether it runs that
+    geometry (``requires`` says what it needs, for errors)."""
     name: str
     forward: object
     backward: object
@@ -110,6 +105,17 @@ def _cpu_im2col_forward(rt, x, w, b, g, relu):
                               g, relu)
 
 
+def _cpu_forward(fn):
+    """The plan factory of a CPU forward ``fn(rt, x, w, b, g, relu)`` (nothing to plan)."""
+    return lambda rt, g, relu, has_bias: lambda x, w, b: fn(rt, x, w, b, g, relu)
+
+
+def _cpu_backward(fn):
+    """The plan factory of a CPU backward ``fn(rt, dy, x, w, g, need_dx, need_dw)``."""
+    return lambda rt, g, need_dx, need_dw: lambda dy, x, w: fn(rt, dy, x, w, g, need_dx,
+                                                                  need_dw)
+
+
 REGISTRY = {
     "device": {a.name: a for a in (
         ConvAlgo("im2col", device.conv2d, device.conv2d_backward, _device_im2col_workspace,
@@ -119,16 +125,20 @@ REGISTRY = {
                  "implicit GEMM: tiles gathered from NCHW while loading shared memory"),
     )},
     "cpu": {a.name: a for a in (
-        ConvAlgo("wide", cpu.conv2d, cpu.conv2d_backward, _cpu_columns(lambda g: g.K + 1),
+        ConvAlgo("wide", _cpu_forward(cpu.conv2d), _cpu_backward(cpu.conv2d_backward),
+                 _cpu_columns(lambda g: g.K + 1),
                  "wide columns (one contiguous slice per tap), GEMMs on OpenBLAS",
                  cpu.fast_conv, "stride 1, dilation 1, one group"),
-        ConvAlgo("direct", direct.conv2d, direct.conv2d_backward, direct.workspace_bytes,
+        ConvAlgo("direct", _cpu_forward(direct.conv2d), _cpu_backward(direct.conv2d_backward),
+                 direct.workspace_bytes,
                  "compiled direct loops (direct.cpp, built for this CPU): no column matrix",
                  direct.supports, direct.REQUIRES),
         # the general path of cpu.py (the one its wide path falls back to)
-        ConvAlgo("im2col", _cpu_im2col_forward, cpu._conv2d_backward_im2col,
+        ConvAlgo("im2col", _cpu_forward(_cpu_im2col_forward),
+                 _cpu_backward(cpu._conv2d_backward_im2col),
                  _cpu_columns(lambda g: g.K), "im2col columns per group, GEMMs on OpenBLAS"),
-        *(ConvAlgo(name, winograd.conv2d(name), winograd.conv2d_backward(name),
+        *(ConvAlgo(name, _cpu_forward(winograd.conv2d(name)),
+                   _cpu_backward(winograd.conv2d_backward(name)),
                    winograd.workspace_bytes(name),
                    f"Winograd F({m}x{m}, r x r) for r in {sizes}: forward and dx as "
                    f"transformed-tile GEMMs, dW by the wide GEMM",
@@ -145,7 +155,8 @@ def names(kind):
     return tuple(REGISTRY[kind])
 
 
-def _valid(kind):
+def valid_names(kind):
+    """The names a call may ask for on a backend kind, for error messages."""
     return ", ".join((AUTO,) + names(kind))
 
 
@@ -188,210 +199,3 @@ def workspace_bytes(algo, g, workspace_limit=None, kind="device"):
         workspace_limit = default_workspace_bytes(
             CPU_WORKSPACE_MB if kind == "cpu" else DEVICE_WORKSPACE_MB)
     return int(get(kind, algo).workspace(g, workspace_limit))
-
-
-# ---- the timed choice (cuda) --------------------------------------------------------------
-def cache_path():
-    """Where timed choices persist: $GPUCNN_CACHE_DIR/conv_algos.json (default
-    ~/.cache/gpucnn)."""
-    root = os.environ.get("GPUCNN_CACHE_DIR")
-    return (Path(root) if root else Path.home() / ".cache" / "gpucnn") / CACHE_FILE
-
-
-def _gpucnn_version():
-    # The root package is imported before any submodule; reading its attribute here adds no
-    # import edge against the layering (ops must not import the package above them).
-    return getattr(sys.modules.get("gpucnn"), "__version__", "unknown")
-
-
-def device_identity(dev):
-    """``"<GPU> | driver <version> | gpucnn <version>"``: what a timed choice is valid for."""
-    driver = "unknown"
-    try:
-        if getattr(dev.xp, "__name__", "") == "cupy":
-            driver = str(dev.xp.cuda.runtime.driverGetVersion())
-    except Exception:  # noqa: BLE001 - an unknown driver only weakens the key
-        pass
-    gpu = getattr(dev, "device_name", "") or dev.name
-    return f"{gpu} | driver {driver} | gpucnn {_gpucnn_version()}"
-
-
-def wall_timer(synchronize, reps=3):
-    """timer(name, run) -> seconds per run: one warm-up run (compiles, allocates), then the
-    mean of ``reps`` runs between device synchronisations."""
-    def timer(name, run):
-        run()
-        synchronize()
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            run()
-        synchronize()
-        return (time.perf_counter() - t0) / reps
-    return timer
-
-
-_warned = set()
-
-
-def _warn_once(path, what):
-    if str(path) not in _warned:
-        _warned.add(str(path))
-        warnings.warn(f"gpucnn: {what}", RuntimeWarning, stacklevel=4)
-
-
-class _FileCache:
-    """{key: algorithm} in a JSON file; a corrupt or unreadable file is ignored with one
-    warning (and rewritten by the next choice), an unwritable one too."""
-
-    def __init__(self, path):
-        self.path = path
-        self.entries = None
-
-    def _load(self):
-        if self.entries is None:
-            self.entries = {}
-            try:
-                doc = json.loads(self.path.read_text())
-                choices = doc["choices"]
-                if not isinstance(choices, dict):
-                    raise ValueError("'choices' is not an object")
-                self.entries = {k: v for k, v in choices.items() if isinstance(v, str)}
-            except FileNotFoundError:
-                pass
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                _warn_once(self.path, f"ignoring the corrupt convolution-algorithm cache "
-                                      f"{self.path} ({type(exc).__name__}: {exc})")
-        return self.entries
-
-    def get(self, key):
-        return self._load().get(key)
-
-    def put(self, key, name):
-        entries = self._load()
-        entries[key] = name
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"schema": 1, "choices": entries}, indent=1,
-                                      sort_keys=True))
-            os.replace(tmp, self.path)
-        except OSError as exc:
-            _warn_once(self.path, f"cannot write the convolution-algorithm cache {self.path}: "
-                                  f"{exc}")
-
-
-_memory = {}  # timed choices of this process: {identity | shape key: algorithm}
-
-
-def forget_timings():
-    """Forget this process's timed choices (the file cache stays): the next ``auto`` on a GPU
-    reads the file, or times again."""
-    _memory.clear()
-
-
-class Selector:
-    """A backend's algorithm choices. ``owner`` is the backend: its ``conv_kind`` ("device" or
-    "cpu"), its ``conv_policy`` ("timed": time the candidates, "heuristic", "fixed": validate
-    only, the reference) and, for "timed", its ``synchronize``. ``timer(name, run) ->
-    seconds`` may be replaced (tests)."""
-
-    def __init__(self, owner):
-        self.owner = owner
-        self.kind = owner.conv_kind
-        self.policy = owner.conv_policy
-        self.chosen = {}  # {shape key: algorithm that ran}
-        self.auto = {}    # {shape key: what auto picked / was preset to}
-        self.timer = wall_timer(owner.synchronize)
-        self._identity = None
-        self._file = None
-
-    def request(self, algo, g):
-        """The name a call asks for: ``algo``, else $GPUCNN_CONV_ALGO, else "auto", checked."""
-        if algo is None:
-            env = os.environ.get(ENV, "").strip()
-            if not env or env == AUTO:
-                return AUTO
-            if not any(env in REGISTRY[k] for k in REGISTRY):
-                valid = "; ".join(f"{k}: {', '.join(names(k))}" for k in REGISTRY)
-                raise ValueError(f"{ENV}={env!r} is not a convolution algorithm (valid: auto; "
-                                 f"{valid})")
-            ok = env in REGISTRY[self.kind] and REGISTRY[self.kind][env].supports(g)
-            return env if ok else AUTO
-        if algo == AUTO:
-            return AUTO
-        if not isinstance(algo, str) or algo not in REGISTRY[self.kind]:
-            raise ValueError(f"conv2d: algo={algo!r} is not a convolution algorithm of the "
-                             f"{self.owner.name} backend ({self.kind}); valid: "
-                             f"{_valid(self.kind)}")
-        a = REGISTRY[self.kind][algo]
-        if not a.supports(g):
-            fits = [n for n, b in REGISTRY[self.kind].items() if b.supports(g)]
-            raise ValueError(f"conv2d: algo={algo!r} needs {a.requires}; for this layer use "
-                             f"one of: {', '.join([AUTO] + fits)}")
-        return algo
-
-    def select(self, direction, g, algo, run, need_dx=True, need_dw=True):
-        """The algorithm this call runs (recorded under its shape key). ``run(name)`` runs
-        the call with algorithm ``name``: the timed policy times the candidates with it."""
-        name = self.request(algo, g)
-        if self.policy == "fixed":
-            return name
-        key = shape_key(direction, g, need_dx, need_dw)
-        if name == AUTO:
-            name = self.auto.get(key)
-            if name is None:
-                name = self.auto[key] = self._decide(key, g, run)
-        self.chosen[key] = name
-        return name
-
-    def preset(self, mapping):
-        """Make auto pick ``mapping[shape key]`` (e.g. a checkpoint's ``conv_algorithms()``)."""
-        for key, name in dict(mapping).items():
-            get(self.kind, name)
-            self.auto[str(key)] = name
-
-    def _decide(self, key, g, run):
-        candidates = [n for n, a in REGISTRY[self.kind].items() if a.supports(g)]
-        if self.policy != "timed" or len(candidates) == 1:
-            return heuristic(self.kind, g)
-        if self._identity is None:
-            self._identity = device_identity(self.owner)
-            self._file = _FileCache(cache_path())
-        tkey = f"{self._identity} | {key}"
-        name = _memory.get(tkey) or self._file.get(tkey)
-        if name not in candidates:
-            name = self._time(candidates, run)
-            self._file.put(tkey, name)
-        _memory[tkey] = name
-        return name
-
-    def _time(self, candidates, run):
-        times, error = {}, None
-        for n in candidates:
-            try:
-                times[n] = float(self.timer(n, lambda n=n: run(n)))
-            except Exception as exc:  # noqa: BLE001 - a candidate that fails is not chosen
-                error = exc
-        if not times:
-            raise error
-        return min(times, key=times.get)  # ties: registry order
-
-
-def record(dev):
-    """What a training run records of a backend's convolution algorithms: the setting
-    ($GPUCNN_CONV_ALGO or auto; ``--resume`` compares it) and what ran per layer shape
-    (restored by :func:`restore`, so that ``auto`` runs the same algorithms again after a
-    resume: their rounding differs)."""
-    setting = os.environ.get(ENV, "").strip() or AUTO
-    return {"setting": setting, "kind": dev.conv_selector.kind, "chosen": dev.conv_algorithms()}
-
-
-def restore(dev, saved):
-    """Preset ``auto`` from a :func:`record` of the same kind of backend (a record of another
-    kind, or none, is ignored); a malformed one is a ValueError."""
-    if not isinstance(saved, dict) or saved.get("kind") != dev.conv_selector.kind:
-        return
-    chosen = saved.get("chosen", {})
-    if not isinstance(chosen, dict):
-        raise ValueError(f"chosen must be an object of shape key -> algorithm, got {chosen!r}")
-    dev.set_conv_algorithms(chosen)

@@ -16,7 +16,8 @@ Tile sizes are the ``#define CONV_*`` of the kernel file (:func:`implicit_tile`)
 pass 2^31 elements (the kernels' image offsets are 64-bit); :func:`check_geometry` refuses,
 with a clear error, what their 32-bit in-image indexing cannot address.
 
-``dev`` is a :class:`~gpucnn.backends.device.DeviceBackend`; arguments arrive checked.
+``conv2d(ctx, g, relu, has_bias)`` and ``conv2d_backward(ctx, g, need_dx, need_dw)`` take
+the device context and the checked geometry and return the run of one call.
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ import numpy as np
 
 from ...toolchain import kernel_block, source_defines
 from ...toolchain.limits import GRID_DIM_MAX, INT32_MAX
-from ..gemm import sum_partials
-from ..launch import ceil_div, check_extents
-from .device import DW_TARGET_BLOCKS, bias_grad
+from ..gemm import plan_sum_partials
+from ..launch import Launch, ceil_div
+from .device import DW_TARGET_BLOCKS, bias_grad_plan
 
 __all__ = ["conv2d", "conv2d_backward", "implicit_tile", "dgrad_phases", "PhaseAxis",
            "wgrad_split", "workspace_bytes", "check_geometry", "PARTS", "PARTS_SHARE"]
@@ -86,26 +87,29 @@ def check_geometry(g):
                              f"layer, or algo='im2col')")
 
 
-def _launch(dev, name, grid, args, large_ok):
-    check_extents(name, args, large_ok)
-    dev.kernel(name)(grid, (implicit_tile()["THREADS"], 1, 1), args)
+def _launch(ctx, name, grid, large_ok):
+    return Launch(ctx, name, grid, (implicit_tile()["THREADS"], 1, 1), large_ok=large_ok)
 
 
 def _i32s(*values):
     return tuple(np.int32(v) for v in values)
 
 
-def conv2d(dev, x, w, b, g, relu):
+def conv2d(ctx, g, relu, has_bias):
     check_geometry(g)
     t = implicit_tile()
-    y = dev.empty(g.y_shape, np.float32)
     grid = (ceil_div(g.N * g.Ho * g.Wo, t["BN"]), ceil_div(g.Fg, t["BM"]), g.groups)
-    # Without a bias the kernel never reads its bias pointer: w stands in (read-only too).
-    args = (x, w, w if b is None else b, y,
-            *_i32s(g.N, g.C, g.H, g.W, g.F, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
-                   g.Ho, g.Wo, g.groups, b is not None, bool(relu)))
-    _launch(dev, "conv_implicit_fprop", grid, args, large_ok=("x", "y"))
-    return y
+    launch = _launch(ctx, "conv_implicit_fprop", grid, large_ok=("x", "y"))
+    tail = _i32s(g.N, g.C, g.H, g.W, g.F, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
+                 g.Ho, g.Wo, g.groups, has_bias, bool(relu))
+    empty, ys = ctx.empty, g.y_shape
+
+    def run(x, w, b):
+        y = empty(ys, np.float32)
+        # Without a bias the kernel never reads its bias pointer: w stands in (read-only too).
+        launch.fire((x, w, w if b is None else b, y, *tail))
+        return y
+    return run
 
 
 def _axis_phases(size, k, s, p, d):
@@ -131,17 +135,23 @@ def dgrad_phases(g):
     return [(r, c) for r in rows for c in cols if r.size and c.size]
 
 
-def _dgrad(dev, dy, w, g):
+def _dgrad_plan(ctx, g):
     t = implicit_tile()
-    dx = dev.empty(g.x_shape, np.float32)
     geom = _i32s(g.N, g.C, g.H, g.W, g.F, g.kh, g.kw, g.sh, g.sw, g.Ho, g.Wo, g.groups)
+    phases = []
     for r, c in dgrad_phases(g):
         grid = (ceil_div(g.N * r.size * c.size, t["BN"]), ceil_div(g.Cg, t["BM"]), g.groups)
-        args = (dy, w, dx, *geom,
-                *_i32s(r.a, r.size, r.first, r.step, r.count, r.out0, r.out_step),
-                *_i32s(c.a, c.size, c.first, c.step, c.count, c.out0, c.out_step))
-        _launch(dev, "conv_implicit_dgrad", grid, args, large_ok=("dy", "dx"))
-    return dx
+        phases.append((_launch(ctx, "conv_implicit_dgrad", grid, large_ok=("dy", "dx")),
+                       geom + _i32s(r.a, r.size, r.first, r.step, r.count, r.out0, r.out_step)
+                       + _i32s(c.a, c.size, c.first, c.step, c.count, c.out0, c.out_step)))
+    empty, xs = ctx.empty, g.x_shape
+
+    def run(dy, w):
+        dx = empty(xs, np.float32)
+        for launch, tail in phases:
+            launch.fire((dy, w, dx, *tail))
+        return dx
+    return run
 
 
 def wgrad_split(g, workspace_limit, target_blocks=DW_TARGET_BLOCKS):
@@ -162,30 +172,43 @@ def wgrad_split(g, workspace_limit, target_blocks=DW_TARGET_BLOCKS):
     return ceil_div(positions, per), per  # no empty parts
 
 
-def _wgrad(dev, dy, x, g):
-    dw = dev.empty(g.w_shape, np.float32)
-    parts, per = wgrad_split(g, dev.workspace_bytes,
-                             getattr(dev, "dw_target_blocks", DW_TARGET_BLOCKS))
-    out = dw if parts == 1 else dev.workspace(PARTS, parts * g.F * g.K)
+def _wgrad_plan(ctx, g):
+    parts, per = wgrad_split(g, ctx.workspace_bytes,
+                             getattr(ctx, "dw_target_blocks", DW_TARGET_BLOCKS))
     t = implicit_tile()
     grid = (ceil_div(g.K, t["BN"]), ceil_div(g.Fg, t["BM"]), g.groups * parts)
-    args = (dy, x, out, *_i32s(g.N, g.C, g.H, g.W, g.F, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw,
-                               g.dh, g.dw, g.Ho, g.Wo, g.groups, per))
-    _launch(dev, "conv_implicit_wgrad", grid, args, large_ok=("dy", "x", "out"))
-    if parts > 1:
-        sum_partials(dev, out, dw, g.F * g.K, parts, 0.0)
-    return dw
+    launch = _launch(ctx, "conv_implicit_wgrad", grid, large_ok=("dy", "x", "out"))
+    tail = _i32s(g.N, g.C, g.H, g.W, g.F, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
+                 g.Ho, g.Wo, g.groups, per)
+    add, scalars = plan_sum_partials(ctx, g.F * g.K, parts, 0.0) if parts > 1 else (None, ())
+    empty, workspace, ws, count = ctx.empty, ctx.workspace, g.w_shape, parts * g.F * g.K
+
+    def run(dy, x):
+        dw = empty(ws, np.float32)
+        out = dw if add is None else workspace(PARTS, count)
+        launch.fire((dy, x, out, *tail))
+        if add is not None:
+            add.fire((out, dw, *scalars))
+        return dw
+    return run
 
 
-def conv2d_backward(dev, dy, x, w, g, need_dx=True, need_dw=True):
+def conv2d_backward(ctx, g, need_dx=True, need_dw=True):
     check_geometry(g)
-    dx = _dgrad(dev, dy, w, g) if need_dx else None
-    dw = db = None
-    if need_dw:
-        db = dev.empty((g.F,), np.float32)
-        bias_grad(dev, dy, db, g.N, g.F, g.Ho * g.Wo)
-        dw = _wgrad(dev, dy, x, g)
-    return dx, dw, db
+    dgrad = _dgrad_plan(ctx, g) if need_dx else None
+    wgrad = _wgrad_plan(ctx, g) if need_dw else None
+    bias, scalars = bias_grad_plan(ctx, g.N, g.F, g.Ho * g.Wo) if need_dw else (None, ())
+    empty, F = ctx.empty, g.F
+
+    def run(dy, x, w):
+        dx = dgrad(dy, w) if dgrad is not None else None
+        dw = db = None
+        if wgrad is not None:
+            db = empty((F,), np.float32)
+            bias.fire((dy, db, *scalars))
+            dw = wgrad(dy, x)
+        return dx, dw, db
+    return run
 
 
 def workspace_bytes(g, workspace_limit, target_blocks=DW_TARGET_BLOCKS):

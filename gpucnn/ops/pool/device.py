@@ -1,15 +1,18 @@
-"""Pooling on the device: launches of ``kernels/pool.cu`` (grid-stride, one thread per
-element written; backwards are gathers: no atomics, deterministic). ``dev`` is a
-:class:`~gpucnn.backends.device.DeviceBackend`; arguments arrive checked."""
+"""Pooling on the device: plans of ``kernels/pool.cu`` launches (grid-stride, one thread per
+element written; backwards are gathers: no atomics, deterministic). Each function takes the
+device context and the checked geometry and returns the run of one call."""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
-from ..launch import launch_1d
+from ..launch import plan_1d
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
            "lp_pool2d", "lp_pool2d_backward"]
 
+_F32, _I32 = np.float32, np.int32
 
 # The tensors the pool kernels address through 64-bit plane offsets (kernels/common.cuh), which
 # may therefore hold 2^31 elements or more; the one a kernel writes is bounded by its grid.
@@ -31,48 +34,76 @@ def _divisor_rule(g):
     return np.int32(g.count_include_pad), np.int32(g.divisor_override or 0)
 
 
-def max_pool2d(dev, x, g):
-    y = dev.empty(g.y_shape, np.float32)
-    switches = dev.empty(g.y_shape, np.int32)
-    launch_1d(dev, "max_pool2d_forward", y.size, x, y, switches, *_geom_args(g),
-              *_dilation(g), large_ok=_PLANES)
-    return y, switches
+def _plan(ctx, name, shape):
+    return plan_1d(ctx, name, math.prod(shape), large_ok=_PLANES)
 
 
-def max_pool2d_backward(dev, dy, switches, g):
-    dx = dev.empty(g.x_shape, np.float32)
-    launch_1d(dev, "max_pool2d_backward", dx.size, dy, switches, dx, *_geom_args(g),
-              *_dilation(g), large_ok=_PLANES)
-    return dx
+def max_pool2d(ctx, g):
+    launch, empty, ys = _plan(ctx, "max_pool2d_forward", g.y_shape), ctx.empty, g.y_shape
+    tail = _geom_args(g) + _dilation(g)
+
+    def run(x):
+        y, switches = empty(ys, _F32), empty(ys, _I32)
+        launch.fire((x, y, switches, *tail))
+        return y, switches
+    return run
 
 
-def avg_pool2d(dev, x, g):
-    y = dev.empty(g.y_shape, np.float32)
-    launch_1d(dev, "avg_pool2d_forward", y.size, x, y, *_geom_args(g), *_divisor_rule(g),
-              large_ok=_PLANES)
-    return y
+def max_pool2d_backward(ctx, g):
+    launch, empty, xs = _plan(ctx, "max_pool2d_backward", g.x_shape), ctx.empty, g.x_shape
+    tail = _geom_args(g) + _dilation(g)
+
+    def run(dy, switches):
+        dx = empty(xs, _F32)
+        launch.fire((dy, switches, dx, *tail))
+        return dx
+    return run
 
 
-def avg_pool2d_backward(dev, dy, g):
-    dx = dev.empty(g.x_shape, np.float32)
-    launch_1d(dev, "avg_pool2d_backward", dx.size, dy, dx, *_geom_args(g), *_divisor_rule(g),
-              large_ok=_PLANES)
-    return dx
+def avg_pool2d(ctx, g):
+    launch, empty, ys = _plan(ctx, "avg_pool2d_forward", g.y_shape), ctx.empty, g.y_shape
+    tail = _geom_args(g) + _divisor_rule(g)
+
+    def run(x):
+        y = empty(ys, _F32)
+        launch.fire((x, y, *tail))
+        return y
+    return run
 
 
-def lp_pool2d(dev, x, p, g):
-    y = dev.empty(g.y_shape, np.float32)
-    launch_1d(dev, "lp_pool2d_forward", y.size, x, y, *_geom_args(g), np.float32(p),
-              large_ok=_PLANES)
-    return y
+def avg_pool2d_backward(ctx, g):
+    launch, empty, xs = _plan(ctx, "avg_pool2d_backward", g.x_shape), ctx.empty, g.x_shape
+    tail = _geom_args(g) + _divisor_rule(g)
+
+    def run(dy):
+        dx = empty(xs, _F32)
+        launch.fire((dy, dx, *tail))
+        return dx
+    return run
 
 
-def lp_pool2d_backward(dev, dy, x, y, p, g):
+def lp_pool2d(ctx, p, g):
+    launch, empty, ys = _plan(ctx, "lp_pool2d_forward", g.y_shape), ctx.empty, g.y_shape
+    tail = _geom_args(g) + (np.float32(p),)
+
+    def run(x):
+        y = empty(ys, _F32)
+        launch.fire((x, y, *tail))
+        return y
+    return run
+
+
+def lp_pool2d_backward(ctx, p, g):
     # Two gathers: the per-window ratio dy * y / S, then each pixel's sum of them.
-    r = dev.empty(g.y_shape, np.float32)
-    launch_1d(dev, "lp_pool2d_backward_ratio", r.size, dy, x, y, r, *_geom_args(g),
-              np.float32(p), large_ok=_PLANES)
-    dx = dev.empty(g.x_shape, np.float32)
-    launch_1d(dev, "lp_pool2d_backward", dx.size, r, x, dx, *_geom_args(g), np.float32(p),
-              large_ok=_PLANES)
-    return dx
+    ratio = _plan(ctx, "lp_pool2d_backward_ratio", g.y_shape)
+    gather = _plan(ctx, "lp_pool2d_backward", g.x_shape)
+    empty, xs, ys = ctx.empty, g.x_shape, g.y_shape
+    tail = _geom_args(g) + (np.float32(p),)
+
+    def run(dy, x, y):
+        r = empty(ys, _F32)
+        ratio.fire((dy, x, y, r, *tail))
+        dx = empty(xs, _F32)
+        gather.fire((r, x, dx, *tail))
+        return dx
+    return run

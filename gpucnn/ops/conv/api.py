@@ -1,0 +1,221 @@
+"""The convolution ops' entry points: ``B.conv2d``, ``B.conv2d_backward`` and the fused
+``B.conv2d_relu_maxpool`` (+ backward). ``*_plan(backend, <the entry's arguments>)`` checks
+the arguments, lets the backend's selector pick the algorithm (:mod:`.selector`) and returns
+the plan of the backend's kind — the plain definition (``reference.py``), or the algorithm's
+plan factory from the registry (:mod:`.algos`) — which layers keep; the entry point runs it
+once.
+
+The fused op is composed of the implementations (conv with ReLU, then max-pool; backward:
+ReLU mask, pool scatter, conv backward), never of the public entry points, so nothing is
+checked or chosen twice; on the CPU the ``wide`` and ``direct`` algorithms have fused paths of
+their own (``cpu_fused.py``, ``direct.py``), which may decline a geometry (they return None),
+and the composition runs then.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import activation
+from ..dispatch import Op, api
+from ..pool import api as pool_api
+from ..pool import pool_geometry
+from . import algos, conv_geometry, cpu_fused, direct, reference
+
+__all__ = ["CONV", "CONV_BACKWARD", "CONV_RELU_MAXPOOL", "CONV_RELU_MAXPOOL_BACKWARD",
+           "conv2d_plan", "conv2d_backward_plan", "conv2d_relu_maxpool_plan",
+           "conv2d_relu_maxpool_backward_plan"]
+
+
+def _algorithm(kind, direction):
+    """The plan factory of the named algorithm of a backend kind, for CONV / CONV_BACKWARD."""
+    def make(ctx, g, a, b, name):
+        return getattr(algos.get(kind, name), direction)(ctx, g, a, b)
+    return make
+
+
+CONV = Op("conv2d",
+          lambda ctx, g, relu, has_bias, name: (
+              lambda x, w, b: reference.conv2d(x, w, b, g, relu)),
+          _algorithm("cpu", "forward"), _algorithm("device", "forward"))
+CONV_BACKWARD = Op("conv2d_backward",
+                   lambda ctx, g, need_dx, need_dw, name: (
+                       lambda dy, x, w: reference.conv2d_backward(dy, x, w, g, need_dx, need_dw)),
+                   _algorithm("cpu", "backward"), _algorithm("device", "backward"))
+
+
+def _composed(kind):
+    """conv (ReLU fused) then max-pool, and the backward: ReLU mask, pool, conv."""
+    def forward(ctx, g, pg, has_bias, name):
+        conv = CONV.maker(kind)(ctx, g, True, has_bias, name)
+        pool = pool_api.MAX_POOL.maker(kind)(ctx, pg)
+        return lambda x, w, b: pool(conv(x, w, b))
+
+    def backward(ctx, g, pg, need_dx, need_dw, name):
+        relu = activation.RELU_BACKWARD.maker(kind)(ctx, pg.y_shape)
+        pool = pool_api.MAX_POOL_BACKWARD.maker(kind)(ctx, pg)
+        conv = CONV_BACKWARD.maker(kind)(ctx, g, need_dx, need_dw, name)
+        return lambda dy, switches, y, x, w: conv(pool(relu(dy, y), switches), x, w)
+    return forward, backward
+
+
+# The CPU algorithms with a fused path of their own: (forward, backward); each returns None
+# for a geometry it does not take.
+_CPU_FUSED = {"wide": (cpu_fused.conv2d_relu_maxpool, cpu_fused.conv2d_relu_maxpool_backward),
+              "direct": (direct.conv2d_relu_maxpool, direct.conv2d_relu_maxpool_backward)}
+
+
+def _cpu_fused():
+    composed_forward, composed_backward = _composed("cpu")
+
+    def forward(rt, g, pg, has_bias, name):
+        composed = composed_forward(rt, g, pg, has_bias, name)
+        fused = _CPU_FUSED.get(name)
+        if fused is None:
+            return composed
+
+        def run(x, w, b):
+            out = fused[0](rt, x, w, b, g, pg)
+            return composed(x, w, b) if out is None else out
+        return run
+
+    def backward(rt, g, pg, need_dx, need_dw, name):
+        composed = composed_backward(rt, g, pg, need_dx, need_dw, name)
+        fused = _CPU_FUSED.get(name)
+        if fused is None:
+            return composed
+
+        def run(dy, switches, y, x, w):
+            out = fused[1](rt, dy, switches, y, x, w, g, pg, need_dx, need_dw)
+            return composed(dy, switches, y, x, w) if out is None else out
+        return run
+    return forward, backward
+
+
+_REF, _CPU, _DEV = _composed("reference"), _cpu_fused(), _composed("device")
+CONV_RELU_MAXPOOL = Op("conv2d_relu_maxpool", _REF[0], _CPU[0], _DEV[0])
+CONV_RELU_MAXPOOL_BACKWARD = Op("conv2d_relu_maxpool_backward", _REF[1], _CPU[1], _DEV[1])
+_SWITCHES = (np.dtype(np.int32),)
+
+
+def _geometry(backend, x, w, b, stride, padding, dilation, groups):
+    backend.check(x, "x", 4)
+    backend.check(w, "w", 4)
+    g = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    if b is not None:
+        backend.check(b, "b", 1, shape=(g.F,))
+    return g
+
+
+def _forward_specs(g, x, w, b):
+    wt = (w.dtype,)
+    return (("x", g.x_shape, (x.dtype,)), ("w", g.w_shape, wt),
+            ("b", (g.F,), wt) if b is not None else None)
+
+
+# ---- plans: checked and chosen once, kept by layers; the entry points run them once ------
+def conv2d_plan(backend, x, w, b=None, stride=1, padding=0, dilation=1, groups=1, relu=False,
+                algo=None):
+    g = _geometry(backend, x, w, b, stride, padding, dilation, groups)
+    relu, specs = bool(relu), _forward_specs(g, x, w, b)
+
+    def planned(name):
+        return backend.plan(CONV, (g, relu, b is not None, name), *specs)
+    name = backend.conv_selector.select("forward", g, algo,
+                                        lambda n: planned(n).run(x, w, b))
+    return planned(name)
+
+
+def conv2d_backward_plan(backend, dy, x, w, stride=1, padding=0, dilation=1, groups=1,
+                         need_dx=True, need_dw=True, algo=None):
+    g = _geometry(backend, x, w, None, stride, padding, dilation, groups)
+    backend.check(dy, "dy", 4, shape=g.y_shape)
+    need_dx, need_dw = bool(need_dx), bool(need_dw)
+    specs = (("dy", g.y_shape, (dy.dtype,)), ("x", g.x_shape, (x.dtype,)),
+             ("w", g.w_shape, (w.dtype,)))
+
+    def planned(name):
+        return backend.plan(CONV_BACKWARD, (g, need_dx, need_dw, name), *specs)
+    name = backend.conv_selector.select("backward", g, algo,
+                                        lambda n: planned(n).run(dy, x, w), need_dx, need_dw)
+    return planned(name)
+
+
+def conv2d_relu_maxpool_plan(backend, x, w, b=None, stride=1, padding=0, dilation=1,
+                             groups=1, kernel_size=2, pool_stride=None, pool_padding=0,
+                             algo=None):
+    g = _geometry(backend, x, w, b, stride, padding, dilation, groups)
+    pg = pool_geometry(g.y_shape, kernel_size, pool_stride, pool_padding)
+    specs = _forward_specs(g, x, w, b)
+    # Timing (cuda's auto) runs the plain convolution: the algorithms differ only there.
+    name = backend.conv_selector.select("forward", g, algo, lambda n: backend.plan(
+        CONV, (g, True, b is not None, n), *specs).run(x, w, b))
+    return backend.plan(CONV_RELU_MAXPOOL, (g, pg, b is not None, name), *specs)
+
+
+def conv2d_relu_maxpool_backward_plan(backend, dy, switches, y, x, w, stride=1, padding=0,
+                                      dilation=1, groups=1, kernel_size=2, pool_stride=None,
+                                      pool_padding=0, need_dx=True, need_dw=True, algo=None):
+    g = _geometry(backend, x, w, None, stride, padding, dilation, groups)
+    pg = pool_geometry(g.y_shape, kernel_size, pool_stride, pool_padding)
+    backend.check(y, "y", 4, shape=pg.y_shape)
+    backend.check(dy, "dy", 4, shape=pg.y_shape)
+    backend.check(switches, "switches", 4, dtype=np.int32, shape=pg.y_shape)
+    need_dx, need_dw = bool(need_dx), bool(need_dw)
+    dt = (x.dtype,)
+    conv_specs = (("dy", g.y_shape, dt), ("x", g.x_shape, dt), ("w", g.w_shape, (w.dtype,)))
+    # Timing (cuda's auto) runs the plain convolution backward on a stand-in dy of the conv
+    # output's shape: the algorithms differ only there.
+    name = backend.conv_selector.select(
+        "backward", g, algo, lambda n: backend.plan(
+            CONV_BACKWARD, (g, need_dx, need_dw, n), *conv_specs).run(
+            backend.zeros(g.y_shape, dy.dtype), x, w), need_dx, need_dw)
+    return backend.plan(CONV_RELU_MAXPOOL_BACKWARD, (g, pg, need_dx, need_dw, name),
+                        ("dy", pg.y_shape, (dy.dtype,)), ("switches", pg.y_shape, _SWITCHES),
+                        ("y", pg.y_shape, (y.dtype,)), *conv_specs[1:])
+
+
+# ---- the functional API ------------------------------------------------------------------
+@api
+def conv2d(backend, x, w, b=None, stride=1, padding=0, dilation=1, groups=1, relu=False,
+           algo=None):
+    """y = conv(x, w) + b, optionally followed by ReLU fused in the same pass. ``algo``:
+    a name of :mod:`gpucnn.ops.conv.algos` or "auto" (default: $GPUCNN_CONV_ALGO, else
+    "auto")."""
+    return conv2d_plan(backend, x, w, b, stride, padding, dilation, groups, relu,
+                       algo).run(x, w, b)
+
+
+@api
+def conv2d_backward(backend, dy, x, w, stride=1, padding=0, dilation=1, groups=1,
+                    need_dx=True, need_dw=True, algo=None):
+    """Gradients (dx, dw, db) of conv2d with respect to its input, weight and bias.
+
+    ``need_dx=False`` skips the input gradient (a network's first layer needs none) and
+    ``need_dw=False`` the weight and bias gradients; skipped ones are returned as None.
+    ``algo`` as for conv2d (chosen separately from the forward's)."""
+    return conv2d_backward_plan(backend, dy, x, w, stride, padding, dilation, groups, need_dx,
+                                need_dw, algo).run(dy, x, w)
+
+
+@api
+def conv2d_relu_maxpool(backend, x, w, b=None, stride=1, padding=0, dilation=1, groups=1,
+                        kernel_size=2, pool_stride=None, pool_padding=0, algo=None):
+    """(y, switches) of max_pool2d(relu(conv2d(x, w, b))): the pooled output and the
+    pool's switches into the conv output planes, exactly as the three ops give them.
+    ``algo``: the convolution's, as for conv2d."""
+    return conv2d_relu_maxpool_plan(backend, x, w, b, stride, padding, dilation, groups,
+                                    kernel_size, pool_stride, pool_padding, algo).run(x, w, b)
+
+
+@api
+def conv2d_relu_maxpool_backward(backend, dy, switches, y, x, w, stride=1, padding=0,
+                                 dilation=1, groups=1, kernel_size=2, pool_stride=None,
+                                 pool_padding=0, need_dx=True, need_dw=True, algo=None):
+    """(dx, dw, db) of conv2d_relu_maxpool, given the gradient ``dy`` of its pooled
+    output ``y`` and the switches. The ReLU mask is taken on the pooled output: a switch
+    points at a conv output equal to the window's pooled value, so ``y > 0`` there is the
+    ReLU's own ``relu_out > 0`` at every position that receives a gradient. ``algo``: the
+    convolution backward's, as for conv2d_backward."""
+    return conv2d_relu_maxpool_backward_plan(
+        backend, dy, switches, y, x, w, stride, padding, dilation, groups, kernel_size,
+        pool_stride, pool_padding, need_dx, need_dw, algo).run(dy, switches, y, x, w)

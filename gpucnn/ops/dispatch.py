@@ -1,0 +1,102 @@
+"""How a call reaches an implementation: ops, their implementations per backend kind, plans.
+
+* An :class:`Op` names one computation (``max_pool2d``, ``conv2d_backward``, ...) and holds a
+  plan factory per backend kind: ``"reference"`` (the plain definition), ``"cpu"`` (the tuned
+  NumPy path; the reference where there is none) and ``"device"`` (launches of our kernels).
+  A factory ``make(ctx, *setup) -> run(*args)`` works out everything that depends only on the
+  validated ``setup`` (a geometry record and flags) once; ``run`` does the call's work. ``ctx``
+  is the backend's context: its CpuRuntime on ``numpy``, a DeviceContext on ``cuda``/``emu``,
+  None on ``reference``.
+* Each op's module defines its public entry points, e.g. ``max_pool2d(backend, x, ...)``: the
+  argument checks (the op owns them), then ``backend.plan(OP, setup, specs)`` — the
+  implementation for that setup, made once per backend and cached — and the run. Entry points
+  are registered with :func:`api`; :class:`FunctionalAPI` (the base of every backend) exposes
+  them as methods, so ``B.max_pool2d(x, 2)`` *is* the op's entry point, one frame.
+* A :class:`Plan` checks the arrays of each call against the shapes and dtypes it was made for
+  (cheap: type, dtype, shape, contiguity) and runs the implementation. Layers and optimisers
+  keep their plans, so a training step neither re-derives a geometry nor re-validates a
+  hyper-parameter: they were checked when the plan was made.
+"""
+from __future__ import annotations
+
+__all__ = ["Op", "Plan", "api", "plain", "with_ctx", "FunctionalAPI", "API"]
+
+API = {}  # public name -> entry point function(backend, ...)
+
+
+def api(fn):
+    """Register ``fn(backend, ...)`` as the functional-API method ``B.<fn.__name__>``."""
+    if fn.__name__ in API:
+        raise ValueError(f"op entry point {fn.__name__} is registered twice")
+    API[fn.__name__] = fn
+    return fn
+
+
+def plain(fn, takes_setup=True):
+    """A plan factory for a plain function ``fn(*args, *setup)`` (or ``fn(*args)``) that
+    takes no context: the reference implementations."""
+    if not takes_setup:
+        return lambda ctx, *setup: fn
+
+    def make(ctx, *setup):
+        return lambda *args: fn(*args, *setup)
+    return make
+
+
+def with_ctx(fn, takes_setup=True):
+    """A plan factory for ``fn(ctx, *args, *setup)`` (or ``fn(ctx, *args)``): the tuned CPU
+    implementations, whose context is the CpuRuntime."""
+    def make(ctx, *setup):
+        if not takes_setup:
+            return lambda *args: fn(ctx, *args)
+        return lambda *args: fn(ctx, *args, *setup)
+    return make
+
+
+class Op:
+    """One op and its plan factories per backend kind (see the module docstring)."""
+    __slots__ = ("name", "makers")
+
+    def __init__(self, name, reference, cpu=None, device=None):
+        self.name = name
+        self.makers = {"reference": reference, "cpu": cpu or reference, "device": device}
+
+    def maker(self, kind):
+        make = self.makers.get(kind)
+        if make is None:
+            raise NotImplementedError(f"{self.name} has no {kind} implementation")
+        return make
+
+    def __repr__(self):
+        return f"<Op {self.name}>"
+
+
+class Plan:
+    """``run(*args)``: the arrays checked against ``specs`` (one per argument: ``(name,
+    shape, dtypes)``, or None for an argument passed through unchecked), then the op's
+    implementation. ``key`` and ``cache`` are the holder's: what it was made for, and the
+    backend plan cache it came from (a cleared cache makes held plans stale)."""
+    __slots__ = ("run", "key", "cache")
+
+    def __init__(self, check, impl, specs, cache):
+        self.key = None
+        self.cache = cache
+
+        def run(*args):
+            for a, spec in zip(args, specs):
+                if spec is not None:
+                    check(a, *spec)
+            return impl(*args)
+        self.run = run
+
+
+class FunctionalAPI:
+    """The public functional API (``B.conv2d``, ``B.max_pool2d``, ...) as methods: each is the
+    entry point its op module registered with :func:`api`. Installed from :data:`API` when the
+    op modules are imported (gpucnn.ops.catalog)."""
+
+    @classmethod
+    def install(cls):
+        for name, fn in API.items():
+            if name not in vars(cls):
+                setattr(cls, name, fn)
