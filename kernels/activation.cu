@@ -22,8 +22,9 @@ extern "C" __global__ void relu_backward(const float* dy, const float* y, float*
     }
 }
 
-// The counter-based hash of base.dropout_hash, bit for bit: a 32-bit hash of (seed, index)
-// with the 'lowbias32' finaliser. Unsigned arithmetic wraps mod 2^32 as NumPy's uint32 does.
+// The counter-based hash of dropout_hash in gpucnn/ops/activation.py, bit for bit: a 32-bit
+// hash of (seed, index) with the 'lowbias32' finaliser. Unsigned arithmetic wraps mod 2^32 as
+// NumPy's uint32 does.
 __device__ __forceinline__ unsigned int dropout_hash32(unsigned int seed, unsigned int index)
 {
     unsigned int x = index * 0x9E3779B1u + seed * 0x85EBCA77u;
@@ -35,8 +36,9 @@ __device__ __forceinline__ unsigned int dropout_hash32(unsigned int seed, unsign
     return x;
 }
 
-// Element i is kept iff (hash(seed, i) >> 8) >= threshold (base.dropout_threshold: round(p *
-// 2^24)); mask = keep_scale (1 / (1 - p), rounded to float32 on the host) or 0; y = x * mask.
+// Element i is kept iff (hash(seed, i) >> 8) >= threshold (activation.py's dropout_threshold:
+// round(p * 2^24)); mask = keep_scale (1 / (1 - p), rounded to float32 on the host) or 0;
+// y = x * mask.
 // gpucnn: block=256 max_regs=64
 extern "C" __global__ void dropout_forward(
     const float* x, float* y, float* mask, int n,

@@ -10,16 +10,26 @@ machines never loads a library built for another CPU). Each library is written t
 name and renamed into place, with its size and digest recorded beside it; it is checked before
 it is loaded, and a damaged or foreign one is rebuilt with a warning.
 
-``$GPUCNN_NATIVE_FLAGS`` adds flags (the tests build the AVX2 and SSE paths that way). No
+``$GPUCNN_NATIVE_FLAGS`` adds flags (the tests build the AVX2 and SSE paths that way), and a
+caller's ``defines`` hand it constants that Python owns (both are part of the cache key). No
 compiler (``$GPUCNN_CXX``, default ``g++``), a failed build or an unloadable library raises
 :class:`NativeUnavailable` with the reason; the ops that use this fall back to NumPy code.
 An unwritable cache directory builds into a temporary one for this process.
+
+A struct or constant that both the C++ source and its Python caller spell out is checked when
+the library loads (so an edit on one side only fails the load with a clear reason instead of
+corrupting memory): the source exports a *facts table*, ``const Fact* <symbol>(void)`` with
+``struct Fact { const char* name; long long value; }`` entries ended by a null name, holding
+its constants and the ``sizeof S`` and ``S.field`` offsets of each struct Python mirrors with
+ctypes; :func:`facts` reads it, :func:`layout` states what the mirrors expect and
+:func:`compare_facts` lists what differs.
 """
 from __future__ import annotations
 
 import atexit
 import ctypes
 import hashlib
+import itertools
 import os
 import shlex
 import shutil
@@ -29,7 +39,8 @@ import threading
 import warnings
 from pathlib import Path
 
-__all__ = ["NativeUnavailable", "load", "cache_dir", "compiler", "flags", "FLAGS"]
+__all__ = ["NativeUnavailable", "load", "cache_dir", "compiler", "flags", "define_flags", "FLAGS",
+           "facts", "layout", "compare_facts"]
 
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fno-math-errno",
          "-fno-exceptions", "-fno-rtti", "-Wl,-z,noexecstack")
@@ -129,11 +140,16 @@ def _problem(lib: Path):
     return None
 
 
-def _compile(cxx, source: Path, lib: Path):
+def define_flags(defines) -> tuple:
+    """``-Dmacro=value`` for each of ``defines`` ({macro: value}), in a stable order."""
+    return tuple(f"-D{k}={v}" for k, v in sorted((defines or {}).items()))
+
+
+def _compile(cxx, source: Path, lib: Path, build_flags):
     fd, tmp = tempfile.mkstemp(dir=lib.parent, prefix=lib.name + ".", suffix=".tmp")
     os.close(fd)
     try:
-        out = subprocess.run([cxx, *flags(), "-o", tmp, str(source)], capture_output=True,
+        out = subprocess.run([cxx, *build_flags, "-o", tmp, str(source)], capture_output=True,
                              text=True, timeout=_BUILD_TIMEOUT_S)
         if out.returncode != 0:
             raise NativeUnavailable(f"{cxx} failed on {source.name}:\n{out.stderr[-2000:]}")
@@ -153,19 +169,20 @@ def _compile(cxx, source: Path, lib: Path):
             os.unlink(tmp)
 
 
-def load(source) -> ctypes.CDLL:
+def load(source, defines=None) -> ctypes.CDLL:
     """The library built from ``source`` (a .cpp path) for this machine; built on first use.
-    Every failure is a NativeUnavailable saying why."""
+    ``defines``: {macro: value} passed as ``-Dmacro=value``. Every failure is a
+    NativeUnavailable saying why."""
     try:
         with _lock:
-            return _load(Path(source))
+            return _load(Path(source), (*flags(), *define_flags(defines)))
     except OSError as e:
         raise NativeUnavailable(f"native build of {source}: {e}") from None
 
 
-def _load(source):
+def _load(source, build_flags):
     cxx = compiler()
-    key = hashlib.sha256(b"\0".join([source.read_bytes(), " ".join(flags()).encode(),
+    key = hashlib.sha256(b"\0".join([source.read_bytes(), " ".join(build_flags).encode(),
                                      _compiler_version(cxx).encode(),
                                      _cpu_identity().encode()])).hexdigest()[:20]
     name = f"{source.stem}-{key}.so"
@@ -180,7 +197,7 @@ def _load(source):
             warnings.warn(f"gpucnn: native library {lib} is damaged ({reason}); rebuilding "
                           f"it", RuntimeWarning, stacklevel=3)
         if reason is not None:
-            _compile(cxx, source, lib)
+            _compile(cxx, source, lib, build_flags)
     if lib in _loaded:
         return _loaded[lib]
     try:
@@ -189,3 +206,51 @@ def _load(source):
         raise NativeUnavailable(f"cannot load {lib}: {e}") from None
     _loaded[lib] = handle
     return handle
+
+
+class _Fact(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_char_p), ("value", ctypes.c_longlong)]
+
+
+def facts(lib, symbol) -> dict:
+    """{name: value} of the facts table ``lib`` exports as ``symbol`` (see the module's
+    docstring); NativeUnavailable when it exports none."""
+    try:
+        table = lib[symbol]
+    except AttributeError:
+        raise NativeUnavailable(f"{lib._name} exports no facts table {symbol}() (built from "
+                                f"an older source?)") from None
+    table.restype = ctypes.POINTER(_Fact)
+    table.argtypes = []
+    entries = table()
+    out = {}
+    for i in itertools.count():
+        if not entries[i].name:
+            return out
+        out[entries[i].name.decode()] = entries[i].value
+
+
+def layout(structs) -> dict:
+    """The facts a library must report for ctypes mirrors of its structs (``structs``: {C
+    name: mirror}): ``sizeof S`` and ``S.f``, f's offset, under the C names (a mirror's field
+    named with a trailing _, such as ``in_`` for a Python keyword, is the C field without it)."""
+    out = {}
+    for name, mirror in structs.items():
+        out[f"sizeof {name}"] = ctypes.sizeof(mirror)
+        for field, *_ in mirror._fields_:
+            out[f"{name}.{field.rstrip('_')}"] = getattr(mirror, field).offset
+    return out
+
+
+def compare_facts(reported, expected) -> list:
+    """What differs between the facts a library reports and those Python expects, one line
+    each (empty when they agree)."""
+    out = []
+    for name in sorted(reported.keys() | expected.keys()):
+        if name not in reported:
+            out.append(f"{name}: Python expects {expected[name]}, the library does not say")
+        elif name not in expected:
+            out.append(f"{name}: the library has {reported[name]}, Python does not know it")
+        elif reported[name] != expected[name]:
+            out.append(f"{name}: the library has {reported[name]}, Python {expected[name]}")
+    return out

@@ -10,12 +10,17 @@
 // deadlock. Context switch: a hand-written x86-64 routine (callee-saved registers + rsp).
 // A persistent watchdog thread aborts launches that run past their deadline. Faults inside
 // kernel code siglongjmp back to the worker loop; the launch is abandoned, the process survives.
+//
+// Built by gpucnn/backends/emu/build.py, which passes the CUDA limits the runtime enforces
+// (gpucnn/toolchain/limits.py defines them) and the ABI as -D; what Python and this file
+// share (those, the codes below, EmuErr's layout) is checked at load: gpucnn_emu_facts().
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <csetjmp>
 #include <csignal>
 #include <cstdarg>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +32,10 @@
 #include <thread>
 #include <time.h>
 #include <unistd.h>
+
+#if !defined(GPUCNN_EMU_ABI) || !defined(GPUCNN_EMU_DYN_SMEM_MAX) || !defined(GPUCNN_EMU_MAX_THREADS)
+#error "build through gpucnn/backends/emu, which defines the ABI and the CUDA limits"
+#endif
 
 #define HIDDEN __attribute__((visibility("hidden")))
 #define EXPORT extern "C" __attribute__((visibility("default")))
@@ -46,7 +55,11 @@ HIDDEN __thread EmuCtx __emu_ctx;
 // where every extern __shared__ name is a label at this address.
 extern HIDDEN __thread unsigned char __emu_dyn_smem[];
 }
-static const size_t kDynSmemMax = 48 * 1024;
+static const size_t kDynSmemMax = GPUCNN_EMU_DYN_SMEM_MAX;
+static const unsigned long long kGridMax[3] = {GPUCNN_EMU_GRID_X_MAX, GPUCNN_EMU_GRID_Y_MAX,
+                                               GPUCNN_EMU_GRID_Z_MAX};
+static const unsigned kBlockMax[3] = {GPUCNN_EMU_BLOCK_X_MAX, GPUCNN_EMU_BLOCK_Y_MAX,
+                                      GPUCNN_EMU_BLOCK_Z_MAX};
 
 // ---------------------------------------------------------------- context switch
 extern "C" void __emu_switch(void** save_sp, void* to_sp) HIDDEN;
@@ -78,6 +91,10 @@ __emu_switch:
 // ---------------------------------------------------------------- data structures
 enum { F_READY = 0, F_BAR = 1, F_WARP = 2, F_DONE = 3 };
 enum { ERR_NONE = 0, ERR_FAULT = 1, ERR_DEADLOCK = 2, ERR_WATCHDOG = 3, ERR_TRAP = 4, ERR_LAUNCH = 5, ERR_SMEM = 6 };
+enum { ORDER_FORWARD = 0, ORDER_REVERSE = 1, ORDER_RANDOM = 2 };   // how a block's threads take turns
+// launch's checks: bit 0 = checks on, bit 1 = the module uses extern __shared__ (poison +
+// overflow check of the dynamic shared memory up to shared_mem + 4 KiB)
+enum { CHECKS_ON = 1, CHECKS_DYN_SMEM = 2 };
 
 struct Fiber {
     void* sp;
@@ -94,7 +111,7 @@ struct Fiber {
     unsigned slot;       // stack slot
 };
 
-struct EmuErr {          // mirrored by ctypes in __init__.py
+struct EmuErr {          // mirrored by ctypes in faults.py
     int kind;
     int signo;
     unsigned block[3];
@@ -309,11 +326,11 @@ static inline unsigned long long splitmix(unsigned long long& s) {
 static void make_order(Worker* w, unsigned n, long long block, unsigned pass) {
     unsigned* p = w->perm;
     int order = w->L->order;
-    if (order == 1) {
+    if (order == ORDER_REVERSE) {
         for (unsigned i = 0; i < n; i++) p[i] = n - 1 - i;
     } else {
         for (unsigned i = 0; i < n; i++) p[i] = i;
-        if (order == 2) {
+        if (order == ORDER_RANDOM) {
             unsigned long long s = w->L->seed * 0x2545F4914F6CDD1Dull ^ ((unsigned long long)block << 20) ^ pass;
             splitmix(s);
             for (unsigned i = n - 1; i > 0; i--) {
@@ -460,8 +477,6 @@ static int release_block(Worker* w, unsigned n) {
     return -1;
 }
 
-// checks: bit 0 = checks on, bit 1 = the module uses extern __shared__ (poison + overflow check of
-// the dynamic shared memory up to shared_mem + 4 KiB).
 static inline size_t dyn_check_end(const Launch* L) {
     size_t e = L->shmem + 4096;
     return e < kDynSmemMax ? e : kDynSmemMax;
@@ -492,12 +507,12 @@ static int run_block(Worker* w, long long b) {
     w->nfree = n;
     for (unsigned i = 0; i < n; i++) w->free_slots[i] = n - 1 - i;
     if (L->checks) {
-        if (L->checks & 2) memset(w->dyn, 0xff, dyn_check_end(L));
+        if (L->checks & CHECKS_DYN_SMEM) memset(w->dyn, 0xff, dyn_check_end(L));
         for (int k = 0; k < L->npoison; k++) memset(w->dyn + L->poison[2 * k], 0xff, (size_t)L->poison[2 * k + 1]);
     }
     w->live = n;
     for (unsigned pass = 0;; pass++) {
-        if (pass == 0 && L->order == 0) {
+        if (pass == 0 && L->order == ORDER_FORWARD) {
             for (unsigned i = 0; i < n; i++) w->perm[i] = i;
         } else {
             make_order(w, n, b, pass);
@@ -517,7 +532,7 @@ static int run_block(Worker* w, long long b) {
             if (f->state == F_DONE) w->free_slots[w->nfree++] = f->slot;
         }
         if (w->live == 0) {
-            if (L->checks & 2) {
+            if (L->checks & CHECKS_DYN_SMEM) {
                 // dynamic shared memory just beyond shared_mem must still hold the poison
                 const unsigned char* d = w->dyn;
                 size_t end = dyn_check_end(L);
@@ -831,14 +846,18 @@ EXPORT int gpucnn_emu_launch(void (*tramp)(void**), void** args, const unsigned*
                              EmuErr* err) {
     memset(err, 0, sizeof *err);
     unsigned long long nthreads = (unsigned long long)block[0] * block[1] * block[2];
-    long long nblocks = (long long)grid[0] * grid[1] * grid[2];
-    if (nthreads == 0 || nthreads > 1024 || block[2] > 64 || nblocks <= 0 || grid[1] > 65535 || grid[2] > 65535) {
+    bool valid = nthreads >= 1 && nthreads <= GPUCNN_EMU_MAX_THREADS;
+    for (int d = 0; d < 3; d++)
+        valid = valid && grid[d] >= 1 && grid[d] <= kGridMax[d] && block[d] <= kBlockMax[d];
+    if (!valid) {
         err->kind = ERR_LAUNCH;
         snprintf(err->msg, sizeof err->msg, "invalid launch configuration grid=(%u,%u,%u) block=(%u,%u,%u) "
-                 "(CUDA: 1..1024 threads per block, block.z <= 64, grid.y/z <= 65535)",
-                 grid[0], grid[1], grid[2], block[0], block[1], block[2]);
+                 "(CUDA: 1..%d threads per block, block <= (%u,%u,%u), grid <= (%llu,%llu,%llu))",
+                 grid[0], grid[1], grid[2], block[0], block[1], block[2], GPUCNN_EMU_MAX_THREADS,
+                 kBlockMax[0], kBlockMax[1], kBlockMax[2], kGridMax[0], kGridMax[1], kGridMax[2]);
         return err->kind;
     }
+    long long nblocks = (long long)grid[0] * grid[1] * grid[2];
     if (shmem > kDynSmemMax) {
         err->kind = ERR_LAUNCH;
         snprintf(err->msg, sizeof err->msg, "dynamic shared memory of %llu bytes exceeds the %zu-byte limit",
@@ -962,4 +981,25 @@ EXPORT unsigned long long gpucnn_emu_dyn_smem_addr(void) { return (unsigned long
 // CPU time (ns) the worker threads of the last launch used (a load-independent speed measure).
 EXPORT long long gpucnn_emu_last_cpu_ns(void) { return g_cpu_ns.load(); }
 
-EXPORT int gpucnn_emu_abi_version(void) { return 2; }
+// What Python checks when it loads a module (runtime.py reads it with gpucnn/cpu/native.py's
+// facts()): what this runtime was built with, the codes a launch takes and returns, EmuErr's
+// layout.
+struct EmuFact {
+    const char* name;
+    long long value;
+};
+#define FACT(x) {#x, (long long)(x)}
+#define FIELD(S, f) {#S "." #f, (long long)offsetof(S, f)}
+EXPORT const EmuFact* gpucnn_emu_facts(void) {
+    static const EmuFact facts[] = {
+        FACT(GPUCNN_EMU_ABI), FACT(GPUCNN_EMU_DYN_SMEM_MAX), FACT(GPUCNN_EMU_MAX_THREADS),
+        FACT(GPUCNN_EMU_GRID_X_MAX), FACT(GPUCNN_EMU_GRID_Y_MAX), FACT(GPUCNN_EMU_GRID_Z_MAX),
+        FACT(GPUCNN_EMU_BLOCK_X_MAX), FACT(GPUCNN_EMU_BLOCK_Y_MAX), FACT(GPUCNN_EMU_BLOCK_Z_MAX),
+        FACT(ERR_FAULT), FACT(ERR_DEADLOCK), FACT(ERR_WATCHDOG), FACT(ERR_TRAP), FACT(ERR_LAUNCH),
+        FACT(ERR_SMEM), FACT(ORDER_FORWARD), FACT(ORDER_REVERSE), FACT(ORDER_RANDOM),
+        FACT(CHECKS_ON), FACT(CHECKS_DYN_SMEM),
+        {"sizeof EmuErr", (long long)sizeof(EmuErr)}, FIELD(EmuErr, kind), FIELD(EmuErr, signo),
+        FIELD(EmuErr, block), FIELD(EmuErr, thread), FIELD(EmuErr, addr), FIELD(EmuErr, msg),
+        {nullptr, 0}};
+    return facts;
+}

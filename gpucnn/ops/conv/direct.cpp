@@ -14,9 +14,14 @@
 // which is what the GEMM route cannot do for layers this thin (LeNet: K = 25..150,
 // F = 6..16).
 //
-// One call is single-threaded; direct.py splits the batch over its threads.
+// One call is single-threaded; direct.py splits the batch over its threads. It owns the constants
+// both sides use, GPUCNN_DIRECT_ABI and GPUCNN_DIRECT_FB_MAX: -D, in the library's cache key.
 #include <cstddef>
 #include <cstring>
+#include <utility>
+#if !defined(GPUCNN_DIRECT_ABI) || !defined(GPUCNN_DIRECT_FB_MAX)
+#error "build through gpucnn/ops/conv/direct.py: it defines GPUCNN_DIRECT_ABI and _FB_MAX"
+#endif
 
 #if defined(__AVX512F__)
 #define LANES 16         // floats per vector
@@ -83,10 +88,12 @@ static void fwd_channels(const float* x, const long* off, long K, const float* w
 
 typedef void (*fwd_fn)(const float*, const long*, long, const float*, const float*, Rows, long,
                        float*);
-static const fwd_fn FWD[] = {nullptr, fwd_channels<1>, fwd_channels<2>, fwd_channels<3>,
-                             fwd_channels<4>, fwd_channels<5>, fwd_channels<6>,
-                             fwd_channels<7>, fwd_channels<8>};
-constexpr int FB_MAX = 8;
+constexpr int FB_MAX = GPUCNN_DIRECT_FB_MAX;  // FWD[fb] = fwd_channels<fb>, fb = 1..FB_MAX
+template <class> struct FwdTable;
+template <int... I> struct FwdTable<std::integer_sequence<int, I...>> {
+    static constexpr fwd_fn fn[] = {nullptr, fwd_channels<I + 1>...};
+};
+static constexpr const fwd_fn* FWD = FwdTable<std::make_integer_sequence<int, FB_MAX>>::fn;
 
 static inline unsigned bits(float f) {
     unsigned u;
@@ -468,5 +475,26 @@ extern "C" void conv_direct_dw(const WeightGrad* c, long a, long e, long blk, fl
     }
 }
 
-extern "C" int conv_direct_abi(void) { return 7; }
 extern "C" int conv_direct_lanes(void) { return V; }
+
+// What direct.py checks at load: the -D constants as built, the layout of each struct it mirrors.
+struct Fact { const char* name; long long value; };
+#define FACT(x) {#x, (long long)(x)}
+#define SIZE(S) {"sizeof " #S, (long long)sizeof(S)}
+#define FIELD(S, f) {#S "." #f, (long long)offsetof(S, f)}
+extern "C" const Fact* conv_direct_facts(void) {
+    static const Fact facts[] = {
+        FACT(GPUCNN_DIRECT_ABI), FACT(GPUCNN_DIRECT_FB_MAX), SIZE(Planes), FIELD(Planes, ch),
+        FIELD(Planes, rows), FIELD(Planes, cols), FIELD(Planes, ds), FIELD(Planes, dr),
+        FIELD(Planes, cs), FIELD(Planes, d0), FIELD(Planes, gs), FIELD(Planes, gn), SIZE(Source),
+        FIELD(Source, x), FIELD(Source, sw), FIELD(Source, yq), FIELD(Source, plane_q), SIZE(Rows),
+        FIELD(Rows, n), FIELD(Rows, stride), FIELD(Rows, len), SIZE(Forward), FIELD(Forward, in),
+        FIELD(Forward, src), FIELD(Forward, kh), FIELD(Forward, kw), FIELD(Forward, F),
+        FIELD(Forward, Ho), FIELD(Forward, Wo), FIELD(Forward, rows), FIELD(Forward, Ls),
+        FIELD(Forward, w), FIELD(Forward, bias), FIELD(Forward, relu), FIELD(Forward, pool),
+        FIELD(Forward, y), FIELD(Forward, sw), SIZE(WeightGrad), FIELD(WeightGrad, in),
+        FIELD(WeightGrad, src), FIELD(WeightGrad, dy), FIELD(WeightGrad, dsrc),
+        FIELD(WeightGrad, kh), FIELD(WeightGrad, kw), FIELD(WeightGrad, F), FIELD(WeightGrad, rows),
+        FIELD(WeightGrad, keep), {nullptr, 0}};
+    return facts;
+}

@@ -46,12 +46,14 @@ __all__ = ["SOURCE", "REQUIRES", "available", "lanes", "unavailable_reason", "su
            "conv2d_relu_maxpool_backward", "workspace_bytes"]
 
 SOURCE = Path(__file__).with_name("direct.cpp")
-_ABI = 7
 REQUIRES = ("stride 1, dilation 1, one group, padding smaller than the kernel, and a C++ "
             "compiler to build gpucnn/ops/conv/direct.cpp ($GPUCNN_CXX, default g++)")
 # Padded planes and wide dy of the block of images a dW pass walks: L2-sized.
 _BLOCK_BYTES = 256 << 10
-_FB_MAX = 8  # output channels per register block (direct.cpp FB_MAX)
+_FB_MAX = 8  # most output channels per forward register block (sizes the scratch)
+# What direct.cpp is built with (-D): _FB_MAX, and the version of the calls in _lib(), bumped
+# with any change of their signatures.
+_DEFINES = {"GPUCNN_DIRECT_ABI": 7, "GPUCNN_DIRECT_FB_MAX": _FB_MAX}
 
 _state: dict = {}
 _state_lock = threading.Lock()
@@ -85,6 +87,18 @@ class _WeightGrad(ctypes.Structure):
         (n, _L) for n in ("kh", "kw", "F")] + [("rows", _Rows), ("keep", _P)]
 
 
+def _check_facts(lib):
+    """NativeUnavailable unless the library was built with _DEFINES and lays out its structs
+    as the mirrors above do."""
+    expected = {**_DEFINES, **native.layout({
+        "Planes": _Planes, "Source": _Source, "Rows": _Rows, "Forward": _Forward,
+        "WeightGrad": _WeightGrad})}
+    wrong = native.compare_facts(native.facts(lib, "conv_direct_facts"), expected)
+    if wrong:
+        raise native.NativeUnavailable(f"{SOURCE.name} does not match direct.py: "
+                                       + "; ".join(wrong))
+
+
 def _lib():
     """The loaded library, or None (the reason in unavailable_reason())."""
     if "lib" not in _state:
@@ -92,11 +106,9 @@ def _lib():
             if "lib" not in _state:
                 lib = None
                 try:
-                    lib = native.load(SOURCE)
-                    lib.conv_direct_abi.restype = ctypes.c_int
+                    lib = native.load(SOURCE, _DEFINES)
+                    _check_facts(lib)
                     lib.conv_direct_lanes.restype = ctypes.c_int
-                    if lib.conv_direct_abi() != _ABI:
-                        raise native.NativeUnavailable(f"{SOURCE.name}: ABI mismatch")
                     lib.conv_direct_forward.argtypes = [_P, _L, _L, _P, _P, _P]
                     lib.conv_direct_forward.restype = None
                     lib.conv_direct_dw.argtypes = [_P, _L, _L, _L, _P, _P, _P, _P, _P]
