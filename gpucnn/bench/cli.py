@@ -264,8 +264,8 @@ _NOT_WITH_HOST_OVERHEAD = ("backend", "layers", "nets", "full", "compare", "roun
 
 
 def _host_overhead(args):
-    from .host_overhead import (DEFAULT_BATCH, DEFAULT_WARMUP, format_host_overhead,
-                                run_host_overhead, write_host_overhead)
+    from .host_overhead import (DEFAULT_BATCH, DEFAULT_WARMUP, HOST_OVERHEAD_MODELS,
+                                format_host_overhead, run_host_overhead, write_host_overhead)
     defaults = build_parser().parse_args([])
     bad = [f"--{k.replace('_', '-')}" for k in _NOT_WITH_HOST_OVERHEAD
            if getattr(args, k) != getattr(defaults, k)]
@@ -273,6 +273,10 @@ def _host_overhead(args):
         print(f"gpucnn bench: error: --host-overhead runs on the null device and takes "
               f"--model, --batch-size, --repeat, --warmup, --seed, --json, --quiet; not "
               f"{', '.join(bad)}", file=sys.stderr)
+        return 2
+    if args.model not in HOST_OVERHEAD_MODELS:
+        print(f"gpucnn bench: error: --host-overhead runs {' or '.join(HOST_OVERHEAD_MODELS)}, "
+              f"not {args.model!r}", file=sys.stderr)
         return 2
     if not args.quiet:
         print(f"host overhead: {args.model} on the null device ...", flush=True)
