@@ -359,6 +359,28 @@ def _valid_args(params):
     return args
 
 
+def _kernel_with_both(mod):
+    """A kernel of ``mod`` taking both a pointer and a scalar argument."""
+    return mod.get_function(next(
+        n for n in mod.kernel_names()
+        if {p.is_pointer for p in mod.get_function(n).params} == {True, False}))
+
+
+def _wrong_launches(k):
+    """Launches of ``k`` a GPU would not take: ``(grid, block, args, error, match)``."""
+    args = _valid_args(k.params)
+    ptr = next(i for i, p in enumerate(k.params) if p.is_pointer)
+    sc = next(i for i, p in enumerate(k.params) if not p.is_pointer)
+    host, pyint = list(args), list(args)
+    host[ptr] = np.ones(8, dtype=k.params[ptr].dtype or np.float32)   # not a device array
+    pyint[sc] = 1                                                     # a Python int
+    return [(1, (64, 32), args, ValueError, "1024 threads"),
+            ((1, 70000), 32, args, ValueError, "gridy"),
+            (1, 32, args[:-1], TypeError, "expected"),                 # wrong count
+            (1, 32, host, TypeError, "CuPy arrays"),
+            (1, 32, pyint, TypeError, "expected np")]
+
+
 def test_cuda_module_checks_launches():
     cp = make_fake_cupy()
     mod = cuda_mod.CudaModule(kernel_sources(), cupy=cp)
@@ -374,26 +396,35 @@ def test_cuda_module_checks_launches():
     assert len(passed) == len(args)
     k((2, 2), (16, 16), tuple(args), shared_mem=64)
     assert k.raw.calls[-1][:2] == ((2, 2, 1), (16, 16, 1)) and k.raw.calls[-1][3] == 64
-    with pytest.raises(ValueError, match="1024 threads"):
-        k(1, (64, 32), args)
-    with pytest.raises(ValueError, match="gridy"):
-        k((1, 70000), 32, args)
-    with pytest.raises(TypeError):
-        k(1, 32, args[:-1])                                    # wrong count
-    ptr = next((i for i, p in enumerate(k.params) if p.is_pointer), None)
-    if ptr is not None:
-        bad = list(args)
-        bad[ptr] = np.ones(8, dtype=k.params[ptr].dtype or np.float32)
-        with pytest.raises(TypeError, match="CuPy arrays"):
-            k(1, 32, bad)
-    sc = next((i for i, p in enumerate(k.params) if not p.is_pointer), None)
-    if sc is not None:
-        bad = list(args)
-        bad[sc] = 1                                             # a Python int
-        with pytest.raises(TypeError):
-            k(1, 32, bad)
     with pytest.raises(KeyError, match="no kernel named"):
         mod.get_function("no_such_kernel")
+
+
+@pytest.mark.parametrize("entry", ["__call__", "check"])
+def test_cuda_kernel_refuses_wrong_launches(entry):
+    k = _kernel_with_both(cuda_mod.CudaModule(kernel_sources(), cupy=make_fake_cupy()))
+    for grid, block, args, error, match in _wrong_launches(k):
+        with pytest.raises(error, match=match):
+            getattr(k, entry)(grid, block, args)
+    assert k.raw.calls == []                                   # nothing reached the GPU
+
+
+def test_cuda_kernel_check_then_launch():
+    """check normalises and launches nothing; launch passes its arguments on unchecked, on
+    the current device; a call checks, then launches on the module's own GPU."""
+    cp = make_fake_cupy(device_count=2)
+    k = _kernel_with_both(cuda_mod.CudaModule(kernel_sources(), cupy=cp, device_id=1))
+    args = _valid_args(k.params)
+    checked = k.check(3, [128], args, shared_mem=np.int64(16))
+    assert checked == ((3, 1, 1), (128, 1, 1), tuple(args), 16) and k.raw.calls == []
+    k.launch(*checked)
+    assert k.raw.calls[-1] == checked and cp.events[-1] == (f"launch {k.name}", 0)
+    for grid, block, wrong, _error, _match in _wrong_launches(k):
+        k.launch(grid, block, wrong)                           # launch checks nothing
+        assert k.raw.calls[-1] == (grid, block, wrong, 0)
+    k(3, 128, args)
+    assert k.raw.calls[-1] == checked[:3] + (0,) and cp.events[-1] == (f"launch {k.name}", 1)
+    assert cp.current_device() == 0
 
 
 def test_cuda_module_rejects_duplicate_kernels(tmp_path):

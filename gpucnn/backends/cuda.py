@@ -5,9 +5,11 @@ through CuPy.
   separately, as the compile gates in :mod:`gpucnn.toolchain` check them, with the same
   options :data:`COMPILE_OPTIONS`). A file is compiled the first time one of its kernels is
   asked for, once per process (:func:`get_cuda_module` keeps the module). ``get_function(name)``
-  returns a launcher ``f(grid, block, args, shared_mem=0)`` that checks ``args`` against the
-  kernel's C signature (:mod:`gpucnn.toolchain.launch_args`: arrays must be C-contiguous CuPy
-  arrays of the pointee dtype, scalars NumPy scalars of the exact C type) before launching.
+  returns a :class:`CudaKernel` ``f(grid, block, args, shared_mem=0)`` that checks ``args``
+  against the kernel's C signature (:mod:`gpucnn.toolchain.launch_args`: arrays must be
+  C-contiguous CuPy arrays of the pointee dtype, scalars NumPy scalars of the exact C type)
+  before launching; ``f.check`` and ``f.launch`` are the two halves, for a caller that checks
+  a launch's shape once and then launches it unchecked.
 * :func:`make_cuda_backend` returns a :class:`~gpucnn.backends.device.DeviceBackend`, or raises
   :class:`~gpucnn.backends.BackendUnavailable` saying precisely why not: CuPy missing (and
   which wheel to install for the driver found), no driver or device, or the probe kernel (a
@@ -46,8 +48,9 @@ import numpy as np
 from .cuda_transfers import TransferCounter, count_host_transfers
 from .device import DeviceBackend
 from .errors import BackendUnavailable, GpuUnusable
-from ..toolchain import COMPILE_OPTIONS, check_launch_args, kernel_sources, parse_kernels
-from ..toolchain.limits import BLOCK_DIM_MAX, GRID_DIM_MAX, MAX_THREADS_PER_BLOCK
+from ..toolchain import COMPILE_OPTIONS, kernel_sources, parse_kernels
+from ..toolchain.launch_args import check_launch
+from ..toolchain.limits import GRID_DIM_MAX
 
 __all__ = ["CudaModule", "CudaKernel", "GpuUnusable", "make_cuda_backend", "get_cuda_module",
            "count_host_transfers", "TransferCounter", "driver_cuda_version", "COMPILE_OPTIONS",
@@ -65,21 +68,22 @@ def _env_flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _dim3(v, what, kernel):
-    if isinstance(v, (int, np.integer)):
-        v = (int(v),)
-    try:
-        dims = tuple(int(x) for x in v)
-    except TypeError:
-        raise TypeError(f"kernel {kernel}: {what} must be an int or a tuple of 1-3 ints, "
-                        f"got {v!r}") from None
-    if not 1 <= len(dims) <= 3:
-        raise ValueError(f"kernel {kernel}: {what} must have 1 to 3 dimensions, got {v!r}")
-    return dims + (1,) * (3 - len(dims))
-
-
 class CudaKernel:
-    """A launcher for one kernel: ``k(grid, block, args, shared_mem=0)``."""
+    """A launcher for one kernel, with three entry points:
+
+    * ``check(grid, block, args, shared_mem=0)`` -> the normalised ``(grid, block, args,
+      shared_mem)`` after every check (geometry against CUDA's limits, arguments against the
+      C signature, arrays CuPy arrays): :func:`~gpucnn.toolchain.launch_args.check_launch`;
+    * ``launch(grid, block, args, shared_mem=0)`` launches with no check and no device switch:
+      for a caller that checked this launch's shape once (``check``'s output: 3-tuples, an
+      args tuple) and has made the module's GPU current itself (the backend, once per op);
+    * ``k(grid, block, args, shared_mem=0)`` = check + launch on the module's GPU: the safe
+      path for direct callers.
+    """
+
+    # Says what to do when a host array reaches a launch (check's CuPy-array check).
+    ARRAY_NOTE = ("the cuda backend launches need CuPy arrays (copy host data with "
+                  "backend.asarray)")
 
     def __init__(self, name, params, raw, cupy, sync=False, device_id=0):
         self.name = name
@@ -98,37 +102,21 @@ class CudaKernel:
         """CuPy's function attributes (``num_regs``, ``local_size_bytes``, ...)."""
         return dict(self.raw.attributes)
 
+    def check(self, grid, block, args, shared_mem=0):
+        return check_launch(self.name, self.params, grid, block, args, shared_mem,
+                            array_type=self._cp.ndarray, array_note=self.ARRAY_NOTE)
+
+    def launch(self, grid, block, args, shared_mem=0):
+        self.raw(grid, block, args, shared_mem=shared_mem)
+        if self.sync:  # GPUCNN_CUDA_SYNC=1: debugging, so the extra device switch is fine
+            self._cp.cuda.Device(self.device_id).synchronize()
+
     def __call__(self, grid, block, args, shared_mem=0):
-        grid = _dim3(grid, "grid", self.name)
-        block = _dim3(block, "block", self.name)
-        for i, (g, lim) in enumerate(zip(grid, GRID_DIM_MAX)):
-            if not 1 <= g <= lim:
-                raise ValueError(f"kernel {self.name}: grid{'xyz'[i]} = {g} is outside "
-                                 f"[1, {lim}] (grid {grid})")
-        for i, (b, lim) in enumerate(zip(block, BLOCK_DIM_MAX)):
-            if not 1 <= b <= lim:
-                raise ValueError(f"kernel {self.name}: block{'xyz'[i]} = {b} is outside "
-                                 f"[1, {lim}] (block {block})")
-        if block[0] * block[1] * block[2] > MAX_THREADS_PER_BLOCK:
-            raise ValueError(f"kernel {self.name}: block {block} has more than "
-                             f"{MAX_THREADS_PER_BLOCK} threads")
-        shared_mem = int(shared_mem)
-        if shared_mem < 0:
-            raise ValueError(f"kernel {self.name}: shared_mem must be >= 0, got {shared_mem}")
-        args = check_launch_args(self.name, self.params, args)
-        ndarray = self._cp.ndarray
-        for p, a in zip(self.params, args):
-            if p.is_pointer and not isinstance(a, ndarray):
-                raise TypeError(
-                    f"kernel {self.name}: argument {p.index} ({p.ctype} {p.name}) is a "
-                    f"{type(a).__module__}.{type(a).__name__}; the cuda backend launches need "
-                    f"CuPy arrays (copy host data with backend.asarray)")
+        checked = self.check(grid, block, args, shared_mem)
         # CuPy's current device is per thread: launch on the module's own GPU, whichever
         # thread calls (a fresh Device object: its enter/exit stack is not thread-safe).
-        with self._cp.cuda.Device(self.device_id) as dev:
-            self.raw(grid, block, tuple(args), shared_mem=shared_mem)
-            if self.sync:
-                dev.synchronize()
+        with self._cp.cuda.Device(self.device_id):
+            self.launch(*checked)
 
 
 def _headers_hash(folder):

@@ -23,6 +23,7 @@ examples:
   gpucnn bench --layers alexnet --nets none --roofline            # AlexNet layer set + roofline
   gpucnn bench --full --json full.json --plot full.png            # everything (slow on a CPU)
   gpucnn bench --backend emu                                      # emulator smoke run
+  gpucnn bench --host-overhead --model lenet5 --json host.json    # host time per launch
 
 Default batch sizes: nets lenet5 128, alexnet_cifar 128, alexnet 16 (on a GPU or with --full
 also 128);
@@ -119,6 +120,11 @@ def build_parser():
                     help="seconds between NVML telemetry samples (default: %(default)s)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny shapes and few repeats, for tests and smoke runs (default: off)")
+    ap.add_argument("--host-overhead", action="store_true",
+                    help="instead: time training steps of --model (lenet5 or alexnet_cifar, "
+                         "--batch-size default 128) on the null device (launches checked and "
+                         "counted, none run): host time per step and per launch; --repeat "
+                         "fixes the timed steps, --warmup the untimed ones (default: off)")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of the random inputs and weights (default: %(default)s)")
     ap.add_argument("--quiet", action="store_true",
@@ -214,6 +220,8 @@ def main(argv=None, nvml=None):
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or an argparse error (already printed)
         return exc.code if isinstance(exc.code, int) else 2
+    if args.host_overhead:
+        return _host_overhead(args)
     from ..backends import BackendUnavailable
     from .report import format_result, write_json
     from .suite import run_suite
@@ -248,6 +256,41 @@ def main(argv=None, nvml=None):
             print(f"gpucnn bench: plot not written: {exc}", file=sys.stderr)
             return 1
     return 1 if res["errors"] else 0
+
+
+# Options of the suite that mean nothing to --host-overhead: refused rather than ignored.
+_NOT_WITH_HOST_OVERHEAD = ("backend", "layers", "nets", "full", "compare", "rounds", "plot",
+                           "roofline", "gemm_size")
+
+
+def _host_overhead(args):
+    from .host_overhead import (DEFAULT_BATCH, DEFAULT_WARMUP, HOST_OVERHEAD_MODELS,
+                                format_host_overhead, run_host_overhead, write_host_overhead)
+    defaults = build_parser().parse_args([])
+    bad = [f"--{k.replace('_', '-')}" for k in _NOT_WITH_HOST_OVERHEAD
+           if getattr(args, k) != getattr(defaults, k)]
+    if bad:
+        print(f"gpucnn bench: error: --host-overhead runs on the null device and takes "
+              f"--model, --batch-size, --repeat, --warmup, --seed, --json, --quiet; not "
+              f"{', '.join(bad)}", file=sys.stderr)
+        return 2
+    if args.model not in HOST_OVERHEAD_MODELS:
+        print(f"gpucnn bench: error: --host-overhead runs {' or '.join(HOST_OVERHEAD_MODELS)}, "
+              f"not {args.model!r}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"host overhead: {args.model} on the null device ...", flush=True)
+    try:
+        res = run_host_overhead(args.model, batch=args.batch_size or DEFAULT_BATCH,
+                                warmup=DEFAULT_WARMUP if args.warmup is None else args.warmup,
+                                repeat=args.repeat, seed=args.seed)
+    except ValueError as exc:
+        print(f"gpucnn bench: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_host_overhead(res), flush=True)
+    if args.json:
+        print(f"wrote {write_host_overhead(res, args.json)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -12,12 +12,20 @@ CuPy's rules made strict; shared by the ``cuda`` backend and the ``emu`` backend
   CuPy would silently pass it as 64 bits.
 
 Errors are ``TypeError`` naming the kernel, the parameter index and name, expected and got.
+
+:func:`check_launch` checks a whole launch: the grid and block against CUDA's limits
+(:mod:`.limits`), the dynamic shared memory, the arguments as above and, optionally, that
+every array is of the backend's array type. Every launcher that stands for a GPU launch (the
+``cuda`` backend's kernels, the ``null`` device's) calls it, so they refuse the same launches
+with the same messages.
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["check_launch_args"]
+from .limits import BLOCK_DIM_MAX, GRID_DIM_MAX, MAX_THREADS_PER_BLOCK
+
+__all__ = ["check_launch_args", "check_launch", "dim3"]
 
 
 def _describe(a):
@@ -59,3 +67,56 @@ def check_launch_args(kernel_name: str, params, args) -> list:
                                 f"got {_describe(a)}")
             out.append(a)
     return out
+
+
+def dim3(v, what, kernel_name):
+    """``v`` (an int or a tuple of 1-3 ints) as a 3-tuple of ints; ``what`` is "grid" or
+    "block". Raises ``TypeError``/``ValueError`` naming the kernel."""
+    if isinstance(v, (int, np.integer)):
+        v = (int(v),)
+    try:
+        dims = tuple(int(x) for x in v)
+    except TypeError:
+        raise TypeError(f"kernel {kernel_name}: {what} must be an int or a tuple of 1-3 ints, "
+                        f"got {v!r}") from None
+    if not 1 <= len(dims) <= 3:
+        raise ValueError(f"kernel {kernel_name}: {what} must have 1 to 3 dimensions, "
+                         f"got {v!r}")
+    return dims + (1,) * (3 - len(dims))
+
+
+def _check_dims(kernel_name, what, dims, limits):
+    for i, (d, lim) in enumerate(zip(dims, limits)):
+        if not 1 <= d <= lim:
+            raise ValueError(f"kernel {kernel_name}: {what}{'xyz'[i]} = {d} is outside "
+                             f"[1, {lim}] ({what} {dims})")
+
+
+def check_launch(kernel_name: str, params, grid, block, args, shared_mem=0,
+                 array_type=None, array_note=""):
+    """Check one launch of ``kernel_name`` (C signature ``params``) as a GPU would take it;
+    return the normalised ``(grid, block, args, shared_mem)``: grid and block as 3-tuples of
+    ints, args as a tuple (see :func:`check_launch_args`), shared_mem as an int.
+
+    ``array_type``: when given, every pointer argument must be an instance of it (the
+    backend's device array); ``array_note`` ends that error (what to do instead). Raises
+    ``ValueError`` for geometry outside CUDA's limits, ``TypeError`` for wrong arguments.
+    """
+    grid = dim3(grid, "grid", kernel_name)
+    block = dim3(block, "block", kernel_name)
+    _check_dims(kernel_name, "grid", grid, GRID_DIM_MAX)
+    _check_dims(kernel_name, "block", block, BLOCK_DIM_MAX)
+    if block[0] * block[1] * block[2] > MAX_THREADS_PER_BLOCK:
+        raise ValueError(f"kernel {kernel_name}: block {block} has more than "
+                         f"{MAX_THREADS_PER_BLOCK} threads")
+    shared_mem = int(shared_mem)
+    if shared_mem < 0:
+        raise ValueError(f"kernel {kernel_name}: shared_mem must be >= 0, got {shared_mem}")
+    args = check_launch_args(kernel_name, params, args)
+    if array_type is not None:
+        for p, a in zip(params, args):
+            if p.is_pointer and not isinstance(a, array_type):
+                msg = (f"kernel {kernel_name}: argument {p.index} ({p.ctype} {p.name}) is a "
+                       f"{type(a).__module__}.{type(a).__name__}")
+                raise TypeError(f"{msg}; {array_note}" if array_note else msg)
+    return grid, block, tuple(args), shared_mem
