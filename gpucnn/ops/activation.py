@@ -57,26 +57,23 @@ def relu_backward_cpu(rt, dy, y):
     return dx
 
 
-def relu_device(ctx, shape):
-    n = math.prod(shape)
-    launch, empty, count = plan_1d(ctx, "relu_forward", n), ctx.empty, np.int32(n)
+def _map_plan(name):
+    """The plan factory of grid-stride kernel ``name(inputs..., out, n)`` writing one
+    float32 array of the inputs' shape."""
+    def make(ctx, shape):
+        n = math.prod(shape)
+        launch, empty, count = plan_1d(ctx, name, n), ctx.empty, np.int32(n)
 
-    def run(x):
-        y = empty(shape, np.float32)
-        launch.fire((x, y, count))
-        return y
-    return run
+        def run(*inputs):
+            out = empty(shape, np.float32)
+            launch.fire((*inputs, out, count))
+            return out
+        return run
+    return make
 
 
-def relu_backward_device(ctx, shape):
-    n = math.prod(shape)
-    launch, empty, count = plan_1d(ctx, "relu_backward", n), ctx.empty, np.int32(n)
-
-    def run(dy, y):
-        dx = empty(shape, np.float32)
-        launch.fire((dy, y, dx, count))
-        return dx
-    return run
+relu_device = _map_plan("relu_forward")
+relu_backward_device = _map_plan("relu_backward")
 
 
 # ---- dropout ----------------------------------------------------------------------------------
@@ -126,15 +123,7 @@ def dropout_device(ctx, shape, p):
     return run
 
 
-def dropout_backward_device(ctx, shape):
-    n = math.prod(shape)
-    launch, empty, count = plan_1d(ctx, "dropout_backward", n), ctx.empty, np.int32(n)
-
-    def run(dy, mask):
-        dx = empty(shape, np.float32)
-        launch.fire((dy, mask, dx, count))
-        return dx
-    return run
+dropout_backward_device = _map_plan("dropout_backward")
 
 
 # ---- the ops and their entry points ------------------------------------------------------

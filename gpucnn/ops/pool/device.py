@@ -38,6 +38,18 @@ def _plan(ctx, name, shape):
     return plan_1d(ctx, name, math.prod(shape), large_ok=_PLANES)
 
 
+def _one_output(ctx, name, shape, tail):
+    """``run(*inputs) -> out``: kernel ``name`` writing one float32 array of ``shape``, its
+    arguments the inputs, the output, then ``tail``."""
+    launch, empty = _plan(ctx, name, shape), ctx.empty
+
+    def run(*inputs):
+        out = empty(shape, _F32)
+        launch.fire((*inputs, out, *tail))
+        return out
+    return run
+
+
 def max_pool2d(ctx, g):
     launch, empty, ys = _plan(ctx, "max_pool2d_forward", g.y_shape), ctx.empty, g.y_shape
     tail = _geom_args(g) + _dilation(g)
@@ -50,60 +62,27 @@ def max_pool2d(ctx, g):
 
 
 def max_pool2d_backward(ctx, g):
-    launch, empty, xs = _plan(ctx, "max_pool2d_backward", g.x_shape), ctx.empty, g.x_shape
-    tail = _geom_args(g) + _dilation(g)
-
-    def run(dy, switches):
-        dx = empty(xs, _F32)
-        launch.fire((dy, switches, dx, *tail))
-        return dx
-    return run
+    return _one_output(ctx, "max_pool2d_backward", g.x_shape, _geom_args(g) + _dilation(g))
 
 
 def avg_pool2d(ctx, g):
-    launch, empty, ys = _plan(ctx, "avg_pool2d_forward", g.y_shape), ctx.empty, g.y_shape
-    tail = _geom_args(g) + _divisor_rule(g)
-
-    def run(x):
-        y = empty(ys, _F32)
-        launch.fire((x, y, *tail))
-        return y
-    return run
+    return _one_output(ctx, "avg_pool2d_forward", g.y_shape, _geom_args(g) + _divisor_rule(g))
 
 
 def avg_pool2d_backward(ctx, g):
-    launch, empty, xs = _plan(ctx, "avg_pool2d_backward", g.x_shape), ctx.empty, g.x_shape
-    tail = _geom_args(g) + _divisor_rule(g)
-
-    def run(dy):
-        dx = empty(xs, _F32)
-        launch.fire((dy, dx, *tail))
-        return dx
-    return run
+    return _one_output(ctx, "avg_pool2d_backward", g.x_shape, _geom_args(g) + _divisor_rule(g))
 
 
 def lp_pool2d(ctx, p, g):
-    launch, empty, ys = _plan(ctx, "lp_pool2d_forward", g.y_shape), ctx.empty, g.y_shape
-    tail = _geom_args(g) + (np.float32(p),)
-
-    def run(x):
-        y = empty(ys, _F32)
-        launch.fire((x, y, *tail))
-        return y
-    return run
+    return _one_output(ctx, "lp_pool2d_forward", g.y_shape, _geom_args(g) + (np.float32(p),))
 
 
 def lp_pool2d_backward(ctx, p, g):
     # Two gathers: the per-window ratio dy * y / S, then each pixel's sum of them.
-    ratio = _plan(ctx, "lp_pool2d_backward_ratio", g.y_shape)
-    gather = _plan(ctx, "lp_pool2d_backward", g.x_shape)
-    empty, xs, ys = ctx.empty, g.x_shape, g.y_shape
     tail = _geom_args(g) + (np.float32(p),)
+    ratio = _one_output(ctx, "lp_pool2d_backward_ratio", g.y_shape, tail)
+    gather = _one_output(ctx, "lp_pool2d_backward", g.x_shape, tail)
 
     def run(dy, x, y):
-        r = empty(ys, _F32)
-        ratio.fire((dy, x, y, r, *tail))
-        dx = empty(xs, _F32)
-        gather.fire((r, x, dx, *tail))
-        return dx
+        return gather(ratio(dy, x, y), x)
     return run
