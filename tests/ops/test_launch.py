@@ -77,3 +77,51 @@ def test_plane_positions(index_kernels):
     idx = np.arange(n) * 97
     want = np.stack([idx // (rows * cols), (idx // cols) % rows, idx % cols], axis=1).ravel()
     np.testing.assert_array_equal(out, want)
+
+
+# ---- launch plans: checked at their first launch, then straight to the kernel ------------------
+def _null(check_launches):
+    from gpucnn.backends.null import make_null_backend
+    B = make_null_backend()
+    B.ctx.check_launches = check_launches
+    return B
+
+
+@pytest.mark.parametrize("check_launches", [False, True])
+def test_a_plan_checks_its_first_launch_or_every_one(check_launches):
+    B = _null(check_launches)
+    layer_x = B.asarray(np.ones((2, 3, 8, 8), np.float32))
+    for _ in range(3):
+        B.max_pool2d(layer_x, 2)
+    assert B.module.launches == 3
+    assert B.module.checks == (3 if check_launches else 1)
+
+
+def test_a_wrong_launch_argument_is_caught_at_the_first_launch():
+    """A plan whose argument tuple disagrees with the kernel's C signature (a planted bug:
+    an int64 where the kernel takes int) fails at its first launch, on a checked device."""
+    from gpucnn.ops.launch import plan_1d
+    B = _null(False)
+    x, y = np.ones(8, np.float32), np.empty(8, np.float32)
+    launch = plan_1d(B.ctx, "relu_forward", 8)
+    with pytest.raises(TypeError, match=r"relu_forward: argument 2 \(int n\): expected "
+                                        r"np.int32, got np.int64"):
+        launch.fire((x, y, np.int64(8)))
+    assert B.module.launches == 0
+    launch.fire((x, y, np.int32(8)))  # a correct one is checked, then later ones are not
+    launch.fire((x, y, np.int32(8)))
+    assert (B.module.checks, B.module.launches) == (1, 2)  # the refused check is not counted
+
+
+def test_plans_are_made_once_per_shape_and_dropped_with_a_new_limit():
+    B = _null(False)
+    x = B.asarray(np.ones((2, 3, 8, 8), np.float32))
+    w = B.asarray(np.ones((4, 3, 3, 3), np.float32))
+    B.conv2d(x, w, algo="im2col")
+    made = dict(B.plans)
+    B.conv2d(x, w, algo="im2col")
+    assert B.plans == made  # the same implementation objects: nothing worked out again
+    B.workspace_bytes = 1  # one image per chunk: the plans of the old bound are stale
+    assert not B.plans
+    B.conv2d(x, w, algo="im2col")
+    assert B.module.launches == 2 * 2 + 2 * 2  # im2col + sgemm per chunk (1 chunk, 2 chunks)
