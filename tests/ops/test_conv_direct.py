@@ -23,9 +23,8 @@ from gpucnn.ops.pool import reference as pool_ref
 from gpucnn.testing import rel_error
 
 BOUND = 1e-5
-needs_native = pytest.mark.skipif(not direct.available(),
-                                  reason=f"direct.cpp not built here: "
-                                         f"{direct.unavailable_reason()}")
+# Without g++ these FAIL (the README's promise), each with one line naming the compiler.
+needs_native = pytest.mark.usefixtures("native_kernels")
 # (N, C, H, W), F, (kh, kw), padding: LeNet's two layers, odd sizes, rectangles, 'same' with
 # an even kernel (asymmetric padding), 1x1, channel blocks of 8 + remainders, F x K past the
 # direct dW limit (its dW then runs as Winograd for 3x3 and 5x5, else on the GEMM)
