@@ -38,13 +38,13 @@ def cuda_backend(get_cuda, required=False):
     try:
         return get_cuda()
     except GpuUnusable as exc:
-        verdict, why = pytest.fail, f"a GPU is present but the cuda backend cannot use it: {exc}"
+        fail, why = True, f"a GPU is present but the cuda backend cannot use it: {exc}"
     except BackendUnavailable as exc:
-        verdict, why = pytest.skip, f"no GPU or driver for the cuda backend: {exc}"
+        fail, why = required, f"no GPU or driver for the cuda backend: {exc}"
         if required:
-            verdict, why = pytest.fail, f"--device-backend cuda was asked for, but {why}"
+            why = f"--device-backend cuda was asked for, but {why}"
     # outside the except clause, so the report is this one line, not the exception chain
-    if verdict is pytest.fail:
+    if fail:
         pytest.fail(why, pytrace=False)
     pytest.skip(why)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpucnn.backends import BackendUnavailable, GpuUnusable
-from harness import cuda_backend, stable_seed
+from harness import EMU_CXX, NATIVE_CXX, cuda_backend, stable_seed
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -105,3 +105,24 @@ def test_the_real_fixtures_fail_on_an_unusable_gpu(tmp_path, args):
     assert out.returncode == 1 and "skipped" not in text, text
     assert "GPU is present but the cuda backend cannot use it" in text and "fake" in text
     assert "During handling" not in text  # one line, not the exception chain
+
+
+# ---- a missing tool fails, in one line naming it --------------------------------------------
+@pytest.mark.parametrize("variable,test,tool", [
+    ("GPUCNN_CXX", "ops/test_conv_direct.py::test_fused_backward_rejects_bad_switches",
+     NATIVE_CXX),
+    ("GPUCNN_CXX", "cpu/test_native.py::test_builds_once_and_reuses_the_cached_library",
+     NATIVE_CXX),
+    ("GPUCNN_EMU_CXX", "ops/test_activation.py::test_relu_device[forward-shape0]", EMU_CXX),
+], ids=["direct conv", "native build", "emulator"])
+def test_a_missing_compiler_fails_with_one_line_naming_it(tmp_path, monkeypatch, variable, test,
+                                                          tool):
+    monkeypatch.setenv(variable, str(tmp_path / "no-such-g++"))
+    monkeypatch.setenv("GPUCNN_CACHE_DIR", str(tmp_path / "cache"))  # nothing built before
+    out = _pytest([f"tests/{test}", "tests/toolchain/test_required_tools.py"], ROOT)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1 and "skipped" not in text, text
+    lines = [line for line in text.splitlines() if line.startswith(f"{tool} is missing")]
+    assert len(lines) == 2, text  # the test that needs it, and test_required_tools
+    assert all("no-such-g++" in line and "test_required_tools.py" in line for line in lines)
+    assert "Traceback" not in text and "_ _ _" not in text  # no stack, just the line
