@@ -3,6 +3,9 @@ import os
 import numpy as np
 import pytest
 
+from harness import (EMU_CXX, NATIVE_CXX, SEED_KEY, compiler_problem, cuda_backend, missing_tool,
+                     seed_note, stable_seed)
+
 EMU_ORDERS = ("forward", "reverse", "random")
 
 
@@ -14,8 +17,25 @@ def pytest_addoption(parser):
 
 @pytest.fixture
 def rng(request):
-    # A fresh seed per test (derived from its name) so inputs differ between tests.
-    return np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)
+    # A seed per test (derived from its id) so inputs differ between tests but not between
+    # runs; a failure prints it (pytest_runtest_makereport).
+    seed = stable_seed(request.node.nodeid)
+    request.node.stash[SEED_KEY] = seed
+    return np.random.default_rng(seed)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    seed = item.stash.get(SEED_KEY, None)
+    if report.failed and seed is not None:
+        note = seed_note(item.nodeid, seed)
+        # in the traceback's own sections, so --show-capture=no does not drop it
+        if hasattr(report.longrepr, "addsection"):
+            report.longrepr.addsection("seed", note)
+        else:
+            report.sections.append(("seed", note))
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -39,9 +59,13 @@ def _device(kind, order):
     if key not in _device_cache:
         if kind == "cuda":
             from gpucnn.backends import get_backend
-            _device_cache[key] = get_backend("cuda")
+            _device_cache[key] = cuda_backend(lambda: get_backend("cuda"), required=True)
         else:
+            from gpucnn.backends import emu
             from gpucnn.backends.device import make_emu_backend
+            problem = compiler_problem(emu.CXX)
+            if problem:  # one line naming the compiler, not a build traceback per test
+                missing_tool(EMU_CXX, problem)
             _device_cache[key] = make_emu_backend(order=order, checks=True, seed=1234)
     return _device_cache[key]
 
@@ -60,3 +84,23 @@ def device_backend(request):
 def device_forward(request):
     """The device backend in its default (forward) thread order, for whole-network tests."""
     return _device(request.config.getoption("--device-backend"), "forward")
+
+
+@pytest.fixture(scope="session")
+def native_kernels():
+    """The compiled CPU kernels (direct.cpp): without g++ their tests fail, as the README
+    promises, each with one line naming the compiler (not a skip, not a traceback)."""
+    from gpucnn.ops.conv import direct
+    if not direct.available():
+        missing_tool(NATIVE_CXX, direct.unavailable_reason())
+    return direct
+
+
+@pytest.fixture(scope="session")
+def native_compiler():
+    """The C++ compiler gpucnn/cpu/native.py builds with ($GPUCNN_CXX, default g++)."""
+    from gpucnn.cpu import native
+    problem = compiler_problem(native.compiler())
+    if problem:
+        missing_tool(NATIVE_CXX, problem)
+    return native.compiler()

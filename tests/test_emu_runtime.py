@@ -26,8 +26,7 @@ def module(order="forward", checks=True, watchdog_s=20.0):
 
 
 @pytest.fixture
-def x(request):
-    rng = np.random.default_rng(abs(hash(request.node.nodeid)) % 2**32)
+def x(rng):
     return rng.standard_normal(5000).astype(np.float32)
 
 

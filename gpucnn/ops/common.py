@@ -13,12 +13,16 @@ def is_int(value):
 
 
 def pair(value, name):
-    """An int or a pair of ints -> a tuple of two Python ints, with a clear error otherwise."""
+    """An int, a one-element or a two-element tuple/list of ints -> a tuple of two Python
+    ints (one element means the same for both axes, as in PyTorch), with a clear error
+    otherwise."""
     if is_int(value):
         return int(value), int(value)
-    if isinstance(value, (tuple, list)) and len(value) == 2 and all(is_int(v) for v in value):
-        return int(value[0]), int(value[1])
-    raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if (isinstance(value, (tuple, list)) and len(value) in (1, 2)
+            and all(is_int(v) for v in value)):
+        return int(value[0]), int(value[-1])
+    raise TypeError(f"{name} must be an int or a pair of ints (a one-element tuple means the "
+                    f"same for both axes), got {value!r}")
 
 
 def output_size(size, k, s, pad_total, d, what, axis, ceil_mode=False):

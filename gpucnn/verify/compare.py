@@ -14,6 +14,11 @@ way on a near-tie) cannot turn into a gradient failure further on. The whole net
 chained (``model.forward``/``model.backward`` exactly as in training) and its end-to-end
 errors are reported alongside, for information.
 
+Besides each norm-wise error, a run counts in ``element_mismatches`` the elements farther
+from the reference than ``ELEM_TOL_FACTOR * tolerance * (|ref| + rms(ref))`` (the element
+check of :func:`gpucnn.testing.assert_close`): one wrong element among many hardly moves the
+norm.
+
 Two input passes: ``integer`` — every layer's input is integer-valued in [-4, 4] and the
 weights are rounded to 4 significant bits per layer (a power-of-two step), so every conv and
 linear sum is exact in float32: pooled values and max-pool switches must equal the
@@ -32,7 +37,7 @@ import numpy as np
 
 from ..backends import Backend, get_backend
 from ..nn import SoftmaxCrossEntropy
-from ..testing import rel_error
+from ..testing import ELEM_TOL_FACTOR, element_mismatches, rel_error
 from .report import algorithm_names, collect_environment, conv_algorithms
 from .results import LayerResult, VerifyResult
 from .source import build_copy, load_model_source
@@ -215,11 +220,20 @@ def _copy_state(dev_layer, ref_layer):
                                                else np.float64))
 
 
+def _error(counts, key, got, ref, tol):
+    """rel_error(got, ref); ``counts[key]`` gets the number of elements beyond
+    ELEM_TOL_FACTOR * tol (as gpucnn.testing.assert_close counts them), since one wrong
+    element among many hardly moves the norm-wise error."""
+    counts[key] = element_mismatches(got, ref, ELEM_TOL_FACTOR * tol).count
+    return rel_error(got, ref)
+
+
 def _run_pass(pairs, x, integer, tol):
     """One forward and backward, layer by layer; a dict of figures per (device, reference)
     layer pair (the last pair is the loss)."""
     recs = [{"forward_error": None, "input_grad_error": None, "param_grad_errors": {},
              "switch_mismatches": None, "switch_ties": None, "tied_windows": None,
+             "element_mismatches": {"forward": None, "input_grad": None, "param_grads": {}},
              "conv_algorithms": {},
              "error": None} for _ in pairs]
     h = x
@@ -233,7 +247,7 @@ def _run_pass(pairs, x, integer, tol):
             before = conv_algorithms(dl.backend)
             y = dl.backend.to_numpy(dl.forward(dl.backend.asarray(xin)))
             rec["conv_algorithms"] = _new_entries(before, conv_algorithms(dl.backend))
-            rec["forward_error"] = rel_error(y, h)
+            rec["forward_error"] = _error(rec["element_mismatches"], "forward", y, h, tol)
             pool_in = _pool_input(rl, x64)
             if pool_in is not None:
                 rec["switch_mismatches"], rec["switch_ties"] = switch_mismatches(
@@ -254,10 +268,12 @@ def _run_pass(pairs, x, integer, tol):
                 dx = dl.backward(None if dy is None else dl.backend.asarray(dy32))
                 rec["conv_algorithms"].update(_new_entries(before, conv_algorithms(dl.backend)))
                 if dx_ref is not None:
-                    rec["input_grad_error"] = rel_error(dl.backend.to_numpy(dx), dx_ref)
+                    rec["input_grad_error"] = _error(rec["element_mismatches"], "input_grad",
+                                                     dl.backend.to_numpy(dx), dx_ref, tol)
                 refp = dict(rl.named_parameters())
                 rec["param_grad_errors"] = {
-                    n: rel_error(dl.backend.to_numpy(p.grad), refp[n].grad)
+                    n: _error(rec["element_mismatches"]["param_grads"], n,
+                              dl.backend.to_numpy(p.grad), refp[n].grad, tol)
                     for n, p in dl.named_parameters()}
             except Exception as exc:
                 rec["error"] = f"backward: {type(exc).__name__}: {exc}"

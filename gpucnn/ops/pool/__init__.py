@@ -110,7 +110,9 @@ def pool_geometry(x_shape, kernel_size, stride=None, padding=0, what="max_pool2d
                   dilation=1, ceil_mode=False, count_include_pad=True, divisor_override=None):
     """The checked :class:`PoolGeom` of a pooling call (PyTorch's rules and errors)."""
     kh, kw = pair(kernel_size, "kernel_size")
-    sh, sw = (kh, kw) if stride is None else pair(stride, "stride")
+    # PyTorch's default stride: None or an empty sequence (its signature's default is [])
+    empty = stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0)
+    sh, sw = (kh, kw) if empty else pair(stride, "stride")
     ph, pw = pair(padding, "padding")
     dh, dw = pair(dilation, "dilation")
     ceil_mode = _bool(ceil_mode, "ceil_mode", what)

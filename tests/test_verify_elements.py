@@ -1,0 +1,36 @@
+"""``gpucnn verify`` counts, per figure, the elements beyond the element tolerance of
+gpucnn.testing.assert_close: one wrong element that the norm-wise error hides is reported."""
+import numpy as np
+
+from gpucnn.backends.device import DeviceBackend, make_emu_backend
+from gpucnn.verify import verify_model
+
+
+class _OneElementOff(DeviceBackend):
+    """The emu backend with one element of Linear(400->120)'s output off by 1.5e-3 x its
+    RMS, at the output nearest zero: 1.5 times the element bound, while the norm-wise error
+    of 4 x 120 outputs is 1.5e-3 / sqrt(480) = 7e-5, under the 1e-4 tolerance."""
+
+    def __init__(self):
+        base = make_emu_backend(checks=True, seed=3)
+        super().__init__(base.module, np, "emu", base.max_blocks, base.device_name)
+
+    def linear(self, x, w, b=None, relu=False):
+        y = super().linear(x, w, b, relu)
+        if w.shape[0] == 120:
+            y = y.copy()
+            i = int(np.argmin(np.abs(y)))
+            y.flat[i] += 1.5e-3 * float(np.sqrt(np.mean(np.square(y))))
+        return y
+
+
+def test_verify_counts_an_element_the_norm_hides():
+    doc = verify_model("lenet5", backend=_OneElementOff(), batch=4, seed=2).to_dict()
+    for layer in doc["layers"]:
+        for run in layer["runs"]:
+            counts = run["element_mismatches"]
+            spoiled = layer["layer"].startswith("Linear(400->120)")
+            assert counts["forward"] == (1 if spoiled else 0), (layer["layer"], run)
+            assert not any(counts["param_grads"].values()) and not counts["input_grad"]
+            if spoiled:
+                assert run["forward_error"] <= layer["tolerance"]  # the norm passes it
