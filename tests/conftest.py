@@ -8,6 +8,11 @@ from harness import (EMU_CXX, NATIVE_CXX, SEED_KEY, compiler_problem, cuda_backe
 
 EMU_ORDERS = ("forward", "reverse", "random")
 
+# Tests check every kernel launch fully, not only each plan's first (gpucnn/ops/launch.py);
+# tests of the production launch path (test_dispatch_depth, test_launch) turn it off on their
+# own backends.
+os.environ.setdefault("GPUCNN_CHECK_LAUNCHES", "1")
+
 
 def pytest_addoption(parser):
     parser.addoption("--device-backend", default=os.environ.get("GPUCNN_TEST_DEVICE", "emu"),

@@ -27,6 +27,7 @@ import pytest
 
 import gpucnn
 from gpucnn import nn
+from gpucnn.backends.device import make_emu_backend
 
 GPUCNN_DIR = os.path.dirname(os.path.realpath(gpucnn.__file__))
 EMU_DIR = os.path.join(GPUCNN_DIR, "backends", "emu")
@@ -226,7 +227,11 @@ def bound_layer(name):
     """(layer bound to emu, input x, output gradient dy); seed 0 for weights and data."""
     make, shape = LAYERS[name]
     rng = np.random.default_rng(0)
-    layer = make().bind("emu", rng)
+    # A fresh emu backend on the production launch path: each plan's first launch checked,
+    # later ones straight to the kernel (the suite sets GPUCNN_CHECK_LAUNCHES=1 otherwise).
+    backend = make_emu_backend()
+    backend.ctx.check_launches = False
+    layer = make().bind(backend, rng)
     assert not layer.fused_relu  # plain layers: the fused paths are Sequential's business
     x = layer.backend.asarray(rng.standard_normal(shape).astype(np.float32))
     dy = layer.backend.asarray(np.ones_like(layer.backend.to_numpy(layer(x))))

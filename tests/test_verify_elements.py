@@ -15,13 +15,21 @@ class _OneElementOff(DeviceBackend):
         base = make_emu_backend(checks=True, seed=3)
         super().__init__(base.module, np, "emu", base.max_blocks, base.device_name)
 
-    def linear(self, x, w, b=None, relu=False):
-        y = super().linear(x, w, b, relu)
-        if w.shape[0] == 120:
-            y = y.copy()
-            i = int(np.argmin(np.abs(y)))
-            y.flat[i] += 1.5e-3 * float(np.sqrt(np.mean(np.square(y))))
-        return y
+    def plan(self, op, setup, *specs):
+        """The backend's one way to run an op: the linear layer's plan comes out spoiled."""
+        plan = super().plan(op, setup, *specs)
+        if op.name == "linear":
+            run = plan.run
+
+            def spoiled(x, w, b):
+                y = run(x, w, b)
+                if w.shape[0] == 120:
+                    y = y.copy()
+                    i = int(np.argmin(np.abs(y)))
+                    y.flat[i] += 1.5e-3 * float(np.sqrt(np.mean(np.square(y))))
+                return y
+            plan.run = spoiled
+        return plan
 
 
 def test_verify_counts_an_element_the_norm_hides():
@@ -34,3 +42,5 @@ def test_verify_counts_an_element_the_norm_hides():
             assert not any(counts["param_grads"].values()) and not counts["input_grad"]
             if spoiled:
                 assert run["forward_error"] <= layer["tolerance"]  # the norm passes it
+        # ... and the element count fails exactly that layer
+        assert layer["passed"] == (not layer["layer"].startswith("Linear(400->120)")), layer

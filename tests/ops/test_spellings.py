@@ -127,3 +127,14 @@ def test_pools_reject_other_lengths(numpy_backend, rng, name):
         args[name] = ()
         with pytest.raises(TypeError, match=rf"{name} {BAD_LENGTH}\(\)"):
             numpy_backend.max_pool2d(x, **args)
+
+
+def test_pool_layers_take_the_short_spellings(numpy_backend, rng):
+    """nn.MaxPool2d / nn.AvgPool2d map stride=() and one-element tuples as the ops do."""
+    from gpucnn import nn
+    x = numpy_backend.asarray(rng.standard_normal((2, 3, 9, 9)).astype(np.float32))
+    for cls in (nn.MaxPool2d, nn.AvgPool2d):
+        short = cls((3,), stride=(), padding=(1,)).bind(numpy_backend)
+        pairs = cls((3, 3), stride=(3, 3), padding=(1, 1)).bind(numpy_backend)
+        assert short.stride == (3, 3)
+        np.testing.assert_array_equal(short(x), pairs(x))
