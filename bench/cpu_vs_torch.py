@@ -59,7 +59,7 @@ def _gpucnn_step(model, training):
     import gpucnn.optim
     from gpucnn.models import build_model
     net = build_model(model, backend="numpy", seed=0)
-    B = net.B
+    B = net.backend
     if not training:
         net.eval()
         return lambda x, y: net.forward(x), B, B.describe()

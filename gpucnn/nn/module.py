@@ -38,6 +38,11 @@ class Module:
     def __init__(self):
         self.backend = None
 
+    @property
+    def B(self):
+        """The backend, by its name before 0.2 (read-only; use ``backend``)."""
+        return self.backend
+
     # -- backend and parameters ----------------------------------------------------------------
     def bind(self, backend, rng=None):
         """Attach to a backend and create parameters (host-side init with ``rng``)."""
