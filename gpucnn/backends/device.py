@@ -18,7 +18,7 @@ import numpy as np
 
 from ..cpu import default_workspace_bytes
 from ..ops import loss
-from ..ops.conv.device import DW_TARGET_BLOCKS
+from ..ops.conv.im2col import DW_TARGET_BLOCKS
 from .base import Backend
 
 __all__ = ["DeviceBackend", "DeviceContext", "make_emu_backend"]
@@ -31,9 +31,9 @@ def _env_flag(name):
 class DeviceContext:
     """What a device implementation may use: ``empty`` (allocate; NaN-poisoned where the
     module asks for it), ``workspace`` (shared, grown buffers), ``kernel``, ``xp``, the limits
-    (``max_blocks``, ``workspace_bytes``, ``dw_target_blocks``), ``use_cublas``, ``address``
-    (an array's device address) and ``check_launches`` (check every launch, not only each
-    plan's first: always on ``emu``, or with ``GPUCNN_CHECK_LAUNCHES=1``)."""
+    (``max_blocks``, ``workspace_bytes``, ``dw_target_blocks``), ``use_cublas``, ``stream`` (where launches go: None, the array module's
+    current stream) and ``check_launches`` (check every launch, not only each plan's first:
+    ``GPUCNN_CHECK_LAUNCHES=1``)."""
 
     def __init__(self, module, xp, max_blocks, workspace_bytes=None, device_id=None,
                  check_launches=None):
@@ -44,6 +44,7 @@ class DeviceContext:
                                 else int(workspace_bytes))
         self.device_id = device_id
         self.use_cublas = False
+        self.stream = None
         self.check_launches = (_env_flag("GPUCNN_CHECK_LAUNCHES") if check_launches is None
                                else bool(check_launches))
         self.empty = self._poisoned if getattr(module, "poison_outputs", False) else xp.empty

@@ -4,7 +4,7 @@ device plans and its entry points, one folder hop from its kernel and its test.
 | op                        | kernel (kernels/)                  | here                      | tests/ops/         |
 |---------------------------|------------------------------------|---------------------------|--------------------|
 | conv2d (+ bias, ReLU)     | im2col.cu, sgemm.cu, conv_reduce.cu, conv_implicit.cu | conv/ | test_conv*.py      |
-| conv2d + ReLU + max-pool  | (composed; fused CPU paths)        | conv/api.py, cpu_fused.py | test_fused.py      |
+| conv2d + ReLU + max-pool  | (composed; fused CPU paths)        | conv/api.py, wide_fused.py | test_fused.py      |
 | max/avg/LP pooling        | pool.cu                            | pool/                     | test_pool.py       |
 | GEMM                      | sgemm.cu                           | gemm.py                   | test_gemm.py       |
 | linear (+ ReLU)           | sgemm.cu, conv_reduce.cu           | linear.py                 | test_linear.py     |

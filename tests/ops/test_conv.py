@@ -2,9 +2,9 @@
 
 1. The plain reference (``ops/conv/reference.py``) against a literal nested-loop definition
    (with its padding computed here, PyTorch's rule for 'same') and by finite differences.
-2. The tuned NumPy path (``ops/conv/cpu.py``: wide columns, im2col + GEMM; threads, workspace
+2. The tuned NumPy path (``ops/conv/wide.py``: wide columns, im2col + GEMM; threads, workspace
    slices, the forward->backward column cache) against the reference in float64.
-3. The device im2col + SGEMM path (``ops/conv/device.py``, ``algo="im2col"``; the implicit
+3. The device im2col + SGEMM path (``ops/conv/im2col.py``, ``algo="im2col"``; the implicit
    GEMM one is tests/ops/test_conv_implicit.py) on ``emu`` in three thread orders (or a GPU
    with --device-backend cuda) against the reference in float64; outputs are poisoned on emu.
 """
@@ -13,7 +13,7 @@ import pytest
 
 from gpucnn.backends.numpy_backend import NumpyBackend
 from gpucnn.ops.conv import conv_geometry
-from gpucnn.ops.conv import device as conv_device
+from gpucnn.ops.conv import im2col as conv_device
 from gpucnn.ops.conv import reference as conv_ref
 from gpucnn.ops.launch import launch_1d
 from gpucnn.testing import assert_close, f64, numeric_grad, randn, to_backend, to_host

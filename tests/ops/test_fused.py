@@ -1,4 +1,4 @@
-"""The fused conv + ReLU + max-pool (gpucnn/ops/conv/cpu_fused.py, run by the numpy backend's
+"""The fused conv + ReLU + max-pool (gpucnn/ops/conv/wide_fused.py, run by the numpy backend's
 ``conv2d_relu_maxpool``): against the composed default of ``Backend`` (conv2d(relu=True),
 max_pool2d and their backwards) on the same backend, and against the reference backend in
 float64, with ties (few distinct values, flat regions), both dtypes and several geometries;

@@ -6,18 +6,22 @@ top/left ``total // 2`` and the bottom/right the rest, so even kernels pad one m
 end). :class:`ConvGeom` keeps the top/left padding as ``ph``/``pw`` and the bottom/right one
 as ``ph_end``/``pw_end``; every implementation pads with both.
 
-Where each part lives (one hop apart):
+Where each part lives (one hop apart; an algorithm's file is named after its registry entry):
   geometry ........ here: :class:`ConvGeom`, :func:`conv_geometry`
   reference ....... ``reference.py``: the plain definition, the oracle of every test
-  tuned CPU ....... ``cpu.py`` (wide columns, im2col + GEMM), ``cpu_fused.py`` (conv+ReLU+pool),
-                    ``winograd.py`` (Winograd F(2x2,3x3/5x5), F(4x4,3x3)), ``direct.py``
-                    (compiled loops, ``direct.cpp``, conv+ReLU+pool fused too)
-  device .......... ``device.py``: im2col (``kernels/im2col.cu``) + SGEMM (:mod:`..gemm`,
+  tuned CPU ....... ``wide.py`` (wide columns; im2col + GEMM, the general path),
+                    ``wide_fused.py`` (conv+ReLU+pool on wide columns), ``winograd.py``
+                    (Winograd F(2x2,3x3/5x5), F(4x4,3x3)), ``direct.py`` (compiled loops,
+                    ``direct.cpp``, conv+ReLU+pool fused too)
+  device .......... ``im2col.py``: im2col (``kernels/im2col.cu``) + SGEMM (:mod:`..gemm`,
                     ``kernels/sgemm.cu``) + bias gradients (``kernels/conv_reduce.cu``);
                     ``implicit.py``: implicit GEMM (``kernels/conv_implicit.cu``), no columns
   algorithms ...... ``algos.py``: the registry of names per backend kind (device: im2col,
-                    implicit; cpu: wide, direct, im2col, winograd_f2, winograd_f4),
-                    ``auto``'s choice, workspace bytes
+                    implicit; cpu: wide, direct, im2col, winograd_f2, winograd_f4), the
+                    heuristic, workspace bytes; ``selector.py``: how ``auto`` picks (timed on
+                    a GPU) and what a run records
+  entry points .... ``api.py``: ``B.conv2d``, ``B.conv2d_backward``, the fused
+                    ``B.conv2d_relu_maxpool`` (+ backward), their plans
   tests ........... ``tests/ops/test_conv.py``, ``tests/ops/test_fused.py``,
                     ``tests/ops/test_conv_implicit.py`` (implicit kernels, the registry),
                     ``tests/ops/test_conv_winograd.py``, ``tests/ops/test_conv_direct.py``

@@ -48,8 +48,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from types import SimpleNamespace
 
-from . import cpu, device, direct, implicit, winograd
-from .device import DW_TARGET_BLOCKS
+from . import direct, im2col, implicit, wide, winograd
+from .im2col import DW_TARGET_BLOCKS
 
 __all__ = ["ConvAlgo", "REGISTRY", "AUTO", "ENV", "names", "valid_names", "get", "shape_key",
            "heuristic", "workspace_bytes"]
@@ -80,11 +80,11 @@ class ConvAlgo:
 
 
 def _device_im2col_workspace(g, limit, target_blocks=DW_TARGET_BLOCKS):
-    """The column workspace of a chunk (device.conv_plan) plus the dW split's partial sums."""
+    """The column workspace of a chunk (im2col.conv_plan) plus the dW split's partial sums."""
     dev = SimpleNamespace(workspace_bytes=int(limit), dw_target_blocks=target_blocks)
-    direct, nb = device.conv_plan(dev, g)
+    direct, nb = im2col.conv_plan(dev, g)
     cols = 0 if direct else nb * g.C * g.kh * g.kw * g.Ho * g.Wo * 4
-    parts, _ = device.dw_split(dev, g, nb)
+    parts, _ = im2col.dw_split(dev, g, nb)
     return cols + (parts * g.F * g.K * 4 if parts > 1 else 0)
 
 
@@ -98,10 +98,10 @@ def _cpu_columns(rows):
 
 
 def _cpu_im2col_forward(rt, x, w, b, g, relu):
-    """cpu.py's general path, with the dtype rules its wide entry point applies first."""
+    """wide.py's general path, with the dtype rules its wide entry point applies first."""
     if w.dtype != x.dtype:
         raise TypeError(f"conv2d: w dtype {w.dtype} differs from x dtype {x.dtype}")
-    return cpu._conv2d_im2col(rt, x, w, None if b is None else b.astype(x.dtype, copy=False),
+    return wide._conv2d_im2col(rt, x, w, None if b is None else b.astype(x.dtype, copy=False),
                               g, relu)
 
 
@@ -118,24 +118,24 @@ def _cpu_backward(fn):
 
 REGISTRY = {
     "device": {a.name: a for a in (
-        ConvAlgo("im2col", device.conv2d, device.conv2d_backward, _device_im2col_workspace,
+        ConvAlgo("im2col", im2col.conv2d, im2col.conv2d_backward, _device_im2col_workspace,
                  "explicit im2col columns in a workspace, then the SGEMM (col2im for dx)"),
         ConvAlgo("implicit", implicit.conv2d, implicit.conv2d_backward,
                  implicit.workspace_bytes,
                  "implicit GEMM: tiles gathered from NCHW while loading shared memory"),
     )},
     "cpu": {a.name: a for a in (
-        ConvAlgo("wide", _cpu_forward(cpu.conv2d), _cpu_backward(cpu.conv2d_backward),
+        ConvAlgo("wide", _cpu_forward(wide.conv2d), _cpu_backward(wide.conv2d_backward),
                  _cpu_columns(lambda g: g.K + 1),
                  "wide columns (one contiguous slice per tap), GEMMs on OpenBLAS",
-                 cpu.fast_conv, "stride 1, dilation 1, one group"),
+                 wide.fast_conv, "stride 1, dilation 1, one group"),
         ConvAlgo("direct", _cpu_forward(direct.conv2d), _cpu_backward(direct.conv2d_backward),
                  direct.workspace_bytes,
                  "compiled direct loops (direct.cpp, built for this CPU): no column matrix",
                  direct.supports, direct.REQUIRES),
-        # the general path of cpu.py (the one its wide path falls back to)
+        # the general path of wide.py (the one its wide path falls back to)
         ConvAlgo("im2col", _cpu_forward(_cpu_im2col_forward),
-                 _cpu_backward(cpu._conv2d_backward_im2col),
+                 _cpu_backward(wide._conv2d_backward_im2col),
                  _cpu_columns(lambda g: g.K), "im2col columns per group, GEMMs on OpenBLAS"),
         *(ConvAlgo(name, _cpu_forward(winograd.conv2d(name)),
                    _cpu_backward(winograd.conv2d_backward(name)),
@@ -184,7 +184,7 @@ def heuristic(kind, g):
         plain = (g.kh == g.kw == g.sh == g.sw == 1
                  and not (g.ph or g.pw or g.ph_end or g.pw_end))
         return "im2col" if plain else "implicit"
-    if not cpu.fast_conv(g):
+    if not wide.fast_conv(g):
         return "im2col"
     return winograd.preferred(g) or ("direct" if direct.preferred(g) else "wide")
 

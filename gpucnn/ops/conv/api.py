@@ -8,7 +8,7 @@ once.
 The fused op is composed of the implementations (conv with ReLU, then max-pool; backward:
 ReLU mask, pool scatter, conv backward), never of the public entry points, so nothing is
 checked or chosen twice; on the CPU the ``wide`` and ``direct`` algorithms have fused paths of
-their own (``cpu_fused.py``, ``direct.py``), which may decline a geometry (they return None),
+their own (``wide_fused.py``, ``direct.py``), which may decline a geometry (they return None),
 and the composition runs then.
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .. import activation
 from ..dispatch import Op, api
 from ..pool import api as pool_api
 from ..pool import pool_geometry
-from . import algos, conv_geometry, cpu_fused, direct, reference
+from . import algos, conv_geometry, direct, reference, wide_fused
 
 __all__ = ["CONV", "CONV_BACKWARD", "CONV_RELU_MAXPOOL", "CONV_RELU_MAXPOOL_BACKWARD",
            "conv2d_plan", "conv2d_backward_plan", "conv2d_relu_maxpool_plan",
@@ -60,7 +60,7 @@ def _composed(kind):
 
 # The CPU algorithms with a fused path of their own: (forward, backward); each returns None
 # for a geometry it does not take.
-_CPU_FUSED = {"wide": (cpu_fused.conv2d_relu_maxpool, cpu_fused.conv2d_relu_maxpool_backward),
+_CPU_FUSED = {"wide": (wide_fused.conv2d_relu_maxpool, wide_fused.conv2d_relu_maxpool_backward),
               "direct": (direct.conv2d_relu_maxpool, direct.conv2d_relu_maxpool_backward)}
 
 

@@ -6,7 +6,7 @@ more time writing and reading its column matrix, and in OpenBLAS's edge handling
 positions in SIMD registers across the whole reduction and reads each tap as one unaligned
 vector load of the padded input planes, so nothing is copied but the planes themselves, a
 group of images at a time, while they are in cache. Two layouts (direct.cpp's header):
-"wide" (a vector is consecutive positions of one image's plane, as in ``cpu.py``: the
+"wide" (a vector is consecutive positions of one image's plane, as in ``wide.py``: the
 positions past each output row are junk) and, from 32 images on (:func:`lanes_layout`),
 "lanes" (a vector is one position of 16 images: no junk; the forward and dx always take it
 then, dW as ``_dw_layout`` says: AlexNet-CIFAR conv2 forward 106-108 -> 83 ms, LeNet-5 conv2
@@ -25,7 +25,7 @@ then, dW as ``_dw_layout`` says: AlexNet-CIFAR conv2 forward 106-108 -> 83 ms, L
 Each thread makes ONE call for its contiguous range of images (a call per block cost a GIL
 hand-off each, which made two threads slower than one); its dW partial sums are added in
 range order, so a result depends only on the thread count. float32 only (float64 runs the
-``wide`` path); needs padding < kernel size and a C++ compiler: :mod:`gpucnn.cpu.native`
+``wide`` path); needs padding < kernel size and a C++ compiler: :mod:`gpucnn.wide.native`
 builds the library once per machine, and without one :func:`supports` is False (``auto``
 then picks ``wide``). Tested against ``reference.py`` in ``tests/ops/test_conv_direct.py``.
 """
@@ -39,7 +39,7 @@ import numpy as np
 
 from ...cpu import default_threads, native
 from ..pool import check_switches
-from . import cpu, winograd
+from . import wide, winograd
 
 __all__ = ["SOURCE", "REQUIRES", "available", "lanes", "unavailable_reason", "supports",
            "preferred", "lanes_layout", "conv2d", "conv2d_backward", "conv2d_relu_maxpool",
@@ -144,7 +144,7 @@ def _pads_fit(g):
 
 
 def supports(g):
-    return cpu.fast_conv(g) and _pads_fit(g) and available()
+    return wide.fast_conv(g) and _pads_fit(g) and available()
 
 
 # Where dW runs (_dw_layout), measured on 2 Zen 4 vCPUs at batch 128:
@@ -177,7 +177,7 @@ def _large_dw(rt, dy, x, w32, g):
     """(dW, db) where direct.cpp does not run dW (_dw_layout is None)."""
     m = _DW_WINOGRAD_M.get(g.kh) if g.kh == g.kw else None
     if m is None:
-        _, dw, db = cpu.conv2d_backward(rt, dy, x, w32, g, need_dx=False, need_dw=True)
+        _, dw, db = wide.conv2d_backward(rt, dy, x, w32, g, need_dx=False, need_dw=True)
         return dw, db
     return winograd.weight_grad(rt, dy, x, m, g.kh, (g.ph, g.pw, g.ph_end, g.pw_end))
 
@@ -289,7 +289,7 @@ def _bias(b):
 def conv2d(rt, x, w, b, g, relu):
     w32 = _native_args(x, w)
     if w32 is None:
-        return cpu.conv2d(rt, x, w, b, g, relu)
+        return wide.conv2d(rt, x, w, b, g, relu)
     x = np.ascontiguousarray(x)
     y = rt.output((g.N, g.F, g.Ho, g.Wo), np.float32)
     return _forward(rt, _geometry_layout(g, lanes_layout(g.N)), _source(x), w32, _bias(b), relu,
@@ -314,7 +314,7 @@ def conv2d_relu_maxpool(rt, x, w, b, g, pg):
 def conv2d_backward(rt, dy, x, w, g, need_dx=True, need_dw=True):
     w32 = _native_args(x, w)
     if w32 is None:
-        return cpu.conv2d_backward(rt, dy, x, w, g, need_dx, need_dw)
+        return wide.conv2d_backward(rt, dy, x, w, g, need_dx, need_dw)
     dy = np.ascontiguousarray(dy, dtype=np.float32)
     x = np.ascontiguousarray(x)
     if need_dw and _dw_layout(g) is None:

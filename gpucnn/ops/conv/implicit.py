@@ -31,7 +31,7 @@ from ...toolchain import kernel_block, source_defines
 from ...toolchain.limits import GRID_DIM_MAX, INT32_MAX
 from ..gemm import plan_sum_partials
 from ..launch import Launch, ceil_div
-from .device import DW_TARGET_BLOCKS, bias_grad_plan
+from .im2col import DW_TARGET_BLOCKS, bias_grad_plan
 
 __all__ = ["conv2d", "conv2d_backward", "implicit_tile", "dgrad_phases", "PhaseAxis",
            "wgrad_split", "workspace_bytes", "check_geometry", "PARTS", "PARTS_SHARE"]

@@ -43,7 +43,7 @@ from functools import lru_cache
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import cpu
+from . import wide
 
 __all__ = ["VARIANTS", "transforms", "supports", "preferred", "workspace_bytes", "conv2d",
            "conv2d_backward", "weight_grad", "weight_grad_bytes"]
@@ -109,7 +109,7 @@ def supports(name):
     _, sizes = VARIANTS[name]
 
     def ok(g):
-        return (cpu.fast_conv(g) and g.kh == g.kw and g.kh in sizes)
+        return (wide.fast_conv(g) and g.kh == g.kw and g.kh in sizes)
     return ok
 
 
@@ -339,7 +339,7 @@ def conv2d_backward(name):
             U = _weights(rt, wT, _m(name), dt)
             pads = (r - 1 - g.ph, r - 1 - g.pw, r - 1 - g.ph_end, r - 1 - g.pw_end)
             if min(pads) < 0:  # padding > r - 1: the plain im2col adjoint
-                dx, _, _ = cpu._conv2d_backward_im2col(rt, dy, x, w, g, True, False)
+                dx, _, _ = wide._conv2d_backward_im2col(rt, dy, x, w, g, True, False)
             else:
                 dx = _forward(rt, dy, U, None, _m(name), r, pads, False, (g.H, g.W))
         return dx, dw, db

@@ -1,5 +1,5 @@
 """The tuned CPU conv + ReLU + max-pool (``Backend.conv2d_relu_maxpool``, used by Sequential
-for such triples), fused on the wide-column conv path of ``cpu.py``.
+for such triples), fused on the wide-column conv path of ``wide.py``.
 
 Forward: the pool gathers its taps (ReLU applied on the way) straight from the GEMM output
 while it is in cache, so the full-size activation is never written. Backward (pool windows
@@ -17,7 +17,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ..pool import check_switches
 from ..pool.cpu import pool_taps
-from . import cpu
+from . import wide
 
 __all__ = ["conv2d_relu_maxpool", "conv2d_relu_maxpool_backward"]
 
@@ -27,7 +27,7 @@ def conv2d_relu_maxpool(rt, x, w, b, g, pg):
     reads its windows straight from the conv output, so they must be plain (``pg.plain``).
     ReLU keeps a NaN (np.maximum propagates it, as torch.relu does), so pool_taps sees it and
     gives up; the composed ops then let the NaN win its window (ops/pool/reference.py)."""
-    if not (cpu.fast_conv(g) and pg.plain) or w.dtype != x.dtype:
+    if not (wide.fast_conv(g) and pg.plain) or w.dtype != x.dtype:
         return None
     y = rt.output(pg.y_shape, x.dtype)
     sw = rt.output(pg.y_shape, np.int32)
@@ -45,14 +45,14 @@ def conv2d_relu_maxpool(rt, x, w, b, g, pg):
         return pool_taps(rt, taps.reshape(pg.kh, pg.kw, n * g.F, pg.Ho, pg.Wo), pg,
                          yr[a * g.F:b_ * g.F], swr[a * g.F:b_ * g.F])
 
-    if all(cpu.conv2d(rt, x, w, b, g, True, epilogue=epilogue)):
+    if all(wide.conv2d(rt, x, w, b, g, True, epilogue=epilogue)):
         return y, sw
     return None
 
 
 def conv2d_relu_maxpool_backward(rt, dy, switches, y, x, w, g, pg, need_dx, need_dw):
     """(dx, dw, db), or None where the pool windows overlap or are not plain."""
-    if not (cpu.fast_conv(g) and pg.plain and not pg.overlapping):
+    if not (wide.fast_conv(g) and pg.plain and not pg.overlapping):
         return None
     check_switches(switches, g.Ho, g.Wo)
     dt = x.dtype
@@ -61,7 +61,7 @@ def conv2d_relu_maxpool_backward(rt, dy, switches, y, x, w, g, pg, need_dx, need
     def fill_dy(d, a, b, dyw):
         _scatter_pooled(rt, dy, switches, y, g, d, a, b, dyw)
 
-    return cpu.conv2d_backward(rt, None, x, w, g, need_dx, need_dw, fill_dy=fill_dy)
+    return wide.conv2d_backward(rt, None, x, w, g, need_dx, need_dw, fill_dy=fill_dy)
 
 
 def _scatter_pooled(rt, dyp, sw, yp, g, d, a, b, dyw):
