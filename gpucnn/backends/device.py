@@ -31,9 +31,9 @@ def _env_flag(name):
 class DeviceContext:
     """What a device implementation may use: ``empty`` (allocate; NaN-poisoned where the
     module asks for it), ``workspace`` (shared, grown buffers), ``kernel``, ``xp``, the limits
-    (``max_blocks``, ``workspace_bytes``, ``dw_target_blocks``), ``use_cublas``, ``stream`` (where launches go: None, the array module's
-    current stream) and ``check_launches`` (check every launch, not only each plan's first:
-    ``GPUCNN_CHECK_LAUNCHES=1``)."""
+    (``max_blocks``, ``workspace_bytes``, ``dw_target_blocks``), ``use_cublas``, ``stream``
+    (where launches go: None, the array module's current stream) and ``check_launches``
+    (check every launch, not only each plan's first: ``GPUCNN_CHECK_LAUNCHES=1``)."""
 
     def __init__(self, module, xp, max_blocks, workspace_bytes=None, device_id=None,
                  check_launches=None):
