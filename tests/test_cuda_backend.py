@@ -17,6 +17,7 @@ import pytest
 
 from gpucnn.backends import BackendUnavailable, auto_reason, get_backend
 from gpucnn.backends import cuda as cuda_mod
+from gpucnn.nn import ReLU
 from gpucnn.toolchain import COMPILE_OPTIONS, kernel_decls, kernel_sources
 from gpucnn.toolchain.compilers import nvrtc_options
 
@@ -288,6 +289,9 @@ def test_backend_works_on_its_own_device_from_any_thread():
         cp.events.clear()
         x = b.empty((4, 8))
         b.relu(x)
+        layer = ReLU().bind(b)  # a layer runs its kept plan, not B.relu: pinned all the same
+        layer(x)
+        layer(x)
         b.synchronize()
         seen.extend(cp.events)
         seen.append(("after", cp.current_device()))
@@ -304,7 +308,7 @@ def test_backend_works_on_its_own_device_from_any_thread():
     t.start()
     t.join()
     assert not errors, errors
-    assert ("launch relu_forward", 1) in seen and ("sync", 1) in seen
+    assert seen.count(("launch relu_forward", 1)) == 3 and ("sync", 1) in seen
     assert all(dev == 1 for what, dev in seen if what != "after"), seen
     assert seen[-1] == ("after", 0)
 

@@ -78,8 +78,8 @@ class DeviceContext:
 
 
 class _Pinned:
-    """``with ctx_holder:`` makes the backend's GPU current, once: nested op calls see the
-    depth and skip it (CuPy's current device is per thread, so the depth is too)."""
+    """``with pinned:`` makes the backend's GPU current, once: nested op calls see the depth
+    and skip it (CuPy's current device is per thread, so the depth is too)."""
 
     def __init__(self, backend):
         self.backend = backend
@@ -102,19 +102,6 @@ class _Pinned:
             self.local.device.__exit__(*exc)
 
 
-def _pinning(backend, fn):
-    """The op entry ``fn`` run with the backend's GPU current (unless it already is)."""
-    pinned = backend._pinned
-
-    def op(*args, **kwargs):
-        if pinned.depth():
-            return fn(backend, *args, **kwargs)
-        with pinned:
-            return fn(backend, *args, **kwargs)
-    op.__name__, op.__doc__ = fn.__name__, fn.__doc__
-    return op
-
-
 class DeviceBackend(Backend):
     kind = "device"
     conv_kind = "device"  # its convolution algorithms (gpucnn/ops/conv/algos.py)
@@ -134,14 +121,23 @@ class DeviceBackend(Backend):
         self.device_name = device_name
         self.device_id = device_id  # the GPU (cuda); None on emu and the null device
         self.ctx = DeviceContext(module, xp, max_blocks, workspace_bytes, device_id)
-        if device_id is not None:
-            # Every op entry makes the GPU current around its work (one frame more on cuda),
-            # skipped inside on_device() (the trainer's step).
-            from ..ops.dispatch import API
-            self._pinned = _Pinned(self)
-            for op_name, fn in API.items():
-                if getattr(type(self), op_name) is fn:  # not overridden by a subclass
-                    setattr(self, op_name, _pinning(self, fn))
+        self._pinned = _Pinned(self) if device_id is not None else None
+
+    def plan(self, op, setup, *specs):
+        """As :meth:`Backend.plan`; on a GPU the run makes it current around the call (one
+        frame more), unless it already is (inside ``on_device()``: the trainer's step)."""
+        plan = super().plan(op, setup, *specs)
+        pinned = self._pinned
+        if pinned is not None:
+            run = plan.run
+
+            def pinned_run(*args):
+                if pinned.depth():
+                    return run(*args)
+                with pinned:
+                    return run(*args)
+            plan.run = pinned_run
+        return plan
 
     # The limits plans are worked out from: setting one drops the plans made with the old.
     @property
@@ -179,7 +175,7 @@ class DeviceBackend(Backend):
         self.forget_plans()
 
     def on_device(self):
-        return self._pinned if self.device_id is not None else super().on_device()
+        return self._pinned if self._pinned is not None else super().on_device()
 
     def describe(self):
         return f"{self.name} ({self.device_name})" if self.device_name else self.name
