@@ -64,7 +64,7 @@ class Op:
     def maker(self, kind):
         make = self.makers.get(kind)
         if make is None:
-            raise NotImplementedError(f"{self.name} has no {kind} implementation")
+            raise LookupError(f"op {self.name} has no implementation for {kind} backends")
         return make
 
     def __repr__(self):
