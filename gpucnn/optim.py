@@ -35,16 +35,29 @@ class _Optimizer:
         _check_number(lr, "lr", type(self).__name__, positive=True)
         self.lr = float(lr)
         self.steps = 0
-        self.state = {n: [self.backend.zeros(p.shape, np.float32) for p in self.params]
-                      for n in self.state_names}
+        # The state of a model's parameters (nn.flat.FlatParameters, all of them, in order)
+        # lives in flat buffers of the same layout, so one launch updates every parameter.
+        flat = self.params[0].flat
+        self.flat = flat if flat is not None and flat.intact_list(self.params) else None
+        if self.flat is not None:
+            self.flat_state = {n: self.backend.zeros((flat.size,), flat.dtype)
+                               for n in self.state_names}
+            self.state = {n: flat.views(buf) for n, buf in self.flat_state.items()}
+        else:
+            self.state = {n: [self.backend.zeros(p.shape, np.float32) for p in self.params]
+                          for n in self.state_names}
 
     def _plans(self, hp, make):
-        """One update plan per parameter for the hyper-parameters ``hp`` (made at the first
-        step, and again only if ``hp`` changes: the shapes are fixed)."""
+        """The update plans for the hyper-parameters ``hp`` (made at the first step, and
+        again only if ``hp`` changes: the shapes are fixed): one over the flat buffers when
+        every parameter is still its view with its gradient in place (``flat`` is then
+        True), else one per parameter."""
+        flat = self.flat is not None and self.flat.intact(self.params)
         held = self.__dict__.get("_update_plans")
-        if held is None or held[0] != hp:
-            held = self._update_plans = (hp, [make(p.data) for p in self.params])
-        return held[1]
+        if held is None or held[0] != (hp, flat):
+            arrays = [self.flat.data] if flat else [p.data for p in self.params]
+            held = self._update_plans = ((hp, flat), [make(a) for a in arrays])
+        return flat, held[1]
 
     def zero_grad(self):
         for p in self.params:
@@ -64,7 +77,7 @@ class _Optimizer:
                 key = f"{n}.{i}"
                 if key not in arrays or arrays[key].shape != a.shape:
                     raise ValueError(f"optimizer state {key!r} is missing or has the wrong shape")
-                lst[i] = B.asarray(arrays[key].astype(np.float32))
+                a[...] = B.asarray(arrays[key].astype(np.float32))  # into its (flat) view
         self.lr, self.steps = float(meta["lr"]), int(meta["steps"])
 
 
@@ -85,7 +98,11 @@ class SGD(_Optimizer):
         _check_number(self.lr, "lr", "SGD")
         self.steps += 1
         hp = sgd_hyper(self.momentum, self.weight_decay, self.nesterov)
-        plans = self._plans(hp, lambda a: sgd_update_plan(self.backend, a.shape, a.dtype, hp))
+        flat, plans = self._plans(hp, lambda a: sgd_update_plan(self.backend, a.shape, a.dtype,
+                                                                hp))
+        if flat:
+            plans[0].run(self.flat.data, self.flat.grad, self.flat_state["velocity"], self.lr)
+            return
         for plan, p, v in zip(plans, self.params, self.state["velocity"]):
             plan.run(p.data, p.grad, v, self.lr)
 
@@ -109,7 +126,12 @@ class Adam(_Optimizer):
         _check_number(self.lr, "lr", "Adam")
         self.steps += 1
         hp = adam_hyper(*self.betas, self.eps, self.weight_decay)
-        plans = self._plans(hp, lambda a: adam_update_plan(self.backend, a.shape, a.dtype, hp))
+        flat, plans = self._plans(hp, lambda a: adam_update_plan(self.backend, a.shape, a.dtype,
+                                                                 hp))
+        if flat:
+            plans[0].run(self.flat.data, self.flat.grad, self.flat_state["m"],
+                         self.flat_state["v"], self.lr, self.steps)
+            return
         for plan, p, m, v in zip(plans, self.params, self.state["m"], self.state["v"]):
             plan.run(p.data, p.grad, m, v, self.lr, self.steps)
 

@@ -174,8 +174,8 @@ class _Broken(DeviceBackend):
             sw.flat[np.flatnonzero(y > 0)[0]] ^= 1
         return y, sw
 
-    def _conv_pool_backward(self, run, dy, switches, y, x, w):
-        dx, dw, db = run(dy, switches, y, x, w)
+    def _conv_pool_backward(self, run, dy, switches, y, x, w, *grad_outs):
+        dx, dw, db = run(dy, switches, y, x, w, *grad_outs)
         if w.shape[0] == 6:
             dw = dw * 1.01
         return dx, dw, db

@@ -106,13 +106,16 @@ class Backend(FunctionalAPI):
         if not a.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous (NCHW row-major)")
 
-    def check_array(self, a, name, shape, dtypes):
-        """The per-call check of a planned argument: what the plan was made for, exactly."""
+    def check_array(self, a, name, shape, dtypes, optional=False):
+        """The per-call check of a planned argument: what the plan was made for, exactly
+        (an ``optional`` one may be None: an output the op allocates then)."""
         if (not isinstance(a, self.xp.ndarray) or a.dtype not in dtypes or a.shape != shape
                 or not a.flags.c_contiguous):
-            self._refuse(a, name, shape, dtypes)
+            self._refuse(a, name, shape, dtypes, optional)
 
-    def _refuse(self, a, name, shape, dtypes):
+    def _refuse(self, a, name, shape, dtypes, optional):
+        if a is None and optional:
+            return
         if not isinstance(a, self.xp.ndarray):
             raise TypeError(f"{name} must be a {self.xp.__name__} array on the {self.name} "
                             f"backend (use B.asarray), got {type(a).__name__}")

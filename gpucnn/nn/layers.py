@@ -55,6 +55,11 @@ class _WeightLayer(Module):
     def _bias_data(self):
         return None if self.bias is None else self.bias.data
 
+    def _grad_outs(self):
+        """(dw, db) outputs for the backward: the views of a flat gradient buffer, or None."""
+        return (self.weight.grad_out(),
+                None if self.bias is None else self.bias.grad_out())
+
     def _store_grads(self, dw, db):
         self.weight.grad = dw
         if self.bias is not None:
@@ -129,14 +134,14 @@ class Conv2d(_WeightLayer):
                 conv_api.conv2d_relu_maxpool_backward_plan(
                     self.backend, dy, switches, y, x, w, **self._kw(), **self._pool_kw(),
                     need_dx=need_dx)), need_dx)
-            dx, dw, db = plan.run(dy, switches, y, x, w)
+            dx, dw, db = plan.run(dy, switches, y, x, w, *self._grad_outs())
             self.switches = None
         else:
             if self.fused_relu:
                 dy = self._relu_backward(dy, self.y)
             plan = self._plan("_backward", dy, lambda: conv_api.conv2d_backward_plan(
                 self.backend, dy, x, w, **self._kw(), need_dx=need_dx), need_dx)
-            dx, dw, db = plan.run(dy, x, w)
+            dx, dw, db = plan.run(dy, x, w, *self._grad_outs())
         self._store_grads(dw, db)
         self.x = self.y = None
         return dx
@@ -193,7 +198,7 @@ class Linear(_WeightLayer):
         x, w = self.x, self.weight.data
         plan = self._plan("_backward", dy, lambda: linear.linear_backward_plan(
             self.backend, dy, x, w))
-        dx, dw, db = plan.run(dy, x, w)
+        dx, dw, db = plan.run(dy, x, w, *self._grad_outs())
         self._store_grads(dw, db)
         self.x = self.y = None
         return dx

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..backends import get_backend
 from ..ops.activation import relu_backward_plan
+from .flat import FlatParameters
 
 __all__ = ["Parameter", "Module", "Sequential"]
 
@@ -20,6 +21,13 @@ class Parameter:
     def __init__(self, data):
         self.data = data
         self.grad = None
+        # Set by FlatParameters: this parameter's views into its model's flat buffers.
+        self.data_view = self.grad_view = self.flat = None
+
+    def grad_out(self):
+        """Where the backward should write this parameter's gradient: its view in the flat
+        gradient buffer while ``data`` is still its flat view, else None (the op allocates)."""
+        return self.grad_view if self.data is self.data_view else None
 
     @property
     def shape(self):
@@ -137,6 +145,7 @@ class Sequential(Module):
         self.backend = get_backend(backend)
         for layer in self.layers:
             layer.bind(self.backend, rng)
+        self.flat = FlatParameters.of(self.backend, self.parameters())
         return self
 
     def named_parameters(self, prefix=""):
@@ -192,7 +201,8 @@ class Sequential(Module):
             if a.shape != p.shape:
                 raise ValueError(f"state dict entry {name!r} has shape {a.shape}, the model "
                                  f"expects {p.shape}")
-            p.data = self.backend.asarray(a.astype(np.float32))
+            # into the parameter's array (a view of the flat buffer), never replacing it
+            p.data[...] = self.backend.asarray(a.astype(np.float32))
 
     def __repr__(self):
         inner = "\n".join(f"  ({i}) {l!r}" for i, l in enumerate(self.layers))

@@ -19,7 +19,7 @@
 """
 from __future__ import annotations
 
-__all__ = ["Op", "Plan", "api", "plain", "with_ctx", "FunctionalAPI", "API"]
+__all__ = ["Op", "Plan", "api", "plain", "with_ctx", "grads_into", "into", "FunctionalAPI", "API"]
 
 API = {}  # public name -> entry point function(backend, ...)
 
@@ -53,6 +53,28 @@ def with_ctx(fn, takes_setup=True):
     return make
 
 
+def into(result, out):
+    """``result`` copied into ``out`` (returned), or ``result`` itself when out is None."""
+    if out is None or result is None or result is out:
+        return result
+    out[...] = result
+    return out
+
+
+def grads_into(make):
+    """The plan factory of a backward whose run returns (dx, dw, db), taking two more
+    arguments: where dw and db go (None: where the implementation put them). For the
+    implementations that allocate their own (reference, CPU): they are copied there."""
+    def factory(ctx, *setup):
+        run = make(ctx, *setup)
+
+        def run_into(*args):
+            dx, dw, db = run(*args[:-2])
+            return dx, into(dw, args[-2]), into(db, args[-1])
+        return run_into
+    return factory
+
+
 class Op:
     """One op and its plan factories per backend kind (see the module docstring)."""
     __slots__ = ("name", "makers")
@@ -73,8 +95,8 @@ class Op:
 
 class Plan:
     """``run(*args)``: the arrays checked against ``specs`` (one per argument: ``(name,
-    shape, dtypes)``, or None for an argument passed through unchecked), then the op's
-    implementation. ``key`` and ``cache`` are the holder's: what it was made for, and the
+    shape, dtypes[, optional])``, or None for an argument passed through unchecked), then the
+    op's implementation. ``key`` and ``cache`` are the holder's: what it was made for, and the
     backend plan cache it came from (a cleared cache makes held plans stale)."""
     __slots__ = ("run", "key", "cache")
 

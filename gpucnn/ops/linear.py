@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dispatch import Op, api, plain, with_ctx
+from .dispatch import Op, api, grads_into, plain, with_ctx
 from .gemm import plan_gemm
 from .launch import i32, plan_1d
 
@@ -93,9 +93,10 @@ def linear_backward_device(ctx, dims):
     bias = plan_1d(ctx, "bias_grad_rows", fout)
     rows, cols, empty = i32(n, "rows"), i32(fout, "cols"), ctx.empty
 
-    def run(dy, x, w):
-        dx, dw, db = empty((n, fin), np.float32), empty((fout, fin), np.float32), empty(
-            (fout,), np.float32)
+    def run(dy, x, w, dw=None, db=None):
+        dx = empty((n, fin), np.float32)
+        dw = empty((fout, fin), np.float32) if dw is None else dw
+        db = empty((fout,), np.float32) if db is None else db
         data.fire(data.args(dy, w, dx))
         weights.fire(weights.args(dy, x, dw))
         bias.fire((dy, db, rows, cols))
@@ -107,8 +108,8 @@ LINEAR = Op("linear",
             lambda ctx, dims, has_bias, relu: lambda x, w, b: linear_reference(x, w, b, relu),
             lambda rt, dims, has_bias, relu: lambda x, w, b: linear_cpu(rt, x, w, b, relu),
             linear_device)
-LINEAR_BACKWARD = Op("linear_backward", plain(linear_backward_reference, False),
-                     with_ctx(linear_backward_cpu, False), linear_backward_device)
+LINEAR_BACKWARD = Op("linear_backward", grads_into(plain(linear_backward_reference, False)),
+                     grads_into(with_ctx(linear_backward_cpu, False)), linear_backward_device)
 
 
 def linear_plan(backend, x, w, b=None, relu=False):
@@ -125,12 +126,15 @@ def linear_plan(backend, x, w, b=None, relu=False):
 
 
 def linear_backward_plan(backend, dy, x, w):
+    """The run takes (dy, x, w, dw_out, db_out): where the weight and bias gradients go
+    (None: new arrays), e.g. views of a model's flat gradient buffer."""
     backend.check(x, "x", 2)
     backend.check(w, "w", 2)
     backend.check(dy, "dy", 2, shape=(x.shape[0], w.shape[0]))
-    dims, dt = (x.shape[0], x.shape[1], w.shape[0]), (x.dtype,)
+    dims, dt, wt = (x.shape[0], x.shape[1], w.shape[0]), (x.dtype,), (w.dtype,)
     return backend.plan(LINEAR_BACKWARD, (dims,), ("dy", dy.shape, (dy.dtype,)),
-                        ("x", x.shape, dt), ("w", w.shape, (w.dtype,)))
+                        ("x", x.shape, dt), ("w", w.shape, wt), ("dw_out", w.shape, wt, True),
+                        ("db_out", (w.shape[0],), wt, True))
 
 
 @api
@@ -141,4 +145,4 @@ def linear(backend, x, w, b=None, relu=False):
 
 @api
 def linear_backward(backend, dy, x, w):
-    return linear_backward_plan(backend, dy, x, w).run(dy, x, w)
+    return linear_backward_plan(backend, dy, x, w).run(dy, x, w, None, None)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activation
-from ..dispatch import Op, api
+from ..dispatch import Op, api, grads_into, into as _into
 from ..pool import api as pool_api
 from ..pool import pool_geometry
 from . import algos, conv_geometry, direct, reference, wide_fused
@@ -38,9 +38,10 @@ CONV = Op("conv2d",
               lambda x, w, b: reference.conv2d(x, w, b, g, relu)),
           _algorithm("cpu", "forward"), _algorithm("device", "forward"))
 CONV_BACKWARD = Op("conv2d_backward",
-                   lambda ctx, g, need_dx, need_dw, name: (
-                       lambda dy, x, w: reference.conv2d_backward(dy, x, w, g, need_dx, need_dw)),
-                   _algorithm("cpu", "backward"), _algorithm("device", "backward"))
+                   grads_into(lambda ctx, g, need_dx, need_dw, name: (
+                       lambda dy, x, w: reference.conv2d_backward(dy, x, w, g, need_dx,
+                                                                  need_dw))),
+                   grads_into(_algorithm("cpu", "backward")), _algorithm("device", "backward"))
 
 
 def _composed(kind):
@@ -54,7 +55,8 @@ def _composed(kind):
         relu = activation.RELU_BACKWARD.maker(kind)(ctx, pg.y_shape)
         pool = pool_api.MAX_POOL_BACKWARD.maker(kind)(ctx, pg)
         conv = CONV_BACKWARD.maker(kind)(ctx, g, need_dx, need_dw, name)
-        return lambda dy, switches, y, x, w: conv(pool(relu(dy, y), switches), x, w)
+        return lambda dy, switches, y, x, w, dw_out, db_out: conv(
+            pool(relu(dy, y), switches), x, w, dw_out, db_out)
     return forward, backward
 
 
@@ -84,9 +86,11 @@ def _cpu_fused():
         if fused is None:
             return composed
 
-        def run(dy, switches, y, x, w):
+        def run(dy, switches, y, x, w, dw_out, db_out):
             out = fused[1](rt, dy, switches, y, x, w, g, pg, need_dx, need_dw)
-            return composed(dy, switches, y, x, w) if out is None else out
+            if out is None:
+                return composed(dy, switches, y, x, w, dw_out, db_out)
+            return out[0], _into(out[1], dw_out), _into(out[2], db_out)
         return run
     return forward, backward
 
@@ -104,6 +108,13 @@ def _geometry(backend, x, w, b, stride, padding, dilation, groups):
     if b is not None:
         backend.check(b, "b", 1, shape=(g.F,))
     return g
+
+
+def _grad_out_specs(g, w):
+    """Where a backward's run writes dw and db (None: new arrays), e.g. views of a model's
+    flat gradient buffer."""
+    wt = (w.dtype,)
+    return ("dw_out", g.w_shape, wt, True), ("db_out", (g.F,), wt, True)
 
 
 def _forward_specs(g, x, w, b):
@@ -131,12 +142,12 @@ def conv2d_backward_plan(backend, dy, x, w, stride=1, padding=0, dilation=1, gro
     backend.check(dy, "dy", 4, shape=g.y_shape)
     need_dx, need_dw = bool(need_dx), bool(need_dw)
     specs = (("dy", g.y_shape, (dy.dtype,)), ("x", g.x_shape, (x.dtype,)),
-             ("w", g.w_shape, (w.dtype,)))
+             ("w", g.w_shape, (w.dtype,)), *_grad_out_specs(g, w))
 
     def planned(name):
         return backend.plan(CONV_BACKWARD, (g, need_dx, need_dw, name), *specs)
-    name = backend.conv_selector.select("backward", g, algo,
-                                        lambda n: planned(n).run(dy, x, w), need_dx, need_dw)
+    name = backend.conv_selector.select(
+        "backward", g, algo, lambda n: planned(n).run(dy, x, w, None, None), need_dx, need_dw)
     return planned(name)
 
 
@@ -162,13 +173,14 @@ def conv2d_relu_maxpool_backward_plan(backend, dy, switches, y, x, w, stride=1, 
     backend.check(switches, "switches", 4, dtype=np.int32, shape=pg.y_shape)
     need_dx, need_dw = bool(need_dx), bool(need_dw)
     dt = (x.dtype,)
-    conv_specs = (("dy", g.y_shape, dt), ("x", g.x_shape, dt), ("w", g.w_shape, (w.dtype,)))
+    conv_specs = (("dy", g.y_shape, dt), ("x", g.x_shape, dt), ("w", g.w_shape, (w.dtype,)),
+                  *_grad_out_specs(g, w))
     # Timing (cuda's auto) runs the plain convolution backward on a stand-in dy of the conv
     # output's shape: the algorithms differ only there.
     name = backend.conv_selector.select(
         "backward", g, algo, lambda n: backend.plan(
             CONV_BACKWARD, (g, need_dx, need_dw, n), *conv_specs).run(
-            backend.zeros(g.y_shape, dy.dtype), x, w), need_dx, need_dw)
+            backend.zeros(g.y_shape, dy.dtype), x, w, None, None), need_dx, need_dw)
     return backend.plan(CONV_RELU_MAXPOOL_BACKWARD, (g, pg, need_dx, need_dw, name),
                         ("dy", pg.y_shape, (dy.dtype,)), ("switches", pg.y_shape, _SWITCHES),
                         ("y", pg.y_shape, (y.dtype,)), *conv_specs[1:])
@@ -194,7 +206,7 @@ def conv2d_backward(backend, dy, x, w, stride=1, padding=0, dilation=1, groups=1
     ``need_dw=False`` the weight and bias gradients; skipped ones are returned as None.
     ``algo`` as for conv2d (chosen separately from the forward's)."""
     return conv2d_backward_plan(backend, dy, x, w, stride, padding, dilation, groups, need_dx,
-                                need_dw, algo).run(dy, x, w)
+                                need_dw, algo).run(dy, x, w, None, None)
 
 
 @api
@@ -218,4 +230,4 @@ def conv2d_relu_maxpool_backward(backend, dy, switches, y, x, w, stride=1, paddi
     convolution backward's, as for conv2d_backward."""
     return conv2d_relu_maxpool_backward_plan(
         backend, dy, switches, y, x, w, stride, padding, dilation, groups, kernel_size,
-        pool_stride, pool_padding, need_dx, need_dw, algo).run(dy, switches, y, x, w)
+        pool_stride, pool_padding, need_dx, need_dw, algo).run(dy, switches, y, x, w, None, None)

@@ -172,11 +172,12 @@ def conv2d_backward(ctx, g, need_dx=True, need_dw=True):
     empty, workspace = ctx.empty, ctx.workspace
     xs_shape, ws_shape = g.x_shape, g.w_shape
 
-    def run(dy, x, w):
+    def run(dy, x, w, dw_out=None, db_out=None):
         dx = empty(xs_shape, np.float32) if need_dx else None
         dw = db = None
         if need_dw:
-            dw, db = empty(ws_shape, np.float32), empty((F,), np.float32)
+            dw = empty(ws_shape, np.float32) if dw_out is None else dw_out
+            db = empty((F,), np.float32) if db_out is None else db_out
             launch, scalars = bias
             launch.fire((dy, db, *scalars))
         for n0, n1, cols, dw_step, dx_step in steps:

@@ -183,8 +183,8 @@ def _wgrad_plan(ctx, g):
     add, scalars = plan_sum_partials(ctx, g.F * g.K, parts, 0.0) if parts > 1 else (None, ())
     empty, workspace, ws, count = ctx.empty, ctx.workspace, g.w_shape, parts * g.F * g.K
 
-    def run(dy, x):
-        dw = empty(ws, np.float32)
+    def run(dy, x, dw):
+        dw = empty(ws, np.float32) if dw is None else dw
         out = dw if add is None else workspace(PARTS, count)
         launch.fire((dy, x, out, *tail))
         if add is not None:
@@ -200,13 +200,13 @@ def conv2d_backward(ctx, g, need_dx=True, need_dw=True):
     bias, scalars = bias_grad_plan(ctx, g.N, g.F, g.Ho * g.Wo) if need_dw else (None, ())
     empty, F = ctx.empty, g.F
 
-    def run(dy, x, w):
+    def run(dy, x, w, dw_out=None, db_out=None):
         dx = dgrad(dy, w) if dgrad is not None else None
         dw = db = None
         if wgrad is not None:
-            db = empty((F,), np.float32)
+            db = empty((F,), np.float32) if db_out is None else db_out
             bias.fire((dy, db, *scalars))
-            dw = wgrad(dy, x)
+            dw = wgrad(dy, x, dw_out)
         return dx, dw, db
     return run
 
