@@ -42,5 +42,15 @@ def test_verify_counts_an_element_the_norm_hides():
             assert not any(counts["param_grads"].values()) and not counts["input_grad"]
             if spoiled:
                 assert run["forward_error"] <= layer["tolerance"]  # the norm passes it
-        # ... and the element count fails exactly that layer
+        # ... and the element count fails exactly that layer, saying why in the table
         assert layer["passed"] == (not layer["layer"].startswith("Linear(400->120)")), layer
+
+
+def test_the_table_says_why_an_element_fails_a_layer(capsys):
+    from gpucnn.verify.report import format_table
+    doc = verify_model("lenet5", backend=_OneElementOff(), batch=4, seed=2).to_dict()
+    text = format_table(doc)
+    spoiled = next(l for l in doc["layers"] if l["layer"].startswith("Linear(400->120)"))
+    assert spoiled["element_mismatches"] >= 1
+    assert "element(s) beyond the element-wise bound" in text and text.count(
+        "element(s) beyond") == 1

@@ -149,6 +149,10 @@ def format_table(doc):
     out = [_header(doc), line(cols), line(["-" * w for w in width])]
     out += [line(r) for r in rows]
     notes = [f"  layer {_index(l)}: {e}" for l in doc["layers"] for e in l["errors"]]
+    notes += [f"  layer {_index(l)}: {l['element_mismatches']} element(s) beyond the "
+              f"element-wise bound (10 x the tolerance, relative to |reference| + its RMS), "
+              f"which the norm-wise figures hide" for l in doc["layers"]
+              if l.get("element_mismatches")]
     if notes:
         out += ["", "errors:"] + notes
     out += ["", end_to_end_line(doc), summary_line(doc)]

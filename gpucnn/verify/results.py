@@ -71,6 +71,7 @@ class LayerResult:
                 "switch_mismatches": _sum(r["switch_mismatches"] for r in self.runs),
                 "switch_ties": _sum(r["switch_ties"] for r in self.runs),
                 "tied_windows": _sum(r["tied_windows"] for r in self.runs),
+                "element_mismatches": self.element_mismatches(),
                 "tolerance": self.tolerance, "conv_algorithms": self.conv_algorithms,
                 "passed": self.passed, "errors": self.errors, "runs": self.runs}
 
