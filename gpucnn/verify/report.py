@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+from ..testing import ELEM_TOL_FACTOR
+
 __all__ = ["format_table", "summary_line", "to_json", "collect_environment",
            "conv_algorithms", "algorithm_names", "jsonable"]
 
@@ -150,7 +152,8 @@ def format_table(doc):
     out += [line(r) for r in rows]
     notes = [f"  layer {_index(l)}: {e}" for l in doc["layers"] for e in l["errors"]]
     notes += [f"  layer {_index(l)}: {l['element_mismatches']} element(s) beyond the "
-              f"element-wise bound (10 x the tolerance, relative to |reference| + its RMS), "
+              f"element-wise bound ({ELEM_TOL_FACTOR:g} x the tolerance, relative to |reference| "
+              f"+ its RMS), "
               f"which the norm-wise figures hide" for l in doc["layers"]
               if l.get("element_mismatches")]
     if notes:
