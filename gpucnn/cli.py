@@ -81,6 +81,12 @@ def build_parser():
                    help="write loss/accuracy curves to this PNG (default: none)")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: shown)")
+    t.add_argument("--cuda-graphs", action="store_true",
+                   default=os.environ.get("GPUCNN_CUDA_GRAPHS", "").strip().lower()
+                   in ("1", "true", "yes", "on"),
+                   help="replay each training step as a graph (cuda; emulated on emu; the CPU "
+                        "backends warn and run eagerly); also GPUCNN_CUDA_GRAPHS=1 (default: "
+                        "off until a GPU run confirms it)")
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, FLOPs, receptive field")
     s.add_argument("model", help="model name: lenet5, alexnet_cifar or alexnet")
@@ -119,7 +125,8 @@ def cmd_train(args):
                       resume=args.resume, overwrite=args.overwrite,
                       allow_config_change=args.allow_config_change,
                       save_retry_s=args.save_retry_s, metrics_json=args.metrics_json,
-                      plot=args.plot, progress=not args.no_progress)
+                      plot=args.plot, progress=not args.no_progress,
+                      cuda_graphs=args.cuda_graphs)
     try:
         m = train(cfg)
     except KeyboardInterrupt as exc:  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM

@@ -43,6 +43,7 @@ from .runsafety import (RunLock, SaveFailed, TrainingDiverged, check_output_path
                         file_size_limit_as_error, prepare_checkpoint, write_with_retry)
 from .runstate import RunState
 from .train_checkpoint import RunCheckpoint, config_record
+from .train_graph import GraphSteps, graph_blocker
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted", "SaveFailed",
            "train", "SCHEMA_VERSION", "upgrade_metadata"]
@@ -108,6 +109,7 @@ class TrainConfig:
     plot: str | None = None
     progress: bool = True
     check_every: int | None = None
+    cuda_graphs: bool = False          # replay each step as a graph (gpucnn/train_graph.py)
     model_kwargs: dict = field(default_factory=dict)
 
     def validate(self):
@@ -171,10 +173,13 @@ class Trainer:
         self.run_checkpoint = RunCheckpoint(cfg, self.model, self.opt, self.backend)
         self.resume_unchecked: list[str] = []  # run keys the checkpoint did not record
         self._interrupted = None  # the signal that asked to stop, if any
+        self.eager_steps = 0  # this process's steps without graph mode (graph_steps counts its own)
         self.check_every = cfg.check_every or (1 if self.backend.xp is np else 20)
         if not self.augment:
             self.train_x = self.backend.asarray(self.train_set.images)
             self.train_y = self.backend.asarray(self.train_set.labels, dtype=np.int32)
+        self.graph_steps = (GraphSteps(self.backend, self._update, self.opt, graph_blocker(
+            self.backend, self.model, self.opt)) if cfg.cuda_graphs else None)
 
     # The run's position, as on_step callbacks read it.
     epoch = property(lambda self: self.run.epoch)
@@ -196,15 +201,22 @@ class Trainer:
 
     # ---- one step -------------------------------------------------------------------------------
     def step(self, x, y):
-        """Forward, loss, backward, update. Returns (loss, correct) as backend 0-d arrays.
-        The GPU is made current once for the whole step, not per op."""
+        """Forward, loss, backward, update (replayed as a graph with --cuda-graphs). Returns
+        (loss, correct) as backend 0-d arrays. The GPU is made current once for the whole
+        step, not per op."""
+        if self.graph_steps is None:
+            self.eager_steps += 1
         with self.backend.on_device():
-            logits = self.model.forward(x)
-            loss = self.loss.forward(logits, y)
-            self.model.backward(self.loss.backward())
-            self.opt.step()
-            correct = (self.backend.xp.argmax(self.loss.probs, axis=1) == y).sum()
+            loss, probs = (self.graph_steps or self._update)(x, y)
+            correct = (self.backend.xp.argmax(probs, axis=1) == y).sum()
         return loss, correct
+
+    def _update(self, x, y):
+        logits = self.model.forward(x)
+        loss = self.loss.forward(logits, y)
+        self.model.backward(self.loss.backward())
+        self.opt.step()
+        return loss, self.loss.probs
 
     def _batches(self, epoch, start):
         cfg, n = self.cfg, len(self.train_set)
@@ -360,6 +372,10 @@ class Trainer:
                 "data_files": self.data_files, "config_changes": self.run.config_changes,
                 "resume_unchecked": self.resume_unchecked,
                 "conv_algorithms": self.backend.conv_algorithms(),
+                "cuda_graphs": bool(cfg.cuda_graphs),
+                "graph_replayed_steps": self.graph_steps.replayed if self.graph_steps else 0,
+                "eager_steps": (self.graph_steps.eager if self.graph_steps
+                                else self.eager_steps),
                 "config": config_record(cfg)}
 
     def write_metrics(self):

@@ -27,8 +27,9 @@ __all__ = ["RunCheckpoint", "config_record"]
 
 def config_record(cfg):
     """The run configuration as the checkpoint and the metrics record it (the progress bar
-    changes nothing of the run)."""
-    return {k: v for k, v in asdict(cfg).items() if k not in ("progress",)}
+    and graph mode, whose replays are bit-identical to eager steps, change nothing of the
+    run)."""
+    return {k: v for k, v in asdict(cfg).items() if k not in ("progress", "cuda_graphs")}
 
 
 def _arrays_under(arrays, prefix):

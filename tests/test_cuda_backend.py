@@ -17,6 +17,7 @@ import pytest
 
 from gpucnn.backends import BackendUnavailable, auto_reason, get_backend
 from gpucnn.backends import cuda as cuda_mod
+from gpucnn.backends import cuda_probe
 from gpucnn.nn import ReLU
 from gpucnn.toolchain import COMPILE_OPTIONS, kernel_decls, kernel_sources
 from gpucnn.toolchain.compilers import nvrtc_options
@@ -87,7 +88,7 @@ def test_missing_cupy_names_the_wheel(monkeypatch):
 def test_missing_cupy_picks_wheel_from_driver(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)
     for drv, wheel in (((12, 4), "cupy-cuda12x"), ((13, 0), "cupy-cuda13x")):
-        monkeypatch.setattr(cuda_mod, "driver_cuda_version", lambda d=drv: d)
+        monkeypatch.setattr(cuda_probe, "driver_cuda_version", lambda d=drv: d)
         with pytest.raises(BackendUnavailable) as exc:
             cuda_mod.make_cuda_backend()
         assert f"pip install {wheel}" in str(exc.value)

@@ -13,6 +13,7 @@ import pytest
 from gpucnn.backends.device import DeviceBackend
 from gpucnn.backends.null import NullModule, make_null_backend
 from gpucnn.bench import cli as bench_cli
+from gpucnn.bench.host_overhead import run_host_overhead
 from gpucnn.toolchain import kernel_signatures
 
 REQUIRED = ("model", "launches_per_step", "host_us_per_step", "host_us_per_launch",
@@ -110,3 +111,16 @@ def test_host_overhead_cli_writes_its_json(tmp_path, capsys, model):
 def test_host_overhead_cli_refuses_what_it_cannot_do(capsys, argv, message):
     assert bench_cli.main(["--host-overhead", "--repeat", "1", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_graph_replay_host_overhead_counts_the_same_launches(tmp_path):
+    """--cuda-graphs: one replay per timed step, the kernels still counted per step; no
+    timing assertion (a benchmark)."""
+    out = tmp_path / "graphs.json"
+    assert bench_cli.main(["--host-overhead", "--cuda-graphs", "--model", "lenet5", "--repeat",
+                           "5", "--warmup", "2", "--quiet", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    eager = run_host_overhead("lenet5", repeat=5, warmup=2)
+    assert res["cuda_graphs"] is True and eager["cuda_graphs"] is False
+    assert res["launches_per_step"] == eager["launches_per_step"] > 0
+    assert res["checks_per_step"] == 0

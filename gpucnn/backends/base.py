@@ -78,6 +78,13 @@ class Backend(FunctionalAPI):
         inside it skip making it current themselves: the trainer enters it once per step."""
         return contextlib.nullcontext()
 
+    def capture(self, fn, *static):
+        """A graph of ``fn(*static)``'s launches (gpucnn/backends/graph.py): device backends
+        only; GraphUnsupported here."""
+        from .graph import GraphUnsupported
+        raise GraphUnsupported(f"the {self.name} backend runs on the CPU: there are no "
+                               f"kernel launches to capture")
+
     def raise_device_errors(self):
         """Raise the errors device kernels flagged since the last call: a label outside
         [0, K) given to softmax_cross_entropy is the same ValueError on every backend, but a

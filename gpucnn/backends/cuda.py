@@ -34,20 +34,18 @@ with checks; ``bench/gpu_validate.sh`` sets it for the equivalence suite).
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
-import re
 import os
-import sys
 import threading
-from importlib import metadata
 from pathlib import Path
 
-import numpy as np
-
+from . import cuda_probe
+from .cuda_probe import (PROBE_SOURCE, cupy_missing_message, driver_cuda_version,
+                         failure_text, no_device_message)
 from .cuda_transfers import TransferCounter, count_host_transfers
 from .device import DeviceBackend
 from .errors import BackendUnavailable, GpuUnusable
+from .graph import Capturing
 from ..toolchain import COMPILE_OPTIONS, kernel_sources, parse_kernels
 from ..toolchain.launch_args import check_launch
 from ..toolchain.limits import GRID_DIM_MAX
@@ -55,13 +53,6 @@ from ..toolchain.limits import GRID_DIM_MAX
 __all__ = ["CudaModule", "CudaKernel", "GpuUnusable", "make_cuda_backend", "get_cuda_module",
            "count_host_transfers", "TransferCounter", "driver_cuda_version", "COMPILE_OPTIONS",
            "PROBE_SOURCE"]
-
-PROBE_SOURCE = r'''
-extern "C" __global__ void gpucnn_probe(float* y, float a, int n) {
-    int i = blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) y[i] = a * (float)i + 1.0f;
-}
-'''
 
 
 def _env_flag(name):
@@ -85,13 +76,14 @@ class CudaKernel:
     ARRAY_NOTE = ("the cuda backend launches need CuPy arrays (copy host data with "
                   "backend.asarray)")
 
-    def __init__(self, name, params, raw, cupy, sync=False, device_id=0):
+    def __init__(self, name, params, raw, cupy, sync=False, device_id=0, module=None):
         self.name = name
         self.params = params
         self.raw = raw               # the cupy.RawKernel
         self._cp = cupy
         self.sync = sync
         self.device_id = device_id   # the GPU its module was loaded on
+        self.module = module         # its CudaModule (graph capture keeps launches' arrays)
 
     def __repr__(self):
         sig = ", ".join(f"{p.ctype} {p.name}" for p in self.params)
@@ -107,8 +99,13 @@ class CudaKernel:
                             array_type=self._cp.ndarray, array_note=self.ARRAY_NOTE)
 
     def launch(self, grid, block, args, shared_mem=0):
+        recording = getattr(self.module, "recording", None)
+        if recording is not None:
+            # The driver records the launch on the capturing stream; the recording keeps its
+            # arrays alive (and out of CuPy's pool) for as long as the graph may replay it.
+            recording.add(self, grid, block, args, shared_mem)
         self.raw(grid, block, args, shared_mem=shared_mem)
-        if self.sync:  # GPUCNN_CUDA_SYNC=1: debugging, so the extra device switch is fine
+        if self.sync and recording is None:  # GPUCNN_CUDA_SYNC=1 (no sync while capturing)
             self._cp.cuda.Device(self.device_id).synchronize()
 
     def __call__(self, grid, block, args, shared_mem=0):
@@ -130,7 +127,18 @@ def _headers_hash(folder):
     return h.hexdigest()[:16]
 
 
-class CudaModule:
+class _CudaGraph:
+    """A captured CUDA graph and the recording that keeps its launches' arrays alive;
+    ``launch()`` replays it on the current stream (ordered with the eager work there)."""
+
+    def __init__(self, graph, recording):
+        self.graph, self.recording = graph, recording
+
+    def launch(self):
+        self.graph.launch()
+
+
+class CudaModule(Capturing):
     """The kernels of ``sources`` (``.cu`` paths), compiled with NVRTC through CuPy, one
     ``RawModule`` per file, each compiled on first use.
 
@@ -182,6 +190,30 @@ class CudaModule:
     def kernel_names(self):
         return sorted(self._where)
 
+    def begin_capture(self):
+        """Stream capture on a fresh non-blocking stream made current (CuPy's
+        ``Stream.begin_capture``): the launches until :meth:`end_capture` are recorded by the
+        driver, not run. Not yet run on a GPU (no GPU was available to this project)."""
+        super().begin_capture()
+        stream = self._cp.cuda.Stream(non_blocking=True)
+        stream.__enter__()
+        try:
+            stream.begin_capture()
+        except BaseException:
+            stream.__exit__(None, None, None)
+            self.recording = None
+            raise
+        self._capture_stream = stream
+
+    def end_capture(self):
+        recording = super().end_capture()
+        stream, self._capture_stream = self._capture_stream, None
+        try:
+            graph = stream.end_capture()
+        finally:
+            stream.__exit__(None, None, None)
+        return _CudaGraph(graph, recording)
+
     def source_of(self, name):
         return self._where[name]
 
@@ -211,7 +243,7 @@ class CudaModule:
                     raise RuntimeError(f"{src.name}: cannot load kernel {name}: "
                                        f"{type(exc).__name__}: {exc}") from exc
                 k = CudaKernel(name, self._params[name], raw, self._cp, sync=self.sync,
-                               device_id=self.device_id)
+                               device_id=self.device_id, module=self)
                 self._kernels[name] = k
             return k
 
@@ -225,152 +257,6 @@ class CudaModule:
         """``{kernel: CuPy function attributes}`` (registers, local memory, ... as the driver
         sees them), for comparison with :mod:`gpucnn.toolchain`'s static numbers."""
         return {n: self.get_function(n).attributes for n in self.kernel_names()}
-
-
-# --------------------------------------------------------------------------------------------
-# Driver / CuPy diagnostics.
-# --------------------------------------------------------------------------------------------
-
-def driver_cuda_version():
-    """``(major, minor)`` CUDA version the installed NVIDIA driver supports, ``None`` when no
-    driver library (``libcuda.so.1``) can be loaded. Needs no GPU context."""
-    names = ("libcuda.so.1", "libcuda.so") if sys.platform != "win32" else ("nvcuda.dll",)
-    for n in names:
-        try:
-            lib = ctypes.CDLL(n)
-        except OSError:
-            continue
-        v = ctypes.c_int()
-        try:
-            if lib.cuDriverGetVersion(ctypes.byref(v)) == 0 and v.value > 0:
-                return v.value // 1000, (v.value % 1000) // 10
-        except AttributeError:
-            pass
-        return (0, 0)
-    return None
-
-
-def _cupy_wheel_for(driver):
-    if driver is None or driver == (0, 0):
-        return None
-    major = driver[0]
-    if major >= 13:
-        return "cupy-cuda13x"
-    if major == 12:
-        return "cupy-cuda12x"
-    return "cupy-cuda11x"
-
-
-def _cupy_missing_message(exc):
-    driver = driver_cuda_version()
-    wheel = _cupy_wheel_for(driver)
-    msg = f"CuPy is not installed ({exc}): "
-    if wheel:
-        msg += (f"pip install {wheel} (or gpucnn[{wheel[5:-1]}]; the NVIDIA driver here "
-                f"supports CUDA "
-                f"{driver[0]}.{driver[1]}; cupy-cuda12x is for CUDA 12 drivers, cupy-cuda13x "
-                f"for CUDA 13)")
-    else:
-        msg += ("pip install cupy-cuda12x (CUDA 12 driver) or cupy-cuda13x (CUDA 13 driver), "
-                "or the extras gpucnn[cuda12] / gpucnn[cuda13]")
-        if driver is None:
-            msg += ("; note that no NVIDIA driver was found either (libcuda.so.1 cannot be "
-                    "loaded), so there is no GPU to run on here")
-    return msg
-
-
-def _runtime_version(cp):
-    try:
-        v = int(cp.cuda.runtime.runtimeGetVersion())
-        return v // 1000, (v % 1000) // 10
-    except Exception:  # noqa: BLE001
-        return None
-
-
-def _no_device_message(cp, exc):
-    driver = driver_cuda_version()
-    runtime = _runtime_version(cp)
-    text = str(exc)
-    msg = f"no usable CUDA device: {text}"
-    if driver is None:
-        msg += " -- no NVIDIA driver is installed (libcuda.so.1 cannot be loaded)"
-    elif "NoDevice" in text or "no CUDA-capable device" in text:
-        vis = os.environ.get("CUDA_VISIBLE_DEVICES")
-        msg += " -- the driver sees no GPU" + (f" (CUDA_VISIBLE_DEVICES={vis!r})"
-                                                if vis is not None else "")
-    elif "InsufficientDriver" in text and runtime:
-        msg += (f" -- the driver supports CUDA {driver[0]}.{driver[1]} but this CuPy was "
-                f"built for CUDA {runtime[0]}.{runtime[1]}: update the driver or install "
-                f"{_cupy_wheel_for(driver) or 'a CuPy build for an older CUDA'}")
-    return msg
-
-
-
-_LIBRARY_RE = re.compile(r"\b(lib[A-Za-z_+-]+\.so(?:\.\d+)*)")
-
-
-def _installed_cupy():
-    """The CuPy wheel installed here (``cupy-cuda12x``, ...), or None."""
-    for dist in ("cupy-cuda13x", "cupy-cuda12x", "cupy-cuda11x", "cupy"):
-        try:
-            metadata.version(dist)
-            return dist
-        except metadata.PackageNotFoundError:
-            continue
-    return None
-
-
-def _failure_text(exc):
-    """``Type: message`` of a failed probe, plus what to do about it."""
-    name = type(exc).__name__
-    text = " ".join(str(exc).split())[:600]
-    wheel = _installed_cupy() or "cupy-cuda12x"
-    extra = {"cupy-cuda12x": "cuda12", "cupy-cuda13x": "cuda13"}.get(wheel)
-    fix = f"pip install '{wheel}[ctk]>=14'" + (f" (or pip install 'gpucnn[{extra}]')"
-                                              if extra else "")
-    lib = _LIBRARY_RE.search(text)
-    if lib:
-        return (f"{name}: {text} -- the CUDA library {lib.group(1)} is missing; {wheel}'s "
-                f"[ctk] extra brings it: {fix}")
-    if "PTX" in text or "UNSUPPORTED_PTX_VERSION" in text:
-        return (f"{name}: {text} -- the NVRTC used by CuPy is newer than the driver: update "
-                f"the driver or use the CuPy/NVRTC wheels of the driver's CUDA version")
-    if "nvrtc" in text.lower() or "Compile" in name:
-        return (f"{name}: {text} -- CuPy's NVRTC failed; the NVRTC of {wheel} comes with its "
-                f"[ctk] extra: {fix}")
-    return f"{name}: {text}"
-
-
-def _probe_cublas(cp):
-    """With GPUCNN_CUBLAS=1 every GEMM goes to cuBLAS: check now that it loads, rather than
-    fail in the middle of training."""
-    try:
-        a = cp.asarray(np.arange(4, dtype=np.float32).reshape(2, 2))
-        got = cp.asnumpy(cp.matmul(a, a))
-    except Exception as exc:  # noqa: BLE001
-        raise GpuUnusable(f"GPUCNN_CUBLAS=1 but cuBLAS does not work: "
-                          f"{_failure_text(exc)}") from exc
-    if not np.array_equal(got, np.array([[2, 3], [6, 11]], np.float32)):
-        raise GpuUnusable(f"GPUCNN_CUBLAS=1 but cuBLAS gave wrong results ({got.tolist()})")
-
-
-def _probe(cp):
-    """Compile and run a one-line kernel; raise BackendUnavailable unless it works."""
-    try:
-        k = cp.RawKernel(PROBE_SOURCE, "gpucnn_probe", options=COMPILE_OPTIONS)
-        n = 64
-        y = cp.full(n, np.nan, dtype=np.float32)
-        k((1,), (n,), (y, np.float32(0.5), np.int32(n)))
-        cp.cuda.Device().synchronize()
-        got = cp.asnumpy(y)
-    except Exception as exc:  # noqa: BLE001 - any failure makes the backend unavailable
-        raise GpuUnusable(f"the probe kernel failed to compile or run on the GPU: "
-                          f"{_failure_text(exc)}") from exc
-    expected = 0.5 * np.arange(64, dtype=np.float32) + 1.0
-    if not np.array_equal(got, expected):
-        raise GpuUnusable(f"the probe kernel ran but gave wrong results "
-                                 f"(first values {got[:4].tolist()}, expected "
-                                 f"{expected[:4].tolist()})")
 
 
 _module_lock = threading.Lock()
@@ -401,7 +287,7 @@ def make_cuda_backend(use_cublas=None, device=None, probe=True, eager=True, cupy
         try:
             import cupy
         except ImportError as exc:
-            raise BackendUnavailable(_cupy_missing_message(exc)) from exc
+            raise BackendUnavailable(cupy_missing_message(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - a broken install (two CuPy wheels, ...)
             raise BackendUnavailable(f"CuPy is installed but failed to import: "
                                      f"{type(exc).__name__}: {exc}") from exc
@@ -410,7 +296,7 @@ def make_cuda_backend(use_cublas=None, device=None, probe=True, eager=True, cupy
     try:
         count = int(cp.cuda.runtime.getDeviceCount())
     except runtime_error as exc:
-        raise BackendUnavailable(_no_device_message(cp, exc)) from exc
+        raise BackendUnavailable(no_device_message(cp, exc)) from exc
     except Exception as exc:  # noqa: BLE001
         raise BackendUnavailable(f"no usable CUDA device: CuPy could not query the devices: "
                                  f"{type(exc).__name__}: {exc}") from exc
@@ -441,9 +327,9 @@ def make_cuda_backend(use_cublas=None, device=None, probe=True, eager=True, cupy
     try:
         with cp.cuda.Device(dev_id):
             if probe:
-                _probe(cp)
+                cuda_probe.probe(cp)
                 if use_cublas:
-                    _probe_cublas(cp)
+                    cuda_probe.probe_cublas(cp)
             try:
                 module = get_cuda_module(cupy=cupy, device_id=dev_id)
             except FileNotFoundError as exc:
@@ -453,7 +339,7 @@ def make_cuda_backend(use_cublas=None, device=None, probe=True, eager=True, cupy
                     module.compile_all()
                 except Exception as exc:  # noqa: BLE001
                     raise GpuUnusable(f"the gpucnn kernels failed to compile: "
-                                      f"{_failure_text(exc)[:2000]}") from exc
+                                      f"{failure_text(exc)[:2000]}") from exc
     except GpuUnusable as exc:
         raise GpuUnusable(f"a GPU is present ({gpu}, device {dev_id}) but gpucnn cannot use "
                           f"it: {exc}") from exc.__cause__

@@ -20,6 +20,7 @@ from ..cpu import default_workspace_bytes
 from ..ops import loss
 from ..ops.conv.im2col import DW_TARGET_BLOCKS
 from .base import Backend
+from .graph import GraphCaptureError, GraphUnsupported, StepGraph
 
 __all__ = ["DeviceBackend", "DeviceContext", "make_emu_backend"]
 
@@ -44,6 +45,7 @@ class DeviceContext:
                                 else int(workspace_bytes))
         self.device_id = device_id
         self.use_cublas = False
+        self.capturing = False  # a graph capture is under way (backends/graph.py)
         self.stream = None
         self.check_launches = (_env_flag("GPUCNN_CHECK_LAUNCHES") if check_launches is None
                                else bool(check_launches))
@@ -197,17 +199,52 @@ class DeviceBackend(Backend):
             return self.xp.zeros(shape, dtype=dtype)
 
     def to_numpy(self, a):
+        self._refuse_in_capture("to_numpy (a host read of device data)")
         with self.on_device():
             return self.ctx.to_numpy(a)
 
     def synchronize(self):
+        self._refuse_in_capture("synchronize")
         if self.device_id is not None:
             self.xp.cuda.Device(self.device_id).synchronize()
 
     def raise_device_errors(self):
         """Raise what the kernels flagged since the last call (out-of-range labels)."""
+        self._refuse_in_capture("raise_device_errors (a host read of device data)")
         with self.on_device():
             loss.raise_label_error_device(self.ctx)
+
+    # ---- graphs (gpucnn/backends/graph.py) ------------------------------------------------
+    def capture(self, fn, *static):
+        """Capture the launches of ``fn(*static)`` as a :class:`~.graph.StepGraph` (nothing
+        runs until ``replay(*inputs)``, which copies its inputs into ``static`` first). Run
+        ``fn`` once eagerly before: its plans and workspaces then exist, and a capture
+        records only launches."""
+        module = self.module
+        if not hasattr(module, "begin_capture"):
+            raise GraphUnsupported(f"the {self.name} backend's kernels cannot be captured")
+        with self.on_device():
+            module.begin_capture()
+            self.ctx.capturing = True
+            try:
+                outputs = fn(*static)
+            except BaseException:
+                module.end_capture()
+                raise
+            finally:
+                self.ctx.capturing = False
+            graph = module.end_capture()
+        return StepGraph(self, graph, static, outputs)
+
+    def _refuse_in_capture(self, what):
+        if self.ctx.capturing:
+            recording = getattr(self.module, "recording", None)
+            last = recording.last_kernel() if recording is not None else None
+            raise GraphCaptureError(
+                f"{what} during graph capture"
+                + (f" (after kernel {last})" if last else " (before any kernel)")
+                + ": nothing has run yet while a graph is captured; read results after a "
+                  "replay, outside the captured step")
 
 
 def make_emu_backend(**emu_options):

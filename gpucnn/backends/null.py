@@ -23,6 +23,7 @@ from ..toolchain import kernel_signatures
 from ..toolchain.launch_args import check_launch
 from ..toolchain.limits import GRID_DIM_MAX
 from .device import DeviceBackend
+from .graph import Capturing
 
 __all__ = ["NullKernel", "NullModule", "make_null_backend", "H100_SMS"]
 
@@ -54,6 +55,13 @@ class NullKernel:
     def launch(self, grid, block, args, shared_mem=0):
         # The whole cost of a launch here is this increment: what the host spends around it
         # is what a benchmark on this device measures.
+        recording = self.module.recording
+        if recording is not None:
+            recording.add(self, grid, block, args, shared_mem)
+            return
+        self.module.launches += 1
+
+    def replay(self, grid, block, args, shared_mem=0):
         self.module.launches += 1
 
     def __call__(self, grid, block, args, shared_mem=0):
@@ -61,7 +69,18 @@ class NullKernel:
         self.launch(*self.check(grid, block, args, shared_mem))
 
 
-class NullModule:
+class _NullGraph:
+    """A recorded graph on the null device: replaying it costs one call, as launching a
+    CUDA graph does, whatever the number of kernels (which it counts)."""
+
+    def __init__(self, module, recording):
+        self.module, self.recording, self.count = module, recording, len(recording.launches)
+
+    def launch(self):
+        self.module.launches += self.count
+
+
+class NullModule(Capturing):
     """The gpucnn kernels' signatures (parsed from ``kernels/*.cu`` by the toolchain, as
     :class:`~gpucnn.backends.cuda.CudaModule` parses them), nothing compiled.
 
@@ -82,6 +101,9 @@ class NullModule:
     def reset(self):
         self.launches = 0
         self.checks = 0
+
+    def end_capture(self):
+        return _NullGraph(self, super().end_capture())
 
     def kernel_names(self):
         return sorted(self._params)

@@ -125,6 +125,9 @@ def build_parser():
                          "--batch-size default 128) on the null device (launches checked and "
                          "counted, none run): host time per step and per launch; --repeat "
                          "fixes the timed steps, --warmup the untimed ones (default: off)")
+    ap.add_argument("--cuda-graphs", action="store_true",
+                    help="with --host-overhead: each timed step is one replay of the step "
+                         "captured as a graph (default: off)")
     ap.add_argument("--seed", type=int, default=0,
                     help="seed of the random inputs and weights (default: %(default)s)")
     ap.add_argument("--quiet", action="store_true",
@@ -274,6 +277,9 @@ def _host_overhead(args):
               f"--model, --batch-size, --repeat, --warmup, --seed, --json, --quiet; not "
               f"{', '.join(bad)}", file=sys.stderr)
         return 2
+    if args.cuda_graphs and not args.host_overhead:
+        print("gpucnn bench: error: --cuda-graphs goes with --host-overhead", file=sys.stderr)
+        return 2
     if args.model not in HOST_OVERHEAD_MODELS:
         print(f"gpucnn bench: error: --host-overhead runs {' or '.join(HOST_OVERHEAD_MODELS)}, "
               f"not {args.model!r}", file=sys.stderr)
@@ -283,7 +289,8 @@ def _host_overhead(args):
     try:
         res = run_host_overhead(args.model, batch=args.batch_size or DEFAULT_BATCH,
                                 warmup=DEFAULT_WARMUP if args.warmup is None else args.warmup,
-                                repeat=args.repeat, seed=args.seed)
+                                repeat=args.repeat, seed=args.seed,
+                                cuda_graphs=args.cuda_graphs)
     except ValueError as exc:
         print(f"gpucnn bench: error: {exc}", file=sys.stderr)
         return 2

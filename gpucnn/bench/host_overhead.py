@@ -4,7 +4,8 @@ Training steps (:meth:`~gpucnn.bench.nets.GpucnnNet.train_step`: forward, loss, 
 SGD momentum update) run on the ``null`` device (:mod:`gpucnn.backends.null`): the real
 device backend and ops, kernels checked like GPU launches and counted, none run. The time a
 step takes there is the Python/host time a GPU step needs to issue its launches, the floor
-below which a GPU step cannot go without CUDA graphs (not used: ``cuda_graphs`` is false).
+below which a GPU step cannot go without CUDA graphs; with ``--cuda-graphs`` each step is
+one replay of the captured step (:mod:`gpucnn.backends.graph`).
 
 Method: ``warmup`` untimed steps (the first builds the plans and picks the convolution
 algorithms; the next let NumPy's allocations settle: glibc raises its mmap threshold as big
@@ -42,12 +43,15 @@ def _us(seconds):
 
 
 def run_host_overhead(model="lenet5", batch=DEFAULT_BATCH, warmup=DEFAULT_WARMUP,
-                      repeat=None, seed=0, backend=None):
+                      repeat=None, seed=0, backend=None, cuda_graphs=False):
     """Time training steps of ``model`` on the null device; returns the JSON-able result.
 
     ``repeat``: exactly this many timed steps (default: 30 to 200, about
     :data:`TIME_BUDGET_S` seconds). ``backend``: a null backend to use (default: a fresh
-    one), whose ``module`` counts ``launches`` and ``checks``.
+    one), whose ``module`` counts ``launches`` and ``checks``. ``cuda_graphs``: after the
+    first (eager) step, the step is captured as a graph and each timed step is one replay,
+    its batch already in the graph's input arrays (where a device-side input pipeline would
+    leave it); launches are still counted per kernel.
     """
     from ..backends.null import make_null_backend
     from .nets import GpucnnNet, host_batches
@@ -69,10 +73,15 @@ def run_host_overhead(model="lenet5", batch=DEFAULT_BATCH, warmup=DEFAULT_WARMUP
     first = (module.launches, module.checks)
 
     per_step = []  # (launches, checks) of each step after the first
+    graph = B.capture(net.train_arrays, net.xs[0], net.ys[0]) if cuda_graphs else None
 
     def step(i):
         launches, checks = module.launches, module.checks
-        net.train_step(i)
+        if graph is None:
+            net.train_step(i)
+        else:
+            net.opt.steps += 1  # the host-side count opt.step() keeps
+            graph.replay(*graph.static)
         per_step.append((module.launches - launches, module.checks - checks))
 
     runner = Runner(model, step)
@@ -109,7 +118,7 @@ def run_host_overhead(model="lenet5", batch=DEFAULT_BATCH, warmup=DEFAULT_WARMUP
         "first_step_launches": int(first[0]),
         "first_step_checks": int(first[1]),
         "samples_us": [1e3 * s for s in stats["samples_ms"]],
-        "cuda_graphs": False,
+        "cuda_graphs": bool(cuda_graphs),
         "check_launches_env": os.environ.get("GPUCNN_CHECK_LAUNCHES"),
         "cpu": cpu_model(),
         "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
@@ -132,7 +141,8 @@ def format_host_overhead(res):
         ("host time per launch", f"{res['host_us_per_launch']:.2f} us"),
         ("first step", f"{res['first_step_us'] / 1e3:.1f} ms, {res['first_step_launches']} "
                        f"launches (builds the plans; not timed)"),
-        ("CUDA graphs", "no"),
+        ("CUDA graphs", "yes: each step one replay of the captured step (the driver's graph "
+                        "launch not included)" if res["cuda_graphs"] else "no"),
     ]
     width = max(len(k) for k, _ in rows)
     head = (f"host overhead: {res['model']} training step, batch {res['batch_size']}, "

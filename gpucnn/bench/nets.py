@@ -73,13 +73,21 @@ class GpucnnNet:
 
     def forward_backward(self, i):
         j = i % len(self.xs)
-        logits = self.model.forward(self.xs[j])
-        loss = self.loss.forward(logits, self.ys[j])
+        return self._forward_backward(self.xs[j], self.ys[j])
+
+    def _forward_backward(self, x, y):
+        logits = self.model.forward(x)
+        loss = self.loss.forward(logits, y)
         self.model.backward(self.loss.backward())
         return loss
 
     def train_step(self, i):
-        loss = self.forward_backward(i)
+        j = i % len(self.xs)
+        return self.train_arrays(self.xs[j], self.ys[j])
+
+    def train_arrays(self, x, y):
+        """One training step on the batch (x, y) (what a graph captures)."""
+        loss = self._forward_backward(x, y)
         self.opt.step()
         return loss
 

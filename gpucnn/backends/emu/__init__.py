@@ -31,6 +31,7 @@ import threading
 from pathlib import Path
 
 from . import cache
+from ..graph import Capturing
 from .build import build_library, compiler_version
 from .cache import cache_dir
 from .faults import (EmuArithmeticError, EmuBuildError, EmuDeadlockError, EmuError,
@@ -62,8 +63,9 @@ def emulator_info() -> str:
             f"cache: {cdir}")
 
 
-class EmuModule:
-    """The emulator's counterpart of ``cupy.RawModule``."""
+class EmuModule(Capturing):
+    """The emulator's counterpart of ``cupy.RawModule``; it records graphs too
+    (:class:`gpucnn.backends.graph.Capturing`)."""
 
     def __init__(self, sources, order="forward", checks=False, seed=0, watchdog_s=None,
                  workers=None):

@@ -58,6 +58,14 @@ class EmuKernel:
         return f"<EmuKernel {self.name} from {self.source}>"
 
     def __call__(self, grid, block, args, shared_mem=0, **kw):
+        recording = self.module.recording
+        if recording is not None:  # graph capture: recorded, run by the replays
+            recording.add(self, grid, block, args, kw.get("shared_mem", shared_mem))
+            return
+        self.replay(grid, block, args, shared_mem, **kw)
+
+    def replay(self, grid, block, args, shared_mem=0, **kw):
+        """Run the launch now (checked and marshalled as every call is)."""
         mod = self.module
         if kw:
             # accept cupy's keyword spelling too

@@ -1,0 +1,150 @@
+"""Graph mode (gpucnn/backends/graph.py, gpucnn/train_graph.py): capture and replay on the
+emulator and the null device, capture's rules enforced on the CPU, and training steps
+replayed as graphs bit-identical to eager ones."""
+import warnings
+
+import numpy as np
+import pytest
+
+from gpucnn.backends import get_backend
+from gpucnn.backends.device import make_emu_backend
+from gpucnn.backends.graph import GraphCaptureError, GraphUnsupported
+from gpucnn.backends.null import make_null_backend
+from gpucnn.train import TrainConfig, Trainer
+from gpucnn.train_graph import GraphModeWarning
+
+
+@pytest.fixture(scope="module")
+def emu():
+    return make_emu_backend(checks=True, seed=5)  # poisoned outputs: a skipped write shows
+
+
+def _relu_linear(B, x, w):
+    return B.linear(B.relu(x), w, relu=True)
+
+
+def test_replay_equals_the_eager_call_and_nothing_runs_during_capture(emu, rng):
+    B = emu
+    x = B.asarray(rng.standard_normal((5, 7)).astype(np.float32))
+    w = B.asarray(rng.standard_normal((3, 7)).astype(np.float32))
+    eager = B.to_numpy(_relu_linear(B, x, w))  # plans made
+    graph = B.capture(lambda a: _relu_linear(B, a, w), B.asarray(np.zeros((5, 7), np.float32)))
+    assert np.isnan(B.to_numpy(graph.outputs)).all()  # captured, not run: still poisoned
+    np.testing.assert_array_equal(B.to_numpy(graph.replay(x)), eager)
+    x2 = B.asarray(rng.standard_normal((5, 7)).astype(np.float32))
+    np.testing.assert_array_equal(B.to_numpy(graph.replay(x2)),
+                                  B.to_numpy(_relu_linear(B, x2, w)))
+    with pytest.raises(ValueError, match="keep its shape and dtype"):
+        graph.replay(B.asarray(np.zeros((4, 7), np.float32)))
+
+
+@pytest.mark.parametrize("call", ["to_numpy", "synchronize", "raise_device_errors"])
+def test_a_host_read_or_sync_during_capture_is_an_error_naming_the_kernel(emu, rng, call):
+    B = emu
+    x = B.asarray(rng.standard_normal((4, 6)).astype(np.float32))
+    B.relu(x)
+
+    def unsafe(a):
+        y = B.relu(a)
+        getattr(B, call)(*((y,) if call == "to_numpy" else ()))
+        return y
+    with pytest.raises(GraphCaptureError, match=rf"{call}.*during graph capture \(after "
+                                                r"kernel relu_forward\)"):
+        B.capture(unsafe, x)
+    assert B.module.recording is None  # the failed capture ended: the device works on
+    np.testing.assert_array_equal(B.to_numpy(B.relu(x)), np.maximum(B.to_numpy(x), 0))
+
+
+def test_the_cpu_backends_cannot_capture():
+    for name in ("numpy", "reference"):
+        with pytest.raises(GraphUnsupported, match="runs on the CPU"):
+            get_backend(name).capture(lambda: None)
+
+
+def test_a_null_graph_replays_in_one_call_and_counts_its_launches(rng):
+    B = make_null_backend()
+    x = B.asarray(rng.standard_normal((8, 16)).astype(np.float32))
+    w = B.asarray(rng.standard_normal((4, 16)).astype(np.float32))
+    _relu_linear(B, x, w)
+    eager = B.module.launches
+    graph = B.capture(lambda a: _relu_linear(B, a, w), B.asarray(np.zeros((8, 16), np.float32)))
+    assert B.module.launches == eager  # nothing launched while capturing
+    graph.replay(x)
+    assert B.module.launches == 2 * eager
+
+
+# ---- training steps as graphs --------------------------------------------------------------
+def _train(backend, graphs, **kw):
+    cfg = TrainConfig(model="lenet5", dataset="fashion-mnist", backend=backend, progress=False,
+                      cuda_graphs=graphs, **{**dict(epochs=2, batch_size=32, lr=0.05,
+                                                    momentum=0.9, weight_decay=1e-4,
+                                                    schedule="step", limit=200,
+                                                    test_limit=64), **kw})
+    t = Trainer(cfg)
+    return t, t.fit()
+
+
+def _params(t):
+    return [t.backend.to_numpy(p.data) for p in t.model.parameters()]
+
+
+def test_graph_steps_are_bit_identical_to_eager_ones_on_emu():
+    """LeNet-5, SGD with momentum and weight decay, a step schedule whose learning rate
+    changes at the second epoch (a new graph), a partial last batch (its own graph)."""
+    g, mg = _train("emu", True)
+    e, me = _train("emu", False)
+    assert (mg["graph_replayed_steps"], mg["eager_steps"]) == (10, 4)
+    assert (me["graph_replayed_steps"], me["eager_steps"]) == (0, 14)
+    for a, b in zip(_params(g), _params(e)):
+        np.testing.assert_array_equal(a, b)
+    assert [r["train_loss"] for r in mg["epochs"]] == [r["train_loss"] for r in me["epochs"]]
+    assert g.opt.steps == e.opt.steps == 14
+
+
+def test_a_frozen_per_step_argument_is_caught_by_the_comparison(monkeypatch):
+    """Plant one: let a step with a per-step scalar (Adam's step count) be captured anyway.
+    Its replays reuse the first step's bias corrections, and the comparison with the eager
+    run fails: the test above would catch such a mistake."""
+    monkeypatch.setattr("gpucnn.train.graph_blocker", lambda *args: None)
+    g, m = _train("emu", True, optimizer="adam", lr=1e-3, epochs=1, schedule="constant")
+    assert m["graph_replayed_steps"] > 0
+    monkeypatch.undo()
+    e, _ = _train("emu", False, optimizer="adam", lr=1e-3, epochs=1, schedule="constant")
+    assert any(not np.array_equal(a, b) for a, b in zip(_params(g), _params(e)))
+
+
+@pytest.mark.parametrize("backend,kw,why", [
+    ("numpy", {}, "runs on the CPU"),
+    ("emu", dict(optimizer="adam", lr=1e-3), "Adam's step count"),
+])
+def test_ineligible_runs_warn_once_and_run_eagerly(backend, kw, why):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        t, m = _train(backend, True, epochs=1, **kw)
+    said = [w for w in seen if issubclass(w.category, GraphModeWarning)]
+    assert len(said) == 1 and why in str(said[0].message)
+    assert m["graph_replayed_steps"] == 0 and m["eager_steps"] == 7
+
+
+def test_resume_from_a_graph_mode_checkpoint_is_exact(tmp_path):
+    """Interrupted mid-epoch in graph mode (replays under way), resumed in graph mode: the
+    same parameters as the uninterrupted graph-mode run."""
+    whole, _ = _train("emu", True)
+    ck = str(tmp_path / "run.npz")
+
+    def interrupt(tr):
+        if tr.epoch == 1 and tr.batch_in_epoch == 3:
+            raise KeyboardInterrupt
+    cfg = dict(model="lenet5", dataset="fashion-mnist", backend="emu", progress=False,
+               cuda_graphs=True, epochs=2, batch_size=32, lr=0.05, momentum=0.9,
+               weight_decay=1e-4, schedule="step", limit=200, test_limit=64, checkpoint=ck)
+    first = Trainer(TrainConfig(**cfg))
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(on_step=interrupt)
+    assert first.graph_steps.replayed > 0
+    resumed = Trainer(TrainConfig(**cfg, resume=True))
+    resumed.load(ck)
+    resumed.fit()
+    assert resumed.graph_steps.replayed > 0
+    for a, b in zip(_params(whole), _params(resumed)):
+        np.testing.assert_array_equal(a, b)
