@@ -21,6 +21,14 @@
 // (and can split the images over z into partial sums, added afterwards in a fixed order).
 // Forward/data-gradient launches use red_per_z = red_total = 1 (a plain batched GEMM).
 //
+// Split-K (gpucnn/ops/gemm.py: gemm_plan): a GEMM with too few output tiles to fill the GPU
+// splits its K into gridDim.z parts: block z reads its operands from z * K (through
+// a_stride_z, b_stride_z) and writes partial C[z] (c_stride_z) with no epilogue, and
+// sgemm_splitk_epilogue adds the parts in order and applies the epilogue once. The parts are
+// K long except the last, which is k_last long (K need not divide evenly); every other launch
+// passes k_last = K (a batched-reduce launch with red_per_z > 1 must: its blocks wrap to
+// the next reduction matrix after K).
+//
 // Epilogue, per element: v = acc; bias_mode 1: v += bias[y * bias_stride_y + m] (one bias
 // per row), bias_mode 2: v += bias[y * bias_stride_y + n] (one per column); if beta != 0:
 // v += beta * C (C is not read when beta == 0, so it may hold garbage); if relu: v = max(v, 0)
@@ -76,16 +84,16 @@
 
 // The parameter list of every sgemm kernel (one list, so the eight kernels cannot disagree;
 // gpucnn/toolchain/parse.py expands it when it reads their signatures).
-#define SGEMM_PARAMS                                                                  \
-    const float* __restrict__ A, const float* __restrict__ B, float* C,               \
-        const float* __restrict__ bias, int M, int N, int K, int lda, int ldb, int ldc, \
-        int vec_a, int vec_b, int a_stride_y, int a_stride_z, int a_stride_r,         \
-        int b_stride_y, int b_stride_z, int b_stride_r, int c_stride_y, int c_stride_z, \
+#define SGEMM_PARAMS                                                                      \
+    const float* __restrict__ A, const float* __restrict__ B, float* C,                   \
+        const float* __restrict__ bias, int M, int N, int K, int k_last, int lda, int ldb, \
+        int ldc, int vec_a, int vec_b, int a_stride_y, int a_stride_z, int a_stride_r,     \
+        int b_stride_y, int b_stride_z, int b_stride_r, int c_stride_y, int c_stride_z,    \
         int bias_stride_y, int red_per_z, int red_total, int bias_mode, int relu, float beta
-#define SGEMM_ARGS                                                                       \
-    A, B, C, bias, M, N, K, lda, ldb, ldc, vec_a, vec_b, a_stride_y, a_stride_z, a_stride_r, \
-        b_stride_y, b_stride_z, b_stride_r, c_stride_y, c_stride_z, bias_stride_y, red_per_z, \
-        red_total, bias_mode, relu, beta
+#define SGEMM_ARGS                                                                          \
+    A, B, C, bias, M, N, K, k_last, lda, ldb, ldc, vec_a, vec_b, a_stride_y, a_stride_z,    \
+        a_stride_r, b_stride_y, b_stride_z, b_stride_r, c_stride_y, c_stride_z,             \
+        bias_stride_y, red_per_z, red_total, bias_mode, relu, beta
 
 // One operand's part of a K slice: TILE rows of the block tile (m for A, n for B) by SGEMM_BK,
 // fetched as float4 chunks along the operand's contiguous dimension and stored into shared
@@ -228,7 +236,10 @@ __device__ __forceinline__ void sgemm_block(SGEMM_PARAMS)
     int nr = red_total - (int)z * red_per_z;
     if (nr > red_per_z) nr = red_per_z;
     if (nr < 0) nr = 0;
-    const int ktiles = (K + SGEMM_BK - 1) / SGEMM_BK;
+    // This block's reduction length: a split's last part may be shorter. Only the set-up
+    // reads it; the wrap below keeps K (equal to it whenever a block wraps, see the top).
+    const int kz = (blockIdx.z == gridDim.z - 1) ? k_last : K;
+    const int ktiles = (kz + SGEMM_BK - 1) / SGEMM_BK;
     const int steps = nr * ktiles;  // the same for every thread of the block
 
     // A stored non-transposed is k-contiguous; B stored transposed is k-contiguous.
@@ -242,7 +253,7 @@ __device__ __forceinline__ void sgemm_block(SGEMM_PARAMS)
     const int a_step = TRANS_A ? SGEMM_BK * lda : SGEMM_BK;
     const int b_step = TRANS_B ? SGEMM_BK : SGEMM_BK * ldb;
     const int a_back = -(ktiles - 1) * a_step, b_back = -(ktiles - 1) * b_step;
-    int kleft = K;   // K - k0 of the current slice
+    int kleft = kz;   // kz - k0 of the current slice
     const int a_whole = vec_a ? 4 : (1 << 30), b_whole = vec_b ? 4 : (1 << 30);
 
     float acc[SGEMM_TM][SGEMM_TN];
@@ -379,21 +390,87 @@ extern "C" __global__ void __launch_bounds__(SGEMM_SMALL_THREADS, SGEMM_SMALL_MI
     sgemm_block<SGEMM_SMALL_BM, SGEMM_SMALL_BN, true, true>(SGEMM_ARGS);
 }
 
-// out[i] = sum_{s < S} parts[s * part_stride + i]  (+ beta * out[i] when beta != 0), summed
-// in order s = 0, 1, ...: combines the partial weight gradients of a split reduction.
-// gpucnn: block=256
-extern "C" __global__ void sgemm_sum_partials(
-    const float* parts, float* out, int n, int S, int part_stride, float beta)
+// ---- Adding partial results in a fixed order ------------------------------------------------
+//
+// out[i] = sum_{s < S} parts[s * part_stride + i], added as ((0 + p_0) + p_1) + ... + p_{S-1}:
+// the order (and so the bits) of the one-thread-per-output loop this replaces, which the
+// conv weight-gradient splits and the emulator's step digests were recorded with. That sum
+// is a chain, so the parallelism is in the loads, which are what costs on a GPU: a block
+// takes a tile of SGEMM_SUM_THREADS / lanes consecutive outputs and its `lanes` threads per
+// output (1, 2, 4 or 8: the host picks more for more parts) load a pass of lanes *
+// SGEMM_SUM_LOADS parts into shared memory together (one 128-byte line per warp and part);
+// then one thread per output adds the pass's values in part order. Without the staging a
+// thread would wait on its S loads (a few in flight at a time), and few outputs (a small
+// conv layer's weights) would mean a few busy SMs waiting on long chains.
+//
+// The epilogue follows the sum, once, in sgemm_block's order: + bias (bias_mode 1: one per
+// row, bias[i / row_len]; 2: one per column, bias[i % row_len]), + beta * out[i] when
+// beta != 0 (out is not read otherwise), ReLU (a NaN stays NaN).
+#define SGEMM_SUM_THREADS 256
+#define SGEMM_SUM_LOADS 4   // loads per thread and pass, all in flight together
+
+__device__ __forceinline__ void sgemm_ordered_sum(const float* parts, float* out,
+                                                  const float* bias, int n, int S,
+                                                  int part_stride, int lanes, int row_len,
+                                                  int bias_mode, int relu, float beta)
 {
-    GRID_STRIDE_LOOP(i, n) {
-        float s = 0.0f;
-        const float* p = parts + i;
-        for (int t = 0; t < S; ++t) {
-            s += *p;
-            p += part_stride;
+    __shared__ float stage[SGEMM_SUM_THREADS * SGEMM_SUM_LOADS];  // [part of the pass][col]
+    const int width = SGEMM_SUM_THREADS / lanes;  // outputs per tile
+    const int pass = lanes * SGEMM_SUM_LOADS;     // parts per pass
+    const int col = threadIdx.x % width, lane = threadIdx.x / width;
+    // Block-stride over tiles (the host caps the grid); the barriers are reached by the
+    // whole block: the loop bounds are uniform.
+    for (int first = blockIdx.x * width; first < n; first += gridDim.x * width) {
+        const int i = first + col;
+        float sum = 0.0f;
+        for (int s0 = 0; s0 < S; s0 += pass) {
+#pragma unroll
+            for (int j = 0; j < SGEMM_SUM_LOADS; ++j) {
+                const int t = lane + j * lanes;   // the pass's part this load brings
+                if (i < n && s0 + t < S)
+                    stage[t * width + col] = parts[(s0 + t) * part_stride + i];
+            }
+            __syncthreads();
+            if (lane == 0) {
+                const int count = (S - s0 < pass) ? S - s0 : pass;
+                for (int t = 0; t < count; ++t)
+                    sum += stage[t * width + col];
+            }
+            __syncthreads();   // the next pass overwrites the stage
         }
-        if (beta != 0.0f)
-            s += beta * out[i];
-        out[i] = s;
+        if (lane == 0 && i < n) {
+            if (bias_mode == 1)
+                sum += bias[i / row_len];
+            else if (bias_mode == 2)
+                sum += bias[i % row_len];
+            if (beta != 0.0f)
+                sum += beta * out[i];
+            if (relu && sum < 0.0f)
+                sum = 0.0f;
+            out[i] = sum;
+        }
     }
+}
+
+// out (+)= the ordered sum of S partial results: the splits of the convolutions' weight
+// gradients (beta 1 accumulates a chunk of images onto the previous ones).
+// gpucnn: block=SGEMM_SUM_THREADS
+extern "C" __global__ void __launch_bounds__(SGEMM_SUM_THREADS)
+    sgemm_sum_partials(const float* parts, float* out, int n, int S, int part_stride,
+                       float beta, int lanes)
+{
+    // No bias: the pointer is never read (bias_mode 0).
+    sgemm_ordered_sum(parts, out, parts, n, S, part_stride, lanes, 1, 0, 0, beta);
+}
+
+// C = epilogue(the ordered sum of a split-K GEMM's S partial products), C an M x N row-major
+// matrix with ldc = N = row_len (n = M * N).
+// gpucnn: block=SGEMM_SUM_THREADS
+extern "C" __global__ void __launch_bounds__(SGEMM_SUM_THREADS)
+    sgemm_splitk_epilogue(const float* parts, float* C, const float* __restrict__ bias, int n,
+                          int S, int part_stride, int lanes, int row_len, int bias_mode,
+                          int relu, float beta)
+{
+    sgemm_ordered_sum(parts, C, bias, n, S, part_stride, lanes, row_len, bias_mode, relu,
+                      beta);
 }

@@ -17,6 +17,15 @@ Which kernel a launch runs (:func:`sgemm_plan`), decided here and nowhere else:
   128 x 128 tile would give fewer than :data:`LARGE_TILE_MIN_BLOCKS` blocks in all (grid x
   batches): under one block per SM of an H100/H200 (132 SMs), the 4x more small blocks fill
   the GPU better; otherwise the 128 x 128 tile (256 threads);
+* **split-K** (:func:`gemm_plan`, the plain 2-D GEMMs of :func:`plan_gemm`: the fully
+  connected layers): the large tile only when it alone gives :data:`FILL_BLOCKS` blocks (two
+  per SM of an H100), else the small one; when that still gives fewer, K is split into
+  parts of at least :data:`SPLIT_MIN_K` (whole BK slices, the last part possibly shorter),
+  enough of them for FILL_BLOCKS blocks. Each part's block z writes a partial product into
+  a workspace (no epilogue), and ``sgemm_splitk_epilogue`` adds the parts in part order and
+  then applies bias, beta and ReLU once (:class:`SplitKGemm`). No atomics: the same bits on
+  every run. A skinny FC GEMM (batch rows x 4096 outputs, K in the thousands) gets 128 or
+  fewer small tiles, so without the split most of a 132-SM GPU would idle on it;
 * **vector loads**, per operand (:func:`vector_ok`): 128-bit global loads when the operand's
   first element is 16-byte aligned and its leading dimension and batch/reduction strides are
   multiples of 4 floats (then every 4-float chunk the kernel reads starts 16-byte aligned);
@@ -25,21 +34,38 @@ Which kernel a launch runs (:func:`sgemm_plan`), decided here and nowhere else:
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import NamedTuple
 
 import numpy as np
 
-from ..toolchain import source_defines
+from ..toolchain import kernel_block, source_defines
 from ..toolchain.limits import GRID_DIM_MAX
-from .launch import Launch, ceil_div, i32, plan_1d
+from .launch import Launch, ceil_div, i32
 
-__all__ = ["LARGE_TILE_MIN_BLOCKS", "sgemm_tiles", "sgemm_tile", "choose_tile",
-           "array_address", "vector_ok", "sgemm_kernel_name", "sgemm_plan", "sgemm_launch",
-           "SgemmLaunch", "HostGemm", "sgemm", "plan_sum_partials", "sum_partials", "plan_gemm",
-           "gemm", "reference"]
+__all__ = ["LARGE_TILE_MIN_BLOCKS", "FILL_BLOCKS", "SPLIT_MIN_K", "SPLIT_PARTS_SHARE",
+           "sgemm_tiles", "sgemm_tile", "tile_count", "choose_tile", "array_address", "vector_ok",
+           "sgemm_kernel_name", "sgemm_plan", "sgemm_launch", "GemmPlan", "gemm_plan",
+           "SgemmLaunch", "HostGemm", "SplitKGemm", "sgemm", "plan_sum_partials",
+           "sum_partials", "plan_gemm", "gemm", "reference"]
 
 # The 128 x 128 tile needs at least this many blocks (over the grid and the batches); fewer
 # means part of a 132-SM GPU would idle, and the 64 x 64 tile (4x the blocks) is used.
 LARGE_TILE_MIN_BLOCKS = 128
+# Blocks a plain GEMM (gemm_plan) aims for: two per SM of an H100 (132 SMs), so that every SM
+# has a second block to switch to while one waits on memory.
+FILL_BLOCKS = 2 * 132
+# The shortest K part of a split: 8 BK slices. Shorter parts would spend more on writing and
+# re-reading their partial tile than on the slices they multiply. (AlexNet-CIFAR's dW of a
+# 1024 x 1024 layer at batch 128, 256 small tiles over K = 128, needs parts of 64.)
+SPLIT_MIN_K = 64
+# The parts of a split may use at most 1/SPLIT_PARTS_SHARE of the backend's workspace bound
+# (the share the convolutions give their dW partial sums). Below FILL_BLOCKS tiles they are
+# at most about 2 * FILL_BLOCKS small tiles, 8.6 MB, so the default bound never binds.
+SPLIT_PARTS_SHARE = 4
+# The workspace tag of the parts (used by one GEMM at a time: launches are in stream order).
+SPLIT_WORKSPACE = "_gemm_parts"
+# Threads per output of the ordered sums (sgemm_ordered_sum): up to this many, load the parts.
+SUM_MAX_LANES = 8
 
 
 @lru_cache(maxsize=None)
@@ -75,15 +101,21 @@ def sgemm_tile():
     return sgemm_tiles()["large"]
 
 
-def choose_tile(M, N, batches=1):
+def tile_count(M, N, tile):
+    """Output tiles (blocks per matrix) of an M x N product with ``tile``."""
+    t = sgemm_tiles()[tile]
+    return ceil_div(M, t["BM"]) * ceil_div(N, t["BN"])
+
+
+def choose_tile(M, N, batches=1, min_blocks=LARGE_TILE_MIN_BLOCKS):
     """``"large"`` or ``"small"`` for an M x N product computed ``batches`` times in one
-    launch (the rule is in the module docstring)."""
-    tiles = sgemm_tiles()
-    small, large = tiles["small"], tiles["large"]
+    launch: large when both sides exceed the small tile and the large tile gives at least
+    ``min_blocks`` blocks (the rule is in the module docstring)."""
+    small = sgemm_tiles()["small"]
     if M <= small["BM"] or N <= small["BN"]:
         return "small"
-    blocks = ceil_div(M, large["BM"]) * ceil_div(N, large["BN"]) * max(1, int(batches))
-    return "large" if blocks >= LARGE_TILE_MIN_BLOCKS else "small"
+    blocks = tile_count(M, N, "large") * max(1, int(batches))
+    return "large" if blocks >= min_blocks else "small"
 
 
 def array_address(arr):
@@ -130,6 +162,53 @@ def sgemm_launch(M, N, batch_y=1, batch_z=1, tile=None):
     return grid, block
 
 
+class GemmPlan(NamedTuple):
+    """How :func:`gemm_plan` runs a 2-D GEMM: the sgemm kernel, its grid (z = the parts of
+    K) and block, the tile, and the split: ``split`` parts of ``k_part`` (the last one
+    ``k_last``) along K; ``split == 1``: one launch with the epilogue, no workspace."""
+    kernel: str
+    grid: tuple
+    block: tuple
+    tile: str
+    split: int
+    k_part: int
+    k_last: int
+
+    @property
+    def blocks(self):
+        return self.grid[0] * self.grid[1] * self.grid[2]
+
+
+def gemm_plan(M, N, K, trans_a=False, trans_b=False, *, tile=None, split=None,
+              max_part_floats=None):
+    """The :class:`GemmPlan` of the 2-D GEMM op(A) (M x K) @ op(B) (K x N) (the rule is in the
+    module docstring). ``tile`` / ``split`` override the choices (tests, benchmarks; a split
+    is still cut into whole BK slices, so it may come out lower); ``max_part_floats`` caps
+    the workspace of the parts (split * M * N floats)."""
+    if tile is None:
+        tile = choose_tile(M, N, 1, FILL_BLOCKS)
+    tiles = tile_count(M, N, tile)
+    if split is None:
+        split = 1
+        if tiles < FILL_BLOCKS:
+            split = min(ceil_div(FILL_BLOCKS, tiles), int(K) // SPLIT_MIN_K)
+            if max_part_floats is not None:
+                split = min(split, int(max_part_floats) // max(1, M * N))
+    split = max(1, min(int(split), int(K), GRID_DIM_MAX[2]))
+    k_part = int(K)
+    if split > 1:
+        bk = sgemm_tiles()[tile]["BK"]
+        k_part = ceil_div(ceil_div(K, split), bk) * bk   # whole slices: parts stay aligned
+        split = ceil_div(K, k_part)                      # no empty part
+    name, grid, block = sgemm_plan(M, N, trans_a, trans_b, 1, split, tile)
+    return GemmPlan(name, grid, block, tile, split, k_part, int(K) - (split - 1) * k_part)
+
+
+def _bias_mode(has_bias, bias_axis):
+    """The kernels' bias_mode: 0 none, 1 one bias per row (axis 0), 2 one per column."""
+    return 0 if not has_bias else (1 if bias_axis == 0 else 2)
+
+
 def _vector_static(vector, ld, strides):
     return bool(vector) and int(ld) % 4 == 0 and all(int(s) % 4 == 0 for s in strides)
 
@@ -143,16 +222,22 @@ class SgemmLaunch(Launch):
     first matrix; ``bias_axis`` 0: one bias per row of C (length M), 1: one per column
     (length N). ``tile`` (``"large"``/``"small"``) and ``vector=False`` (scalar loads only)
     override the choices of :func:`sgemm_plan` / :func:`vector_ok`, for tests and
-    benchmarks. Everything but the operands' alignment (which decides the 128-bit loads) is
+    benchmarks. ``k_last``: the K of the last grid-z block (a split-K's short last part;
+    default K). Everything but the operands' alignment (which decides the 128-bit loads) is
     worked out here, once."""
     __slots__ = ("address", "head", "tail", "vec_a", "vec_b")
 
     def __init__(self, ctx, M, N, K, lda, ldb, ldc, trans_a=False, trans_b=False,
                  batch_y=1, batch_z=1, a_y=0, a_z=0, a_r=0, b_y=0, b_z=0, b_r=0, c_y=0, c_z=0,
                  red_per_z=1, red_total=None, has_bias=False, bias_y=0, bias_axis=1,
-                 relu=False, beta=0.0, *, tile=None, vector=True):
+                 relu=False, beta=0.0, *, tile=None, vector=True, k_last=None):
         if red_total is None:
             red_total = red_per_z * batch_z
+        k_last = K if k_last is None else k_last
+        if not 0 <= k_last <= K or (k_last != K and red_per_z > 1):
+            # A block that wraps to its next reduction matrix restarts at K (sgemm.cu).
+            raise ValueError(f"sgemm: k_last = {k_last} must lie in [0, K = {K}] and equal K "
+                             f"when red_per_z > 1")
         name, grid, block = sgemm_plan(M, N, trans_a, trans_b, batch_y, batch_z, tile)
         t = sgemm_tiles()["small" if "_small_" in name else "large"]
         # In-matrix offsets are int32 in the kernel, including those it forms for tile rows
@@ -163,9 +248,9 @@ class SgemmLaunch(Launch):
         i32(k_pad * lda + rows_a if trans_a else rows_a * lda + k_pad, "A extent")
         i32(rows_b * ldb + k_pad if trans_b else k_pad * ldb + rows_b, "B extent")
         i32(M * ldc, "C extent")
-        bias_mode = 0 if not has_bias else (1 if bias_axis == 0 else 2)
-        self.head = (i32(M, "M"), i32(N, "N"), i32(K, "K"), i32(lda, "lda"),
-                     i32(ldb, "ldb"), i32(ldc, "ldc"))
+        bias_mode = _bias_mode(has_bias, bias_axis)
+        self.head = (i32(M, "M"), i32(N, "N"), i32(K, "K"), i32(k_last, "k_last"),
+                     i32(lda, "lda"), i32(ldb, "ldb"), i32(ldc, "ldc"))
         self.tail = (i32(a_y, "a_stride_y"), i32(a_z, "a_stride_z"), i32(a_r, "a_stride_r"),
                      i32(b_y, "b_stride_y"), i32(b_z, "b_stride_z"), i32(b_r, "b_stride_r"),
                      i32(c_y, "c_stride_y"), i32(c_z, "c_stride_z"),
@@ -206,6 +291,45 @@ class HostGemm:
         self.fire((a, b, c, bias))
 
 
+class SplitKGemm:
+    """A GEMM with its K split (:func:`gemm_plan`), with the launch interface of
+    :class:`SgemmLaunch`: the parts' sgemm launch writes ``plan.split`` partial products
+    (M x N each, no epilogue) into the workspace, then ``sgemm_splitk_epilogue`` adds them in
+    part order and applies bias, beta * out and ReLU once into ``out``."""
+    __slots__ = ("plan", "parts", "reduce", "scalars", "workspace", "count")
+
+    def __init__(self, ctx, plan, M, N, K, trans_a, trans_b, has_bias, bias_axis, relu, beta):
+        kp, S, count = plan.k_part, plan.split, M * N
+        lda, ldb = (M if trans_a else K), (K if trans_b else N)
+        # Part z reads op(A)[:, z kp:] and op(B)[z kp:, :]: kp elements along a k-contiguous
+        # row, kp rows otherwise.
+        self.parts = SgemmLaunch(ctx, M, N, kp, lda, ldb, N, trans_a, trans_b, batch_z=S,
+                                 a_z=kp * lda if trans_a else kp,
+                                 b_z=kp if trans_b else kp * ldb, c_z=count, tile=plan.tile,
+                                 k_last=plan.k_last)
+        self.reduce, lanes = _ordered_sum_launch(ctx, "sgemm_splitk_epilogue", count, S)
+        bias_mode = _bias_mode(has_bias, bias_axis)
+        self.scalars = (i32(count, "M * N"), np.int32(S), i32(count, "part stride"),
+                        np.int32(lanes), i32(N, "N"), np.int32(bias_mode),
+                        np.int32(bool(relu)), np.float32(beta))
+        self.plan, self.workspace, self.count = plan, ctx.workspace, S * count
+        i32(self.count, "split-K parts")
+
+    @staticmethod
+    def args(a, b, c, bias=None):
+        return a, b, c, bias
+
+    def fire(self, args):
+        a, b, c, bias = args
+        parts, gemm = self.workspace(SPLIT_WORKSPACE, self.count), self.parts
+        gemm.fire(gemm.args(a, b, parts))
+        # Without a bias the kernel never reads the pointer: A, as in SgemmLaunch.args.
+        self.reduce.fire((parts, c, a if bias is None else bias, *self.scalars))
+
+    def __call__(self, a, b, c, bias=None):
+        self.fire((a, b, c, bias))
+
+
 def sgemm(ctx, a, b, c, M, N, K, lda, ldb, ldc, trans_a=False, trans_b=False,
           batch_y=1, batch_z=1, a_y=0, a_z=0, a_r=0, b_y=0, b_z=0, b_r=0, c_y=0, c_z=0,
           red_per_z=1, red_total=None, bias=None, bias_y=0, bias_axis=1, relu=False,
@@ -217,12 +341,29 @@ def sgemm(ctx, a, b, c, M, N, K, lda, ldb, ldc, trans_a=False, trans_b=False,
                 bias_axis, relu, beta, tile=tile, vector=vector)(a, b, c, bias)
 
 
+def _ordered_sum_launch(ctx, name, count, nparts):
+    """(launch, lanes) of an ordered sum (sgemm_ordered_sum in sgemm.cu) over ``count``
+    outputs of ``nparts`` parts: ``lanes`` threads per output load the parts (a power of two,
+    up to SUM_MAX_LANES and no more than the parts), one block per tile of
+    ``threads / lanes`` outputs, the grid capped at ``ctx.max_blocks`` (the kernel strides)."""
+    lanes = 1
+    while lanes * 2 <= min(int(nparts), SUM_MAX_LANES):
+        lanes *= 2
+    threads = kernel_block(name)
+    width = threads // lanes
+    blocks = max(1, min(ceil_div(count, width), int(ctx.max_blocks)))
+    # The kernel's output index is an int, including its last block stride.
+    i32(int(count) + blocks * width, f"{name} outputs")
+    return Launch(ctx, name, (blocks, 1, 1), (threads, 1, 1)), lanes
+
+
 def plan_sum_partials(ctx, count, nparts, beta):
-    """out (+)= the sum of ``nparts`` partial results of ``count`` floats, in part order:
+    """out (+)= the sum of ``nparts`` partial results of ``count`` floats, in part order
+    (each output summed ((0 + p_0) + p_1) + ..., its parts loaded by several threads):
     ``launch((parts, out, *scalars))`` with the scalars returned alongside."""
-    launch = plan_1d(ctx, "sgemm_sum_partials", count)
+    launch, lanes = _ordered_sum_launch(ctx, "sgemm_sum_partials", count, nparts)
     return launch, (i32(count, "count"), np.int32(nparts), i32(count, "part stride"),
-                    np.float32(beta))
+                    np.float32(beta), np.int32(lanes))
 
 
 def sum_partials(ctx, parts, out, count, nparts, beta):
@@ -258,11 +399,13 @@ def reference(a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=F
 
 
 def plan_gemm(ctx, M, N, K, trans_a=False, trans_b=False, has_bias=False, bias_axis=1,
-              relu=False, beta=0.0):
+              relu=False, beta=0.0, *, tile=None, split=None):
     """The launch of out = op(a) @ op(b) (+ bias) (+ beta * out) (ReLU) for 2-D row-major
-    operands of these sizes (checked by the caller): our SGEMM (an :class:`SgemmLaunch`), or
-    cuBLAS (``xp.matmul``, a :class:`HostGemm`) where the context says so. Either runs as
-    ``gemm.fire(gemm.args(a, b, out, bias))`` or ``gemm(a, b, out, bias)``."""
+    operands of these sizes (checked by the caller), as :func:`gemm_plan` decides: our SGEMM
+    (an :class:`SgemmLaunch`, or a :class:`SplitKGemm` for a split K), or cuBLAS
+    (``xp.matmul``, a :class:`HostGemm`) where the context says so. Each runs as
+    ``gemm.fire(gemm.args(a, b, out, bias))`` or ``gemm(a, b, out, bias)``. ``tile`` /
+    ``split`` override the plan's choices (tests)."""
     if ctx.use_cublas:
         xp, beta32 = ctx.xp, np.float32(beta)
 
@@ -278,10 +421,14 @@ def plan_gemm(ctx, M, N, K, trans_a=False, trans_b=False, has_bias=False, bias_a
         return HostGemm(run)
     if M == 0 or N == 0:
         return HostGemm(lambda a, b, out, bias: None)
-    launch = SgemmLaunch(ctx, M, N, K, lda=M if trans_a else K, ldb=K if trans_b else N, ldc=N,
-                         trans_a=trans_a, trans_b=trans_b, has_bias=has_bias,
-                         bias_axis=bias_axis, relu=relu, beta=beta)
-    return launch
+    plan = gemm_plan(M, N, K, trans_a, trans_b, tile=tile, split=split,
+                     max_part_floats=int(ctx.workspace_bytes) // SPLIT_PARTS_SHARE // 4)
+    if plan.split > 1:
+        return SplitKGemm(ctx, plan, M, N, K, trans_a, trans_b, has_bias, bias_axis, relu,
+                          beta)
+    return SgemmLaunch(ctx, M, N, K, lda=M if trans_a else K, ldb=K if trans_b else N, ldc=N,
+                       trans_a=trans_a, trans_b=trans_b, has_bias=has_bias,
+                       bias_axis=bias_axis, relu=relu, beta=beta, tile=plan.tile)
 
 
 def gemm(ctx, a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=False,

@@ -5,6 +5,7 @@ here (:func:`source_defines`, :func:`kernel_block`) instead of retyping them.
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -16,7 +17,16 @@ __all__ = ["kernel_dir", "kernel_sources", "source_text", "source_defines", "ker
 
 
 def kernel_dir() -> Path:
-    """Where the .cu files are: the installed ``gpucnn.kernels`` package, else the checkout."""
+    """Where the .cu files are: ``$GPUCNN_KERNELS`` if set, else the installed
+    ``gpucnn.kernels`` package, else the checkout. The override exists because an editable
+    install maps ``gpucnn.kernels`` to one fixed checkout: a second worktree of the repository
+    run with ``PYTHONPATH`` would otherwise compile and test the first one's kernels."""
+    override = os.environ.get("GPUCNN_KERNELS")
+    if override:
+        d = Path(override).resolve()
+        if not any(d.glob("*.cu")):
+            raise FileNotFoundError(f"GPUCNN_KERNELS={override}: no .cu files there")
+        return d
     try:
         d = Path(str(resources.files("gpucnn.kernels")))
         if any(d.glob("*.cu")):
