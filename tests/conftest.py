@@ -3,8 +3,8 @@ import os
 import numpy as np
 import pytest
 
-from harness import (EMU_CXX, NATIVE_CXX, SEED_KEY, compiler_problem, cuda_backend, missing_tool,
-                     seed_note, stable_seed)
+from harness import (EMU_CXX, NATIVE_CXX, SEED_KEY, compiler_problem, cuda_backend,
+                     missing_compiler, missing_tool, seed_note, stable_seed)
 
 EMU_ORDERS = ("forward", "reverse", "random")
 
@@ -14,10 +14,27 @@ EMU_ORDERS = ("forward", "reverse", "random")
 os.environ.setdefault("GPUCNN_CHECK_LAUNCHES", "1")
 
 
+# Tests taking one of these fixtures run gpucnn's kernels on the device backend (emu here,
+# the GPU under --device-backend cuda). They get the "device" marker so that a GPU machine,
+# lent for minutes, selects exactly them (-m device) rather than running through the ~1,300
+# CPU-only tests around them.
+DEVICE_FIXTURES = frozenset({"device_backend", "device_forward", "cuda_backend"})
+
+
 def pytest_addoption(parser):
     parser.addoption("--device-backend", default=os.environ.get("GPUCNN_TEST_DEVICE", "emu"),
                      choices=("emu", "cuda"),
                      help="run the kernel equivalence suite on the emulator (default) or a GPU")
+
+
+# tryfirst: the marker must be on the items before -m deselects by marker (the mark plugin's
+# own pytest_collection_modifyitems)
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if DEVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())) \
+                or item.get_closest_marker("gpu"):
+            item.add_marker(pytest.mark.device)
 
 
 @pytest.fixture
@@ -59,6 +76,10 @@ def reference_backend():
 _device_cache = {}
 
 
+def _device_kind(config):
+    return config.getoption("--device-backend")
+
+
 def _device(kind, order):
     key = (kind, order)
     if key not in _device_cache:
@@ -79,7 +100,7 @@ def _device(kind, order):
 def device_backend(request):
     """The kernels under test: on emu, every test runs with threads scheduled between
     barriers in forward, reverse and random order (races show up as mismatches)."""
-    kind = request.config.getoption("--device-backend")
+    kind = _device_kind(request.config)
     if kind == "cuda" and request.param != "forward":
         pytest.skip("thread order is only controllable on the emulator")
     return _device(kind, request.param)
@@ -88,24 +109,25 @@ def device_backend(request):
 @pytest.fixture
 def device_forward(request):
     """The device backend in its default (forward) thread order, for whole-network tests."""
-    return _device(request.config.getoption("--device-backend"), "forward")
+    return _device(_device_kind(request.config), "forward")
 
 
 @pytest.fixture(scope="session")
-def native_kernels():
+def native_kernels(request):
     """The compiled CPU kernels (direct.cpp): without g++ their tests fail, as the README
-    promises, each with one line naming the compiler (not a skip, not a traceback)."""
+    promises, each with one line naming the compiler (not a skip, not a traceback); under
+    --device-backend cuda they skip instead (harness.missing_compiler)."""
     from gpucnn.ops.conv import direct
     if not direct.available():
-        missing_tool(NATIVE_CXX, direct.unavailable_reason())
+        missing_compiler(NATIVE_CXX, direct.unavailable_reason(), _device_kind(request.config))
     return direct
 
 
 @pytest.fixture(scope="session")
-def native_compiler():
+def native_compiler(request):
     """The C++ compiler gpucnn/cpu/native.py builds with ($GPUCNN_CXX, default g++)."""
     from gpucnn.cpu import native
     problem = compiler_problem(native.compiler())
     if problem:
-        missing_tool(NATIVE_CXX, problem)
+        missing_compiler(NATIVE_CXX, problem, _device_kind(request.config))
     return native.compiler()

@@ -1,0 +1,533 @@
+"""bench/gpu_validate.sh and its helpers (bench/gpu_steps.py, gpu_compare.py, gpu_sanitize.py)
+without a GPU.
+
+The script runs end to end against fakes: ``nvidia-smi`` and ``compute-sanitizer`` scripts on
+the PATH, a fake CuPy (tests/test_cuda_backend.py's) on PYTHONPATH, and an interpreter wrapper
+given as $PYTHON that records every call, fakes what needs a GPU (pytest on cuda, gpucnn
+bench on cuda) and runs the rest for real: the start probe (against the fake CuPy, so the
+missing-headers error and the CUDA_PATH retry are CuPy's message going through the real code),
+the layer timings and the sanitizer driver on the emulator, every summary and the report.
+What this checks is the script's control flow: the order of the steps, their time bounds, a
+summary section per step written as each ends (also when one fails or is stopped), the file
+count and size limits of the report folder, the retry with CUDA_PATH, graph-mode detection,
+the device-test selection, and the g++-absent path.
+
+Not checked here (no GPU): that the real steps fit their bounds on an H100/H200, CuPy 14's
+exact words when it finds no headers, compute-sanitizer's own behaviour and options, the
+numbers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "gpu_validate.sh"
+sys.path.insert(0, str(ROOT / "bench"))
+
+import gpu_compare  # noqa: E402
+import gpu_steps  # noqa: E402
+
+MiB = 2**20
+CUPY_NO_HEADERS = ("Failed to auto-detect CUDA root directory. Please specify `CUDA_PATH` "
+                   "environment variable if you are using CUDA versions not yet supported by "
+                   "CuPy.")
+
+FAKE_CUPY = f'''
+"""A fake CuPy: tests/test_cuda_backend.py's, whose kernels compile only with CUDA_PATH
+set when FAKE_HEADERS=missing (CuPy 14 without the [ctk] headers)."""
+import os, sys
+sys.path.insert(0, {str(ROOT / "tests")!r})
+from test_cuda_backend import make_fake_cupy
+_cp = make_fake_cupy()
+if os.environ.get("FAKE_HEADERS") == "missing" and not os.environ.get("CUDA_PATH"):
+    def _no_headers(*args, **kwargs):
+        raise RuntimeError({CUPY_NO_HEADERS!r})
+    _cp.RawKernel = _no_headers
+_cp.__version__ = "14.2.0 (fake)"
+sys.modules[__name__] = _cp
+'''
+
+FAKE_NVIDIA_SMI = '''#!/usr/bin/env bash
+[ "${FAKE_NO_GPU:-}" = 1 ] && { echo "NVIDIA-SMI has failed" >&2; exit 9; }
+case "$*" in
+  -L) echo "GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-fake)" ;;
+  *name,compute_cap*) echo "NVIDIA H100 80GB HBM3, 9.0, 580.65, 81559 MiB" ;;
+  *compute_cap*) echo "9.0" ;;
+  *) echo "| NVIDIA-SMI 580.65   Driver Version: 580.65   CUDA Version: 13.0 |" ;;
+esac
+'''
+
+# FAKE_SANITIZER: clean (default), errors (memcheck finds one), flood (5 MiB of output),
+# nopadding (an older compute-sanitizer without --padding)
+FAKE_SANITIZER = '''#!/usr/bin/env bash
+printf 'compute-sanitizer %s\\n' "$*" >> "$FAKE_CALLS"
+tool=memcheck
+while [[ ${1:-} == --* ]]; do
+  case $1 in
+    --tool) tool=$2; shift 2 ;;
+    --padding) [ "${FAKE_SANITIZER:-}" = nopadding ] && {
+                 echo "========= Error: Unrecognized option '--padding'"; exit 1; }
+               shift 2 ;;
+    --error-exitcode|--print-limit|--report-api-errors) shift 2 ;;
+    *) shift ;;
+  esac
+done
+echo "========= COMPUTE-SANITIZER"
+"$@"
+rc=$?
+if [ "${FAKE_SANITIZER:-}" = flood ]; then
+  yes "========= Invalid __shared__ read of size 16 bytes (flood line)" | head -c 5242880
+fi
+if [ "$tool" = memcheck ] && [ "${FAKE_SANITIZER:-}" = errors ]; then
+  echo "========= Invalid __global__ read of size 16 bytes at sgemm_nn+0x1f0"
+  echo "========= ERROR SUMMARY: 1 error"
+  exit 3
+fi
+[ "$tool" = racecheck ] \
+  && echo "========= RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)"
+echo "========= ERROR SUMMARY: 0 errors"
+exit $rc
+'''
+
+# The interpreter given to the script. FAKE_TESTS: pass | fail | hang; FAKE_COMPARE: run |
+# hang; FAKE_GRAPHS: "" | train (gpucnn train has --cuda-graphs) | both (gpucnn bench too).
+FAKE_PYTHON = '''#!/usr/bin/env bash
+printf '%s\\n' "$*" >> "$FAKE_CALLS"
+real=@REAL@
+case "$*" in
+  "-m pytest "*)
+    [ "${FAKE_TESTS:-pass}" = hang ] && { echo $$ > "$FAKE_CALLS.pid"; exec sleep 60; }
+    exec "$real" @TOOLS@ pytest "$@" ;;
+  "bench/gpu_compare.py --summarize "*) exec "$real" "$@" ;;
+  "bench/gpu_compare.py "*)
+    [ "${FAKE_COMPARE:-run}" = hang ] && exec sleep 30
+    exec "$real" "$@" --backend emu --gemm-n 64 --layers tiny --batch 2 --warmup 0 \\
+      --repeat 1 --tf32 none ;;
+  "-m gpucnn train --help")
+    echo "usage: gpucnn train [--model MODEL]"
+    [ -n "${FAKE_GRAPHS:-}" ] && echo "  --cuda-graphs         capture each step in a CUDA graph"
+    exit 0 ;;
+  "-m gpucnn bench --help")
+    echo "usage: gpucnn bench [--model MODEL]"
+    [ "${FAKE_GRAPHS:-}" = both ] && echo "  --cuda-graphs         time graph replays"
+    exit 0 ;;
+  "-m gpucnn bench "*) exec "$real" @TOOLS@ bench "$@" ;;
+  "bench/gpu_sanitize.py "*) exec "$real" "$@" --backend emu ;;
+  *) exec "$real" "$@" ;;
+esac
+'''
+
+FAKE_TOOLS = '''
+"""pytest and gpucnn bench as the fake interpreter plays them on "cuda"."""
+import json, os, sys
+
+def value(args, name):
+    for i, a in enumerate(args):
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+        if a == name:
+            return args[i + 1]
+
+def pytest(args):
+    fail = os.environ.get("FAKE_TESTS") == "fail"
+    cases = ['<testcase classname="tests.ops.test_gemm" name="test_sgemm[forward-large]"/>',
+             '<testcase classname="tests.ops.test_gemm" name="test_sgemm[reverse-large]">'
+             '<skipped message="thread order is only controllable on the emulator"/>'
+             '</testcase>']
+    if fail:
+        cases.append('<testcase classname="tests.ops.test_conv" name="test_fwd[forward]">'
+                     '<failure message="AssertionError: y: relative error 0.5 &gt; 1e-05">'
+                     'trace</failure></testcase>')
+    # FAKE_XML_MB: that much captured output in the file (the 16 MiB limit of a returned file)
+    out = "x" * int(float(os.environ.get("FAKE_XML_MB", 0)) * 2**20)
+    with open(value(args, "--junitxml"), "w") as f:
+        f.write(f'<?xml version="1.0"?><testsuites><testsuite name="pytest" errors="0" '
+                f'failures="{int(fail)}" skipped="1" tests="{len(cases)}" time="1.5">'
+                + "".join(cases) + f"<system-out>{out}</system-out></testsuite></testsuites>")
+    print("FAILED tests/ops/test_conv.py::test_fwd[forward]" if fail else "2 passed")
+    return 1 if fail else 0
+
+def bench(args):
+    graph = "--cuda-graphs" in args
+    nets = [{"net": n, "mode": "train_step", "batch": 128, "framework": "gpucnn",
+             "backend": "cuda", "ms_per_iter": ms, "images_per_s": 128e3 / ms}
+            for n, ms in (("lenet5", 0.8 if graph else 1.6), ("alexnet_cifar", 9.0))]
+    with open(value(args, "--json"), "w") as f:
+        json.dump({"nets": nets, "errors": []}, f)
+    return 0
+
+sys.exit({"pytest": pytest, "bench": bench}[sys.argv[1]](sys.argv[2:]))
+'''
+
+
+class Run:
+    def __init__(self, proc, out, calls):
+        self.rc, self.stdout, self.out = proc.returncode, proc.stdout + proc.stderr, out
+        self.summary = (out / "summary.md").read_text() if (out / "summary.md").exists() \
+            else ""
+        self.calls = calls.read_text().splitlines() if calls.exists() else []
+
+    def section(self, title):
+        """The summary section whose heading starts with ``title`` (up to the next one)."""
+        m = re.search(rf"^## {re.escape(title)}.*?(?=^## |\Z)", self.summary, re.M | re.S)
+        assert m, f"no section {title!r} in summary.md:\n{self.summary}"
+        return m.group(0)
+
+
+class FakeGpu:
+    """The fakes in ``tmp_path``; ``run(*args, **env)`` runs the script against them with
+    its report folder there."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path, self.bin, self.pkgs = tmp_path, tmp_path / "bin", tmp_path / "pkgs"
+        (self.pkgs / "cupy").mkdir(parents=True)
+        self.bin.mkdir()
+        (self.pkgs / "cupy" / "__init__.py").write_text(FAKE_CUPY)
+        tools = tmp_path / "fake_tools.py"
+        tools.write_text(FAKE_TOOLS)
+        for name, text in (("nvidia-smi", FAKE_NVIDIA_SMI),
+                           ("compute-sanitizer", FAKE_SANITIZER),
+                           ("python", FAKE_PYTHON.replace("@REAL@", sys.executable)
+                            .replace("@TOOLS@", str(tools)))):
+            (self.bin / name).write_text(text)
+            (self.bin / name).chmod(0o755)
+        self.calls = tmp_path / "calls.txt"
+
+    def env(self, **env):
+        e = {k: v for k, v in os.environ.items()
+             if k != "CUDA_PATH" and not k.startswith("FAKE_")}
+        path = os.pathsep.join(filter(None, (str(self.pkgs), e.get("PYTHONPATH"))))
+        e.update(PATH=f"{self.bin}:{e['PATH']}", PYTHON=str(self.bin / "python"),
+                 PYTHONPATH=path, FAKE_CALLS=str(self.calls), **env)
+        self.calls.write_text("")
+        return e
+
+    def command(self, out, *args):
+        return ["bash", str(SCRIPT), "--out", str(self.tmp_path / out), *args]
+
+    def __call__(self, *args, out="out", **env):
+        proc = subprocess.run(self.command(out, *args), env=self.env(**env),
+                              capture_output=True, text=True, timeout=120)
+        return Run(proc, self.tmp_path / out, self.calls)
+
+
+@pytest.fixture
+def fake_gpu(tmp_path):
+    return FakeGpu(tmp_path)
+
+
+def _check_folder(out):
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8, files
+    for p in out.iterdir():
+        assert p.stat().st_size <= 16 * MiB, (p.name, p.stat().st_size)
+    return files
+
+
+# ---- the script against the fakes -------------------------------------------------------------
+def test_quick_run_end_to_end_with_the_cuda_path_retry(fake_gpu):
+    root = fake_gpu.tmp_path / "cuda"
+    (root / "include").mkdir(parents=True)
+    r = fake_gpu("--cuda-root", str(root), FAKE_HEADERS="missing")
+    assert r.rc == 0, r.stdout
+    assert _check_folder(r.out) == ["gpu_validate.log", "pytest_cuda.xml", "report.json",
+                                    "sanitizer.log", "summary.md"]
+    # the steps in order, each with its section, the verdict last
+    titles = re.findall(r"^## (.*)$", r.summary, re.M)
+    assert [t.split(".")[0] for t in titles] == ["1", "2", "3", "4", "5", "Verdict"], titles
+    start = r.section("1.")
+    assert "auto-detect CUDA root" in start and f"retrying with CUDA_PATH={root}" in start
+    assert "backend: cuda (Fake GPU" in start and f"CUDA_PATH={root}" in start
+    # gpucnn info, and every later step, ran with CUDA_PATH set: the fake CuPy compiles
+    # only with it
+    assert "gpucnn info failed" not in start and "Fake GPU" in r.stdout.split("gpucnn 0.")[1]
+    assert f"CUDA_PATH={root} for the remaining steps" in r.stdout
+    tests = r.section("2.")
+    assert "1 passed, 0 failed, 0 errors, 1 skipped, of 2" in tests
+    assert "skipped 1: thread order is only controllable on the emulator" in tests
+    pytest_call, = [c for c in r.calls if c.startswith("-m pytest")]
+    assert "-m device and not slow --device-backend cuda --maxfail=10" in pytest_call
+    assert "tests/" in pytest_call.split() and " -x" not in pytest_call
+    compare = r.section("3.")
+    assert "| SGEMM 64^3 | ours (sgemm_small_nn) |" in compare
+    assert "| tiny.conv fwd |" in compare and "PyTorch: not asked for" in compare
+    train = r.section("4.")
+    assert "graph mode: not in this gpucnn" in train
+    assert "| lenet5 | 128 | train_step | eager | 1.600 | 80000 |" in train
+    san = r.section("5.")
+    assert "memcheck: clean" in san and "racecheck: clean" in san
+    assert "all 10 match the float64 reference" in san
+    assert [c.split("--tool ")[1].split()[0] for c in r.calls
+            if c.startswith("compute-sanitizer")] == ["memcheck", "racecheck"]
+    assert "--padding 32" in [c for c in r.calls if "memcheck" in c][0]
+    assert "**PASS**" in r.section("Verdict")
+    report = json.loads((r.out / "report.json").read_text())
+    assert set(report["steps"]) == {"start", "tests", "compare", "train", "sanitizer"}
+    assert all(s["exit"] == 0 for s in report["steps"].values()), report["steps"]
+    assert report["tests"]["passed"] == 1 and report["start"]["cuda_path"] == str(root)
+    assert report["train"]["eager"]["nets"][0]["net"] == "lenet5"
+
+
+@pytest.mark.slow
+def test_failures_and_time_bounds_leave_every_section(fake_gpu):
+    """A failing test step, a step stopped at its bound, sanitizer errors and a flood of
+    output: every step still writes its section, the files stay within the limits, exit 1."""
+    t0 = time.monotonic()
+    r = fake_gpu("--limit", "compare=2", FAKE_TESTS="fail", FAKE_COMPARE="hang",
+                 FAKE_SANITIZER="flood", FAKE_GRAPHS="train", FAKE_XML_MB="17")
+    assert r.rc == 1, r.stdout
+    assert time.monotonic() - t0 < 60
+    tests = r.section("2.")
+    assert "**FAILED: exit 1**" in tests
+    assert "FAILURE tests.ops.test_conv::test_fwd[forward]: AssertionError: y: relative" in tests
+    assert "**STOPPED at its bound of 2 s**" in r.section("3.")
+    assert "no results: the step stopped before its first measurement" in r.section("3.")
+    assert "gpucnn train has --cuda-graphs but gpucnn bench does not" in r.section("4.")
+    assert "memcheck: clean" in r.section("5.")  # a flood is not an error
+    assert "**FAIL**: tests did not pass" in r.section("Verdict")
+    _check_folder(r.out)
+    assert (r.out / "sanitizer.log").stat().st_size <= 4 * MiB
+    assert "bytes cut here" in (r.out / "sanitizer.log").read_text()
+    assert (r.out / "gpu_validate.log").stat().st_size < 16 * MiB
+    assert "pytest_cuda.xml was cut" in r.stdout  # 17 MiB: cut to the limit
+    report = json.loads((r.out / "report.json").read_text())
+    assert report["steps"]["compare"]["stopped_at_limit"] is True
+    assert report["steps"]["compare"]["seconds"] <= 2 + 3 + 1  # its bound and the grace
+    assert report["steps"]["tests"]["exit"] == 1
+
+
+@pytest.mark.slow
+def test_sections_appear_as_steps_end(fake_gpu):
+    """summary.md has step 1's section while step 2 still runs, and a run stopped then says
+    so under the sections it completed."""
+    proc = subprocess.Popen(fake_gpu.command("live", "--limit", "tests=50"),
+                            env=fake_gpu.env(FAKE_TESTS="hang"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    pidfile = Path(f"{fake_gpu.calls}.pid")
+    try:
+        deadline = time.monotonic() + 30
+        while not pidfile.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        summary = (fake_gpu.tmp_path / "live" / "summary.md").read_text()
+        assert "## 1. Does the cuda backend start" in summary and "passed: exit 0" in summary
+        assert "## 2." not in summary and proc.poll() is None
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the script: it acts once the step ends, ...
+        if pidfile.exists():                  # ... which the hung fake pytest does now
+            os.kill(int(pidfile.read_text()), signal.SIGKILL)
+        proc.wait(30)
+    summary = (fake_gpu.tmp_path / "live" / "summary.md").read_text()
+    assert "stopped early during step tests" in summary and "## 2." not in summary
+
+
+@pytest.mark.slow
+def test_graph_mode_is_timed_when_bench_has_it(fake_gpu):
+    r = fake_gpu(FAKE_GRAPHS="both")
+    assert r.rc == 0, r.stdout
+    train = r.section("4.")
+    assert "graph mode:" not in train
+    assert "| lenet5 | 128 | train_step | graph | 0.800 | 160000 |" in train
+    assert any("--cuda-graphs" in c and c.startswith("-m gpucnn bench ") for c in r.calls)
+
+
+@pytest.mark.slow
+def test_backend_that_does_not_start(fake_gpu):
+    """No CUDA_PATH retry without a toolkit to point it at; the GPU steps are skipped."""
+    r = fake_gpu("--cuda-root", str(fake_gpu.tmp_path / "nowhere"), FAKE_HEADERS="missing",
+                 GPUCNN_EMU_CXX="no-such-g++")
+    assert r.rc == 1
+    assert "g++: ABSENT" in r.summary  # said, and nothing in the selected steps needs it
+    start = r.section("1.")
+    assert "no retry:" in start and "does not exist" in start
+    assert "cupy-cuda13x[ctk]" in start
+    for n in "2345":
+        assert "skipped: the cuda backend did not start" in r.section(f"{n}.")
+    assert not any(c.startswith("-m pytest") for c in r.calls)
+    _check_folder(r.out)
+
+
+@pytest.mark.slow
+def test_sanitizer_without_padding_option_and_with_errors(fake_gpu):
+    r = fake_gpu(FAKE_SANITIZER="nopadding")
+    assert "does not know one of --padding 32 --report-api-errors no: again without" \
+        in r.stdout
+    assert "memcheck: clean" in r.section("5.")
+    r = fake_gpu(FAKE_SANITIZER="errors", out="out2")
+    san = r.section("5.")
+    assert "memcheck: **ERRORS FOUND**" in san and "1 error" in san
+    assert "racecheck: clean" in san
+    assert r.rc == 0  # the verdict is start + tests; the sanitizer's is in its section
+    assert "Invalid __global__ read" in (r.out / "sanitizer.log").read_text()
+
+
+def test_no_gpu_and_bad_usage(fake_gpu):
+    r = fake_gpu(FAKE_NO_GPU="1")
+    assert r.rc == 2 and "no NVIDIA GPU visible" in r.stdout
+    assert "no GPU visible" in r.summary
+    for args, msg in ((["--limit", "tests"], "--limit needs STEP=SECONDS"),
+                      (["--limit", "kernels=9"], "--limit kernels: no such step in this mode"),
+                      (["--maxfail", "0"], "--maxfail needs a positive number"),
+                      (["--bogus"], "unknown argument --bogus")):
+        r = fake_gpu(*args)
+        assert r.rc == 2 and msg in r.stdout, (args, r.stdout)
+
+
+def test_quick_bounds_fit_five_minutes():
+    """The quick bounds plus grace stay under 5 minutes with room to spare; --full's under
+    the 10 minutes one command may take."""
+    text = SCRIPT.read_text()
+
+    def bounds(name):
+        body = re.search(rf"declare -A {name}=\((.*?)\)\n", text, re.S).group(1)
+        return {k: int(v) for k, v in re.findall(r"\[(\w+)\]=(\d+)", body)}
+    grace = int(re.search(r"^GRACE=(\d+)", text, re.M).group(1))
+    quick, full = bounds("QUICK_LIMIT"), bounds("FULL_LIMIT")
+    assert set(quick) == {"start", "tests", "compare", "train", "sanitizer"}
+    assert sum(quick.values()) + grace * len(quick) <= 300 - 30
+    assert sum(full.values()) + grace * len(full) <= 600 - 30
+    for step, q in quick.items():  # the script's header states them
+        assert re.search(rf"^#   {step}\s+{q}/{full[step]}\s", text, re.M), step
+    assert re.search(rf"^#   kernels\s+-/{full['kernels']}\s", text, re.M)
+
+
+# ---- the helpers ------------------------------------------------------------------------------
+@pytest.mark.parametrize("message,code", [
+    (CUPY_NO_HEADERS, gpu_steps.HEADERS_MISSING),
+    ('nvrtc: catastrophic error: cannot open source file "cuda_fp16.h"',
+     gpu_steps.HEADERS_MISSING),
+    ("no usable CUDA device: cudaErrorNoDevice", 1)])
+def test_start_exit_code_names_missing_headers(message, code, capsys):
+    from gpucnn.backends import GpuUnusable
+
+    def failing():
+        raise GpuUnusable(f"the probe kernel failed: RuntimeError: {message}")
+    assert gpu_steps.start(None, get_cuda=failing) == code
+    assert "@summary the cuda backend does NOT start" in capsys.readouterr().out
+
+
+def test_junit_summary_counts_and_failures(tmp_path, capsys):
+    xml = tmp_path / "x.xml"
+    xml.write_text('<testsuites><testsuite tests="4" failures="1" errors="1" skipped="1" '
+                   'time="2.0"><testcase classname="a" name="ok"/>'
+                   '<testcase classname="a" name="bad"><failure message="boom">t</failure>'
+                   '</testcase><testcase classname="b" name="err"><error message="setup"/>'
+                   '</testcase><testcase classname="b" name="s"><skipped message="why"/>'
+                   '</testcase></testsuite></testsuites>')
+    assert gpu_steps.junit_summary(xml) == 1
+    out = capsys.readouterr().out
+    assert "1 passed, 1 failed, 1 errors, 1 skipped, of 4 in 2.0 s" in out
+    assert "FAILURE a::bad: boom" in out and "ERROR b::err: setup" in out
+    assert "skipped 1: why" in out
+    assert gpu_steps.junit_summary(tmp_path / "absent.xml") == 1
+    assert "pytest did not finish writing it" in capsys.readouterr().out
+
+
+def test_compare_summary_of_a_partial_run():
+    """A run stopped after the SGEMM: the tables say what exists, nothing raises."""
+    res = {"backend": "cuda (H100)", "conv_algo": "auto", "repeat": 5, "warmup": 2,
+           "batch": 128, "layers": [{"layer": "alexnet.conv1", "pass": "fwd",
+                                     "error": "MemoryError: x"}],
+           "gemm": {"n": 4096, "flops": 2.0 * 4096 ** 3, "kernel": "sgemm_nn",
+                    "blas": "cupy.matmul (cuBLAS), TF32 off",
+                    "ours": {"median_ms": 10.0, "min_ms": 9.0, "n": 5},
+                    "blas_stats": {"median_ms": 5.0, "min_ms": 5.0, "n": 5},
+                    "max_rel_diff_ours_vs_blas": 1e-6}}
+    text = "\n".join(gpu_compare.summarize(res))
+    assert "PyTorch: not measured (the run stopped before it)" in text
+    assert "| TFLOP/s | 13.7 | 27.5 | - | - |" in text
+    assert "| alexnet.conv1 fwd | FAILED: MemoryError: x | - | - | - |" in text
+
+
+@pytest.mark.slow
+def test_compare_with_torch_states_tf32(tmp_path):
+    """The real helper on the emulator with PyTorch on the CPU: both TF32 settings run,
+    read back and stated."""
+    pytest.importorskip("torch")
+    out = tmp_path / "c.json"
+    assert gpu_compare.main(["--backend", "emu", "--gemm-n", "32", "--layers", "tiny",
+                             "--batch", "2", "--warmup", "0", "--repeat", "1",
+                             "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    info = res["torch"]["info"]
+    for tf, values in (("off", {False, "ieee"}), ("on", {True, "tf32"})):
+        state = info["settings"][tf]
+        assert len(state) == 2 and set(state.values()) <= values, (tf, state)
+        assert {k.split(".")[2] for k in state} == {"cuda", "cudnn"}
+    assert set(res["torch"]["gemm"]) == {"off", "on"}
+    assert len(res["torch"]["layers"]) == 7 and not res["torch"]["errors"]
+    text = "\n".join(gpu_compare.summarize(res))
+    assert "its defaults: torch.backends.cuda.matmul." in text
+    assert "PyTorch timed with TF32 off: torch.backends.cuda.matmul." in text
+
+
+def test_sanitizer_driver_reaches_the_chosen_kernels(capsys):
+    """On the emulator: every case matches the reference, and the launches include both
+    SGEMM tiles and every implicit-convolution kernel, the dW split's sum included."""
+    import gpu_sanitize
+    assert gpu_sanitize.main(["--backend", "emu"]) == 0
+    verdict, used = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert "all 10 match the float64 reference" in verdict
+    kernels = set(used.split("driver kernels: ")[1].split(", "))
+    assert {"sgemm_nn", "sgemm_tt", "sgemm_small_nn", "sgemm_small_tn", "conv_implicit_fprop",
+            "conv_implicit_dgrad", "conv_implicit_wgrad", "sgemm_sum_partials"} <= kernels
+
+
+# ---- the device marker --------------------------------------------------------------------------
+def _pytest(*args, **env):
+    e = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+                          cwd=ROOT, env=e, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_device_marker_selects_the_device_fixture_tests():
+    r = _pytest("--collect-only", "-q", "-m", "device", "tests/ops/test_linear.py",
+                "tests/test_cuda_backend.py", "tests/ops/test_launch.py")
+    ids = [line for line in r.stdout.splitlines() if "::" in line]
+    assert ids and all("test_linear.py" in i or "test_gpu_" in i for i in ids), ids
+    assert any("test_gpu_lenet_training_step_stays_on_device" in i for i in ids)
+    assert not any("test_launch.py" in i for i in ids)  # emulator-only, no device fixture
+
+
+@pytest.mark.slow
+def test_missing_compiler_skips_only_under_cuda():
+    """Without g++, a test needing the native kernels fails on the CPU suite (as before) and
+    is skipped in a --device-backend cuda run; device tests collect without it."""
+    test = "tests/ops/test_conv_direct.py::test_fused_forward_nan_wins_its_window"
+    cpu = _pytest("-q", test, GPUCNN_CXX="/no/such/g++")
+    assert cpu.returncode == 1 and "1 error" in cpu.stdout, cpu.stdout
+    gpu = _pytest("-q", "-rs", "--device-backend", "cuda", test, GPUCNN_CXX="/no/such/g++")
+    assert gpu.returncode == 0 and "1 skipped" in gpu.stdout, gpu.stdout
+    assert "skipped, not failed, in a --device-backend cuda run" in gpu.stdout
+    col = _pytest("--collect-only", "-q", "-m", "device and not slow", "--device-backend",
+                  "cuda", "tests/ops/test_gemm.py", GPUCNN_CXX="/no/such/g++",
+                  GPUCNN_EMU_CXX="/no/such/g++")
+    assert col.returncode == 0 and "error" not in col.stdout.lower(), col.stdout
+
+
+@pytest.mark.slow
+def test_sigint_lets_pytest_write_its_xml(tmp_path):
+    """The script stops a step with SIGINT first: pytest then still writes its JUnit file."""
+    (tmp_path / "test_hang.py").write_text(textwrap.dedent("""
+        import time
+        def test_quick():
+            pass
+        def test_hangs():
+            time.sleep(60)
+    """))
+    xml = tmp_path / "x.xml"
+    r = subprocess.run(["timeout", "-s", "INT", "-k", "5", "4", sys.executable, "-m", "pytest",
+                        "-q", "-p", "no:cacheprovider", f"--junitxml={xml}", "test_hang.py"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 124
+    assert gpu_steps.junit_counts(xml)["tests"] >= 1
