@@ -3,7 +3,6 @@ summary.md lines and report.json.
 
     python bench/gpu_steps.py start --json WORK/start.json      # step 1: does cuda start?
     python bench/gpu_steps.py junit OUT/pytest_cuda.xml         # step 2's summary lines
-    python bench/gpu_steps.py nets WORK/train_eager.json eager  # step 4's summary lines
     python bench/gpu_steps.py report WORK OUT/report.json       # everything, one JSON file
 
 Lines starting with ``@summary`` are what the shell copies into summary.md. The summary
@@ -148,23 +147,6 @@ def junit_summary(path, selection=""):
     return 0 if not c["failed"] and not c["errors"] and c["tests"] else 1
 
 
-# ---- step 4 -------------------------------------------------------------------------------
-def nets_summary(path, label):
-    """Rows of the training-step table from a ``gpucnn bench --json`` file."""
-    try:
-        res = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        _say(f"{label}: no results ({exc})")
-        return 1
-    rows = [n for n in res.get("nets", []) if n.get("framework") == "gpucnn"]
-    for n in rows:
-        _say(f"| {n['net']} | {n['batch']} | {n['mode']} | {label} | {n['ms_per_iter']:.3f} | "
-             f"{n['images_per_s']:.0f} |")
-    for e in res.get("errors", []):
-        _say(f"{label}: error {json.dumps(e)[:300]}")
-    return 0 if rows else 1
-
-
 # ---- the report ---------------------------------------------------------------------------
 def _load(path):
     try:
@@ -186,8 +168,7 @@ def report(work, out_json, mode="quick", arch=None, junit=None):
     doc = {"schema": "gpucnn-gpu-validate/2", "mode": mode, "arch": arch, "steps": steps,
            "start": _load(work / "start.json"),
            "compare": {p.stem: _load(p) for p in sorted(work.glob("compare*.json"))},
-           "train": {p.stem.removeprefix("train_"): _load(p)
-                     for p in sorted(work.glob("train_*.json"))},
+           "train": _load(work / "train.json"),
            "kernel_report": _load(work / "kernel_report.json")}
     xml = Path(junit) if junit else None
     if xml is not None and xml.exists():
@@ -209,9 +190,6 @@ def main(argv=None):
     s = sub.add_parser("junit", help="summary lines of a pytest JUnit XML file")
     s.add_argument("xml")
     s.add_argument("--selection", default="")
-    s = sub.add_parser("nets", help="summary rows of a gpucnn bench --json file")
-    s.add_argument("json")
-    s.add_argument("label")
     s = sub.add_parser("report", help="assemble report.json")
     s.add_argument("work")
     s.add_argument("out")
@@ -223,8 +201,6 @@ def main(argv=None):
         return start(args.json)
     if args.cmd == "junit":
         return junit_summary(args.xml, args.selection)
-    if args.cmd == "nets":
-        return nets_summary(args.json, args.label)
     return report(args.work, args.out, args.mode, args.arch, args.junit)
 
 

@@ -33,7 +33,8 @@
 #                    against cuBLAS and PyTorch/cuDNN with TF32 off and on (bench/gpu_compare.py;
 #                    --full also each convolution algorithm)
 #   train     30/50  4. LeNet-5 and AlexNet-CIFAR training steps at batch 128, images/s: eager,
-#                    and graph mode where this gpucnn has it (gpucnn bench)
+#                    and replayed as a graph where this gpucnn has graph mode (gpucnn train
+#                    --help lists --cuda-graphs) (bench/gpu_train.py)
 #   sanitizer 60/120 5. compute-sanitizer memcheck and racecheck, half the bound each, on SGEMM
 #                    and implicit-GEMM convolution launches with CuPy's memory pool off
 #                    (bench/gpu_sanitize.py)
@@ -181,6 +182,8 @@ if [ -n "$VENV" ]; then
   PY="$VENV/bin/python"
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"  # the checkout, not an installed copy
+# ... and its kernels: an editable install elsewhere would map gpucnn.kernels to its own
+export GPUCNN_KERNELS="$ROOT/kernels"
 PY_VERSION=$("$PY" -c 'import sys; print(sys.executable, sys.version.split()[0])' 2>&1) \
   || { echo "gpu_validate.sh: $PY does not run: $PY_VERSION" >&2; exit 2; }
 
@@ -375,29 +378,22 @@ compare_post() {
 }
 
 train_step() {
-  local common=(--backend cuda --layers none --nets lenet5,alexnet_cifar --modes train_step
-                --batch-size 128 --gemm-size 1024 --no-telemetry --warmup 2 --repeat 10)
-  local graphs=""
-  # Graph mode is asked for where gpucnn train offers it; it is timed where gpucnn bench does.
-  if ! "$PY" -m gpucnn train --help 2>/dev/null | grep -q -- '--cuda-graphs'; then
-    say "graph mode: not in this gpucnn (gpucnn train --help has no --cuda-graphs)"
-  elif ! "$PY" -m gpucnn bench --help 2>/dev/null | grep -q -- '--cuda-graphs'; then
-    say "graph mode: gpucnn train has --cuda-graphs but gpucnn bench does not: not timed here"
+  local args=(--json "$WORK/train.json")
+  [ "$FULL" = 1 ] && args+=(--repeat 30)
+  # graph mode is timed where gpucnn train offers it
+  if "$PY" -m gpucnn train --help 2>/dev/null | grep -q -- '--cuda-graphs'; then
+    args+=(--graphs)
   else
-    graphs=1
+    say "graph mode: not in this gpucnn (gpucnn train --help has no --cuda-graphs)"
   fi
-  "$PY" -m gpucnn bench "${common[@]}" --json "$WORK/train_eager.json"
-  if [ -n "$graphs" ]; then
-    "$PY" -m gpucnn bench "${common[@]}" --cuda-graphs --json "$WORK/train_graph.json"
-  fi
+  "$PY" bench/gpu_train.py "${args[@]}"
 }
 train_post() {
-  say ""
-  say "| net | batch | mode | execution | ms per step | images/s |"
-  say "| --- | --- | --- | --- | --- | --- |"
-  "$PY" bench/gpu_steps.py nets "$WORK/train_eager.json" eager
-  [ -f "$WORK/train_graph.json" ] && "$PY" bench/gpu_steps.py nets "$WORK/train_graph.json" graph
-  return 0
+  if [ -f "$WORK/train.json" ]; then
+    "$PY" bench/gpu_train.py --summarize "$WORK/train.json"
+  else
+    say "no results: the step stopped before its first measurement"
+  fi
 }
 
 # sanitize_with TOOL BOUND [OPTIONS...]: one compute-sanitizer run of the driver; its verdict.

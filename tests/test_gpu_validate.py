@@ -1,12 +1,13 @@
-"""bench/gpu_validate.sh and its helpers (bench/gpu_steps.py, gpu_compare.py, gpu_sanitize.py)
-without a GPU.
+"""bench/gpu_validate.sh and its helpers (bench/gpu_steps.py, gpu_compare.py, gpu_train.py,
+gpu_sanitize.py) without a GPU.
 
 The script runs end to end against fakes: ``nvidia-smi`` and ``compute-sanitizer`` scripts on
 the PATH, a fake CuPy (tests/test_cuda_backend.py's) on PYTHONPATH, and an interpreter wrapper
-given as $PYTHON that records every call, fakes what needs a GPU (pytest on cuda, gpucnn
-bench on cuda) and runs the rest for real: the start probe (against the fake CuPy, so the
-missing-headers error and the CUDA_PATH retry are CuPy's message going through the real code),
-the layer timings and the sanitizer driver on the emulator, every summary and the report.
+given as $PYTHON that records every call, fakes pytest on cuda and the graph-mode switch of
+``gpucnn train --help``, and runs the rest for real: the start probe (against the fake CuPy, so
+the missing-headers error and the CUDA_PATH retry are CuPy's message going through the real
+code), the layer and training-step timings (graph replays included) and the sanitizer driver
+on the emulator at tiny sizes, every summary and the report.
 What this checks is the script's control flow: the order of the steps, their time bounds, a
 summary section per step written as each ends (also when one fails or is stopped), the file
 count and size limits of the report folder, the retry with CUDA_PATH, graph-mode detection,
@@ -36,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import gpu_compare  # noqa: E402
 import gpu_steps  # noqa: E402
+import gpu_train  # noqa: E402
 
 MiB = 2**20
 CUPY_NO_HEADERS = ("Failed to auto-detect CUDA root directory. Please specify `CUDA_PATH` "
@@ -100,7 +102,7 @@ exit $rc
 '''
 
 # The interpreter given to the script. FAKE_TESTS: pass | fail | hang; FAKE_COMPARE: run |
-# hang; FAKE_GRAPHS: "" | train (gpucnn train has --cuda-graphs) | both (gpucnn bench too).
+# hang; FAKE_GRAPHS: "" | train (gpucnn train --help lists --cuda-graphs).
 FAKE_PYTHON = '''#!/usr/bin/env bash
 printf '%s\\n' "$*" >> "$FAKE_CALLS"
 real=@REAL@
@@ -117,18 +119,16 @@ case "$*" in
     echo "usage: gpucnn train [--model MODEL]"
     [ -n "${FAKE_GRAPHS:-}" ] && echo "  --cuda-graphs         capture each step in a CUDA graph"
     exit 0 ;;
-  "-m gpucnn bench --help")
-    echo "usage: gpucnn bench [--model MODEL]"
-    [ "${FAKE_GRAPHS:-}" = both ] && echo "  --cuda-graphs         time graph replays"
-    exit 0 ;;
-  "-m gpucnn bench "*) exec "$real" @TOOLS@ bench "$@" ;;
+  "bench/gpu_train.py --summarize "*) exec "$real" "$@" ;;
+  "bench/gpu_train.py "*)
+    exec "$real" "$@" --backend emu --nets lenet5 --batch 2 --warmup 0 --repeat 1 ;;
   "bench/gpu_sanitize.py "*) exec "$real" "$@" --backend emu ;;
   *) exec "$real" "$@" ;;
 esac
 '''
 
 FAKE_TOOLS = '''
-"""pytest and gpucnn bench as the fake interpreter plays them on "cuda"."""
+"""pytest as the fake interpreter plays it with --device-backend cuda."""
 import json, os, sys
 
 def value(args, name):
@@ -157,16 +157,7 @@ def pytest(args):
     print("FAILED tests/ops/test_conv.py::test_fwd[forward]" if fail else "2 passed")
     return 1 if fail else 0
 
-def bench(args):
-    graph = "--cuda-graphs" in args
-    nets = [{"net": n, "mode": "train_step", "batch": 128, "framework": "gpucnn",
-             "backend": "cuda", "ms_per_iter": ms, "images_per_s": 128e3 / ms}
-            for n, ms in (("lenet5", 0.8 if graph else 1.6), ("alexnet_cifar", 9.0))]
-    with open(value(args, "--json"), "w") as f:
-        json.dump({"nets": nets, "errors": []}, f)
-    return 0
-
-sys.exit({"pytest": pytest, "bench": bench}[sys.argv[1]](sys.argv[2:]))
+sys.exit({"pytest": pytest}[sys.argv[1]](sys.argv[2:]))
 '''
 
 
@@ -263,7 +254,8 @@ def test_quick_run_end_to_end_with_the_cuda_path_retry(fake_gpu):
     assert "| tiny.conv fwd |" in compare and "PyTorch: not asked for" in compare
     train = r.section("4.")
     assert "graph mode: not in this gpucnn" in train
-    assert "| lenet5 | 128 | train_step | eager | 1.600 | 80000 |" in train
+    assert re.search(r"^\| lenet5 \| 2 \| eager \| [\d.]+ \| \d+ \|", train, re.M), train
+    assert "| graph |" not in train
     san = r.section("5.")
     assert "memcheck: clean" in san and "racecheck: clean" in san
     assert "all 10 match the float64 reference" in san
@@ -275,7 +267,7 @@ def test_quick_run_end_to_end_with_the_cuda_path_retry(fake_gpu):
     assert set(report["steps"]) == {"start", "tests", "compare", "train", "sanitizer"}
     assert all(s["exit"] == 0 for s in report["steps"].values()), report["steps"]
     assert report["tests"]["passed"] == 1 and report["start"]["cuda_path"] == str(root)
-    assert report["train"]["eager"]["nets"][0]["net"] == "lenet5"
+    assert report["train"]["nets"][0]["net"] == "lenet5"
 
 
 @pytest.mark.slow
@@ -284,7 +276,7 @@ def test_failures_and_time_bounds_leave_every_section(fake_gpu):
     output: every step still writes its section, the files stay within the limits, exit 1."""
     t0 = time.monotonic()
     r = fake_gpu("--limit", "compare=2", FAKE_TESTS="fail", FAKE_COMPARE="hang",
-                 FAKE_SANITIZER="flood", FAKE_GRAPHS="train", FAKE_XML_MB="17")
+                 FAKE_SANITIZER="flood", FAKE_XML_MB="17")
     assert r.rc == 1, r.stdout
     assert time.monotonic() - t0 < 60
     tests = r.section("2.")
@@ -292,7 +284,6 @@ def test_failures_and_time_bounds_leave_every_section(fake_gpu):
     assert "FAILURE tests.ops.test_conv::test_fwd[forward]: AssertionError: y: relative" in tests
     assert "**STOPPED at its bound of 2 s**" in r.section("3.")
     assert "no results: the step stopped before its first measurement" in r.section("3.")
-    assert "gpucnn train has --cuda-graphs but gpucnn bench does not" in r.section("4.")
     assert "memcheck: clean" in r.section("5.")  # a flood is not an error
     assert "**FAIL**: tests did not pass" in r.section("Verdict")
     _check_folder(r.out)
@@ -331,13 +322,15 @@ def test_sections_appear_as_steps_end(fake_gpu):
 
 
 @pytest.mark.slow
-def test_graph_mode_is_timed_when_bench_has_it(fake_gpu):
-    r = fake_gpu(FAKE_GRAPHS="both")
+def test_graph_mode_is_timed_where_gpucnn_train_has_it(fake_gpu):
+    """The replay of the captured step, on the emulator, next to the eager step."""
+    r = fake_gpu(FAKE_GRAPHS="train")
     assert r.rc == 0, r.stdout
     train = r.section("4.")
-    assert "graph mode:" not in train
-    assert "| lenet5 | 128 | train_step | graph | 0.800 | 160000 |" in train
-    assert any("--cuda-graphs" in c and c.startswith("-m gpucnn bench ") for c in r.calls)
+    assert "not in this gpucnn" not in train and "graph mode: timed" in train
+    assert re.search(r"^\| lenet5 \| 2 \| graph \| [\d.]+ \| \d+ \| [\d.]+x the eager "
+                     r"speed \|", train, re.M), train
+    assert any(c.startswith("bench/gpu_train.py") and "--graphs" in c for c in r.calls)
 
 
 @pytest.mark.slow
@@ -446,6 +439,18 @@ def test_compare_summary_of_a_partial_run():
     assert "PyTorch: not measured (the run stopped before it)" in text
     assert "| TFLOP/s | 13.7 | 27.5 | - | - |" in text
     assert "| alexnet.conv1 fwd | FAILED: MemoryError: x | - | - | - |" in text
+
+
+def test_train_summary_of_failed_net_and_capture():
+    res = {"backend": "cuda (H100)", "graphs": "timed", "repeat": 10, "warmup": 2, "nets": [
+        {"net": "lenet5", "batch": 128, "graph_error": "RuntimeError: capture refused",
+         "eager": {"median_ms": 1.28, "min_ms": 1.2, "n": 10, "images_per_s": 100000.0}},
+        {"net": "alexnet_cifar", "batch": 128, "error": "MemoryError: out of memory"}]}
+    text = "\n".join(gpu_train.summarize(res))
+    assert "| lenet5 | 128 | eager | 1.280 | 100000 |  |" in text
+    assert "| lenet5 | 128 | graph | - | - | capture FAILED: RuntimeError: capture refused |" \
+        in text
+    assert "| alexnet_cifar | 128 | - | - | - | FAILED: MemoryError: out of memory |" in text
 
 
 @pytest.mark.slow
