@@ -91,6 +91,7 @@ def _strict_json(path):
 
 
 # ---- a healthy backend passes ------------------------------------------------------------------
+@pytest.mark.device  # reads --device-backend itself (no device fixture marks it)
 def test_lenet5_verifies_with_a_per_layer_table(request, tmp_path, capsys):
     backend = request.config.getoption("--device-backend")  # emu here; cuda on a GPU
     out = tmp_path / "verify.json"
