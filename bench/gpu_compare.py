@@ -36,6 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's gpucnn
 
+from gpu_steps import print_summary_file  # noqa: E402 - beside this script
+
 SCHEMA = "gpucnn-gpu-compare/1"
 TF32 = ("off", "on")
 
@@ -313,14 +315,7 @@ def main(argv=None):
         print(json.dumps(torch_child(json.loads(sys.stdin.read()))), flush=True)
         return 0
     if args.summarize:
-        try:
-            res = json.loads(Path(args.summarize).read_text())
-        except (OSError, ValueError) as exc:
-            print(f"@summary no results: {exc}")
-            return 1
-        for line in summarize(res):
-            print(f"@summary {line}")
-        return 0
+        return print_summary_file(args.summarize, summarize)
     args.layers = [s for s in args.layers.split(",") if s and s != "none"]
     tf = [s.strip() for s in args.tf32.split(",") if s.strip()]
     if tf != ["none"] and not set(tf) <= set(TF32):

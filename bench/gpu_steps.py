@@ -38,6 +38,19 @@ HEADERS_RE = re.compile(r"auto-detect CUDA root|CUDA headers not found|specify\W
 MAX_FAILURES_LISTED = 15
 
 
+def print_summary_file(path, summarize):
+    """``--summarize JSON`` of the step scripts: the ``@summary`` lines of a result file
+    (``summarize(result) -> lines``); 1 when the file cannot be read."""
+    try:
+        res = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"@summary no results: {exc}")
+        return 1
+    for line in summarize(res):
+        print(f"@summary {line}")
+    return 0
+
+
 def _say(line):
     print(f"@summary {line}", flush=True)
 

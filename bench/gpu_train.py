@@ -29,6 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's gpucnn
 
+from gpu_steps import print_summary_file  # noqa: E402 - beside this script
+
 SCHEMA = "gpucnn-gpu-train/1"
 
 
@@ -144,14 +146,7 @@ def main(argv=None):
     p.add_argument("--summarize", metavar="JSON", help="print the table of a result file")
     args = p.parse_args(argv)
     if args.summarize:
-        try:
-            res = json.loads(Path(args.summarize).read_text())
-        except (OSError, ValueError) as exc:
-            print(f"@summary no results: {exc}")
-            return 1
-        for line in summarize(res):
-            print(f"@summary {line}")
-        return 0
+        return print_summary_file(args.summarize, summarize)
     args.nets = [n for n in args.nets.split(",") if n]
     res = {"schema": SCHEMA, "warmup": args.warmup, "repeat": args.repeat, "nets": []}
     out = Path(args.json) if args.json else None
