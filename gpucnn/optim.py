@@ -10,7 +10,8 @@ import numbers
 
 import numpy as np
 
-from .ops.optim import adam_hyper, adam_update_plan, sgd_hyper, sgd_update_plan
+from .ops.optim import (adam_hyper, adam_prepare_plan, adam_update_plan, sgd_hyper,
+                        sgd_update_plan)
 
 __all__ = ["SGD", "Adam", "ConstantLR", "StepLR", "CosineLR", "make_schedule"]
 
@@ -128,12 +129,30 @@ class Adam(_Optimizer):
         hp = adam_hyper(*self.betas, self.eps, self.weight_decay)
         flat, plans = self._plans(hp, lambda a: adam_update_plan(self.backend, a.shape, a.dtype,
                                                                  hp))
+        scalars = self._device_corrections(hp)
         if flat:
             plans[0].run(self.flat.data, self.flat.grad, self.flat_state["m"],
-                         self.flat_state["v"], self.lr, self.steps)
+                         self.flat_state["v"], self.lr, self.steps, scalars)
             return
         for plan, p, m, v in zip(plans, self.params, self.state["m"], self.state["v"]):
-            plan.run(p.data, p.grad, m, v, self.lr, self.steps)
+            plan.run(p.data, p.grad, m, v, self.lr, self.steps, scalars)
+
+    def _device_corrections(self, hp):
+        """On a device: the step count lives on the device too, advanced there with the
+        step's bias corrections (one launch), so a captured step needs no host value; the
+        float32[2] they are in (None on the CPU, whose updates take the host count)."""
+        if self.backend.kind != "device":
+            return None
+        if self.__dict__.get("_device_step") is None:
+            self._device_step = self.backend.asarray(np.array([self.steps - 1], np.int32),
+                                                     dtype=np.int32)
+            self._scalars = self.backend.zeros((2,), np.float32)
+        adam_prepare_plan(self.backend, hp).run(self._device_step, self._scalars, self.lr)
+        return self._scalars
+
+    def load_state_dict(self, B, arrays, meta):
+        super().load_state_dict(B, arrays, meta)
+        self._device_step = None  # made again from the loaded count at the next step
 
 
 class ConstantLR:

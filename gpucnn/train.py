@@ -178,8 +178,9 @@ class Trainer:
         if not self.augment:
             self.train_x = self.backend.asarray(self.train_set.images)
             self.train_y = self.backend.asarray(self.train_set.labels, dtype=np.int32)
-        self.graph_steps = (GraphSteps(self.backend, self._update, self.opt, graph_blocker(
-            self.backend, self.model, self.opt)) if cfg.cuda_graphs else None)
+        self.graph_steps = (GraphSteps(self.backend, self._update, self.model, self.opt,
+                                       graph_blocker(self.backend, self.model, self.opt))
+                            if cfg.cuda_graphs else None)
 
     # The run's position, as on_step callbacks read it.
     epoch = property(lambda self: self.run.epoch)

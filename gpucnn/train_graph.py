@@ -1,14 +1,17 @@
 """Graph mode for the trainer (``gpucnn train --cuda-graphs``, ``GPUCNN_CUDA_GRAPHS=1``):
 the forward, loss, backward and update of one batch shape recorded once as a graph and
-replayed for every later batch of that shape (gpucnn/backends/graph.py).
+replayed for every later batch of that shape (gpucnn/backends/graph.py). What changes every
+step lives on the device: Adam's step count and bias corrections (``adam_prepare``), each
+dropout layer's call count (``dropout_advance``), the batch (copied into the graph's input
+arrays); the host keeps its own counts in step (``after_replay``).
 
 Per (batch shape, learning rate) the first step runs eagerly — it makes the plans and
 workspaces a capture needs — and its launches are then captured into a graph whose inputs
 are static arrays; later steps copy their batch into those and replay. A learning rate is a
 kernel argument, frozen by capture: a schedule that changes it gets a new graph (kept, at
-most :data:`MAX_GRAPHS` of them). Per-step scalars that cannot be frozen yet — Adam's step
-count, a dropout seed — make the step ineligible: it runs eagerly, said once in a warning,
-and the metrics count ``graph_replayed_steps`` and ``eager_steps`` so a fall-back is seen.
+most :data:`MAX_GRAPHS` of them). A run that cannot be captured (the CPU backends) runs
+eagerly, said once in a warning, and the metrics count ``graph_replayed_steps`` and
+``eager_steps`` so a fall-back is seen.
 Replay is bit-identical to the eager step (tests/test_train_graph.py, on ``emu``).
 """
 from __future__ import annotations
@@ -30,14 +33,6 @@ def graph_blocker(backend, model, opt):
         return f"the {backend.name} backend runs on the CPU: there are no launches to capture"
     if not hasattr(getattr(backend, "module", None), "begin_capture"):
         return f"the {backend.name} backend's kernels cannot be captured"
-    if type(opt).__name__ == "Adam":
-        return ("Adam's step count (its bias corrections) changes every step and would be "
-                "frozen into the graph")
-    dropout = [l for l in getattr(model, "layers", ()) if type(l).__name__ == "Dropout"
-               and l.p > 0]
-    if dropout:
-        return (f"{type(dropout[0]).__name__}(p={dropout[0].p}) draws a new mask seed every "
-                f"step, which would be frozen into the graph")
     if getattr(backend, "use_cublas", False) and backend.name != "cuda":
         return "GPUCNN_CUBLAS runs host-side GEMMs that the emulator cannot record"
     return None
@@ -46,10 +41,12 @@ def graph_blocker(backend, model, opt):
 class GraphSteps:
     """``steps(x, y) -> (loss, probs)`` of one training step, replayed where it can be.
     ``update(x, y)`` is the step's work (forward, loss, backward, the optimiser's launches);
-    ``opt`` is told of each step the graph does for it (its host-side step count)."""
+    ``model`` and ``opt`` are told of each step the graph does for them (the counts they keep
+    on the host: dropout calls, the optimiser's steps; their device copies advance in the
+    graph)."""
 
-    def __init__(self, backend, update, opt, blocker=None):
-        self.backend, self.update, self.opt = backend, update, opt
+    def __init__(self, backend, update, model, opt, blocker=None):
+        self.backend, self.update, self.model, self.opt = backend, update, model, opt
         self.blocker = blocker
         self.graphs = {}
         self.replayed = self.eager = 0
@@ -65,6 +62,7 @@ class GraphSteps:
         graph = self.graphs.get(key)
         if graph is not None:
             self.opt.steps += 1  # what opt.step() counts on the host; the graph launches
+            self.model.after_replay()
             loss, probs = graph.replay(x, y)
             self.replayed += 1
             # The graph writes the same arrays every replay: the step's loss is kept in one
@@ -80,8 +78,11 @@ class GraphSteps:
         return out
 
     def _captured(self, x, y):
-        steps = self.opt.steps
+        steps, counts = self.opt.steps, self.model.extra_state()
         try:
             return self.update(x, y)
         finally:
-            self.opt.steps = steps  # the capture ran no step: nothing happened yet
+            # The capture ran no step: the host counts it advanced go back (the device
+            # copies were not touched: their advances were recorded, not run).
+            self.opt.steps = steps
+            self.model.load_extra_state(counts)

@@ -38,18 +38,28 @@ __device__ __forceinline__ unsigned int dropout_hash32(unsigned int seed, unsign
 
 // Element i is kept iff (hash(seed, i) >> 8) >= threshold (activation.py's dropout_threshold:
 // round(p * 2^24)); mask = keep_scale (1 / (1 - p), rounded to float32 on the host) or 0;
-// y = x * mask.
+// y = x * mask. The seed is read on the device, seed = state[0] + 0x9E3779B9 * state[1] (a
+// layer's base seed and call count: nn.Dropout's formula), so a captured graph draws a new mask
+// every replay (dropout_advance counts the calls).
 // gpucnn: block=256 max_regs=64
 extern "C" __global__ void dropout_forward(
     const float* x, float* y, float* mask, int n,
-    unsigned int seed, unsigned int threshold, float keep_scale)
+    const unsigned int* state, unsigned int threshold, float keep_scale)
 {
+    const unsigned int seed = state[0] + 0x9E3779B9u * state[1];
     GRID_STRIDE_LOOP(i, n) {
         unsigned int h = dropout_hash32(seed, (unsigned int)i);
         float m = ((h >> 8) >= threshold) ? keep_scale : 0.0f;
         mask[i] = m;
         y[i] = x[i] * m;
     }
+}
+
+// state[1] += 1: the layer's next call (one thread, after its dropout_forward).
+// gpucnn: block=32 max_regs=64
+extern "C" __global__ void dropout_advance(unsigned int* state)
+{
+    if (blockIdx.x == 0 && threadIdx.x == 0) state[1] += 1u;
 }
 
 // dx = dy * mask.

@@ -25,19 +25,37 @@ extern "C" __global__ void sgd_update(
     }
 }
 
-// Adam with L2 weight decay added to the gradient. Host-computed in float64 (gpucnn/ops/optim.py):
-// step_size = lr / (1 - beta1^t) and bias2_sqrt = sqrt(1 - beta2^t) (base.adam_bias_corrections),
-// and one_minus_beta1/2 (1 - 0.999f in float32 would be off by 1.3e-5 relative).
+// Adam's step t on the device: step[0] += 1, then its bias corrections in float64, exactly as
+// gpucnn/ops/optim.py's adam_bias_corrections computes them on the host (so a captured graph
+// needs no host value per step): scalars = {lr / (1 - beta1^t), sqrt(1 - beta2^t)}, rounded to
+// float32 once. One thread; launched once per optimiser step, before the updates.
+// gpucnn: block=32 max_regs=64
+extern "C" __global__ void adam_prepare(int* step, float* scalars, double lr, double beta1,
+                                        double beta2)
+{
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        const int t = step[0] + 1;
+        step[0] = t;
+        scalars[0] = (float)(lr / (1.0 - pow(beta1, (double)t)));
+        scalars[1] = (float)sqrt(1.0 - pow(beta2, (double)t));
+    }
+}
+
+// Adam with L2 weight decay added to the gradient. scalars = {step_size, bias2_sqrt}, on the
+// device (adam_prepare), and one_minus_beta1/2 from the host (1 - 0.999f in float32 would be
+// off by 1.3e-5 relative).
 //   g = grad + weight_decay * param
 //   m = beta1 * m + (1 - beta1) * g
 //   v = beta2 * v + (1 - beta2) * g^2
 //   param -= step_size * m / (sqrt(v) / bias2_sqrt + eps)
 // gpucnn: block=256 max_regs=64
 extern "C" __global__ void adam_update(
-    float* param, const float* grad, float* m, float* v, int n,
-    float step_size, float beta1, float one_minus_beta1, float beta2, float one_minus_beta2,
-    float eps, float weight_decay, float bias2_sqrt)
+    float* param, const float* grad, float* m, float* v, int n, const float* scalars,
+    float beta1, float one_minus_beta1, float beta2, float one_minus_beta2, float eps,
+    float weight_decay)
 {
+    const float step_size = scalars[0];
+    const float bias2_sqrt = scalars[1];
     GRID_STRIDE_LOOP(i, n) {
         float g = grad[i] + weight_decay * param[i];
         float mi = beta1 * m[i] + one_minus_beta1 * g;

@@ -406,11 +406,28 @@ class Dropout(Module):
             self.mask = None
             return x
         seed = (self.seed + 0x9E3779B9 * self.calls) & 0xFFFFFFFF
-        self.calls += 1
         plan = self._plan("_forward", x, lambda: activation.dropout_plan(self.backend, x,
                                                                          self.p))
-        y, self.mask = plan.run(x, seed)
+        y, self.mask = plan.run(x, seed, self._device_state())
+        self.calls += 1
         return y
+
+    def _device_state(self):
+        """On a device: [seed, calls] as uint32 on the device, from which the kernel takes
+        this call's seed and which it advances (so a captured step needs no host value);
+        None on the CPU, whose path takes ``seed``."""
+        if self.backend.kind != "device":
+            return None
+        state = self.__dict__.get("_state")
+        if state is None:
+            state = self._state = self.backend.asarray(
+                np.array([self.seed & 0xFFFFFFFF, self.calls & 0xFFFFFFFF], np.uint32),
+                dtype=np.uint32)
+        return state
+
+    def after_replay(self):
+        if self.training and self.p > 0.0:
+            self.calls += 1  # the replayed step's dropout_advance did it on the device
 
     def backward(self, dy):
         if self.mask is None:
@@ -424,6 +441,11 @@ class Dropout(Module):
 
     def load_extra_state(self, state):
         self.seed, self.calls = int(state["seed"]), int(state["calls"])
+        held = self.__dict__.get("_state")
+        if held is not None:  # in place: a captured graph keeps reading this array
+            held[...] = self.backend.asarray(np.array([self.seed & 0xFFFFFFFF,
+                                                       self.calls & 0xFFFFFFFF], np.uint32),
+                                             dtype=np.uint32)
 
     def __repr__(self):
         return f"Dropout(p={self.p})"

@@ -70,6 +70,10 @@ class Module:
     def load_extra_state(self, state):
         pass
 
+    def after_replay(self):
+        """A captured step was replayed (gpucnn/train_graph.py): advance what the layer
+        counts on the host per step (the graph advanced its device copy)."""
+
     # -- modes -------------------------------------------------------------------------------------
     def train(self, mode=True):
         self.training = bool(mode)
@@ -161,6 +165,10 @@ class Sequential(Module):
         for i, layer in enumerate(self.layers):
             if str(i) in state:
                 layer.load_extra_state(state[str(i)])
+
+    def after_replay(self):
+        for layer in self.layers:
+            layer.after_replay()
 
     def train(self, mode=True):
         self.training = bool(mode)

@@ -113,12 +113,19 @@ def dropout_backward_reference(dy, mask):
 def dropout_device(ctx, shape, p):
     n = math.prod(shape)
     launch, empty = plan_1d(ctx, "dropout_forward", n), ctx.empty
+    advance = plan_1d(ctx, "dropout_advance", 1)
     count, threshold = np.int32(n), np.uint32(dropout_threshold(p))
     keep_scale = np.float32(1.0 / (1.0 - p))
+    xp = ctx.xp
 
-    def run(x, seed):
+    def run(x, seed, state):
         y, mask = empty(shape, np.float32), empty(shape, np.float32)
-        launch.fire((x, y, mask, count, np.uint32(seed), threshold, keep_scale))
+        if state is None:  # a single call (B.dropout): its seed as the state, count 0
+            launch.fire((x, y, mask, count, xp.asarray(np.array([seed, 0], np.uint32)),
+                         threshold, keep_scale))
+        else:  # a layer's [base seed, calls] on the device: this call's, then the next
+            launch.fire((x, y, mask, count, state, threshold, keep_scale))
+            advance.fire((state,))
         return y, mask
     return run
 
@@ -130,7 +137,8 @@ dropout_backward_device = _map_plan("dropout_backward")
 RELU = Op("relu", plain(relu_reference, False), device=relu_device)
 RELU_BACKWARD = Op("relu_backward", plain(relu_backward_reference, False),
                    with_ctx(relu_backward_cpu, False), relu_backward_device)
-DROPOUT = Op("dropout", lambda ctx, shape, p: lambda x, seed: dropout_reference(x, p, seed),
+DROPOUT = Op("dropout", lambda ctx, shape, p: lambda x, seed, state: dropout_reference(x, p,
+                                                                                      seed),
              device=dropout_device)
 DROPOUT_BACKWARD = Op("dropout_backward", plain(dropout_backward_reference, False),
                       device=dropout_backward_device)
@@ -149,12 +157,16 @@ def relu_backward_plan(backend, dy, y):
 
 
 def dropout_plan(backend, x, p):
-    """The run takes (x, seed): seed is taken modulo 2^32."""
+    """The run takes (x, seed, state): seed is taken modulo 2^32; ``state`` (device backends,
+    or None) is a uint32[2] [base seed, calls] on the device from which the kernel takes the
+    seed, base + 0x9E3779B9 * calls, and which it advances (nn.Dropout's own counter, kept
+    on the device so that a captured step draws a new mask every replay)."""
     backend.check(x, "x")
     p = hyper("dropout", "p", p, 0, 1, high_open=True)
     if x.size >= 2 ** 32:
         raise ValueError("dropout: tensors of 2^32 elements or more are not supported")
-    return backend.plan(DROPOUT, (x.shape, p), ("x", x.shape, (x.dtype,)), None)
+    return backend.plan(DROPOUT, (x.shape, p), ("x", x.shape, (x.dtype,)), None,
+                        ("state", (2,), (np.dtype(np.uint32),), True))
 
 
 def dropout_backward_plan(backend, dy, mask):
@@ -179,7 +191,7 @@ def relu_backward(backend, dy, y):
 @api
 def dropout(backend, x, p, seed):
     """(y, mask) with mask = 0 or 1/(1-p); element i kept iff hash(seed, i) passes."""
-    return dropout_plan(backend, x, p).run(x, int(seed) & _M32)
+    return dropout_plan(backend, x, p).run(x, int(seed) & _M32, None)
 
 
 @api

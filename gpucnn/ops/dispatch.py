@@ -81,10 +81,12 @@ class Op:
 
     def __init__(self, name, reference, cpu=None, device=None):
         self.name = name
-        self.makers = {"reference": reference, "cpu": cpu or reference, "device": device}
+        self.makers = {"reference": reference, "cpu": cpu, "device": device}
 
     def maker(self, kind):
         make = self.makers.get(kind)
+        if make is None and kind == "cpu":  # no tuned CPU path: the plain definition
+            make = self.makers["reference"]
         if make is None:
             raise LookupError(f"op {self.name} has no implementation for {kind} backends")
         return make

@@ -17,7 +17,8 @@ from .launch import plan_1d
 
 __all__ = ["adam_bias_corrections", "sgd_update_reference", "adam_update_reference",
            "sgd_update_device", "adam_update_device", "SGD_UPDATE", "ADAM_UPDATE", "sgd_hyper",
-           "adam_hyper", "adam_step", "sgd_update_plan", "adam_update_plan"]
+           "adam_hyper", "adam_step", "sgd_update_plan", "adam_update_plan", "ADAM_PREPARE",
+           "adam_prepare_device", "adam_prepare_plan"]
 
 
 def adam_bias_corrections(beta1, beta2, step):
@@ -59,19 +60,36 @@ def adam_update_device(ctx, shape, beta1, beta2, eps, weight_decay):
     launch, count = plan_1d(ctx, "adam_update", n), np.int32(n)
     betas = (np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2),
              np.float32(1.0 - beta2), np.float32(eps), np.float32(weight_decay))
+    xp = ctx.xp
 
-    def run(param, grad, m, v, lr, step):
-        bias1, bias2_sqrt = adam_bias_corrections(beta1, beta2, step)
-        launch.fire((param, grad, m, v, count, np.float32(lr / bias1), *betas,
-                np.float32(bias2_sqrt)))
+    def run(param, grad, m, v, lr, step, scalars):
+        if scalars is None:  # a single call (B.adam_update): the corrections from the host
+            bias1, bias2_sqrt = adam_bias_corrections(beta1, beta2, step)
+            scalars = xp.asarray(np.array([lr / bias1, bias2_sqrt], np.float32))
+        launch.fire((param, grad, m, v, count, scalars, *betas))
+    return run
+
+
+def adam_prepare_device(ctx, beta1, beta2):
+    """``run(step, scalars, lr)``: Adam's step counter (int32[1], on the device) advanced and
+    its bias corrections written to ``scalars`` (float32[2]) by one kernel thread, so the
+    updates (and a captured graph) need no host value per step."""
+    launch = plan_1d(ctx, "adam_prepare", 1)
+    b1, b2 = np.float64(beta1), np.float64(beta2)
+
+    def run(step, scalars, lr):
+        launch.fire((step, scalars, np.float64(lr), b1, b2))
     return run
 
 
 SGD_UPDATE = Op("sgd_update", lambda ctx, shape, *hp: lambda p, g, v, lr: sgd_update_reference(
     p, g, v, lr, *hp), device=sgd_update_device)
 ADAM_UPDATE = Op("adam_update", lambda ctx, shape, b1, b2, eps, wd: (
-    lambda p, g, m, v, lr, step: adam_update_reference(p, g, m, v, lr, b1, b2, eps, wd, step)),
+    lambda p, g, m, v, lr, step, scalars: adam_update_reference(p, g, m, v, lr, b1, b2, eps, wd,
+                                                                step)),
     device=adam_update_device)
+# Device backends only (the CPU paths take the step count on the host).
+ADAM_PREPARE = Op("adam_prepare", reference=None, device=adam_prepare_device)
 
 
 def sgd_hyper(momentum, weight_decay, nesterov):
@@ -94,10 +112,20 @@ def sgd_update_plan(backend, shape, dtype, hp):
 
 
 def adam_update_plan(backend, shape, dtype, hp):
-    """The run takes (param, grad, m, v, lr, step); lr and step are checked by the caller."""
+    """The run takes (param, grad, m, v, lr, step, scalars); lr and step are checked by the
+    caller; ``scalars``: a device backend's float32[2] of :func:`adam_prepare_plan`, or None
+    (then the bias corrections come from the host's step count)."""
     spec = (shape, (dtype,))
     return backend.plan(ADAM_UPDATE, (shape, *hp), ("param", *spec), ("grad", *spec),
-                        ("m", *spec), ("v", *spec), None, None)
+                        ("m", *spec), ("v", *spec), None, None,
+                        ("scalars", (2,), (np.dtype(np.float32),), True))
+
+
+def adam_prepare_plan(backend, hp):
+    """Device backends: the plan whose run(step, scalars, lr) advances Adam's device step
+    counter and writes the step's bias corrections (see adam_prepare_device)."""
+    return backend.plan(ADAM_PREPARE, hp[:2], ("step", (1,), (np.dtype(np.int32),)),
+                        ("scalars", (2,), (np.dtype(np.float32),)), None)
 
 
 def adam_step(step):
@@ -124,4 +152,5 @@ def adam_update(backend, param, grad, m, v, lr, beta1=0.9, beta2=0.999, eps=1e-8
     backend.check(param, "param")
     adam_update_plan(backend, param.shape, param.dtype, adam_hyper(
         beta1, beta2, eps, weight_decay)).run(param, grad, m, v,
-                                              hyper("adam_update", "lr", lr, 0), adam_step(step))
+                                              hyper("adam_update", "lr", lr, 0), adam_step(step),
+                                              None)
