@@ -12,10 +12,9 @@ the batch into the graph's inputs, as the trainer does). Both in one process, in
 two processes. ``gpucnn bench`` times the eager step but not a replay on a GPU (its
 ``--cuda-graphs`` is for ``--host-overhead`` on the null device), hence this helper.
 
-Where ``gpucnn train --cuda-graphs`` would run a net eagerly (``graph_blocker``: dropout
-draws a new mask seed every step, which a graph would freeze) the replay is timed all the
-same, the reason written next to it: it shows what graphs would gain once such a step can be
-captured. A capture that fails is reported per net; the eager figures stay.
+Where ``gpucnn train --cuda-graphs`` would run a net eagerly (``graph_blocker``) the replay
+is timed all the same, the reason written next to it. A capture that fails is reported per
+net; the eager figures stay.
 
 The JSON file is rewritten after every net; ``--summarize`` prints the ``@summary`` table.
 """
