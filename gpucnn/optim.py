@@ -60,6 +60,24 @@ class _Optimizer:
             held = self._update_plans = ((hp, flat), [make(a) for a in arrays])
         return flat, held[1]
 
+    def device_lr(self):
+        """On a device: the learning rate where the kernels read it, a one-element array
+        written here only when ``lr`` changed (so a step copies nothing to the device, and a
+        captured step follows a schedule); None on the CPU."""
+        if self.backend.kind != "device":
+            return None
+        held = self.__dict__.get("_lr_dev")
+        if held is None or held[0] != self.lr:
+            arr = None if held is None else held[1]
+            value = self.backend.asarray(np.array([self.lr], self.lr_dtype),
+                                         dtype=self.lr_dtype)
+            if arr is None:
+                arr = value
+            else:
+                arr[...] = value  # in place: a captured graph reads this array
+            held = self._lr_dev = (self.lr, arr)
+        return held[1]
+
     def zero_grad(self):
         for p in self.params:
             p.grad = None
@@ -84,6 +102,7 @@ class _Optimizer:
 
 class SGD(_Optimizer):
     state_names = ("velocity",)
+    lr_dtype = np.float32  # sgd_update multiplies in float32
 
     def __init__(self, params, lr, momentum=0.0, nesterov=False, weight_decay=0.0, backend=None):
         from .backends import get_backend
@@ -101,15 +120,18 @@ class SGD(_Optimizer):
         hp = sgd_hyper(self.momentum, self.weight_decay, self.nesterov)
         flat, plans = self._plans(hp, lambda a: sgd_update_plan(self.backend, a.shape, a.dtype,
                                                                 hp))
+        lr_dev = self.device_lr()
         if flat:
-            plans[0].run(self.flat.data, self.flat.grad, self.flat_state["velocity"], self.lr)
+            plans[0].run(self.flat.data, self.flat.grad, self.flat_state["velocity"], self.lr,
+                         lr_dev)
             return
         for plan, p, v in zip(plans, self.params, self.state["velocity"]):
-            plan.run(p.data, p.grad, v, self.lr)
+            plan.run(p.data, p.grad, v, self.lr, lr_dev)
 
 
 class Adam(_Optimizer):
     state_names = ("m", "v")
+    lr_dtype = np.float64  # adam_prepare divides in float64, as the host did
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  backend=None):
@@ -147,7 +169,8 @@ class Adam(_Optimizer):
             self._device_step = self.backend.asarray(np.array([self.steps - 1], np.int32),
                                                      dtype=np.int32)
             self._scalars = self.backend.zeros((2,), np.float32)
-        adam_prepare_plan(self.backend, hp).run(self._device_step, self._scalars, self.lr)
+        adam_prepare_plan(self.backend, hp).run(self._device_step, self._scalars,
+                                                self.device_lr())
         return self._scalars
 
     def load_state_dict(self, B, arrays, meta):

@@ -1,15 +1,15 @@
 """Graph mode for the trainer (``gpucnn train --cuda-graphs``, ``GPUCNN_CUDA_GRAPHS=1``):
 the forward, loss, backward and update of one batch shape recorded once as a graph and
 replayed for every later batch of that shape (gpucnn/backends/graph.py). What changes every
-step lives on the device: Adam's step count and bias corrections (``adam_prepare``), each
-dropout layer's call count (``dropout_advance``), the batch (copied into the graph's input
-arrays); the host keeps its own counts in step (``after_replay``).
+step lives on the device: the learning rate (written when a schedule changes it), Adam's
+step count and bias corrections (``adam_prepare``), each dropout layer's call count
+(``dropout_advance``), the batch (copied into the graph's input arrays); the host keeps its
+own counts in step (``after_replay``).
 
-Per (batch shape, learning rate) the first step runs eagerly — it makes the plans and
-workspaces a capture needs — and its launches are then captured into a graph whose inputs
-are static arrays; later steps copy their batch into those and replay. A learning rate is a
-kernel argument, frozen by capture: a schedule that changes it gets a new graph (kept, at
-most :data:`MAX_GRAPHS` of them). A run that cannot be captured (the CPU backends) runs
+Per batch shape the first step runs eagerly — it makes the plans and workspaces a capture
+needs — and its launches are then captured into a graph whose inputs are static arrays;
+later steps copy their batch into those and replay (the last partial batch gets a graph of
+its own; at most :data:`MAX_GRAPHS` are kept). A run that cannot be captured (the CPU backends) runs
 eagerly, said once in a warning, and the metrics count ``graph_replayed_steps`` and
 ``eager_steps`` so a fall-back is seen.
 Replay is bit-identical to the eager step (tests/test_train_graph.py, on ``emu``).
@@ -20,7 +20,7 @@ import warnings
 
 __all__ = ["GraphSteps", "graph_blocker", "MAX_GRAPHS", "GraphModeWarning"]
 
-MAX_GRAPHS = 4  # the full batch and the last partial one, across a learning-rate change
+MAX_GRAPHS = 4  # the full batch and the last partial one (and room for a size change)
 
 
 class GraphModeWarning(RuntimeWarning):
@@ -58,9 +58,10 @@ class GraphSteps:
         if self.blocker is not None:
             self.eager += 1
             return self.update(x, y)
-        key = (x.shape, x.dtype, y.shape, y.dtype, self.opt.lr)
+        key = (x.shape, x.dtype, y.shape, y.dtype)
         graph = self.graphs.get(key)
         if graph is not None:
+            self.opt.device_lr()  # a new learning rate reaches the device before the replay
             self.opt.steps += 1  # what opt.step() counts on the host; the graph launches
             self.model.after_replay()
             loss, probs = graph.replay(x, y)

@@ -9,11 +9,14 @@
 //                      d = nesterov ? d + momentum * velocity : velocity
 //   param -= lr * d
 // With momentum 0 (plain SGD) velocity is neither read nor written, as in the NumPy reference.
+// The learning rate is read on the device (float32[1], written by the host when it changes),
+// so a captured step follows a schedule without a new capture.
 // gpucnn: block=256 max_regs=64
 extern "C" __global__ void sgd_update(
     float* param, const float* grad, float* velocity, int n,
-    float lr, float momentum, float weight_decay, int nesterov)
+    const float* lr_dev, float momentum, float weight_decay, int nesterov)
 {
+    const float lr = lr_dev[0];
     GRID_STRIDE_LOOP(i, n) {
         float d = grad[i] + weight_decay * param[i];
         if (momentum != 0.0f) {
@@ -28,12 +31,14 @@ extern "C" __global__ void sgd_update(
 // Adam's step t on the device: step[0] += 1, then its bias corrections in float64, exactly as
 // gpucnn/ops/optim.py's adam_bias_corrections computes them on the host (so a captured graph
 // needs no host value per step): scalars = {lr / (1 - beta1^t), sqrt(1 - beta2^t)}, rounded to
-// float32 once. One thread; launched once per optimiser step, before the updates.
+// float32 once; lr is read on the device (float64[1], written by the host when it changes).
+// One thread; launched once per optimiser step, before the updates.
 // gpucnn: block=32 max_regs=64
-extern "C" __global__ void adam_prepare(int* step, float* scalars, double lr, double beta1,
-                                        double beta2)
+extern "C" __global__ void adam_prepare(int* step, float* scalars, const double* lr_dev,
+                                        double beta1, double beta2)
 {
     if (blockIdx.x == 0 && threadIdx.x == 0) {
+        const double lr = lr_dev[0];
         const int t = step[0] + 1;
         step[0] = t;
         scalars[0] = (float)(lr / (1.0 - pow(beta1, (double)t)));

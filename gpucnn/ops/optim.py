@@ -45,13 +45,20 @@ def adam_update_reference(param, grad, m, v, lr, beta1, beta2, eps, weight_decay
     param -= ((lr / c1) * m / (np.sqrt(v) / c2 + eps)).astype(param.dtype)
 
 
+def _on_device(ctx, lr_dev, lr, dtype):
+    """The learning rate where the kernels read it: an optimiser's device copy, else (a single
+    call) one made from the host value."""
+    return lr_dev if lr_dev is not None else ctx.xp.asarray(np.array([lr], dtype))
+
+
 def sgd_update_device(ctx, shape, momentum, weight_decay, nesterov):
     n = math.prod(shape)
     launch, count = plan_1d(ctx, "sgd_update", n), np.int32(n)
     tail = (np.float32(momentum), np.float32(weight_decay), np.int32(1 if nesterov else 0))
 
-    def run(param, grad, velocity, lr):
-        launch.fire((param, grad, velocity, count, np.float32(lr), *tail))
+    def run(param, grad, velocity, lr, lr_dev):
+        launch.fire((param, grad, velocity, count, _on_device(ctx, lr_dev, lr, np.float32),
+                     *tail))
     return run
 
 
@@ -71,19 +78,21 @@ def adam_update_device(ctx, shape, beta1, beta2, eps, weight_decay):
 
 
 def adam_prepare_device(ctx, beta1, beta2):
-    """``run(step, scalars, lr)``: Adam's step counter (int32[1], on the device) advanced and
-    its bias corrections written to ``scalars`` (float32[2]) by one kernel thread, so the
-    updates (and a captured graph) need no host value per step."""
+    """``run(step, scalars, lr_dev)``: Adam's step counter (int32[1], on the device) advanced
+    and its bias corrections written to ``scalars`` (float32[2]) by one kernel thread, with the
+    learning rate read from ``lr_dev`` (float64[1]), so the updates (and a captured graph)
+    need no host value per step."""
     launch = plan_1d(ctx, "adam_prepare", 1)
     b1, b2 = np.float64(beta1), np.float64(beta2)
 
-    def run(step, scalars, lr):
-        launch.fire((step, scalars, np.float64(lr), b1, b2))
+    def run(step, scalars, lr_dev):
+        launch.fire((step, scalars, lr_dev, b1, b2))
     return run
 
 
-SGD_UPDATE = Op("sgd_update", lambda ctx, shape, *hp: lambda p, g, v, lr: sgd_update_reference(
-    p, g, v, lr, *hp), device=sgd_update_device)
+SGD_UPDATE = Op("sgd_update", lambda ctx, shape, *hp: (
+    lambda p, g, v, lr, lr_dev: sgd_update_reference(p, g, v, lr, *hp)),
+    device=sgd_update_device)
 ADAM_UPDATE = Op("adam_update", lambda ctx, shape, b1, b2, eps, wd: (
     lambda p, g, m, v, lr, step, scalars: adam_update_reference(p, g, m, v, lr, b1, b2, eps, wd,
                                                                 step)),
@@ -105,10 +114,13 @@ def adam_hyper(beta1, beta2, eps, weight_decay):
 
 
 def sgd_update_plan(backend, shape, dtype, hp):
-    """The run takes (param, grad, velocity, lr); lr is checked by the caller."""
+    """The run takes (param, grad, velocity, lr, lr_dev); lr is checked by the caller;
+    ``lr_dev``: the same value as a float32[1] on the device (an optimiser's, written when lr
+    changes), or None."""
     spec = (shape, (dtype,))
     return backend.plan(SGD_UPDATE, (shape, *hp), ("param", *spec), ("grad", *spec),
-                        ("velocity", *spec), None)
+                        ("velocity", *spec), None, ("lr_dev", (1,), (np.dtype(np.float32),),
+                                                    True))
 
 
 def adam_update_plan(backend, shape, dtype, hp):
@@ -125,7 +137,8 @@ def adam_prepare_plan(backend, hp):
     """Device backends: the plan whose run(step, scalars, lr) advances Adam's device step
     counter and writes the step's bias corrections (see adam_prepare_device)."""
     return backend.plan(ADAM_PREPARE, hp[:2], ("step", (1,), (np.dtype(np.int32),)),
-                        ("scalars", (2,), (np.dtype(np.float32),)), None)
+                        ("scalars", (2,), (np.dtype(np.float32),)),
+                        ("lr_dev", (1,), (np.dtype(np.float64),)))
 
 
 def adam_step(step):
@@ -142,7 +155,7 @@ def sgd_update(backend, param, grad, velocity, lr, momentum=0.0, weight_decay=0.
     backend.check(param, "param")
     sgd_update_plan(backend, param.shape, param.dtype, sgd_hyper(
         momentum, weight_decay, nesterov)).run(param, grad, velocity,
-                                               hyper("sgd_update", "lr", lr, 0))
+                                               hyper("sgd_update", "lr", lr, 0), None)
 
 
 @api
