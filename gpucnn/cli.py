@@ -87,6 +87,13 @@ def build_parser():
                    help="replay each training step as a graph (cuda; emulated on emu; the CPU "
                         "backends warn and run eagerly); also GPUCNN_CUDA_GRAPHS=1 (default: "
                         "off until a GPU run confirms it)")
+    from .train_data import DEVICE_DATA_MODES, DEVICE_DATA_SHARE
+    t.add_argument("--device-data", choices=DEVICE_DATA_MODES, default="auto",
+                   help="keep the training images on the device as uint8 and build each "
+                        "batch there with a gather kernel (bit-identical to host batches): "
+                        f"auto when they fit in {DEVICE_DATA_SHARE * 100:.0f}%% of the free device "
+                        "memory, on (an error when they do not), off (batches prepared as "
+                        "before); device backends only (default: %(default)s)")
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, FLOPs, receptive field")
     s.add_argument("model", help="model name: lenet5, alexnet_cifar or alexnet")
@@ -126,7 +133,7 @@ def cmd_train(args):
                       allow_config_change=args.allow_config_change,
                       save_retry_s=args.save_retry_s, metrics_json=args.metrics_json,
                       plot=args.plot, progress=not args.no_progress,
-                      cuda_graphs=args.cuda_graphs)
+                      cuda_graphs=args.cuda_graphs, device_data=args.device_data)
     try:
         m = train(cfg)
     except KeyboardInterrupt as exc:  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM

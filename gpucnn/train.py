@@ -4,8 +4,9 @@ A step is forward, loss, backward and the optimiser update, all on the backend. 
 transfer inside the loop is reading the scalar loss and the running correct-count every
 ``check_every`` steps (every step on the CPU backends, where it costs nothing); that read is
 also where the errors device kernels flag (out-of-range labels) are raised. The training split
-is uploaded once; each epoch's permutation is uploaded once and batches are gathered on the
-device (CIFAR augmentation is the exception: it runs on the host, batch by batch).
+is uploaded once (as uint8 pixels where it fits: gpucnn/train_data.py); each epoch's
+permutation is uploaded once and batches are gathered on the device (without device data,
+CIFAR augmentation runs on the host, batch by batch).
 
 What protects the user's files (README: "What gpucnn guarantees about your files"): before any
 work, :func:`train` checks every output path, takes the checkpoint's lock, refuses to replace
@@ -33,7 +34,7 @@ import numpy as np
 
 from .backends import get_backend
 from .data import load_dataset
-from .data.loader import epoch_permutation, num_batches
+from .data.loader import num_batches
 from .models import build_model
 from .nn import SoftmaxCrossEntropy
 from .ops.loss import check_label_range
@@ -43,6 +44,7 @@ from .runsafety import (RunLock, SaveFailed, TrainingDiverged, check_output_path
                         file_size_limit_as_error, prepare_checkpoint, write_with_retry)
 from .runstate import RunState
 from .train_checkpoint import RunCheckpoint, config_record
+from .train_data import TrainBatches, check_device_data_mode
 from .train_graph import GraphSteps, graph_blocker
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted", "SaveFailed",
@@ -110,6 +112,7 @@ class TrainConfig:
     progress: bool = True
     check_every: int | None = None
     cuda_graphs: bool = False          # replay each step as a graph (gpucnn/train_graph.py)
+    device_data: str = "auto"          # the training split on the device (gpucnn/train_data.py)
     model_kwargs: dict = field(default_factory=dict)
 
     def validate(self):
@@ -131,6 +134,7 @@ class TrainConfig:
                              "give one of them")
         if self.allow_config_change and not self.resume:
             raise ValueError("--allow-config-change applies to --resume only")
+        check_device_data_mode(self.device_data)
 
 
 class Trainer:
@@ -175,9 +179,10 @@ class Trainer:
         self._interrupted = None  # the signal that asked to stop, if any
         self.eager_steps = 0  # this process's steps without graph mode (graph_steps counts its own)
         self.check_every = cfg.check_every or (1 if self.backend.xp is np else 20)
-        if not self.augment:
-            self.train_x = self.backend.asarray(self.train_set.images)
-            self.train_y = self.backend.asarray(self.train_set.labels, dtype=np.int32)
+        self.feed = TrainBatches(self.backend, self.train_set, cfg.device_data, self.augment)
+        print(f"data: {self.feed.line}", flush=True)
+        # What batches are gathered from (None for host-augmented CIFAR-10 batches).
+        self.train_x, self.train_y = self.feed.images, self.feed.labels
         self.graph_steps = (GraphSteps(self.backend, self._update, self.model, self.opt,
                                        graph_blocker(self.backend, self.model, self.opt))
                             if cfg.cuda_graphs else None)
@@ -220,17 +225,7 @@ class Trainer:
         return loss, self.loss.probs
 
     def _batches(self, epoch, start):
-        cfg, n = self.cfg, len(self.train_set)
-        if self.augment:
-            for x, y in self.train_set.batches(cfg.batch_size, True, cfg.seed, epoch,
-                                               augment=True, start_batch=start):
-                yield self.backend.asarray(x), self.backend.asarray(y, dtype=np.int32)
-            return
-        order = self.backend.asarray(epoch_permutation(n, cfg.seed, epoch).astype(np.int64),
-                               dtype=np.int64)
-        for b in range(start, num_batches(n, cfg.batch_size)):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            yield self.train_x[idx], self.train_y[idx]
+        return self.feed.batches(self.cfg.batch_size, self.cfg.seed, epoch, start)
 
     def evaluate(self, dataset, batch_size=None):
         """Top-1 accuracy on a dataset split (eval mode: no dropout)."""

@@ -26,10 +26,11 @@ __all__ = ["RunCheckpoint", "config_record"]
 
 
 def config_record(cfg):
-    """The run configuration as the checkpoint and the metrics record it (the progress bar
-    and graph mode, whose replays are bit-identical to eager steps, change nothing of the
-    run)."""
-    return {k: v for k, v in asdict(cfg).items() if k not in ("progress", "cuda_graphs")}
+    """The run configuration as the checkpoint and the metrics record it (the progress bar,
+    graph mode and device data, whose replays and batches are bit-identical to eager steps
+    and host-built batches, change nothing of the run)."""
+    return {k: v for k, v in asdict(cfg).items()
+            if k not in ("progress", "cuda_graphs", "device_data")}
 
 
 def _arrays_under(arrays, prefix):

@@ -44,6 +44,7 @@ from .idx import read_idx_pair
 from .loader import iterate_batches, num_batches, random_crop_flip
 
 SPLITS = ("train", "test")
+AUGMENT_PAD = 4  # pixels of padding around a CIFAR-10 training image before its random crop
 
 
 @dataclass(frozen=True)
@@ -298,6 +299,8 @@ class Dataset:
     """One split of a dataset, in memory.
 
     images: float32 (N, C, H, W), normalised; labels: int32 (N,).
+    pixels: the uint8 (N, C, H, W) images were normalised from (load_dataset keeps them: the
+    trainer's device-data path uploads these, a quarter of the float32 bytes), or None.
     `images, labels = dataset` unpacks (so load_dataset can be used as returning a pair).
     """
     images: np.ndarray
@@ -307,6 +310,7 @@ class Dataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     files: tuple[Path, ...] = ()
+    pixels: np.ndarray | None = None
 
     name = property(lambda self: self.info.name)
     classes = property(lambda self: self.info.classes)
@@ -322,9 +326,20 @@ class Dataset:
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         return num_batches(len(self), batch_size, drop_last)
 
-    def augmentation(self, pad: int = 4):
+    def padding_value(self) -> tuple[float, ...]:
+        """Per channel, the augmentation's padding on normalised images: raw pixel 0."""
+        return tuple(-m / s for m, s in zip(self.mean, self.std))
+
+    def pixel_values(self) -> np.ndarray:
+        """float32 (C, 256): [c, v] is what normalize() makes of pixel value v in channel c,
+        computed by normalize() itself, so a lookup in it is the host arithmetic exactly."""
+        c = self.input_shape[0]
+        every = np.broadcast_to(np.arange(256, dtype=np.uint8), (1, c, 1, 256))
+        return normalize(every, self.mean, self.std).reshape(c, 256)
+
+    def augmentation(self, pad: int = AUGMENT_PAD):
         """Random crop (pad px of black padding) + horizontal flip, for iterate_batches."""
-        fill = tuple(-m / s for m, s in zip(self.mean, self.std))  # raw pixel 0
+        fill = self.padding_value()
         return lambda x, rng: random_crop_flip(x, rng, pad=pad, fill=fill)
 
     def batches(self, batch_size: int, shuffle: bool = True, seed: int = 0, epoch: int = 0,
@@ -359,4 +374,4 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
     mean, std = normalization_stats(info.name, data_dir, download, base_url)
     return Dataset(images=normalize(images, mean, std), labels=labels.astype(np.int32),
                    info=info, split=split, mean=tuple(mean), std=tuple(std),
-                   files=tuple(files))
+                   files=tuple(files), pixels=images)

@@ -73,6 +73,29 @@ def iterate_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
         yield np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
+def crop_flip_draw(rng: np.random.Generator, n: int, pad: int = 4, flip: bool = True
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The random part of random_crop_flip for n images: (dy, dx, flips), window offsets in
+    [0, 2 * pad] into the padded image and mirror flags, in the order they are drawn (the
+    device-data path draws them here too, so its crops are the host path's)."""
+    dy = rng.integers(0, 2 * pad + 1, size=n)
+    dx = rng.integers(0, 2 * pad + 1, size=n)
+    flips = rng.random(n) < 0.5 if flip else np.zeros(n, dtype=bool)
+    return dy, dx, flips
+
+
+def crop_flip_window(dy: np.ndarray, dx: np.ndarray, flips: np.ndarray, h: int, w: int,
+                     pad: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (n, h), cols (n, w)): the source pixel of each output row and column of the
+    windows (dy, dx, flips), in *unpadded* image coordinates: outside [0, h) x [0, w) is the
+    padding."""
+    rows = np.asarray(dy)[:, None] + np.arange(h) - pad
+    dx = np.asarray(dx)[:, None]
+    cols = np.where(np.asarray(flips)[:, None], dx + (w - 1 - np.arange(w)),
+                    dx + np.arange(w)) - pad
+    return rows, cols
+
+
 def random_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4,
                      fill=0.0, flip: bool = True) -> np.ndarray:
     """Random crop after padding each side by `pad` pixels, plus a random horizontal
@@ -90,11 +113,6 @@ def random_crop_flip(images: np.ndarray, rng: np.random.Generator, pad: int = 4,
     padded[...] = np.asarray(fill, dtype=images.dtype).reshape(-1, 1, 1) \
         if np.ndim(fill) else fill
     padded[:, :, pad:pad + h, pad:pad + w] = images
-    dy = rng.integers(0, 2 * pad + 1, size=n)
-    dx = rng.integers(0, 2 * pad + 1, size=n)
-    flips = rng.random(n) < 0.5 if flip else np.zeros(n, dtype=bool)
-    rows = dy[:, None] + np.arange(h)
-    cols = np.where(flips[:, None], dx[:, None] + (w - 1 - np.arange(w)),
-                    dx[:, None] + np.arange(w))
+    rows, cols = crop_flip_window(*crop_flip_draw(rng, n, pad, flip), h, w, pad)
     return padded[np.arange(n)[:, None, None, None], np.arange(c)[None, :, None, None],
-                  rows[:, None, :, None], cols[:, None, None, :]]
+                  rows[:, None, :, None] + pad, cols[:, None, None, :] + pad]

@@ -12,6 +12,7 @@ device plans and its entry points, one folder hop from its kernel and its test.
 | softmax cross-entropy     | loss.cu                            | loss.py                   | test_loss.py       |
 | local response norm       | lrn.cu                             | lrn.py                    | test_lrn.py        |
 | SGD / Adam updates        | optim.cu                           | optim.py                  | test_optim.py      |
+| input batches (gather)    | data.cu                            | data.py                   | test_gather.py     |
 
 Each op module registers its entry points (``B.conv2d``, ...: argument checks, then
 ``backend.plan``) and its implementations per backend kind (:mod:`.dispatch`): ``reference``

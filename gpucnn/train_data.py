@@ -1,0 +1,150 @@
+"""Where the trainer's batches come from (``gpucnn train --device-data auto|on|off``).
+
+* **Device data** (a device backend, and ``on``, or ``auto`` when the training split fits):
+  the split's uint8 pixels and int32 labels are uploaded once — a quarter of the float32
+  images' bytes — and each step's float32 batch is built on the device by a gather kernel
+  from them and the batch's indices (gpucnn/ops/data.py): normalised by a table of the host's
+  own normalize() values, and for CIFAR-10 cropped and flipped with offsets drawn on the host
+  from the same seeded generator as the host path. So a batch equals the host path's bit for
+  bit, and so does training (tests/test_train_data.py).
+* **Host data** (the CPU backends, ``off``, or a split that does not fit): as before — the
+  normalised float32 images uploaded once and gathered per batch, or for CIFAR-10 each batch
+  augmented on the host and uploaded.
+
+"Fits" is :func:`device_data_choice`: the bytes uploaded within :data:`DEVICE_DATA_SHARE` of
+the free device memory (:func:`free_device_bytes`; the rest is the model's: parameters,
+activations, workspaces).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .data.datasets import AUGMENT_PAD
+from .data.loader import batch_rng, crop_flip_draw, epoch_permutation, num_batches
+from .ops.data import pack_crops, pixel_table
+
+__all__ = ["DEVICE_DATA_MODES", "DEVICE_DATA_SHARE", "check_device_data_mode",
+           "device_data_choice", "free_device_bytes", "host_available_bytes", "TrainBatches"]
+
+DEVICE_DATA_MODES = ("auto", "on", "off")
+DEVICE_DATA_SHARE = 0.25  # of the free device memory, at most, for the training split
+
+
+def _mb(nbytes):
+    return f"{nbytes / 1e6:.1f} MB"
+
+
+def check_device_data_mode(mode):
+    if mode not in DEVICE_DATA_MODES:
+        raise ValueError(f"device_data must be one of {', '.join(DEVICE_DATA_MODES)}, "
+                         f"got {mode!r}")
+
+
+def device_data_choice(mode, need_bytes, free_bytes, where):
+    """(on_device, why) for a split of ``need_bytes`` when ``free_bytes`` are free ``where``
+    (None: unknown). ``on`` that does not fit is a ValueError saying what to do."""
+    check_device_data_mode(mode)
+    if mode == "off":
+        return False, "--device-data off"
+    bound = None if free_bytes is None else int(free_bytes * DEVICE_DATA_SHARE)
+    share = f"{DEVICE_DATA_SHARE:.0%}"
+    if bound is not None and need_bytes <= bound:
+        return True, (f"--device-data {mode}: {_mb(need_bytes)} fit in {share} of the "
+                      f"{_mb(free_bytes)} {where}")
+    room = ("the free memory is unknown" if bound is None else
+            f"more than {share} of the {_mb(free_bytes)} {where}")
+    if mode == "on":
+        raise ValueError(f"--device-data on: the training split needs {_mb(need_bytes)} on the "
+                         f"device (uint8 images and labels), {room}; use --device-data auto "
+                         f"(prepares batches on the host when it does not fit), or fewer "
+                         f"images (--limit)")
+    return False, f"--device-data auto: {_mb(need_bytes)} is {room}"
+
+
+def host_available_bytes():
+    """The host memory available to a new allocation (/proc/meminfo MemAvailable, else the
+    free pages), or None when neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def free_device_bytes(backend):
+    """(free bytes or None, where): on cuda the driver's free memory plus what CuPy's pool
+    holds unused (it is reused before the driver is asked); on emu and the null device, whose
+    arrays are host arrays, the available host memory."""
+    if backend.name == "cuda":
+        xp = backend.xp
+        with backend.on_device():
+            free = xp.cuda.runtime.memGetInfo()[0] + xp.get_default_memory_pool().free_bytes()
+        return int(free), "free on the GPU"
+    return host_available_bytes(), f"of host memory available (the {backend.name} device's)"
+
+
+class TrainBatches:
+    """``batches(batch_size, seed, epoch, start)`` yields the training split's (x, y) on
+    ``backend``, from device data or host data (the module docstring); ``images`` and
+    ``labels`` are the arrays they are gathered from (None where batches come from the host
+    one by one); ``line`` says which path and why, for the trainer's start-up output."""
+
+    def __init__(self, backend, dataset, mode="auto", augment=False):
+        self.backend, self.dataset, self.augment = backend, dataset, augment
+        B = backend
+        check_device_data_mode(mode)
+        if B.kind != "device":
+            self.on_device, why = False, (f"the {B.name} backend computes on the host "
+                                          f"(--device-data does not apply)")
+        else:
+            need = dataset.pixels.nbytes + dataset.labels.size * 4
+            self.on_device, why = device_data_choice(mode, need, *free_device_bytes(B))
+        if self.on_device:
+            self.images = B.asarray(dataset.pixels, dtype=np.uint8)
+            self.table = B.asarray(pixel_table(dataset.pixel_values(),
+                                               dataset.padding_value()), dtype=np.float32)
+            how = (f"uint8 images on the device ({_mb(dataset.pixels.nbytes)}; float32: "
+                   f"{_mb(dataset.images.nbytes)}), batches "
+                   f"{'cropped, flipped and ' if augment else ''}normalised by a gather kernel")
+        elif augment:
+            self.images = None
+            how = "batches augmented on the host and uploaded one by one"
+        else:
+            self.images = B.asarray(dataset.images)
+            how = (f"float32 images on the {B.name} backend ({_mb(dataset.images.nbytes)}), "
+                   f"gathered per batch")
+        self.labels = None if self.images is None else B.asarray(dataset.labels,
+                                                                 dtype=np.int32)
+        self.line = f"{how}: {why}"
+
+    def batches(self, batch_size, seed, epoch, start=0):
+        B, n = self.backend, len(self.dataset)
+        if self.images is None:
+            for x, y in self.dataset.batches(batch_size, True, seed, epoch, augment=True,
+                                             start_batch=start):
+                yield B.asarray(x), B.asarray(y, dtype=np.int32)
+            return
+        # The gather kernels index with int32; the host-data gather keeps its int64 order.
+        dtype = np.int32 if self.on_device else np.int64
+        order = B.asarray(epoch_permutation(n, seed, epoch).astype(dtype), dtype=dtype)
+        for b in range(start, num_batches(n, batch_size)):
+            idx = order[b * batch_size:(b + 1) * batch_size]
+            yield self._images(idx, seed, epoch, b), self.labels[idx]
+
+    def _images(self, idx, seed, epoch, b):
+        B = self.backend
+        if not self.on_device:
+            return self.images[idx]
+        if not self.augment:
+            return B.gather_normalize(self.images, idx, self.table)
+        crops = pack_crops(*crop_flip_draw(batch_rng(seed, epoch, b), len(idx), AUGMENT_PAD))
+        return B.gather_crop_flip(self.images, idx, B.asarray(crops, dtype=np.int32),
+                                  self.table, AUGMENT_PAD)
