@@ -368,7 +368,7 @@ class Trainer:
                 "data_files": self.data_files, "config_changes": self.run.config_changes,
                 "resume_unchecked": self.resume_unchecked,
                 "conv_algorithms": self.backend.conv_algorithms(),
-                "cuda_graphs": bool(cfg.cuda_graphs),
+                "cuda_graphs": bool(cfg.cuda_graphs), "device_data": self.feed.on_device,
                 "graph_replayed_steps": self.graph_steps.replayed if self.graph_steps else 0,
                 "eager_steps": (self.graph_steps.eager if self.graph_steps
                                 else self.eager_steps),

@@ -9,8 +9,9 @@ own counts in step (``after_replay``).
 Per batch shape the first step runs eagerly — it makes the plans and workspaces a capture
 needs — and its launches are then captured into a graph whose inputs are static arrays;
 later steps copy their batch into those and replay (the last partial batch gets a graph of
-its own; at most :data:`MAX_GRAPHS` are kept). A run that cannot be captured (the CPU backends) runs
-eagerly, said once in a warning, and the metrics count ``graph_replayed_steps`` and
+its own; at most :data:`MAX_GRAPHS` are kept). A run that cannot be captured (the CPU backends), or
+whose capture fails (e.g. an op copying a host value to the device: the error names it),
+runs eagerly, said once in a warning, and the metrics count ``graph_replayed_steps`` and
 ``eager_steps`` so a fall-back is seen.
 Replay is bit-identical to the eager step (tests/test_train_graph.py, on ``emu``).
 """
@@ -75,15 +76,16 @@ class GraphSteps:
             self.graphs.clear()
         xp = self.backend.xp
         static = (xp.empty_like(x), xp.empty_like(y))
-        self.graphs[key] = self.backend.capture(self._captured, *static)
-        return out
-
-    def _captured(self, x, y):
         steps, counts = self.opt.steps, self.model.extra_state()
         try:
-            return self.update(x, y)
+            self.graphs[key] = self.backend.capture(self.update, *static)
+        except Exception as exc:  # noqa: BLE001 - any failed capture: eager from now on
+            self.blocker = f"the capture failed: {type(exc).__name__}: {exc}"
+            warnings.warn(f"gpucnn: --cuda-graphs: every step runs eagerly from now on: "
+                          f"{self.blocker}", GraphModeWarning, stacklevel=3)
         finally:
             # The capture ran no step: the host counts it advanced go back (the device
             # copies were not touched: their advances were recorded, not run).
             self.opt.steps = steps
             self.model.load_extra_state(counts)
+        return out

@@ -122,7 +122,7 @@ def _small_net():
                       Flatten(), Linear(8 * 8 * 8, 32), ReLU(), Dropout(0.5), Linear(32, 10))
 
 
-def _steps(B, make_model, make_opt, graphs, n, batch, shape, seed=0):
+def _steps(B, make_model, make_opt, graphs, n, batch, shape, seed=0, replays=None):
     """n training steps (eager, or through GraphSteps: the trainer's); the parameters and
     the host counts after them."""
     from gpucnn.nn import SoftmaxCrossEntropy
@@ -144,7 +144,7 @@ def _steps(B, make_model, make_opt, graphs, n, batch, shape, seed=0):
         y = B.asarray(rng.integers(0, 10, batch).astype(np.int32), dtype=np.int32)
         losses.append(float(B.to_numpy(step(x, y)[0])))
     if graphs:
-        assert step.replayed == n - 1
+        assert step.replayed == (n - 1 if replays is None else replays)
     return [B.to_numpy(p.data) for p in model.parameters()], losses, model.extra_state(), \
         opt.steps
 
@@ -163,22 +163,38 @@ def _adam(ps, B):
 def test_dropout_and_adam_replay_bit_identical_to_eager(emu, make_opt):
     """Dropout draws a new mask every replay (its call count advances on the device) and
     Adam's bias corrections follow its device step count: replays equal eager steps."""
-    g = _steps(emu, _small_net, make_opt, True, 6, 4, (3, 16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GraphModeWarning)  # no fall-back to eager steps
+        g = _steps(emu, _small_net, make_opt, True, 6, 4, (3, 16, 16))
     e = _steps(emu, _small_net, make_opt, False, 6, 4, (3, 16, 16))
     for a, b in zip(g[0], e[0]):
         np.testing.assert_array_equal(a, b)
     assert g[1:] == e[1:]  # losses, dropout calls, optimiser steps
 
 
-def test_a_frozen_per_step_argument_is_caught_by_the_comparison(emu, monkeypatch):
-    """Plant one: dropout's seed passed by value (the host's) instead of its device state.
-    A capture freezes it, every replay draws the captured step's mask, and the comparison
-    with eager steps fails: the test above would catch such a mistake."""
+def test_a_frozen_per_step_argument_is_caught(emu, monkeypatch):
+    """Plant one: dropout's seed passed from the host (its temporary device copy) instead of
+    the layer's device state. A graph would freeze it; the capture refuses the host copy,
+    naming the op, and graph mode falls back to eager steps with one warning."""
     from gpucnn.nn import Dropout
     monkeypatch.setattr(Dropout, "_device_state", lambda self: None)
-    g = _steps(emu, _small_net, _sgd, True, 4, 4, (3, 16, 16))
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        g = _steps(emu, _small_net, _sgd, True, 4, 4, (3, 16, 16), replays=0)
+    said = [str(w.message) for w in seen if issubclass(w.category, GraphModeWarning)]
+    assert len(said) == 1 and "GraphCaptureError: dropout: a host value" in said[0]
     e = _steps(emu, _small_net, _sgd, False, 4, 4, (3, 16, 16))
-    assert any(not np.array_equal(a, b) for a, b in zip(g[0], e[0]))
+    for a, b in zip(g[0], e[0]):
+        np.testing.assert_array_equal(a, b)  # eager after all: the same steps
+
+
+def test_a_host_copy_in_a_captured_step_is_refused(emu, rng):
+    x = emu.asarray(rng.standard_normal((4, 6)).astype(np.float32))
+    emu.relu(x)
+    with pytest.raises(GraphCaptureError, match="asarray .* during graph capture"):
+        emu.capture(lambda a: emu.relu(emu.asarray(np.ones((4, 6), np.float32))), x)
+    with pytest.raises(GraphCaptureError, match="dropout: a host value copied"):
+        emu.capture(lambda a: emu.dropout(a, 0.5, 7), x)
 
 
 @pytest.mark.parametrize("steps", [pytest.param(5, id="5-steps"),

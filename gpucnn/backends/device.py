@@ -71,6 +71,16 @@ class DeviceContext:
             buf = self._buffers[tag] = self.empty((int(count),), np.float32)
         return buf[:count]
 
+    def from_host(self, values, what):
+        """A host value (a small NumPy array) copied to the device for op ``what``: fine in an
+        eager call, an error during graph capture (a graph would freeze the value; what
+        changes per step must already live on the device)."""
+        if self.capturing:
+            raise GraphCaptureError(f"{what}: a host value copied to the device during graph "
+                                    f"capture would be frozen into the graph; pass its "
+                                    f"device copy")
+        return self.xp.asarray(values)
+
     def buffer(self, tag):
         """The workspace buffer kept under ``tag`` (None before its first use)."""
         return self._buffers.get(tag)
@@ -183,6 +193,7 @@ class DeviceBackend(Backend):
         return f"{self.name} ({self.device_name})" if self.device_name else self.name
 
     def asarray(self, a, dtype=None):
+        self._refuse_in_capture("asarray (a host-to-device copy)")
         with self.on_device():
             a = np.asarray(a) if not isinstance(a, self.xp.ndarray) else a
             if dtype is None:

@@ -116,13 +116,12 @@ def dropout_device(ctx, shape, p):
     advance = plan_1d(ctx, "dropout_advance", 1)
     count, threshold = np.int32(n), np.uint32(dropout_threshold(p))
     keep_scale = np.float32(1.0 / (1.0 - p))
-    xp = ctx.xp
 
     def run(x, seed, state):
         y, mask = empty(shape, np.float32), empty(shape, np.float32)
         if state is None:  # a single call (B.dropout): its seed as the state, count 0
-            launch.fire((x, y, mask, count, xp.asarray(np.array([seed, 0], np.uint32)),
-                         threshold, keep_scale))
+            launch.fire((x, y, mask, count, ctx.from_host(np.array([seed, 0], np.uint32),
+                                                           "dropout"), threshold, keep_scale))
         else:  # a layer's [base seed, calls] on the device: this call's, then the next
             launch.fire((x, y, mask, count, state, threshold, keep_scale))
             advance.fire((state,))

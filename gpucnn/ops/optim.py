@@ -48,7 +48,7 @@ def adam_update_reference(param, grad, m, v, lr, beta1, beta2, eps, weight_decay
 def _on_device(ctx, lr_dev, lr, dtype):
     """The learning rate where the kernels read it: an optimiser's device copy, else (a single
     call) one made from the host value."""
-    return lr_dev if lr_dev is not None else ctx.xp.asarray(np.array([lr], dtype))
+    return lr_dev if lr_dev is not None else ctx.from_host(np.array([lr], dtype), "lr")
 
 
 def sgd_update_device(ctx, shape, momentum, weight_decay, nesterov):
@@ -67,12 +67,12 @@ def adam_update_device(ctx, shape, beta1, beta2, eps, weight_decay):
     launch, count = plan_1d(ctx, "adam_update", n), np.int32(n)
     betas = (np.float32(beta1), np.float32(1.0 - beta1), np.float32(beta2),
              np.float32(1.0 - beta2), np.float32(eps), np.float32(weight_decay))
-    xp = ctx.xp
 
     def run(param, grad, m, v, lr, step, scalars):
         if scalars is None:  # a single call (B.adam_update): the corrections from the host
             bias1, bias2_sqrt = adam_bias_corrections(beta1, beta2, step)
-            scalars = xp.asarray(np.array([lr / bias1, bias2_sqrt], np.float32))
+            scalars = ctx.from_host(np.array([lr / bias1, bias2_sqrt], np.float32),
+                                    "adam_update")
         launch.fire((param, grad, m, v, count, scalars, *betas))
     return run
 
