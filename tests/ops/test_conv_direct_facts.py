@@ -34,19 +34,15 @@ print("AUTO", sorted(set(B.conv_algorithms().values())))
 """
 
 
-@pytest.mark.skipif(not direct.available(), reason=f"direct.cpp not built here: "
-                                                   f"{direct.unavailable_reason()}")
-def test_the_built_library_matches_direct_py():
+def test_the_built_library_matches_direct_py(native_kernels):
     assert direct.unavailable_reason() is None  # the facts check ran when it loaded
 
 
-@pytest.mark.skipif(not direct.available(), reason=f"direct.cpp not built here: "
-                                                   f"{direct.unavailable_reason()}")
 @pytest.mark.parametrize("name,expected", [
     ("Planes.gn", "Planes.gn: the library has 72, Python 64"),
     ("sizeof Forward", "sizeof Forward: the library has 232, Python 224"),
     ("GPUCNN_DIRECT_FB_MAX", "GPUCNN_DIRECT_FB_MAX: the library has 16, Python 8")])
-def test_a_mismatch_makes_direct_unavailable_naming_it(name, expected):
+def test_a_mismatch_makes_direct_unavailable_naming_it(native_kernels, name, expected):
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(_DOCTORED.format(name=name))],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
