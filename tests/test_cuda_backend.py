@@ -151,6 +151,10 @@ class FakeRawKernel:
 
     def __call__(self, grid, block, args, shared_mem=0):
         self.calls.append((grid, block, args, shared_mem))
+        capture = getattr(self.cp, "capturing", None) if self.cp is not None else None
+        if capture is not None:  # a stream capture records the launch; the graph replays it
+            capture.append(self.name)
+            return
         if self.cp is not None:
             self.cp.events.append(("launch " + self.name, self.cp.current_device()))
         if self.name == "gpucnn_probe":
@@ -201,6 +205,33 @@ def make_fake_cupy(device_count=1, probe="ok"):
 
     cp.events = []  # (what, device) of allocations, launches and synchronises
     cp.current_device = lambda: getattr(current, "id", 0)
+    cp.capturing = None  # the launches of a stream capture under way
+
+    class Graph:
+        def __init__(self, names):
+            self.names = names
+
+        def launch(self, stream=None):
+            cp.events += [("graph " + n, cp.current_device()) for n in self.names]
+
+    class Stream:  # CuPy's stream capture, as far as the cuda backend uses it
+        def __init__(self, non_blocking=False):
+            self.non_blocking = non_blocking
+
+        def __enter__(self):
+            cp.events.append(("stream enter", cp.current_device()))
+            return self
+
+        def __exit__(self, *exc):
+            cp.events.append(("stream exit", cp.current_device()))
+
+        def begin_capture(self):
+            assert self.non_blocking, "capture on the legacy default stream is refused"
+            cp.capturing = []
+
+        def end_capture(self):
+            names, cp.capturing = cp.capturing, None
+            return Graph(names)
 
     cp.cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(
@@ -209,7 +240,7 @@ def make_fake_cupy(device_count=1, probe="ok"):
             getDeviceProperties=lambda i: {"name": b"Fake GPU", "major": 9, "minor": 0,
                                            "multiProcessorCount": 132,
                                            "totalGlobalMem": 80 * 2**30}),
-        Device=Device)
+        Device=Device, Stream=Stream)
     cp.RawModule = FakeRawModule
 
     def raw_kernel(code, name, options=()):
@@ -548,3 +579,25 @@ def test_gpu_lenet_training_step_stays_on_device(cuda_backend, rng):
     print(t.summary())
     assert t.count == 0, f"a training step copied data between host and device:\n{t.summary()}"
     assert np.isfinite(float(B.to_numpy(loss)))
+
+
+def test_a_graph_capture_on_cuda_records_through_cupy_stream_capture():
+    """The cuda backend's capture: CuPy's stream capture on a non-blocking stream made
+    current; nothing launches while capturing; a replay launches the captured kernels (on the
+    backend's GPU); the recording keeps the launches' arrays alive; a host read is refused."""
+    from gpucnn.backends.graph import GraphCaptureError
+    cp = make_fake_cupy(device_count=2)
+    b = cuda_mod.make_cuda_backend(cupy=cp, device=1, use_cublas=False)
+    x = b.empty((4, 8))
+    b.relu(x)  # the plan, checked at its first launch
+    cp.events.clear()
+    graph = b.capture(lambda a: b.relu(a), x)
+    assert not [e for e in cp.events if e[0].startswith("launch")]  # recorded, not run
+    assert ("stream enter", 1) in cp.events and ("stream exit", 1) in cp.events
+    assert [k.name for k, *_ in graph.graph.recording.launches] == ["relu_forward"]
+    cp.events.clear()
+    graph.replay(x)
+    assert cp.events == [("graph relu_forward", 1)]
+    with pytest.raises(GraphCaptureError, match="to_numpy"):
+        b.capture(lambda a: b.to_numpy(b.relu(a)), x)
+    assert cp.capturing is None  # the failed capture was ended

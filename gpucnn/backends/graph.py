@@ -86,12 +86,14 @@ class StepGraph:
         if len(inputs) != len(self.static):
             raise ValueError(f"the graph was captured with {len(self.static)} inputs, got "
                              f"{len(inputs)}")
-        for dst, src in zip(self.static, inputs):
-            if src is not dst:
-                if src.shape != dst.shape or src.dtype != dst.dtype:
-                    raise ValueError(f"a graph input must keep its shape and dtype "
-                                     f"({dst.shape} {dst.dtype}), got {src.shape} {src.dtype}")
-                dst[...] = src
-        self.graph.launch()
+        with self.backend.on_device():  # the graph and the copies on the backend's GPU
+            for dst, src in zip(self.static, inputs):
+                if src is not dst:
+                    if src.shape != dst.shape or src.dtype != dst.dtype:
+                        raise ValueError(f"a graph input must keep its shape and dtype "
+                                         f"({dst.shape} {dst.dtype}), got {src.shape} "
+                                         f"{src.dtype}")
+                    dst[...] = src
+            self.graph.launch()
         self.replays += 1
         return self.outputs
