@@ -21,15 +21,16 @@ from gpucnn.toolchain.compilers import compile_nvrtc, nvrtc_by_major
 SOURCE = Path(__file__).resolve().parent / "emu_kernels" / "wmma.cu"
 CONVERT, A_COL, B_COL, CD_COL = 1, 2, 4, 8       # wmma.cu's WM_* flags
 N = 16
+ORDERS = ("forward", "reverse", "random")   # how the scheduler orders a block's threads
 _mods = {}
 
 
-def module(seed=7):
+def module(seed=7, order="forward"):
     # checks on: arguments are guarded copies that end at a page boundary, so a buffer whose
     # size is a multiple of 32 bytes starts 32-byte aligned, as wmma requires
-    if seed not in _mods:
-        _mods[seed] = EmuModule([SOURCE], checks=True, seed=seed)
-    return _mods[seed]
+    if (seed, order) not in _mods:
+        _mods[seed, order] = EmuModule([SOURCE], checks=True, seed=seed, order=order)
+    return _mods[seed, order]
 
 
 def line_of(marker):
@@ -49,7 +50,7 @@ def store(m, col, pad):
     return buf, np.int32(cols + pad)
 
 
-def run(kind, a, b, c, flags, pad=0, alpha=1.0, warps_per_block=2):
+def run(kind, a, b, c, flags, pad=0, alpha=1.0, warps_per_block=2, order="forward"):
     """D = alpha * (A.B + C) by wmma_<kind>; a, b as the kernel takes them (float32 or bf16
     bits), c float32. Returns D (float32, logical layout)."""
     m, k = a.shape
@@ -58,9 +59,10 @@ def run(kind, a, b, c, flags, pad=0, alpha=1.0, warps_per_block=2):
     cbuf, ldc = store(c, flags & CD_COL, pad)
     dbuf = np.full_like(cbuf, np.nan)
     warps = m // 16
-    module().get_function(f"wmma_{kind}")(
+    module(order=order).get_function(f"wmma_{kind}")(
         (warps // warps_per_block,), (32 * warps_per_block,),
-        (abuf, bbuf, cbuf, dbuf, np.int32(k), lda, ldb, ldc, ldc, np.int32(flags), np.float32(alpha)))
+        (abuf, bbuf, cbuf, dbuf, np.int32(k), lda, ldb, ldc, ldc, np.int32(flags),
+         np.float32(alpha)))
     cols = m if flags & CD_COL else N
     assert np.isnan(dbuf[:, cols:]).all(), "store_matrix_sync wrote into the padding"
     d = dbuf[:, :cols]
@@ -119,6 +121,17 @@ def test_tf32_converted_is_the_defined_chain_bit_for_bit(rng, flags, pad):
     assert np.all(np.abs(d / -2.0 - exact(a, b, c)) <= error_bound(a, b, c, 2.0**-11))
 
 
+@pytest.mark.parametrize("order", ORDERS)
+def test_any_lane_may_act_for_the_warp(rng, order):
+    """Whichever lane resumes first does the warp's operation (here under every thread order
+    the scheduler has, 4 warps in 2 blocks of 64 and 1 block of 128 threads)."""
+    a, b, c = inputs(rng, 64, 16)
+    want = fma_chain(round_tf32(a), round_tf32(b), c)
+    for per_block in (2, 4):
+        d = run("tf32", a, b, c, CONVERT, warps_per_block=per_block, order=order)
+        np.testing.assert_array_equal(d, want)
+
+
 @pytest.mark.parametrize("flags", [0, A_COL | B_COL])
 def test_tf32_unconverted_elements_are_truncated(rng, flags):
     a, b, c = inputs(rng, 32, 16)
@@ -163,7 +176,8 @@ def test_conversions_in_kernel_code_match_the_references(rng):
     module().get_function("bf16_convert")(grid, (256,), (x, bits, back, n))
     module().get_function("tf32_convert")(grid, (256,), (x, t, n))
     np.testing.assert_array_equal(bits, round_bf16(x))
-    np.testing.assert_array_equal(back.view(np.uint32), bf16_to_float32(round_bf16(x)).view(np.uint32))
+    np.testing.assert_array_equal(back.view(np.uint32),
+                                  bf16_to_float32(round_bf16(x)).view(np.uint32))
     np.testing.assert_array_equal(t.view(np.uint32), round_tf32(x).view(np.uint32))
 
 
@@ -190,13 +204,14 @@ def test_a_lane_missing_from_mma_is_a_deadlock(rng, mode, why):
     a, b, _ = inputs(rng, 16, 8)
     d = np.zeros((16, N), np.float32)
     line = line_of("WMMA_SKIPPED_MMA")
-    with pytest.raises(EmuDeadlockError, match=rf"wmma_lane_skips.*wmma::mma_sync\(\) at \S*wmma\.cu:{line} "
-                                               rf".*{why}"):
+    want = rf"wmma_lane_skips.*wmma::mma_sync\(\) at \S*wmma\.cu:{line} .*{why}"
+    with pytest.raises(EmuDeadlockError, match=want):
         module().get_function("wmma_lane_skips")((1,), (32,), (a, b, d, np.int32(mode)))
 
 
 @pytest.mark.parametrize("mode, marker, what", [
-    (0, "WMMA_MISALIGNED", r"pointer 0x[0-9a-f]+ is not 256-bit \(32-byte\) aligned \(4 bytes past\)"),
+    (0, "WMMA_MISALIGNED",
+     r"pointer 0x[0-9a-f]+ is not 256-bit \(32-byte\) aligned \(4 bytes past\)"),
     (1, "WMMA_BAD_LDM", r"ldm=6 is not a multiple of 16 bytes \(4 elements"),
     (2, "WMMA_PER_LANE", r"lane 1 passed a different pointer"),
     (3, "WMMA_BF16_LDM", r"ldm=20 is not a multiple of 16 bytes \(8 elements"),
@@ -205,15 +220,17 @@ def test_operand_rules_are_enforced_naming_kernel_and_line(mode, marker, what):
     a = np.zeros(256, np.float32)
     h = np.zeros(512, np.uint16)
     d = np.zeros(32, np.float32)
-    with pytest.raises(EmuLaunchError, match=rf"kernel wmma_bad_operand .*wmma::load_matrix_sync\(\): {what}.* "
-                                             rf"at \S*wmma\.cu:{line_of(marker)}$"):
+    want = (rf"kernel wmma_bad_operand .*wmma::load_matrix_sync\(\): {what}.* "
+            rf"at \S*wmma\.cu:{line_of(marker)}$")
+    with pytest.raises(EmuLaunchError, match=want):
         module().get_function("wmma_bad_operand")((1,), (32,), (a, h, d, np.int32(mode)))
 
 
 def _toolkit_includes():
     """Folders that hold mma.h: CUDA toolkits (no pip wheel in use ships it)."""
     roots = [os.environ.get("CUDA_HOME", ""), *sorted(glob.glob("/usr/local/cuda*"), reverse=True)]
-    return [str(Path(r) / "include") for r in roots if r and (Path(r) / "include" / "mma.h").is_file()]
+    return [str(Path(r) / "include") for r in roots
+            if r and (Path(r) / "include" / "mma.h").is_file()]
 
 
 @pytest.mark.parametrize("major", [12, 13])
@@ -224,9 +241,11 @@ def test_nvrtc_compiles_the_wmma_kernels_for_sm_80(major):
     if major not in nvrtcs:
         pytest.skip(f"no NVRTC {major} installed")
     plain = compile_nvrtc(SOURCE, "sm_80", nvrtc=nvrtcs[major])
-    assert not plain.ok and any(re.search(r'cannot open source file "mma\.h"', e) for e in plain.errors)
+    missing = [e for e in plain.errors if re.search(r'cannot open source file "mma\.h"', e)]
+    assert not plain.ok and missing, plain.errors
     inc = _toolkit_includes()
     if not inc:
         pytest.skip("no CUDA toolkit with mma.h (set CUDA_HOME)")
-    res = compile_nvrtc(SOURCE, "sm_80", nvrtc=nvrtcs[major], extra_options=[f"--include-path={inc[0]}"])
+    res = compile_nvrtc(SOURCE, "sm_80", nvrtc=nvrtcs[major],
+                        extra_options=[f"--include-path={inc[0]}"])
     assert res.ok, res.errors

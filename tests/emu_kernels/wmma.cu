@@ -64,8 +64,9 @@ extern "C" __global__ void wmma_tf32(const float* A, const float* B, const float
 }
 
 // bf16 operands as their bits (uint16 arrays on the host; NumPy has no bfloat16)
-extern "C" __global__ void wmma_bf16(const unsigned short* A, const unsigned short* B, const float* C, float* D,
-                                     int K, int lda, int ldb, int ldc, int ldd, int flags, float alpha)
+extern "C" __global__ void wmma_bf16(const unsigned short* A, const unsigned short* B, const float* C,
+                                     float* D, int K, int lda, int ldb, int ldc, int ldd, int flags,
+                                     float alpha)
 {
     tile_any<__nv_bfloat16, 16>(reinterpret_cast<const __nv_bfloat16*>(A),
                                 reinterpret_cast<const __nv_bfloat16*>(B), C, D, K, lda, ldb, ldc, ldd,

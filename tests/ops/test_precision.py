@@ -30,7 +30,7 @@ def test_tf32_ties_round_away_from_zero():
 def test_tf32_carry_into_exponent_subnormals_and_zero():
     assert bits(round_tf32(f32(0x3FFFF000))) == 0x40000000          # 2 - 2^-11 rounds to 2
     assert bits(round_tf32(f32(0x00001000))) == 0x00002000          # subnormal tie: away
-    assert bits(round_tf32(f32(0x007FF000))) == 0x00800000          # largest subnormals -> min normal
+    assert bits(round_tf32(f32(0x007FF000))) == 0x00800000          # to the smallest normal
     assert bits(truncate_tf32(f32(0x007FFFFF))) == 0x007FE000
     assert bits(round_tf32(f32(0x00000FFF))) == 0                   # below half the smallest tf32
     assert bits(round_tf32(np.float32(-0.0))) == 0x80000000          # negative zero kept
