@@ -76,6 +76,8 @@ __EMU_API unsigned long long __emu_warp_op(const char* file, int line, int op, u
                                            unsigned long long value, int src_lane);
 __EMU_API unsigned int __emu_activemask(void);
 __EMU_API void __emu_trap(const char* file, int line);
+__EMU_API void __emu_fail(const char* file, int line, const char* what) __attribute__((noreturn));
+__EMU_API unsigned long long __emu_launch_seed(void);
 
 // op codes shared with the runtime
 #define __EMU_BAR_SYNC 0
@@ -87,6 +89,10 @@ __EMU_API void __emu_trap(const char* file, int line);
 #define __EMU_WARP_BALLOT 2
 #define __EMU_WARP_ANY 3
 #define __EMU_WARP_ALL 4
+// warp-collective ops (every lane of the warp, same source line; see __emu_wmma_collective)
+#define __EMU_WARP_WMMA_LOAD 5
+#define __EMU_WARP_WMMA_STORE 6
+#define __EMU_WARP_WMMA_MMA 7
 
 // The barrier is identified by its source location (file, line), so a copy made by the
 // compiler still counts as the same barrier. The fence keeps memory accesses on their side.
@@ -330,5 +336,259 @@ __EMU_INL unsigned int __umul24(unsigned int a, unsigned int b) { return a * b; 
 __EMU_INL unsigned int __umulhi(unsigned int a, unsigned int b) { return (unsigned int)(((unsigned long long)a * b) >> 32); }
 __EMU_INL int __mulhi(int a, int b) { return (int)(((long long)a * b) >> 32); }
 
+// ---- bfloat16 (cuda_bf16.h subset): the bits in a uint16, conversions as CUDA's ----
+struct __nv_bfloat16 {
+    unsigned short __x;
+    __nv_bfloat16() = default;
+    __nv_bfloat16(float f);   // round to nearest even, as __float2bfloat16
+    operator float() const { return __uint_as_float((unsigned)__x << 16); }
+};
+__EMU_INL __nv_bfloat16 __float2bfloat16_rn(float f) {
+    unsigned u = __float_as_uint(f);
+    __nv_bfloat16 r;
+    // NaN -> 0x7FFF (CUDA's canonical bf16 NaN); else ties to even: add half a unit minus one
+    // plus the kept part's lowest bit (gpucnn.ops.precision.round_bf16 is the reference)
+    r.__x = (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)0x7fff
+                                            : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    return r;
+}
+__EMU_INL __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
+__EMU_INL float __bfloat162float(__nv_bfloat16 b) { return (float)b; }
+inline __nv_bfloat16::__nv_bfloat16(float f) : __x(__float2bfloat16_rn(f).__x) {}
+
+// ---- nvcuda::wmma (mma.h subset): tf32 m16n16k8 and bf16 m16n16k16, float accumulators ----
+// Semantics (tests/test_emu_wmma.py pins them down; a kernel source includes <mma.h> and
+// <cuda_bf16.h> only #ifndef __GPUCNN_EMU__, since nothing is reachable here, see the top):
+// * load_matrix_sync / store_matrix_sync / mma_sync are warp-collective: every lane of a full
+//   warp must call the same one at the same source line (a lane missing, exited or elsewhere is
+//   a deadlock error naming the call); the first lane of the warp to resume does the operation
+//   for all 32, once.
+// * which (row, column) a lane's x[i] holds is a permutation drawn from the launch seed and the
+//   fragment type: deliberately not CUDA's (unspecified) layout nor any natural order, so a
+//   kernel that depends on it gets a wrong answer. Same fragment type, same launch: same map,
+//   so element-wise work across fragments of one type is right.
+// * mma_sync reads A and B as a tensor core does: tf32 elements with their low 13 bits dropped
+//   (so one not converted by __float_to_tf32 is truncated), bf16 exactly; then
+//   D[i][j] = fma(A[i][K-1], B[K-1][j], ... fma(A[i][0], B[0][j], C[i][j])): k in order, one
+//   FP32 rounding per step (the products of tf32 / bf16 values are exact in FP32). CUDA leaves
+//   the order unspecified; gpucnn.ops.precision and tests/test_emu_wmma.py hold the references.
+// * NVIDIA's rules are enforced: the pointer 256-bit (32-byte) aligned; ldm a multiple of 16
+//   bytes (4 floats, 8 bf16); pointer, ldm and layout the same in every lane.
+namespace nvcuda { namespace wmma {
+struct matrix_a; struct matrix_b; struct accumulator;
+struct row_major; struct col_major;
+enum layout_t { mem_row_major, mem_col_major };
+namespace precision { struct tf32; }
+
+__EMU_INL float __float_to_tf32(float in) {   // cvt.rna.tf32.f32 (= precision.round_tf32)
+    unsigned u = __float_as_uint(in);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float((u & ~0x1fffu) | 0x400000u);
+    if ((u & 0x7f800000u) == 0x7f800000u) return in;
+    return __uint_as_float((u + 0x1000u) & ~0x1fffu);   // ties away from zero; may carry to inf
+}
+__EMU_INL float __emu_tf32_read(float v) {               // = precision.truncate_tf32
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float((u & ~0x1fffu) | 0x400000u);
+    return __uint_as_float(u & ~0x1fffu);
+}
+__EMU_INL float __emu_ab_read(float v) { return __emu_tf32_read(v); }
+__EMU_INL float __emu_ab_read(__nv_bfloat16 v) { return (float)v; }
+
+template <class T> struct __emu_storage { typedef T type; enum { id = 0 }; };   // float
+template <> struct __emu_storage<precision::tf32> { typedef float type; enum { id = 1 }; };
+template <> struct __emu_storage<__nv_bfloat16> { typedef __nv_bfloat16 type; enum { id = 2 }; };
+template <class L> struct __emu_layout { enum { id = -1 }; };
+template <> struct __emu_layout<row_major> { enum { id = mem_row_major }; };
+template <> struct __emu_layout<col_major> { enum { id = mem_col_major }; };
+// rows x cols of the matrix a fragment holds
+template <class Use, int M, int N, int K> struct __emu_dims;
+template <int M, int N, int K> struct __emu_dims<matrix_a, M, N, K> { enum { use = 0, rows = M, cols = K }; };
+template <int M, int N, int K> struct __emu_dims<matrix_b, M, N, K> { enum { use = 1, rows = K, cols = N }; };
+template <int M, int N, int K> struct __emu_dims<accumulator, M, N, K> { enum { use = 2, rows = M, cols = N }; };
+template <class Use, int M, int N, int K, class T, class L> struct __emu_supported {
+    enum { id = __emu_storage<T>::id, lay = __emu_layout<L>::id, acc = __emu_dims<Use, M, N, K>::use == 2 };
+    enum { shape = M == 16 && N == 16 && (K == 8 || K == 16) };
+    enum { value = shape && (acc ? id == 0 && lay == -1
+                                 : lay >= 0 && (id == 1 ? K == 8 : id == 2 && K == 16)) };
+};
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+class fragment {
+    static_assert(__emu_supported<Use, M, N, K, T, Layout>::value,
+                  "the emulator's wmma has tf32 m16n16k8 and __nv_bfloat16 m16n16k16 (A/B with "
+                  "row_major or col_major) and float accumulators of those shapes");
+public:
+    typedef __emu_dims<Use, M, N, K> dims;
+    typedef T element_type;
+    typedef typename __emu_storage<T>::type storage_element_type;
+    enum { num_elements = dims::rows * dims::cols / 32, num_storage_elements = num_elements };
+    storage_element_type x[num_elements];
+};
+
+template <class Use, int M, int N, int K, class T, class L, class V>
+__EMU_INL void fill_fragment(fragment<Use, M, N, K, T, L>& f, const V& v) {
+    typedef typename fragment<Use, M, N, K, T, L>::storage_element_type S;
+    for (int i = 0; i < f.num_elements; i++) f.x[i] = S(v);
+}
+
+// The fragment map: position (lane * num_elements + i) holds matrix element perm[...]
+// (row * cols + col), a Fisher-Yates shuffle from the launch seed and the fragment type.
+template <class Frag> __EMU_INL void __emu_fragment_map(unsigned short* perm) {
+    typedef typename Frag::dims D;
+    const int n = D::rows * D::cols;
+    unsigned long long s = __emu_launch_seed() ^ 0x7ea5ec0de5eedull ^
+        ((unsigned long long)(D::use * 64 + __emu_storage<typename Frag::element_type>::id * 8 + D::cols) << 32);
+    for (int i = 0; i < n; i++) perm[i] = (unsigned short)i;
+    for (int i = n - 1; i > 0; i--) {
+        unsigned long long z = (s += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        int j = (int)((z ^ (z >> 31)) % (unsigned long long)(i + 1));
+        unsigned short t = perm[i]; perm[i] = perm[j]; perm[j] = t;
+    }
+}
+
+// One lane's arguments to a collective op; the acting lane reads all 32 lanes' through the
+// table the runtime hands back (their fibers wait inside __emu_warp_op, stacks intact).
+struct __emu_wmma_args { void* frag[4]; const void* mem; unsigned ldm; int layout; };
+
+__EMU_INL void __emu_wmma_fail(const char* f, int l, const char* op, const char* fmt, unsigned long long a,
+                               unsigned long long b) {
+    char msg[400], what[320];
+    __builtin_snprintf(what, sizeof what, fmt, a, b);
+    __builtin_snprintf(msg, sizeof msg, "%s: %s", op, what);
+    __emu_fail(f, l, msg);
+}
+
+// Rendezvous of the warp at (f, l); the first lane to resume runs act(lanes) for all 32 and
+// clears the table, which tells the lanes resuming after it that the work is done.
+template <class Act> __EMU_INL void __emu_wmma_collective(const char* f, int l, int op, const char* name,
+                                                          __emu_wmma_args* mine, Act act) {
+    unsigned nthreads = blockDim.x * blockDim.y * blockDim.z;
+    unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+    if ((tid | 31u) >= nthreads)
+        __emu_wmma_fail(f, l, name, "needs a full warp of 32 threads; the block has %llu threads "
+                        "(thread %llu is in a partial warp)", nthreads, tid);
+    unsigned long long* tab = (unsigned long long*)__emu_warp_op(f, l, op, 0xffffffffu,
+                                                                 (unsigned long long)mine, 0);
+    if (!tab[__emu_laneid]) return;
+    __emu_wmma_args* lanes[32];
+    for (int k = 0; k < 32; k++) lanes[k] = (__emu_wmma_args*)tab[k];
+    act(lanes);
+    for (int k = 0; k < 32; k++) tab[k] = 0;
+    __asm__ __volatile__("" ::: "memory");
+}
+
+// NVIDIA's rules for the memory operand (CUDA C++ Programming Guide, "Warp Matrix Functions"):
+// a 256-bit aligned pointer, ldm a multiple of 16 bytes, the same pointer / ldm / layout in
+// every lane.
+template <class S> __EMU_INL void __emu_wmma_check_mem(const char* f, int l, const char* name,
+                                                       __emu_wmma_args** lanes) {
+    const __emu_wmma_args* a = lanes[0];
+    for (int k = 1; k < 32; k++)
+        if (lanes[k]->mem != a->mem || lanes[k]->ldm != a->ldm || lanes[k]->layout != a->layout)
+            __emu_wmma_fail(f, l, name, "lane %llu passed a different pointer, ldm or layout than lane %llu "
+                            "(they must be the same in every lane)", k, 0);
+    if ((unsigned long long)a->mem % 32)
+        __emu_wmma_fail(f, l, name, "pointer 0x%llx is not 256-bit (32-byte) aligned (%llu bytes past)",
+                        (unsigned long long)a->mem, (unsigned long long)a->mem % 32);
+    if (a->ldm * sizeof(S) % 16)
+        __emu_wmma_fail(f, l, name, "ldm=%llu is not a multiple of 16 bytes (%llu elements of this type)",
+                        a->ldm, 16 / sizeof(S));
+}
+
+// Memory <-> fragments of the whole warp; to_mem says which way.
+template <class Frag, class S> __EMU_INL void __emu_wmma_move(__emu_wmma_args** lanes, bool to_mem) {
+    typedef typename Frag::dims D;
+    unsigned short perm[D::rows * D::cols];
+    __emu_fragment_map<Frag>(perm);
+    S* mem = (S*)lanes[0]->mem;
+    unsigned ldm = lanes[0]->ldm;
+    bool rowm = lanes[0]->layout == mem_row_major;
+    for (int k = 0; k < 32; k++) {
+        Frag* fr = (Frag*)lanes[k]->frag[0];
+        for (int i = 0; i < Frag::num_elements; i++) {
+            int pos = perm[k * Frag::num_elements + i], r = pos / D::cols, c = pos % D::cols;
+            S* p = mem + (rowm ? (unsigned long long)r * ldm + c : (unsigned long long)c * ldm + r);
+            if (to_mem) *p = fr->x[i];
+            else fr->x[i] = *p;
+        }
+    }
+}
+
+template <class Use, int M, int N, int K, class T, class L, class S>
+__EMU_INL void __emu_load(fragment<Use, M, N, K, T, L>& a, const S* p, unsigned ldm, int layout, const char* f,
+                          int l) {
+    typedef fragment<Use, M, N, K, T, L> Frag;
+    static_assert(sizeof(S) == sizeof(typename Frag::storage_element_type), "pointer type of the fragment's");
+    __emu_wmma_args mine = {{&a, 0, 0, 0}, p, ldm, layout};
+    const char* name = "wmma::load_matrix_sync()";
+    __emu_wmma_collective(f, l, __EMU_WARP_WMMA_LOAD, name, &mine, [&](__emu_wmma_args** lanes) {
+        __emu_wmma_check_mem<S>(f, l, name, lanes);
+        __emu_wmma_move<Frag, typename Frag::storage_element_type>(lanes, false);
+    });
+}
+// A and B: the layout is the fragment's
+template <class Use, int M, int N, int K, class T, class L>
+__EMU_INL void load_matrix_sync(fragment<Use, M, N, K, T, L>& a,
+                                const typename fragment<Use, M, N, K, T, L>::storage_element_type* p,
+                                unsigned ldm, const char* f = __builtin_FILE(), int l = __builtin_LINE()) {
+    static_assert(__emu_layout<L>::id >= 0, "an accumulator's load_matrix_sync takes a layout_t");
+    __emu_load(a, p, ldm, __emu_layout<L>::id, f, l);
+}
+template <int M, int N, int K>
+__EMU_INL void load_matrix_sync(fragment<accumulator, M, N, K, float>& a, const float* p, unsigned ldm,
+                                layout_t layout, const char* f = __builtin_FILE(), int l = __builtin_LINE()) {
+    __emu_load(a, p, ldm, layout, f, l);
+}
+template <int M, int N, int K>
+__EMU_INL void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& a, unsigned ldm,
+                                 layout_t layout, const char* f = __builtin_FILE(), int l = __builtin_LINE()) {
+    typedef fragment<accumulator, M, N, K, float> Frag;
+    __emu_wmma_args mine = {{(void*)&a, 0, 0, 0}, p, ldm, layout};
+    const char* name = "wmma::store_matrix_sync()";
+    __emu_wmma_collective(f, l, __EMU_WARP_WMMA_STORE, name, &mine, [&](__emu_wmma_args** lanes) {
+        __emu_wmma_check_mem<float>(f, l, name, lanes);
+        __emu_wmma_move<Frag, float>(lanes, true);
+    });
+}
+
+// The warp's fragments frag[which] gathered into a rows x cols matrix: A and B as the tensor
+// core reads them (operand), an accumulator as it is.
+template <class Frag, bool operand> __EMU_INL void __emu_gather(__emu_wmma_args** lanes, int which, float* m) {
+    unsigned short perm[Frag::dims::rows * Frag::dims::cols];
+    __emu_fragment_map<Frag>(perm);
+    for (int k = 0; k < 32; k++)
+        for (int i = 0; i < Frag::num_elements; i++) {
+            auto v = ((const Frag*)lanes[k]->frag[which])->x[i];
+            m[perm[k * Frag::num_elements + i]] = operand ? __emu_ab_read(v) : (float)v;
+        }
+}
+
+template <int M, int N, int K, class T, class LA, class LB>
+__EMU_INL void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
+                        const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c,
+                        const char* f = __builtin_FILE(), int l = __builtin_LINE()) {
+    typedef fragment<accumulator, M, N, K, float> Acc;
+    __emu_wmma_args mine = {{&d, (void*)&a, (void*)&b, (void*)&c}, 0, 0, 0};
+    __emu_wmma_collective(f, l, __EMU_WARP_WMMA_MMA, "wmma::mma_sync()", &mine, [&](__emu_wmma_args** lanes) {
+        float A[M * K], B[K * N], C[M * N];
+        __emu_gather<fragment<matrix_a, M, N, K, T, LA>, true>(lanes, 1, A);
+        __emu_gather<fragment<matrix_b, M, N, K, T, LB>, true>(lanes, 2, B);
+        __emu_gather<Acc, false>(lanes, 3, C);
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                float acc = C[i * N + j];
+                for (int k = 0; k < K; k++) acc = __builtin_fmaf(A[i * K + k], B[k * N + j], acc);
+                C[i * N + j] = acc;   // row i of C is not read again
+            }
+        unsigned short perm[M * N];
+        __emu_fragment_map<Acc>(perm);
+        for (int k = 0; k < 32; k++)
+            for (int i = 0; i < Acc::num_elements; i++)
+                ((Acc*)lanes[k]->frag[0])->x[i] = C[perm[k * Acc::num_elements + i]];
+    });
+}
+} }  // namespace nvcuda::wmma
 #undef __EMU_INL
 #endif

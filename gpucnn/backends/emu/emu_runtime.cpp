@@ -145,6 +145,7 @@ struct Worker {
     int id;
     Fiber* fibers;
     unsigned* perm;
+    unsigned long long* coll;  // per thread: its value at a warp-collective op (see release_warps)
     unsigned* free_slots;
     unsigned nfree;
     unsigned pos;              // position in perm of the thread running now
@@ -238,6 +239,7 @@ static bool ensure_stacks(Worker* w, size_t n) {
     if (w->stacks) munmap(w->stacks, w->stack_cap * slot);
     free(w->fibers);
     free(w->perm);
+    free(w->coll);
     free(w->free_slots);
     w->stacks = nullptr;
     w->stack_cap = 0;
@@ -248,8 +250,9 @@ static bool ensure_stacks(Worker* w, size_t n) {
     w->stack_cap = cap;
     w->fibers = (Fiber*)calloc(cap, sizeof(Fiber));
     w->perm = (unsigned*)calloc(cap, sizeof(unsigned));
+    w->coll = (unsigned long long*)calloc(cap, sizeof(unsigned long long));
     w->free_slots = (unsigned*)calloc(cap, sizeof(unsigned));
-    return w->fibers && w->perm && w->free_slots;
+    return w->fibers && w->perm && w->coll && w->free_slots;
 }
 
 // Stacks are taken from a free list when a thread starts and returned when it finishes, so
@@ -307,6 +310,17 @@ extern "C" HIDDEN unsigned __emu_activemask(void) {
     return m;
 }
 
+// A usage error the header detects in kernel code (e.g. a misaligned wmma pointer): reported
+// like __trap(), with the header's message, and the launch abandoned.
+extern "C" HIDDEN void __emu_fail(const char* file, int line, const char* what) {
+    Worker* w = __emu_tw;
+    w->in_fiber = 0;
+    set_error(w->L, ERR_TRAP, 0, w->cur, &w->bidx, 0, "%s at %s:%d", what, file, line);
+    siglongjmp(w->jb, 2);
+}
+
+extern "C" HIDDEN unsigned long long __emu_launch_seed(void) { return __emu_tw->L->seed; }
+
 extern "C" HIDDEN void __emu_trap(const char* file, int line) {
     Worker* w = __emu_tw;
     w->in_fiber = 0;   // no watchdog longjmp while set_error holds the lock
@@ -351,6 +365,9 @@ static const char* op_name(const Fiber* f) {
         }
     }
     switch (f->op) {
+        case 5: return "wmma::load_matrix_sync()";
+        case 6: return "wmma::store_matrix_sync()";
+        case 7: return "wmma::mma_sync()";
         case 1: return "__shfl*_sync()";
         case 2: return "__ballot_sync()";
         case 3: return "__any_sync()";
@@ -359,18 +376,43 @@ static const char* op_name(const Fiber* f) {
     }
 }
 
+// Warp-collective ops (wmma::*_sync, op >= kCollectiveOp) need every lane of the warp, an
+// exited one included, at the same op and source line; a lane missing, elsewhere or exited,
+// leaves the warp waiting and release_block reports the deadlock. On release each lane gets
+// the address of its warp's 32 values (coll), so one lane can act for the whole warp.
+static const int kCollectiveOp = 5;
+
+static bool same_site(const Fiber* a, const Fiber* b) {
+    return a->op == b->op && a->line == b->line && strcmp(a->file, b->file) == 0;
+}
+
+static bool release_collective(Worker* w, unsigned base, unsigned cnt, unsigned coll) {
+    Fiber* F = w->fibers;
+    unsigned full = cnt == 32 ? ~0u : (1u << cnt) - 1;
+    if (coll != full) return false;
+    for (unsigned l = 1; l < cnt; l++)
+        if (!same_site(&F[base], &F[base + l])) return false;
+    for (unsigned l = 0; l < cnt; l++) w->coll[base + l] = F[base + l].value;
+    for (unsigned l = 0; l < cnt; l++) {
+        F[base + l].result = (unsigned long long)(uintptr_t)&w->coll[base];
+        F[base + l].state = F_READY;
+    }
+    return true;
+}
+
 // Try to release warps whose participating lanes all arrived. Returns true if any released.
 static bool release_warps(Worker* w, unsigned n) {
     bool any = false;
     Fiber* F = w->fibers;
     for (unsigned base = 0; base < n; base += 32) {
         unsigned cnt = n - base < 32 ? n - base : 32;
-        unsigned arrived = 0, live = 0;
+        unsigned arrived = 0, live = 0, coll = 0;
         for (unsigned l = 0; l < cnt; l++) {
             int s = F[base + l].state;
             if (s != F_DONE) live |= 1u << l;
-            if (s == F_WARP) arrived |= 1u << l;
+            if (s == F_WARP) (F[base + l].op >= kCollectiveOp ? coll : arrived) |= 1u << l;
         }
+        if (coll && release_collective(w, base, cnt, coll)) { any = true; continue; }
         if (!arrived) continue;
         bool ok = true;
         for (unsigned l = 0; l < cnt && ok; l++)
@@ -461,9 +503,15 @@ static int release_block(Worker* w, unsigned n) {
         char why[256] = "";
         for (unsigned l = 0; l < 32 && base + l < n; l++) {
             Fiber* g = &F[base + l];
-            if ((f->mask >> l & 1) && g->state == F_BAR) {
-                fmt_tid(b, sizeof b, g);
+            if (!(f->mask >> l & 1)) continue;
+            fmt_tid(b, sizeof b, g);
+            if (g->state == F_BAR || (g->state == F_WARP && f->op >= kCollectiveOp && !same_site(f, g))) {
                 snprintf(why, sizeof why, "; lane %u thread %s waits at %s at %s:%d", l, b, op_name(g), g->file, g->line);
+                break;
+            }
+            if (g->state == F_DONE && f->op >= kCollectiveOp) {
+                snprintf(why, sizeof why, "; lane %u thread %s exited without reaching it (every lane of the "
+                         "warp must call it)", l, b);
                 break;
             }
         }
