@@ -226,9 +226,11 @@ def test_operand_rules_are_enforced_naming_kernel_and_line(mode, marker, what):
         module().get_function("wmma_bad_operand")((1,), (32,), (a, h, d, np.int32(mode)))
 
 
-def _toolkit_includes():
-    """Folders that hold mma.h: CUDA toolkits (no pip wheel in use ships it)."""
-    roots = [os.environ.get("CUDA_HOME", ""), *sorted(glob.glob("/usr/local/cuda*"), reverse=True)]
+def _toolkit_includes(nvcc):
+    """Folders that hold mma.h: the toolkit of the nvcc the suite requires, CUDA_HOME, other
+    /usr/local/cuda* (no pip wheel in use ships it)."""
+    roots = [str(Path(nvcc).resolve().parent.parent), os.environ.get("CUDA_HOME", ""),
+             *sorted(glob.glob("/usr/local/cuda*"), reverse=True)]
     return [str(Path(r) / "include") for r in roots
             if r and (Path(r) / "include" / "mma.h").is_file()]
 
@@ -236,16 +238,17 @@ def _toolkit_includes():
 @pytest.mark.parametrize("major", [12, 13])
 def test_nvrtc_compiles_the_wmma_kernels_for_sm_80(major):
     """The same source builds for a GPU -- given a toolkit's include folder: the NVRTC wheels
-    ship no mma.h / cuda_bf16.h, so COMPILE_OPTIONS alone cannot find them."""
+    ship no mma.h / cuda_bf16.h, so COMPILE_OPTIONS alone cannot find them. Both NVRTC
+    versions and nvcc's toolkit are required tools (the test extras, the README)."""
     nvrtcs = nvrtc_by_major()
-    if major not in nvrtcs:
-        pytest.skip(f"no NVRTC {major} installed")
+    assert major in nvrtcs, f"NVRTC {major} is not installed (pip install '.[test]')"
     plain = compile_nvrtc(SOURCE, "sm_80", nvrtc=nvrtcs[major])
     missing = [e for e in plain.errors if re.search(r'cannot open source file "mma\.h"', e)]
     assert not plain.ok and missing, plain.errors
-    inc = _toolkit_includes()
-    if not inc:
-        pytest.skip("no CUDA toolkit with mma.h (set CUDA_HOME)")
+    from gpucnn.toolchain.compilers import find_nvcc
+    nvcc = find_nvcc()  # a required tool: its absence fails (test_required_tools names it)
+    inc = _toolkit_includes(nvcc)
+    assert inc, f"no mma.h beside {nvcc} nor under CUDA_HOME or /usr/local/cuda*"
     res = compile_nvrtc(SOURCE, "sm_80", nvrtc=nvrtcs[major],
                         extra_options=[f"--include-path={inc[0]}"])
     assert res.ok, res.errors
