@@ -252,3 +252,14 @@ def test_nvrtc_compiles_the_wmma_kernels_for_sm_80(major):
     res = compile_nvrtc(SOURCE, "sm_80", nvrtc=nvrtcs[major],
                         extra_options=[f"--include-path={inc[0]}"])
     assert res.ok, res.errors
+
+
+def test_wmma_sources_get_32_byte_aligned_argument_copies():
+    """Under checks every array argument is a guarded copy; a WMMA source's are 32-byte
+    aligned (its loads and stores require it), whatever the array's size, and a source with
+    vector types keeps its 16 bytes."""
+    from gpucnn.backends.emu.build import copy_alignment
+    mod = module()
+    assert all(mod.get_function(n).align == 32 for n in mod.kernel_names)
+    assert copy_alignment("float4 v;") == 16 and copy_alignment("int i;") == 1
+    assert copy_alignment("wmma::fragment<...> f; float4 v;") == 32

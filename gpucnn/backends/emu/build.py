@@ -210,6 +210,14 @@ def _dyn_smem_asm(names) -> str:
 
 
 _VECTOR_RE = re.compile(r"\b(float4|int4|uint4|double2|float2|int2|uint2)\b")
+_WMMA_RE = re.compile(r"\bwmma::")
+
+
+def copy_alignment(text):
+    """The alignment of a source's guarded argument copies (checks on): 32 bytes where it
+    uses WMMA (its loads and stores need 256-bit aligned pointers), 16 where it uses vector
+    types (g++ emits aligned vector moves), else none: the copy ends at the guard page."""
+    return 32 if _WMMA_RE.search(text) else 16 if _VECTOR_RE.search(text) else 1
 _loaded = {}   # (.so path, sha256) -> Library (a library is loaded once per process)
 
 
@@ -237,7 +245,7 @@ def build_library(sources, retry=True) -> Library:
         except ValueError as e:
             raise EmuBuildError(f"emu: {p}: {e}") from None
         bounds = parse_launch_bounds(text)
-        vector_sources[str(p)] = bool(_VECTOR_RE.search(text))
+        vector_sources[str(p)] = copy_alignment(text)
         for k, params in ks.items():
             if k in kernels:
                 raise EmuBuildError(f"emu: kernel {k} is defined in both {kernels[k][1]} and {p}")

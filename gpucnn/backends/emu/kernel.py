@@ -50,9 +50,10 @@ class EmuKernel:
         self.last_cpu_s = 0.0   # CPU seconds the emulator's workers spent in the last launch
         # Guarded copies normally end exactly at a guard page (their start may then be only
         # 4-byte aligned). A kernel whose source uses 16-byte vector types gets 16-byte aligned
-        # copies instead (a past-the-end write within the last 16 bytes is then found by a
-        # canary check, a read there sees NaN).
-        self.align = 16 if module.library.vector_sources.get(str(source)) else 1
+        # copies instead, one using WMMA 32-byte aligned ones (build.copy_alignment; a
+        # past-the-end write within the padding is then found by a canary check, a read there
+        # sees NaN).
+        self.align = module.library.vector_sources.get(str(source), 1)
 
     def __repr__(self):
         return f"<EmuKernel {self.name} from {self.source}>"

@@ -60,7 +60,7 @@ class Library:
         self.path = path
         self.kernels = kernels
         self.has_dyn = has_dyn
-        self.vector_sources = vector_sources  # str(source) -> it uses 16-byte vector types
+        self.vector_sources = vector_sources  # str(source) -> its copies' alignment (build.py)
         self.poison = np.ascontiguousarray(np.array(poison, dtype=np.int64).reshape(-1))
         self.npoison = len(poison)
         try:
