@@ -222,7 +222,10 @@ def measure_torch(args, res, save, log):
         if run.returncode != 0 or not lines:
             raise RuntimeError(f"the PyTorch process failed (exit {run.returncode}): "
                                f"{run.stderr.strip()[-1500:]}")
-        res["torch"] = json.loads(lines[-1])
+        torch_res = json.loads(lines[-1])
+        if not isinstance(torch_res, dict):
+            raise ValueError("the PyTorch process printed no JSON object")
+        res["torch"] = torch_res
     except subprocess.TimeoutExpired:
         res["torch"] = {"error": f"the PyTorch process ran past {args.torch_timeout} s"}
     except (RuntimeError, ValueError) as exc:

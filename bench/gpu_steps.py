@@ -38,11 +38,26 @@ HEADERS_RE = re.compile(r"auto-detect CUDA root|CUDA headers not found|specify\W
 MAX_FAILURES_LISTED = 15
 
 
+MAX_RESULT_BYTES = 16 << 20  # what one file may bring back from the lent machine
+
+
+def read_result(path):
+    """A step's JSON result file as a dict: bounded in size, an object at the top, else a
+    ValueError saying which (a step killed mid-write leaves a truncated file)."""
+    size = Path(path).stat().st_size
+    if size > MAX_RESULT_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than {MAX_RESULT_BYTES}")
+    doc = json.loads(Path(path).read_text())
+    if not isinstance(doc, dict):
+        raise ValueError(f"{path}: not a JSON object")
+    return doc
+
+
 def print_summary_file(path, summarize):
     """``--summarize JSON`` of the step scripts: the ``@summary`` lines of a result file
     (``summarize(result) -> lines``); 1 when the file cannot be read."""
     try:
-        res = json.loads(Path(path).read_text())
+        res = read_result(path)
     except (OSError, ValueError) as exc:
         print(f"@summary no results: {exc}")
         return 1
@@ -163,7 +178,7 @@ def junit_summary(path, selection=""):
 # ---- the report ---------------------------------------------------------------------------
 def _load(path):
     try:
-        return json.loads(Path(path).read_text())
+        return read_result(path)
     except (OSError, ValueError):
         return None
 

@@ -165,3 +165,17 @@ def to_backend(B, *arrays):
 
 def to_host(B, *arrays):
     return tuple(B.to_numpy(a) for a in arrays)
+
+
+def write_cifar10(root, rng, n):
+    """CIFAR-10's binary files (the five training batches and the test batch, ``n`` random
+    records each: a label byte, then 3072 pixel bytes) in ``root/cifar-10-batches-bin``;
+    returns ``root``, a ``data_dir`` that load_dataset("cifar10", ...) reads."""
+    from pathlib import Path
+    d = Path(root) / "cifar-10-batches-bin"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]:
+        labels = rng.integers(0, 10, (n, 1), dtype=np.uint8)
+        pixels = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
+        (d / name).write_bytes(np.concatenate([labels, pixels], axis=1).tobytes())
+    return Path(root)

@@ -595,6 +595,20 @@ def test_damaged_emulator_cache_entry_is_rebuilt(cache_copy, vec_add_cu, entry, 
         vec_add(vec_add_cu)  # healed: no warning the second time
 
 
+@pytest.mark.parametrize("content", [b"{not json", b'{"undef": ["x; rm -rf /"], "defined": []}',
+                                     b'{"undef": [], "defined": [[7, 0, 4]]}', b"[]"],
+                         ids=["not json", "bad undef name", "bad defined name", "not an object"])
+def test_damaged_symbol_sidecar_is_read_again(cache_copy, vec_add_cu, content):
+    """The TLS symbol table cached beside an object feeds generated assembly: a damaged one is
+    ignored (the object is read again), so the library links and runs."""
+    sides = list(cache_copy.glob("obj/*.tls.json"))
+    assert sides, "the build caches the objects' TLS symbols beside them"
+    for side in sides:
+        replace(side, content)
+    next(cache_copy.glob("mod_*.so")).unlink()  # the link reads the sidecars again
+    vec_add(vec_add_cu)
+
+
 def test_corrupt_module_record_is_rebuilt(cache_copy, vec_add_cu):
     meta = next(cache_copy.glob("mod_*.json"))
     replace(meta, b"{not json")

@@ -13,6 +13,7 @@ from gpucnn.backends import get_backend
 from gpucnn.backends.device import make_emu_backend
 from gpucnn.data import load_dataset
 from gpucnn.train import TrainConfig, Trainer
+from gpucnn.testing import write_cifar10
 from gpucnn.train_checkpoint import config_record
 from gpucnn.train_data import (DEVICE_DATA_SHARE, TrainBatches, device_data_choice,
                                free_device_bytes)
@@ -97,19 +98,8 @@ def test_fashion_mnist_batches_on_the_device_equal_the_host_path(emu, fashion):
         _assert_same_batches(_collect(on, epoch, start), _collect(off, epoch, start))
 
 
-def _cifar(tmp_path, rng, n=7):
-    """CIFAR-10 binary files written here (as tests/test_data.py makes them)."""
-    d = tmp_path / "cifar10"
-    d.mkdir()
-    for name in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]:
-        labels = rng.integers(0, 10, (n, 1), dtype=np.uint8)
-        pixels = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        (d / name).write_bytes(np.concatenate([labels, pixels], axis=1).tobytes())
-    return load_dataset("cifar10", "train", data_dir=tmp_path)
-
-
 def test_cifar_augmented_batches_on_the_device_equal_the_host_path(emu, tmp_path, rng):
-    ds = _cifar(tmp_path, rng)
+    ds = load_dataset("cifar10", "train", data_dir=write_cifar10(tmp_path, rng, 7))
     on = TrainBatches(emu, ds, "auto", augment=True)
     off = TrainBatches(emu, ds, "off", augment=True)
     assert on.on_device and "cropped, flipped and normalised by a gather kernel" in on.line

@@ -90,18 +90,27 @@ extern "C" __global__ void tf32_convert(const float* x, float* out, int n)
 }
 
 // ---------------------------------------------------------------- planted misuses
-// mode 0: lane 7 skips the mma and goes on to the store; mode 1: lane 7 returns before it
-extern "C" __global__ void wmma_lane_skips(const float* A, const float* B, float* D, int mode)
-{
+// The fragments of a one-warp 16x16x8 tf32 product, A (16x8) and B (8x16) loaded row-major,
+// the accumulator zeroed: what the misuse kernels below start from.
+struct Tf32Tile {
     wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
     wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
     wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
-    wmma::fill_fragment(acc, 0.0f);
-    wmma::load_matrix_sync(a, A, 8);
-    wmma::load_matrix_sync(b, B, 16);
+    __device__ Tf32Tile(const float* A, const float* B)
+    {
+        wmma::fill_fragment(acc, 0.0f);
+        wmma::load_matrix_sync(a, A, 8);
+        wmma::load_matrix_sync(b, B, 16);
+    }
+};
+
+// mode 0: lane 7 skips the mma and goes on to the store; mode 1: lane 7 returns before it
+extern "C" __global__ void wmma_lane_skips(const float* A, const float* B, float* D, int mode)
+{
+    Tf32Tile t(A, B);
     if (mode == 1 && threadIdx.x == 7) return;
-    if (threadIdx.x != 7) wmma::mma_sync(acc, a, b, acc);   // WMMA_SKIPPED_MMA
-    wmma::store_matrix_sync(D, acc, 16, wmma::mem_row_major);
+    if (threadIdx.x != 7) wmma::mma_sync(t.acc, t.a, t.b, t.acc);   // WMMA_SKIPPED_MMA
+    wmma::store_matrix_sync(D, t.acc, 16, wmma::mem_row_major);
 }
 
 // mode 0: A one float past an aligned address; mode 1: ldm = 6 floats (24 bytes);
@@ -121,12 +130,8 @@ extern "C" __global__ void wmma_bad_operand(const float* A, const unsigned short
 // tile row-major, lanes in order -- an order CUDA does not promise (and the emulator avoids).
 extern "C" __global__ void wmma_natural_order(const float* A, const float* B, float* D)
 {
-    wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major> a;
-    wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::row_major> b;
-    wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc;
-    wmma::fill_fragment(acc, 0.0f);
-    wmma::load_matrix_sync(a, A, 8);
-    wmma::load_matrix_sync(b, B, 16);
-    wmma::mma_sync(acc, a, b, acc);
-    for (int i = 0; i < acc.num_elements; i++) D[threadIdx.x * acc.num_elements + i] = acc.x[i];
+    Tf32Tile t(A, B);
+    wmma::mma_sync(t.acc, t.a, t.b, t.acc);
+    for (int i = 0; i < t.acc.num_elements; i++)
+        D[threadIdx.x * t.acc.num_elements + i] = t.acc.x[i];
 }

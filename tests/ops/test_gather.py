@@ -12,6 +12,7 @@ from gpucnn.data import (batch_rng, dataset_info, epoch_permutation, load_datase
 from gpucnn.data.datasets import AUGMENT_PAD, Dataset
 from gpucnn.data.loader import crop_flip_draw
 from gpucnn.ops import data as ops_data
+from gpucnn.testing import write_cifar10
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -80,22 +81,11 @@ def test_an_invalid_index_gives_a_nan_image_everywhere(device_backend, numpy_bac
         _same_bits(out[[0, 3]], ds.images[[2, 5]])
 
 
-def _cifar_dir(tmp_path, rng, n):
-    """CIFAR-10 binary files (n records each) written here, as tests/test_data.py makes them."""
-    d = tmp_path / "cifar-10-batches-bin"
-    d.mkdir()
-    for name in [f"data_batch_{k}.bin" for k in range(1, 6)] + ["test_batch.bin"]:
-        labels = rng.integers(0, 10, (n, 1), dtype=np.uint8)
-        pixels = rng.integers(0, 256, (n, 3072), dtype=np.uint8)
-        (d / name).write_bytes(np.concatenate([labels, pixels], axis=1).tobytes())
-    return tmp_path
-
-
 def test_gather_crop_flip_is_the_host_augmentation(device_backend, tmp_path, rng):
     """Every batch of an epoch of synthetic CIFAR-10: the kernel, from the uint8 pixels and
     crops drawn as the host path draws them, equals Dataset.batches(augment=True)."""
     B = device_backend
-    ds = load_dataset("cifar10", "train", data_dir=_cifar_dir(tmp_path, rng, 7))
+    ds = load_dataset("cifar10", "train", data_dir=write_cifar10(tmp_path, rng, 7))
     seed, epoch, bs = 5, 2, 8
     pixels, table = B.asarray(ds.pixels, dtype=np.uint8), B.asarray(_table(ds))
     order = epoch_permutation(len(ds), seed, epoch).astype(np.int32)

@@ -187,10 +187,18 @@ def _obj_tls(obj: Path):
     """_readelf_tls of a cached object, itself cached in a sidecar file."""
     side = obj.with_suffix(".tls.json")
     try:
+        if side.stat().st_size > 1 << 20:
+            raise ValueError("oversized")
         d = json.loads(side.read_text())
-        return set(d["undef"]), [tuple(x) for x in d["defined"]]
-    except (OSError, ValueError, KeyError):
-        pass
+        undef, defined = set(d["undef"]), [tuple(x) for x in d["defined"]]
+        # Names go into generated assembly: anything but symbol names is a damaged file.
+        if not all(isinstance(n, str) and _SYMBOL_RE.fullmatch(n) for n in undef) or not all(
+                x and all(isinstance(v, (str, int)) for v in x) and isinstance(x[0], str)
+                and _SYMBOL_RE.fullmatch(x[0]) for x in defined):
+            raise ValueError("not a symbol table")
+        return undef, defined
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # missing or damaged: read the object again
     undef, defined = _readelf_tls(obj)
     _atomic_write_text(side, json.dumps({"undef": sorted(undef), "defined": defined}))
     return undef, defined
@@ -209,6 +217,7 @@ def _dyn_smem_asm(names) -> str:
     return "\n".join(out)
 
 
+_SYMBOL_RE = re.compile(r"[A-Za-z_.$][\w.$]*")
 _VECTOR_RE = re.compile(r"\b(float4|int4|uint4|double2|float2|int2|uint2)\b")
 _WMMA_RE = re.compile(r"\bwmma::")
 

@@ -19,6 +19,7 @@ __all__ = ["CACHE_FILE", "cache_path", "device_identity", "wall_timer", "forget_
            "Selector", "record", "restore"]
 
 CACHE_FILE = "conv_algos.json"
+_MAX_CACHE_BYTES = 1 << 20  # thousands of layer shapes; past this the file is not ours
 
 
 # ---- the timed choice (cuda) --------------------------------------------------------------
@@ -82,6 +83,10 @@ class _FileCache:
         if self.entries is None:
             self.entries = {}
             try:
+                # Our own cache, but a file on disk: bounded before it is read, every field
+                # checked (a chosen name is checked again against the registry when used).
+                if self.path.stat().st_size > _MAX_CACHE_BYTES:
+                    raise ValueError(f"larger than {_MAX_CACHE_BYTES} bytes")
                 doc = json.loads(self.path.read_text())
                 choices = doc["choices"]
                 if not isinstance(choices, dict):
