@@ -13,6 +13,7 @@ import glob
 import os
 import _thread
 import threading
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -183,12 +184,17 @@ class _Worker:
         while True:
             self._spin_until(0)
             self._go.acquire()
+            if self._job is None:  # stop(): its pool is gone
+                return
             fn, a, b = self._job
             self._job = None
             try:
                 self._result = (True, fn(a, b))
             except BaseException as exc:  # handed to the caller
                 self._result = (False, exc)
+            # The job's closure holds its pool: kept in this frame while idle, it would keep
+            # the pool (and so this thread) alive for ever.
+            del fn, a, b
             self._done.release()
             self._flags[1] += 1
 
@@ -197,11 +203,21 @@ class _Worker:
         self._go.release()
         self._flags[0] += 1
 
+    def stop(self):
+        """End the thread (from its pool's finalizer: an idle worker, no job pending)."""
+        self._job = None
+        self._go.release()
+
     def wait(self):
         self._spin_until(1)
         self._done.acquire()
         result, self._result = self._result, None
         return result
+
+
+def _stop_all(workers):
+    for worker in workers:
+        worker.stop()
 
 
 class ThreadPool:
@@ -229,6 +245,9 @@ class ThreadPool:
                 spin = _spin_fn() if spin_ns else None
                 self._workers = [_Worker(spin, spin_ns) for _ in range(self.threads - 1)]
                 self._workers_pid = os.getpid()
+                # A pool that is collected ends its threads (a backend made per test, per
+                # process, must not leave them blocked forever: threads are a finite resource).
+                weakref.finalize(self, _stop_all, self._workers)
             with one_blas_thread():
                 used = list(zip(self._workers, ranges[1:]))
                 for worker, (a, b) in used:

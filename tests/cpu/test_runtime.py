@@ -117,3 +117,27 @@ def test_pool_rejects_a_bad_spin_setting(monkeypatch):
     monkeypatch.setenv("GPUCNN_SPIN_US", "fast")
     with pytest.raises(ValueError, match="GPUCNN_SPIN_US='fast'.*microseconds"):
         CpuRuntime(threads=2).run(lambda a, b: a, [(0, 1), (1, 2)])
+
+
+def test_a_collected_backend_leaves_no_worker_threads(rng):
+    """A runtime's worker threads end with it: neither an idle worker's last job (whose
+    closure holds the runtime) nor the workers themselves keep it alive."""
+    import gc
+    import threading
+    import time
+
+    def workers():
+        return sum(t.name == "gpucnn-numpy" for t in threading.enumerate())
+    gc.collect()
+    before = workers()
+    x = rng.standard_normal((16, 3, 16, 16)).astype(np.float32)
+    for _ in range(5):
+        B = NumpyBackend(threads=3)
+        B.conv2d(x, rng.standard_normal((4, 3, 3, 3)).astype(np.float32), padding=1)
+        B.relu_backward(x, x)
+        del B
+    gc.collect()
+    deadline = time.monotonic() + 5
+    while workers() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert workers() <= before  # (an earlier test's runtime may have gone meanwhile)

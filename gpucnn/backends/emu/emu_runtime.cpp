@@ -233,7 +233,10 @@ static void fiber_entry() {
 
 static bool ensure_stacks(Worker* w, size_t n) {
     if (w->stack_cap >= n) return true;
-    size_t cap = 1024;
+    // As many fibers as the largest block launched so far (rounded up to a power of two): each
+    // stack's guard page is a mapping of its own, every module loaded (one per kernel source
+    // set) keeps its pools, and a process may hold only vm.max_map_count (65530) mappings.
+    size_t cap = 32;
     while (cap < n) cap *= 2;
     size_t slot = kStack + g_page;
     if (w->stacks) munmap(w->stacks, w->stack_cap * slot);
