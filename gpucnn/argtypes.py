@@ -60,6 +60,17 @@ def add_backend_arg(parser, note=""):
                              "(default: $GPUCNN_BACKEND or auto)" + note)
 
 
+def add_precision_arg(parser):
+    """``--precision``: the arithmetic of the GEMMs and convolutions (gpucnn/ops/precision.py)."""
+    from .ops.precision import PRECISIONS
+    parser.add_argument("--precision", type=str.lower, choices=PRECISIONS, default=None,
+                        help="arithmetic of the convolutions and fully connected layers: fp32 "
+                             "(CUDA cores), tf32 (tensor cores, 10-bit operands), 3xtf32 "
+                             "(tensor cores, FP32-accurate), bf16 (tensor cores, 7-bit "
+                             "operands, FP32 accumulation and storage); the numpy backend "
+                             "computes in fp32 only (default: $GPUCNN_PRECISION or fp32)")
+
+
 def chw_shape(text):
     """An argparse type: ``C,H,W`` -> a tuple of three positive ints (an image's shape)."""
     try:

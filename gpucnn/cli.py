@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 from . import __version__
-from .argtypes import (add_backend_arg, chw_shape, nonneg_int, nonneg_number, positive_int,
+from .argtypes import (add_backend_arg, add_precision_arg, chw_shape, nonneg_int, nonneg_number, positive_int,
                        positive_number)
 
 __all__ = ["main"]
@@ -49,6 +49,7 @@ def build_parser():
     t.add_argument("--seed", type=nonneg_int, default=0,
                    help="seed of the weight init and the shuffling (default: %(default)s)")
     add_backend_arg(t)
+    add_precision_arg(t)
     t.add_argument("--data-dir", default=None,
                    help="folder searched first for the dataset files (default: only "
                         "$GPUCNN_DATA and the user cache are searched)")
@@ -127,7 +128,8 @@ def cmd_train(args):
                       batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                       nesterov=args.nesterov, weight_decay=args.weight_decay,
                       optimizer=args.optimizer, schedule=args.schedule, seed=args.seed,
-                      backend=args.backend, data_dir=args.data_dir, download=args.download,
+                      backend=args.backend, precision=args.precision,
+                      data_dir=args.data_dir, download=args.download,
                       limit=args.limit, test_limit=args.test_limit, checkpoint=args.checkpoint,
                       resume=args.resume, overwrite=args.overwrite,
                       allow_config_change=args.allow_config_change,
@@ -188,6 +190,12 @@ def info_lines(backend_name=None):
         lines.append(f"backend: {auto_reason()}")
     else:
         lines.append(f"backend: {get_backend(backend_name).describe()} (requested)")
+    try:
+        from .ops.precision import default_precision
+        lines.append(f"precision: {default_precision()} (fp32, tf32, 3xtf32 or bf16: "
+                     f"$GPUCNN_PRECISION, --precision)")
+    except ValueError as exc:
+        lines.append(f"precision: {exc}")
     lines.append(f"g++: {_tool_version(['g++', '--version'], line=0)}")
     lines.append(f"nvcc: {_tool_version(['nvcc', '--version'])}")
     try:

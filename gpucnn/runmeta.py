@@ -42,6 +42,7 @@ RESUME_KEYS = {
     "config.nesterov": "the update rule",
     "config.weight_decay": "the update rule",
     "config.schedule": "the learning rate of the coming epochs",
+    "config.precision": "the arithmetic of the convolutions and linear layers",
     # auto's per-shape choices are preset from the checkpoint; a forced one must agree
     "conv_algos.setting": "$GPUCNN_CONV_ALGO: the convolution algorithms (their rounding "
                           "differs)",

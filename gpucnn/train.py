@@ -38,6 +38,7 @@ from .data.loader import num_batches
 from .models import build_model
 from .nn import SoftmaxCrossEntropy
 from .ops.loss import check_label_range
+from .ops.precision import check_precision
 from .optim import SGD, Adam, make_schedule
 from .runmeta import SCHEMA_VERSION, upgrade_metadata
 from .runsafety import (RunLock, SaveFailed, TrainingDiverged, check_output_paths, check_room,
@@ -98,6 +99,7 @@ class TrainConfig:
     schedule: str = "constant"
     seed: int = 0
     backend: str | None = None
+    precision: str | None = None       # of GEMMs and convolutions (gpucnn/ops/precision.py)
     data_dir: str | None = None
     download: bool = False
     limit: int | None = None
@@ -135,13 +137,18 @@ class TrainConfig:
         if self.allow_config_change and not self.resume:
             raise ValueError("--allow-config-change applies to --resume only")
         check_device_data_mode(self.device_data)
+        if self.precision is not None:
+            self.precision = check_precision(self.precision)
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         cfg.validate()
+        self.backend = get_backend(cfg.backend, cfg.precision)
+        # The precision in force (after a fallback, or from $GPUCNN_PRECISION) is what the
+        # checkpoint records: an exact resume runs the same arithmetic.
+        cfg.precision = self.backend.precision
         self.cfg = cfg
-        self.backend = get_backend(cfg.backend)
         self.train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download,
                                       cfg.limit)
         self.test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download,
@@ -362,7 +369,7 @@ class Trainer:
         seen_s = [(r["images_per_s"]) for r in history if r.get("images_per_s")]
         return {"model": cfg.model, "dataset": cfg.dataset,
                 "backend": self.backend.name, "device": self.backend.describe(),
-                "epochs": history, "test_accuracy": last.get("test_accuracy"),
+                "precision": self.backend.precision, "epochs": history, "test_accuracy": last.get("test_accuracy"),
                 "train_images_per_s": float(np.median(seen_s)) if seen_s else None,
                 "batch_size": cfg.batch_size, "seed": cfg.seed,
                 "data_files": self.data_files, "config_changes": self.run.config_changes,

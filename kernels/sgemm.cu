@@ -58,6 +58,7 @@
 // gpucnn/ops/gemm.py reads the #defines below (grids, the tile choice) and checks them.
 
 #include "common.cuh"
+#include "sgemm_params.cuh"
 
 // The large tile (the default; SGEMM_BM etc. name it).
 #define SGEMM_BM 128
@@ -82,18 +83,6 @@
 #define SGEMM_MIN_BLOCKS 2
 #define SGEMM_SMALL_MIN_BLOCKS 6
 
-// The parameter list of every sgemm kernel (one list, so the eight kernels cannot disagree;
-// gpucnn/toolchain/parse.py expands it when it reads their signatures).
-#define SGEMM_PARAMS                                                                      \
-    const float* __restrict__ A, const float* __restrict__ B, float* C,                   \
-        const float* __restrict__ bias, int M, int N, int K, int k_last, int lda, int ldb, \
-        int ldc, int vec_a, int vec_b, int a_stride_y, int a_stride_z, int a_stride_r,     \
-        int b_stride_y, int b_stride_z, int b_stride_r, int c_stride_y, int c_stride_z,    \
-        int bias_stride_y, int red_per_z, int red_total, int bias_mode, int relu, float beta
-#define SGEMM_ARGS                                                                          \
-    A, B, C, bias, M, N, K, k_last, lda, ldb, ldc, vec_a, vec_b, a_stride_y, a_stride_z,    \
-        a_stride_r, b_stride_y, b_stride_z, b_stride_r, c_stride_y, c_stride_z,             \
-        bias_stride_y, red_per_z, red_total, bias_mode, relu, beta
 
 // One operand's part of a K slice: TILE rows of the block tile (m for A, n for B) by SGEMM_BK,
 // fetched as float4 chunks along the operand's contiguous dimension and stored into shared

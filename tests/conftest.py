@@ -18,7 +18,8 @@ os.environ.setdefault("GPUCNN_CHECK_LAUNCHES", "1")
 # the GPU under --device-backend cuda). They get the "device" marker so that a GPU machine,
 # lent for minutes, selects exactly them (-m device) rather than running through the ~1,300
 # CPU-only tests around them.
-DEVICE_FIXTURES = frozenset({"device_backend", "device_forward", "cuda_backend"})
+DEVICE_FIXTURES = frozenset({"device_backend", "device_forward", "cuda_backend",
+                             "device_precision"})
 
 
 def pytest_addoption(parser):
@@ -80,19 +81,22 @@ def _device_kind(config):
     return config.getoption("--device-backend")
 
 
-def _device(kind, order):
-    key = (kind, order)
+def _device(kind, order, precision="fp32"):
+    key = (kind, order, precision)
     if key not in _device_cache:
         if kind == "cuda":
             from gpucnn.backends import get_backend
-            _device_cache[key] = cuda_backend(lambda: get_backend("cuda"), required=True)
+            _device_cache[key] = cuda_backend(lambda: get_backend("cuda", precision),
+                                              required=True)
         else:
             from gpucnn.backends import emu
             from gpucnn.backends.device import make_emu_backend
             problem = compiler_problem(emu.CXX)
             if problem:  # one line naming the compiler, not a build traceback per test
                 missing_tool(EMU_CXX, problem)
-            _device_cache[key] = make_emu_backend(order=order, checks=True, seed=1234)
+            backend = make_emu_backend(order=order, checks=True, seed=1234)
+            backend.use_precision(precision)
+            _device_cache[key] = backend
     return _device_cache[key]
 
 
@@ -104,6 +108,14 @@ def device_backend(request):
     if kind == "cuda" and request.param != "forward":
         pytest.skip("thread order is only controllable on the emulator")
     return _device(kind, request.param)
+
+
+@pytest.fixture
+def device_precision(request):
+    """``make(precision)``: the device backend (forward thread order) computing its GEMMs and
+    convolutions in that precision (gpucnn/ops/precision.py)."""
+    kind = _device_kind(request.config)
+    return lambda precision, order="forward": _device(kind, order, precision)
 
 
 @pytest.fixture

@@ -3,6 +3,11 @@
 ``auto`` picks ``cuda`` only when CuPy imports, a device exists and a tiny kernel compiles and
 runs on it; otherwise ``numpy``, and says why once (a log line; ``gpucnn info`` shows it too).
 ``GPUCNN_BACKEND`` overrides the default name.
+
+``precision`` (``fp32``, ``tf32``, ``3xtf32``, ``bf16``; gpucnn/ops/precision.py) is the
+arithmetic of the GEMMs and convolutions: omitted, ``$GPUCNN_PRECISION`` or ``fp32``. Backends
+are cached per (name, precision). ``numpy`` computes in fp32 only (a ValueError for the others;
+``auto`` falling back to numpy falls back to fp32 too, with a log line).
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import os
 import warnings
 
 from .base import Backend
+from ..ops.precision import check_precision, default_precision
 from .errors import BackendUnavailable, GpuUnusable, GpuUnusableWarning
 
 __all__ = ["Backend", "BackendUnavailable", "GpuUnusable", "GpuUnusableWarning", "get_backend",
@@ -18,30 +24,40 @@ __all__ = ["Backend", "BackendUnavailable", "GpuUnusable", "GpuUnusableWarning",
 
 BACKEND_NAMES = ("numpy", "cuda", "emu", "reference", "auto")
 log = logging.getLogger("gpucnn")
-_cache: dict[str, Backend] = {}
+_cache: dict[tuple, Backend] = {}
 _auto_reason: str | None = None
 
 
-def _make(name):
+def _make(name, precision):
     if name == "numpy":
         from .numpy_backend import NumpyBackend
-        return NumpyBackend()
-    if name == "cuda":
+        backend = NumpyBackend()
+    elif name == "cuda":
         from .cuda import make_cuda_backend
-        return make_cuda_backend()
-    if name == "emu":
+        backend = make_cuda_backend()
+    elif name == "emu":
         from .device import make_emu_backend
-        return make_emu_backend()
-    if name == "reference":
+        backend = make_emu_backend()
+    elif name == "reference":
         from .reference import ReferenceBackend
-        return ReferenceBackend()
-    raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
+        backend = ReferenceBackend()
+    else:
+        raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
+    backend.use_precision(precision)
+    return backend
 
 
-def _choose_auto():
+def _cpu_fallback(precision):
+    if precision != "fp32":
+        log.warning("gpucnn: precision %s falls back to fp32 on the numpy backend (no GPU)",
+                    precision)
+    return get_backend("numpy", "fp32")
+
+
+def _choose_auto(precision):
     global _auto_reason
     try:
-        backend = get_backend("cuda")
+        backend = get_backend("cuda", precision)
         _auto_reason = f"cuda: {backend.describe()}"
         return backend
     except GpuUnusable as exc:
@@ -51,15 +67,18 @@ def _choose_auto():
         warnings.warn(f"gpucnn: training on the CPU (numpy backend): {exc}",
                       GpuUnusableWarning, stacklevel=3)
         log.error("gpucnn: using the numpy backend although a GPU is present (%s)", exc)
-        return get_backend("numpy")
+        return _cpu_fallback(precision)
     except BackendUnavailable as exc:
         _auto_reason = f"numpy, because the cuda backend is unavailable: {exc}"
         log.warning("gpucnn: using the numpy backend (%s)", exc)
-        return get_backend("numpy")
+        return _cpu_fallback(precision)
 
 
-def get_backend(name=None):
-    """The backend object for ``name`` (default: $GPUCNN_BACKEND, else "auto"); cached."""
+def get_backend(name=None, precision=None):
+    """The backend object for ``name`` (default: $GPUCNN_BACKEND, else "auto") computing its
+    GEMMs and convolutions in ``precision`` (default: $GPUCNN_PRECISION, else "fp32");
+    cached per (name, precision)."""
+    precision = default_precision() if precision is None else check_precision(precision)
     if name is None:
         name = os.environ.get("GPUCNN_BACKEND", "auto")
     if isinstance(name, Backend):
@@ -67,9 +86,10 @@ def get_backend(name=None):
     name = str(name).lower()
     if name not in BACKEND_NAMES:
         raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
-    if name not in _cache:
-        _cache[name] = _choose_auto() if name == "auto" else _make(name)
-    return _cache[name]
+    key = (name, precision)
+    if key not in _cache:
+        _cache[key] = _choose_auto(precision) if name == "auto" else _make(name, precision)
+    return _cache[key]
 
 
 def auto_reason():

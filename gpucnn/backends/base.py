@@ -41,6 +41,20 @@ class Backend(FunctionalAPI):
     ctx = None
 
     plans = None  # {(op, *setup): implementation} made so far; replaced, never shrunk
+    # The arithmetic of its GEMMs and convolutions (gpucnn/ops/precision.py); one backend
+    # object per precision (get_backend caches them by name and precision).
+    precision = "fp32"
+    precisions = ("fp32",)   # what this kind of backend can compute in
+
+    def use_precision(self, precision):
+        """Set the precision once, when :func:`gpucnn.get_backend` makes the backend (plans
+        are worked out from it: they are dropped)."""
+        if precision not in self.precisions:
+            raise ValueError(f"the {self.name} backend computes in {', '.join(self.precisions)} "
+                             f"only, not {precision} (tensor-core precisions need a device "
+                             f"backend, cuda or emu, or the reference backend's rounding)")
+        self.precision = precision
+        self.forget_plans()
 
     def forget_plans(self):
         """Drop every cached plan (and so make the plans layers hold stale): after a change

@@ -46,7 +46,9 @@ from .cuda_transfers import TransferCounter, count_host_transfers
 from .device import DeviceBackend
 from .errors import BackendUnavailable, GpuUnusable
 from .graph import Capturing
-from ..toolchain import COMPILE_OPTIONS, kernel_sources, parse_kernels
+from ..toolchain import COMPILE_OPTIONS, kernel_sources, parse_kernels, with_local_headers
+from ..toolchain.compilers import wmma_include_dirs
+from ..toolchain.parse import uses_tensor_cores
 from ..toolchain.launch_args import check_launch
 from ..toolchain.limits import GRID_DIM_MAX
 
@@ -174,7 +176,7 @@ class CudaModule(Capturing):
             text = src.read_text()
             self._text[src] = text
             try:
-                kernels = parse_kernels(text)
+                kernels = parse_kernels(with_local_headers(text, [src.parent]))
             except ValueError as exc:
                 raise ValueError(f"{src.name}: {exc}") from exc
             for name, params in kernels.items():
@@ -186,6 +188,13 @@ class CudaModule(Capturing):
         self._modules = {}
         self._kernels = {}
         self._lock = threading.RLock()
+        # Sources on tensor cores: they need CUDA's mma.h, which CuPy's header search may
+        # not bring (the crt headers are a wheel of their own), so its folders are added;
+        # and a failure to compile them costs the tensor-core precisions, not the backend.
+        self.tensor_core_sources = {src for src in self.sources
+                                    if uses_tensor_cores(with_local_headers(
+                                        self._text[src], [src.parent]))}
+        self.tensor_core_error = None
 
     def kernel_names(self):
         return sorted(self._where)
@@ -222,9 +231,12 @@ class CudaModule(Capturing):
         src = Path(src)
         with self._lock:
             if src not in self._modules:
+                options = self.options
+                if src in self.tensor_core_sources:
+                    options += tuple(f"-I{d}" for d in wmma_include_dirs(_nvrtc_major(self._cp)))
                 with self._cp.cuda.Device(self.device_id):
                     self._modules[src] = self._cp.RawModule(code=self._text[src],
-                                                            options=self.options)
+                                                            options=options)
             return self._modules[src]
 
     def get_function(self, name):
@@ -248,15 +260,30 @@ class CudaModule(Capturing):
             return k
 
     def compile_all(self):
-        """Compile (or load from CuPy's cache) every kernel now; returns their names."""
+        """Compile (or load from CuPy's cache) every kernel now; returns their names. A
+        tensor-core source that does not compile is recorded in ``tensor_core_error`` (the
+        tensor-core precisions then fall back to fp32, saying why) instead of raising."""
         for name in self.kernel_names():
-            self.get_function(name)
+            try:
+                self.get_function(name)
+            except RuntimeError as exc:
+                if self._where[name] not in self.tensor_core_sources:
+                    raise
+                self.tensor_core_error = self.tensor_core_error or str(exc)[:2000]
         return self.kernel_names()
 
     def attributes(self):
         """``{kernel: CuPy function attributes}`` (registers, local memory, ... as the driver
         sees them), for comparison with :mod:`gpucnn.toolchain`'s static numbers."""
         return {n: self.get_function(n).attributes for n in self.kernel_names()}
+
+
+def _nvrtc_major(cp):
+    """The CUDA major version of CuPy's NVRTC (None if it cannot say)."""
+    try:
+        return int(cp.cuda.nvrtc.getVersion()[0])
+    except Exception:  # noqa: BLE001 - a stub or an old CuPy
+        return None
 
 
 _module_lock = threading.Lock()

@@ -11,6 +11,7 @@ launches a GPU gets.
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -19,8 +20,11 @@ import numpy as np
 from ..cpu import default_workspace_bytes
 from ..ops import loss
 from ..ops.conv.im2col import DW_TARGET_BLOCKS
+from ..ops.precision import PRECISIONS, TENSOR_CORE_MIN_CC
 from .base import Backend
 from .graph import GraphCaptureError, GraphUnsupported, StepGraph
+
+log = logging.getLogger("gpucnn")
 
 __all__ = ["DeviceBackend", "DeviceContext", "make_emu_backend"]
 
@@ -33,7 +37,8 @@ class DeviceContext:
     """What a device implementation may use: ``empty`` (allocate; NaN-poisoned where the
     module asks for it), ``workspace`` (shared, grown buffers), ``kernel``, ``xp``, the limits
     (``max_blocks``, ``workspace_bytes``, ``dw_target_blocks``), ``use_cublas``, ``stream``
-    (where launches go: None, the array module's current stream) and ``check_launches``
+    (where launches go: None, the array module's current stream), ``precision`` (of the
+    GEMMs and convolutions, gpucnn/ops/precision.py) and ``check_launches``
     (check every launch, not only each plan's first: ``GPUCNN_CHECK_LAUNCHES=1``)."""
 
     def __init__(self, module, xp, max_blocks, workspace_bytes=None, device_id=None,
@@ -45,6 +50,7 @@ class DeviceContext:
                                 else int(workspace_bytes))
         self.device_id = device_id
         self.use_cublas = False
+        self.precision = "fp32"  # of the GEMMs and convolutions (gpucnn/ops/precision.py)
         self.capturing = False  # a graph capture is under way (backends/graph.py)
         self.stream = None
         self.check_launches = (_env_flag("GPUCNN_CHECK_LAUNCHES") if check_launches is None
@@ -134,6 +140,28 @@ class DeviceBackend(Backend):
         self.device_id = device_id  # the GPU (cuda); None on emu and the null device
         self.ctx = DeviceContext(module, xp, max_blocks, workspace_bytes, device_id)
         self._pinned = _Pinned(self) if device_id is not None else None
+
+    precisions = PRECISIONS
+    compute_capability = None   # (major, minor) on a GPU
+
+    def use_precision(self, precision):
+        """As :meth:`Backend.use_precision`; below compute capability 8.0, or when the
+        tensor-core kernels did not compile, a tensor-core precision falls back to fp32 with
+        one log line saying why (``B.precision`` then says fp32)."""
+        why = None
+        cc = self.compute_capability
+        if precision != "fp32" and cc is not None and tuple(cc) < TENSOR_CORE_MIN_CC:
+            why = (f"compute capability {cc[0]}.{cc[1]} has no TF32/BF16 tensor cores "
+                   f"(they need {TENSOR_CORE_MIN_CC[0]}.{TENSOR_CORE_MIN_CC[1]})")
+        elif precision != "fp32" and getattr(self.module, "tensor_core_error", None):
+            why = f"the tensor-core kernels did not compile: {self.module.tensor_core_error}"
+        if why:
+            log.warning("gpucnn: precision %s falls back to fp32 on %s: %s", precision,
+                        self.describe(), why)
+            precision = "fp32"
+        super().use_precision(precision)
+        self.ctx.precision = precision
+        self.fallback_reason = why
 
     def plan(self, op, setup, *specs):
         """As :meth:`Backend.plan`; on a GPU the run makes it current around the call (one

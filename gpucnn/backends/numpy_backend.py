@@ -10,6 +10,7 @@ too (computed in the input's precision).
 from __future__ import annotations
 
 from ..cpu import CpuRuntime, blas_threads, openblas_info
+from .base import Backend
 from .reference import ReferenceBackend
 
 __all__ = ["NumpyBackend", "blas_threads", "openblas_info"]
@@ -19,6 +20,8 @@ class NumpyBackend(ReferenceBackend):
     name = "numpy"
     kind = "cpu"
     conv_policy = "heuristic"  # auto: winograd_f4 / direct / wide / im2col by shape (algos)
+    precisions = ("fp32",)   # OpenBLAS and our C++ kernels compute in FP32 only
+    use_precision = Backend.use_precision   # its context is its CPU runtime, not _Rounding
 
     def __init__(self, workspace_bytes=None, threads=None, cache_cols=True):
         self.ctx = self.rt = CpuRuntime(workspace_bytes, threads, cache_cols)

@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from ..argtypes import add_backend_arg, nonneg_int, positive_int
+from ..argtypes import add_backend_arg, add_precision_arg, nonneg_int, positive_int
 from . import layers as _layers
 from . import nets as _nets
 
@@ -67,6 +67,7 @@ def build_parser():
                     help="the default run: this net's benchmarks plus its layer set "
                          "(default: %(default)s)")
     add_backend_arg(ap, note="; emu runs a smoke test with tiny shapes")
+    add_precision_arg(ap)
     ap.add_argument("--layers", choices=("alexnet", "lenet5", "tiny", "all", "none"),
                     default=None, help="layer set (default: the model's)")
     ap.add_argument("--nets", type=_net_list, default=None,
@@ -203,7 +204,8 @@ def build_config(args, backend_name):
     gemm_n = args.gemm_size or (128 if emu else 256 if args.quick else 2048 if cpu else 8192)
     bw = 4 if emu else 8 if args.quick else 128 if cpu else 1024
     return BenchConfig(
-        backend=backend_name, model=model, nets=nets, layer_specs=specs, layer_sets=sets,
+        backend=backend_name, precision=args.precision, model=model, nets=nets,
+        layer_specs=specs, layer_sets=sets,
         modes=tuple(args.modes), repeat=repeat, warmup=warmup, rotate=args.rotate,
         compare=tuple(dict.fromkeys(args.compare)), threads=args.threads, gemm_n=gemm_n,
         rounds=args.rounds or (2 if smoke else 3),

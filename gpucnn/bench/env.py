@@ -149,7 +149,8 @@ def environment(backend=None):
         "versions": package_versions(),
     }
     if backend is not None:
-        env["backend"] = {"name": backend.name, "describe": backend.describe()}
+        env["backend"] = {"name": backend.name, "describe": backend.describe(),
+                          "precision": backend.precision}
         if getattr(backend, "threads", None):
             # the numpy backend splits batches over its own Python threads (OpenBLAS is held
             # to one thread inside those regions)

@@ -31,6 +31,7 @@ SCHEMA = "gpucnn-bench/1"
 @dataclass
 class BenchConfig:
     backend: str = "numpy"
+    precision: str | None = None   # of the GEMMs and convolutions (None: $GPUCNN_PRECISION)
     model: str = "lenet5"
     nets: list = field(default_factory=list)          # [(name, batch), ...]
     layer_specs: list = field(default_factory=list)   # [LayerSpec, ...]
@@ -160,7 +161,7 @@ def run_suite(cfg, log=print, nvml=None, argv=None):
     """
     from ..backends import get_backend
     t_start = time.perf_counter()
-    B = get_backend(cfg.backend)
+    B = get_backend(cfg.backend, cfg.precision)
     notes = list(cfg.notes)
     restore_blas = None
     if cfg.threads:

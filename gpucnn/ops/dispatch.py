@@ -19,6 +19,8 @@
 """
 from __future__ import annotations
 
+from .precision import round_operand
+
 __all__ = ["Op", "Plan", "api", "plain", "with_ctx", "grads_into", "into", "FunctionalAPI", "API"]
 
 API = {}  # public name -> entry point function(backend, ...)
@@ -59,6 +61,30 @@ def into(result, out):
         return result
     out[...] = result
     return out
+
+
+def rounded(make, operands, bias_axes=None):
+    """The plan factory of a multiplying op's plain definition under the context's precision
+    (the reference backend's): its first ``operands`` arrays rounded as the tensor cores of
+    ``tf32`` / ``bf16`` round them (:func:`~gpucnn.ops.precision.round_operand`), kept in
+    their dtype. ``fp32`` and ``3xtf32`` run the definition as it is. A backward returning
+    (dx, dw, db) passes ``bias_axes``: db is a plain sum of the unrounded dy over them, as on
+    the devices, where it is no tensor-core product."""
+    def factory(ctx, *setup):
+        run = make(ctx, *setup)
+        precision = getattr(ctx, "precision", "fp32")
+        if precision not in ("tf32", "bf16"):
+            return run
+
+        def run_rounded(*args):
+            ops = [round_operand(a, precision).astype(a.dtype, copy=False)
+                   for a in args[:operands]]
+            out = run(*ops, *args[operands:])
+            if bias_axes is None or out[2] is None:
+                return out
+            return out[0], out[1], args[0].sum(axis=bias_axes)
+        return run_rounded
+    return factory
 
 
 def grads_into(make):

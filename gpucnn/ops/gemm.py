@@ -12,6 +12,11 @@ Which kernel a launch runs (:func:`sgemm_plan`), decided here and nowhere else:
 
 * **transposes**: ``sgemm_<op(A)><op(B)>``, ``n`` = as stored, ``t`` = transposed; each
   combination is its own compiled kernel (no run-time branch in the main loop);
+* **precision** (``ctx.precision``, :mod:`gpucnn.ops.precision`): ``fp32`` runs the kernels of
+  ``kernels/sgemm.cu`` (CUDA cores); ``tf32``, ``3xtf32`` and ``bf16`` run
+  ``sgemm_<precision>_XY`` of ``kernels/sgemm_tc.cu`` (tensor cores), whose one tile
+  (``"tc"``: 64 x 64, the implicit-GEMM convolution's) replaces the tile choice below; the
+  arguments, the batching, the split-K and the epilogue are the same;
 * **tile** (:func:`choose_tile`): the 64 x 64 tile (``sgemm_small_*``, 64 threads) when M or N
   fits in 64 (a 128-wide tile would leave at least half of that side idle) or when the
   128 x 128 tile would give fewer than :data:`LARGE_TILE_MIN_BLOCKS` blocks in all (grid x
@@ -41,6 +46,7 @@ import numpy as np
 from ..toolchain import kernel_block, source_defines
 from ..toolchain.limits import GRID_DIM_MAX
 from .launch import Launch, ceil_div, i32
+from .precision import check_precision
 
 __all__ = ["LARGE_TILE_MIN_BLOCKS", "FILL_BLOCKS", "SPLIT_MIN_K", "SPLIT_PARTS_SHARE",
            "sgemm_tiles", "sgemm_tile", "tile_count", "choose_tile", "array_address", "vector_ok",
@@ -78,7 +84,8 @@ def sgemm_tiles():
     missing = [k for k in need if k not in d]
     if missing:
         raise RuntimeError(f"kernels/sgemm.cu lacks #define SGEMM_{missing[0]}")
-    tiles = {}
+    tc = dict(source_defines("sgemm_tc.cu", "CONV"))
+    tiles = {"tc": {k: tc[k] for k in ("BM", "BN", "BK", "THREADS")}}
     for name, prefix in (("large", ""), ("small", "SMALL_")):
         t = {k: d[prefix + k] for k in ("BM", "BN", "THREADS")} | {k: d[k] for k in shared}
         if (t["BM"] // t["TM"]) * (t["BN"] // t["TN"]) != t["THREADS"] or t["BM"] % t["TM"] \
@@ -107,10 +114,12 @@ def tile_count(M, N, tile):
     return ceil_div(M, t["BM"]) * ceil_div(N, t["BN"])
 
 
-def choose_tile(M, N, batches=1, min_blocks=LARGE_TILE_MIN_BLOCKS):
+def choose_tile(M, N, batches=1, min_blocks=LARGE_TILE_MIN_BLOCKS, precision="fp32"):
     """``"large"`` or ``"small"`` for an M x N product computed ``batches`` times in one
     launch: large when both sides exceed the small tile and the large tile gives at least
-    ``min_blocks`` blocks (the rule is in the module docstring)."""
+    ``min_blocks`` blocks (the rule is in the module docstring); ``"tc"`` on tensor cores."""
+    if precision != "fp32":
+        return "tc"
     small = sgemm_tiles()["small"]
     if M <= small["BM"] or N <= small["BN"]:
         return "small"
@@ -135,19 +144,26 @@ def vector_ok(arr, ld, strides=()):
             and all(int(s) % 4 == 0 for s in strides))
 
 
-def sgemm_kernel_name(tile, trans_a, trans_b):
-    """``sgemm[_small]_XY`` (X = op(A), Y = op(B); ``n`` as stored, ``t`` transposed)."""
+def sgemm_kernel_name(tile, trans_a, trans_b, precision="fp32"):
+    """``sgemm[_small]_XY`` (X = op(A), Y = op(B); ``n`` as stored, ``t`` transposed), or
+    ``sgemm_<precision>_XY`` on tensor cores (tile ``"tc"``)."""
+    xy = f"{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
+    if precision != "fp32":
+        check_precision(precision)
+        if tile != "tc":
+            raise ValueError(f"sgemm: precision {precision} runs the 'tc' tile, not {tile!r}")
+        return f"sgemm_{precision}_{xy}"
     if tile not in ("large", "small"):
         raise ValueError(f"sgemm: tile must be 'large' or 'small', got {tile!r}")
-    return (f"sgemm{'_small' if tile == 'small' else ''}_{'t' if trans_a else 'n'}"
-            f"{'t' if trans_b else 'n'}")
+    return f"sgemm{'_small' if tile == 'small' else ''}_{xy}"
 
 
-def sgemm_plan(M, N, trans_a=False, trans_b=False, batch_y=1, batch_z=1, tile=None):
+def sgemm_plan(M, N, trans_a=False, trans_b=False, batch_y=1, batch_z=1, tile=None,
+               precision="fp32"):
     """``(kernel name, grid, block)`` of an sgemm launch (``tile=None``: by shape)."""
-    tile = tile or choose_tile(M, N, batch_y * batch_z)
-    t = sgemm_tiles().get(tile)
-    name = sgemm_kernel_name(tile, trans_a, trans_b)
+    tile = tile or choose_tile(M, N, batch_y * batch_z, precision=precision)
+    name = sgemm_kernel_name(tile, trans_a, trans_b, precision)
+    t = sgemm_tiles()[tile]
     if batch_y > GRID_DIM_MAX[1] or batch_z > GRID_DIM_MAX[2]:
         raise ValueError(f"sgemm: batch ({batch_y}, {batch_z}) exceeds the grid limit "
                          f"{GRID_DIM_MAX[1:]}")
@@ -180,13 +196,13 @@ class GemmPlan(NamedTuple):
 
 
 def gemm_plan(M, N, K, trans_a=False, trans_b=False, *, tile=None, split=None,
-              max_part_floats=None):
+              max_part_floats=None, precision="fp32"):
     """The :class:`GemmPlan` of the 2-D GEMM op(A) (M x K) @ op(B) (K x N) (the rule is in the
     module docstring). ``tile`` / ``split`` override the choices (tests, benchmarks; a split
     is still cut into whole BK slices, so it may come out lower); ``max_part_floats`` caps
     the workspace of the parts (split * M * N floats)."""
     if tile is None:
-        tile = choose_tile(M, N, 1, FILL_BLOCKS)
+        tile = choose_tile(M, N, 1, FILL_BLOCKS, precision)
     tiles = tile_count(M, N, tile)
     if split is None:
         split = 1
@@ -200,7 +216,7 @@ def gemm_plan(M, N, K, trans_a=False, trans_b=False, *, tile=None, split=None,
         bk = sgemm_tiles()[tile]["BK"]
         k_part = ceil_div(ceil_div(K, split), bk) * bk   # whole slices: parts stay aligned
         split = ceil_div(K, k_part)                      # no empty part
-    name, grid, block = sgemm_plan(M, N, trans_a, trans_b, 1, split, tile)
+    name, grid, block = sgemm_plan(M, N, trans_a, trans_b, 1, split, tile, precision)
     return GemmPlan(name, grid, block, tile, split, k_part, int(K) - (split - 1) * k_part)
 
 
@@ -238,8 +254,11 @@ class SgemmLaunch(Launch):
             # A block that wraps to its next reduction matrix restarts at K (sgemm.cu).
             raise ValueError(f"sgemm: k_last = {k_last} must lie in [0, K = {K}] and equal K "
                              f"when red_per_z > 1")
-        name, grid, block = sgemm_plan(M, N, trans_a, trans_b, batch_y, batch_z, tile)
-        t = sgemm_tiles()["small" if "_small_" in name else "large"]
+        precision = getattr(ctx, "precision", "fp32")   # a context-free check: fp32
+        tile = tile or choose_tile(M, N, batch_y * batch_z, precision=precision)
+        name, grid, block = sgemm_plan(M, N, trans_a, trans_b, batch_y, batch_z, tile,
+                                       precision)
+        t = sgemm_tiles()[tile]
         # In-matrix offsets are int32 in the kernel, including those it forms for tile rows
         # past the matrix edge (never dereferenced) and one slice past K.
         k_pad = ceil_div(K, t["BK"]) * t["BK"] + t["BK"]
@@ -422,7 +441,8 @@ def plan_gemm(ctx, M, N, K, trans_a=False, trans_b=False, has_bias=False, bias_a
     if M == 0 or N == 0:
         return HostGemm(lambda a, b, out, bias: None)
     plan = gemm_plan(M, N, K, trans_a, trans_b, tile=tile, split=split,
-                     max_part_floats=int(ctx.workspace_bytes) // SPLIT_PARTS_SHARE // 4)
+                     max_part_floats=int(ctx.workspace_bytes) // SPLIT_PARTS_SHARE // 4,
+                     precision=ctx.precision)
     if plan.split > 1:
         return SplitKGemm(ctx, plan, M, N, K, trans_a, trans_b, has_bias, bias_axis, relu,
                           beta)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dispatch import Op, api, grads_into, plain, with_ctx
+from .dispatch import Op, api, grads_into, plain, rounded, with_ctx
 from .gemm import plan_gemm
 from .launch import i32, plan_1d
 
@@ -105,10 +105,12 @@ def linear_backward_device(ctx, dims):
 
 
 LINEAR = Op("linear",
-            lambda ctx, dims, has_bias, relu: lambda x, w, b: linear_reference(x, w, b, relu),
+            rounded(lambda ctx, dims, has_bias, relu: (
+                lambda x, w, b: linear_reference(x, w, b, relu)), 2),
             lambda rt, dims, has_bias, relu: lambda x, w, b: linear_cpu(rt, x, w, b, relu),
             linear_device)
-LINEAR_BACKWARD = Op("linear_backward", grads_into(plain(linear_backward_reference, False)),
+LINEAR_BACKWARD = Op("linear_backward",
+                     grads_into(rounded(plain(linear_backward_reference, False), 3, (0,))),
                      grads_into(with_ctx(linear_backward_cpu, False)), linear_backward_device)
 
 

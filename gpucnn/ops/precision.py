@@ -1,6 +1,23 @@
-"""Reduced-precision rounding references (pure NumPy): the plain definitions that the
+"""The precision of GEMMs and convolutions, and the rounding references (pure NumPy) that the
 emulator's tensor-core support (``nvcuda::wmma`` in ``gpucnn/backends/emu/cuda_emu.h``) and
 the tests of tensor-core kernels are checked against.
+
+One setting, four values (:data:`PRECISIONS`), one meaning on every backend and op that
+multiplies (conv forward / backward-data / backward-weights, im2col or implicit; linear):
+
+* ``fp32``: CUDA cores, FP32 operands and accumulation (``kernels/sgemm.cu``,
+  ``conv_implicit.cu``); the default.
+* ``tf32``: tensor cores, operands rounded to TF32 (10 mantissa bits, ``cvt.rna``), FP32
+  accumulation (``kernels/sgemm_tc.cu``, ``conv_implicit_tc.cu``).
+* ``3xtf32``: tensor cores, FP32-accurate: each operand split into two TF32 parts, three
+  products accumulated in FP32.
+* ``bf16``: tensor cores, operands rounded to bfloat16 (7 mantissa bits) as the kernels stage
+  them, FP32 accumulation. Every tensor in memory stays float32 (activations, weights as the
+  FP32 master copy, gradients, optimizer state, loss and softmax): autocast's arithmetic
+  without its halved activation bytes, which are a later step.
+
+Everything else (pooling, activations, LRN, loss, optimizers) runs in FP32 whatever the
+setting; the functional API takes and returns float32 arrays in every precision.
 
 TF32 has float32's sign and 8-bit exponent and 10 explicit mantissa bits; a TF32 value is
 held in a float32 whose low 13 mantissa bits are zero. BF16 is the high half of a float32
@@ -14,7 +31,44 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["TF32_DROP_BITS", "round_tf32", "truncate_tf32", "round_bf16", "bf16_to_float32"]
+import os
+
+__all__ = ["PRECISIONS", "TENSOR_CORE_MIN_CC", "check_precision", "default_precision",
+           "round_operand", "TF32_DROP_BITS", "round_tf32", "truncate_tf32", "round_bf16",
+           "bf16_to_float32"]
+
+PRECISIONS = ("fp32", "tf32", "3xtf32", "bf16")
+# TF32 and BF16 tensor cores (WMMA m16n16k8 / m16n16k16) arrived with compute capability 8.0
+# (A100); below it the tensor-core precisions fall back to fp32 (gpucnn/backends/cuda.py).
+TENSOR_CORE_MIN_CC = (8, 0)
+
+
+def check_precision(value, what="precision"):
+    """``value`` as one of :data:`PRECISIONS` (case-insensitive), else a ValueError naming
+    ``what`` and the four values."""
+    v = value.strip().lower() if isinstance(value, str) else value
+    if v not in PRECISIONS:
+        raise ValueError(f"{what} must be one of {', '.join(PRECISIONS)}; got {value!r}")
+    return v
+
+
+def default_precision():
+    """``$GPUCNN_PRECISION`` (checked), else ``fp32``."""
+    env = os.environ.get("GPUCNN_PRECISION")
+    return check_precision(env, "GPUCNN_PRECISION") if env else "fp32"
+
+
+def round_operand(x, precision):
+    """A GEMM operand as the tensor cores of ``precision`` multiply it, as float32 values:
+    rounded to TF32 (``tf32``) or to bfloat16 (``bf16``); ``fp32`` and ``3xtf32`` (whose
+    split represents the operand to within float32's last bits) leave it as it is. The
+    rounded reference of the tests is the plain definition applied to these operands."""
+    precision = check_precision(precision)
+    if precision == "tf32":
+        return round_tf32(x)
+    if precision == "bf16":
+        return bf16_to_float32(round_bf16(x))
+    return np.asarray(x, dtype=np.float32)
 
 # float32 mantissa bits a TF32 value leaves out (23 explicit - 10)
 TF32_DROP_BITS = 13

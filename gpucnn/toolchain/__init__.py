@@ -19,10 +19,10 @@ from it and never the reverse:
 """
 from .compilers import COMPILE_OPTIONS
 from .launch_args import check_launch_args
-from .parse import Param, parse_kernels, parse_launch_bounds
+from .parse import Param, parse_kernels, parse_launch_bounds, with_local_headers
 from .sources import (kernel_block, kernel_decls, kernel_dir, kernel_signatures,
                       kernel_sources, source_defines)
 
 __all__ = ["kernel_dir", "kernel_sources", "source_defines", "kernel_block", "kernel_decls",
            "kernel_signatures", "check_launch_args", "COMPILE_OPTIONS", "Param",
-           "parse_kernels", "parse_launch_bounds"]
+           "parse_kernels", "parse_launch_bounds", "with_local_headers"]

@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 
 from .logs import parse_diagnostics, parse_ptxas_log
+from .parse import uses_tensor_cores, with_local_headers
 
 __all__ = ["find_cuda_tool", "COMPILE_OPTIONS", "CUPY_ADDED_OPTIONS", "RUNTIME_OPTIONS", "nvrtc_by_major",
            "ToolchainUnavailable", "Nvrtc", "find_nvrtc", "nvrtc_candidates",
@@ -316,15 +317,23 @@ class CompileResult:
     command: str = ""
 
 
-def _include_opts(path):
-    return [f"--include-path={Path(path).resolve().parent}"]
+def _include_opts(path, major=None, text=None):
+    """The source's own folder, and for a source on tensor cores the folders of CUDA's WMMA
+    headers (:func:`wmma_include_dirs`; NVRTC ships none)."""
+    path = Path(path).resolve()
+    opts = [f"--include-path={path.parent}"]
+    text = path.read_text() if text is None and path.is_file() else text
+    if text is not None and uses_tensor_cores(with_local_headers(text, [path.parent])):
+        opts += [f"--include-path={d}" for d in wmma_include_dirs(major)]
+    return opts
 
 
-def nvrtc_options(target, path=None, extra=()):
-    """The NVRTC options of the gate: the run-time options plus the target and ``ptxas -v``."""
+def nvrtc_options(target, path=None, extra=(), major=None, text=None):
+    """The NVRTC options of the gate: the run-time options plus the target and ``ptxas -v``
+    (``major``: the NVRTC's CUDA major version, whose WMMA headers to prefer)."""
     opts = [f"--gpu-architecture={target}", "--ptxas-options=-v", *RUNTIME_OPTIONS]
     if path is not None:
-        opts += _include_opts(path)
+        opts += _include_opts(path, major, text)
     return opts + list(extra)
 
 
@@ -344,9 +353,9 @@ def compile_nvrtc(path, target, nvrtc=None, extra_options=(), source=None):
     path = Path(path)
     res = CompileResult(file=str(path), target=target, compiler="nvrtc")
     nv = nvrtc if isinstance(nvrtc, Nvrtc) else get_nvrtc(nvrtc)
-    opts = nvrtc_options(target, path, extra_options)
-    res.command = f"nvrtc({path.name}, {' '.join(opts)})"
     text = source if source is not None else path.read_text()
+    opts = nvrtc_options(target, path, extra_options, nv.version()[0], text)
+    res.command = f"nvrtc({path.name}, {' '.join(opts)})"
     rc, rc_name, log, _cubin = nv.compile(text, path.name, opts)
     if rc == 5 and "arch" in log.lower():      # NVRTC_ERROR_INVALID_OPTION for the target
         res.unsupported = True
@@ -377,3 +386,23 @@ def compile_nvcc(path, target, nvcc=None, extra_options=(), timeout=600):
         res.notes.append(f"nvcc does not support {target}: {log.strip().splitlines()[-1]}")
         return res
     return _finish(res, log, p.returncode == 0, f"nvcc exited with status {p.returncode}")
+
+
+def wmma_include_dirs(major=None):
+    """Folders that hold CUDA's ``mma.h`` *and* ``crt/mma.h`` (what a WMMA kernel includes),
+    for NVRTC's ``-I``: ``$CUDA_PATH/include``, ``/usr/local/cuda/include`` and the pip wheels'
+    ``nvidia/*/include`` (``nvidia-cuda-runtime`` brings ``mma.h``, ``nvidia-cuda-crt`` — or
+    ``nvidia-cuda-nvcc-cu12`` — ``crt/mma.h``). ``major``: prefer the headers of that CUDA
+    major version (they must match the NVRTC that compiles). Empty when none is found."""
+    roots = [Path(os.environ["CUDA_PATH"]) / "include"] if os.environ.get("CUDA_PATH") else []
+    roots.append(Path("/usr/local/cuda/include"))
+    for site in _site_dirs():
+        roots += sorted(Path(site).glob("nvidia/*/include"))
+    if major is not None:   # the wheels of that major first (nvidia/cu13/..., cuda_*/ for 12)
+        own = f"/cu{int(major)}/" if int(major) >= 13 else "/cuda_"
+        roots.sort(key=lambda d: own not in f"{d}/")
+    top = [r for r in roots if (r / "mma.h").is_file()]
+    crt = [r for r in roots if (r / "crt" / "mma.h").is_file()]
+    if not top or not crt:
+        return []
+    return list(dict.fromkeys([top[0], crt[0]]))

@@ -28,7 +28,7 @@ from pathlib import Path
 from . import sass
 from .compilers import ToolchainUnavailable, compile_nvcc, compile_nvrtc, find_nvcc, get_nvrtc
 from .limits import ARCHS, MAX_REGS_PER_THREAD, occupancy, register_fit_limit
-from .parse import KernelDecl, parse_kernel_decls
+from .parse import KernelDecl, parse_kernel_decls, with_local_headers
 from .sources import kernel_sources
 
 __all__ = ["Record", "evaluate", "apply_sass", "collect", "gate_failures",
@@ -61,6 +61,9 @@ class Record:
     loop_instructions: int | None = None
     loop_ffma: int | None = None
     ffma_share: float | None = None
+    loop_hmma: int | None = None         # tensor-core instructions (tc= kernels)
+    hmma_share: float | None = None
+    hmma_kinds: list | None = None       # e.g. ["TF32"]
     lds_bits: list | None = None         # widths of its shared loads, e.g. [128]
     ldg_bits: list | None = None         # ... global loads, e.g. [32, 128]
     sts_bits: list | None = None         # ... shared stores
@@ -186,6 +189,8 @@ def apply_sass(records, path, decls, nvrtc=None, source=None, target=sass.SASS_T
         if st is not None:
             r.loop_instructions, r.loop_ffma = st.instructions, st.ffma
             r.ffma_share = round(st.ffma_share, 4)
+            r.loop_hmma, r.hmma_share = st.hmma, round(st.hmma_share, 4)
+            r.hmma_kinds = st.hmma_kinds
             r.lds_bits, r.ldg_bits, r.sts_bits = st.lds_bits, st.ldg_bits, st.sts_bits
         r.problems += sass.sass_problems(st, _decl_of(decls, r.kernel))
     return mine
@@ -208,7 +213,8 @@ def collect(sources=None, targets=DEFAULT_NVRTC_TARGETS, nvcc_targets=(), use_nv
     nv = get_nvrtc(nvrtc) if (use_nvrtc and targets) else None
     nvcc_path = (nvcc or find_nvcc()) if nvcc_targets else None
     texts = {s: s.read_text() for s in sources}
-    decls = {s: parse_kernel_decls(texts[s], s.name) for s in sources}
+    decls = {s: parse_kernel_decls(with_local_headers(texts[s], [s.parent]), s.name)
+             for s in sources}
     results = []
     if nv is not None:
         for s in sources:           # NVRTC in this thread: simple and deterministic

@@ -23,7 +23,9 @@ Keys: ``block`` (threads per block at launch, ``256`` or ``16x16`` or ``8x8x4``;
 (dynamic shared memory bytes per block at launch, ``4096`` or ``4K``), ``min_occupancy``
 (``0.5`` or ``50%``), ``gemm`` (``1``: GEMM-like, its SASS main loop gated by :mod:`.sass`;
 ``report``: reported only; ``0``: neither, the default), ``min_ffma`` (that gate's FFMA share,
-``0.8`` or ``80%``; implies ``gemm=1``). Integer values may name an integer ``#define``.
+``0.8`` or ``80%``; implies ``gemm=1``), ``tc`` (``tf32`` or ``bf16``: a tensor-core kernel,
+whose sm_80/sm_90 SASS must hold HMMA instructions of that kind; implies ``gemm=report`` when
+no ``gemm`` is given). Integer values may name an integer ``#define``.
 ``// gpucnn: kernel=NAME block=...`` anywhere in the file targets NAME;
 ``// gpucnn: defaults block=128`` sets the file's defaults.
 """
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -115,6 +118,34 @@ _DEFINE_RE = re.compile(
     r"(?m)^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+\(?[ \t]*(\d+)[uU]?[ \t]*\)?[ \t]*$")
 # A whole preprocessor line, with its backslash continuations.
 _PREPROCESSOR_RE = re.compile(r"(?m)^[ \t]*#(?:[^\n]*\\\n)*[^\n]*")
+
+
+_LOCAL_INCLUDE_RE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"', re.M)
+
+
+def with_local_headers(text: str, folders) -> str:
+    """``text`` followed by the text of every header it includes as ``#include "name"`` that
+    lies in one of ``folders`` (recursively, each once): what the parsers here need to see
+    the macros and integer #defines a kernel file takes from its headers. Appended, not
+    inlined, so that line numbers within ``text`` stay its own (headers define no kernels)."""
+    folders = [Path(f) for f in folders]
+    seen, parts, todo = set(), [text], [text]
+    while todo:
+        for name in _LOCAL_INCLUDE_RE.findall(todo.pop()):
+            path = next((f / name for f in folders if (f / name).is_file()), None)
+            if path is None or name in seen:
+                continue
+            seen.add(name)
+            body = path.read_text()
+            parts.append(body)
+            todo.append(body)
+    return "\n".join(parts)
+
+
+def uses_tensor_cores(text: str) -> bool:
+    """Whether a source (with its headers, :func:`with_local_headers`) uses WMMA: it needs
+    sm_80 and CUDA's mma.h, and its loads want 32-byte aligned pointers."""
+    return re.search(r"\bwmma::", strip_comments(text)) is not None
 
 
 def int_defines(text: str) -> dict:
@@ -354,14 +385,16 @@ class KernelDecl:
     block_annotated: bool = False    # ``block`` came from an annotation (not a default)
     gemm: str = ""                   # "": not GEMM-like; "gate": SASS-gated; "report": shown
     min_ffma: float | None = None    # the gate's FFMA share of the main loop (None: default)
+    tc: str = ""                     # "tf32" / "bf16": the HMMA kind its SASS must hold
     gemm_like = property(lambda self: bool(self.gemm))         # its SASS loop is analysed
     gemm_gated = property(lambda self: self.gemm == "gate")    # ... and gated
 
 
 _ANNOT_RE = re.compile(r"//\s*gpucnn\s*:(?P<body>.*)$")
-_KNOWN_KEYS = ("block", "max_regs", "dyn_smem", "min_occupancy", "gemm", "min_ffma",
+_KNOWN_KEYS = ("block", "max_regs", "dyn_smem", "min_occupancy", "gemm", "min_ffma", "tc",
                "kernel")
 _GEMM_VALUES = {"1": "gate", "report": "report", "0": ""}
+TC_KINDS = ("tf32", "bf16")
 
 
 def _fraction(v):
@@ -415,6 +448,10 @@ def _parse_annotation(body, defines):
                 values["gemm"] = _GEMM_VALUES[v.strip().lower()]
             elif k == "min_ffma":
                 values["min_ffma"] = _fraction(v)
+            elif k == "tc":
+                if v.strip().lower() not in TC_KINDS:
+                    raise ValueError(v)
+                values["tc"] = v.strip().lower()
             elif k == "kernel":
                 values["kernel"] = v.strip()
             else:
@@ -486,7 +523,9 @@ def parse_kernel_decls(text, file=""):
         d.dyn_smem = int(values.get("dyn_smem", 0))
         d.min_occupancy = values.get("min_occupancy")
         d.min_ffma = values.get("min_ffma")
-        d.gemm = values.get("gemm", "gate" if d.min_ffma is not None else "")
+        d.tc = values.get("tc", "")
+        d.gemm = values.get("gemm", "gate" if d.min_ffma is not None else
+                            "report" if d.tc else "")
         decls[f.name] = d
     for ln in sorted(set(annots) - used):
         problems.append(f"{file}:{ln}: annotation is not next to a kernel (put it in the "

@@ -39,10 +39,10 @@ def _bits(widths):
 
 def render_table(records):
     """A plain-text table of the records, failures listed below it. The ``loop`` columns
-    are the SASS main loop of GEMM-like kernels: instructions, FFMA (share), and the bit
-    widths of its LDS / LDG / STS."""
+    are the SASS main loop of GEMM-like kernels: instructions, FFMA (share), tensor-core
+    HMMA (kind, share), and the bit widths of its LDS / LDG / STS."""
     head = ("kernel", "target", "compiler", "regs", "budget", "spill st/ld", "stack", "smem",
-            "block", "occupancy", "loop", "ffma", "lds", "ldg", "sts", "gate")
+            "block", "occupancy", "loop", "ffma", "hmma", "lds", "ldg", "sts", "gate")
     rows = []
     for r in sorted(records, key=lambda r: (r.file, r.kernel != "*", r.kernel, r.compiler,
                                             r.target)):
@@ -58,6 +58,8 @@ def render_table(records):
                      _fmt_bytes(r.stack), _fmt_bytes(r.smem), block, occ,
                      "-" if r.loop_instructions is None else str(r.loop_instructions),
                      "-" if r.loop_ffma is None else f"{r.loop_ffma} ({r.ffma_share:.0%})",
+                     "-" if not r.loop_hmma else
+                     f"{r.loop_hmma} {'/'.join(r.hmma_kinds)} ({r.hmma_share:.0%})",
                      _bits(r.lds_bits), _bits(r.ldg_bits), _bits(r.sts_bits),
                      "ok" if r.ok else "FAIL"))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)

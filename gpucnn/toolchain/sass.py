@@ -5,20 +5,24 @@ it with ``nvdisasm`` and measure each kernel's **main loop**.
 The main loop is found the way one reads SASS by hand: every backward branch (a ``BRA`` whose
 target is at or before it) closes a loop spanning the instructions from its target to itself;
 an *innermost* loop contains no other backward branch; the *hottest* loop is the innermost
-one with the most FFMA instructions (ties: the longest; a kernel without FFMA: the longest).
+one with the most FFMA and HMMA (tensor-core) instructions (ties: the longest; a kernel with
+neither: the longest).
 In a GEMM that is the K-slice loop whose body the compiler unrolled. Its figures are static
 counts over that instruction range (each instruction once, whatever the branches inside do):
 
 * ``instructions`` and ``ffma`` (FFMA share = ffma / instructions: the fraction of issue slots
   doing math if the loop ran straight through; cuBLAS-class SGEMM main loops are 80-90%);
+* ``hmma`` (tensor-core instructions, HMMA share = hmma / instructions) and their kinds
+  (``TF32``, ``BF16``, from the opcode: ``HMMA.1684.F32.TF32``, ``HMMA.16816.F32.BF16``);
 * the widths in bits of its shared loads (``LDS``, ``LDS.64``, ``LDS.128``), global loads
   (``LDG.E``, ``LDG.E.128``...) and shared stores.
 
 The gate (:func:`sass_problems`) applies to kernels whose ``// gpucnn:`` annotation declares
 them GEMM-like (``gemm=1``, or ``min_ffma=``): the main loop must reach the FFMA share (default
 :data:`DEFAULT_MIN_FFMA`) and read shared memory only with 128-bit ``LDS``. ``gemm=report``
-shows the figures without gating; kernels without the key are not analysed. Spills are gated
-for every kernel by :mod:`.gates` already.
+shows the figures without gating; kernels without the key are not analysed. A tensor-core
+kernel (``tc=tf32`` / ``tc=bf16``) must hold HMMA instructions of its kind in that loop, and no
+other kind. Spills are gated for every kernel by :mod:`.gates` already.
 
 Where nvdisasm comes from: ``$GPUCNN_NVDISASM``, ``PATH``, the pip wheel
 (``nvidia-cuda-nvdisasm``: ``nvidia/cu13/bin``; CUDA 12 layout ``nvidia/cuda_nvdisasm/bin``),
@@ -81,7 +85,7 @@ def compile_cubin(path, target=SASS_TARGET, nvrtc=None, source=None) -> bytes:
     path = Path(path)
     text = source if source is not None else path.read_text()
     nv = get_nvrtc(nvrtc) if not hasattr(nvrtc, "compile") else nvrtc
-    opts = nvrtc_options(target, path)
+    opts = nvrtc_options(target, path, major=nv.version()[0], text=text)
     key = hashlib.sha256("\0".join([nv.path, str(path.resolve()), text, *opts])
                          .encode()).hexdigest()
     with _cubin_lock:
@@ -183,6 +187,8 @@ class LoopStats:
     end: int                   # address of its backward branch
     instructions: int
     ffma: int
+    hmma: int                  # tensor-core instructions
+    hmma_kinds: list           # their operand types: "TF32", "BF16", ... (sorted)
     lds_bits: list             # distinct widths of the shared loads, ascending
     ldg_bits: list             # ... of the global loads
     sts_bits: list             # ... of the shared stores
@@ -191,6 +197,10 @@ class LoopStats:
     @property
     def ffma_share(self):
         return self.ffma / self.instructions if self.instructions else 0.0
+
+    @property
+    def hmma_share(self):
+        return self.hmma / self.instructions if self.instructions else 0.0
 
     def widths(self, op):
         return {"LDS": self.lds_bits, "LDG": self.ldg_bits, "STS": self.sts_bits}[op]
@@ -204,10 +214,10 @@ def hottest_loop(name, instrs):
     if not inner:
         return None
 
-    def ffma(a, b):
-        return sum(1 for ins in instrs[a:b + 1] if ins.op == "FFMA")
+    def math(a, b):
+        return sum(1 for ins in instrs[a:b + 1] if ins.op in ("FFMA", "HMMA"))
 
-    a, b = max(inner, key=lambda ab: (ffma(*ab), ab[1] - ab[0], -ab[0]))
+    a, b = max(inner, key=lambda ab: (math(*ab), ab[1] - ab[0], -ab[0]))
     body = instrs[a:b + 1]
     counts = {}
     for ins in body:
@@ -216,8 +226,10 @@ def hottest_loop(name, instrs):
     def bits(op):
         return sorted({access_bits(ins.opcode) for ins in body if ins.op == op})
 
+    kinds = sorted({ins.opcode.rsplit(".", 1)[-1] for ins in body if ins.op == "HMMA"})
     return LoopStats(kernel=name, start=body[0].addr, end=body[-1].addr,
-                     instructions=len(body), ffma=counts.get("FFMA", 0), lds_bits=bits("LDS"),
+                     instructions=len(body), ffma=counts.get("FFMA", 0),
+                     hmma=counts.get("HMMA", 0), hmma_kinds=kinds, lds_bits=bits("LDS"),
                      ldg_bits=bits("LDG"), sts_bits=bits("STS"), counts=counts)
 
 
@@ -238,6 +250,9 @@ def sass_problems(stats, decl) -> list:
     """Why a GEMM-like kernel's main loop fails its gate (empty: it passes). ``decl`` is the
     kernel's :class:`~.parse.KernelDecl`; kernels not declared GEMM-like (or ``gemm=report``)
     are not gated."""
+    tc = getattr(decl, "tc", "")
+    if tc:
+        return _tensor_core_problems(stats, tc.upper())
     if not getattr(decl, "gemm_gated", False):
         return []
     if stats is None:
@@ -252,3 +267,14 @@ def sass_problems(stats, decl) -> list:
         out.append(f"SASS main loop reads shared memory {'/'.join(map(str, narrow))}-bit "
                    f"(LDS narrower than {GATED_LDS_BITS} bits; read float4)")
     return out
+
+
+def _tensor_core_problems(stats, kind):
+    """A tensor-core kernel's main loop must multiply on tensor cores of its kind only."""
+    if stats is None or not stats.hmma:
+        return [f"SASS: no HMMA in the main loop (a tc={kind.lower()} kernel must run its "
+                f"products on tensor cores)"]
+    other = [k for k in stats.hmma_kinds if k != kind]
+    if other:
+        return [f"SASS main loop: HMMA of kind {'/'.join(other)}, expected {kind} only"]
+    return []

@@ -10,10 +10,10 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from .parse import parse_kernel_decls, parse_kernels, int_defines
+from .parse import int_defines, parse_kernel_decls, parse_kernels, with_local_headers
 
-__all__ = ["kernel_dir", "kernel_sources", "source_text", "source_defines", "kernel_decls",
-           "kernel_block", "kernel_signatures"]
+__all__ = ["kernel_dir", "kernel_sources", "source_text", "source_with_headers", "source_defines",
+           "kernel_decls", "kernel_block", "kernel_signatures"]
 
 
 def kernel_dir() -> Path:
@@ -54,9 +54,15 @@ def source_text(name: str) -> str:
     return path.read_text()
 
 
+def source_with_headers(name: str) -> str:
+    """The text of ``kernels/<name>`` followed by the kernel-folder headers it includes
+    (:func:`~.parse.with_local_headers`): what its macros and #defines are read from."""
+    return with_local_headers(source_text(name), [kernel_dir()])
+
+
 @lru_cache(maxsize=None)
 def _defines(name):
-    return int_defines(source_text(name))
+    return int_defines(source_with_headers(name))
 
 
 def source_defines(name: str, prefix: str) -> dict:
@@ -70,7 +76,7 @@ def source_defines(name: str, prefix: str) -> dict:
 def _all_decls():
     decls = {}
     for path in kernel_sources():
-        file_decls, _problems = parse_kernel_decls(source_text(path.name), path.name)
+        file_decls, _problems = parse_kernel_decls(source_with_headers(path.name), path.name)
         for k, d in file_decls.items():
             if k in decls and decls[k].file != d.file:
                 raise ValueError(f"kernel {k} is declared in both {decls[k].file} and {d.file}")
@@ -100,7 +106,7 @@ def _signatures():
     sigs, where = {}, {}
     for path in kernel_sources():
         try:
-            kernels = parse_kernels(source_text(path.name))
+            kernels = parse_kernels(source_with_headers(path.name))
         except ValueError as exc:
             raise ValueError(f"{path.name}: {exc}") from exc
         for k, params in kernels.items():

@@ -2,7 +2,7 @@
 from pathlib import Path
 
 from gpucnn.toolchain.gates import evaluate, gate_failures
-from gpucnn.toolchain.parse import parse_kernel_decls
+from gpucnn.toolchain.parse import parse_kernel_decls, with_local_headers
 from gpucnn.toolchain.report import render_table
 
 
@@ -19,7 +19,8 @@ ptxas info    : Used 14 registers, used 0 barriers, 8 bytes cmem[2]
 
 def gate(result):
     path = Path(result.file)
-    decls, problems = parse_kernel_decls(path.read_text(), path.name)
+    decls, problems = parse_kernel_decls(with_local_headers(path.read_text(), [path.parent]),
+                                         path.name)
     return evaluate(result, decls, problems)
 
 

@@ -131,13 +131,13 @@ def test_report_shows_the_sass_columns(sgemm_records):
     records, _ = sgemm_records
     text = render_table(records)
     head = text.splitlines()[0].split()
-    assert head[-6:] == ["loop", "ffma", "lds", "ldg", "sts", "gate"]
+    assert head[-7:] == ["loop", "ffma", "hmma", "lds", "ldg", "sts", "gate"]
     row = next(line for line in text.splitlines() if line.startswith("sgemm:sgemm_nn "))
     assert " 512 (" in row and " 128 " in row
     d = next(r for r in records if r.kernel == "sgemm_nn").as_dict()
     assert {"registers", "occupancy", "spill_stores", "ok"} <= set(d)       # unchanged keys
     assert {"loop_instructions", "loop_ffma", "ffma_share", "lds_bits", "ldg_bits",
-            "sts_bits", "gemm"} <= set(d)
+            "sts_bits", "gemm", "loop_hmma", "hmma_share", "hmma_kinds"} <= set(d)
     json.dumps(d)
 
 

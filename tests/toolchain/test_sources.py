@@ -9,7 +9,7 @@ import pytest
 import gpucnn.toolchain as toolchain
 from gpucnn.toolchain import (kernel_block, kernel_decls, kernel_dir, kernel_signatures,
                               kernel_sources, source_defines)
-from gpucnn.toolchain.parse import int_defines, parse_kernels
+from gpucnn.toolchain.parse import int_defines, parse_kernels, with_local_headers
 
 
 def test_kernel_sources():
@@ -43,7 +43,8 @@ def test_kernel_block():
 def test_kernel_signatures_cover_every_source():
     sigs = kernel_signatures()
     for src in kernel_sources():
-        for name, params in parse_kernels(src.read_text()).items():
+        for name, params in parse_kernels(with_local_headers(src.read_text(),
+                                                             [src.parent])).items():
             assert sigs[name] == params
     p = sigs["max_pool2d_forward"]
     assert p and all(q.dtype is not None or q.base == "void" for q in p)

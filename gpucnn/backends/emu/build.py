@@ -15,7 +15,8 @@ import warnings
 from pathlib import Path
 
 from ...cpu import native
-from ...toolchain import parse_kernels, parse_launch_bounds
+from ...toolchain import parse_kernels, parse_launch_bounds, with_local_headers
+from ...toolchain.parse import uses_tensor_cores
 from . import cache
 from .cache import cache_dir
 from .faults import EmuBuildError
@@ -219,14 +220,13 @@ def _dyn_smem_asm(names) -> str:
 
 _SYMBOL_RE = re.compile(r"[A-Za-z_.$][\w.$]*")
 _VECTOR_RE = re.compile(r"\b(float4|int4|uint4|double2|float2|int2|uint2)\b")
-_WMMA_RE = re.compile(r"\bwmma::")
 
 
 def copy_alignment(text):
     """The alignment of a source's guarded argument copies (checks on): 32 bytes where it
     uses WMMA (its loads and stores need 256-bit aligned pointers), 16 where it uses vector
     types (g++ emits aligned vector moves), else none: the copy ends at the guard page."""
-    return 32 if _WMMA_RE.search(text) else 16 if _VECTOR_RE.search(text) else 1
+    return 32 if uses_tensor_cores(text) else 16 if _VECTOR_RE.search(text) else 1
 _loaded = {}   # (.so path, sha256) -> Library (a library is loaded once per process)
 
 
@@ -250,11 +250,12 @@ def build_library(sources, retry=True) -> Library:
         except (OSError, UnicodeDecodeError) as e:
             raise EmuBuildError(f"emu: cannot read kernel source {p}: {e}") from None
         try:
-            ks = parse_kernels(text)
-        except ValueError as e:
+            full = with_local_headers(text, [p.parent])   # the macros its headers define
+            ks = parse_kernels(full)
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             raise EmuBuildError(f"emu: {p}: {e}") from None
-        bounds = parse_launch_bounds(text)
-        vector_sources[str(p)] = copy_alignment(text)
+        bounds = parse_launch_bounds(full)
+        vector_sources[str(p)] = copy_alignment(full)
         for k, params in ks.items():
             if k in kernels:
                 raise EmuBuildError(f"emu: kernel {k} is defined in both {kernels[k][1]} and {p}")

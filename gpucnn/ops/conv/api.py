@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activation
-from ..dispatch import Op, api, grads_into, into as _into
+from ..dispatch import Op, api, grads_into, into as _into, rounded
 from ..pool import api as pool_api
 from ..pool import pool_geometry
 from . import algos, conv_geometry, direct, reference, wide_fused
@@ -34,13 +34,13 @@ def _algorithm(kind, direction):
 
 
 CONV = Op("conv2d",
-          lambda ctx, g, relu, has_bias, name: (
-              lambda x, w, b: reference.conv2d(x, w, b, g, relu)),
+          rounded(lambda ctx, g, relu, has_bias, name: (
+              lambda x, w, b: reference.conv2d(x, w, b, g, relu)), 2),
           _algorithm("cpu", "forward"), _algorithm("device", "forward"))
 CONV_BACKWARD = Op("conv2d_backward",
-                   grads_into(lambda ctx, g, need_dx, need_dw, name: (
+                   grads_into(rounded(lambda ctx, g, need_dx, need_dw, name: (
                        lambda dy, x, w: reference.conv2d_backward(dy, x, w, g, need_dx,
-                                                                  need_dw))),
+                                                                  need_dw)), 3, (0, 2, 3))),
                    grads_into(_algorithm("cpu", "backward")), _algorithm("device", "backward"))
 
 

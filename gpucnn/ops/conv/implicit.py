@@ -87,8 +87,16 @@ def check_geometry(g):
                              f"layer, or algo='im2col')")
 
 
+def kernel_name(name, precision):
+    """The kernel of ``precision``: ``conv_implicit_<op>`` on CUDA cores (fp32), else
+    ``conv_implicit_<op>_<precision>`` (kernels/conv_implicit_tc.cu: same grid, arguments
+    and epilogue; the main loop on tensor cores)."""
+    return name if precision == "fp32" else f"{name}_{precision}"
+
+
 def _launch(ctx, name, grid, large_ok):
-    return Launch(ctx, name, grid, (implicit_tile()["THREADS"], 1, 1), large_ok=large_ok)
+    return Launch(ctx, kernel_name(name, ctx.precision), grid,
+                  (implicit_tile()["THREADS"], 1, 1), large_ok=large_ok)
 
 
 def _i32s(*values):

@@ -1,0 +1,46 @@
+"""The tensor-core kernels (kernels/sgemm_tc.cu, conv_implicit_tc.cu) under the compile gates:
+their sm_90 SASS main loops multiply on tensor cores of their declared kind (tc=tf32: HMMA
+.TF32; tc=bf16: HMMA .BF16), with no spill, under NVRTC with CUDA's WMMA headers."""
+import pytest
+
+from gpucnn.toolchain import kernel_decls, kernel_dir
+from gpucnn.toolchain.gates import collect, gate_failures
+from gpucnn.toolchain.sass import sass_problems
+
+TC_SOURCES = ("sgemm_tc.cu", "conv_implicit_tc.cu")
+
+
+@pytest.fixture(scope="module")
+def tc_records():
+    return collect(sources=[kernel_dir() / s for s in TC_SOURCES], targets=("sm_90",))[0]
+
+
+def test_every_tensor_core_kernel_runs_hmma_of_its_kind(tc_records):
+    decls = kernel_decls()
+    tc = {r.kernel: r for r in tc_records if r.kernel != "*"}
+    assert len(tc) == 21 and all(decls[k].tc for k in tc)      # 12 GEMMs, 9 convolutions
+    assert not gate_failures(tc_records), gate_failures(tc_records)
+    for name, r in tc.items():
+        kind = decls[name].tc.upper()
+        assert r.loop_hmma and r.hmma_kinds == [kind], (name, r.loop_hmma, r.hmma_kinds)
+        assert r.spills == 0 and r.hmma_share > 0
+        assert ("3xtf32" in name) == (r.loop_hmma >= 3 * min(
+            t.loop_hmma for k, t in tc.items() if k.replace("_3xtf32", "_tf32") == k
+            and decls[k].tc == "tf32" and k.split("_tf32")[0] == name.split("_3xtf32")[0]
+        ) if "3xtf32" in name else False) or "3xtf32" not in name
+
+
+def test_gate_refuses_a_kernel_of_the_wrong_kind(tc_records):
+    """A planted mismatch: the TF32 kernel's loop judged as if it were declared bf16, and a
+    loop without HMMA judged as a tensor-core kernel."""
+    decls = kernel_decls()
+    r = next(r for r in tc_records if r.kernel == "sgemm_tf32_nn")
+    from gpucnn.toolchain.sass import LoopStats
+    stats = LoopStats(kernel=r.kernel, start=0, end=1, instructions=r.loop_instructions,
+                      ffma=r.loop_ffma, hmma=r.loop_hmma, hmma_kinds=r.hmma_kinds, lds_bits=[],
+                      ldg_bits=[], sts_bits=[], counts={})
+    wrong = type(decls["sgemm_tf32_nn"])(name="x", tc="bf16", gemm="report")
+    assert any("expected BF16" in p for p in sass_problems(stats, wrong))
+    none = LoopStats(kernel="y", start=0, end=1, instructions=10, ffma=8, hmma=0, hmma_kinds=[],
+                     lds_bits=[], ldg_bits=[], sts_bits=[], counts={})
+    assert any("no HMMA" in p for p in sass_problems(none, decls["sgemm_tf32_nn"]))
