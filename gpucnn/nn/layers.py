@@ -46,6 +46,13 @@ class _WeightLayer(Module):
         self.bias = (Parameter(self.backend.asarray(np.zeros(shape[0], np.float32)))
                      if self.use_bias else None)
 
+    def parameter_shapes(self, prefix=""):
+        """{name: shape} of named_parameters(), known before bind allocates them."""
+        out = {prefix + "weight": self.weight_shape}
+        if self.use_bias:
+            out[prefix + "bias"] = self.weight_shape[:1]
+        return out
+
     def named_parameters(self, prefix=""):
         out = [(prefix + "weight", self.weight)]
         if self.bias is not None:
@@ -97,12 +104,15 @@ class Conv2d(_WeightLayer):
                                        *self.kernel_size),
                              self.stride, self.padding, self.dilation, self.groups)
 
+    @property
+    def weight_shape(self):
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
     def bind(self, backend, rng):
         super().bind(backend, rng)
         fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         fan_out = self.out_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
-        self._make_params(rng, (self.out_channels, self.in_channels // self.groups,
-                                *self.kernel_size), fan_in, fan_out)
+        self._make_params(rng, self.weight_shape, fan_in, fan_out)
         return self
 
     def _kw(self):
@@ -178,10 +188,13 @@ class Linear(_WeightLayer):
         self.in_features, self.out_features = in_features, out_features
         self.use_bias, self.init = bool(bias), init
 
+    @property
+    def weight_shape(self):
+        return (self.out_features, self.in_features)
+
     def bind(self, backend, rng):
         super().bind(backend, rng)
-        self._make_params(rng, (self.out_features, self.in_features), self.in_features,
-                          self.out_features)
+        self._make_params(rng, self.weight_shape, self.in_features, self.out_features)
         return self
 
     def forward(self, x):

@@ -13,7 +13,8 @@ import time
 import warnings
 from pathlib import Path
 
-from .algos import AUTO, ENV, REGISTRY, get, valid_names, heuristic, names, shape_key
+from .algos import (AUTO, ENV, REGISTRY, get, heuristic, names, parse_shape_key, shape_key,
+                    valid_names)
 
 __all__ = ["CACHE_FILE", "cache_path", "device_identity", "wall_timer", "forget_timings",
            "Selector", "record", "restore"]
@@ -182,8 +183,13 @@ class Selector:
 
     def preset(self, mapping):
         """Make auto pick ``mapping[shape key]`` (e.g. a checkpoint's ``conv_algorithms()``)."""
-        for key, name in dict(mapping).items():
-            get(self.kind, name)
+        mapping = dict(mapping)
+        for key, name in mapping.items():  # all checked before any is taken
+            algo = get(self.kind, name)
+            if not algo.supports(parse_shape_key(key)):
+                raise ValueError(f"{name!r} cannot run the layer {key!r}: it needs "
+                                 f"{algo.requires}")
+        for key, name in mapping.items():
             self.auto[str(key)] = name
 
     def _decide(self, key, g, run):
