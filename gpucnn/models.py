@@ -89,7 +89,10 @@ def parameter_shapes(name, **kwargs):
     built."""
     net = _builder(name)(backend=_UNBOUND, **kwargs)
     shapes = {}
-    for i, layer in enumerate(net.layers):
-        if hasattr(layer, "parameter_shapes"):
-            shapes.update(layer.parameter_shapes(f"{i}."))
+    for i, layer in enumerate(net.layers):  # named as Sequential.named_parameters names them
+        shape = getattr(layer, "weight_shape", None)
+        if shape is not None:
+            shapes[f"{i}.weight"] = shape
+            if layer.use_bias:
+                shapes[f"{i}.bias"] = shape[:1]
     return shapes

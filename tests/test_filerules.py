@@ -219,3 +219,14 @@ def test_metadata_fields_breaking_the_schema_are_refused(field, value, rule):
         F.check_metadata(_meta(**{field: value}), "c.npz", Refused)
     assert rule in str(e.value) and "nothing was loaded" in str(e.value)
     assert math.isfinite(len(str(e.value))) and len(str(e.value)) < 400  # one short line
+
+
+def test_an_emulator_record_nested_deep_is_damaged_not_a_traceback(tmp_path):
+    """The emulator's module records are our files on disk: JSON nested past the limit (a
+    RecursionError in json) is a damaged entry, rebuilt (the conv-algorithm cache's case is
+    in tests/ops/test_conv_implicit.py)."""
+    from gpucnn.backends.emu.cache import module_record
+    path = tmp_path / "m.json"
+    path.write_bytes(b'{"poison": ' + b"[" * 200_000 + b"]" * 200_000 + b"}")
+    with pytest.warns(RuntimeWarning, match="nested 200001 levels deep"):
+        assert module_record(path) is None

@@ -46,13 +46,6 @@ class _WeightLayer(Module):
         self.bias = (Parameter(self.backend.asarray(np.zeros(shape[0], np.float32)))
                      if self.use_bias else None)
 
-    def parameter_shapes(self, prefix=""):
-        """{name: shape} of named_parameters(), known before bind allocates them."""
-        out = {prefix + "weight": self.weight_shape}
-        if self.use_bias:
-            out[prefix + "bias"] = self.weight_shape[:1]
-        return out
-
     def named_parameters(self, prefix=""):
         out = [(prefix + "weight", self.weight)]
         if self.bias is not None:
@@ -93,6 +86,7 @@ class Conv2d(_WeightLayer):
         self.padding = padding if isinstance(padding, str) else pair(padding, "padding")
         self.dilation = pair(dilation, "dilation")
         self.use_bias, self.init = bool(bias), init
+        self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
         # Validate hyperparameters now (a 1x1 probe input of the right size).
         self.geometry((1, in_channels, *self._min_input()))
 
@@ -103,10 +97,6 @@ class Conv2d(_WeightLayer):
         return conv_geometry(x_shape, (self.out_channels, self.in_channels // self.groups,
                                        *self.kernel_size),
                              self.stride, self.padding, self.dilation, self.groups)
-
-    @property
-    def weight_shape(self):
-        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
 
     def bind(self, backend, rng):
         super().bind(backend, rng)
@@ -187,10 +177,7 @@ class Linear(_WeightLayer):
         _check_positive_int(out_features, "out_features", "Linear")
         self.in_features, self.out_features = in_features, out_features
         self.use_bias, self.init = bool(bias), init
-
-    @property
-    def weight_shape(self):
-        return (self.out_features, self.in_features)
+        self.weight_shape = (out_features, in_features)
 
     def bind(self, backend, rng):
         super().bind(backend, rng)

@@ -13,6 +13,7 @@ import time
 import warnings
 from pathlib import Path
 
+from ...filerules import parse_json
 from .algos import (AUTO, ENV, REGISTRY, get, heuristic, names, parse_shape_key, shape_key,
                     valid_names)
 
@@ -88,7 +89,8 @@ class _FileCache:
                 # checked (a chosen name is checked again against the registry when used).
                 if self.path.stat().st_size > _MAX_CACHE_BYTES:
                     raise ValueError(f"larger than {_MAX_CACHE_BYTES} bytes")
-                doc = json.loads(self.path.read_text())
+                doc = parse_json(self.path.read_bytes(), self.path.name, ValueError,
+                                 _MAX_CACHE_BYTES)
                 choices = doc["choices"]
                 if not isinstance(choices, dict):
                     raise ValueError("'choices' is not an object")
