@@ -2,7 +2,7 @@
 
 File layout: a standard NumPy .npz archive (a zip of .npy members, readable with
 np.load(path, allow_pickle=False)) holding
-  <name>.npy         one per array (any non-object dtype), and
+  <name>.npy         one per array (little-endian float32, float64, int32 or int64, C order),
   __metadata__.npy   uint8 array: UTF-8 JSON text
                      {"format": "gpucnn-checkpoint", "version": 1, "metadata": {...}}
 
@@ -15,12 +15,14 @@ mid-write leaves its temporary file behind; remove_stale_temp_files deletes thos
 writer is no longer running. The file gets the mode a plain open() would give it (0666 less
 the umask), not mkstemp's 0600.
 
-Loading checks, *before* reading any data: that every member is a .npy (no pickle, no other
-file), that no header declares an object dtype (which would need unpickling), and that each
-header's shape and dtype account exactly for the bytes the member holds, which the archive's
-real size bounds (so a crafted header declaring 4 TiB is refused, never allocated). Then the
-zip CRCs and the metadata envelope. Every problem is a CheckpointError naming the file and
-the member.
+Reading (:class:`CheckpointReader`) applies the rules of :mod:`gpucnn.filerules`, never
+NumPy's loader: the zip directory first (member count, unique .npy names, no encryption,
+stored or deflated, sizes deflate and the file can account for), then each member read whole
+within a bound (its expected size where the caller knows the model, else the archive's
+budget), its CRC checked, and only then its .npy header parsed by our strict parser and its
+values checked. The metadata is read first, so a caller validates it and derives the arrays
+it expects before any array is read. Every problem is a CheckpointError naming the file, the
+member or field, and the rule.
 
 Random state needs no generator snapshot: gpucnn derives every random draw from counters
 (shuffle order from (seed, epoch), augmentation from (seed, epoch, batch), dropout masks from
@@ -33,6 +35,7 @@ import json
 import math
 import os
 import re
+import struct
 import tempfile
 import zipfile
 import zlib
@@ -40,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import filerules
 
 FORMAT = "gpucnn-checkpoint"
 VERSION = 1
@@ -145,7 +150,7 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray],
         raise CheckpointError(f"{path}: metadata must be a dict, got {type(metadata).__name__}")
     try:
         text = json.dumps({"format": FORMAT, "version": VERSION, "metadata": metadata},
-                          default=_json_default, allow_nan=True, sort_keys=True)
+                          default=_json_default, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: metadata is not JSON-serialisable: {e}") from None
     prepared = {}
@@ -156,7 +161,12 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray],
         if arr.dtype.hasobject:
             raise CheckpointError(f"{path}: array {key!r} has an object dtype; only plain "
                                   f"numeric arrays can be saved (no pickle)")
-        prepared[key] = arr
+        # What the reader accepts, and nothing else: little-endian, C order.
+        little = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
+        if little.str not in filerules.ARRAY_DTYPES:
+            raise CheckpointError(f"{path}: array {key!r} has dtype {arr.dtype}; checkpoints "
+                                  f"hold float32, float64, int32 or int64 arrays")
+        prepared[key] = arr.astype(little, order="C", copy=False)
     prepared[METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
     directory = path.parent if str(path.parent) else Path(".")
@@ -185,20 +195,54 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray],
 # Deflate cannot shrink data by more than about 1032:1, so a member's stated uncompressed size
 # beyond that ratio of its compressed bytes is a lie.
 _DEFLATE_MAX_RATIO = 1032
-_SIZE_UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+_READ_CHUNK = 1 << 20
+# A central directory entry is 46 bytes, its name, its extra fields (zip64: 28 bytes) and a
+# comment: 1 KiB each is more than any writer uses.
+_MAX_DIRECTORY_BYTES = filerules.ZIP_MAX_MEMBERS * 1024
+_size = filerules.size_text
+# What zipfile raises on a hostile archive (a damaged directory, header or stream).
+_ZIP_FAILURES = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, OSError,
+                 ValueError, KeyError, NotImplementedError, RuntimeError, struct.error,
+                 OverflowError)
 
 
-def _size(n: int) -> str:
-    i = min(int(math.log(max(n, 1), 1024)), len(_SIZE_UNITS) - 1)
-    return f"{n} bytes" if i == 0 else f"{n / 1024 ** i:.1f} {_SIZE_UNITS[i]}"
+def _check_end_record(f, size, path):
+    """The archive's entry count and central-directory size, from its end record, within the
+    limits, before zipfile reads the whole directory into objects."""
+    tail_len = min(size, 22 + 65535)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + 22 > len(tail):
+        return  # no end record: zipfile says so
+    entries, directory = struct.unpack("<HI", tail[at + 10:at + 16])
+    if (entries == 0xFFFF or directory == 0xFFFFFFFF) and at >= 20 \
+            and tail[at - 20:at - 16] == b"PK\x06\x07":
+        f.seek(min(struct.unpack("<Q", tail[at - 12:at - 4])[0], size))
+        record = f.read(56)
+        if len(record) == 56 and record[:4] == b"PK\x06\x06":
+            entries, directory = struct.unpack("<QQ", record[32:48])
+    if entries > filerules.ZIP_MAX_MEMBERS or directory > _MAX_DIRECTORY_BYTES:
+        raise CheckpointError(f"{path}: the zip directory lists {entries} members in "
+                              f"{_size(directory)} (at most {filerules.ZIP_MAX_MEMBERS} "
+                              f"members); not a checkpoint gpucnn wrote")
 
 
-def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path,
-                  archive_size: int) -> np.dtype:
-    """The dtype of .npy member `info`, after checking that its header's shape and dtype
-    account exactly for the bytes it holds and that those fit in the archive."""
+def _check_info(info, path, archive_size):
+    """The zip rules of one member, from the directory: a .npy name, not encrypted, stored
+    or deflated, sizes that the archive and deflate can account for."""
     name = info.filename
     where = f"{path}: member {name!r}"
+    if not name.endswith(".npy"):
+        raise CheckpointError(f"{path}: unexpected member {name!r} (a checkpoint holds only "
+                              f".npy arrays)")
+    if len(name.encode("utf-8", "surrogatepass")) > filerules.ZIP_MAX_NAME_BYTES \
+            or name == ".npy" or "\x00" in name:
+        raise CheckpointError(f"{where}: not a valid array name (empty, NUL, or longer than "
+                              f"{filerules.ZIP_MAX_NAME_BYTES} bytes)")
+    if info.flag_bits & 0x1:
+        raise CheckpointError(f"{where}: encrypted (zip flag bit 0); gpucnn never writes "
+                              f"encrypted members")
     if info.compress_type == zipfile.ZIP_STORED:
         if info.file_size != info.compress_size:
             raise CheckpointError(f"{where}: stored member claims {info.file_size} bytes but "
@@ -214,80 +258,181 @@ def _check_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path,
     if info.compress_size > archive_size:
         raise CheckpointError(f"{where}: claims {_size(info.compress_size)} in an archive of "
                               f"{_size(archive_size)} (truncated or crafted)")
-    with zf.open(info) as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise CheckpointError(f"{where}: unsupported .npy version {version}")
-        header = f.tell()
-    if dtype.hasobject:
-        return dtype  # refused by the caller, with the pickle explanation
-    declared = math.prod(shape) * dtype.itemsize
-    if declared != info.file_size - header:
-        raise CheckpointError(f"{where}: header declares shape {tuple(shape)} {dtype} = "
-                              f"{_size(declared)}, but the member holds "
-                              f"{_size(max(info.file_size - header, 0))} of data "
-                              f"(crafted or damaged); nothing was allocated")
-    return dtype
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(arrays, metadata) from a checkpoint written by save_checkpoint."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: not a regular file")
-    try:
-        archive_size = path.stat().st_size
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            for info in zf.infolist():
-                member = info.filename
-                if not member.endswith(".npy"):
-                    raise CheckpointError(f"{path}: unexpected member {member!r} (a "
-                                          f"checkpoint holds only .npy arrays)")
-                if _check_member(zf, info, path, archive_size).hasobject:
-                    raise CheckpointError(f"{path}: array {member[:-4]!r} has an object "
-                                          f"dtype (pickled Python objects); refused")
-            bad = zf.testzip()  # reads every member and checks its CRC
-            if bad is not None:
-                raise CheckpointError(f"{path}: damaged: CRC mismatch in member {bad!r}")
-    except CheckpointError:
-        raise
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error) as e:
-        raise CheckpointError(f"{path}: not a checkpoint: not a valid zip/.npz archive "
-                              f"(truncated or damaged?): {e}") from None
-    except (OSError, ValueError, KeyError, NotImplementedError) as e:
-        raise CheckpointError(f"{path}: damaged checkpoint: {type(e).__name__}: {e}") from None
-    if METADATA_KEY + ".npy" not in names:
-        raise CheckpointError(f"{path}: not a gpucnn checkpoint: no {METADATA_KEY} entry "
-                              f"(a foreign .npz?)")
-    arrays: dict[str, np.ndarray] = {}
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            for key in npz.files:
-                arrays[key] = npz[key]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-        raise CheckpointError(f"{path}: damaged checkpoint: {type(e).__name__}: {e}") from None
-    raw = arrays.pop(METADATA_KEY)
-    metadata = _decode_metadata(raw, path)
-    return arrays, metadata
+class CheckpointReader:
+    """A checkpoint opened for reading: on construction its zip directory is checked (member
+    count, unique .npy names, no encryption, stored or deflated, sizes) and its metadata read
+    (CRC, .npy header, bounded JSON, envelope); no array is read until :meth:`arrays`, so a
+    caller validates the metadata and says what arrays it expects first.
+
+    ``max_bytes``: what all members may inflate to (default
+    :func:`gpucnn.filerules.generic_uncompressed_limit` of the file's size); :meth:`arrays`
+    with ``expected`` bounds each member by its expected size too. Use as a context manager
+    or call :meth:`close`."""
+
+    def __init__(self, path, max_bytes=None):
+        self.path = path = Path(path)
+        self._zip = None
+        if not path.exists():
+            raise CheckpointError(f"{path}: no such checkpoint file")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: not a regular file")
+        try:
+            self._file = open(path, "rb")
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: no such checkpoint file") from None
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read: {e.strerror or e}") from None
+        try:
+            self._open(max_bytes)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, max_bytes):
+        path = self.path
+        size = os.fstat(self._file.fileno()).st_size
+        self._budget = (filerules.generic_uncompressed_limit(size) if max_bytes is None
+                        else max_bytes)
+        try:
+            _check_end_record(self._file, size, path)
+            self._zip = zipfile.ZipFile(self._file)
+            infos = self._zip.infolist()
+        except CheckpointError:
+            raise
+        except _ZIP_FAILURES as e:
+            raise CheckpointError(f"{path}: not a checkpoint: not a valid zip/.npz archive "
+                                  f"(truncated or damaged?): {e}") from None
+        self._members = {}
+        for info in infos:
+            _check_info(info, path, size)
+            key = info.filename[:-4]
+            if key in self._members:
+                raise CheckpointError(f"{path}: member {info.filename!r} appears twice (which "
+                                      f"copy is meant?); refused")
+            self._members[key] = info
+        meta_info = self._members.pop(METADATA_KEY, None)
+        if meta_info is None:
+            raise CheckpointError(f"{path}: not a gpucnn checkpoint: no {METADATA_KEY} entry "
+                                  f"(a foreign .npz?)")
+        raw = self._array(meta_info, filerules.JSON_MAX_BYTES + filerules.NPY_MAX_HEADER_BYTES,
+                          filerules.METADATA_DTYPES + filerules.ARRAY_DTYPES)
+        self.metadata = _decode_metadata(raw, path)
+
+    @property
+    def names(self):
+        """The array names the archive holds (the metadata member aside)."""
+        return list(self._members)
+
+    def _read(self, info, limit):
+        """The bytes of member ``info``, read whole within ``limit`` and the archive's budget
+        (never more than it declares: a deflate bomb costs what its size claims, which was
+        bounded first), its CRC checked before anything of it is parsed."""
+        where = f"{self.path}: member {info.filename!r}"
+        n = info.file_size
+        if n > limit:
+            raise CheckpointError(f"{where}: {_size(n)}, more than the {_size(limit)} allowed "
+                                  f"for it; nothing was read")
+        if n > self._budget:
+            raise CheckpointError(f"{where}: the members inflate to more than this archive's "
+                                  f"bound ({_size(self._budget)} left, it claims {_size(n)}); "
+                                  f"nothing more was read")
+        self._budget -= n
+        buf = bytearray(n)
+        got = 0
+        try:
+            with self._zip.open(info) as f:
+                while got < n:
+                    chunk = f.read(min(_READ_CHUNK, n - got))
+                    if not chunk:
+                        break
+                    buf[got:got + len(chunk)] = chunk
+                    got += len(chunk)
+        except _ZIP_FAILURES as e:
+            raise CheckpointError(f"{where}: damaged: {type(e).__name__}: {e}") from None
+        if got != n:
+            raise CheckpointError(f"{where}: damaged: {got} of its {n} bytes could be read")
+        if zlib.crc32(buf) != info.CRC:
+            raise CheckpointError(f"{where}: damaged: CRC mismatch")
+        return buf
+
+    def _array(self, info, limit, allowed):
+        return filerules.npy_array(self._read(info, limit), f"{self.path}: member "
+                                   f"{info.filename!r}", CheckpointError, allowed)
+
+    def arrays(self, expected=None, dtype=None, skip_others=False, fits="the model"):
+        """{name: array} of the archive. ``expected``: {name: shape} the caller's model
+        implies; the names must match (others are refused, or left unread with
+        ``skip_others``) and each member is bounded by its expected size before it is read.
+        ``dtype``: the dtype the values are used in; every array must be of its kind, is
+        converted, and is refused unless finite after the conversion (without ``dtype``:
+        finite as stored). ``fits``: what implies ``expected``, for the messages."""
+        path = self.path
+        members = self._members
+        if expected is not None:
+            expected = {k: tuple(v) for k, v in expected.items()}
+            missing = sorted(set(expected) - set(members))
+            unexpected = [] if skip_others else sorted(set(members) - set(expected))
+            if missing or unexpected:
+                raise CheckpointError(f"{path}: does not fit {fits}: arrays missing "
+                                      f"{_few(missing)}, unexpected {_few(unexpected)}; "
+                                      f"nothing was read")
+            members = {k: members[k] for k in expected}
+        allowed = filerules.ARRAY_DTYPES if dtype is None else tuple(
+            d for d in filerules.ARRAY_DTYPES if np.dtype(d).kind == np.dtype(dtype).kind)
+        out = {}
+        for key, info in members.items():
+            if expected is None:
+                limit = self._budget
+            else:  # at most 8 bytes an element (float64), and a header
+                limit = math.prod(expected[key]) * 8 + filerules.NPY_MAX_HEADER_BYTES
+            arr = self._array(info, limit, allowed)
+            if expected is not None and arr.shape != expected[key]:
+                raise CheckpointError(f"{path}: does not fit {fits}: array {key!r} has shape "
+                                      f"{arr.shape}, expected {expected[key]}; nothing was "
+                                      f"loaded")
+            out[key] = filerules.checked_values(arr, f"{path}: array {key!r}",
+                                                CheckpointError, dtype)
+        return out
+
+    def close(self):
+        if self._zip is not None:
+            self._zip.close()
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _few(names, n=6):
+    more = f", ... {len(names) - n} more" if len(names) > n else ""
+    return "[" + ", ".join(map(repr, names[:n])) + more + "]"
+
+
+def open_checkpoint(path: str | os.PathLike, max_bytes: int | None = None) -> CheckpointReader:
+    """The :class:`CheckpointReader` of ``path``: directory checked, metadata read, no array
+    read yet."""
+    return CheckpointReader(path, max_bytes)
+
+
+def load_checkpoint(path: str | os.PathLike, dtype=None
+                    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays, metadata) from a checkpoint written by save_checkpoint, every rule of
+    :mod:`gpucnn.filerules` applied. ``dtype``: convert the arrays to it (the dtype their
+    values are used in) and refuse any not finite after the conversion."""
+    with open_checkpoint(path) as ck:
+        return ck.arrays(dtype=dtype), ck.metadata
 
 
 def _decode_metadata(raw: np.ndarray, path: Path) -> dict[str, Any]:
     if raw.dtype != np.uint8 or raw.ndim != 1:
         raise CheckpointError(f"{path}: {METADATA_KEY} must be a 1-D uint8 array of JSON "
                               f"text, got dtype {raw.dtype} shape {raw.shape}")
-    try:
-        envelope = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: {METADATA_KEY} is not valid JSON text: {e}") from None
+    envelope = filerules.parse_json(raw.tobytes(), f"{path}: {METADATA_KEY}", CheckpointError)
     if not isinstance(envelope, dict) or envelope.get("format") != FORMAT:
         found = envelope.get("format") if isinstance(envelope, dict) else type(envelope).__name__
         raise CheckpointError(f"{path}: metadata format is {found!r}, expected {FORMAT!r}")

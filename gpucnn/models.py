@@ -6,13 +6,18 @@ import numpy as np
 from .nn import (Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d, ReLU,
                  Sequential)
 
-__all__ = ["lenet5", "alexnet", "alexnet_cifar", "build_model", "MODELS"]
+__all__ = ["lenet5", "alexnet", "alexnet_cifar", "build_model", "parameter_shapes", "MODELS"]
+
+
+_UNBOUND = object()  # parameter_shapes' backend: the layers, no parameters allocated
 
 
 def _finish(net, name, input_shape, backend, seed, **kwargs):
     net.config = {"name": name, "kwargs": kwargs, "input_shape": list(input_shape)}
     net.input_shape = tuple(input_shape)
     net.output_shape(net.input_shape)  # fail now, not inside a kernel, if shapes do not chain
+    if backend is _UNBOUND:
+        return net
     return net.bind(backend, np.random.default_rng(seed))
 
 
@@ -67,8 +72,27 @@ def alexnet_cifar(num_classes=10, dropout=0.5, backend=None, seed=0):
 MODELS = {"lenet5": lenet5, "alexnet": alexnet, "alexnet_cifar": alexnet_cifar}
 
 
-def build_model(name, backend=None, seed=0, **kwargs):
+def _builder(name):
     key = name.replace("-", "_").lower()
     if key not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}; got {name!r}")
-    return MODELS[key](backend=backend, seed=seed, **kwargs)
+    return MODELS[key]
+
+
+def build_model(name, backend=None, seed=0, **kwargs):
+    return _builder(name)(backend=backend, seed=seed, **kwargs)
+
+
+def parameter_shapes(name, **kwargs):
+    """{state_dict name: shape} of model ``name`` with options ``kwargs``, worked out without
+    allocating anything: a checkpoint's arrays are checked against it before the model is
+    built."""
+    net = _builder(name)(backend=_UNBOUND, **kwargs)
+    shapes = {}
+    for i, layer in enumerate(net.layers):  # named as Sequential.named_parameters names them
+        shape = getattr(layer, "weight_shape", None)
+        if shape is not None:
+            shapes[f"{i}.weight"] = shape
+            if layer.use_bias:
+                shapes[f"{i}.bias"] = shape[:1]
+    return shapes

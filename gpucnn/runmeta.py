@@ -12,8 +12,8 @@ one before in :func:`upgrade_metadata`, so every older checkpoint keeps loading.
 from __future__ import annotations
 
 import json
-import math
 
+from . import filerules
 from .checkpoint import CheckpointError
 
 __all__ = ["SCHEMA_VERSION", "RESUME_KEYS", "upgrade_metadata", "validate_metadata",
@@ -72,106 +72,46 @@ def upgrade_metadata(meta, path):
 
 
 # ---- validation: every field, its type and range, before anything is used -------------------
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v):
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _fail(path, field, value, want):
-    shown = repr(value)
-    shown = shown if len(shown) <= 80 else shown[:77] + "..."
-    raise CheckpointError(f"{path}: metadata field {field!r} is {shown}: it must be {want} "
-                          f"(an edited or damaged checkpoint?); nothing was loaded")
+# Types, ranges and allowed keys are the schema of gpucnn.filerules (CHECKPOINT_METADATA);
+# what is checked here is what needs the run: the keys a trainer checkpoint must hold, and
+# the relations between the fields and the current run's data.
+REQUIRED = ("written_by", "model", "model_extra", "optimizer", "epoch", "batch_in_epoch",
+            "epoch_sums", "history", "config", "config_changes")
 
 
 def _check(path, field, value, ok, want):
     if not ok:
-        _fail(path, field, value, want)
-
-
-def _check_int(path, field, value, low, high=None):
-    ok = _is_int(value) and value >= low and (high is None or value <= high)
-    _check(path, field, value, ok, f"an int >= {low}" if high is None
-           else f"an int in [{low}, {high}]")
-
-
-def _check_num(path, field, value, low=0.0, high=None, positive=False):
-    ok = _is_num(value) and (value > low if positive else value >= low) and \
-        (high is None or value <= high)
-    want = f"a finite number {'>' if positive else '>='} {low:g}"
-    _check(path, field, value, ok, want + (f" and <= {high:g}" if high is not None else ""))
-
-
-_HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_accuracy", "seconds", "images_per_s",
-                   "test_accuracy")
-
-
-def _check_history(path, history, epoch):
-    _check(path, "history", history, isinstance(history, list) and len(history) == epoch,
-           f"a list of the {epoch} finished epochs' records ('epoch' is {epoch})")
-    for i, rec in enumerate(history):
-        f = f"history[{i}]"
-        _check(path, f, rec, isinstance(rec, dict) and all(k in rec for k in _HISTORY_FIELDS),
-               f"an object with the fields {', '.join(_HISTORY_FIELDS)}")
-        _check(path, f + ".epoch", rec["epoch"], rec["epoch"] == i + 1 and _is_int(rec["epoch"]),
-               f"{i + 1}")
-        _check_num(path, f + ".lr", rec["lr"], positive=True)
-        _check_num(path, f + ".train_loss", rec["train_loss"])
-        _check_num(path, f + ".seconds", rec["seconds"])
-        for k in ("train_accuracy", "test_accuracy"):
-            _check_num(path, f"{f}.{k}", rec[k], high=1.0)
-        if rec["images_per_s"] is not None:
-            _check_num(path, f + ".images_per_s", rec["images_per_s"])
+        raise CheckpointError(filerules.field_error(path, field, value, want))
 
 
 def validate_metadata(meta, path, n_train, batch_size, exact_sums=True):
     """Raise CheckpointError naming the first field of the (upgraded) trainer metadata whose
-    type or range is wrong, for a run of ``n_train`` images in batches of ``batch_size``.
-    ``exact_sums``: the checkpoint was written with this batch size and data (nothing changed
-    by --allow-config-change), so its partial-epoch sums must match its position exactly."""
-    n_batches = -(-n_train // batch_size)
-    for key in ("written_by", "model", "model_extra", "optimizer", "epoch", "batch_in_epoch",
-                "epoch_sums", "history", "config", "config_changes"):
+    type, range or relation to the run is wrong, for a run of ``n_train`` images in batches
+    of ``batch_size``. ``exact_sums``: the checkpoint was written with this batch size and
+    data (nothing changed by --allow-config-change), so its partial-epoch sums must match its
+    position exactly."""
+    for key in REQUIRED:
         if key not in meta:
             raise CheckpointError(f"{path}: metadata has no {key!r} field: not a checkpoint "
                                   f"written by gpucnn train (or a damaged one)")
-    _check(path, "written_by", meta["written_by"], isinstance(meta["written_by"], str),
-           "a string")
-    for key in ("model", "config"):
-        _check(path, key, meta[key], isinstance(meta[key], dict), "an object")
-    extra = meta["model_extra"]
-    _check(path, "model_extra", extra, isinstance(extra, dict) and all(
-        isinstance(v, dict) and all(_is_int(c) and c >= 0 for c in v.values())
-        for v in extra.values()), "an object of layers' counters (ints >= 0)")
-    opt = meta["optimizer"]
-    _check(path, "optimizer", opt, isinstance(opt, dict) and isinstance(opt.get("type"), str)
-           and "lr" in opt and "steps" in opt, "an object with 'type', 'lr' and 'steps'")
-    _check_num(path, "optimizer.lr", opt["lr"], positive=True)
-    _check_int(path, "optimizer.steps", opt["steps"], 0)
-    _check_int(path, "epoch", meta["epoch"], 0)
+    filerules.check_metadata(meta, path, CheckpointError)
+    n_batches = -(-n_train // batch_size)
     b = meta["batch_in_epoch"]
-    _check_int(path, "batch_in_epoch", b, 0, n_batches)
-    sums = meta["epoch_sums"]
-    _check(path, "epoch_sums", sums, isinstance(sums, list) and len(sums) == 4,
-           "a list of 4 numbers [loss * images, correct, images, seconds]")
-    loss_sum, correct, seen, seconds = sums
-    _check_num(path, "epoch_sums[0]", loss_sum)
-    _check_int(path, "epoch_sums[2]", seen, 0, n_train)
-    _check_int(path, "epoch_sums[1]", correct, 0, seen)
-    _check_num(path, "epoch_sums[3]", seconds)
+    _check(path, "batch_in_epoch", b, b <= n_batches, f"an int in [0, {n_batches}]")
+    loss_sum, correct, seen, seconds = meta["epoch_sums"]
+    _check(path, "epoch_sums[2]", seen, seen <= n_train, f"an int in [0, {n_train}]")
+    _check(path, "epoch_sums[1]", correct, correct <= seen, f"an int in [0, {seen}]")
     if exact_sums:
         want = min(b * batch_size, n_train)
         _check(path, "epoch_sums[2]", seen, seen == want,
                f"{want}, the images of the {b} batches done")
     _check(path, "epoch_sums[2]", seen, (seen > 0) == (b > 0),
            "0 exactly when no batch of the epoch is done")
-    _check_history(path, meta["history"], meta["epoch"])
-    _check(path, "config_changes", meta["config_changes"],
-           isinstance(meta["config_changes"], list)
-           and all(isinstance(c, dict) for c in meta["config_changes"]), "a list of objects")
+    epoch, history = meta["epoch"], meta["history"]
+    _check(path, "history", history, len(history) == epoch,
+           f"a list of the {epoch} finished epochs' records ('epoch' is {epoch})")
+    for i, rec in enumerate(history):
+        _check(path, f"history[{i}].epoch", rec["epoch"], rec["epoch"] == i + 1, f"{i + 1}")
 
 
 # ---- the run configuration --resume compares -----------------------------------------------

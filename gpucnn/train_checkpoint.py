@@ -15,7 +15,7 @@ from dataclasses import asdict
 import numpy as np
 
 from . import __version__
-from .checkpoint import CheckpointError, check_compatible, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, check_compatible, open_checkpoint, save_checkpoint
 from .ops.conv import selector as conv_selector
 from .runmeta import (SCHEMA_VERSION, compare_run, config_mismatch_message, upgrade_metadata,
                       validate_metadata)
@@ -59,6 +59,13 @@ class RunCheckpoint:
                 "optimizer": opt_meta, **run.metadata(), **self.run_record()}
         return arrays, meta
 
+    def state_shapes(self):
+        """{checkpoint array name: shape} of this run's model and optimiser."""
+        shapes = {f"model/{k}": tuple(p.shape) for k, p in self.model.named_parameters()}
+        shapes.update({f"optim/{n}.{i}": tuple(a.shape) for n, lst in self.opt.state.items()
+                       for i, a in enumerate(lst)})
+        return shapes
+
     def size_estimate(self):
         """About the size of this run's checkpoint file (for the start-up room check)."""
         n = sum(p.data.size for p in self.model.parameters()) * 4
@@ -76,29 +83,34 @@ class RunCheckpoint:
 
     def restore(self, path, n_train):
         """Load checkpoint ``path`` into the model and the optimiser, for a run of ``n_train``
-        training images; every metadata field is validated and the run configuration compared
-        before anything of it is used. Returns (the RunState to continue from, the run keys
-        the checkpoint did not record)."""
-        arrays, meta = load_checkpoint(path)
-        meta = upgrade_metadata(meta, path)
-        try:  # before the comparison: auto then runs the checkpoint's algorithms again
-            conv_selector.restore(self.backend, meta.get("conv_algos"))
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path}: conv_algos: {exc}") from None
-        differences, unchecked = compare_run(meta, self.run_record())
-        if differences and not self.cfg.allow_config_change:
-            raise CheckpointError(config_mismatch_message(path, differences))
-        same_data = not any(k in differences for k in
-                            ("config.batch_size", "config.limit", "config.dataset"))
-        validate_metadata(meta, path, n_train, self.cfg.batch_size, same_data)
-        bad = next((k for k, a in arrays.items()
-                    if a.dtype.kind == "f" and not np.isfinite(a).all()), None)
-        if bad is not None:  # gpucnn never saves one: edited or damaged
-            raise CheckpointError(f"{path}: array {bad!r} holds NaN or inf; nothing was loaded")
-        try:
-            check_compatible(meta, self.model.config, key="model")
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
+        training images. Every metadata field is validated, the run configuration compared
+        and the saved convolution algorithms checked against what they must run, before any
+        array is read; the arrays are then read only if they are the ones this model and
+        optimiser hold (names, shapes), bounded by their sizes, and refused unless finite as
+        float32. Returns (the RunState to continue from, the run keys the checkpoint did not
+        record)."""
+        with open_checkpoint(path) as ck:
+            meta = upgrade_metadata(ck.metadata, path)
+            differences, unchecked = compare_run(meta, self.run_record())
+            if differences and not self.cfg.allow_config_change:
+                raise CheckpointError(config_mismatch_message(path, differences))
+            same_data = not any(k in differences for k in
+                                ("config.batch_size", "config.limit", "config.dataset"))
+            validate_metadata(meta, path, n_train, self.cfg.batch_size, same_data)
+            try:
+                check_compatible(meta, self.model.config, key="model")
+            except CheckpointError as exc:
+                raise CheckpointError(f"{path}: {exc}") from None
+            if meta["optimizer"]["type"] != type(self.opt).__name__:
+                raise CheckpointError(f"{path}: its optimizer state is for "
+                                      f"{meta['optimizer']['type']!r}, this run uses "
+                                      f"{type(self.opt).__name__!r}")
+            try:  # auto then runs the checkpoint's algorithms again
+                conv_selector.restore(self.backend, meta.get("conv_algos"))
+            except (TypeError, ValueError) as exc:
+                raise CheckpointError(f"{path}: conv_algos: {exc}") from None
+            arrays = ck.arrays(self.state_shapes(), dtype=np.float32,
+                               fits="this run's model and optimizer")
         try:
             self.model.load_state_dict(_arrays_under(arrays, "model/"))
             self.opt.load_state_dict(self.backend, _arrays_under(arrays, "optim/"), meta["optimizer"])

@@ -15,6 +15,7 @@ PKG = ROOT / "gpucnn"
 # Lower layers never import higher ones: toolchain -> ops -> backends -> nn -> models -> train
 # -> bench -> cli. Leaves (rank 0) import nothing of gpucnn outside their own subpackage.
 RANKS = {
+    "gpucnn.filerules": -1,  # the reading rules: below every loader, imports nothing of gpucnn
     "gpucnn.toolchain": 0, "gpucnn.cpu": 0, "gpucnn.data": 0, "gpucnn.checkpoint": 0,
     "gpucnn.argtypes": 0, "gpucnn.testing": 0,
     "gpucnn.ops": 1,

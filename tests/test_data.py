@@ -2,6 +2,8 @@
 
 import dataclasses
 import gzip
+import struct
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -277,7 +279,8 @@ def test_wrong_image_size_rejected(tmp_path, rng, no_env):
     d.mkdir()
     write(d / "train-images-idx3-ubyte", encode_idx(make_images(rng, 2, 32, 32)), True)
     write(d / "train-labels-idx1-ubyte", encode_idx(make_labels(rng, 2)), True)
-    with pytest.raises(DataError, match="expected \\(1, 28, 28\\)"):
+    with pytest.raises(DataError, match="items of shape \\(32, 32\\), expected \\(28, 28\\); "
+                                        "nothing was read"):
         load_dataset("mnist", data_dir=tmp_path)
 
 
@@ -394,3 +397,76 @@ def test_real_fashion_mnist(monkeypatch, no_env):
     info = dataset_info("fashion-mnist")
     assert mean[0] == pytest.approx(info.mean[0], abs=5e-5)
     assert std[0] == pytest.approx(info.std[0], abs=5e-5)
+
+
+# ---------------------------------------------------------------- hostile files (issue 22)
+
+def peak_memory(fn):
+    """(the DataError ``fn`` raised, the peak of the memory traced while it ran)."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as e:
+            fn()
+        return str(e.value), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def idx_header(magic_ndim, *dims):
+    return bytes([0, 0, 8, magic_ndim]) + struct.pack(f">{len(dims)}I", *dims)
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_dimensions_whose_product_wraps_are_refused_unread(tmp_path, gz):
+    # 65537 * 65536 * 4294901761 is 65536 modulo 2**64: a 64 KiB body would "fit"
+    p = write(tmp_path / "wrap-idx3-ubyte",
+              idx_header(3, 65537, 65536, 4294901761) + bytes(65536), gz)
+    msg, peak = peak_memory(lambda: read_idx_images(p))
+    assert p.name in msg and "65537x65536x4294901761" in msg and "nothing was read" in msg
+    assert peak < 1 << 20, peak
+
+
+def test_a_sparse_giant_idx_file_is_refused_by_its_size(tmp_path):
+    p = tmp_path / "train-images-idx3-ubyte"
+    with open(p, "wb") as f:
+        f.write(idx_header(3, 10, 28, 28) + bytes(7840))
+        f.truncate(3 << 30)  # 3 GiB, sparse: nothing of it is on disk
+    msg, peak = peak_memory(lambda: read_idx_images(p))
+    assert "wrong size (trailing data): header says 10 images of 28x28 = 7840 bytes" in msg
+    assert peak < 1 << 20, peak
+
+
+def test_a_gzip_bomb_inflates_no_further_than_its_header_says(tmp_path):
+    p = tmp_path / "train-images-idx3-ubyte.gz"
+    with gzip.open(p, "wb") as f:  # 10 images declared, 64 MiB of zeros inflated
+        f.write(idx_header(3, 10, 28, 28))
+        chunk = bytes(1 << 20)
+        for _ in range(64):
+            f.write(chunk)
+    assert p.stat().st_size < 1 << 20
+    msg, peak = peak_memory(lambda: read_idx_images(p))
+    assert "wrong size (trailing data)" in msg and "file has more than 7840" in msg
+    assert peak < 2 << 20, peak
+
+
+def test_a_sparse_giant_cifar_file_is_refused_unread(tmp_path):
+    p = tmp_path / "data_batch_1.bin"
+    with open(p, "wb") as f:
+        f.truncate(3073 * 700_000)  # 2 GiB and more, sparse
+    msg, peak = peak_memory(lambda: read_cifar_batch(p))
+    assert p.name in msg and "more than the 2.0 GiB a dataset file may hold" in msg
+    assert peak < 1 << 20, peak
+
+
+@pytest.mark.parametrize("name", ["mnist", "kmnist"])  # constants / statistics computed
+def test_constant_training_images_are_a_clear_error(tmp_path, rng, no_env, name):
+    d = tmp_path / name
+    d.mkdir()
+    write(d / "train-images-idx3-ubyte", encode_idx(np.full((6, 28, 28), 17, np.uint8)), True)
+    write(d / "train-labels-idx1-ubyte", encode_idx(make_labels(rng, 6)), True)
+    write_idx_split(d, rng, 4, split="test")
+    for split in ("train", "test") if name == "kmnist" else ("train",):
+        with pytest.raises(DataError) as e:
+            load_dataset(name, split, data_dir=tmp_path)
+        msg = str(e.value)
+        assert "train-images-idx3-ubyte.gz" in msg and "is 17: no variance (std 0)" in msg

@@ -473,7 +473,7 @@ CRAFTED = [
     ("history", DELETE, "metadata has no 'history' field"),
     ("epoch", "1", "'epoch' is '1': it must be an int"),
     ("epoch", 7, "'history'"),  # seven epochs done but one record
-    ("optimizer", {"type": "SGD", "lr": float("nan"), "steps": 4}, "'optimizer.lr' is nan"),
+    ("optimizer", {"type": "SGD", "lr": -1.0, "steps": 4}, "'optimizer.lr' is -1.0"),
     ("model_extra", {"3": {"calls": -1}}, "'model_extra'"),
     ("schema_version", 99, "schema 99 was written by a newer gpucnn"),
     ("model", {"name": "lenet5", "kwargs": {"num_classes": 7}, "input_shape": [1, 28, 28]},

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import filerules
 from .errors import DataError
 from .idx import check_labels
 
@@ -47,14 +48,23 @@ def parse_cifar_batch(data: bytes, name: str, num_classes: int = 10
 
 
 def read_cifar_batch(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Read one CIFAR-10 binary batch file."""
+    """Read one CIFAR-10 binary batch file; a file larger than
+    gpucnn.filerules.DATA_MAX_BYTES (a sparse giant) is refused by its size, unread."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > filerules.DATA_MAX_BYTES:
+                raise DataError(f"{path}: {filerules.size_text(size)}, more than the "
+                                f"{filerules.size_text(filerules.DATA_MAX_BYTES)} a dataset "
+                                f"file may hold (a CIFAR-10 batch is 29.3 MiB); not read")
+            data = f.read(size + 1)  # one more: a file that grew is not cut silently
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror or e}") from None
+    if len(data) > size:
+        raise DataError(f"{path}: changed while it was read (grew past {size} bytes)")
     return parse_cifar_batch(data, str(path))
 
 

@@ -25,7 +25,8 @@ channel. mean/std are of the *training* set pixels scaled to [0, 1]:
                  0.2616) (train-set statistics; std over all pixels of a channel)
   kmnist         no constant is trusted: computed exactly from the training images the
                  first time (a 256-bin histogram per channel) and remembered per process.
-The test split always uses the training statistics.
+The test split always uses the training statistics. A training split with a constant channel
+(std 0) is a DataError naming its files, never NaN inputs later.
 """
 
 from __future__ import annotations
@@ -223,12 +224,27 @@ def read_split(name: str, files: list[Path]) -> tuple[np.ndarray, np.ndarray]:
     if info.fmt == "cifar":
         images, labels = cifar.read_cifar_batches(files)
     else:
-        images, labels = read_idx_pair(files[0], files[1], info.num_classes)
+        images, labels = read_idx_pair(files[0], files[1], info.num_classes,
+                                       info.input_shape[1:])
         images = images[:, None, :, :]
     if images.shape[1:] != info.input_shape:
         raise DataError(f"{files[0]}: images have shape {images.shape[1:]} (C, H, W), "
                         f"expected {info.input_shape} for {info.name}")
     return images, labels
+
+
+def check_variance(images: np.ndarray, files) -> None:
+    """DataError naming the files unless every channel of the training images ``images``
+    (uint8 (N, C, H, W)) holds two pixel values at least: constant images have std 0, which
+    normalising by the data's own statistics divides by, and nothing can be learnt from."""
+    for c in range(images.shape[1]):
+        plane = images[:, c]
+        low = int(plane.min())
+        if low == int(plane.max()):
+            where = ", ".join(str(f) for f in files) or "the training images"
+            raise DataError(f"{where}: every pixel of channel {c} of the {len(images)} "
+                            f"training images is {low}: no variance (std 0), nothing to "
+                            f"normalise by or learn from; a damaged or placeholder file?")
 
 
 def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -274,6 +290,7 @@ def normalization_stats(name: str, data_dir: str | os.PathLike | None = None,
     key = (info.name,) + tuple(str(p.resolve()) for p in files)
     if key not in _computed_stats:
         images, _ = read_split(info.name, files)
+        check_variance(images, files)
         _computed_stats[key] = channel_stats(images)
     return _computed_stats[key]
 
@@ -369,6 +386,8 @@ def load_dataset(name: str, split: str = "train", data_dir: str | os.PathLike | 
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     files = _locate(info, split, data_dir, download, base_url)
     images, labels = read_split(info.name, files)
+    if split == "train":  # the whole split, as the statistics are
+        check_variance(images, files)
     if limit is not None:
         images, labels = images[:int(limit)], labels[:int(limit)]
     mean, std = normalization_stats(info.name, data_dir, download, base_url)

@@ -86,6 +86,7 @@ class Conv2d(_WeightLayer):
         self.padding = padding if isinstance(padding, str) else pair(padding, "padding")
         self.dilation = pair(dilation, "dilation")
         self.use_bias, self.init = bool(bias), init
+        self.weight_shape = (out_channels, in_channels // groups, *self.kernel_size)
         # Validate hyperparameters now (a 1x1 probe input of the right size).
         self.geometry((1, in_channels, *self._min_input()))
 
@@ -101,8 +102,7 @@ class Conv2d(_WeightLayer):
         super().bind(backend, rng)
         fan_in = self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
         fan_out = self.out_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
-        self._make_params(rng, (self.out_channels, self.in_channels // self.groups,
-                                *self.kernel_size), fan_in, fan_out)
+        self._make_params(rng, self.weight_shape, fan_in, fan_out)
         return self
 
     def _kw(self):
@@ -177,11 +177,11 @@ class Linear(_WeightLayer):
         _check_positive_int(out_features, "out_features", "Linear")
         self.in_features, self.out_features = in_features, out_features
         self.use_bias, self.init = bool(bias), init
+        self.weight_shape = (out_features, in_features)
 
     def bind(self, backend, rng):
         super().bind(backend, rng)
-        self._make_params(rng, (self.out_features, self.in_features), self.in_features,
-                          self.out_features)
+        self._make_params(rng, self.weight_shape, self.in_features, self.out_features)
         return self
 
     def forward(self, x):

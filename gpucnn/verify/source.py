@@ -1,5 +1,5 @@
 """What ``gpucnn verify`` verifies: a model name, a checkpoint written by ``gpucnn train``
-(its model config and weights; read with :func:`gpucnn.checkpoint.load_checkpoint`, never
+(its model config and weights; read with :func:`gpucnn.checkpoint.open_checkpoint`, never
 unpickled) or a model built by :mod:`gpucnn.models`; and the copies of it built on each
 backend, by the same :func:`gpucnn.models.build_model` that training uses."""
 from __future__ import annotations
@@ -7,8 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..checkpoint import CheckpointError, load_checkpoint
-from ..models import MODELS, build_model
+import numpy as np
+
+from ..checkpoint import CheckpointError, open_checkpoint
+from ..filerules import check_metadata
+from ..models import MODELS, build_model, parameter_shapes
 from ..train import upgrade_metadata
 
 __all__ = ["ModelSource", "load_model_source", "build_copy"]
@@ -46,13 +49,23 @@ def load_model_source(model_or_checkpoint):
             raise ValueError(f"MODEL must be one of {', '.join(MODELS)} or a checkpoint .npz "
                              f"path; got {str(src)!r}")
         return ModelSource(key, {"name": key, "kwargs": {}})
-    arrays, meta = load_checkpoint(src)
-    meta = upgrade_metadata(meta, src)
-    cfg = meta.get("model")
-    if not (isinstance(cfg, dict) and isinstance(cfg.get("name"), str)):
-        raise CheckpointError(f"{src}: its metadata has no model config ('model'); verify "
-                              f"reads checkpoints written by gpucnn train")
-    params = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    with open_checkpoint(src) as ck:
+        meta = upgrade_metadata(ck.metadata, src)
+        if "model" not in meta:
+            raise CheckpointError(f"{src}: its metadata has no model config ('model'); verify "
+                                  f"reads checkpoints written by gpucnn train")
+        # What verify acts on is checked before anything is built or read: the model config
+        # against what this version builds, then the weights against the shapes it implies.
+        check_metadata(meta, src, CheckpointError, fields=("model", "model_extra"))
+        cfg = meta["model"]
+        try:
+            shapes = parameter_shapes(cfg["name"], **cfg.get("kwargs", {}))
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{src}: its model config {cfg!r} cannot be built: "
+                                  f"{exc}") from None
+        arrays = ck.arrays({f"model/{k}": v for k, v in shapes.items()}, dtype=np.float32,
+                           skip_others=True, fits=f"its model {cfg['name']}")
+    params = {k[len("model/"):]: v for k, v in arrays.items()}
     return ModelSource(str(src), cfg, params, meta.get("model_extra", {}))
 
 

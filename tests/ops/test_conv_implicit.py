@@ -369,8 +369,10 @@ def test_timed_auto_with_a_fake_timer_and_its_file_cache(device_forward, referen
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"choices": [1, 2]}', "[]", "",
-                                     '{"choices": {}, "pad": "' + "x" * (1 << 20) + '"}'],
-                         ids=["not json", "choices a list", "a list", "empty", "oversized"])
+                                     '{"choices": {}, "pad": "' + "x" * (1 << 20) + '"}',
+                                     '{"choices": ' + "[" * 200_000 + "]" * 200_000 + "}"],
+                         ids=["not json", "choices a list", "a list", "empty", "oversized",
+                              "nested deep"])
 def test_corrupt_cache_file_is_ignored_with_one_warning(device_forward, rng, tmp_path,
                                                         monkeypatch, content):
     monkeypatch.setenv("GPUCNN_CACHE_DIR", str(tmp_path))

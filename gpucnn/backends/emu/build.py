@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from ...cpu import native
+from ...filerules import parse_json
 from ...toolchain import parse_kernels, parse_launch_bounds, with_local_headers
 from ...toolchain.parse import uses_tensor_cores
 from . import cache
@@ -190,7 +191,7 @@ def _obj_tls(obj: Path):
     try:
         if side.stat().st_size > 1 << 20:
             raise ValueError("oversized")
-        d = json.loads(side.read_text())
+        d = parse_json(side.read_bytes(), side.name, ValueError, 1 << 20)
         undef, defined = set(d["undef"]), [tuple(x) for x in d["defined"]]
         # Names go into generated assembly: anything but symbol names is a damaged file.
         if not all(isinstance(n, str) and _SYMBOL_RE.fullmatch(n) for n in undef) or not all(

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import atexit
 import hashlib
-import json
 import os
 import shutil
 import struct
 import tempfile
 import warnings
 from pathlib import Path
+
+from ...filerules import parse_json
 
 __all__ = ["configured_dir", "cache_dir", "digest", "problem", "record", "publish",
            "discard", "rebuild_warning", "module_record"]
@@ -157,11 +158,16 @@ def rebuild_warning(path: Path, reason: str) -> None:
                   RuntimeWarning, stacklevel=4)
 
 
+_MAX_RECORD_BYTES = 1 << 20  # a record is ~200 bytes; past this the file is not ours
+
+
 def module_record(meta: Path) -> dict | None:
     """The record of a linked module (poison ranges, has_dyn, size, sha256), or None when it
     is missing, from an older gpucnn (no digest), or corrupt (then with a warning)."""
     try:
-        m = json.loads(meta.read_text())
+        if meta.stat().st_size > _MAX_RECORD_BYTES:
+            raise ValueError("oversized")
+        m = parse_json(meta.read_bytes(), meta.name, ValueError, _MAX_RECORD_BYTES)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:

@@ -45,6 +45,7 @@ Selection, per call ``algo=`` on ``B.conv2d`` / ``B.conv2d_backward`` /
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -52,7 +53,7 @@ from . import direct, im2col, implicit, wide, winograd
 from .im2col import DW_TARGET_BLOCKS
 
 __all__ = ["ConvAlgo", "REGISTRY", "AUTO", "ENV", "names", "valid_names", "get", "shape_key",
-           "heuristic", "workspace_bytes"]
+           "heuristic", "workspace_bytes", "parse_shape_key"]
 
 AUTO = "auto"
 ENV = "GPUCNN_CONV_ALGO"
@@ -176,6 +177,24 @@ def shape_key(direction, g, need_dx=True, need_dw=True):
         direction += "[" + ",".join(n for n, on in (("dx", need_dx), ("dw", need_dw)) if on) + "]"
     return (f"{direction} N{g.N} C{g.C} {g.H}x{g.W} F{g.F} k{g.kh}x{g.kw} s{g.sh}x{g.sw} "
             f"p{g.ph},{g.pw},{g.ph_end},{g.pw_end} d{g.dh}x{g.dw} g{g.groups}")
+
+
+_SHAPE_KEY = re.compile(r"(forward|backward\[(?:dx|dw|dx,dw)?\]) N(\d{1,9}) C(\d{1,9}) "
+                        r"(\d{1,9})x(\d{1,9}) F(\d{1,9}) k(\d{1,9})x(\d{1,9}) "
+                        r"s(\d{1,9})x(\d{1,9}) p(\d{1,9}),(\d{1,9}),(\d{1,9}),(\d{1,9}) "
+                        r"d(\d{1,9})x(\d{1,9}) g(\d{1,9})")
+
+
+def parse_shape_key(key):
+    """The geometry fields a :func:`shape_key` records (a SimpleNamespace: N, C, H, W, F, kh,
+    kw, sh, sw, ph, pw, ph_end, pw_end, dh, dw, groups), for checking a saved choice against
+    what its algorithm supports; ValueError for a key shape_key would not write."""
+    m = _SHAPE_KEY.fullmatch(key) if isinstance(key, str) else None
+    if m is None:
+        raise ValueError(f"{str(key)[:80]!r} is not a layer-shape key")
+    fields = ("N", "C", "H", "W", "F", "kh", "kw", "sh", "sw", "ph", "pw", "ph_end", "pw_end",
+              "dh", "dw", "groups")
+    return SimpleNamespace(**dict(zip(fields, map(int, m.groups()[1:]))))
 
 
 def heuristic(kind, g):

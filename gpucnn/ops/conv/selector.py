@@ -13,7 +13,9 @@ import time
 import warnings
 from pathlib import Path
 
-from .algos import AUTO, ENV, REGISTRY, get, valid_names, heuristic, names, shape_key
+from ...filerules import parse_json
+from .algos import (AUTO, ENV, REGISTRY, get, heuristic, names, parse_shape_key, shape_key,
+                    valid_names)
 
 __all__ = ["CACHE_FILE", "cache_path", "device_identity", "wall_timer", "forget_timings",
            "Selector", "record", "restore"]
@@ -87,7 +89,8 @@ class _FileCache:
                 # checked (a chosen name is checked again against the registry when used).
                 if self.path.stat().st_size > _MAX_CACHE_BYTES:
                     raise ValueError(f"larger than {_MAX_CACHE_BYTES} bytes")
-                doc = json.loads(self.path.read_text())
+                doc = parse_json(self.path.read_bytes(), self.path.name, ValueError,
+                                 _MAX_CACHE_BYTES)
                 choices = doc["choices"]
                 if not isinstance(choices, dict):
                     raise ValueError("'choices' is not an object")
@@ -182,8 +185,13 @@ class Selector:
 
     def preset(self, mapping):
         """Make auto pick ``mapping[shape key]`` (e.g. a checkpoint's ``conv_algorithms()``)."""
-        for key, name in dict(mapping).items():
-            get(self.kind, name)
+        mapping = dict(mapping)
+        for key, name in mapping.items():  # all checked before any is taken
+            algo = get(self.kind, name)
+            if not algo.supports(parse_shape_key(key)):
+                raise ValueError(f"{name!r} cannot run the layer {key!r}: it needs "
+                                 f"{algo.requires}")
+        for key, name in mapping.items():
             self.auto[str(key)] = name
 
     def _decide(self, key, g, run):
