@@ -60,10 +60,10 @@ def add_backend_arg(parser, note=""):
                              "(default: $GPUCNN_BACKEND or auto)" + note)
 
 
-def add_precision_arg(parser):
-    """``--precision``: the arithmetic of the GEMMs and convolutions (gpucnn/ops/precision.py)."""
-    from .ops.precision import PRECISIONS
-    parser.add_argument("--precision", type=str.lower, choices=PRECISIONS, default=None,
+def add_precision_arg(parser, precisions):
+    """``--precision``: the arithmetic of the GEMMs and convolutions, one of ``precisions``
+    (gpucnn.ops.precision.PRECISIONS, passed in: this module depends on nothing)."""
+    parser.add_argument("--precision", type=str.lower, choices=precisions, default=None,
                         help="arithmetic of the convolutions and fully connected layers: fp32 "
                              "(CUDA cores), tf32 (tensor cores, 10-bit operands), 3xtf32 "
                              "(tensor cores, FP32-accurate), bf16 (tensor cores, 7-bit "

@@ -10,8 +10,9 @@ import subprocess
 import sys
 
 from . import __version__
-from .argtypes import (add_backend_arg, add_precision_arg, chw_shape, nonneg_int, nonneg_number, positive_int,
-                       positive_number)
+from .argtypes import (add_backend_arg, add_precision_arg, chw_shape, nonneg_int,
+                       nonneg_number, positive_int, positive_number)
+from .ops.precision import PRECISIONS
 
 __all__ = ["main"]
 
@@ -49,7 +50,7 @@ def build_parser():
     t.add_argument("--seed", type=nonneg_int, default=0,
                    help="seed of the weight init and the shuffling (default: %(default)s)")
     add_backend_arg(t)
-    add_precision_arg(t)
+    add_precision_arg(t, PRECISIONS)
     t.add_argument("--data-dir", default=None,
                    help="folder searched first for the dataset files (default: only "
                         "$GPUCNN_DATA and the user cache are searched)")

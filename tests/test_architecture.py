@@ -174,6 +174,7 @@ BACKEND_API = {
     "capture", "_refuse_in_capture",
     "_refuse", "check_labels", "conv_selector", "conv_algorithms", "set_conv_algorithms",
     "conv_policy", "threads", "workspace_bytes", "max_blocks", "dw_target_blocks", "use_cublas",
+    "use_precision",
 }
 
 

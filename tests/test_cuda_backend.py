@@ -364,7 +364,7 @@ def test_gpu_present_but_unusable_says_what_to_install(monkeypatch):
     import gpucnn.backends as backends
     from gpucnn.backends.reference import ReferenceBackend
 
-    def make(name):  # the cuda backend fails as above; the CPU one is a stand-in
+    def make(name, precision):  # the cuda backend fails as above; the CPU one stands in
         if name == "cuda":
             raise cuda_mod.GpuUnusable(msg)
         return ReferenceBackend()

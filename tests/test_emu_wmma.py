@@ -237,14 +237,18 @@ def _toolkit_includes(nvcc):
 
 @pytest.mark.parametrize("major", [12, 13])
 def test_nvrtc_compiles_the_wmma_kernels_for_sm_80(major):
-    """The same source builds for a GPU -- given a toolkit's include folder: the NVRTC wheels
-    ship no mma.h / cuda_bf16.h, so COMPILE_OPTIONS alone cannot find them. Both NVRTC
-    versions and nvcc's toolkit are required tools (the test extras, the README)."""
+    """The same source builds for a GPU -- given CUDA's WMMA headers: the NVRTC wheels ship no
+    mma.h / cuda_bf16.h, so COMPILE_OPTIONS alone cannot find them; the gate's options add
+    the folders wmma_include_dirs() finds (a toolkit, or the nvidia-cuda-runtime and
+    nvidia-cuda-crt wheels) for a source that uses WMMA. Both NVRTC versions and nvcc's
+    toolkit are required tools (the test extras, the README)."""
     nvrtcs = nvrtc_by_major()
     assert major in nvrtcs, f"NVRTC {major} is not installed (pip install '.[test]')"
-    plain = compile_nvrtc(SOURCE, "sm_80", nvrtc=nvrtcs[major])
+    plain = compile_nvrtc(SOURCE, "sm_80", nvrtc=nvrtcs[major], source="#include <mma.h>\n")
     missing = [e for e in plain.errors if re.search(r'cannot open source file "mma\.h"', e)]
-    assert not plain.ok and missing, plain.errors
+    assert not plain.ok and missing, plain.errors      # no WMMA in the text: no header folder
+    found = compile_nvrtc(SOURCE, "sm_80", nvrtc=nvrtcs[major])
+    assert found.ok, found.errors
     from gpucnn.toolchain.compilers import find_nvcc
     nvcc = find_nvcc()  # a required tool: its absence fails (test_required_tools names it)
     inc = _toolkit_includes(nvcc)

@@ -48,7 +48,7 @@ from .errors import BackendUnavailable, GpuUnusable
 from .graph import Capturing
 from ..toolchain import COMPILE_OPTIONS, kernel_sources, parse_kernels, with_local_headers
 from ..toolchain.compilers import wmma_include_dirs
-from ..toolchain.parse import uses_tensor_cores
+from ..toolchain.includes import uses_tensor_cores
 from ..toolchain.launch_args import check_launch
 from ..toolchain.limits import GRID_DIM_MAX
 

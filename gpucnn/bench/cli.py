@@ -10,6 +10,7 @@ import os
 import sys
 
 from ..argtypes import add_backend_arg, add_precision_arg, nonneg_int, positive_int
+from ..ops.precision import PRECISIONS
 from . import layers as _layers
 from . import nets as _nets
 
@@ -67,7 +68,7 @@ def build_parser():
                     help="the default run: this net's benchmarks plus its layer set "
                          "(default: %(default)s)")
     add_backend_arg(ap, note="; emu runs a smoke test with tiny shapes")
-    add_precision_arg(ap)
+    add_precision_arg(ap, PRECISIONS)
     ap.add_argument("--layers", choices=("alexnet", "lenet5", "tiny", "all", "none"),
                     default=None, help="layer set (default: the model's)")
     ap.add_argument("--nets", type=_net_list, default=None,

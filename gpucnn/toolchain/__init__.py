@@ -19,7 +19,8 @@ from it and never the reverse:
 """
 from .compilers import COMPILE_OPTIONS
 from .launch_args import check_launch_args
-from .parse import Param, parse_kernels, parse_launch_bounds, with_local_headers
+from .includes import with_local_headers
+from .parse import Param, parse_kernels, parse_launch_bounds
 from .sources import (kernel_block, kernel_decls, kernel_dir, kernel_signatures,
                       kernel_sources, source_defines)
 

@@ -26,7 +26,7 @@ import threading
 from pathlib import Path
 
 from .logs import parse_diagnostics, parse_ptxas_log
-from .parse import uses_tensor_cores, with_local_headers
+from .includes import uses_tensor_cores, with_local_headers
 
 __all__ = ["find_cuda_tool", "COMPILE_OPTIONS", "CUPY_ADDED_OPTIONS", "RUNTIME_OPTIONS", "nvrtc_by_major",
            "ToolchainUnavailable", "Nvrtc", "find_nvrtc", "nvrtc_candidates",

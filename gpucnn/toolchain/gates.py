@@ -28,7 +28,8 @@ from pathlib import Path
 from . import sass
 from .compilers import ToolchainUnavailable, compile_nvcc, compile_nvrtc, find_nvcc, get_nvrtc
 from .limits import ARCHS, MAX_REGS_PER_THREAD, occupancy, register_fit_limit
-from .parse import KernelDecl, parse_kernel_decls, with_local_headers
+from .includes import with_local_headers
+from .parse import KernelDecl, parse_kernel_decls
 from .sources import kernel_sources
 
 __all__ = ["Record", "evaluate", "apply_sass", "collect", "gate_failures",

@@ -5,9 +5,8 @@ disagree about what a file says.
 * :func:`strip_comments` — comments and string literals blanked, offsets and lines kept;
 * :func:`int_defines` — object-like ``#define NAME <integer>`` lines;
 * :func:`object_macros` — object-like ``#define NAME <text>`` lines (continuations joined);
-* :func:`global_functions` — every ``__global__`` function (declaration or definition), with
-  its ``__launch_bounds__``, ``extern "C"`` linkage and parameter text (``k(PARAMS)``, one
-  object-like macro of the file, is expanded: kernels may share one parameter list);
+* :func:`global_functions` — every ``__global__`` function, with its ``__launch_bounds__``,
+  ``extern "C"`` linkage and parameter text (``k(PARAMS)``, one object-like macro, expanded);
 * :func:`parse_kernels` — ``{name: [Param, ...]}``: each kernel definition's parameters and
   the NumPy dtype each one takes from Python;
 * :func:`parse_launch_bounds` — ``{name: max threads per block}`` from ``__launch_bounds__``;
@@ -23,9 +22,8 @@ Keys: ``block`` (threads per block at launch, ``256`` or ``16x16`` or ``8x8x4``;
 (dynamic shared memory bytes per block at launch, ``4096`` or ``4K``), ``min_occupancy``
 (``0.5`` or ``50%``), ``gemm`` (``1``: GEMM-like, its SASS main loop gated by :mod:`.sass`;
 ``report``: reported only; ``0``: neither, the default), ``min_ffma`` (that gate's FFMA share,
-``0.8`` or ``80%``; implies ``gemm=1``), ``tc`` (``tf32`` or ``bf16``: a tensor-core kernel,
-whose sm_80/sm_90 SASS must hold HMMA instructions of that kind; implies ``gemm=report`` when
-no ``gemm`` is given). Integer values may name an integer ``#define``.
+``0.8`` or ``80%``; implies ``gemm=1``), ``tc`` (``tf32``/``bf16``: its SASS must hold HMMA of
+that kind; implies ``gemm=report``). Integer values may name an integer ``#define``.
 ``// gpucnn: kernel=NAME block=...`` anywhere in the file targets NAME;
 ``// gpucnn: defaults block=128`` sets the file's defaults.
 """
@@ -33,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -118,34 +115,6 @@ _DEFINE_RE = re.compile(
     r"(?m)^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+\(?[ \t]*(\d+)[uU]?[ \t]*\)?[ \t]*$")
 # A whole preprocessor line, with its backslash continuations.
 _PREPROCESSOR_RE = re.compile(r"(?m)^[ \t]*#(?:[^\n]*\\\n)*[^\n]*")
-
-
-_LOCAL_INCLUDE_RE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"', re.M)
-
-
-def with_local_headers(text: str, folders) -> str:
-    """``text`` followed by the text of every header it includes as ``#include "name"`` that
-    lies in one of ``folders`` (recursively, each once): what the parsers here need to see
-    the macros and integer #defines a kernel file takes from its headers. Appended, not
-    inlined, so that line numbers within ``text`` stay its own (headers define no kernels)."""
-    folders = [Path(f) for f in folders]
-    seen, parts, todo = set(), [text], [text]
-    while todo:
-        for name in _LOCAL_INCLUDE_RE.findall(todo.pop()):
-            path = next((f / name for f in folders if (f / name).is_file()), None)
-            if path is None or name in seen:
-                continue
-            seen.add(name)
-            body = path.read_text()
-            parts.append(body)
-            todo.append(body)
-    return "\n".join(parts)
-
-
-def uses_tensor_cores(text: str) -> bool:
-    """Whether a source (with its headers, :func:`with_local_headers`) uses WMMA: it needs
-    sm_80 and CUDA's mma.h, and its loads want 32-byte aligned pointers."""
-    return re.search(r"\bwmma::", strip_comments(text)) is not None
 
 
 def int_defines(text: str) -> dict:
@@ -442,16 +411,13 @@ def _parse_annotation(body, defines):
                 values["dyn_smem"] = defines[v] if v in defines else _parse_size(v)
             elif k == "min_occupancy":
                 values["min_occupancy"] = _fraction(v)
-            elif k == "gemm":
-                if v.strip().lower() not in _GEMM_VALUES:
+            elif k in ("gemm", "tc"):
+                allowed = _GEMM_VALUES if k == "gemm" else {t: t for t in TC_KINDS}
+                if v.strip().lower() not in allowed:
                     raise ValueError(v)
-                values["gemm"] = _GEMM_VALUES[v.strip().lower()]
+                values[k] = allowed[v.strip().lower()]
             elif k == "min_ffma":
                 values["min_ffma"] = _fraction(v)
-            elif k == "tc":
-                if v.strip().lower() not in TC_KINDS:
-                    raise ValueError(v)
-                values["tc"] = v.strip().lower()
             elif k == "kernel":
                 values["kernel"] = v.strip()
             else:
@@ -472,12 +438,9 @@ def _part_of_comment_block(line):
 
 
 def parse_kernel_decls(text, file=""):
-    """Kernels declared in a ``.cu`` source and their launch budgets.
-
-    Returns ``(decls, problems)``: ``decls`` maps kernel name -> :class:`KernelDecl`;
-    ``problems`` lists annotation errors (unknown keys, a ``kernel=`` naming no kernel, an
-    annotation next to no kernel).
-    """
+    """Kernels declared in a ``.cu`` source and their launch budgets: ``(decls, problems)``,
+    ``decls`` {kernel name: :class:`KernelDecl`}, ``problems`` the annotation errors (unknown
+    keys, a ``kernel=`` naming no kernel, an annotation next to no kernel)."""
     problems = []
     lines = text.splitlines()
     defines = int_defines(text)

@@ -10,7 +10,8 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from .parse import int_defines, parse_kernel_decls, parse_kernels, with_local_headers
+from .includes import with_local_headers
+from .parse import int_defines, parse_kernel_decls, parse_kernels
 
 __all__ = ["kernel_dir", "kernel_sources", "source_text", "source_with_headers", "source_defines",
            "kernel_decls", "kernel_block", "kernel_signatures"]

@@ -2,7 +2,8 @@
 from pathlib import Path
 
 from gpucnn.toolchain.gates import evaluate, gate_failures
-from gpucnn.toolchain.parse import parse_kernel_decls, with_local_headers
+from gpucnn.toolchain.includes import with_local_headers
+from gpucnn.toolchain.parse import parse_kernel_decls
 from gpucnn.toolchain.report import render_table
 
 

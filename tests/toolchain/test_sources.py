@@ -9,7 +9,8 @@ import pytest
 import gpucnn.toolchain as toolchain
 from gpucnn.toolchain import (kernel_block, kernel_decls, kernel_dir, kernel_signatures,
                               kernel_sources, source_defines)
-from gpucnn.toolchain.parse import int_defines, parse_kernels, with_local_headers
+from gpucnn.toolchain.includes import with_local_headers
+from gpucnn.toolchain.parse import int_defines, parse_kernels
 
 
 def test_kernel_sources():

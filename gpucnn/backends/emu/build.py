@@ -17,7 +17,7 @@ from pathlib import Path
 from ...cpu import native
 from ...filerules import parse_json
 from ...toolchain import parse_kernels, parse_launch_bounds, with_local_headers
-from ...toolchain.parse import uses_tensor_cores
+from ...toolchain.includes import uses_tensor_cores
 from . import cache
 from .cache import cache_dir
 from .faults import EmuBuildError
