@@ -40,7 +40,7 @@ class Kind:
     """What one kind of output is, for recognising a previous one on disk."""
     what: str                       # "metrics JSON of gpucnn train", for messages
     schemas: tuple = ()             # its JSON "schema" values start with one of these
-    legacy_keys: frozenset = frozenset()  # top-level keys of one written before "schema"
+    legacy_keys: frozenset = frozenset()  # or these top-level keys (one without "schema")
     suffixes: tuple = ()            # allowed extensions (lower case); () = any
 
 
@@ -53,8 +53,7 @@ KINDS = {
     "summary": Kind("JSON of gpucnn summary", ("gpucnn-summary/",),
                     frozenset({"model", "input", "layers"})),
     "bench": Kind("JSON of gpucnn bench", ("gpucnn-bench/", "gpucnn-host-overhead/")),
-    "verify": Kind("JSON of gpucnn verify", ("gpucnn-verify/",),
-                   frozenset({"layers", "summary", "environment"})),
+    "verify": Kind("JSON of gpucnn verify", (), frozenset({"layers", "summary", "environment"})),
     "kernels": Kind("JSON of gpucnn kernels --report", ("gpucnn-kernels/",),
                     frozenset({"ok", "toolchain", "sources", "records", "failures"})),
 }
@@ -78,7 +77,7 @@ def show_path(path) -> str:
     """A path for a one-line message: as it is, or quoted with escapes when it holds a
     newline, a control character or an undecodable byte."""
     text = os.fspath(path)
-    return text if text.isprintable() else repr(text)
+    return text if text.isprintable() and text else repr(text)
 
 
 def _file_type(mode) -> str:
@@ -121,7 +120,7 @@ def _json_kind(path: Path, size: int):
     for key, kind in KINDS.items():
         if isinstance(schema, str) and schema.startswith(kind.schemas or ("\0",)):
             return key
-    for key, kind in KINDS.items():  # written before the "schema" key existed
+    for key, kind in KINDS.items():  # written before the "schema" key existed, or never has it
         if kind.legacy_keys and "schema" not in doc and kind.legacy_keys <= doc.keys():
             return key
     return None

@@ -122,7 +122,7 @@ def _owner_problem(doc):
     pid, host, started = doc.get("pid"), doc.get("host"), doc.get("started")
     if not (type(pid) is int and 0 < pid <= _MAX_PID):
         return f"pid {_show(pid)} is not a process id"
-    if not (isinstance(host, str) and 0 < len(host) <= 255):
+    if not (isinstance(host, str) and 0 < len(host) <= 255 and host.isprintable()):
         return f"host {_show(host)} is not a host name"
     if not (type(started) in (int, float) and 0 <= started < _MAX_TIME):
         return f"start time {_show(started)} is not a time"  # NaN fails the comparison too

@@ -214,6 +214,28 @@ def test_two_outputs_naming_one_file(data_dir, tmp_path):
     assert files(tmp_path) == {}
 
 
+def test_metrics_and_plot_never_replace_a_checkpoint(data_dir, ck, tmp_path):
+    """The fuzzer's data loss: --metrics-json naming an existing checkpoint replaced it."""
+    before = files(ck.parent)
+    for flag in ("--metrics-json", "--plot"):
+        for extra in ([], ["--overwrite"]):
+            rc, out, err = cli(data_dir, "--checkpoint", tmp_path / "new.npz", flag, ck, *extra)
+            assert rc == 2 and error_lines(err) == [line for line in err.splitlines() if line]
+            assert f"{flag} {ck}: " in err and "data:" not in out
+    rc, _, err = cli(data_dir, "--checkpoint", "")
+    assert rc == 2 and "--checkpoint '': an empty file name" in err
+    assert files(ck.parent) == before
+
+
+def test_training_through_a_symlink_writes_the_file_it_points_to(data_dir, ck, tmp_path):
+    link = tmp_path / "link.npz"
+    link.symlink_to(ck)
+    rc, _, err = cli(data_dir, "--checkpoint", link, "--resume", "--epochs", "2")
+    assert rc == 0, err
+    assert link.is_symlink() and assert_finite_checkpoint(ck)["epoch"] == 2
+    assert not lock_path(ck).exists() and not lock_path(link).exists()
+
+
 # ---- 3. a write that fails later: one line, exit 2, one retry, the old file kept -----------
 @pytest.mark.parametrize("failures", [2, 1])
 def test_disk_full_while_saving(data_dir, ck, monkeypatch, failures):

@@ -17,9 +17,8 @@ from ..membudget import check_fits, host_available_bytes
 from ..outputs import OutputRefused, check_outputs, write_atomic
 from .report import format_table, summary_line, to_json
 
-__all__ = ["add_arguments", "run", "main", "SCHEMA", "MIN_TOLERANCE", "MAX_BATCH"]
+__all__ = ["add_arguments", "run", "main", "MIN_TOLERANCE", "MAX_BATCH"]
 
-SCHEMA = "gpucnn-verify/1"  # the "schema" of the --json document (gpucnn/outputs.py)
 MIN_TOLERANCE = 2.0 ** -23  # float32's resolution (machine epsilon): nothing finer is checkable
 MAX_BATCH = 4096            # a layer-by-layer check needs a few samples, not a training batch
 
@@ -58,7 +57,8 @@ def _tolerance(text):
     if v < MIN_TOLERANCE:
         raise argparse.ArgumentTypeError(
             f"{text} is below float32's resolution ({MIN_TOLERANCE:.3g} relative): no float32 "
-            f"result can be checked that finely; give at least {MIN_TOLERANCE:.3g}")
+            f"result can be checked that finely; give at least "
+            f"{math.ceil(MIN_TOLERANCE * 1e9) / 1e9:g}")
     if v >= 1:
         raise argparse.ArgumentTypeError(
             f"{text}: a relative error of 1 or more passes any result (all zeros too); give "
@@ -182,7 +182,7 @@ def run(args) -> int:
     doc = result.to_dict()
     print(format_table(doc))
     if args.json is not None:
-        data = to_json({"schema": SCHEMA, **doc}).encode("utf-8")
+        data = to_json(doc).encode("utf-8")  # recognised by its keys (gpucnn/outputs.py)
         write_atomic(args.json, lambda f: f.write(data))
     if result.exit_status:  # the table is on stdout; the verdict's reason goes with the status
         tolerance = args.tolerance or doc["layers"][0]["tolerance"] if doc["layers"] else None
