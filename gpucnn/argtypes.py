@@ -7,27 +7,51 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["chw_shape", "int_at_least", "positive_int", "nonneg_int", "number_above", "positive_number",
-           "nonneg_number", "add_backend_arg", "BACKEND_CHOICES"]
+__all__ = ["chw_shape", "int_at_least", "int_in", "positive_int", "nonneg_int", "seed_int",
+           "number_above", "number_in", "positive_number", "nonneg_number", "add_backend_arg",
+           "BACKEND_CHOICES", "MAX_COUNT", "MAX_EPOCHS", "MAX_BATCH", "MAX_REPEAT", "MAX_SEED",
+           "MAX_RETRY_S", "MAX_DIM"]
 
 BACKEND_CHOICES = ("auto", "numpy", "cuda", "emu", "reference")
 
+# Sane maxima of command-line sizes and counts: beyond them a value is a typo or an attack,
+# never a run anyone waits for. Sizes that imply memory are checked against the machine as
+# well, once the command knows what they allocate (gpucnn/membudget.py).
+MAX_COUNT = 2**31 - 1     # images (--limit, --test-limit): 32-bit indices
+MAX_EPOCHS = 100_000
+MAX_BATCH = 1 << 20       # samples per step (and the memory check)
+MAX_REPEAT = 100_000      # timed runs, warm-up runs, rounds
+MAX_SEED = 2**63 - 1      # fits every integer type a seed meets (JSON readers included)
+MAX_RETRY_S = 3600.0      # a retry pause longer than an hour is a stuck run
+MAX_DIM = 1 << 16         # one dimension of an input shape C,H,W
 
-def int_at_least(minimum):
-    """An argparse type: an integer >= minimum, with a message naming the expected value."""
+
+def int_in(minimum, maximum=None):
+    """An argparse type: an integer in [minimum, maximum], with a message naming the range.
+    int() of a 5,000-digit string raises ValueError: reported like any other non-integer."""
+    want = (f"an integer >= {minimum}" if maximum is None
+            else f"an integer >= {minimum} and <= {maximum}")
+
     def parse(text):
         try:
             v = int(text)
         except ValueError:
             v = None
-        if v is None or v < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if v is None or v < minimum or (maximum is not None and v > maximum):
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            raise argparse.ArgumentTypeError(f"expected {want}, got {shown!r}")
         return v
     return parse
 
 
+def int_at_least(minimum):
+    """An argparse type: an integer >= minimum, with a message naming the expected value."""
+    return int_in(minimum)
+
+
 positive_int = int_at_least(1)
 nonneg_int = int_at_least(0)
+seed_int = int_in(0, MAX_SEED)
 
 
 def number_above(minimum, inclusive):
@@ -43,6 +67,20 @@ def number_above(minimum, inclusive):
         if not (math.isfinite(v) and (v >= minimum if inclusive else v > minimum)):
             raise argparse.ArgumentTypeError(f"expected a finite number {op} {minimum}, got "
                                              f"{text!r}")
+        return v
+    return parse
+
+
+def number_in(minimum, maximum):
+    """An argparse type: a finite float in [minimum, maximum]."""
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            v = math.nan
+        if not (math.isfinite(v) and minimum <= v <= maximum):
+            raise argparse.ArgumentTypeError(f"expected a finite number >= {minimum:g} and "
+                                             f"<= {maximum:g}, got {text!r}")
         return v
     return parse
 
@@ -72,12 +110,14 @@ def add_precision_arg(parser, precisions):
 
 
 def chw_shape(text):
-    """An argparse type: ``C,H,W`` -> a tuple of three positive ints (an image's shape)."""
+    """An argparse type: ``C,H,W`` -> a tuple of three ints in [1, MAX_DIM] (an image's
+    shape)."""
     try:
-        dims = tuple(int(t) for t in text.split(","))
+        dims = tuple(int(t) for t in text.split(",")) if len(text) < 100 else ()
     except ValueError:
         dims = ()
-    if len(dims) != 3 or min(dims) < 1:
-        raise argparse.ArgumentTypeError(f"expected C,H,W with three positive ints (e.g. "
-                                         f"1,28,28), got {text!r}")
+    if len(dims) != 3 or min(dims) < 1 or max(dims) > MAX_DIM:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise argparse.ArgumentTypeError(f"expected C,H,W with three ints in [1, {MAX_DIM}] "
+                                         f"(e.g. 1,28,28), got {shown!r}")
     return dims

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -10,8 +9,9 @@ import subprocess
 import sys
 
 from . import __version__
-from .argtypes import (add_backend_arg, add_precision_arg, chw_shape, nonneg_int,
-                       nonneg_number, positive_int, positive_number)
+from .argtypes import (MAX_BATCH, MAX_COUNT, MAX_EPOCHS, MAX_RETRY_S, add_backend_arg,
+                       add_precision_arg, chw_shape, int_in, nonneg_number, number_in,
+                       positive_number, seed_int)
 from .ops.precision import PRECISIONS
 
 __all__ = ["main"]
@@ -29,9 +29,9 @@ def build_parser():
     t.add_argument("--dataset", default="fashion-mnist",
                    help="dataset: fashion-mnist, mnist, kmnist or cifar10 "
                         "(default: %(default)s)")
-    t.add_argument("--epochs", type=positive_int, default=1,
+    t.add_argument("--epochs", type=int_in(1, MAX_EPOCHS), default=1,
                    help="number of passes over the training set (default: %(default)s)")
-    t.add_argument("--batch-size", type=positive_int, default=128,
+    t.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=128,
                    help="images per optimizer step (default: %(default)s)")
     t.add_argument("--lr", type=positive_number, default=0.05,
                    help="learning rate, the starting one under --schedule "
@@ -47,7 +47,7 @@ def build_parser():
     t.add_argument("--schedule", choices=("constant", "step", "cosine"), default="constant",
                    help="learning-rate schedule over the epochs: constant, step (x0.1 every "
                         "third of the epochs) or cosine (default: %(default)s)")
-    t.add_argument("--seed", type=nonneg_int, default=0,
+    t.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the weight init and the shuffling (default: %(default)s)")
     add_backend_arg(t)
     add_precision_arg(t, PRECISIONS)
@@ -57,10 +57,10 @@ def build_parser():
     t.add_argument("--download", action="store_true",
                    help="download the dataset when it is not found, each file digest-checked "
                         "(default: off)")
-    t.add_argument("--limit", type=positive_int, default=None,
+    t.add_argument("--limit", type=int_in(1, MAX_COUNT), default=None,
                    help="use only the first N training images, for quick runs "
                         "(default: all)")
-    t.add_argument("--test-limit", type=positive_int, default=None,
+    t.add_argument("--test-limit", type=int_in(1, MAX_COUNT), default=None,
                    help="evaluate on only the first N test images (default: all)")
     t.add_argument("--checkpoint", default=None,
                    help="checkpoint file (.npz), written after every epoch and on Ctrl-C or "
@@ -70,17 +70,21 @@ def build_parser():
                    help="continue from --checkpoint, exactly; a different run configuration "
                         "(batch size, seed, ...) is refused (default: start afresh)")
     t.add_argument("--overwrite", action="store_true",
-                   help="replace an existing --checkpoint with this new run (default: refuse)")
+                   help="replace an existing --checkpoint with this new run, and a file at "
+                        "--metrics-json or --plot that is not a previous output of its kind "
+                        "(never a checkpoint) (default: refuse)")
     t.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: continue although the run configuration differs "
                         "from the checkpoint's; recorded in the metrics (default: refuse)")
-    t.add_argument("--save-retry-s", type=nonneg_number, default=10.0,
+    t.add_argument("--save-retry-s", type=number_in(0, MAX_RETRY_S), default=10.0,
                    help="seconds to wait before the one retry of a failed checkpoint/metrics "
                         "write, e.g. a full disk (default: %(default)s)")
     t.add_argument("--metrics-json", default=None,
-                   help="write the per-epoch metrics to this JSON file (default: none)")
+                   help="write the per-epoch metrics to this JSON file; an existing file is "
+                        "replaced only if it is a previous metrics file (default: none)")
     t.add_argument("--plot", default=None,
-                   help="write loss/accuracy curves to this PNG (default: none)")
+                   help="write loss/accuracy curves to this .png (or .pdf, .svg); an existing "
+                        "file is replaced only if it is a previous gpucnn plot (default: none)")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar (default: shown)")
     t.add_argument("--cuda-graphs", action="store_true",
@@ -102,7 +106,11 @@ def build_parser():
     s.add_argument("--input", type=chw_shape, default=None,
                    help="input shape C,H,W (default: the model's)")
     s.add_argument("--json", default=None,
-                   help="also write the summary to this JSON file (default: none)")
+                   help="also write the summary to this JSON file; an existing file is "
+                        "replaced only if it is a previous summary (default: none)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="let --json replace a file that is not a previous summary (default: "
+                        "refuse)")
 
     i = sub.add_parser("info", help="versions, backend choice, compilers, GPU")
     add_backend_arg(i)
@@ -154,14 +162,16 @@ def cmd_train(args):
 
 def cmd_summary(args):
     from .models import build_model
-    from .summary import format_summary, summarize
+    from .outputs import check_outputs, write_json
+    from .summary import SCHEMA, format_summary, summarize
+    check_outputs([("--json", args.json, "summary")], args.overwrite, "nothing was written")
     model = build_model(args.model, backend="numpy")
     shape = args.input or model.input_shape
     rows = summarize(model, shape)
     print(format_summary(rows, shape))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"model": args.model, "input": list(shape), "layers": rows}, f, indent=2)
+    if args.json is not None:
+        write_json(args.json, {"schema": SCHEMA, "model": args.model, "input": list(shape),
+                               "layers": rows})
     return 0
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from .nn.module import Sequential
 
-__all__ = ["summarize", "format_summary"]
+__all__ = ["summarize", "format_summary", "SCHEMA"]
+
+SCHEMA = "gpucnn-summary/1"  # the "schema" of `gpucnn summary --json` (gpucnn/outputs.py)
 
 
 def summarize(model: Sequential, input_shape=None):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import math
 import os
 import signal
@@ -32,6 +31,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .argtypes import MAX_BATCH, MAX_COUNT, MAX_EPOCHS, MAX_RETRY_S, MAX_SEED
 from .backends import get_backend
 from .data import load_dataset
 from .data.loader import num_batches
@@ -41,11 +41,14 @@ from .ops.loss import check_label_range
 from .ops.precision import check_precision
 from .optim import SGD, Adam, make_schedule
 from .runmeta import SCHEMA_VERSION, upgrade_metadata
+from .membudget import activation_elements, check_fits
+from .outputs import write_atomic, write_json, write_target
 from .runsafety import (RunLock, SaveFailed, TrainingDiverged, check_output_paths, check_room,
                         file_size_limit_as_error, prepare_checkpoint, write_with_retry)
 from .runstate import RunState
 from .train_checkpoint import RunCheckpoint, config_record
-from .train_data import TrainBatches, check_device_data_mode
+from .train_data import (TrainBatches, check_device_data_mode, free_device_bytes,
+                         host_available_bytes)
 from .train_graph import GraphSteps, graph_blocker
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted", "SaveFailed",
@@ -53,6 +56,7 @@ __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted", 
 
 
 _NUMERIC_WARNINGS = r"(overflow|invalid value|divide by zero|underflow) encountered"
+METRICS_SCHEMA = "gpucnn-train-metrics/1"  # what gpucnn.outputs recognises a metrics file by
 
 
 class _Unread(NamedTuple):
@@ -127,6 +131,12 @@ class TrainConfig:
         _check_number("lr", self.lr, positive=True)
         for name in ("momentum", "weight_decay", "save_retry_s"):
             _check_number(name, getattr(self, name))
+        for name, most in (("epochs", MAX_EPOCHS), ("batch_size", MAX_BATCH),
+                           ("limit", MAX_COUNT), ("test_limit", MAX_COUNT), ("seed", MAX_SEED),
+                           ("save_retry_s", MAX_RETRY_S)):
+            if (getattr(self, name) or 0) > most:
+                raise ValueError(f"{name} must be at most {most:g}, got "
+                                 f"{getattr(self, name)!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.resume and not self.checkpoint:
@@ -159,6 +169,7 @@ class Trainer:
         if tuple(self.model.input_shape) != tuple(self.train_set.input_shape):
             raise ValueError(f"model {cfg.model} takes inputs of shape {self.model.input_shape} "
                              f"but {cfg.dataset} has {tuple(self.train_set.input_shape)}")
+        self._check_batch_memory(kwargs["num_classes"])
         self.data_files = {}
         for ds in (self.train_set, self.test_set):
             # Checked once here, on the host: a device backend only flags bad labels later.
@@ -182,6 +193,10 @@ class Trainer:
         self.augment = self.train_set.name == "cifar10"
         self.run = RunState()
         self.run_checkpoint = RunCheckpoint(cfg, self.model, self.opt, self.backend)
+        # Saved to the file a symbolic link points to: replacing the link by a regular file
+        # would leave two diverging checkpoints.
+        self.checkpoint_target = write_target(cfg.checkpoint) if cfg.checkpoint else None
+        self.lock = None  # the RunLock train() holds: re-taken on each new checkpoint file
         self.resume_unchecked: list[str] = []  # run keys the checkpoint did not record
         self._interrupted = None  # the signal that asked to stop, if any
         self.eager_steps = 0  # this process's steps without graph mode (graph_steps counts its own)
@@ -194,6 +209,23 @@ class Trainer:
                                        graph_blocker(self.backend, self.model, self.opt))
                             if cfg.cuda_graphs else None)
 
+    def _check_batch_memory(self, num_classes):
+        """Refuse a --batch-size whose activations cannot fit, before any upload: a step keeps
+        every layer's output for the backward and as many gradients (a lower bound)."""
+        cfg = self.cfg
+        itemsize = 8 if self.backend.name == "reference" else 4
+        per_sample = activation_elements(self.model) + num_classes
+        batch = min(cfg.batch_size, len(self.train_set))
+        eval_batch = min(max(cfg.batch_size, 256), len(self.test_set))
+        need = itemsize * max(2 * batch, eval_batch) * per_sample
+        if self.backend.name == "cuda":
+            available, where = free_device_bytes(self.backend)
+            where = f"is {where}"
+        else:
+            available, where = host_available_bytes(), "of host memory is available"
+        check_fits(f"--batch-size {cfg.batch_size} ({batch} images of {cfg.model} per step)",
+                   need, available, where)
+
     # The run's position, as on_step callbacks read it.
     epoch = property(lambda self: self.run.epoch)
     batch_in_epoch = property(lambda self: self.run.batch_in_epoch)
@@ -203,9 +235,11 @@ class Trainer:
     def save(self, path=None):
         """Write the checkpoint (to --checkpoint unless ``path``), never a non-finite one; a
         failed write is retried once."""
-        path = path or self.cfg.checkpoint
+        path = path or self.checkpoint_target
         if path:
             self.run_checkpoint.save(self.run, path)
+            if self.lock is not None:
+                self.lock.hold_file(path)
 
     def load(self, path):
         """Continue from checkpoint ``path``: every metadata field is validated and the run
@@ -379,7 +413,7 @@ class Trainer:
                 "graph_replayed_steps": self.graph_steps.replayed if self.graph_steps else 0,
                 "eager_steps": (self.graph_steps.eager if self.graph_steps
                                 else self.eager_steps),
-                "config": config_record(cfg)}
+                "config": config_record(cfg), "schema": METRICS_SCHEMA}
 
     def write_metrics(self):
         path = self.cfg.metrics_json
@@ -399,16 +433,7 @@ def _progress(total, initial, desc, enabled):
 
 
 def write_metrics(path, metrics):
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(metrics, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_json(path, metrics)
 
 
 def plot_metrics(metrics, path):
@@ -424,8 +449,11 @@ def plot_metrics(metrics, path):
     b.set_xlabel("epoch"), b.set_ylabel("accuracy"), b.legend(), b.grid(alpha=0.3)
     fig.suptitle(f"{metrics['model']} on {metrics['dataset']} ({metrics['device']})")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fmt = os.path.splitext(os.fspath(path))[1][1:].lower()  # checked at start-up
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format=fmt, dpi=120))
+    finally:
+        plt.close(fig)
 
 
 def train(cfg: TrainConfig, on_step=None):
@@ -435,14 +463,15 @@ def train(cfg: TrainConfig, on_step=None):
         raise ValueError("--plot needs matplotlib: pip install 'gpucnn[plot]'")
     with file_size_limit_as_error():
         check_output_paths({"--checkpoint": cfg.checkpoint, "--metrics-json": cfg.metrics_json,
-                            "--plot": cfg.plot})
+                            "--plot": cfg.plot}, overwrite=cfg.overwrite, resume=cfg.resume)
         lock = RunLock(cfg.checkpoint) if cfg.checkpoint else None
         with lock or contextlib.nullcontext():
             if lock:
                 prepare_checkpoint(cfg.checkpoint, cfg.resume, cfg.overwrite, lock)
             trainer = Trainer(cfg)
+            trainer.lock = lock
             if cfg.checkpoint:
-                check_room(cfg.checkpoint, trainer.run_checkpoint.size_estimate())
+                check_room(trainer.checkpoint_target, trainer.run_checkpoint.size_estimate())
             if cfg.resume:
                 trainer.load(cfg.checkpoint)
                 if trainer.run.epoch >= cfg.epochs:

@@ -33,7 +33,7 @@ import numpy as np
 import pytest
 
 from gpucnn import checkpoint as ckpt
-from gpucnn import runsafety
+from gpucnn import outputs
 from gpucnn.backends.emu import EmuModule, cache as emu_cache
 from gpucnn.checkpoint import load_checkpoint, save_checkpoint
 from gpucnn.cli import main
@@ -195,15 +195,15 @@ def test_output_path_that_is_a_directory(data_dir, tmp_path, flag):
 @pytest.mark.parametrize("flag", OUTPUT_FLAGS)
 def test_output_directory_that_refuses_files(data_dir, tmp_path, flag, monkeypatch):
     """A read-only mount, simulated: creating a file under tmp_path fails with EROFS."""
-    real = runsafety.tempfile.mkstemp
+    real = outputs.tempfile.mkstemp
 
     def read_only(*args, dir=None, **kwargs):
         if dir is not None and str(dir).startswith(str(tmp_path)):
             raise OSError(errno.EROFS, "Read-only file system")
         return real(*args, dir=dir, **kwargs)
 
-    monkeypatch.setattr(runsafety.tempfile, "mkstemp", read_only)
-    rc, out, err = cli(data_dir, flag, tmp_path / "out.x")
+    monkeypatch.setattr(outputs.tempfile, "mkstemp", read_only)
+    rc, out, err = cli(data_dir, flag, tmp_path / "out.png")
     assert rc == 2 and "Read-only file system (EROFS); nothing was trained" in err
     assert "data:" not in out and files(tmp_path) == {}
 
@@ -212,6 +212,28 @@ def test_two_outputs_naming_one_file(data_dir, tmp_path):
     rc, _, err = cli(data_dir, "--checkpoint", tmp_path / "x", "--metrics-json", tmp_path / "x")
     assert rc == 2 and "--checkpoint and --metrics-json both name" in err
     assert files(tmp_path) == {}
+
+
+def test_metrics_and_plot_never_replace_a_checkpoint(data_dir, ck, tmp_path):
+    """The fuzzer's data loss: --metrics-json naming an existing checkpoint replaced it."""
+    before = files(ck.parent)
+    for flag in ("--metrics-json", "--plot"):
+        for extra in ([], ["--overwrite"]):
+            rc, out, err = cli(data_dir, "--checkpoint", tmp_path / "new.npz", flag, ck, *extra)
+            assert rc == 2 and error_lines(err) == [line for line in err.splitlines() if line]
+            assert f"{flag} {ck}: " in err and "data:" not in out
+    rc, _, err = cli(data_dir, "--checkpoint", "")
+    assert rc == 2 and "--checkpoint '': an empty file name" in err
+    assert files(ck.parent) == before
+
+
+def test_training_through_a_symlink_writes_the_file_it_points_to(data_dir, ck, tmp_path):
+    link = tmp_path / "link.npz"
+    link.symlink_to(ck)
+    rc, _, err = cli(data_dir, "--checkpoint", link, "--resume", "--epochs", "2")
+    assert rc == 0, err
+    assert link.is_symlink() and assert_finite_checkpoint(ck)["epoch"] == 2
+    assert not lock_path(ck).exists() and not lock_path(link).exists()
 
 
 # ---- 3. a write that fails later: one line, exit 2, one retry, the old file kept -----------
@@ -244,7 +266,7 @@ def test_disk_full_while_saving(data_dir, ck, monkeypatch, failures):
 
 def test_metrics_write_failure_keeps_the_previous_metrics(data_dir, ck, monkeypatch):
     metrics = ck.parent / "m.json"
-    metrics.write_text('{"previous": true}')
+    metrics.write_text('{"schema": "gpucnn-train-metrics/1", "previous": true}')
     before = metrics.read_bytes()
 
     def full(path, m):
@@ -735,7 +757,8 @@ def test_model_with_fewer_classes_than_the_labels(data_dir):
 
 # ---- 8. the small ones -----------------------------------------------------------------------
 @pytest.mark.parametrize("option, value, message", [
-    ("--seed", "-1", "argument --seed: expected an integer >= 0, got '-1'"),
+    ("--seed", "-1", "argument --seed: expected an integer >= 0 and <= 9223372036854775807, "
+                     "got '-1'"),
     ("--lr", "nan", "argument --lr: expected a finite number > 0, got 'nan'"),
     ("--momentum", "inf", "argument --momentum: expected a finite number >= 0, got 'inf'"),
     ("--weight-decay", "-1e-4", "argument --weight-decay: expected a finite number >= 0"),

@@ -6,16 +6,19 @@ Exit status: 0 every benchmark ran; 1 some benchmark failed (listed in the outpu
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
-from ..argtypes import add_backend_arg, add_precision_arg, nonneg_int, positive_int
+from ..argtypes import (MAX_BATCH, MAX_REPEAT, add_backend_arg, add_precision_arg, int_in,
+                        number_in, seed_int)
 from ..ops.precision import PRECISIONS
 from . import layers as _layers
 from . import nets as _nets
 
 __all__ = ["main", "build_parser", "build_config"]
 
+MAX_GEMM = 1 << 17  # 256 GiB of operands: beyond any device; memory is checked as well
 MODEL_LAYER_SET = {"lenet5": "lenet5", "alexnet": "alexnet", "alexnet_cifar": "alexnet"}
 EPILOG = """\
 examples:
@@ -80,14 +83,14 @@ def build_parser():
     ap.add_argument("--full", action="store_true",
                     help="everything: all nets (AlexNet at batch 16 and 128), all layer sets "
                          "at batch 128 (default: off)")
-    ap.add_argument("--batch-size", type=positive_int, default=None,
+    ap.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=None,
                     help="batch size of every net and layer benchmark (default: per net and "
                          "layer set, see below)")
-    ap.add_argument("--repeat", type=positive_int, default=None,
+    ap.add_argument("--repeat", type=int_in(1, MAX_REPEAT), default=None,
                     help="timed runs per benchmark (default: 10; --quick 3; emu 2)")
-    ap.add_argument("--warmup", type=nonneg_int, default=None,
+    ap.add_argument("--warmup", type=int_in(0, MAX_REPEAT), default=None,
                     help="untimed warm-up runs per benchmark (default: 2; --quick/emu 1)")
-    ap.add_argument("--rotate", type=positive_int, default=4,
+    ap.add_argument("--rotate", type=int_in(1, 1024), default=4,
                     help="different input buffers used in rotation, capped at 512 MiB per "
                          "benchmark (default: %(default)s)")
     ap.add_argument("--compare", choices=("torch",), action="append", default=[],
@@ -95,30 +98,36 @@ def build_parser():
                          "own default settings, alternated with ours in --rounds rounds (CPU "
                          "with the same thread count, or CUDA when our backend is cuda and "
                          "torch has it; default: no comparison)")
-    ap.add_argument("--rounds", type=positive_int, default=None,
+    ap.add_argument("--rounds", type=int_in(1, 1000), default=None,
                     help="with --compare: alternated rounds (ours, PyTorch's process, "
                          "PyTorch's, ours, ...) sharing --repeat (default: 3; --quick 2)")
-    ap.add_argument("--threads", type=positive_int, default=None,
+    ap.add_argument("--threads", type=int_in(1, 4096), default=None,
                     help="threads for PyTorch and (with threadpoolctl) the BLAS (default: "
                          "the BLAS's current thread count)")
     ap.add_argument("--json", metavar="PATH", default=None,
-                    help="write every figure to this JSON file (default: none)")
+                    help="write every figure to this JSON file; an existing file is replaced "
+                         "only if it is a previous bench result (default: none)")
     ap.add_argument("--plot", metavar="PATH.png", default=None,
-                    help="write bar charts of throughput per layer pass and net to this PNG "
-                         "(default: none)")
+                    help="write bar charts of throughput per layer pass and net to this .png "
+                         "(or .pdf, .svg); an existing file is replaced only if it is a "
+                         "previous gpucnn plot (default: none)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="let --json and --plot replace a file that is not a previous output "
+                         "of their kind (never a checkpoint) (default: refuse)")
     ap.add_argument("--roofline", action="store_true",
                     help="print the roofline table (H100 datasheet floors, measured floors) "
                          "and the per-kernel resource report (default: off)")
     ap.add_argument("--no-kernel-report", action="store_true",
                     help="with --roofline: skip compiling the kernels for their resources "
                          "(default: compile them)")
-    ap.add_argument("--gemm-size", type=positive_int, default=None,
+    ap.add_argument("--gemm-size", type=int_in(1, MAX_GEMM), default=None,
                     help="n of the n x n x n SGEMM that measures the peak (default: 2048 on a "
                          "CPU, 8192 on a GPU, 256 with --quick, 128 on emu)")
     ap.add_argument("--no-telemetry", action="store_true",
                     help="do not sample GPU telemetry through NVML (default: sample when NVML "
                          "is available)")
-    ap.add_argument("--telemetry-interval", type=float, default=0.02, metavar="SECONDS",
+    ap.add_argument("--telemetry-interval", type=number_in(0.001, 60), default=0.02,
+                    metavar="SECONDS",
                     help="seconds between NVML telemetry samples (default: %(default)s)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny shapes and few repeats, for tests and smoke runs (default: off)")
@@ -130,7 +139,7 @@ def build_parser():
     ap.add_argument("--cuda-graphs", action="store_true",
                     help="with --host-overhead: each timed step is one replay of the step "
                          "captured as a graph (default: off)")
-    ap.add_argument("--seed", type=int, default=0,
+    ap.add_argument("--seed", type=seed_int, default=0,
                     help="seed of the random inputs and weights (default: %(default)s)")
     ap.add_argument("--quiet", action="store_true",
                     help="no progress lines (default: print them)")
@@ -216,6 +225,35 @@ def build_config(args, backend_name):
         notes=notes)
 
 
+def check_memory(cfg, args):
+    """Refuse sizes whose arrays cannot fit, before any is allocated (ValueError, one line):
+    the SGEMM's four n x n float32 matrices, each layer benchmark's rotated inputs and output
+    gradients with its weights, and (for a --batch-size) each net's activations and their
+    gradients. Lower bounds: the benchmark needs more."""
+    from ..backends import get_backend
+    from ..membudget import activation_elements, check_fits
+    from ..train_data import free_device_bytes, host_available_bytes
+    if cfg.backend == "cuda":
+        available, where = free_device_bytes(get_backend("cuda"))
+        where = f"is {where}"
+    else:
+        available, where = host_available_bytes(), "of host memory is available"
+    check_fits(f"--gemm-size {cfg.gemm_n} (four {cfg.gemm_n} x {cfg.gemm_n} float32 matrices)",
+               16 * cfg.gemm_n ** 2, available, where)
+    for spec in cfg.layer_specs:
+        x, w, _, y = spec.shapes()
+        n = lambda s: math.prod(s) if s is not None else 0  # noqa: E731
+        k = max(1, min(cfg.rotate, _layers.ROTATE_BUDGET_BYTES // max(4 * (n(x) + n(y)), 1)))
+        check_fits(f"batch {spec.batch} of layer {spec.name}", 4 * ((k + 1) * (n(x) + n(y))
+                                                                  + n(w)), available, where)
+    if args.batch_size:
+        from ..models import build_model
+        for name, batch in cfg.nets:
+            per_sample = activation_elements(build_model(name, backend="numpy"))
+            check_fits(f"--batch-size {batch} of net {name}", 4 * 2 * batch * per_sample,
+                       available, where)
+
+
 def main(argv=None, nvml=None):
     """Run ``gpucnn bench`` with ``argv`` (a list, without the ``bench`` word); returns the
     exit status. ``nvml``: a pynvml-like module to use instead of ``pynvml`` (tests)."""
@@ -226,6 +264,13 @@ def main(argv=None, nvml=None):
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or an argparse error (already printed)
         return exc.code if isinstance(exc.code, int) else 2
+    from ..outputs import OutputRefused, check_outputs
+    try:
+        check_outputs([("--json", args.json, "bench"), ("--plot", args.plot, "plot")],
+                      args.overwrite, "nothing was run")
+    except OutputRefused as exc:
+        print(f"gpucnn bench: error: {exc}", file=sys.stderr)
+        return 2
     if args.host_overhead:
         return _host_overhead(args)
     from ..backends import BackendUnavailable
@@ -237,6 +282,7 @@ def main(argv=None, nvml=None):
             print(msg, flush=True)
     try:
         cfg = build_config(args, _resolve_backend(args.backend))
+        check_memory(cfg, args)
         for n in cfg.notes:
             log(f"note: {n}")
         res = run_suite(cfg, log=log, nvml=nvml, argv=argv)
@@ -250,10 +296,10 @@ def main(argv=None, nvml=None):
         print(f"gpucnn bench: error: {exc}", file=sys.stderr)
         return 2
     print(format_result(res, roofline=args.roofline), flush=True)
-    if args.json:
+    if args.json is not None:
         p = write_json(res, args.json)
         print(f"wrote {p}")
-    if args.plot:
+    if args.plot is not None:
         from .plot import plot_result
         try:
             p = plot_result(res, args.plot)
@@ -298,7 +344,7 @@ def _host_overhead(args):
         print(f"gpucnn bench: error: {exc}", file=sys.stderr)
         return 2
     print(format_host_overhead(res), flush=True)
-    if args.json:
+    if args.json is not None:
         print(f"wrote {write_host_overhead(res, args.json)}")
     return 0
 

@@ -17,14 +17,13 @@ Launches per step are counted by the null module and must be the same in every s
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 
+from ..outputs import write_json
 from .env import cpu_model
 from .timing import Runner, run_interleaved
 
@@ -151,7 +150,5 @@ def format_host_overhead(res):
 
 
 def write_host_overhead(res, path):
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(res, indent=1) + "\n")
-    return p
+    """Atomically, by the output rules of gpucnn/outputs.py (checked at start-up)."""
+    return write_json(path, res, indent=1)

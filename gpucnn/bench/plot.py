@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..outputs import write_atomic
+
 __all__ = ["plot_result"]
 
 
@@ -63,8 +65,5 @@ def plot_result(res, path):
     fig.suptitle(f"gpucnn bench — {env.get('backend', {}).get('describe', '?')}, "
                  f"{env['cpu_model']}", fontsize=9)
     fig.tight_layout()
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, dpi=110)
-    return p
+    fmt = Path(path).suffix[1:].lower()  # one of those gpucnn.outputs allows for plots
+    return write_atomic(path, lambda f: fig.savefig(f, format=fmt or "png", dpi=110))

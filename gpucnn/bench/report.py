@@ -1,10 +1,9 @@
 """Terminal tables and the JSON file of a benchmark result."""
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
+from ..outputs import write_json as write_output_json
 from .roofline import H100_SXM, DevicePeaks, format_kernels, format_roofline
 
 __all__ = ["format_layers", "format_nets", "format_header", "format_result", "write_json",
@@ -186,8 +185,5 @@ def _clean(o):
 
 
 def write_json(res, path):
-    p = Path(path)
-    if p.parent and not p.parent.exists():
-        p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(_clean(res), indent=1))
-    return p
+    """Atomically, by the output rules of gpucnn/outputs.py (checked at start-up)."""
+    return write_output_json(path, _clean(res), indent=1)

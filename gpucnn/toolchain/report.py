@@ -6,25 +6,30 @@ FFMA count and share, and the widths of its shared loads, global loads and share
 Command line (``gpucnn kernels --report`` calls :func:`main`)::
 
     python -m gpucnn.toolchain [--targets sm_80,sm_90] [--nvcc] [--nvcc-targets ...]
-                               [--json PATH] [--no-nvrtc] [--no-sass] [--jobs N]
-                               [FILE.cu ...]
+                               [--json PATH [--overwrite]] [--no-nvrtc] [--no-sass]
+                               [--jobs N] [FILE.cu ...]
 
 It prints the table and exits 0 when every gate passes, 1 when one fails, 2 when a compiler is
-missing or no kernel sources exist.
+missing, no kernel sources exist or an argument is refused (a target the gates have no limits
+for, a --json path gpucnn.outputs refuses).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import sys
 from pathlib import Path
 
+from ..outputs import OutputRefused, check_outputs, write_json
+
 from .compilers import ToolchainUnavailable, find_nvcc, get_nvrtc, nvcc_version
 from .gates import DEFAULT_NVCC_TARGETS, DEFAULT_NVRTC_TARGETS, collect, gate_failures
+from .limits import ARCHS
 from .sass import SASS_TARGET, find_nvdisasm
 
-__all__ = ["render_table", "report_dict", "toolchain_info", "build_parser", "main"]
+__all__ = ["render_table", "report_dict", "toolchain_info", "build_parser", "main", "SCHEMA"]
+
+SCHEMA = "gpucnn-kernels/1"  # the "schema" of the JSON report (gpucnn/outputs.py)
 
 
 def _fmt_bytes(n):
@@ -102,6 +107,7 @@ def report_dict(records, results=(), toolchain=None):
     """A JSON-serialisable report."""
     srcs = sorted({r.file for r in results})
     return {
+        "schema": SCHEMA,
         "ok": not gate_failures(records),
         "toolchain": toolchain or {},
         "sources": {Path(s).name: hashlib.sha256(Path(s).read_bytes()).hexdigest()[:16]
@@ -112,8 +118,26 @@ def report_dict(records, results=(), toolchain=None):
 
 
 def _targets(s):
-    return tuple(t.strip() if t.strip().startswith("sm_") else f"sm_{t.strip()}"
-                 for t in s.split(",") if t.strip())
+    """Targets the gates know the limits of (an unknown one would be checked against
+    nothing: a gate that cannot fail)."""
+    out = tuple(t.strip() if t.strip().startswith("sm_") else f"sm_{t.strip()}"
+                for t in s.split(",") if t.strip())
+    bad = [t for t in out if t not in ARCHS]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated targets among {', '.join(ARCHS)}, got {s!r}"
+            + (f" ({', '.join(bad)}: no limits known for it)" if bad else ""))
+    return tuple(dict.fromkeys(out))
+
+
+def _jobs(text):
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if not 1 <= v <= 256:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 and <= 256, got {text!r}")
+    return v
 
 
 def build_parser(prog="python -m gpucnn.toolchain"):
@@ -135,8 +159,12 @@ def build_parser(prog="python -m gpucnn.toolchain"):
                     help="skip the SASS main-loop figures and gate of GEMM-like kernels "
                          "(default: read them from the sm_90 NVRTC build with nvdisasm)")
     ap.add_argument("--json", metavar="PATH",
-                    help="also write the report as JSON to PATH (default: none)")
-    ap.add_argument("--jobs", type=int, default=None,
+                    help="also write the report as JSON to PATH; an existing file is replaced "
+                         "only if it is a previous report (default: none)")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="let --json replace a file that is not a previous report (default: "
+                         "refuse)")
+    ap.add_argument("--jobs", type=_jobs, default=None,
                     help="parallel nvcc processes (default: $GPUCNN_REPORT_JOBS or 2)")
     ap.add_argument("--verbose", "-v", action="store_true",
                     help="print the compiler logs (default: off)")
@@ -147,6 +175,11 @@ def main(argv=None, prog="python -m gpucnn.toolchain"):
     """``python -m gpucnn.toolchain``; returns the exit status (0 ok, 1 gate failure,
     2 missing compiler or sources). ``prog`` names the command in the usage line."""
     args = build_parser(prog).parse_args(argv)
+    try:
+        check_outputs([("--json", args.json, "kernels")], args.overwrite, "nothing was compiled")
+    except OutputRefused as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     use_nvrtc = not args.no_nvrtc
     try:
         records, results = collect(args.files or None, targets=args.targets if use_nvrtc else (),
@@ -164,7 +197,6 @@ def main(argv=None, prog="python -m gpucnn.toolchain"):
         for r in results:
             print(f"\n=== {r.compiler} {r.target} {Path(r.file).name}: {r.command}\n{r.log}")
     print(render_table(records))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report_dict(records, results, tc), indent=2))
+    if args.json is not None:
+        write_json(args.json, report_dict(records, results, tc))
     return 1 if gate_failures(records) else 0

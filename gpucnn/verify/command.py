@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 
-from ..argtypes import chw_shape, positive_int
+from ..argtypes import chw_shape, int_in, seed_int
 from ..backends import Backend, BackendUnavailable, get_backend
 from ..backends.emu import EmuError
 from ..checkpoint import CheckpointError
 from ..models import MODELS
 from .compare import ORDERS, TOLERANCES, verify_model
-from .report import format_table, to_json
+from ..membudget import check_fits, host_available_bytes
+from ..outputs import OutputRefused, check_outputs, write_atomic
+from .report import format_table, summary_line, to_json
 
-__all__ = ["add_arguments", "run", "main"]
+__all__ = ["add_arguments", "run", "main", "MIN_TOLERANCE", "MAX_BATCH"]
+
+MIN_TOLERANCE = 2.0 ** -23  # float32's resolution (machine epsilon): nothing finer is checkable
+MAX_BATCH = 4096            # a layer-by-layer check needs a few samples, not a training batch
 
 DESCRIPTION = """\
 Check that the device kernels compute what the CPU computes for a model: one forward and one
@@ -50,6 +54,15 @@ def _tolerance(text):
         v = math.nan
     if not (math.isfinite(v) and v > 0):
         raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    if v < MIN_TOLERANCE:
+        raise argparse.ArgumentTypeError(
+            f"{text} is below float32's resolution ({MIN_TOLERANCE:.3g} relative): no float32 "
+            f"result can be checked that finely; give at least "
+            f"{math.ceil(MIN_TOLERANCE * 1e9) / 1e9:g}")
+    if v >= 1:
+        raise argparse.ArgumentTypeError(
+            f"{text}: a relative error of 1 or more passes any result (all zeros too); give "
+            f"less than 1")
     return v
 
 
@@ -77,7 +90,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "usable, else emu) (default: %(default)s)")
     parser.add_argument("--input", type=chw_shape, default=None, metavar="C,H,W",
                         help="input shape of one sample (default: the model's)")
-    parser.add_argument("--batch", type=positive_int, default=4, metavar="N",
+    parser.add_argument("--batch", type=int_in(1, MAX_BATCH), default=4, metavar="N",
                         help="samples per pass (default: %(default)s)")
     parser.add_argument("--algo", default=None, metavar="NAME",
                         help="convolution algorithm to check (sets GPUCNN_CONV_ALGO for the "
@@ -95,8 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", default=None, metavar="PATH",
                         help="also write every figure, per layer and per run, with the "
                              "environment (versions, device, algorithms) to this JSON file "
-                             "(default: none)")
-    parser.add_argument("--seed", type=int, default=0,
+                             "(default: none); an existing file is replaced only if it is a "
+                             "previous verify result")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --json replace a file that is not a previous verify result "
+                             "(default: refuse)")
+    parser.add_argument("--seed", type=seed_int, default=0,
                         help="seed of the inputs, labels and (for a model name) the weights "
                              "(default: %(default)s)")
 
@@ -131,6 +148,17 @@ def run(args) -> int:
     if args.orders and args.backend == "cuda":  # before asking for a GPU: usage comes first
         return no_orders("cuda")
     try:
+        check_outputs([("--json", args.json, "verify")], getattr(args, "overwrite", False),
+                      "nothing was run")
+        # A lower bound, whatever the model: the float64 reference's and the device's inputs
+        # and their gradients, of at least a 1x28x28 sample.
+        per_sample = math.prod(args.input) if args.input else 28 * 28
+        check_fits(f"--batch {args.batch}" + (f" at --input {','.join(map(str, args.input))}"
+                                              if args.input else ""),
+                   2 * (8 + 4) * args.batch * per_sample, host_available_bytes())
+    except (OutputRefused, ValueError) as exc:
+        return _error(str(exc))
+    try:
         backend = (args.backend if isinstance(args.backend, Backend)
                    else _resolve_backend(args.backend))
     except BackendUnavailable as exc:
@@ -139,8 +167,6 @@ def run(args) -> int:
     name = getattr(backend, "name", backend)
     if args.orders and name != "emu":
         return no_orders(name)
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        return _error(f"--json: the folder of {args.json} does not exist")
     try:
         result = verify_model(args.model, backend=backend, input_shape=args.input,
                               batch=args.batch, tolerance=args.tolerance, orders=args.orders,
@@ -155,9 +181,13 @@ def run(args) -> int:
         return _error(str(exc))
     doc = result.to_dict()
     print(format_table(doc))
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(to_json(doc))
+    if args.json is not None:
+        data = to_json(doc).encode("utf-8")  # recognised by its keys (gpucnn/outputs.py)
+        write_atomic(args.json, lambda f: f.write(data))
+    if result.exit_status:  # the table is on stdout; the verdict's reason goes with the status
+        tolerance = args.tolerance or doc["layers"][0]["tolerance"] if doc["layers"] else None
+        print(f"gpucnn verify: {summary_line(doc)}"
+              + (f" (tolerance {tolerance:g}, relative)" if tolerance else ""), file=sys.stderr)
     return result.exit_status
 
 
