@@ -41,14 +41,13 @@ from .ops.loss import check_label_range
 from .ops.precision import check_precision
 from .optim import SGD, Adam, make_schedule
 from .runmeta import SCHEMA_VERSION, upgrade_metadata
-from .membudget import activation_elements, check_fits
+from .membudget import activation_elements, check_fits, host_available_bytes
 from .outputs import write_atomic, write_json, write_target
 from .runsafety import (RunLock, SaveFailed, TrainingDiverged, check_output_paths, check_room,
                         file_size_limit_as_error, prepare_checkpoint, write_with_retry)
 from .runstate import RunState
 from .train_checkpoint import RunCheckpoint, config_record
-from .train_data import (TrainBatches, check_device_data_mode, free_device_bytes,
-                         host_available_bytes)
+from .train_data import TrainBatches, check_device_data_mode, free_device_bytes
 from .train_graph import GraphSteps, graph_blocker
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted", "SaveFailed",

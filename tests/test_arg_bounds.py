@@ -61,7 +61,7 @@ def test_out_of_range_arguments_are_usage_errors(main, argv, message):
 
 
 def test_sizes_beyond_memory_name_the_option_and_the_memory(monkeypatch):
-    monkeypatch.setattr("gpucnn.train_data.host_available_bytes", lambda: 2 ** 30)
+    monkeypatch.setattr("gpucnn.membudget.host_available_bytes", lambda: 2 ** 30)
     rc, _, err = run(bench_cli.main, [*BENCH, "--gemm-size", "131072"])
     assert rc == 2 and "--gemm-size 131072 (four 131072 x 131072 float32 matrices) needs at " \
                        "least about 256.0 GiB, but only 1.0 GiB of host memory" in err

@@ -231,8 +231,8 @@ def check_memory(cfg, args):
     gradients with its weights, and (for a --batch-size) each net's activations and their
     gradients. Lower bounds: the benchmark needs more."""
     from ..backends import get_backend
-    from ..membudget import activation_elements, check_fits
-    from ..train_data import free_device_bytes, host_available_bytes
+    from ..membudget import activation_elements, check_fits, host_available_bytes
+    from ..train_data import free_device_bytes
     if cfg.backend == "cuda":
         available, where = free_device_bytes(get_backend("cuda"))
         where = f"is {where}"
@@ -336,6 +336,13 @@ def _host_overhead(args):
     if not args.quiet:
         print(f"host overhead: {args.model} on the null device ...", flush=True)
     try:
+        if args.batch_size:  # the null device's arrays are host arrays
+            from ..membudget import activation_elements, check_fits, host_available_bytes
+            from ..models import build_model
+            check_fits(f"--batch-size {args.batch_size} of {args.model}", 4 * 2 *
+                       args.batch_size * activation_elements(build_model(args.model,
+                                                                         backend="numpy")),
+                       host_available_bytes())
         res = run_host_overhead(args.model, batch=args.batch_size or DEFAULT_BATCH,
                                 warmup=DEFAULT_WARMUP if args.warmup is None else args.warmup,
                                 repeat=args.repeat, seed=args.seed,
