@@ -4,21 +4,21 @@
 
 #include "conv_implicit.cuh"
 
-// gpucnn: block=CONV_THREADS max_regs=80 gemm=report
+// gpucnn: block=CONV_THREADS max_regs=255 gemm=1
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS)
     conv_implicit_fprop(CONV_FPROP_PARAMS)
 {
     conv_fprop<ConvFp32>(CONV_FPROP_ARGS);
 }
 
-// gpucnn: block=CONV_THREADS max_regs=80 gemm=report
+// gpucnn: block=CONV_THREADS max_regs=255 gemm=1
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS)
     conv_implicit_dgrad(CONV_DGRAD_PARAMS)
 {
     conv_dgrad<ConvFp32>(CONV_DGRAD_ARGS);
 }
 
-// gpucnn: block=CONV_THREADS max_regs=80 gemm=report
+// gpucnn: block=CONV_THREADS max_regs=255 gemm=1
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_MIN_BLOCKS)
     conv_implicit_wgrad(CONV_WGRAD_PARAMS)
 {

@@ -42,18 +42,21 @@
 // own partial result `out + s * F * K`, and the host adds the partials in order s = 0, 1, ...
 // (gpucnn/ops/gemm.py sum_partials). Every sum here runs in a fixed order: deterministic.
 //
-// Tiling (one main loop for all three): a block of CONV_THREADS threads computes a
-// CONV_BM x CONV_BN tile of the output matrix, stepping through the reduction in slices of
-// CONV_BK, double buffered in shared memory (slice s + 1 is gathered into registers while
-// slice s is multiplied; one barrier per slice). A thread owns CONV_TM x CONV_TN accumulators
-// and reads them per k as one float4 of A and one of B (128-bit shared loads). Loading, the
-// thread id is (row, lane) = (tid / CONV_LANES, tid % CONV_LANES), and each thread gathers
-// CONV_LOADS elements of each operand per slice, in one of two layouts:
-//   "k on lanes":  slice row `lane`, tile columns row + e * CONV_ROWS (e < CONV_LOADS)
-//   "k on rows":   slice row `row`,  tile columns lane + e * CONV_LANES
-// Consecutive lanes then read consecutive addresses of the operand where its memory is
-// contiguous, and a thread decodes ONE reduction index per slice (a division or two),
-// shared by its A and B elements where both operands use the same layout.
+// Tiling (one main loop for all three): a block of THREADS threads computes a BM x BN tile
+// of the output matrix, stepping through the reduction in slices of BK, double buffered in
+// shared memory (slice s + 1 is gathered into registers while slice s is multiplied; one
+// barrier per slice). The tile is a template argument (ConvTile): the FP32 kernels use the
+// CONV_* one below, 128 x 128 x 8 with 8 x 8 accumulators per thread in the SGEMM's warp
+// layout (sgemm.cu: per k, four 128-bit shared loads feed 64 FFMA); the tensor-core ones
+// their own (tensor_core.cuh). Loading, each thread gathers LOADS = BM * BK / THREADS
+// elements of each operand per slice, CPL = THREADS / BK tile columns apart, in one of two
+// layouts:
+//   "k on lanes":  slice row tid % BK,  tile columns tid / BK + e * CPL   (e < LOADS)
+//   "k on rows":   slice row tid / CPL, tile columns tid % CPL + e * CPL
+// Consecutive threads then read consecutive addresses of the operand where its memory is
+// contiguous, a thread decodes ONE reduction index per slice (a division or two), shared by
+// its A and B elements where both operands use the same layout, and a warp's shared stores
+// hit 32 different banks in both layouts (rows padded by CONV_PAD floats).
 //
 // Offsets: tensor bases (image n of x, dy, y, dx; partial s) are 64-bit, since a tensor can
 // pass 2^31 elements; offsets inside one image, and in w, are int: the host checks that an
@@ -63,30 +66,41 @@
 
 #include "common.cuh"
 
-#define CONV_BM 64
-#define CONV_BN 64
-#define CONV_BK 16
-#define CONV_TM 4
-#define CONV_TN 4
+// The FP32 tile (conv_implicit.cu).
+#define CONV_BM 128
+#define CONV_BN 128
+#define CONV_BK 8
 #define CONV_THREADS 256
-// Shared rows are padded by 4 floats: rows stay float4-aligned and the transposed stores of
-// a "k on lanes" operand spread over more banks.
+// The warp tile of the FP32 multiply (sgemm.cu's): 8 warps, 2 along m by 4 along n; a warp's
+// 32 lanes form 8 x 4, each with 2 x 2 sub-tiles of 4 x 4 accumulators.
+#define CONV_WM 64
+#define CONV_WN 32
+// Shared rows are padded by 4 floats: rows stay float4-aligned and a warp's stores of a
+// "k on lanes" operand (8 slice rows x 4 columns) fall in 32 different banks.
 #define CONV_PAD 4
-// Three blocks per SM (at most 80 registers; 38% theoretical occupancy on sm_80/sm_90): the
-// compilers meet it with no spill and the same main-loop instructions as without a cap (at
-// four, 64 registers, backward-data spills under NVRTC for sm_90).
-#define CONV_MIN_BLOCKS 3
+// One block per SM is all the register cap asks for (8 warps, 12.5% theoretical occupancy;
+// about 150 registers): 64 accumulators, and the gathers' state kept in registers so that
+// the main loop holds no division and no rebuilt 64-bit offset (at two blocks, 128
+// registers, ptxas spilled it). The 8 x 8 outer product per thread gives each warp 64
+// independent FFMAs per k to hide latency with; the SASS gate holds the main loop to
+// >= 75% FFMA (gemm=1 in conv_implicit.cu). Whether two blocks with recomputed state would
+// run faster is a question for a GPU.
+#define CONV_MIN_BLOCKS 1
 
-#define CONV_LANES CONV_BK                            // 16: threads along a slice row
-#define CONV_ROWS (CONV_THREADS / CONV_LANES)          // 16
-#define CONV_LOADS (CONV_BM * CONV_BK / CONV_THREADS)  // 4 elements per operand per slice
+// A block tile: BM x BN outputs by THREADS threads, the reduction in slices of BK, and the
+// loaders' layout (file header).
+template <int BM_, int BN_, int BK_, int THREADS_>
+struct ConvTile {
+    enum {
+        BM = BM_, BN = BN_, BK = BK_, THREADS = THREADS_,
+        CPL = THREADS_ / BK_,             // tile columns between a thread's gathered elements
+        LOADS = BM_ * BK_ / THREADS_      // elements of each operand a thread gathers per slice
+    };
+    static_assert(BM_ == BN_ && LOADS * CPL == BM_ && CPL * BK_ == THREADS_,
+                  "conv tile: the loaders need BM == BN == LOADS * THREADS / BK");
+};
 
-#if CONV_BM != CONV_BN || CONV_ROWS != CONV_BK || CONV_LOADS * CONV_ROWS != CONV_BM
-#error "conv_implicit.cu: the loader layouts need BM == BN == BK * LOADS and THREADS == BK^2"
-#endif
-#if CONV_TM != 4 || CONV_TN != 4 || (CONV_BM / CONV_TM) * (CONV_BN / CONV_TN) != CONV_THREADS
-#error "conv_implicit.cu: one float4 of A and of B per k needs 4 x 4 accumulators per thread"
-#endif
+typedef ConvTile<CONV_BM, CONV_BN, CONV_BK, CONV_THREADS> ConvFp32Tile;
 
 // A coordinate no tap reaches: NOWHERE plus any offset the kernels add to it (a tap's, a
 // window's, or NOWHERE again) stays negative without overflowing, since the host keeps padded
@@ -120,9 +134,26 @@
     dy, x, out, N, C, H, W, F, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, groups, \
     q_per_split
 
+template <class Tile>
 struct __align__(16) ConvSmem {
-    float a[2][CONV_BK][CONV_BM + CONV_PAD];
-    float b[2][CONV_BK][CONV_BN + CONV_PAD];
+    float a[2][Tile::BK][Tile::BM + CONV_PAD];
+    float b[2][Tile::BK][Tile::BN + CONV_PAD];
+};
+
+// Where a thread gathers, in each layout (file header); every Op holds one.
+template <class Tile>
+struct ConvLoader {
+    enum { BK = Tile::BK, CPL = Tile::CPL, LOADS = Tile::LOADS };
+    int kl, cl;   // k on lanes: slice row kl, tile columns cl + e * CPL
+    int kr, cr;   // k on rows:  slice row kr, tile columns cr + e * CPL
+
+    __device__ __forceinline__ void init_loader()
+    {
+        kl = threadIdx.x % BK;
+        cl = threadIdx.x / BK;
+        kr = threadIdx.x / CPL;
+        cr = threadIdx.x % CPL;
+    }
 };
 
 // True when 0 <= v < n (a negative v is a huge unsigned number).
@@ -186,14 +217,53 @@ __device__ __forceinline__ ConvWindow conv_window_nowhere()
     return win;
 }
 
-// X[tap, window]: the input element the tap reads for that window, 0 in the padding.
-__device__ __forceinline__ float conv_x_at(const float* __restrict__ x, const ConvWindow& win,
+// X[tap, window]: the input element the tap reads for the window whose top-left tap is at
+// xw (x + the window's offset) and (h0, w0); 0 in the padding. Addressing from a pointer per
+// window leaves one 32-bit offset to add per element in the main loop.
+__device__ __forceinline__ float conv_x_at(const float* __restrict__ xw, int h0, int w0,
                                            const ConvTap& tap, int H, int W)
 {
-    const int h = win.h0 + tap.dh_off;
-    const int w = win.w0 + tap.dw_off;
-    return (conv_inside(h, H) && conv_inside(w, W)) ? x[win.offset + tap.offset] : 0.0f;
+    const int h = h0 + tap.dh_off;
+    const int w = w0 + tap.dw_off;
+    return (conv_inside(h, H) && conv_inside(w, W)) ? xw[tap.offset] : 0.0f;
 }
+
+// A thread's reduction index, decoded into three digits (hi, mid, lo) = its position in
+// (filter or channel, tap row, tap column) or (image, output row, output column), and
+// advanced by one slice (BK) per fetch: the step, decoded once, is added digit by digit
+// with at most one carry each (d_mid < mid_n, d_lo < lo_n), so the main loop divides
+// nothing; only init() divides, once per thread.
+struct ConvDigits {
+    int hi, mid, lo;
+    int d_hi, d_mid, d_lo;
+    int mid_n, lo_n;
+
+    __device__ __forceinline__ void init(int index, int step, int mid_count, int lo_count)
+    {
+        mid_n = mid_count > 0 ? mid_count : 1;
+        lo_n = lo_count > 0 ? lo_count : 1;
+        const int plane = mid_n * lo_n;
+        hi = index / plane;
+        int r = index - hi * plane;
+        mid = r / lo_n;
+        lo = r - mid * lo_n;
+        d_hi = step / plane;
+        r = step - d_hi * plane;
+        d_mid = r / lo_n;
+        d_lo = r - d_mid * lo_n;
+    }
+
+    __device__ __forceinline__ void advance()
+    {
+        lo += d_lo;
+        const int carry_lo = lo >= lo_n;
+        lo -= carry_lo ? lo_n : 0;
+        mid += d_mid + carry_lo;
+        const int carry_mid = mid >= mid_n;
+        mid -= carry_mid ? mid_n : 0;
+        hi += d_hi + carry_mid;
+    }
+};
 
 // ---- the main loop -----------------------------------------------------------------------
 
@@ -207,75 +277,93 @@ struct ConvKeep {
 
 template <class Op, class T, int LDA, int LDB, class Cvt>
 __device__ __forceinline__ void conv_store_slice(T (*a)[LDA], T (*b)[LDB],
-                                                 const float (&ra)[CONV_LOADS],
-                                                 const float (&rb)[CONV_LOADS], int lane,
-                                                 int row, Cvt cvt)
+                                                 const float (&ra)[Op::LOADS],
+                                                 const float (&rb)[Op::LOADS], const Op& op,
+                                                 Cvt cvt)
 {
 #pragma unroll
-    for (int e = 0; e < CONV_LOADS; ++e) {
+    for (int e = 0; e < Op::LOADS; ++e) {
         if (Op::A_K_ON_LANES)
-            a[lane][row + e * CONV_ROWS] = cvt(ra[e]);
+            a[op.kl][op.cl + e * Op::CPL] = cvt(ra[e]);
         else
-            a[row][lane + e * CONV_LANES] = cvt(ra[e]);
+            a[op.kr][op.cr + e * Op::CPL] = cvt(ra[e]);
         if (Op::B_K_ON_LANES)
-            b[lane][row + e * CONV_ROWS] = cvt(rb[e]);
+            b[op.kl][op.cl + e * Op::CPL] = cvt(rb[e]);
         else
-            b[row][lane + e * CONV_LANES] = cvt(rb[e]);
+            b[op.kr][op.cr + e * Op::CPL] = cvt(rb[e]);
     }
 }
 
-// acc += the block tile's product over `slices` reduction slices. Op gathers: op.fetch(s,
-// ra, rb) loads this thread's CONV_LOADS elements of A and of B for slice s into registers;
-// Op::A_K_ON_LANES / B_K_ON_LANES name each operand's layout (file header). Every thread of
-// the block calls this with the same `slices` (the barrier is unconditional).
-template <class Op>
-__device__ __forceinline__ void conv_mainloop(const Op& op, int slices, ConvSmem& sm,
-                                              float (&acc)[CONV_TM][CONV_TN])
-{
-    const int lane = threadIdx.x % CONV_LANES;
-    const int row = threadIdx.x / CONV_LANES;
-    const int tx = threadIdx.x % (CONV_BN / CONV_TN);  // accumulator columns tx * TN + ...
-    const int ty = threadIdx.x / (CONV_BN / CONV_TN);  // accumulator rows ty * TM + ...
-    float ra[CONV_LOADS], rb[CONV_LOADS];
-    for (int s = 0; s <= slices; ++s) {
-        // 1. Gather slice s into registers (global loads in flight during step 2).
-        if (s < slices)
-            op.fetch(s, ra, rb);
-        // 2. Multiply slice s - 1 (buffer (s - 1) & 1).
-        if (s > 0) {
-            const int buf = (s - 1) & 1;
-#pragma unroll
-            for (int k = 0; k < CONV_BK; ++k) {
-                const float4 a4 = *reinterpret_cast<const float4*>(&sm.a[buf][k][ty * CONV_TM]);
-                const float4 b4 = *reinterpret_cast<const float4*>(&sm.b[buf][k][tx * CONV_TN]);
-                const float a[CONV_TM] = {a4.x, a4.y, a4.z, a4.w};
-                const float b[CONV_TN] = {b4.x, b4.y, b4.z, b4.w};
-#pragma unroll
-                for (int i = 0; i < CONV_TM; ++i)
-#pragma unroll
-                    for (int j = 0; j < CONV_TN; ++j)
-                        acc[i][j] += a[i] * b[j];
-            }
-        }
-        // 3. Store slice s into the other buffer, last read (slice s - 2) before the barrier
-        //    that ended the previous step.
-        if (s < slices)
-            conv_store_slice<Op>(sm.a[s & 1], sm.b[s & 1], ra, rb, lane, row, ConvKeep());
-        __syncthreads();
-    }
-}
-
-// The FP32 math of the kernel bodies below (CUDA cores): its shared memory and main loop.
-// The tensor-core kernels (conv_implicit_tc.cu) pass their own; every body hands its
-// epilogue the same per-thread accumulators, acc[i][j] = tile element (ty * TM + i,
-// tx * TN + j), whichever math filled them.
+// The FP32 math of the kernel bodies below (CUDA cores): its tile, shared memory, main loop,
+// and where each accumulator lies in the tile. The tensor-core kernels (conv_implicit_tc.cu)
+// pass their own (tensor_core.cuh); a body's epilogue reads acc[i][j] as tile element
+// (Math::row(i), Math::col(j)) whichever math filled it.
 struct ConvFp32 {
-    typedef ConvSmem Smem;
-    template <class Op>
-    __device__ __forceinline__ static void run(const Op& op, int slices, Smem& sm,
-                                               float (&acc)[CONV_TM][CONV_TN])
+    typedef ConvFp32Tile Tile;
+    typedef ConvSmem<Tile> Smem;
+    enum { TM = 8, TN = 8, WARPS_M = CONV_BM / CONV_WM, LANES_N = CONV_WN / TN };
+    static_assert(WARPS_M * (CONV_BN / CONV_WN) * 32 == CONV_THREADS, "warp tiling");
+
+    // This thread's first accumulator row and column: its warp's tile, its lane within it.
+    __device__ __forceinline__ static int row0()
     {
-        conv_mainloop(op, slices, sm, acc);
+        return (threadIdx.x / 32 % WARPS_M) * CONV_WM + (threadIdx.x % 32 / LANES_N) * 4;
+    }
+    __device__ __forceinline__ static int col0()
+    {
+        return (threadIdx.x / 32 / WARPS_M) * CONV_WN + (threadIdx.x % 32 % LANES_N) * 4;
+    }
+    // 2 x 2 sub-tiles of 4 x 4, WM / 2 rows and WN / 2 columns apart.
+    __device__ __forceinline__ static int row(int i)
+    {
+        return row0() + (i / 4) * (CONV_WM / 2) + i % 4;
+    }
+    __device__ __forceinline__ static int col(int j)
+    {
+        return col0() + (j / 4) * (CONV_WN / 2) + j % 4;
+    }
+
+    // acc += the block tile's product over `slices` reduction slices. op.fetch(ra, rb)
+    // gathers this thread's LOADS elements of A and of B for the next slice into registers;
+    // Op::A_K_ON_LANES / B_K_ON_LANES name each operand's layout (file header). Every thread
+    // of the block calls this with the same `slices` (the barrier is unconditional).
+    template <class Op>
+    __device__ __forceinline__ static void run(Op& op, int slices, Smem& sm,
+                                               float (&acc)[TM][TN])
+    {
+        const int wm = row0(), wn = col0();
+        float ra[Tile::LOADS], rb[Tile::LOADS];
+        for (int s = 0; s <= slices; ++s) {
+            // 1. Gather slice s into registers (global loads in flight during step 2).
+            if (s < slices)
+                op.fetch(ra, rb);
+            // 2. Multiply slice s - 1 (buffer (s - 1) & 1): per k, 8 A and 8 B values from
+            //    four 128-bit loads (conflict-free, as in sgemm.cu), 64 FFMA.
+            if (s > 0) {
+                const int buf = (s - 1) & 1;
+#pragma unroll
+                for (int k = 0; k < CONV_BK; ++k) {
+                    const float* a = &sm.a[buf][k][wm];
+                    const float* b = &sm.b[buf][k][wn];
+                    const float4 a0 = *reinterpret_cast<const float4*>(a);
+                    const float4 a1 = *reinterpret_cast<const float4*>(a + CONV_WM / 2);
+                    const float4 b0 = *reinterpret_cast<const float4*>(b);
+                    const float4 b1 = *reinterpret_cast<const float4*>(b + CONV_WN / 2);
+                    const float av[TM] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+                    const float bv[TN] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+#pragma unroll
+                    for (int i = 0; i < TM; ++i)
+#pragma unroll
+                        for (int j = 0; j < TN; ++j)
+                            acc[i][j] += av[i] * bv[j];
+                }
+            }
+            // 3. Store slice s into the other buffer, last read (slice s - 2) before the
+            //    barrier that ended the previous step.
+            if (s < slices)
+                conv_store_slice(sm.a[s & 1], sm.b[s & 1], ra, rb, op, ConvKeep());
+            __syncthreads();
+        }
     }
 };
 
@@ -283,28 +371,39 @@ struct ConvFp32 {
 
 // A = W (Fg x K rows of w: contiguous in k, so k on lanes); B = X (K x N * P: consecutive
 // lanes take consecutive output positions, so k on rows). A thread's four output positions
-// (its B columns) are fixed for the block: their windows are computed once.
-struct ConvFprop {
+// (its B columns) are fixed for the block: their windows are computed once; its filter rows
+// are a pointer advanced by BK per slice and a bit each (inside Fg or not).
+template <class Tile>
+struct ConvFprop : ConvLoader<Tile> {
+    using ConvLoader<Tile>::LOADS;
     static const bool A_K_ON_LANES = true;
     static const bool B_K_ON_LANES = false;
-    const float* __restrict__ x;
-    const float* __restrict__ wg;  // group g's filters: Fg rows of K
-    int K, Fg, f0, lane, row, kh, kw, dh, dw, H, W;
-    ConvWindow win[CONV_LOADS];
+    const float* __restrict__ wp;  // w[g * Fg + f0 + cl, ka]: the thread's first A element
+    int w_step;                    // floats between its filter rows (CPL * K)
+    unsigned rows;                 // bit e: filter row e exists (f < Fg)
+    int ka, kb, K;                 // the taps of the next slice, for A (on lanes) and B (rows)
+    ConvDigits tap;                // kb as (input channel, tap row, tap column)
+    int dh, dw, H, W;
+    const float* xw[LOADS];        // x + the offset of each of the thread's windows
+    int h0[LOADS], w0[LOADS];      // ... and their top-left taps
 
-    __device__ __forceinline__ void fetch(int s, float (&ra)[CONV_LOADS],
-                                          float (&rb)[CONV_LOADS]) const
+    __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
     {
-        const int ka = s * CONV_BK + lane;
+        const bool ka_ok = ka < K;
 #pragma unroll
-        for (int e = 0; e < CONV_LOADS; ++e) {
-            const int f = f0 + row + e * CONV_ROWS;
-            ra[e] = (f < Fg && ka < K) ? wg[f * K + ka] : 0.0f;
-        }
-        const ConvTap tap = conv_tap(s * CONV_BK + row, K, kh, kw, dh, dw, H, W);
+        for (int e = 0; e < LOADS; ++e)
+            ra[e] = (ka_ok && (rows >> e & 1u)) ? wp[e * w_step] : 0.0f;
+        ConvTap t;
+        t.dh_off = kb < K ? tap.mid * dh : CONV_NOWHERE;
+        t.dw_off = tap.lo * dw;
+        t.offset = (tap.hi * H + (kb < K ? t.dh_off : 0)) * W + t.dw_off;
 #pragma unroll
-        for (int e = 0; e < CONV_LOADS; ++e)
-            rb[e] = conv_x_at(x, win[e], tap, H, W);
+        for (int e = 0; e < LOADS; ++e)
+            rb[e] = conv_x_at(xw[e], h0[e], w0[e], t, H, W);
+        wp += Tile::BK;
+        ka += Tile::BK;
+        kb += Tile::BK;
+        tap.advance();
     }
 };
 
@@ -319,51 +418,57 @@ __device__ __forceinline__ void conv_fprop(CONV_FPROP_PARAMS)
     const int K = Cg * kh * kw;
     const int P = Ho * Wo;
     const int NP = N * P;
-    const int q0 = blockIdx.x * CONV_BN;  // first output position (n * P + p) of the tile
-    const int f0 = blockIdx.y * CONV_BM;  // first filter of the tile, within the group
+    typedef typename Math::Tile Tile;
+    const int q0 = blockIdx.x * Tile::BN;  // first output position (n * P + p) of the tile
+    const int f0 = blockIdx.y * Tile::BM;  // first filter of the tile, within the group
 
-    ConvFprop op;
-    op.x = x;
-    op.wg = w + (long long)g * Fg * K;
+    ConvFprop<Tile> op;
+    op.init_loader();
+    op.wp = w + (long long)g * Fg * K + (long long)(f0 + op.cl) * K + op.kl;
+    op.w_step = Tile::CPL * K;
+    op.rows = 0;
+#pragma unroll
+    for (int e = 0; e < Tile::LOADS; ++e)
+        op.rows |= (f0 + op.cl + e * Tile::CPL < Fg ? 1u : 0u) << e;
+    op.ka = op.kl;
+    op.kb = op.kr;
     op.K = K;
-    op.Fg = Fg;
-    op.f0 = f0;
-    op.lane = threadIdx.x % CONV_LANES;
-    op.row = threadIdx.x / CONV_LANES;
-    op.kh = kh;
-    op.kw = kw;
+    op.tap.init(op.kr, Tile::BK, kh, kw);
     op.dh = dh;
     op.dw = dw;
     op.H = H;
     op.W = W;
 #pragma unroll
-    for (int e = 0; e < CONV_LOADS; ++e) {
-        const int q = q0 + op.lane + e * CONV_LANES;
+    for (int e = 0; e < Tile::LOADS; ++e) {
+        const int q = q0 + op.cr + e * Tile::CPL;
         if (q < NP) {
             const int n = q / P;
             const int p = q - n * P;
             const int ho = p / Wo;
-            op.win[e] = conv_window(n, ho, p - ho * Wo, g * Cg, C, H, W, sh, sw, ph, pw);
+            const ConvWindow win = conv_window(n, ho, p - ho * Wo, g * Cg, C, H, W, sh, sw,
+                                               ph, pw);
+            op.xw[e] = x + win.offset;
+            op.h0[e] = win.h0;
+            op.w0[e] = win.w0;
         } else {
-            op.win[e] = conv_window_nowhere();
+            op.xw[e] = x;
+            op.h0[e] = op.w0[e] = CONV_NOWHERE;
         }
     }
 
-    float acc[CONV_TM][CONV_TN] = {};
-    Math::run(op, (K + CONV_BK - 1) / CONV_BK, sm, acc);
+    float acc[Math::TM][Math::TN] = {};
+    Math::run(op, (K + Tile::BK - 1) / Tile::BK, sm, acc);
 
-    const int tx = threadIdx.x % (CONV_BN / CONV_TN);
-    const int ty = threadIdx.x / (CONV_BN / CONV_TN);
 #pragma unroll
-    for (int j = 0; j < CONV_TN; ++j) {
-        const int q = q0 + tx * CONV_TN + j;
+    for (int j = 0; j < Math::TN; ++j) {
+        const int q = q0 + Math::col(j);
         if (q >= NP)
             continue;
         const int n = q / P;
         float* out = y + (long long)n * F * P + (long long)g * Fg * P + (q - n * P);
 #pragma unroll
-        for (int i = 0; i < CONV_TM; ++i) {
-            const int f = f0 + ty * CONV_TM + i;
+        for (int i = 0; i < Math::TM; ++i) {
+            const int f = f0 + Math::row(i);
             if (f >= Fg)
                 continue;
             float v = acc[i][j];
@@ -378,24 +483,6 @@ __device__ __forceinline__ void conv_fprop(CONV_FPROP_PARAMS)
 
 // ---- backward-data -----------------------------------------------------------------------
 
-// Reduction index t = (f * ni + u) * nj + v of a phase (file header): tap (i, j) =
-// (i0 + u * istep, j0 + v * jstep) of filter f. Its offset in w for input channel 0 of the
-// group (w_off; channel c adds c * kh * kw); the output row and column it reads for phase
-// pixel (th, tw), th + dho and tw + dwo; and dy_off = f * P + dho * Wo + dwo, its offset from
-// that pixel's (th, tw) in plane 0 of the group. A t past the reduction gets valid = false
-// and dho = NOWHERE (never inside).
-struct DgradTap {
-    int w_off, dy_off, dho, dwo;
-    bool valid;
-};
-
-// The dy side of a phase pixel: the offset of (n, the group's filter 0, th, tw) in dy, and
-// th, tw (NOWHERE past the phase's pixels).
-struct DgradPixel {
-    long long offset;
-    int th, tw;
-};
-
 // The taps of one phase along one axis: i = first + u * step for u < count, reading output
 // row (or column) t + out0 - u * out_step for phase row t.
 struct DgradAxis {
@@ -403,53 +490,47 @@ struct DgradAxis {
 };
 
 // A = W' (Cg x T: A[c, t] = w[g * Fg + f, c, i, j]) and B = DY (T x phase pixels), both
-// with t on rows: one decoded t per slice serves the thread's A and B elements, and
-// consecutive lanes read consecutive pixels of dy.
-struct ConvDgrad {
+// with t on rows: one t per slice serves the thread's A and B elements, and consecutive
+// lanes read consecutive pixels of dy. Reduction index t = (f * ni + u) * nj + v of a phase
+// (file header): tap (i, j) = (i0 + u * istep, j0 + v * jstep) of filter f, reading output
+// row th + dho and column tw + dwo for phase pixel (th, tw) (dho = NOWHERE past T: never
+// inside). The thread's input channels are a pointer and a bit each (inside Cg or not).
+template <class Tile>
+struct ConvDgrad : ConvLoader<Tile> {
+    using ConvLoader<Tile>::LOADS;
     static const bool A_K_ON_LANES = false;
     static const bool B_K_ON_LANES = false;
-    const float* __restrict__ dy;
-    const float* __restrict__ wg;  // group g's filters, input channel 0
-    int T, Cg, c0, lane, row, kw, khkw, P, Ho, Wo;
+    const float* __restrict__ w;
+    int wc;                        // w[g * Fg, c0 + cr, 0, 0]: the thread's first channel, and
+    int c_step;                    // the floats between its channels (CPL * kh * kw); w fits
+                                   // int32 (the host checks), and an int offset added to the
+                                   // parameter pointer is cheaper than a 64-bit pointer kept
+    unsigned chans;                // bit e: channel e exists (c < Cg)
+    int t, T, f_step, kw, P, Ho, Wo;   // f_step = Cg * kh * kw: one filter in w
+    ConvDigits tap;                // t as (f, u, v)
     DgradAxis ax_h, ax_w;
-    DgradPixel pix[CONV_LOADS];
+    const float* dyp[LOADS];       // dy at each of the thread's pixels (th, tw) in plane 0
+    int th[LOADS], tw[LOADS];      // ... and the pixels (NOWHERE past the phase's pixels)
 
-    __device__ __forceinline__ DgradTap tap(int t) const
+    __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
     {
-        DgradTap d;
-        d.valid = t < T;
-        if (!d.valid) {
-            d.w_off = d.dy_off = d.dwo = 0;
-            d.dho = CONV_NOWHERE;
-            return d;
-        }
-        const int f = t / (ax_h.count * ax_w.count);
-        const int r = t - f * (ax_h.count * ax_w.count);
-        const int u = r / ax_w.count;
-        const int v = r - u * ax_w.count;
-        d.dho = ax_h.out0 - u * ax_h.out_step;
-        d.dwo = ax_w.out0 - v * ax_w.out_step;
-        d.w_off = f * Cg * khkw + (ax_h.first + u * ax_h.step) * kw + ax_w.first +
-                  v * ax_w.step;
-        d.dy_off = f * P + d.dho * Wo + d.dwo;
-        return d;
-    }
-
-    __device__ __forceinline__ void fetch(int s, float (&ra)[CONV_LOADS],
-                                          float (&rb)[CONV_LOADS]) const
-    {
-        const DgradTap d = tap(s * CONV_BK + row);
+        const bool ok = t < T;
+        const int dho = ok ? ax_h.out0 - tap.mid * ax_h.out_step : CONV_NOWHERE;
+        const int dwo = ax_w.out0 - tap.lo * ax_w.out_step;
+        const int w_off = tap.hi * f_step + (ax_h.first + tap.mid * ax_h.step) * kw +
+                          ax_w.first + tap.lo * ax_w.step;
+        const int dy_off = tap.hi * P + (ok ? dho : 0) * Wo + dwo;
+        const int wt = wc + w_off;
 #pragma unroll
-        for (int e = 0; e < CONV_LOADS; ++e) {
-            const int c = c0 + lane + e * CONV_LANES;
-            ra[e] = (d.valid && c < Cg) ? wg[d.w_off + c * khkw] : 0.0f;
-        }
+        for (int e = 0; e < LOADS; ++e)
+            ra[e] = (ok && (chans >> e & 1u)) ? w[wt + e * c_step] : 0.0f;
 #pragma unroll
-        for (int e = 0; e < CONV_LOADS; ++e) {
-            const bool inside = conv_inside(pix[e].th + d.dho, Ho) &&
-                                conv_inside(pix[e].tw + d.dwo, Wo);
-            rb[e] = inside ? dy[pix[e].offset + d.dy_off] : 0.0f;
+        for (int e = 0; e < LOADS; ++e) {
+            const bool inside = conv_inside(th[e] + dho, Ho) && conv_inside(tw[e] + dwo, Wo);
+            rb[e] = inside ? dyp[e][dy_off] : 0.0f;
         }
+        t += Tile::BK;
+        tap.advance();
     }
 };
 
@@ -467,49 +548,51 @@ __device__ __forceinline__ void conv_dgrad(CONV_DGRAD_PARAMS)
     const int P = Ho * Wo;
     const int R = Hr * Wr;                // pixels of the phase per image
     const int NR = N * R;
-    const int q0 = blockIdx.x * CONV_BN;  // first phase pixel n * R + th * Wr + tw of the tile
-    const int c0 = blockIdx.y * CONV_BM;  // first input channel of the tile, within the group
+    typedef typename Math::Tile Tile;
+    const int q0 = blockIdx.x * Tile::BN;  // first phase pixel n * R + th * Wr + tw of the tile
+    const int c0 = blockIdx.y * Tile::BM;  // first input channel of the tile, within the group
 
-    ConvDgrad op;
-    op.dy = dy;
-    op.wg = w + (long long)g * Fg * Cg * kh * kw;
+    ConvDgrad<Tile> op;
+    op.init_loader();
+    op.w = w;
+    op.wc = (g * Fg * Cg + c0 + op.cr) * kh * kw;
+    op.c_step = Tile::CPL * kh * kw;
+    op.chans = 0;
+#pragma unroll
+    for (int e = 0; e < Tile::LOADS; ++e)
+        op.chans |= (c0 + op.cr + e * Tile::CPL < Cg ? 1u : 0u) << e;
+    op.t = op.kr;
     op.T = Fg * ni * nj;
-    op.Cg = Cg;
-    op.c0 = c0;
-    op.lane = threadIdx.x % CONV_LANES;
-    op.row = threadIdx.x / CONV_LANES;
+    op.f_step = Cg * kh * kw;
+    op.tap.init(op.kr, Tile::BK, ni, nj);
     op.kw = kw;
-    op.khkw = kh * kw;
     op.P = P;
     op.Ho = Ho;
     op.Wo = Wo;
     op.ax_h = DgradAxis{i0, istep, ni, ho0, ho_step};
     op.ax_w = DgradAxis{j0, jstep, nj, wo0, wo_step};
 #pragma unroll
-    for (int e = 0; e < CONV_LOADS; ++e) {
-        const int q = q0 + op.lane + e * CONV_LANES;
-        DgradPixel px;
+    for (int e = 0; e < Tile::LOADS; ++e) {
+        const int q = q0 + op.cr + e * Tile::CPL;
         if (q < NR) {
             const int n = q / R;
             const int r = q - n * R;
-            px.th = r / Wr;
-            px.tw = r - px.th * Wr;
-            px.offset = (long long)n * F * P + (long long)g * Fg * P + px.th * Wo + px.tw;
+            op.th[e] = r / Wr;
+            op.tw[e] = r - op.th[e] * Wr;
+            op.dyp[e] = dy + ((long long)n * F * P + (long long)g * Fg * P + op.th[e] * Wo +
+                              op.tw[e]);
         } else {
-            px.th = px.tw = CONV_NOWHERE;
-            px.offset = 0;
+            op.th[e] = op.tw[e] = CONV_NOWHERE;
+            op.dyp[e] = dy;
         }
-        op.pix[e] = px;
     }
 
-    float acc[CONV_TM][CONV_TN] = {};
-    Math::run(op, (op.T + CONV_BK - 1) / CONV_BK, sm, acc);
+    float acc[Math::TM][Math::TN] = {};
+    Math::run(op, (op.T + Tile::BK - 1) / Tile::BK, sm, acc);
 
-    const int tx = threadIdx.x % (CONV_BN / CONV_TN);
-    const int ty = threadIdx.x / (CONV_BN / CONV_TN);
 #pragma unroll
-    for (int j = 0; j < CONV_TN; ++j) {
-        const int q = q0 + tx * CONV_TN + j;
+    for (int j = 0; j < Math::TN; ++j) {
+        const int q = q0 + Math::col(j);
         if (q >= NR)
             continue;
         const int n = q / R;
@@ -519,8 +602,8 @@ __device__ __forceinline__ void conv_dgrad(CONV_DGRAD_PARAMS)
         const int wc = aw + (r - th * Wr) * sw;
         float* out = dx + (long long)n * C * H * W + ((g * Cg) * H + h) * W + wc;
 #pragma unroll
-        for (int i = 0; i < CONV_TM; ++i) {
-            const int c = c0 + ty * CONV_TM + i;
+        for (int i = 0; i < Math::TM; ++i) {
+            const int c = c0 + Math::row(i);
             if (c < Cg)
                 out[c * H * W] = acc[i][j];
         }
@@ -530,38 +613,48 @@ __device__ __forceinline__ void conv_dgrad(CONV_DGRAD_PARAMS)
 // ---- backward-weights --------------------------------------------------------------------
 
 // A = DY (Fg x q) and B = X^T (q x K), both with q on lanes: consecutive lanes read
-// consecutive output positions of dy and of x's windows, and one decoded q per slice serves
-// both. A thread's four B columns (taps k) are fixed for the block: decoded once.
-struct ConvWgrad {
+// consecutive output positions of dy and of x's windows, and one q per slice serves both.
+// A thread's four B columns (taps k) are fixed for the block: decoded once; its filter rows
+// are a bit each (inside Fg or not). Its position q moves by BK per slice: the digits
+// (image, output row, output column) and, from their changes, the pointers into dy and into
+// x's window, so the main loop neither divides nor rebuilds 64-bit offsets.
+template <class Tile>
+struct ConvWgrad : ConvLoader<Tile> {
+    using ConvLoader<Tile>::LOADS;
     static const bool A_K_ON_LANES = true;
     static const bool B_K_ON_LANES = true;
-    const float* __restrict__ dy;
-    const float* __restrict__ x;
-    int q_begin, q_end, Fg, f0, lane, row, g, Cg, C, F, H, W, sh, sw, ph, pw, P, Wo;
-    ConvTap taps[CONV_LOADS];
+    const float* dq;               // dy[n, g * Fg + f0 + cl, ho, wo] of the current q
+    const float* xw;               // x[n, g * Cg, h0, w0]: the window's top-left tap
+    int f_step;                    // floats between the thread's filter rows (CPL * P)
+    unsigned rows;                 // bit e: filter row e exists (f < Fg)
+    int q, q_end;                  // the output position of the next slice, and the split's end
+    ConvDigits pos;                // q as (n, ho, wo)
+    int h0, w0, sh, sw, H, W, Wo;
+    long long x_image, dy_image;   // floats of one image of x, of dy
+    ConvTap taps[LOADS];
 
-    __device__ __forceinline__ void fetch(int s, float (&ra)[CONV_LOADS],
-                                          float (&rb)[CONV_LOADS]) const
+    __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
     {
-        const int q = q_begin + s * CONV_BK + lane;
+        // Past the split's end nothing is read: no row, and a window nowhere.
         const bool valid = q < q_end;
-        int n = 0, p = 0;
-        ConvWindow win = conv_window_nowhere();
-        if (valid) {
-            n = q / P;
-            p = q - n * P;
-            const int ho = p / Wo;
-            win = conv_window(n, ho, p - ho * Wo, g * Cg, C, H, W, sh, sw, ph, pw);
-        }
-        const long long dy_off = (long long)n * F * P + (long long)g * Fg * P + p;
+        const int top = valid ? h0 : CONV_NOWHERE;
 #pragma unroll
-        for (int e = 0; e < CONV_LOADS; ++e) {
-            const int f = f0 + row + e * CONV_ROWS;
-            ra[e] = (valid && f < Fg) ? dy[dy_off + f * P] : 0.0f;
-        }
+        for (int e = 0; e < LOADS; ++e)
+            ra[e] = (valid && (rows >> e & 1u)) ? dq[e * f_step] : 0.0f;
 #pragma unroll
-        for (int e = 0; e < CONV_LOADS; ++e)
-            rb[e] = conv_x_at(x, win, taps[e], H, W);
+        for (int e = 0; e < LOADS; ++e) {
+            const int h = top + taps[e].dh_off;
+            const int w = w0 + taps[e].dw_off;
+            rb[e] = (conv_inside(h, H) && conv_inside(w, W)) ? xw[taps[e].offset] : 0.0f;
+        }
+        const int n = pos.hi, ho = pos.mid, wo = pos.lo;
+        q += Tile::BK;
+        pos.advance();
+        const int dn = pos.hi - n, dho = pos.mid - ho, dwo = pos.lo - wo;
+        h0 += dho * sh;
+        w0 += dwo * sw;
+        xw += dn * x_image + (dho * sh * W + dwo * sw);
+        dq += dn * dy_image + (dho * Wo + dwo);
     }
 };
 
@@ -579,49 +672,52 @@ __device__ __forceinline__ void conv_wgrad(CONV_WGRAD_PARAMS)
     const int K = Cg * kh * kw;
     const int P = Ho * Wo;
     const int NP = N * P;
-    const int k0 = blockIdx.x * CONV_BN;  // first tap of the tile
-    const int f0 = blockIdx.y * CONV_BM;  // first filter of the tile, within the group
+    typedef typename Math::Tile Tile;
+    const int k0 = blockIdx.x * Tile::BN;  // first tap of the tile
+    const int f0 = blockIdx.y * Tile::BM;  // first filter of the tile, within the group
 
-    ConvWgrad op;
-    op.dy = dy;
-    op.x = x;
-    op.q_begin = split * q_per_split;
-    op.q_end = NP - op.q_begin < q_per_split ? NP : op.q_begin + q_per_split;
-    op.Fg = Fg;
-    op.f0 = f0;
-    op.lane = threadIdx.x % CONV_LANES;
-    op.row = threadIdx.x / CONV_LANES;
-    op.g = g;
-    op.Cg = Cg;
-    op.C = C;
-    op.F = F;
-    op.H = H;
-    op.W = W;
+    ConvWgrad<Tile> op;
+    op.init_loader();
+    const int q_begin = split * q_per_split;
+    op.f_step = Tile::CPL * P;
+    op.rows = 0;
+#pragma unroll
+    for (int e = 0; e < Tile::LOADS; ++e)
+        op.rows |= (f0 + op.cl + e * Tile::CPL < Fg ? 1u : 0u) << e;
+    op.q = q_begin + op.kl;
+    op.q_end = NP - q_begin < q_per_split ? NP : q_begin + q_per_split;
+    op.pos.init(op.q, Tile::BK, Ho, Wo);
+    const ConvWindow win = conv_window(op.pos.hi, op.pos.mid, op.pos.lo, g * Cg, C, H, W, sh,
+                                       sw, ph, pw);
+    op.xw = x + win.offset;
+    op.h0 = win.h0;
+    op.w0 = win.w0;
+    op.dq = dy + ((long long)op.pos.hi * F * P + (long long)(g * Fg + f0 + op.cl) * P +
+                  op.pos.mid * Wo + op.pos.lo);
     op.sh = sh;
     op.sw = sw;
-    op.ph = ph;
-    op.pw = pw;
-    op.P = P;
+    op.H = H;
+    op.W = W;
     op.Wo = Wo;
+    op.x_image = (long long)C * H * W;
+    op.dy_image = (long long)F * P;
 #pragma unroll
-    for (int e = 0; e < CONV_LOADS; ++e)
-        op.taps[e] = conv_tap(k0 + op.row + e * CONV_ROWS, K, kh, kw, dh, dw, H, W);
+    for (int e = 0; e < Tile::LOADS; ++e)
+        op.taps[e] = conv_tap(k0 + op.cl + e * Tile::CPL, K, kh, kw, dh, dw, H, W);
 
-    float acc[CONV_TM][CONV_TN] = {};
-    const int count = op.q_end > op.q_begin ? op.q_end - op.q_begin : 0;
-    Math::run(op, (count + CONV_BK - 1) / CONV_BK, sm, acc);
+    float acc[Math::TM][Math::TN] = {};
+    const int count = op.q_end > q_begin ? op.q_end - q_begin : 0;
+    Math::run(op, (count + Tile::BK - 1) / Tile::BK, sm, acc);
 
-    const int tx = threadIdx.x % (CONV_BN / CONV_TN);
-    const int ty = threadIdx.x / (CONV_BN / CONV_TN);
     float* part = out + (long long)split * F * K;
 #pragma unroll
-    for (int i = 0; i < CONV_TM; ++i) {
-        const int f = f0 + ty * CONV_TM + i;
+    for (int i = 0; i < Math::TM; ++i) {
+        const int f = f0 + Math::row(i);
         if (f >= Fg)
             continue;
 #pragma unroll
-        for (int j = 0; j < CONV_TN; ++j) {
-            const int k = k0 + tx * CONV_TN + j;
+        for (int j = 0; j < Math::TN; ++j) {
+            const int k = k0 + Math::col(j);
             if (k < K)
                 part[(g * Fg + f) * K + k] = acc[i][j];
         }

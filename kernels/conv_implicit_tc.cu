@@ -6,64 +6,64 @@
 
 #include "tensor_core.cuh"
 
-// gpucnn: block=CONV_THREADS max_regs=80 gemm=report tc=tf32
-extern "C" __global__ void __launch_bounds__(CONV_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=tf32
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
     conv_implicit_fprop_tf32(CONV_FPROP_PARAMS)
 {
     conv_fprop<ConvTc<TcTf32>>(CONV_FPROP_ARGS);
 }
 
-// gpucnn: block=CONV_THREADS max_regs=128 gemm=report tc=tf32
-extern "C" __global__ void __launch_bounds__(CONV_THREADS, TC3X_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=tf32
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
     conv_implicit_fprop_3xtf32(CONV_FPROP_PARAMS)
 {
     conv_fprop<ConvTc<Tc3xTf32>>(CONV_FPROP_ARGS);
 }
 
-// gpucnn: block=CONV_THREADS max_regs=80 gemm=report tc=bf16
-extern "C" __global__ void __launch_bounds__(CONV_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
     conv_implicit_fprop_bf16(CONV_FPROP_PARAMS)
 {
     conv_fprop<ConvTc<TcBf16>>(CONV_FPROP_ARGS);
 }
 
-// gpucnn: block=CONV_THREADS max_regs=80 gemm=report tc=tf32
-extern "C" __global__ void __launch_bounds__(CONV_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=tf32
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
     conv_implicit_dgrad_tf32(CONV_DGRAD_PARAMS)
 {
     conv_dgrad<ConvTc<TcTf32>>(CONV_DGRAD_ARGS);
 }
 
-// gpucnn: block=CONV_THREADS max_regs=128 gemm=report tc=tf32
-extern "C" __global__ void __launch_bounds__(CONV_THREADS, TC3X_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=tf32
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
     conv_implicit_dgrad_3xtf32(CONV_DGRAD_PARAMS)
 {
     conv_dgrad<ConvTc<Tc3xTf32>>(CONV_DGRAD_ARGS);
 }
 
-// gpucnn: block=CONV_THREADS max_regs=80 gemm=report tc=bf16
-extern "C" __global__ void __launch_bounds__(CONV_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
     conv_implicit_dgrad_bf16(CONV_DGRAD_PARAMS)
 {
     conv_dgrad<ConvTc<TcBf16>>(CONV_DGRAD_ARGS);
 }
 
-// gpucnn: block=CONV_THREADS max_regs=80 gemm=report tc=tf32
-extern "C" __global__ void __launch_bounds__(CONV_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=tf32
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
     conv_implicit_wgrad_tf32(CONV_WGRAD_PARAMS)
 {
     conv_wgrad<ConvTc<TcTf32>>(CONV_WGRAD_ARGS);
 }
 
-// gpucnn: block=CONV_THREADS max_regs=128 gemm=report tc=tf32
-extern "C" __global__ void __launch_bounds__(CONV_THREADS, TC3X_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=tf32
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
     conv_implicit_wgrad_3xtf32(CONV_WGRAD_PARAMS)
 {
     conv_wgrad<ConvTc<Tc3xTf32>>(CONV_WGRAD_ARGS);
 }
 
-// gpucnn: block=CONV_THREADS max_regs=80 gemm=report tc=bf16
-extern "C" __global__ void __launch_bounds__(CONV_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
     conv_implicit_wgrad_bf16(CONV_WGRAD_PARAMS)
 {
     conv_wgrad<ConvTc<TcBf16>>(CONV_WGRAD_ARGS);

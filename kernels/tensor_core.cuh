@@ -1,6 +1,6 @@
-// Tensor-core math for the 64 x 64 x 16 implicit-GEMM tile of conv_implicit.cuh: the main
-// loop of the TF32, 3xTF32 and BF16 kernels (conv_implicit_tc.cu, sgemm_tc.cu), written with
-// CUDA's WMMA API (nvcuda::wmma; the emulator provides it, gpucnn/backends/emu/cuda_emu.h).
+// Tensor-core math for the implicit-GEMM kernel bodies of conv_implicit.cuh: the main loop of
+// the TF32, 3xTF32 and BF16 kernels (conv_implicit_tc.cu, sgemm_tc.cu), written with CUDA's
+// WMMA API (nvcuda::wmma; the emulator provides it, gpucnn/backends/emu/cuda_emu.h).
 //
 // Precisions (gpucnn/ops/precision.py holds their plain references and the host's choice):
 //   TcTf32    operands rounded to TF32 (__float_to_tf32: cvt.rna, 10 mantissa bits), one
@@ -14,13 +14,17 @@
 // Operands stay FP32 in global memory in every precision: the loads, the gathers and the
 // epilogues are the FP32 kernels' own (conv_implicit.cuh), only the multiply differs.
 //
-// Layout: the gathered slices are stored as in the FP32 loop, a[k][m] and b[k][n] (rows
-// padded so that WMMA's rules hold: ldm a multiple of 16 bytes, fragment pointers 32-byte
-// aligned), which WMMA reads as a column-major A and a row-major B. The 8 warps of a block
-// own 16 x 32 parts of the 64 x 64 tile (4 along m, 2 along n): two 16 x 16 accumulator
-// fragments each. After the loop the fragments go to shared memory (the operand buffers,
-// no longer read) and every thread takes back its 4 x 4 accumulators in the FP32 loop's
-// layout, so that the kernels' epilogues stay the FP32 ones. Fragment element order is
+// Tile: the FP32 kernels' 128 x 128 block tile and warp tiles (8 warps, 2 along m by 4 along
+// n, 64 x 32 each), with slices of TC_BK = 16. A warp holds its 64 x 32 part as 4 x 2
+// accumulator fragments of 16 x 16, so each k step loads 4 A and 2 B fragments for 8 mma
+// (24 with 3xTF32): the larger the warp tile, the more tensor-core work per gathered and per
+// shared-loaded element (the 64 x 64 tile this replaced had 2 fragments per warp; its main
+// loop was ~6% HMMA). Layout: the gathered slices are stored as in the FP32 loop, a[k][m] and
+// b[k][n] (rows padded so that WMMA's rules hold: ldm a multiple of 16 bytes, fragment pointers
+// 32-byte aligned), which WMMA reads as a column-major A and a row-major B. After the loop
+// each warp moves its fragments through its own part of shared memory (the operand buffers,
+// no longer read), half of its tile at a time, into the FP32 layout of accumulators
+// (ConvFp32::row / col), so the bodies' epilogues are shared. Fragment element order is
 // unspecified by CUDA: only element-wise operations touch fragment elements here.
 #pragma once
 
@@ -40,17 +44,26 @@
 #define TC_ARCH_OK 1
 #endif
 
-// Blocks per SM the register caps aim for: the FP32 kernels' three (80 registers) for TF32 and
-// BF16; two for 3xTF32 (128), whose split fragments at 80 made ptxas spill (sm_90 fprop).
-#define TC_MIN_BLOCKS CONV_MIN_BLOCKS
-#define TC3X_MIN_BLOCKS 2
+// One block per SM, as for the FP32 tile (conv_implicit.cuh): 64 accumulators per thread
+// (8 fragments) plus the operand fragments (twice, split, for 3xTF32) and the gathers' state.
+#define TC_MIN_BLOCKS 1
 
-#define TC_WARPS_M 4   // warps along m: 16 rows each
-#define TC_FN 2        // 16 x 16 accumulator fragments per warp along n
+// The tensor-core tile (gpucnn/ops/conv/implicit.py and ops/gemm.py read these): the FP32
+// kernels' block and warp tiles with a longer slice (two TF32 k steps, one BF16 one).
+#define TC_BM 128
+#define TC_BN 128
+#define TC_BK 16
+#define TC_THREADS 256
 
-#if TC_WARPS_M * 16 != CONV_BM || (CONV_THREADS / 32 / TC_WARPS_M) * 16 * TC_FN != CONV_BN
-#error "tensor_core.cuh: the warps' 16 x (16 * TC_FN) parts must cover the CONV_BM x CONV_BN tile"
+#if TC_BM != CONV_BM || TC_BN != CONV_BN || TC_THREADS != CONV_THREADS
+#error "tensor_core.cuh: the accumulators take the FP32 layout, so the block tiles must match"
 #endif
+
+typedef ConvTile<TC_BM, TC_BN, TC_BK, TC_THREADS> TcTile;
+
+// Fragments of 16 x 16 per warp tile (CONV_WM x CONV_WN), along m and along n.
+#define TC_FM (CONV_WM / 16)
+#define TC_FN (CONV_WN / 16)
 
 #if TC_ARCH_OK
 
@@ -105,93 +118,117 @@ struct TcBf16 {
 template <class P>
 union __align__(32) TcSmem {
     struct {
-        typename P::Stored a[2][CONV_BK][CONV_BM + P::PAD];
-        typename P::Stored b[2][CONV_BK][CONV_BN + P::PAD];
+        typename P::Stored a[2][TC_BK][TC_BM + P::PAD];
+        typename P::Stored b[2][TC_BK][TC_BN + P::PAD];
     } ab;
-    float c[CONV_BM][CONV_BN + CONV_PAD];   // the accumulators, after the main loop
+    // The accumulators after the main loop: each warp's half warp tile in turn.
+    float c[TC_THREADS / 32][CONV_WM / 2][CONV_WN + CONV_PAD];
 };
 
 template <class P>
 using TcAcc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, P::K, float>;
 
-// c[j] += the warp's 16 x 16 products of one shared slice: a = &a[0][wm] (column-major A,
-// rows of LD), b = &b[0][wn] (row-major B).
+// c += the warp's products of one shared slice: a = &a[0][first row of the warp tile]
+// (column-major A, rows of LD), b = &b[0][its first column] (row-major B).
 template <class P>
-__device__ __forceinline__ void tc_multiply(TcAcc<P> (&c)[TC_FN], const typename P::Stored* a,
+__device__ __forceinline__ void tc_multiply(TcAcc<P> (&c)[TC_FM][TC_FN],
+                                            const typename P::Stored* a,
                                             const typename P::Stored* b)
 {
     using namespace nvcuda;
-    constexpr int LD = CONV_BM + P::PAD;
-    static_assert(CONV_BM == CONV_BN, "one row length for a and b");
-#pragma unroll
-    for (int k = 0; k < CONV_BK; k += P::K) {
-        wmma::fragment<wmma::matrix_a, 16, 16, P::K, typename P::Frag, wmma::col_major> fa, fa_s;
-        wmma::fragment<wmma::matrix_b, 16, 16, P::K, typename P::Frag, wmma::row_major> fb, fb_s;
-        wmma::load_matrix_sync(fa, a + k * LD, LD);
-        P::prepare(fa, fa_s);
+    constexpr int LD = TC_BM + P::PAD;
+    static_assert(TC_BM == TC_BN, "one row length for a and b");
+    // 3xTF32 keeps its two k steps apart (not unrolled): together, their fragments, each
+    // held twice, pushed ptxas past 255 registers (NVRTC 13.5, fprop: 8 bytes spilled).
+    // (A constant, not the expression: nvcc does not expand macros in a pragma.)
+    constexpr int UNROLL = P::TERMS == 3 ? 1 : TC_BK / P::K;
+#pragma unroll(UNROLL)
+    for (int k = 0; k < TC_BK; k += P::K) {
+        // The B fragments first, then one A fragment at a time: fewer fragments live at
+        // once (3xTF32 holds each twice), the same loads and products.
+        wmma::fragment<wmma::matrix_b, 16, 16, P::K, typename P::Frag, wmma::row_major>
+            fb[TC_FN], fb_s[TC_FN];
 #pragma unroll
         for (int j = 0; j < TC_FN; ++j) {
-            wmma::load_matrix_sync(fb, b + k * LD + 16 * j, LD);
-            P::prepare(fb, fb_s);
-            if (P::TERMS == 3) {
-                wmma::mma_sync(c[j], fa_s, fb, c[j]);
-                wmma::mma_sync(c[j], fa, fb_s, c[j]);
+            wmma::load_matrix_sync(fb[j], b + k * LD + 16 * j, LD);
+            P::prepare(fb[j], fb_s[j]);
+        }
+#pragma unroll
+        for (int i = 0; i < TC_FM; ++i) {
+            wmma::fragment<wmma::matrix_a, 16, 16, P::K, typename P::Frag, wmma::col_major> fa,
+                fa_s;
+            wmma::load_matrix_sync(fa, a + k * LD + 16 * i, LD);
+            P::prepare(fa, fa_s);
+#pragma unroll
+            for (int j = 0; j < TC_FN; ++j) {
+                if (P::TERMS == 3) {
+                    wmma::mma_sync(c[i][j], fa_s, fb[j], c[i][j]);
+                    wmma::mma_sync(c[i][j], fa, fb_s[j], c[i][j]);
+                }
+                wmma::mma_sync(c[i][j], fa, fb[j], c[i][j]);
             }
-            wmma::mma_sync(c[j], fa, fb, c[j]);
         }
     }
 }
 
-// conv_mainloop's contract with tensor cores: acc = the block tile's product over `slices`
-// slices of op's gathers, acc[i][j] = tile element (ty * TM + i, tx * TN + j).
-template <class P, class Op>
-__device__ __forceinline__ void tc_mainloop(const Op& op, int slices, TcSmem<P>& sm,
-                                            float (&acc)[CONV_TM][CONV_TN])
-{
-    using namespace nvcuda;
-    const int lane = threadIdx.x % CONV_LANES;
-    const int row = threadIdx.x / CONV_LANES;
-    const int warp = threadIdx.x / 32;
-    const int wm = (warp % TC_WARPS_M) * 16;
-    const int wn = (warp / TC_WARPS_M) * 16 * TC_FN;
-    TcAcc<P> c[TC_FN];
-#pragma unroll
-    for (int j = 0; j < TC_FN; ++j)
-        wmma::fill_fragment(c[j], 0.0f);
-    float ra[CONV_LOADS], rb[CONV_LOADS];
-    for (int s = 0; s <= slices; ++s) {
-        // As conv_mainloop: gather slice s, multiply slice s - 1, store slice s.
-        if (s < slices)
-            op.fetch(s, ra, rb);
-        if (s > 0)
-            tc_multiply<P>(c, &sm.ab.a[(s - 1) & 1][0][wm], &sm.ab.b[(s - 1) & 1][0][wn]);
-        if (s < slices)
-            conv_store_slice<Op>(sm.ab.a[s & 1], sm.ab.b[s & 1], ra, rb, lane, row, P());
-        __syncthreads();
-    }
-    // The barrier above ended every read of the operand buffers: c may overwrite them.
-#pragma unroll
-    for (int j = 0; j < TC_FN; ++j)
-        wmma::store_matrix_sync(&sm.c[wm][wn + 16 * j], c[j], CONV_BN + CONV_PAD,
-                                wmma::mem_row_major);
-    __syncthreads();
-    const int tx = threadIdx.x % (CONV_BN / CONV_TN);
-    const int ty = threadIdx.x / (CONV_BN / CONV_TN);
-#pragma unroll
-    for (int i = 0; i < CONV_TM; ++i)
-#pragma unroll
-        for (int j = 0; j < CONV_TN; ++j)
-            acc[i][j] = sm.c[ty * CONV_TM + i][tx * CONV_TN + j];
-}
-
+// acc = the block tile's product over `slices` slices of op's gathers (as ConvFp32::run),
+// acc[i][j] = tile element (row(i), col(j)): ConvFp32's layout.
 template <class P>
 struct ConvTc {
+    typedef TcTile Tile;
     typedef TcSmem<P> Smem;
+    enum { TM = ConvFp32::TM, TN = ConvFp32::TN };
+    __device__ __forceinline__ static int row(int i) { return ConvFp32::row(i); }
+    __device__ __forceinline__ static int col(int j) { return ConvFp32::col(j); }
+
     template <class Op>
-    __device__ __forceinline__ static void run(const Op& op, int slices, Smem& sm,
-                                               float (&acc)[CONV_TM][CONV_TN])
+    __device__ __forceinline__ static void run(Op& op, int slices, Smem& sm,
+                                               float (&acc)[TM][TN])
     {
-        tc_mainloop<P>(op, slices, sm, acc);
+        using namespace nvcuda;
+        const int warp = threadIdx.x / 32;
+        const int wm = (warp % ConvFp32::WARPS_M) * CONV_WM;   // the warp tile's corner
+        const int wn = (warp / ConvFp32::WARPS_M) * CONV_WN;
+        TcAcc<P> c[TC_FM][TC_FN];
+#pragma unroll
+        for (int i = 0; i < TC_FM; ++i)
+#pragma unroll
+            for (int j = 0; j < TC_FN; ++j)
+                wmma::fill_fragment(c[i][j], 0.0f);
+        float ra[Tile::LOADS], rb[Tile::LOADS];
+        for (int s = 0; s <= slices; ++s) {
+            // As ConvFp32::run: gather slice s, multiply slice s - 1, store slice s.
+            if (s < slices)
+                op.fetch(ra, rb);
+            if (s > 0)
+                tc_multiply<P>(c, &sm.ab.a[(s - 1) & 1][0][wm], &sm.ab.b[(s - 1) & 1][0][wn]);
+            if (s < slices)
+                conv_store_slice(sm.ab.a[s & 1], sm.ab.b[s & 1], ra, rb, op, P());
+            __syncthreads();
+        }
+        // The barrier above ended every read of the operand buffers: c may overwrite them.
+        // Half h of the warp tile holds fragment rows h * TC_FM / 2 ... and, in ConvFp32's
+        // layout, this thread's accumulator rows h * TM / 2 ... (row(i) steps by CONV_WM / 2
+        // at i = TM / 2); only this warp reads what it wrote, so __syncwarp suffices.
+        static_assert(TM == 8 && TC_FM % 2 == 0, "two halves of four accumulator rows");
+        float(*scratch)[CONV_WN + CONV_PAD] = sm.c[warp];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+#pragma unroll
+            for (int i = 0; i < TC_FM / 2; ++i)
+#pragma unroll
+                for (int j = 0; j < TC_FN; ++j)
+                    wmma::store_matrix_sync(&scratch[16 * i][16 * j], c[h * TC_FM / 2 + i][j],
+                                            CONV_WN + CONV_PAD, wmma::mem_row_major);
+            __syncwarp();
+#pragma unroll
+            for (int i = 0; i < TM / 2; ++i)
+#pragma unroll
+                for (int j = 0; j < TN; ++j)
+                    acc[h * TM / 2 + i][j] =
+                        scratch[row(h * TM / 2 + i) - wm - h * CONV_WM / 2][col(j) - wn];
+            __syncwarp();
+        }
     }
 };
 
@@ -203,10 +240,13 @@ struct TcBf16 {};
 
 template <class P>
 struct ConvTc {
-    typedef ConvSmem Smem;
+    typedef TcTile Tile;
+    typedef ConvSmem<Tile> Smem;
+    enum { TM = ConvFp32::TM, TN = ConvFp32::TN };
+    __device__ __forceinline__ static int row(int i) { return i; }
+    __device__ __forceinline__ static int col(int j) { return j; }
     template <class Op>
-    __device__ __forceinline__ static void run(const Op&, int, Smem&,
-                                               float (&)[CONV_TM][CONV_TN])
+    __device__ __forceinline__ static void run(Op&, int, Smem&, float (&)[TM][TN])
     {
         __trap();
     }

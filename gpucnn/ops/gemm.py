@@ -15,7 +15,7 @@ Which kernel a launch runs (:func:`sgemm_plan`), decided here and nowhere else:
 * **precision** (``ctx.precision``, :mod:`gpucnn.ops.precision`): ``fp32`` runs the kernels of
   ``kernels/sgemm.cu`` (CUDA cores); ``tf32``, ``3xtf32`` and ``bf16`` run
   ``sgemm_<precision>_XY`` of ``kernels/sgemm_tc.cu`` (tensor cores), whose one tile
-  (``"tc"``: 64 x 64, the implicit-GEMM convolution's) replaces the tile choice below; the
+  (``"tc"``: 128 x 128, the implicit-GEMM convolution's) replaces the tile choice below; the
   arguments, the batching, the split-K and the epilogue are the same;
 * **tile** (:func:`choose_tile`): the 64 x 64 tile (``sgemm_small_*``, 64 threads) when M or N
   fits in 64 (a 128-wide tile would leave at least half of that side idle) or when the
@@ -84,7 +84,7 @@ def sgemm_tiles():
     missing = [k for k in need if k not in d]
     if missing:
         raise RuntimeError(f"kernels/sgemm.cu lacks #define SGEMM_{missing[0]}")
-    tc = dict(source_defines("sgemm_tc.cu", "CONV"))
+    tc = dict(source_defines("sgemm_tc.cu", "TC"))
     tiles = {"tc": {k: tc[k] for k in ("BM", "BN", "BK", "THREADS")}}
     for name, prefix in (("large", ""), ("small", "SMALL_")):
         t = {k: d[prefix + k] for k in ("BM", "BN", "THREADS")} | {k: d[k] for k in shared}

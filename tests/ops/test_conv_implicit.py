@@ -39,9 +39,11 @@ CASES = {
     "batch1_odd": ((1, 3, 13, 5), (7, 3, 2), (2, 3), (1, 0), 1, 1),
     "rect_dilation": ((2, 2, 11, 12), (3, 2, 3), (1, 2), (0, 3), (3, 2), 1),
     "input_smaller_than_stride": ((2, 2, 3, 3), (2, 3, 3), 4, 1, 1, 1),
-    # past one tile on every GEMM dimension (64 x 64, slices of 16), ragged
-    "ragged_tiles": ((2, 40, 6, 6), (70, 3, 3), 1, 1, 1, 1),
-    "ragged_groups": ((2, 6, 9, 9), (129, 2, 2), 1, 0, 1, 3),
+    # past one 128 x 128 tile (either precision's) along m and n, ragged: forward and
+    # backward-weights (F = 130), backward-data too (C = 130, pointwise)
+    "ragged_tiles": ((2, 40, 9, 9), (130, 3, 3), 1, 1, 1, 1),
+    "ragged_groups": ((2, 6, 12, 12), (387, 2, 2), 1, 0, 1, 3),
+    "ragged_pointwise": ((2, 130, 10, 10), (131, 1, 1), 1, 0, 1, 1),
 }
 # long weight-gradient reductions: the backward-weights split over grid z
 SPLIT = {
@@ -166,11 +168,17 @@ def test_dgrad_phases_cover_every_tap(size, k, s, p, d):
     assert sorted(seen) == list(range(size))
 
 
-def test_split_choice_and_its_bounds():
-    g = conv_geometry((4, 3, 12, 11), (5, 3, 3, 3), padding=1)  # one output tile, 33 slices
-    assert implicit.wgrad_split(g, 1 << 30, target_blocks=1) == (1, 33 * 16)
-    parts, per = implicit.wgrad_split(g, 1 << 30)
-    assert parts == 4 and per == 9 * 16 and parts * per >= 4 * 12 * 11 > (parts - 1) * per
+@pytest.mark.parametrize("precision", ["fp32", "tf32"])
+def test_split_choice_and_its_bounds(precision):
+    bk = implicit.implicit_tile(precision)["BK"]
+    g = conv_geometry((4, 3, 12, 11), (5, 3, 3, 3), padding=1)  # one output tile
+    slices = -(-4 * 12 * 11 // bk)
+    assert implicit.wgrad_split(g, 1 << 30, 1, precision) == (1, slices * bk)
+    parts, per = implicit.wgrad_split(g, 1 << 30, precision=precision)
+    # as many parts as leave each at least MIN_SLICES_PER_PART slices, whole slices each
+    want = slices // implicit.MIN_SLICES_PER_PART
+    assert parts == want and per == -(-slices // want) * bk
+    assert parts * per >= 4 * 12 * 11 > (parts - 1) * per
     tiny = implicit.PARTS_SHARE * 2 * g.F * g.K * 4  # room for two parts' partial sums
     assert implicit.wgrad_split(g, tiny)[0] == 2
     assert implicit.wgrad_split(g, 0)[0] == 1
@@ -205,10 +213,17 @@ def test_workspace_bytes_alexnet_conv2():
         algos.workspace_bytes("winograd", g, limit)
 
 
-def test_tile_defines_match_the_launch():
-    t = implicit.implicit_tile()
-    assert t["THREADS"] == (t["BM"] // t["TM"]) * (t["BN"] // t["TN"])
-    assert t["BM"] * t["BK"] % t["THREADS"] == 0
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "3xtf32", "bf16"])
+def test_tile_defines_match_the_launch(precision):
+    """Each precision's tile, read from its header: the loaders' layout (conv_implicit.cuh
+    ConvTile) and, for FP32, 8 x 8 accumulators per thread (the SGEMM's treatment)."""
+    t = implicit.implicit_tile(precision)
+    assert t["BM"] == t["BN"] and t["BM"] * t["BK"] % t["THREADS"] == 0
+    assert (t["BM"] * t["BK"] // t["THREADS"]) * (t["THREADS"] // t["BK"]) == t["BM"]
+    if precision == "fp32":
+        assert (t["BM"] // 8) * (t["BN"] // 8) == t["THREADS"]
+    else:
+        assert t == implicit.implicit_tile("tf32")       # one tensor-core tile
 
 
 # ---- 3. the registry ---------------------------------------------------------------------

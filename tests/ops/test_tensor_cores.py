@@ -69,6 +69,9 @@ GEOMETRIES = {
     "ragged_stride2": ((2, 3, 7, 9), (5, 3, 3, 3), dict(stride=2, padding=1)),
     "groups_dilation": ((2, 4, 8, 7), (6, 2, 3, 2), dict(padding=(2, 1), dilation=2, groups=2)),
     "pointwise_wide": ((1, 70, 5, 6), (33, 70, 1, 1), dict()),
+    # past one 128 x 128 tile along m and n in all three products (ragged), so every warp's
+    # fragments, both halves of their trip through shared memory, reach the output
+    "two_tiles_each_way": ((2, 130, 10, 10), (131, 130, 1, 1), dict()),
 }
 
 

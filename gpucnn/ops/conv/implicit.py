@@ -12,7 +12,8 @@ shared memory, so no column matrix exists (the im2col + SGEMM algorithm is ``dev
   order by ``sgemm_sum_partials`` (:func:`gpucnn.ops.gemm.sum_partials`);
 * db:       ``bias_grad_nchw`` (``kernels/conv_reduce.cu``), as for im2col.
 
-Tile sizes are the ``#define CONV_*`` of the kernel file (:func:`implicit_tile`). Tensors may
+Tile sizes are the ``#define CONV_*`` (FP32) and ``TC_*`` (tensor cores) of the kernel
+headers (:func:`implicit_tile`). Tensors may
 pass 2^31 elements (the kernels' image offsets are 64-bit); :func:`check_geometry` refuses,
 with a clear error, what their 32-bit in-image indexing cannot address.
 
@@ -31,10 +32,12 @@ from ...toolchain import kernel_block, source_defines
 from ...toolchain.limits import GRID_DIM_MAX, INT32_MAX
 from ..gemm import plan_sum_partials
 from ..launch import Launch, ceil_div
+from ..precision import check_precision
 from .im2col import DW_TARGET_BLOCKS, bias_grad_plan
 
 __all__ = ["conv2d", "conv2d_backward", "implicit_tile", "dgrad_phases", "PhaseAxis",
-           "wgrad_split", "workspace_bytes", "check_geometry", "PARTS", "PARTS_SHARE"]
+           "wgrad_split", "workspace_bytes", "check_geometry", "PARTS", "PARTS_SHARE",
+           "MIN_SLICES_PER_PART"]
 
 # The backend attribute holding the weight gradient's partial sums (reused across calls).
 PARTS = "_conv_implicit_parts"
@@ -43,7 +46,7 @@ PARTS = "_conv_implicit_parts"
 PARTS_SHARE = 4
 # A split part sums at least this many reduction slices, so that writing and adding its
 # partial result stays small next to the products it sums.
-_MIN_SLICES_PER_PART = 8
+MIN_SLICES_PER_PART = 8
 # The kernels mark "no tap reaches here" with -2^30 (CONV_NOWHERE): padded sizes stay below.
 _MAX_SPATIAL = 1 << 29
 
@@ -52,25 +55,33 @@ _MAX_SPATIAL = 1 << 29
 PhaseAxis = namedtuple("PhaseAxis", "a size first step count out0 out_step")
 
 
+# Where each precision's tile is defined: (kernel file, #define prefix).
+_TILES = {"fp32": ("conv_implicit.cu", "CONV"), "tc": ("conv_implicit_tc.cu", "TC")}
+
+
 @lru_cache(maxsize=None)
-def implicit_tile():
-    """{BM, BN, BK, TM, TN, THREADS, ...} from kernels/conv_implicit.cu, checked against the
-    launch size of its kernels' annotations."""
-    t = dict(source_defines("conv_implicit.cu", "CONV"))
+def implicit_tile(precision="fp32"):
+    """{BM, BN, BK, THREADS} of the kernels of ``precision``: the FP32 tile of
+    kernels/conv_implicit.cuh (CONV_*) or the tensor-core one of kernels/tensor_core.cuh
+    (TC_*), checked against the launch size of the kernels' annotations."""
+    check_precision(precision)
+    src, prefix = _TILES["fp32" if precision == "fp32" else "tc"]
+    t = dict(source_defines(src, prefix))
     missing = [k for k in ("BM", "BN", "BK", "THREADS") if k not in t]
     if missing:
-        raise RuntimeError(f"kernels/conv_implicit.cu lacks #define CONV_{missing[0]}")
-    for name in ("conv_implicit_fprop", "conv_implicit_dgrad", "conv_implicit_wgrad"):
+        raise RuntimeError(f"kernels/{src} lacks #define {prefix}_{missing[0]}")
+    for op in ("conv_implicit_fprop", "conv_implicit_dgrad", "conv_implicit_wgrad"):
+        name = kernel_name(op, precision)
         if kernel_block(name) != t["THREADS"]:
-            raise RuntimeError(f"kernels/conv_implicit.cu: {name} is annotated with "
+            raise RuntimeError(f"kernels/{src}: {name} is annotated with "
                                f"block={kernel_block(name)}, the tile needs {t['THREADS']}")
-    return t
+    return {k: t[k] for k in ("BM", "BN", "BK", "THREADS")}
 
 
-def check_geometry(g):
+def check_geometry(g, precision="fp32"):
     """ValueError when a tensor of this convolution is too large for the kernels' int32
     indexing inside one image (whole tensors may pass 2^31 elements)."""
-    t = implicit_tile()
+    t = implicit_tile(precision)
     hp, wp = g.H + g.ph + g.ph_end, g.W + g.pw + g.pw_end
     limits = (("C*H*W of the padded input", g.C * hp * wp, INT32_MAX),
               ("F*Ho*Wo", g.F * g.Ho * g.Wo, INT32_MAX),
@@ -96,7 +107,7 @@ def kernel_name(name, precision):
 
 def _launch(ctx, name, grid, large_ok):
     return Launch(ctx, kernel_name(name, ctx.precision), grid,
-                  (implicit_tile()["THREADS"], 1, 1), large_ok=large_ok)
+                  (implicit_tile(ctx.precision)["THREADS"], 1, 1), large_ok=large_ok)
 
 
 def _i32s(*values):
@@ -104,8 +115,8 @@ def _i32s(*values):
 
 
 def conv2d(ctx, g, relu, has_bias):
-    check_geometry(g)
-    t = implicit_tile()
+    check_geometry(g, ctx.precision)
+    t = implicit_tile(ctx.precision)
     grid = (ceil_div(g.N * g.Ho * g.Wo, t["BN"]), ceil_div(g.Fg, t["BM"]), g.groups)
     launch = _launch(ctx, "conv_implicit_fprop", grid, large_ok=("x", "y"))
     tail = _i32s(g.N, g.C, g.H, g.W, g.F, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
@@ -144,7 +155,7 @@ def dgrad_phases(g):
 
 
 def _dgrad_plan(ctx, g):
-    t = implicit_tile()
+    t = implicit_tile(ctx.precision)
     geom = _i32s(g.N, g.C, g.H, g.W, g.F, g.kh, g.kw, g.sh, g.sw, g.Ho, g.Wo, g.groups)
     phases = []
     for r, c in dgrad_phases(g):
@@ -162,16 +173,16 @@ def _dgrad_plan(ctx, g):
     return run
 
 
-def wgrad_split(g, workspace_limit, target_blocks=DW_TARGET_BLOCKS):
+def wgrad_split(g, workspace_limit, target_blocks=DW_TARGET_BLOCKS, precision="fp32"):
     """(parts, positions_per_part) of the weight gradient's reduction over the N*Ho*Wo output
     positions: 1 part when the output tiles give ``target_blocks`` blocks (or the reduction is
-    short), else enough parts to reach it, each at least _MIN_SLICES_PER_PART slices long, a
+    short), else enough parts to reach it, each at least MIN_SLICES_PER_PART slices long, a
     whole number of slices, and all of them within the workspace share for partial sums."""
-    t = implicit_tile()
+    t = implicit_tile(precision)
     positions = g.N * g.Ho * g.Wo
     slices = ceil_div(positions, t["BK"])
     blocks = ceil_div(g.K, t["BN"]) * ceil_div(g.Fg, t["BM"]) * g.groups
-    parts = min(ceil_div(int(target_blocks), blocks), slices // _MIN_SLICES_PER_PART,
+    parts = min(ceil_div(int(target_blocks), blocks), slices // MIN_SLICES_PER_PART,
                 GRID_DIM_MAX[2] // g.groups,
                 int(workspace_limit) // PARTS_SHARE // (g.F * g.K * 4))
     if parts <= 1:
@@ -182,8 +193,8 @@ def wgrad_split(g, workspace_limit, target_blocks=DW_TARGET_BLOCKS):
 
 def _wgrad_plan(ctx, g):
     parts, per = wgrad_split(g, ctx.workspace_bytes,
-                             getattr(ctx, "dw_target_blocks", DW_TARGET_BLOCKS))
-    t = implicit_tile()
+                             getattr(ctx, "dw_target_blocks", DW_TARGET_BLOCKS), ctx.precision)
+    t = implicit_tile(ctx.precision)
     grid = (ceil_div(g.K, t["BN"]), ceil_div(g.Fg, t["BM"]), g.groups * parts)
     launch = _launch(ctx, "conv_implicit_wgrad", grid, large_ok=("dy", "x", "out"))
     tail = _i32s(g.N, g.C, g.H, g.W, g.F, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
@@ -202,7 +213,7 @@ def _wgrad_plan(ctx, g):
 
 
 def conv2d_backward(ctx, g, need_dx=True, need_dw=True):
-    check_geometry(g)
+    check_geometry(g, ctx.precision)
     dgrad = _dgrad_plan(ctx, g) if need_dx else None
     wgrad = _wgrad_plan(ctx, g) if need_dw else None
     bias, scalars = bias_grad_plan(ctx, g.N, g.F, g.Ho * g.Wo) if need_dw else (None, ())
@@ -219,8 +230,8 @@ def conv2d_backward(ctx, g, need_dx=True, need_dw=True):
     return run
 
 
-def workspace_bytes(g, workspace_limit, target_blocks=DW_TARGET_BLOCKS):
+def workspace_bytes(g, workspace_limit, target_blocks=DW_TARGET_BLOCKS, precision="fp32"):
     """Bytes of device workspace the implicit algorithm uses for g (forward and dx: none;
     dW: its partial sums when the reduction is split)."""
-    parts, _ = wgrad_split(g, workspace_limit, target_blocks)
+    parts, _ = wgrad_split(g, workspace_limit, target_blocks, precision)
     return 0 if parts == 1 else parts * g.F * g.K * 4
