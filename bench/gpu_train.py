@@ -1,4 +1,5 @@
-"""Training steps per second, eager and replayed as a graph (bench/gpu_validate.sh, step 4).
+"""Training steps per second, eager and replayed as a graph, per precision
+(bench/gpu_validate.sh, step 4).
 
     python bench/gpu_train.py --graphs --json train.json     # LeNet-5, AlexNet-CIFAR, b128
     python bench/gpu_train.py --summarize train.json         # its markdown table
@@ -16,7 +17,16 @@ Where ``gpucnn train --cuda-graphs`` would run a net eagerly (``graph_blocker``)
 is timed all the same, the reason written next to it. A capture that fails is reported per
 net; the eager figures stay.
 
-The JSON file is rewritten after every net; ``--summarize`` prints the ``@summary`` table.
+Each net is timed in every precision of ``--precisions`` (default fp32, tf32, bf16: the
+backend ``get_backend(name, precision)``, as ``gpucnn train --precision`` makes it), in
+order of precision first (fp32's rows for both nets before the tensor-core ones, so a step
+stopped at its bound has the eager-vs-graph answer first); ``--budget S`` starts no new
+(precision, net) after S seconds (what it skips is listed). Each entry records its precision
+asked for and in force (a GPU below compute capability 8.0 runs the tensor-core precisions as
+fp32: not timed again).
+
+The JSON file is rewritten after every net; ``--summarize`` prints the ``@summary`` table
+(:func:`summarize`: pure, tested with fake timings).
 """
 from __future__ import annotations
 
@@ -30,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the checkout's g
 
 from gpu_steps import print_summary_file  # noqa: E402 - beside this script
 
-SCHEMA = "gpucnn-gpu-train/1"
+SCHEMA = "gpucnn-gpu-train/2"
+PRECISIONS = ("fp32", "tf32", "3xtf32", "bf16")    # gpucnn.ops.precision.PRECISIONS
 
 
 def _graph_api():
@@ -76,9 +87,7 @@ def measure(args, res, save, log):
     import numpy as np
     from gpucnn.backends import get_backend
     from gpucnn.bench.timing import CupyEventTimer, WallTimer
-    B = get_backend(args.backend)
-    timer = CupyEventTimer(B.xp) if B.xp is not np else WallTimer(B.synchronize)
-    res["backend"] = B.describe()
+    t0 = time.monotonic()
     graph_blocker = None
     if args.graphs:
         graph_blocker, why = _graph_api()
@@ -86,45 +95,76 @@ def measure(args, res, save, log):
     else:
         res["graphs"] = "not asked for"
     save()
-    for name in args.nets:
-        try:
-            entry = time_net(name, B, args, timer, graph_blocker)
-        except Exception as exc:  # noqa: BLE001 - one net failing must not hide the other
-            entry = {"net": name, "batch": args.batch, "error": f"{type(exc).__name__}: {exc}"}
-        res["nets"].append(entry)
-        save()
-        log(f"{name}: " + ", ".join(f"{k} {entry[k]['median_ms']:.3f} ms "
-                                    f"({entry[k]['images_per_s']:.0f} img/s)"
-                                    for k in ("eager", "graph") if k in entry)
-            + "".join(f"; {k}: {entry[k]}" for k in ("error", "graph_error", "graph_note")
-                      if entry.get(k)))
+    timer = None
+    for prec in args.precisions:
+        B = get_backend(args.backend, prec)
+        if timer is None:
+            timer = CupyEventTimer(B.xp) if B.xp is not np else WallTimer(B.synchronize)
+            res["backend"] = B.describe()
+        res["precisions"][prec] = {"in_force": B.precision,
+                                   "fallback": getattr(B, "fallback_reason", None)}
+        for name in args.nets:
+            base = {"net": name, "batch": args.batch, "precision": prec,
+                    "in_force": B.precision}
+            if prec != "fp32" and B.precision != prec:
+                entry = {**base, "skipped": f"runs as {B.precision} here: "
+                                            f"{getattr(B, 'fallback_reason', None) or '?'}"}
+            elif args.budget and time.monotonic() - t0 > args.budget:
+                entry = {**base, "skipped": f"time budget ({args.budget:g} s)"}
+            else:
+                try:
+                    entry = {**time_net(name, B, args, timer, graph_blocker), **base}
+                except Exception as exc:  # noqa: BLE001 - one net failing must not hide the rest
+                    entry = {**base, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            res["nets"].append(entry)
+            save()
+            log(f"{name} {prec}: " + ", ".join(f"{k} {entry[k]['median_ms']:.3f} ms "
+                                               f"({entry[k]['images_per_s']:.0f} img/s)"
+                                               for k in ("eager", "graph") if k in entry)
+                + "".join(f"; {k}: {entry[k]}" for k in ("error", "graph_error", "graph_note",
+                                                         "skipped") if entry.get(k)))
+
+
+def _eager_fp32(res):
+    """{net: fp32 eager stats} of a result, for the speed-up of the other precisions."""
+    return {e["net"]: e["eager"] for e in res.get("nets", [])
+            if e.get("precision", "fp32") == "fp32" and "eager" in e}
 
 
 def summarize(res):
+    """The ``@summary`` lines of a result dict (pure: fake timings in the tests)."""
+    precisions = res.get("precisions") or {}
     lines = [f"backend: {res.get('backend', '?')}; graph mode: {res.get('graphs', '?')}; "
              f"median of {res.get('repeat', '?')} timed steps after {res.get('warmup', '?')} "
-             f"warm-up, interleaved", "",
-             "| net | batch | execution | ms per step | images/s | note |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             f"warm-up, interleaved"
+             + (f"; precisions: {', '.join(precisions)}" if precisions else ""), "",
+             "| net | precision | batch | execution | ms per step | images/s | note |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    fp32 = _eager_fp32(res)
     for e in res.get("nets", []):
-        if "error" in e:
-            lines.append(f"| {e['net']} | {e['batch']} | - | - | - | FAILED: "
-                         f"{e['error'][:200]} |")
+        head = f"| {e['net']} | {e.get('precision', 'fp32')} | {e['batch']}"
+        if "error" in e or "skipped" in e:
+            what = f"FAILED: {e['error'][:200]}" if "error" in e else \
+                f"skipped: {e['skipped'][:200]}"
+            lines.append(f"{head} | - | - | - | {what} |")
             continue
         for mode in ("eager", "graph"):
-            if mode in e:
-                note = ""
-                if mode == "graph":
-                    ratio = e["eager"]["median_ms"] / e["graph"]["median_ms"]
-                    note = f"{ratio:.2f}x the eager speed" + (
-                        f"; gpucnn train would run it eagerly: {e['graph_note']}"
-                        if e.get("graph_note") else "")
-                lines.append(f"| {e['net']} | {e['batch']} | {mode} | "
-                             f"{e[mode]['median_ms']:.3f} | {e[mode]['images_per_s']:.0f} | "
-                             f"{note} |")
+            if mode not in e:
+                continue
+            notes = []
+            if mode == "graph":
+                ratio = e["eager"]["median_ms"] / e["graph"]["median_ms"]
+                notes.append(f"{ratio:.2f}x the eager speed")
+                if e.get("graph_note"):
+                    notes.append(f"gpucnn train would run it eagerly: {e['graph_note']}")
+            base = fp32.get(e["net"])
+            if e.get("precision", "fp32") != "fp32" and base:
+                notes.append(f"{base['median_ms'] / e[mode]['median_ms']:.2f}x fp32's eager "
+                             f"speed")
+            lines.append(f"{head} | {mode} | {e[mode]['median_ms']:.3f} | "
+                         f"{e[mode]['images_per_s']:.0f} | {'; '.join(notes)} |")
         if e.get("graph_error"):
-            lines.append(f"| {e['net']} | {e['batch']} | graph | - | - | capture FAILED: "
-                         f"{e['graph_error'][:200]} |")
+            lines.append(f"{head} | graph | - | - | capture FAILED: {e['graph_error'][:200]} |")
     if "stopped" in res:
         lines.append(f"(stopped: {res['stopped']})")
     return lines
@@ -140,6 +180,11 @@ def main(argv=None):
     p.add_argument("--repeat", type=int, default=10, help="timed steps (default: 10)")
     p.add_argument("--rotate", type=int, default=2, help="input batches in rotation (default: 2)")
     p.add_argument("--graphs", action="store_true", help="also time graph replays")
+    p.add_argument("--precisions", default="fp32,tf32,bf16",
+                   help="comma-separated precisions (fp32, tf32, 3xtf32, bf16; default: "
+                        "fp32,tf32,bf16)")
+    p.add_argument("--budget", type=float, default=0,
+                   help="seconds after which no new (precision, net) starts, 0: none")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="result file, rewritten after every net")
     p.add_argument("--summarize", metavar="JSON", help="print the table of a result file")
@@ -147,7 +192,13 @@ def main(argv=None):
     if args.summarize:
         return print_summary_file(args.summarize, summarize)
     args.nets = [n for n in args.nets.split(",") if n]
-    res = {"schema": SCHEMA, "warmup": args.warmup, "repeat": args.repeat, "nets": []}
+    args.precisions = list(dict.fromkeys(s.strip().lower() for s in args.precisions.split(",")
+                                         if s.strip()))
+    if not args.precisions or not set(args.precisions) <= set(PRECISIONS):
+        p.error(f"--precisions: comma-separated from {', '.join(PRECISIONS)}, got "
+                f"{args.precisions}")
+    res = {"schema": SCHEMA, "warmup": args.warmup, "repeat": args.repeat, "precisions": {},
+           "nets": []}
     out = Path(args.json) if args.json else None
 
     def save():

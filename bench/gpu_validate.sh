@@ -29,20 +29,31 @@
 #                    driver's view of each kernel, gpucnn info
 #   tests     60/150 2. do the device tests pass on the GPU: pytest -m "device and not slow"
 #                    (--full: -m device) --device-backend cuda --maxfail N -> pytest_cuda.xml
-#   compare   45/110 3. our SGEMM at 4096^3 and the AlexNet and LeNet-5 layers at batch 128
-#                    against cuBLAS and PyTorch/cuDNN with TF32 off and on (bench/gpu_compare.py;
-#                    --full also each convolution algorithm)
-#   train     30/50  4. LeNet-5 and AlexNet-CIFAR training steps at batch 128, images/s: eager,
-#                    and replayed as a graph where this gpucnn has graph mode (gpucnn train
-#                    --help lists --cuda-graphs) (bench/gpu_train.py)
+#   compare   60/120 3. our SGEMM at 4096^3 and the AlexNet and LeNet-5 layers at batch 128,
+#                    forward and backward, in each precision (fp32, tf32, 3xtf32, bf16) against
+#                    cuBLAS and PyTorch/cuDNN with TF32 off, TF32 on and under bf16 autocast,
+#                    each of ours against PyTorch's mode of the same arithmetic, and how many
+#                    AlexNet conv passes are within 1.5x of cuDNN per precision
+#                    (bench/gpu_compare.py). Quick mode: all four precisions on the SGEMM and
+#                    AlexNet's convolutions, the other layers in fp32; --full: every layer in
+#                    all four, then AlexNet per convolution algorithm
+#   train     35/55  4. LeNet-5 and AlexNet-CIFAR training steps at batch 128, images/s, in fp32,
+#                    tf32 and bf16 (--full: and 3xtf32): eager, and replayed as a graph where
+#                    this gpucnn has graph mode (gpucnn train --help lists --cuda-graphs)
+#                    (bench/gpu_train.py)
 #   sanitizer 60/120 5. compute-sanitizer memcheck and racecheck, half the bound each, on SGEMM
 #                    and implicit-GEMM convolution launches with CuPy's memory pool off
 #                    (bench/gpu_sanitize.py)
 #
-# Quick mode's bounds add up to 235 s, plus 3 s of grace per step and a few seconds of
-# bookkeeping: under 5 minutes, with room for more steps. A step past its bound gets SIGINT
-# (pytest then still writes its XML, the timing helpers their results so far), and SIGKILL 3 s
-# later. The steps after "start" are skipped when the backend does not start.
+# Quick mode's bounds add up to 255 s, plus 3 s of grace per step and a few seconds of
+# bookkeeping: under 5 minutes. The timing steps share their bound inside (--budget):
+# gpu_compare.py gets the compare bound less 4 s (--full: 55% of it, then 18% for each of the
+# two per-algorithm runs of ours alone), ours start no new measurement after 65% of that and
+# the PyTorch process gets the rest, less 3 s (it too starts nothing new past it);
+# gpu_train.py starts no new (precision, net) after 3/4 of the train bound. What a budget left
+# out is listed in summary.md. A step past its bound gets SIGINT (pytest then still writes its
+# XML, the timing helpers their results so far), and SIGKILL 3 s later. The steps after
+# "start" are skipped when the backend does not start.
 #
 # Files in the report folder: summary.md, gpu_validate.log (every step's output, each step's
 # share capped at 2 MiB), report.json, pytest_cuda.xml, sanitizer.log. Exit status: 0 when the
@@ -66,8 +77,8 @@ SANITIZER_LOG_BYTES=$((4 * 1024 * 1024))
 MAX_FILES=8
 QUICK_BUDGET_S=300
 STEP_NAMES=(kernels start tests compare train sanitizer)
-declare -A QUICK_LIMIT=([start]=40 [tests]=60 [compare]=45 [train]=30 [sanitizer]=60)
-declare -A FULL_LIMIT=([kernels]=45 [start]=60 [tests]=150 [compare]=110 [train]=50
+declare -A QUICK_LIMIT=([start]=40 [tests]=60 [compare]=60 [train]=35 [sanitizer]=60)
+declare -A FULL_LIMIT=([kernels]=45 [start]=60 [tests]=150 [compare]=120 [train]=55
                        [sanitizer]=120)
 declare -A OVERRIDE=()
 
@@ -255,7 +266,7 @@ write_report() {
 section() {
   local name=$1 title=$2 verdict=$3 lines
   lines=$(grep '^@summary' "$WORK/$name.log" 2>/dev/null | sed 's/^@summary \{0,1\}//' \
-          | head -120)
+          | head -400)
   {
     echo
     echo "## $title"
@@ -356,16 +367,22 @@ tests_post() {
     --selection "-m '$(tests_selection)' --device-backend cuda --maxfail=$MAXFAIL"
 }
 
+# Each gpu_compare.py run gets a --budget inside the step's bound (ours, then PyTorch's share).
 compare_step() {
   if [ "$FULL" = 1 ]; then
-    "$PY" bench/gpu_compare.py --repeat 20 --rotate 4 --json "$WORK/compare.json"
+    "$PY" bench/gpu_compare.py --repeat 20 --rotate 4 --budget $((STEP_LIMIT * 55 / 100)) \
+      --json "$WORK/compare.json"
     local algo
-    for algo in im2col implicit; do  # ours only: PyTorch ran above
-      GPUCNN_CONV_ALGO=$algo "$PY" bench/gpu_compare.py --gemm-n 0 --tf32 none --repeat 10 \
+    for algo in im2col implicit; do  # ours only, AlexNet: PyTorch ran above
+      GPUCNN_CONV_ALGO=$algo "$PY" bench/gpu_compare.py --gemm-n 0 --torch none --repeat 10 \
+        --layers alexnet --precision-layers alexnet.conv --budget $((STEP_LIMIT * 18 / 100)) \
         --json "$WORK/compare_$algo.json"
     done
   else
-    "$PY" bench/gpu_compare.py --json "$WORK/compare.json"
+    # all four precisions on the SGEMM and AlexNet's convolutions (the 1.5x goal), fp32
+    # elsewhere
+    "$PY" bench/gpu_compare.py --precision-layers alexnet.conv --budget $((STEP_LIMIT - 4)) \
+      --json "$WORK/compare.json"
   fi
 }
 compare_post() {
@@ -378,8 +395,13 @@ compare_post() {
 }
 
 train_step() {
-  local args=(--json "$WORK/train.json")
-  [ "$FULL" = 1 ] && args+=(--repeat 30)
+  # no new (precision, net) after three quarters of the bound: the one under way ends in it
+  local args=(--json "$WORK/train.json" --budget $((STEP_LIMIT * 3 / 4)))
+  if [ "$FULL" = 1 ]; then
+    args+=(--repeat 30 --precisions fp32,tf32,3xtf32,bf16)
+  else
+    args+=(--precisions fp32,tf32,bf16)
+  fi
   # graph mode is timed where gpucnn train offers it
   if "$PY" -m gpucnn train --help 2>/dev/null | grep -q -- '--cuda-graphs'; then
     args+=(--graphs)
@@ -457,8 +479,9 @@ if [ -f "$WORK/cuda_path" ]; then
   log "CUDA_PATH=$CUDA_PATH for the remaining steps (CuPy found no CUDA headers without it)"
 fi
 LATER=("tests|2. Device tests on the GPU|tests_step|tests_post"
-       "compare|3. SGEMM and layers vs cuBLAS and PyTorch/cuDNN|compare_step|compare_post"
-       "train|4. Training steps (images/s)|train_step|train_post"
+       "compare|3. SGEMM and layers per precision vs cuBLAS and PyTorch/cuDNN|compare_step|\
+compare_post"
+       "train|4. Training steps per precision (images/s)|train_step|train_post"
        "sanitizer|5. compute-sanitizer|sanitizer_step|")
 for entry in "${LATER[@]}"; do
   IFS='|' read -r name title fn post <<< "$entry"

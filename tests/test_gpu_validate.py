@@ -1,24 +1,37 @@
-"""bench/gpu_validate.sh and its helpers (bench/gpu_steps.py, gpu_compare.py, gpu_train.py,
-gpu_sanitize.py) without a GPU.
+"""bench/gpu_validate.sh and its helpers (bench/gpu_steps.py, gpu_compare.py, gpu_tables.py,
+gpu_train.py, gpu_sanitize.py) without a GPU.
 
 The script runs end to end against fakes: ``nvidia-smi`` and ``compute-sanitizer`` scripts on
 the PATH, a fake CuPy (tests/test_cuda_backend.py's) on PYTHONPATH, and an interpreter wrapper
 given as $PYTHON that records every call, fakes pytest on cuda and the graph-mode switch of
 ``gpucnn train --help``, and runs the rest for real: the start probe (against the fake CuPy, so
 the missing-headers error and the CUDA_PATH retry are CuPy's message going through the real
-code), the layer and training-step timings (graph replays included) and the sanitizer driver
-on the emulator at tiny sizes, every summary and the report.
+code), the layer and training-step timings (graph replays included) in every precision the
+quick mode asks for (fp32, tf32, 3xtf32, bf16 on the SGEMM and the convolution; fp32, tf32,
+bf16 for the training steps: the emulator runs the tensor-core kernels) and the sanitizer
+driver on the emulator at tiny sizes, every summary and the report.
 What this checks is the script's control flow: the order of the steps, their time bounds, a
 summary section per step written as each ends (also when one fails or is stopped), the file
 count and size limits of the report folder, the retry with CUDA_PATH, graph-mode detection,
-the device-test selection, and the g++-absent path.
+the device-test selection, the g++-absent path, the precision arguments each timing step
+gets (and its --budget inside the step's bound), a precision recorded in every JSON row.
+The tables are built by pure functions (bench/gpu_tables.py, gpu_train.summarize) fed fake
+GPU timings here: the precision column, each precision against PyTorch's mode of the same
+arithmetic (fp32 and 3xtf32 with TF32 off, tf32 with TF32 on, bf16 with bf16 autocast), the
+1.5x goal per precision, rows skipped by the budget or by a fallback to fp32. PyTorch's three
+modes run for real on the CPU where torch is installed (bf16 autocast on the CPU).
 
-Not checked here (no GPU): that the real steps fit their bounds on an H100/H200, CuPy 14's
+Not checked here (no GPU): that the real steps fit their bounds on an H100/H200 (how long
+NVRTC takes for the WMMA modules, cuDNN's start-up and PyTorch's import on a cold machine:
+the budgets inside the compare and train steps are estimates), that ``torch.autocast('cuda',
+dtype=torch.bfloat16)`` and the fp32_precision switches pick the cuDNN/cuBLAS kernels we
+assume, that a GPU below compute capability 8.0 falls back as the fake result says, CuPy 14's
 exact words when it finds no headers, compute-sanitizer's own behaviour and options, the
 numbers.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -37,6 +50,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import gpu_compare  # noqa: E402
 import gpu_steps  # noqa: E402
+import gpu_tables  # noqa: E402
 import gpu_train  # noqa: E402
 
 MiB = 2**20
@@ -102,7 +116,8 @@ exit $rc
 '''
 
 # The interpreter given to the script. FAKE_TESTS: pass | fail | hang; FAKE_COMPARE: run |
-# hang; FAKE_GRAPHS: "" | train (gpucnn train --help lists --cuda-graphs).
+# hang | fp32 (the timing steps in fp32 only, no SGEMM: for tests about other steps);
+# FAKE_GRAPHS: "" | train (gpucnn train --help lists --cuda-graphs).
 FAKE_PYTHON = '''#!/usr/bin/env bash
 printf '%s\\n' "$*" >> "$FAKE_CALLS"
 real=@REAL@
@@ -113,15 +128,20 @@ case "$*" in
   "bench/gpu_compare.py --summarize "*) exec "$real" "$@" ;;
   "bench/gpu_compare.py "*)
     [ "${FAKE_COMPARE:-run}" = hang ] && exec sleep 30
+    fast=()
+    [ "${FAKE_COMPARE:-run}" = fp32 ] && fast=(--precisions fp32 --gemm-n 0)
     exec "$real" "$@" --backend emu --gemm-n 64 --layers tiny --batch 2 --warmup 0 \\
-      --repeat 1 --tf32 none ;;
+      --repeat 1 --torch none --precision-layers tiny.conv "${fast[@]}" ;;
   "-m gpucnn train --help")
     echo "usage: gpucnn train [--model MODEL]"
     [ -n "${FAKE_GRAPHS:-}" ] && echo "  --cuda-graphs         capture each step in a CUDA graph"
     exit 0 ;;
   "bench/gpu_train.py --summarize "*) exec "$real" "$@" ;;
   "bench/gpu_train.py "*)
-    exec "$real" "$@" --backend emu --nets lenet5 --batch 2 --warmup 0 --repeat 1 ;;
+    fast=()
+    [ "${FAKE_COMPARE:-run}" = fp32 ] && fast=(--precisions fp32)
+    exec "$real" "$@" --backend emu --nets lenet5 --batch 2 --warmup 0 --repeat 1 \\
+      "${fast[@]}" ;;
   "bench/gpu_sanitize.py "*) exec "$real" "$@" --backend emu ;;
   *) exec "$real" "$@" ;;
 esac
@@ -250,12 +270,21 @@ def test_quick_run_end_to_end_with_the_cuda_path_retry(fake_gpu):
     assert "-m device and not slow --device-backend cuda --maxfail=10" in pytest_call
     assert "tests/" in pytest_call.split() and " -x" not in pytest_call
     compare = r.section("3.")
-    assert "| SGEMM 64^3 | ours (sgemm_small_nn) |" in compare
-    assert "| tiny.conv fwd |" in compare and "PyTorch: not asked for" in compare
+    # the SGEMM and the conv in all four precisions (the quick mode's --budget kept them),
+    # the other layers in fp32 only
+    for prec, kernel in (("fp32", "sgemm_small_nn"), ("tf32", "sgemm_tf32_nn"),
+                         ("3xtf32", "sgemm_3xtf32_nn"), ("bf16", "sgemm_bf16_nn")):
+        assert re.search(rf"^\| {kernel} \| {prec} \| [\d.]+ \|", compare, re.M), compare
+        for p in ("fwd", "bwd_data", "bwd_weights"):
+            assert re.search(rf"^\| tiny\.conv {p} \| {prec} \| [\d.]+ \| ", compare, re.M)
+    assert re.findall(r"^\| tiny\.fc fwd \| (\w+) \|", compare, re.M) == ["fp32"]
+    assert "PyTorch: not asked for" in compare and "time budget" not in compare
     train = r.section("4.")
     assert "graph mode: not in this gpucnn" in train
-    assert re.search(r"^\| lenet5 \| 2 \| eager \| [\d.]+ \| \d+ \|", train, re.M), train
-    assert "| graph |" not in train
+    for prec in ("fp32", "tf32", "bf16"):  # the quick mode's precisions
+        assert re.search(rf"^\| lenet5 \| {prec} \| 2 \| eager \| [\d.]+ \| \d+ \|", train,
+                         re.M), train
+    assert "| 3xtf32 |" not in train and "| graph |" not in train
     san = r.section("5.")
     assert "memcheck: clean" in san and "racecheck: clean" in san
     assert "all 10 match the float64 reference" in san
@@ -267,7 +296,22 @@ def test_quick_run_end_to_end_with_the_cuda_path_retry(fake_gpu):
     assert set(report["steps"]) == {"start", "tests", "compare", "train", "sanitizer"}
     assert all(s["exit"] == 0 for s in report["steps"].values()), report["steps"]
     assert report["tests"]["passed"] == 1 and report["start"]["cuda_path"] == str(root)
-    assert report["train"]["nets"][0]["net"] == "lenet5"
+    assert [(e["net"], e["precision"]) for e in report["train"]["nets"]] == [
+        ("lenet5", "fp32"), ("lenet5", "tf32"), ("lenet5", "bf16")]
+    # every row of the JSON records its precision, asked for and in force
+    compare = report["compare"]["compare"]
+    assert compare["schema"] == "gpucnn-gpu-compare/2"
+    assert {(e["layer"], e["precision"], e["in_force"]) for e in compare["layers"]} == {
+        ("tiny.conv", p, p) for p in ("fp32", "tf32", "3xtf32", "bf16")} | {
+        ("tiny.pool", "fp32", "fp32"), ("tiny.fc", "fp32", "fp32")}
+    assert [g["precision"] for g in compare["gemm"]["rows"]] == ["fp32", "tf32", "3xtf32",
+                                                                  "bf16"]
+    assert compare["budget_s"] == 56 and compare["precision_layers"] == ["tiny.conv"]
+    compare_call, = [c for c in r.calls
+                     if c.startswith("bench/gpu_compare.py") and "--summarize" not in c]
+    assert "--precision-layers alexnet.conv --budget 56" in compare_call
+    train_call, = [c for c in r.calls if c.startswith("bench/gpu_train.py --json")]
+    assert "--budget 26 --precisions fp32,tf32,bf16" in train_call
 
 
 @pytest.mark.slow
@@ -328,8 +372,11 @@ def test_graph_mode_is_timed_where_gpucnn_train_has_it(fake_gpu):
     assert r.rc == 0, r.stdout
     train = r.section("4.")
     assert "not in this gpucnn" not in train and "graph mode: timed" in train
-    assert re.search(r"^\| lenet5 \| 2 \| graph \| [\d.]+ \| \d+ \| [\d.]+x the eager "
+    assert re.search(r"^\| lenet5 \| fp32 \| 2 \| graph \| [\d.]+ \| \d+ \| [\d.]+x the eager "
                      r"speed \|", train, re.M), train
+    for prec in ("tf32", "bf16"):  # graph mode in the tensor-core precisions too
+        assert re.search(rf"^\| lenet5 \| {prec} \| 2 \| graph \| [\d.]+ \| \d+ \| [\d.]+x the "
+                         rf"eager speed; [\d.]+x fp32's eager speed \|", train, re.M), train
     assert any(c.startswith("bench/gpu_train.py") and "--graphs" in c for c in r.calls)
 
 
@@ -351,11 +398,11 @@ def test_backend_that_does_not_start(fake_gpu):
 
 @pytest.mark.slow
 def test_sanitizer_without_padding_option_and_with_errors(fake_gpu):
-    r = fake_gpu(FAKE_SANITIZER="nopadding")
+    r = fake_gpu(FAKE_SANITIZER="nopadding", FAKE_COMPARE="fp32")
     assert "does not know one of --padding 32 --report-api-errors no: again without" \
         in r.stdout
     assert "memcheck: clean" in r.section("5.")
-    r = fake_gpu(FAKE_SANITIZER="errors", out="out2")
+    r = fake_gpu(FAKE_SANITIZER="errors", FAKE_COMPARE="fp32", out="out2")
     san = r.section("5.")
     assert "memcheck: **ERRORS FOUND**" in san and "1 error" in san
     assert "racecheck: clean" in san
@@ -425,38 +472,255 @@ def test_junit_summary_counts_and_failures(tmp_path, capsys):
     assert "pytest did not finish writing it" in capsys.readouterr().out
 
 
-def test_compare_summary_of_a_partial_run():
-    """A run stopped after the SGEMM: the tables say what exists, nothing raises."""
-    res = {"backend": "cuda (H100)", "conv_algo": "auto", "repeat": 5, "warmup": 2,
-           "batch": 128, "layers": [{"layer": "alexnet.conv1", "pass": "fwd",
-                                     "error": "MemoryError: x"}],
-           "gemm": {"n": 4096, "flops": 2.0 * 4096 ** 3, "kernel": "sgemm_nn",
-                    "blas": "cupy.matmul (cuBLAS), TF32 off",
-                    "ours": {"median_ms": 10.0, "min_ms": 9.0, "n": 5},
-                    "blas_stats": {"median_ms": 5.0, "min_ms": 5.0, "n": 5},
-                    "max_rel_diff_ours_vs_blas": 1e-6}}
+# ---- the tables from fake timings (bench/gpu_tables.py, gpu_train.summarize) ----------------
+def _st(ms):
+    return {"median_ms": ms, "min_ms": ms, "n": 5}
+
+
+def test_which_layers_run_in_which_precision_and_against_which_torch_mode():
+    plan = gpu_tables.precision_plan
+    every = list(gpu_tables.PRECISIONS)
+    assert plan("alexnet.conv2", "conv", every, ["alexnet.conv"]) == every
+    assert plan("alexnet.fc6", "linear", every, ["alexnet.conv"]) == ["fp32"]
+    assert plan("alexnet.pool1", "pool", every, ["all"]) == ["fp32"]  # no precision
+    assert plan("lenet5.conv1", "conv", every, ["all"]) == every
+    assert plan("lenet5.conv1", "conv", ["tf32"], ["alexnet.conv"]) == []
+    modes = gpu_tables.torch_modes_for
+    assert modes(["fp32"], ["off", "on", "bf16"]) == ["off", "on"]
+    assert modes(["fp32", "3xtf32"], ["off", "on", "bf16"]) == ["off", "on"]
+    assert modes(every, ["off", "on", "bf16"]) == ["off", "on", "bf16"]
+    assert modes(["bf16"], ["off", "bf16"]) == ["off", "bf16"]
+    assert gpu_tables.TORCH_MODE == {"fp32": "off", "tf32": "on", "3xtf32": "off",
+                                     "bf16": "bf16"}
+
+
+def test_deadline_shares_the_budget():
+    now = [100.0]
+    d = gpu_tables.Deadline(60, clock=lambda: now[0])
+    assert not d.passed(0.65) and d.left() == 60
+    now[0] = 140.0
+    assert d.passed(0.65) and not d.passed() and d.left() == 20
+    none = gpu_tables.Deadline(0, clock=lambda: now[0])
+    now[0] = 1e9
+    assert not none.passed(0.01) and none.left() == float("inf")
+
+
+def _fake_compare():
+    """A quick-mode result as a GPU would leave it, with made-up timings: AlexNet conv2 in
+    four precisions (one pass failed, one skipped by the budget), a pool in fp32, the SGEMM
+    per precision, PyTorch in three modes."""
+    layers = [{"layer": "alexnet.conv2", "pass": p, "precision": prec, "in_force": prec,
+               "ours": _st(ms)}
+              for p, times in (("fwd", (2.0, 1.0, 1.5, 0.5)),
+                               ("bwd_data", (3.0, 1.2, 2.5, 0.9)))
+              for prec, ms in zip(("fp32", "tf32", "3xtf32", "bf16"), times)]
+    layers[-1] = {k: v for k, v in layers[-1].items() if k != "ours"}
+    layers[-1]["error"] = "RuntimeError: launch failed"
+    layers += [{"layer": "alexnet.conv2", "pass": "bwd_weights", "precision": "fp32",
+                "in_force": "fp32", "ours": _st(2.0)},
+               {"layer": "alexnet.conv2", "pass": "bwd_weights", "precision": "tf32",
+                "in_force": "tf32", "skipped": "time budget"},
+               {"layer": "alexnet.pool1", "pass": "fwd", "precision": "fp32",
+                "in_force": "fp32", "ours": _st(0.4)}]
+    torch = {"info": {"version": "2.11.0", "device": "cuda", "cuda": "13.0", "cudnn": 91000,
+                      "cudnn.benchmark": False,
+                      "defaults": {"torch.backends.cuda.matmul.allow_tf32": False,
+                                   "torch.backends.cudnn.allow_tf32": True},
+                      "settings": {"off": {"torch.backends.cudnn.allow_tf32": False},
+                                   "on": {"torch.backends.cudnn.allow_tf32": True},
+                                   "bf16": {"autocast": "torch.autocast('cuda', ...)"}}},
+             "gemm": {"off": _st(2.5), "on": _st(1.0), "bf16": _st(0.5)},
+             "layers": {"alexnet.conv2:fwd": {"off": _st(1.6), "on": _st(0.5),
+                                              "bf16": _st(0.4)},
+                        "alexnet.conv2:bwd_data": {"off": _st(2.0), "on": _st(1.0),
+                                                   "bf16": _st(0.6)},
+                        "alexnet.conv2:bwd_weights": {"off": _st(1.0), "on": _st(0.5)},
+                        "alexnet.pool1:fwd": {"off": _st(0.2), "on": _st(0.2)}},
+             "errors": {}, "skipped": ["alexnet.conv2:bwd_weights bf16"]}
+    gemm = {"n": 4096, "flops": 2.0 * 4096 ** 3, "blas": "cupy.matmul (cuBLAS), TF32 off",
+            "blas_stats": _st(2.4), "rows": [
+                {"precision": "fp32", "in_force": "fp32", "kernel": "sgemm_nn",
+                 "ours": _st(3.0), "max_rel_diff_vs_blas": 1e-6},
+                {"precision": "tf32", "in_force": "tf32", "kernel": "sgemm_tf32_nn",
+                 "ours": _st(1.1), "max_rel_diff_vs_blas": 4e-4},
+                {"precision": "3xtf32", "in_force": "3xtf32", "error": "RuntimeError: x"},
+                {"precision": "bf16", "in_force": "bf16", "skipped": "time budget"}]}
+    return {"schema": gpu_compare.SCHEMA, "backend": "cuda (NVIDIA H100)", "conv_algo": "auto",
+            "repeat": 5, "warmup": 2, "batch": 128, "budget_s": 56,
+            "precisions": {p: {"in_force": p, "fallback": None}
+                           for p in ("fp32", "tf32", "3xtf32", "bf16")},
+            "layers": layers, "gemm": gemm, "torch": torch}
+
+
+def test_compare_tables_have_a_precision_column_and_the_goal():
+    res = _fake_compare()
+    rows = gpu_tables.layer_rows(res)
+    fwd = {r["precision"]: r for r in rows
+           if r["pass"] == "fwd" and r["layer"] == "alexnet.conv2"}
+    assert fwd["fp32"]["torch_mode"] == "off" and fwd["fp32"]["ratio"] == 2.0 / 1.6
+    assert fwd["tf32"]["ratio"] == 1.0 / 0.5 and fwd["bf16"]["ratio"] == 0.5 / 0.4
+    assert fwd["3xtf32"]["torch_mode"] == "off" and fwd["3xtf32"]["ratio"] == 1.5 / 1.6
+    text = "\n".join(gpu_compare.summarize(res))
+    assert ("| layer pass (batch 128) | precision | ours ms | PyTorch mode | torch ms | "
+            "ours ÷ torch | 1.5x goal |") in text
+    # each AlexNet conv row marked against the goal; ratio exactly 1.5 counts as met
+    assert "| alexnet.conv2 fwd | fp32 | 2.000 | TF32 off | 1.600 | 1.25 | met |" in text
+    assert "| alexnet.conv2 fwd | tf32 | 1.000 | TF32 on | 0.500 | 2.00 | **MISSED** |" in text
+    assert "| alexnet.conv2 fwd | 3xtf32 | 1.500 | TF32 off | 1.600 | 0.94 | met |" in text
+    assert "| alexnet.conv2 fwd | bf16 | 0.500 | bf16 autocast | 0.400 | 1.25 | met |" in text
+    assert "| alexnet.conv2 bwd_data | fp32 | 3.000 | TF32 off | 2.000 | 1.50 | met |" in text
+    assert ("| alexnet.conv2 bwd_data | bf16 | FAILED: RuntimeError: launch failed | "
+            "bf16 autocast | 0.600 | - | no ratio |") in text
+    assert ("| alexnet.conv2 bwd_weights | tf32 | skipped: time budget | TF32 on | 0.500 | - "
+            "| no ratio |" in text)
+    # the pool ran in fp32 only: PyTorch's TF32-on figure is shown, ours "not timed"; the
+    # goal is about convolutions only
+    assert "| alexnet.pool1 fwd | fp32 | 0.400 | TF32 off | 0.200 | 2.00 | - |" in text
+    assert "| alexnet.pool1 fwd | tf32 | not timed | TF32 on | 0.200 | - | - |" in text
+    # the goal, per precision, over the AlexNet conv passes timed on both sides
+    assert ("- fp32 vs PyTorch TF32 off: 2 of 3 passes within 1.5x; worst alexnet.conv2 "
+            "bwd_weights at 2.00x") in text
+    assert ("- tf32 vs PyTorch TF32 on: 1 of 2 passes within 1.5x (1 not timed on both "
+            "sides); worst alexnet.conv2 fwd at 2.00x") in text
+    assert "- 3xtf32 vs PyTorch TF32 off: 2 of 2 passes within 1.5x" in text
+    assert "- bf16 vs PyTorch bf16 autocast: 1 of 1 passes within 1.5x (1 not timed" in text
+    assert "pool" not in "\n".join(gpu_tables.goal_lines(rows))
+    # the SGEMM per precision against torch.matmul in the matching mode, and cuBLAS
+    assert "| sgemm_nn | fp32 | 3.000 | 45.8 | 1e-06 | TF32 off | 2.500 | 55.0 | 1.20 |" in text
+    assert ("| sgemm_tf32_nn | tf32 | 1.100 | 124.9 | 0.0004 | TF32 on | 1.000 | 137.4 | 1.10 |"
+            in text)
+    assert "| FAILED: RuntimeError: x | 3xtf32 | - | - | - | TF32 off | 2.500 |" in text
+    assert "| skipped: time budget | bf16 | - | - | - | bf16 autocast | 0.500 |" in text
+    assert "| cupy.matmul (cuBLAS), TF32 off | - | 2.400 | 57.3 |" in text
+    assert "PyTorch timed with bf16 autocast: autocast = " in text
+    assert "PyTorch skipped (time budget): alexnet.conv2:bwd_weights bf16" in text
+    assert ("each compared with PyTorch's mode of the same arithmetic: fp32 with TF32 off, "
+            "tf32 with TF32 on, 3xtf32 with TF32 off, bf16 with bf16 autocast") in text
+
+
+def test_compare_summary_of_a_partial_run_and_a_fallback():
+    """A run stopped after the SGEMM, on a GPU whose tensor-core precisions fell back to fp32:
+    the tables say what exists, nothing raises."""
+    why = "compute capability 7.5 has no TF32/BF16 tensor cores (they need 8.0)"
+    res = {"backend": "cuda (T4)", "conv_algo": "auto", "repeat": 5, "warmup": 2,
+           "batch": 128, "precisions": {"fp32": {"in_force": "fp32", "fallback": None},
+                                        "bf16": {"in_force": "fp32", "fallback": why}},
+           "layers": [{"layer": "alexnet.conv1", "pass": "fwd", "precision": "fp32",
+                       "error": "MemoryError: x"}],
+           "gemm": {"n": 4096, "flops": 2.0 * 4096 ** 3,
+                    "blas": "cupy.matmul (cuBLAS), TF32 off", "blas_stats": _st(5.0),
+                    "rows": [{"precision": "fp32", "in_force": "fp32", "kernel": "sgemm_nn",
+                              "ours": _st(10.0), "max_rel_diff_vs_blas": 1e-6},
+                             {"precision": "bf16", "in_force": "fp32",
+                              "skipped": f"runs as fp32 here: {why}"}]}}
     text = "\n".join(gpu_compare.summarize(res))
     assert "PyTorch: not measured (the run stopped before it)" in text
-    assert "| TFLOP/s | 13.7 | 27.5 | - | - |" in text
-    assert "| alexnet.conv1 fwd | FAILED: MemoryError: x | - | - | - |" in text
+    assert "| sgemm_nn | fp32 | 10.000 | 13.7 | 1e-06 | TF32 off | - | - | - |" in text
+    assert "| skipped: runs as fp32 here: compute capability 7.5" in text
+    assert f"precisions (ours): fp32, bf16 (runs as fp32: {why})" in text
+    assert ("| alexnet.conv1 fwd | fp32 | FAILED: MemoryError: x | TF32 off | - | - | no ratio |"
+            in text)
+    assert "- fp32: no pass timed on both sides (1 rows)" in text
 
 
-def test_train_summary_of_failed_net_and_capture():
-    res = {"backend": "cuda (H100)", "graphs": "timed", "repeat": 10, "warmup": 2, "nets": [
-        {"net": "lenet5", "batch": 128, "graph_error": "RuntimeError: capture refused",
-         "eager": {"median_ms": 1.28, "min_ms": 1.2, "n": 10, "images_per_s": 100000.0}},
-        {"net": "alexnet_cifar", "batch": 128, "error": "MemoryError: out of memory"}]}
+def test_compare_without_cuda_in_torch_degrades_to_ours_alone():
+    """PyTorch without CUDA (a CPU wheel on the GPU machine): the child says so instead of
+    timing on the CPU, and the tables keep our figures, no ratio, the goal unanswered."""
+    pytest.importorskip("torch")
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this PyTorch has CUDA")
+    child = gpu_compare.torch_child({"device": "cuda", "budget_s": None})
+    assert set(child) == {"error"} and "has no usable CUDA here" in child["error"], child
+    res = _fake_compare()
+    res["torch"] = child
+    text = "\n".join(gpu_compare.summarize(res))
+    assert f"PyTorch: {child['error']}" in text
+    assert "| alexnet.conv2 fwd | tf32 | 1.000 | TF32 on | - | - | no ratio |" in text
+    assert "- tf32: no pass timed on both sides (3 rows)" in text
+    assert "MISSED" not in text and "| met |" not in text
+
+
+def test_ours_take_the_whole_budget_without_torch():
+    ns = lambda modes: argparse.Namespace(torch_modes=modes)  # noqa: E731
+    assert gpu_compare.ours_share(ns(["off", "on", "bf16"])) == gpu_compare.OURS_SHARE < 1
+    assert gpu_compare.ours_share(ns([])) == 1.0
+
+
+def test_script_syntax():
+    subprocess.run(["bash", "-n", str(SCRIPT)], check=True, timeout=30)
+
+
+def test_train_summary_per_precision():
+    res = {"backend": "cuda (H100)", "graphs": "timed", "repeat": 10, "warmup": 2,
+           "precisions": {"fp32": {"in_force": "fp32"}, "tf32": {"in_force": "tf32"},
+                          "bf16": {"in_force": "bf16"}}, "nets": [
+               {"net": "lenet5", "batch": 128, "precision": "fp32", "in_force": "fp32",
+                "graph_error": "RuntimeError: capture refused",
+                "eager": {"median_ms": 1.28, "min_ms": 1.2, "n": 10, "images_per_s": 1e5}},
+               {"net": "alexnet_cifar", "batch": 128, "precision": "fp32", "in_force": "fp32",
+                "error": "MemoryError: out of memory"},
+               {"net": "lenet5", "batch": 128, "precision": "tf32", "in_force": "tf32",
+                "eager": {"median_ms": 0.64, "min_ms": 0.6, "n": 10, "images_per_s": 2e5},
+                "graph": {"median_ms": 0.32, "min_ms": 0.3, "n": 10, "images_per_s": 4e5}},
+               {"net": "lenet5", "batch": 128, "precision": "bf16", "in_force": "bf16",
+                "skipped": "time budget (26 s)"}]}
     text = "\n".join(gpu_train.summarize(res))
-    assert "| lenet5 | 128 | eager | 1.280 | 100000 |  |" in text
-    assert "| lenet5 | 128 | graph | - | - | capture FAILED: RuntimeError: capture refused |" \
-        in text
-    assert "| alexnet_cifar | 128 | - | - | - | FAILED: MemoryError: out of memory |" in text
+    assert "precisions: fp32, tf32, bf16" in text
+    assert "| net | precision | batch | execution | ms per step | images/s | note |" in text
+    assert "| lenet5 | fp32 | 128 | eager | 1.280 | 100000 |  |" in text
+    assert ("| lenet5 | fp32 | 128 | graph | - | - | capture FAILED: RuntimeError: capture "
+            "refused |") in text
+    assert ("| alexnet_cifar | fp32 | 128 | - | - | - | FAILED: MemoryError: out of memory |"
+            in text)
+    assert "| lenet5 | tf32 | 128 | eager | 0.640 | 200000 | 2.00x fp32's eager speed |" in text
+    assert ("| lenet5 | tf32 | 128 | graph | 0.320 | 400000 | 2.00x the eager speed; 4.00x "
+            "fp32's eager speed |") in text
+    assert "| lenet5 | bf16 | 128 | - | - | - | skipped: time budget (26 s) |" in text
+
+
+def test_train_summary_of_a_version_1_result():
+    """A result without precisions (gpucnn-gpu-train/1) reads as fp32."""
+    res = {"nets": [{"net": "lenet5", "batch": 128, "eager": {
+        "median_ms": 1.0, "min_ms": 1.0, "n": 1, "images_per_s": 128000.0}}]}
+    assert "| lenet5 | fp32 | 128 | eager | 1.000 | 128000 |  |" in gpu_train.summarize(res)
+
+
+def test_compare_budget_and_fallback_on_the_emulator(tmp_path, monkeypatch):
+    """The real helper, its --budget spent before it starts: every row recorded with its
+    precision and 'time budget', PyTorch not started. Then a precision that falls back to
+    fp32 (as on a GPU below compute capability 8.0): its rows are skipped, saying so."""
+    import gpucnn.backends as backends
+    out = tmp_path / "c.json"
+    base = ["--backend", "emu", "--gemm-n", "32", "--layers", "tiny", "--batch", "2",
+            "--warmup", "0", "--repeat", "1", "--json", str(out)]
+    assert gpu_compare.main(base + ["--budget", "0.001", "--precisions", "fp32,bf16",
+                                    "--precision-layers", "tiny.conv"]) == 0
+    res = json.loads(out.read_text())
+    assert {(e["layer"], e["pass"], e["precision"]) for e in res["layers"]} == {
+        ("tiny.conv", p, prec) for p in ("fwd", "bwd_data", "bwd_weights")
+        for prec in ("fp32", "bf16")} | {("tiny.pool", p, "fp32") for p in ("fwd", "bwd")} | {
+        ("tiny.fc", p, "fp32") for p in ("fwd", "bwd")}
+    assert all(e["skipped"] == "time budget" for e in res["layers"])
+    assert all(r["skipped"] == "time budget" for r in res["gemm"]["rows"])
+    assert res["torch"] == {"error": "not measured: no time left in the budget"}
+
+    real = backends.get_backend
+    monkeypatch.setattr(backends, "get_backend",
+                        lambda name, p=None: real(name, "fp32" if p == "tf32" else p))
+    assert gpu_compare.main(base + ["--precisions", "fp32,tf32", "--torch", "none"]) == 0
+    res = json.loads(out.read_text())
+    assert res["precisions"]["tf32"]["in_force"] == "fp32"
+    tf32 = [e for e in res["layers"] if e["precision"] == "tf32"]
+    assert tf32 and all(e["skipped"].startswith("runs as fp32 here") for e in tf32)
+    assert all("ours" in e for e in res["layers"] if e["precision"] == "fp32")
 
 
 @pytest.mark.slow
-def test_compare_with_torch_states_tf32(tmp_path):
-    """The real helper on the emulator with PyTorch on the CPU: both TF32 settings run,
-    read back and stated."""
+def test_compare_with_torch_in_its_three_modes(tmp_path):
+    """The real helper on the emulator with PyTorch on the CPU: TF32 off and on, read back
+    and stated, and bf16 under autocast with bfloat16 operands; ours in all four precisions;
+    every PyTorch mode matching one of ours timed."""
     pytest.importorskip("torch")
     out = tmp_path / "c.json"
     assert gpu_compare.main(["--backend", "emu", "--gemm-n", "32", "--layers", "tiny",
@@ -468,11 +732,20 @@ def test_compare_with_torch_states_tf32(tmp_path):
         state = info["settings"][tf]
         assert len(state) == 2 and set(state.values()) <= values, (tf, state)
         assert {k.split(".")[2] for k in state} == {"cuda", "cudnn"}
-    assert set(res["torch"]["gemm"]) == {"off", "on"}
-    assert len(res["torch"]["layers"]) == 7 and not res["torch"]["errors"]
+    assert "torch.autocast('cpu', dtype=torch.bfloat16)" in info["settings"]["bf16"]["autocast"]
+    assert set(res["torch"]["gemm"]) == {"off", "on", "bf16"}
+    tl = res["torch"]["layers"]
+    assert len(tl) == 7 and not res["torch"]["errors"] and not res["torch"]["skipped"]
+    assert set(tl["tiny.conv:fwd"]) == set(tl["tiny.fc:bwd"]) == {"off", "on", "bf16"}
+    assert set(tl["tiny.pool:fwd"]) == {"off", "on"}  # pools: fp32 only, no bf16 to match
+    rows = gpu_tables.layer_rows(res)
+    assert {r["precision"] for r in rows if r["ratio"] is not None} == {"fp32", "tf32",
+                                                                        "3xtf32", "bf16"}
     text = "\n".join(gpu_compare.summarize(res))
     assert "its defaults: torch.backends.cuda.matmul." in text
     assert "PyTorch timed with TF32 off: torch.backends.cuda.matmul." in text
+    assert re.search(r"^\| tiny\.conv bwd_weights \| bf16 \| [\d.]+ \| bf16 autocast \| "
+                     r"[\d.]+ \| [\d.]+ \| - \|$", text, re.M), text
 
 
 def test_sanitizer_driver_reaches_the_chosen_kernels(capsys):

@@ -222,15 +222,17 @@ def gpucnn_pass(spec, pass_, B, data):
     raise ValueError(f"{spec.name}: no pass {pass_!r}")
 
 
-def torch_pass(spec, pass_, torch, device, data):
+def torch_pass(spec, pass_, torch, device, data, dtype=None):
     """The same pass through PyTorch's native operators (what autograd calls), under
     ``torch.no_grad``: conv ``aten.convolution_backward`` with an output mask selecting the
     data or the weight+bias gradient, ``aten.max_pool2d_with_indices_backward``, and the
-    three matrix products of a linear layer's backward."""
+    three matrix products of a linear layer's backward. ``dtype`` (e.g. ``torch.bfloat16``):
+    every tensor is held in it on the device (default: float32, as the host data)."""
     F = torch.nn.functional
     aten = torch.ops.aten
     xs_h, dys_h, w_h, b_h = data
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device=device,  # noqa: E731
+                                                                dtype=dtype)
     xs = [t(x) for x in xs_h]
     dys = [t(d) for d in dys_h]
     k = len(xs)
