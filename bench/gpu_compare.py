@@ -58,6 +58,8 @@ from gpu_steps import print_summary_file  # noqa: E402 - beside this script
 from gpu_tables import (PRECISIONS, TORCH_MODES, Deadline, precision_plan,  # noqa: E402
                         summarize, torch_modes_for)
 
+from gpucnn.bench.torch_modes import mode_dtype, set_mode, set_tf32, tf32_state, under_mode  # noqa: E402,E501
+
 SCHEMA = "gpucnn-gpu-compare/2"
 OURS_SHARE = 0.65         # of --budget: ours, then PyTorch gets the rest
 TORCH_MARGIN_S = 3.0      # of the budget kept for writing the results after the child
@@ -203,57 +205,6 @@ def measure_ours(args, res, save, log, deadline):
 
 
 # ---- PyTorch, in its own process ----------------------------------------------------------
-def _new_tf32_api(torch):
-    """PyTorch >= 2.9's successors of the allow_tf32 flags (fp32_precision), or None."""
-    matmul, conv = torch.backends.cuda.matmul, getattr(torch.backends.cudnn, "conv", None)
-    if hasattr(matmul, "fp32_precision") and hasattr(conv, "fp32_precision"):
-        return matmul, conv
-    return None
-
-
-def set_tf32(torch, on):
-    """TF32 for matmul (cuBLAS) and convolutions (cuDNN) to ``on``; the switches as read
-    back. Where PyTorch has fp32_precision ('tf32' / 'ieee': allow_tf32 True / False) only it
-    is used: mixing it with the old flags is an error there."""
-    new = _new_tf32_api(torch)
-    if new:
-        for switch in new:
-            switch.fp32_precision = "tf32" if on else "ieee"
-    else:
-        torch.backends.cuda.matmul.allow_tf32 = on
-        torch.backends.cudnn.allow_tf32 = on
-    return tf32_state(torch)
-
-
-def tf32_state(torch):
-    new = _new_tf32_api(torch)
-    if new:
-        return {"torch.backends.cuda.matmul.fp32_precision": new[0].fp32_precision,
-                "torch.backends.cudnn.conv.fp32_precision": new[1].fp32_precision}
-    return {"torch.backends.cuda.matmul.allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-            "torch.backends.cudnn.allow_tf32": bool(torch.backends.cudnn.allow_tf32)}
-
-
-def set_mode(torch, device, mode):
-    """Put PyTorch in ``mode`` (off / on / bf16): the settings as read back. bf16 runs with
-    TF32 off (nothing it times multiplies in float32) under autocast."""
-    state = set_tf32(torch, mode == "on")
-    if mode == "bf16":
-        state = {**state, "autocast": f"torch.autocast({device!r}, dtype=torch.bfloat16), "
-                                      f"operands held in bfloat16"}
-    return state
-
-
-def _autocast(torch, device, mode, fn):
-    if mode != "bf16":
-        return fn
-
-    def g(i):
-        with torch.autocast(device, dtype=torch.bfloat16):
-            return fn(i)
-    return g
-
-
 def torch_child(plan):
     """PyTorch's figures for ``plan`` (the child's work): {"info", "gemm": {mode: stats},
     "layers": {label: {mode: stats}}, "errors": {label: message}, "skipped": [label]}."""
@@ -286,7 +237,7 @@ def torch_child(plan):
                 continue
             info["settings"][mode] = set_mode(torch, device, mode)
             try:
-                fn = _autocast(torch, device, mode, make_fn(mode))
+                fn = under_mode(torch, device, mode, make_fn(mode))
                 sink[mode] = _stats(run_interleaved([Runner("x", fn, timer)], plan["warmup"],
                                                     plan["repeat"])["x"])
             except Exception as exc:  # noqa: BLE001 - reported per benchmark
@@ -317,8 +268,7 @@ def torch_child(plan):
                 continue
 
             def make_fn(mode, spec=spec, p=p, data=data):
-                return L.torch_pass(spec, p, torch, device, data,
-                                    torch.bfloat16 if mode == "bf16" else None)
+                return L.torch_pass(spec, p, torch, device, data, mode_dtype(torch, mode))
             time_modes(label, modes_of[label], make_fn, out["layers"].setdefault(label, {}))
         del data
     set_tf32(torch, False)

@@ -1,7 +1,8 @@
 """The pure parts of bench/gpu_compare.py (step 3 of bench/gpu_validate.sh): which layers are
 timed in which precision, which PyTorch mode each precision is compared with, the time budget,
-and the markdown tables of summary.md built from a result dict. Nothing here imports gpucnn,
-CuPy or PyTorch or needs a GPU: tests/test_gpu_validate.py feeds these fake timings.
+and the markdown tables of summary.md built from a result dict. Nothing here imports CuPy or
+PyTorch or needs a GPU (of gpucnn, only the modes of gpucnn.bench.torch_modes):
+tests/test_gpu_validate.py feeds these fake timings.
 
 The result dict (schema ``gpucnn-gpu-compare/2``, written by gpu_compare.py):
 
@@ -22,11 +23,9 @@ from __future__ import annotations
 import time
 
 PRECISIONS = ("fp32", "tf32", "3xtf32", "bf16")    # gpucnn.ops.precision.PRECISIONS
-TORCH_MODES = ("off", "on", "bf16")
-# the PyTorch mode with the same arithmetic as each of our precisions
-TORCH_MODE = {"fp32": "off", "tf32": "on", "3xtf32": "off", "bf16": "bf16"}
-MODE_PRECISION = {"off": "fp32", "on": "tf32", "bf16": "bf16"}   # a mode's own precision
-TORCH_MODE_NAME = {"off": "TF32 off", "on": "TF32 on", "bf16": "bf16 autocast"}
+# the PyTorch mode with the same arithmetic as each of our precisions (stdlib-only module)
+from gpucnn.bench.torch_modes import (MODE_PRECISION, TORCH_MODE,  # noqa: E402,F401
+                                      TORCH_MODE_NAME, TORCH_MODES)
 GOAL_RATIO = 1.5          # issue 18: each AlexNet conv pass within 1.5x of cuDNN's time
 GOAL_LAYERS = "alexnet.conv"
 

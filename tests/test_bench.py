@@ -105,6 +105,8 @@ def test_compare_torch_tiny(tmp_path):
     assert tenv["process"] == "own" and tenv["pid"] != os.getpid()
     assert tenv["processes"] == 2
     assert tenv["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY")
+    # ours in fp32 (the default): PyTorch keeps its own defaults, recorded
+    assert tenv["precision"]["precision"] == "fp32" and tenv["precision"]["mode"] == "defaults"
     comps = res["comparisons"]
     assert len(comps) == 7 + 1  # 7 layer passes, one net mode
     for c in comps:
@@ -112,6 +114,27 @@ def test_compare_torch_tiny(tmp_path):
             c["torch_median_ms"] / c["ours_median_ms"])
         assert len(c["ratio_per_round"]) == 2
         assert c["ratio_min"] <= c["ratio_max"]
+
+
+@pytest.mark.parametrize("precision, mode, tf32_on", [("bf16", "bf16 autocast", False),
+                                                      ("tf32", "TF32 on", True)])
+def test_compare_torch_matches_the_precision(tmp_path, capsys, precision, mode, tf32_on):
+    """With a tensor-core precision, PyTorch's process runs the same arithmetic (TF32 on, or
+    bf16 autocast with bfloat16 operands), and says so."""
+    torch = pytest.importorskip("torch")
+    rc, res = _run(tmp_path, "--backend", "reference", "--precision", precision, "--layers",
+                   "tiny", "--nets", "none", "--compare", "torch", "--threads", "1",
+                   "--no-telemetry")
+    assert rc == 0, res["errors"]
+    assert res["environment"]["backend"]["precision"] == precision
+    tp = res["environment"]["torch"]["precision"]
+    assert tp["precision"] == precision and tp["mode"] == mode
+    flags = [v for k, v in tp["settings"].items() if k != "autocast"]
+    assert flags and all(v in (tf32_on, "tf32" if tf32_on else "ieee") for v in flags), tp
+    assert ("autocast" in tp["settings"]) == (precision == "bf16")
+    assert {e["framework"] for e in res["layers"]} == {"gpucnn", "torch"}
+    assert f"torch in {mode}" in capsys.readouterr().out
+    assert torch.backends.cuda.matmul.allow_tf32 is False  # only the child's settings moved
 
 
 def test_compare_torch_without_torch_is_a_clear_error(tmp_path, monkeypatch, capsys):

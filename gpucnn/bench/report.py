@@ -125,7 +125,9 @@ def format_header(res):
              + (f", torch {v['torch']}" if v.get("torch") else "")
              + (f", cupy {v['cupy']}" if v.get("cupy") else "")]
     if "torch" in env:
-        lines.append(f"torch: {env['torch']['device']}, {env['torch']['num_threads']} threads")
+        tp = env["torch"].get("precision") or {}
+        lines.append(f"torch: {env['torch']['device']}, {env['torch']['num_threads']} threads"
+                     + (f"; ours in {tp['precision']}, torch in {tp['mode']}" if tp else ""))
     if "gpu" in env:
         lines.append(f"GPU: {env['gpu']}")
     tel = res["telemetry"]

@@ -126,7 +126,8 @@ def _torch_plan(cfg, B, per_round):
     on_gpu = getattr(B, "xp", np) is not np
     return {"threads": int(cfg.threads or _env.our_threads(B)), "seed": cfg.seed,
             "rotate": cfg.rotate, "warmup": cfg.warmup, "repeat": per_round,
-            "device": "cuda" if on_gpu else "cpu", "benchmarks": bench}
+            "device": "cuda" if on_gpu else "cpu", "precision": B.precision,
+            "benchmarks": bench}
 
 
 def _layer_label(spec, p):

@@ -4,7 +4,10 @@ in its OWN process, with its own default settings.
 The parent (:func:`run_child`) starts ``python -m gpucnn.bench.torch_side`` with the
 environment it was given, unchanged (we never set OMP_WAIT_POLICY or thread variables for
 the competitor), and sends a JSON plan on stdin: the benchmarks (layer passes and net modes),
-warm-up and timed runs, the thread count, the seed. The child sets the thread count through
+warm-up and timed runs, the thread count, the seed, and our precision: at ``fp32`` PyTorch
+keeps its defaults; ``tf32``, ``3xtf32`` and ``bf16`` put it in the mode of the same
+arithmetic (TF32 on, TF32 off, bf16 autocast: gpucnn/bench/torch_modes.py), recorded in
+``info["precision"]``. The child sets the thread count through
 PyTorch's own API, and only where it differs from PyTorch's default; it times each benchmark
 alone (warm-up excluded) and prints one JSON line: ``{"info": {...}, "results": {label:
 summarize(samples)}, "errors": {label: message}, "peak_rss_mib": float}``.
@@ -23,6 +26,8 @@ import subprocess
 import sys
 
 import numpy as np
+
+from .torch_modes import TORCH_MODE, TORCH_MODE_NAME, mode_dtype, set_mode, tf32_state, under_mode
 
 __all__ = ["plan_layer", "plan_net", "run_child", "main"]
 
@@ -80,20 +85,34 @@ def _info(torch, device):
     return info
 
 
-def _bench_fn(entry, torch, device, rotate):
+def _bench_fn(entry, torch, device, rotate, mode):
     from . import layers as _layers
     from . import nets as _nets
     rng = np.random.default_rng(entry["seed"])
     if entry["type"] == "layer":
         s = dict(entry["spec"], in_shape=tuple(entry["spec"]["in_shape"]))
         spec = _layers.LayerSpec(**s)
-        return _layers.torch_pass(spec, entry["pass"], torch, device,
-                                  _layers.host_data(spec, rng, rotate))
-    from ..models import build_model
-    batches = _nets.host_batches(entry["net"], entry["batch"], rng, rotate)
-    model = build_model(entry["net"].replace("-", "_").lower(), backend="reference",
-                        seed=entry["seed"])
-    return getattr(_nets.TorchNet(model, torch, device, batches), entry["mode"])
+        fn = _layers.torch_pass(spec, entry["pass"], torch, device,
+                                _layers.host_data(spec, rng, rotate), mode_dtype(torch, mode))
+    else:
+        from ..models import build_model
+        batches = _nets.host_batches(entry["net"], entry["batch"], rng, rotate)
+        model = build_model(entry["net"].replace("-", "_").lower(), backend="reference",
+                            seed=entry["seed"])
+        fn = getattr(_nets.TorchNet(model, torch, device, batches), entry["mode"])
+    return under_mode(torch, device, mode, fn)
+
+
+def _precision_mode(plan, torch, device):
+    """The PyTorch mode matching our precision (torch_modes.py), set, and what to record. At
+    fp32, the default, PyTorch keeps its own defaults (whatever TF32 they allow: the user's
+    comparison); a tensor-core precision gets the mode of the same arithmetic."""
+    precision = plan.get("precision") or "fp32"
+    if precision == "fp32":
+        return None, {"precision": precision, "mode": "defaults", "settings": tf32_state(torch)}
+    mode = TORCH_MODE[precision]
+    return mode, {"precision": precision, "mode": TORCH_MODE_NAME[mode],
+                  "settings": set_mode(torch, device, mode)}
 
 
 def measure(plan):
@@ -106,18 +125,20 @@ def measure(plan):
     torch.manual_seed(int(plan.get("seed", 0)))
     device = "cuda" if plan.get("device") == "cuda" and torch.cuda.is_available() else "cpu"
     timer = TorchCudaEventTimer(torch) if device == "cuda" else WallTimer()
+    mode, matched = _precision_mode(plan, torch, device)
     results, errors = {}, {}
     for entry in plan["benchmarks"]:
         label = entry["label"]
         try:
-            fn = _bench_fn(entry, torch, device, int(plan.get("rotate", 4)))
+            fn = _bench_fn(entry, torch, device, int(plan.get("rotate", 4)), mode)
             stats = run_interleaved([Runner("torch", fn, timer, framework="torch")],
                                     int(plan["warmup"]), int(plan["repeat"]))
             results[label] = stats["torch"]
         except Exception as exc:  # noqa: BLE001 - reported per benchmark
             errors[label] = f"{type(exc).__name__}: {exc}"
         fn = None
-    return {"info": _info(torch, device), "results": results, "errors": errors,
+    return {"info": dict(_info(torch, device), precision=matched), "results": results,
+            "errors": errors,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
