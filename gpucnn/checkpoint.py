@@ -8,7 +8,8 @@ np.load(path, allow_pickle=False)) holding
 
 The archive is written with zipfile + np.lib.format.write_array(allow_pickle=False) (the
 same members np.savez writes, without np.savez's reserved keyword names such as "file"),
-to a temporary file ``.<name>.<pid>.<random>.tmp`` in the target's directory, flushed and
+through gpucnn.outputs.write_atomic (every output's writer): to a temporary file
+``.<name>.<pid>.<random>.tmp`` in the target's directory, flushed and
 fsync'ed, then moved over the target with os.replace and the directory fsync'ed: a crash at
 any point leaves either the old checkpoint or the new one, never a mix. A process killed
 mid-write leaves its temporary file behind; remove_stale_temp_files deletes those whose
@@ -36,7 +37,6 @@ import math
 import os
 import re
 import struct
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from . import filerules
+from .outputs import write_atomic
 
 FORMAT = "gpucnn-checkpoint"
 VERSION = 1
@@ -61,41 +62,6 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray) and obj.dtype != object:
         return obj.tolist()
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
-
-
-def _fsync_dir(directory: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would, for a moment, for every
-    thread) where /proc tells it."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def temp_prefix(path: Path) -> str:
-    """The name prefix of this process's temporary files for checkpoint `path`."""
-    return f".{path.name}.{os.getpid()}."
 
 
 def process_alive(pid: int) -> bool:
@@ -144,7 +110,8 @@ def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
 
 def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray],
                     metadata: dict[str, Any]) -> Path:
-    """Write `arrays` and JSON `metadata` to `path` (exactly that name) atomically."""
+    """Write `arrays` and JSON `metadata` to `path` atomically (through a symlink: to its
+    target, the link stays)."""
     path = Path(path)
     if not isinstance(metadata, dict):
         raise CheckpointError(f"{path}: metadata must be a dict, got {type(metadata).__name__}")
@@ -169,27 +136,12 @@ def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray],
         prepared[key] = arr.astype(little, order="C", copy=False)
     prepared[METADATA_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=temp_prefix(path), suffix=".tmp", dir=directory)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-                for key, arr in prepared.items():
-                    with zf.open(key + ".npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, arr, allow_pickle=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-    return path
+    def write(f):
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for key, arr in prepared.items():
+                with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, arr, allow_pickle=False)
+    return write_atomic(path, write)
 
 
 # Deflate cannot shrink data by more than about 1032:1, so a member's stated uncompressed size

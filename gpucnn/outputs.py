@@ -311,6 +311,12 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def temp_prefix(target: Path) -> str:
+    """The name prefix of this process's temporary files for ``target``
+    (``.<name>.<pid>.``: gpucnn.checkpoint.remove_stale_temp_files finds a dead writer's)."""
+    return f".{target.name}.{os.getpid()}."
+
+
 def write_atomic(path, write) -> Path:
     """Call ``write(f)`` with a binary file open on a temporary file beside ``path``'s
     :func:`write_target`, then fsync it and move it over the target. On any failure the
@@ -318,8 +324,7 @@ def write_atomic(path, write) -> Path:
     target = write_target(path)
     directory = target.parent
     directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp",
-                               dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # what open() would give, not mkstemp's 0600
         with os.fdopen(fd, "wb") as f:

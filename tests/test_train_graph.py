@@ -122,9 +122,11 @@ def _small_net():
                       Flatten(), Linear(8 * 8 * 8, 32), ReLU(), Dropout(0.5), Linear(32, 10))
 
 
-def _steps(B, make_model, make_opt, graphs, n, batch, shape, seed=0, replays=None):
+def _steps(B, make_model, make_opt, graphs, n, batch, shape, seed=0, replays=None,
+           kernels=None):
     """n training steps (eager, or through GraphSteps: the trainer's); the parameters and
-    the host counts after them."""
+    the host counts after them. ``kernels``: a set that gets the names of the kernels the
+    graphs replay."""
     from gpucnn.nn import SoftmaxCrossEntropy
     from gpucnn.train_graph import GraphSteps
     rng = np.random.default_rng(seed)
@@ -145,6 +147,9 @@ def _steps(B, make_model, make_opt, graphs, n, batch, shape, seed=0, replays=Non
         losses.append(float(B.to_numpy(step(x, y)[0])))
     if graphs:
         assert step.replayed == (n - 1 if replays is None else replays)
+        if kernels is not None:
+            kernels.update(launch[0].name for g in step.graphs.values()
+                           for launch in g.graph.launches)
     return [B.to_numpy(p.data) for p in model.parameters()], losses, model.extra_state(), \
         opt.steps
 
@@ -238,3 +243,56 @@ def test_resume_from_a_graph_mode_checkpoint_is_exact(tmp_path):
     assert resumed.graph_steps.replayed > 0
     for a, b in zip(_params(whole), _params(resumed)):
         np.testing.assert_array_equal(a, b)
+
+
+# ---- graph mode and precision combine (issue 18 part 6) -------------------------------------
+# On the emulator, replayed LeNet-5 steps equal eager ones in tf32 and bf16: the graph records
+# that precision's tensor-core kernels, and the precision changes the result, so a replay that
+# silently ran fp32 kernels could not pass. (That a CUDA graph on a GPU replays the WMMA
+# kernels bit-identically too, the emulator cannot say.)
+def _lenet5():
+    from gpucnn.models import build_model
+    return build_model("lenet5", backend="numpy", seed=5)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_replays_in_a_tensor_core_precision_are_bit_identical_to_eager(precision):
+    made = {}
+
+    def emu_in(p):
+        if p not in made:
+            made[p] = make_emu_backend(checks=True, seed=5)
+            made[p].use_precision(p)
+            assert made[p].precision == p
+        return made[p]
+    kernels = set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GraphModeWarning)  # no fall-back to eager steps
+        g = _steps(emu_in(precision), _lenet5, _sgd, True, 4, 4, (1, 28, 28), kernels=kernels)
+    e = _steps(emu_in(precision), _lenet5, _sgd, False, 4, 4, (1, 28, 28))
+    for a, b in zip(g[0], e[0]):
+        np.testing.assert_array_equal(a, b)
+    assert g[1:] == e[1:] and all(np.isfinite(g[1]))
+    # the graphs replay this precision's tensor-core kernels (GEMMs and convolutions) ...
+    tc = [k for k in kernels if k.endswith(f"_{precision}") or f"_{precision}_" in k]
+    assert tc, f"no {precision} kernel among the replayed launches: {sorted(kernels)}"
+    # ... and they change the result: fp32 steps differ (so the equality above is not two
+    # fp32 runs agreeing)
+    f = _steps(emu_in("fp32"), _lenet5, _sgd, False, 4, 4, (1, 28, 28))
+    assert any(not np.array_equal(a, b) for a, b in zip(g[0], f[0]))
+
+
+def test_cli_cuda_graphs_with_tf32_replays_and_records_the_precision(tmp_path):
+    import json
+
+    from gpucnn.cli import main
+    metrics = tmp_path / "m.json"
+    assert main(["train", "--model", "lenet5", "--epochs", "1", "--limit", "64",
+                 "--test-limit", "32", "--batch-size", "16", "--backend", "emu",
+                 "--no-progress", "--cuda-graphs", "--precision", "tf32",
+                 "--metrics-json", str(metrics)]) == 0
+    m = json.loads(metrics.read_text())
+    assert m["precision"] == "tf32" and m["config"]["precision"] == "tf32"
+    # 4 batches of 16: the first eager (plans, then the capture), the other 3 replayed
+    assert m["graph_replayed_steps"] == 3 and m["eager_steps"] == 1, m
+    assert np.isfinite(m["epochs"][-1]["train_loss"])
