@@ -192,8 +192,11 @@ def _check_info(info, path, archive_size):
             or name == ".npy" or "\x00" in name:
         raise CheckpointError(f"{where}: not a valid array name (empty, NUL, or longer than "
                               f"{filerules.ZIP_MAX_NAME_BYTES} bytes)")
-    if info.flag_bits & 0x1:
-        raise CheckpointError(f"{where}: encrypted (zip flag bit 0); gpucnn never writes "
+    # bit 6 (strong encryption) alone too: zipfile refuses it only when the member is
+    # opened, so a reader that skips the member (verify: the optimizer state) would accept it
+    if info.flag_bits & 0x41:
+        bit = 0 if info.flag_bits & 0x1 else 6
+        raise CheckpointError(f"{where}: encrypted (zip flag bit {bit}); gpucnn never writes "
                               f"encrypted members")
     if info.compress_type == zipfile.ZIP_STORED:
         if info.file_size != info.compress_size:

@@ -341,6 +341,16 @@ def test_encrypted_duplicate_and_unsupported_members_are_refused(tmp_path):
     refused(many, "lists 4097 members")
 
 
+def test_a_member_flagged_strongly_encrypted_is_refused_unread(tmp_path):
+    # Found by tests/test_fuzz.py: bit 6 alone passed the directory check and zipfile refuses
+    # it only when the member is read, so `gpucnn verify` (which leaves the optimizer state
+    # unread) accepted a checkpoint whose optimizer member said it was encrypted.
+    enc = crafted(tmp_path / "enc.npz", w=np.ones(3, np.float32), v=np.ones(3, np.float32))
+    patch_directory(enc, "v.npy", 8, "<H", 0x40)
+    with pytest.raises(CheckpointError, match=r"member 'v.npy': encrypted \(zip flag bit 6\)"):
+        open_checkpoint(enc)  # the directory alone: no array is read yet
+
+
 @pytest.mark.parametrize("dtype", [np.complex64, np.bool_, "datetime64[s]", np.float16,
                                    ">f4", np.uint8, [("a", "<f4")]])
 def test_arrays_of_dtypes_gpucnn_never_writes_are_refused(tmp_path, dtype):

@@ -11,7 +11,7 @@ import pytest
 
 from gpucnn.data import (DataError, channel_stats, dataset_info, encode_idx, epoch_permutation,
                          find_dataset, iterate_batches, load_dataset, random_crop_flip,
-                         read_cifar_batch, read_cifar_batches, read_idx_images,
+                         read_cifar_batch, read_cifar_batches, read_idx, read_idx_images,
                          read_idx_labels, read_idx_pair, search_locations)
 from gpucnn.data import datasets as datasets_mod
 
@@ -447,6 +447,29 @@ def test_a_gzip_bomb_inflates_no_further_than_its_header_says(tmp_path):
     msg, peak = peak_memory(lambda: read_idx_images(p))
     assert "wrong size (trailing data)" in msg and "file has more than 7840" in msg
     assert peak < 2 << 20, peak
+
+
+@pytest.mark.parametrize("kind", ["images", "labels"])
+def test_a_gzip_header_claiming_gigabytes_costs_what_the_stream_holds(tmp_path, kind):
+    # Found by tests/test_fuzz.py: a gzip's header is only a claim (its size cannot be checked
+    # against the file's), and the reader allocated the claimed 2 GiB before inflating a byte.
+    dims = (2_700_000, 28, 28) if kind == "images" else (2_100_000_000,)
+    p = write(tmp_path / f"claims-{kind}", idx_header(len(dims), *dims) + bytes(4096), gz=True)
+    read = read_idx_images if kind == "images" else read_idx_labels
+    msg, peak = peak_memory(lambda: read(p))
+    assert "truncated" in msg and "file has 4096 (after the" in msg
+    assert peak < 4 << 20, peak
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_an_idx_header_of_255_huge_dimensions_is_refused_by_its_size(tmp_path, gz):
+    # Found by tests/test_fuzz.py: a flipped dimension-count byte gave read_idx (any kind of
+    # IDX file) a header of 111 dimensions, whose size overflowed a float in the message.
+    p = write(tmp_path / "many-idx", idx_header(255, *[2 ** 32 - 1] * 255), gz)
+    msg, peak = peak_memory(lambda: read_idx(p))
+    assert "= at least 2^8159 bytes of data, more than the 2.0 GiB" in msg, msg
+    assert "nothing was read" in msg and "\n" not in msg
+    assert peak < 1 << 20, peak
 
 
 def test_a_sparse_giant_cifar_file_is_refused_unread(tmp_path):

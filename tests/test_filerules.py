@@ -154,6 +154,15 @@ def test_dimension_products_are_exact_and_bounded():
     assert F.checked_product((10, 28, 28), 1, F.DATA_MAX_BYTES, "x", Refused) == 7840
 
 
+def test_a_size_past_every_unit_is_named_by_its_power_of_two():
+    # Found by tests/test_fuzz.py: an IDX header of 111 dimensions of 2^32-1 claims about
+    # 2^3552 bytes, and formatting that as a float (for the refusal) raised OverflowError.
+    assert F.size_text(5 << 40) == "5.0 TiB" and F.size_text(1024 ** 7) == "1024.0 EiB"
+    assert F.size_text(2 ** 8160) == "at least 2^8160 bytes"
+    with pytest.raises(Refused, match=r"= at least 2\^3551 bytes of data, more than the 2.0 GiB"):
+        F.checked_product((2 ** 32 - 1,) * 111, 1, F.DATA_MAX_BYTES, "x", Refused)
+
+
 # ---- the metadata schema ----------------------------------------------------------------
 def test_model_options_are_in_step_with_the_model_builders():
     """What a checkpoint may ask to build is what gpucnn.models builds: a new model or

@@ -101,16 +101,16 @@ def parse_idx(data: bytes, name: str, kind: str | None = None) -> np.ndarray:
 
 def _read_up_to(stream, n):
     """At most ``n`` bytes of ``stream`` into one buffer, read in bounded chunks (a gzip
-    stream inflates no more than is asked)."""
-    buf = bytearray(n)
-    got = 0
-    while got < n:
-        chunk = stream.read(min(1 << 20, n - got))
+    stream inflates no more than is asked). The buffer grows with what arrives rather than
+    being allocated at ``n``: a gzip header's size is only a claim, and a few bytes of gzip
+    claiming 2 GiB must cost what they inflate to, not the claim."""
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = stream.read(min(1 << 20, n - len(buf)))
         if not chunk:
             break
-        buf[got:got + len(chunk)] = chunk
-        got += len(chunk)
-    return buf if got == n else buf[:got]
+        buf += chunk
+    return buf
 
 
 def read_idx(path: str | os.PathLike, kind: str | None = None,

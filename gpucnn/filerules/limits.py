@@ -56,9 +56,16 @@ _SIZE_UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
 
 def size_text(n):
-    """``n`` bytes for a message: "600 bytes", "4.0 TiB"."""
+    """``n`` bytes for a message: "600 bytes", "4.0 TiB", "at least 2^3551 bytes"."""
     i = min(int(math.log(max(n, 1), 1024)), len(_SIZE_UNITS) - 1)
-    return f"{n} bytes" if i == 0 else f"{n / 1024 ** i:.1f} {_SIZE_UNITS[i]}"
+    if i == 0:
+        return f"{n} bytes"
+    try:
+        return f"{n / 1024 ** i:.1f} {_SIZE_UNITS[i]}"
+    except OverflowError:
+        # a header's product of dimensions can be any size (an IDX header of 255 dimensions
+        # of 2^32-1 claims about 2^8160 bytes), past what a float holds even in EiB
+        return f"at least 2^{n.bit_length() - 1} bytes"
 
 
 # ---- values -----------------------------------------------------------------------------
