@@ -102,7 +102,8 @@ def build_parser():
                         "before); device backends only (default: %(default)s)")
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, FLOPs, receptive field")
-    s.add_argument("model", help="model name: lenet5, alexnet_cifar or alexnet")
+    s.add_argument("model", help="model name: lenet5, alexnet_cifar or alexnet; or an .onnx "
+                                 "file (gpucnn.onnx.load)")
     s.add_argument("--input", type=chw_shape, default=None,
                    help="input shape C,H,W (default: the model's)")
     s.add_argument("--json", default=None,
@@ -111,6 +112,17 @@ def build_parser():
     s.add_argument("--overwrite", action="store_true",
                    help="let --json replace a file that is not a previous summary (default: "
                         "refuse)")
+
+    e = sub.add_parser("export", help="write a checkpoint's model as an ONNX file")
+    e.add_argument("checkpoint", help="checkpoint (.npz) written by gpucnn train")
+    e.add_argument("output", help="the .onnx file to write; an existing file is replaced only "
+                                  "if it is a previous gpucnn export")
+    e.add_argument("--softmax", action="store_true",
+                   help="end the graph in a Softmax (output 'probabilities'; default: "
+                        "'logits')")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace an output file that is not a previous export (never a "
+                        "checkpoint) (default: refuse)")
 
     i = sub.add_parser("info", help="versions, backend choice, compilers, GPU")
     add_backend_arg(i)
@@ -165,13 +177,45 @@ def cmd_summary(args):
     from .outputs import check_outputs, write_json
     from .summary import SCHEMA, format_summary, summarize
     check_outputs([("--json", args.json, "summary")], args.overwrite, "nothing was written")
-    model = build_model(args.model, backend="numpy")
+    if str(args.model).lower().endswith(".onnx"):
+        from .onnx import load
+        model = load(args.model, backend="numpy")
+    else:
+        model = build_model(args.model, backend="numpy")
     shape = args.input or model.input_shape
     rows = summarize(model, shape)
     print(format_summary(rows, shape))
     if args.json is not None:
         write_json(args.json, {"schema": SCHEMA, "model": args.model, "input": list(shape),
                                "layers": rows})
+    return 0
+
+
+def cmd_export(args):
+    """The checkpoint's model (read by verify's checked reader, rebuilt by gpucnn.models) to
+    ONNX, with its dataset's class names in the metadata."""
+    from .checkpoint import CheckpointError, open_checkpoint
+    from .data.datasets import dataset_info
+    from .onnx import export
+    from .outputs import check_outputs
+    from .verify.source import build_copy, load_model_source
+    targets = check_outputs([("OUTPUT", args.output, "onnx")], args.overwrite,
+                            "nothing was written")
+    if not os.path.isfile(args.checkpoint):
+        raise CheckpointError(f"{args.checkpoint}: no such checkpoint file")
+    model = build_copy(load_model_source(args.checkpoint), "numpy", seed=0).eval()
+    with open_checkpoint(args.checkpoint) as ck:
+        config = ck.metadata.get("config")
+    dataset = config.get("dataset") if isinstance(config, dict) else None
+    try:
+        classes = dataset_info(dataset).classes if isinstance(dataset, str) else None
+    except ValueError:
+        classes = None
+    meta = {"gpucnn.dataset": dataset} if classes else {}
+    path = export(model, targets["OUTPUT"], softmax=args.softmax, class_names=classes,
+                  metadata=meta)
+    print(f"wrote {path}: {len(model.layers)} layers, input (N, "
+          f"{', '.join(map(str, model.input_shape))})")
     return 0
 
 
@@ -293,7 +337,8 @@ def main(argv=None):
     from .checkpoint import CheckpointError
     from .data.errors import DataError
     try:
-        return {"train": cmd_train, "summary": cmd_summary, "info": cmd_info,
+        return {"train": cmd_train, "summary": cmd_summary, "export": cmd_export,
+                "info": cmd_info,
                 "kernels": cmd_kernels, "bench": cmd_bench,
                 "verify": cmd_verify}[args.command](args)
     except (BackendUnavailable, CheckpointError, DataError, FileNotFoundError, ValueError,

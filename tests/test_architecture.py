@@ -25,6 +25,7 @@ RANKS = {
     "gpucnn.models": 4, "gpucnn.summary": 4,
     "gpucnn.runsafety": 4.5, "gpucnn.runmeta": 4.5,  # below train, which imports them
     "gpucnn.runstate": 4.5,
+    "gpucnn.onnx": 4.5,  # ONNX export/import: builds nn layers, reads through filerules
     "gpucnn.train_checkpoint": 4.75, "gpucnn.train_graph": 4.75, "gpucnn.train_data": 4.75,  # train's checkpoint I/O: uses the three above
     "gpucnn.train": 5,
     "gpucnn.bench": 6,

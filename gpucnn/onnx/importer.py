@@ -26,6 +26,12 @@ class Step:
         self.params, self.sources = params or {}, sources or {}
 
 
+def _f32(v):
+    """A float the file holds as float32, as its shortest decimal (0.3, not 0.30000001...):
+    the value the exporting program was given."""
+    return float(str(np.float32(v)))
+
+
 def _pair(values, node, what):
     values = list(values)
     if len(values) != 2:
@@ -66,7 +72,7 @@ class _Chain:
                 self.g.consts[others[0]].size != 1:
             raise OnnxError(f"{node}: expected {node.op} of the value {x!r} by a constant "
                             f"scalar")
-        return float(self.g.consts[others[0]].reshape(-1)[0])
+        return _f32(self.g.consts[others[0]].reshape(-1)[0])
 
     def only(self, value, want=None):
         """The one node consuming ``value`` (of op type ``want``)."""
@@ -159,8 +165,9 @@ class _Chain:
             if size % 2 == 0:
                 raise OnnxError(f"{node}: LRN of even size {size}: ONNX centres its window "
                                 f"otherwise than gpucnn (and PyTorch) do; refused")
-            return Step(LocalResponseNorm(size, a.get("alpha", 1e-4), a.get("beta", 0.75),
-                                          a.get("bias", 1.0)), [node]), out
+            return Step(LocalResponseNorm(size, _f32(a.get("alpha", 1e-4)),
+                                          _f32(a.get("beta", 0.75)), _f32(a.get("bias", 1.0))),
+                        [node]), out
         if op in ("Gemm", "MatMul"):
             return self._linear(x, node)
         if op == "Relu":
@@ -176,8 +183,8 @@ class _Chain:
         if op == "Identity":
             return Step(None, [node]), out
         if op == "Dropout":
-            p = float(self.const(node, 1, "ratio").reshape(-1)[0]) \
-                if len(node.inputs) > 1 and node.inputs[1] else float(a.get("ratio", 0.5))
+            p = _f32(self.const(node, 1, "ratio").reshape(-1)[0]) \
+                if len(node.inputs) > 1 and node.inputs[1] else _f32(a.get("ratio", 0.5))
             if len(node.inputs) > 2 and node.inputs[2] and \
                     bool(self.const(node, 2, "training_mode").reshape(-1)[0]):
                 raise OnnxError(f"{node}: a Dropout in training mode")
