@@ -50,6 +50,7 @@ class Graph:
 
     def __init__(self):
         self.consts, self.shapes, self.live = {}, {}, []
+        self.extra = {}  # second outputs of live nodes (MaxPool's Indices): not imported
         self.input = self.output = None
 
 
@@ -107,7 +108,7 @@ def _fold(node, v, shapes):
         return np.asarray(shape[a.get("start", 0):a.get("end", None)], np.int64)
     if op == "ConstantOfShape":
         value = a.get("value", np.zeros(1, np.float32))
-        return np.full(_ints(v[0]), value.reshape(-1)[0], value.dtype)
+        return np.full(_bounded(node, _ints(v[0])), value.reshape(-1)[0], value.dtype)
     if op == "Identity":
         return v[0]
     if op == "Cast":
@@ -139,8 +140,21 @@ def _fold(node, v, shapes):
     if op == "Neg":
         return -v[0]
     if op == "Range":
-        return np.arange(v[0].item(), v[1].item(), v[2].item()).astype(v[0].dtype)
+        start, limit, step = (x.item() for x in v)
+        _bounded(node, [max(math.ceil((limit - start) / step), 0) if step else 0])
+        return np.arange(start, limit, step).astype(v[0].dtype)
     return None
+
+
+# A folded constant is shape arithmetic or a padding list: a few values, never this many.
+_MAX_FOLDED = 1 << 20
+
+
+def _bounded(node, dims):
+    if any(d < 0 for d in dims) or math.prod(dims) > _MAX_FOLDED:
+        raise OnnxError(f"{node}: would build a constant of shape {dims}; gpucnn folds "
+                        f"constants of at most {_MAX_FOLDED} values")
+    return dims
 
 
 def resolve_reshape(shape, target, allowzero, node):
@@ -261,6 +275,10 @@ def _walk(nodes, out, depth):
         live = [n in out.shapes for n in ins]
         v = [out.consts.get(n) if n else None for n in ins]
         missing = [n for n, lv, c in zip(ins, live, v) if n and not lv and c is None]
+        if missing and missing[0] in out.extra:
+            raise OnnxError(f"{node} uses {missing[0]!r}, the second output of "
+                            f"{out.extra[missing[0]]}; gpucnn imports only first outputs "
+                            f"(MaxPool's Indices count otherwise than its switches)")
         if missing:
             raise OnnxError(f"{node}: input {missing[0]!r} is produced by no node before it")
         if node.op == "If":
@@ -274,16 +292,23 @@ def _walk(nodes, out, depth):
             for o, bo in zip(node.outputs, branch.output):
                 _alias(o, bo.name, out, node)
             continue
-        if not any(live) or node.op == "Shape":
-            value = _fold(node, v, out.shapes)
-            if value is None:
-                raise OnnxError(f"{node}: an operator on constants that gpucnn does not fold")
-            out.consts[node.outputs[0]] = value
+        folding = not any(live) or node.op == "Shape"
+        try:
+            result = (_fold(node, v, out.shapes) if folding else
+                      _live_shape(node, [out.shapes.get(n) for n in ins], v))
+        except OnnxError:
+            raise
+        except (ValueError, IndexError, TypeError, KeyError, OverflowError,
+                ZeroDivisionError) as exc:  # attributes or operands no exporter writes
+            raise OnnxError(f"{node}: invalid: {type(exc).__name__}: {exc}") from None
+        if result is None:
+            raise OnnxError(f"{node}: an operator on constants that gpucnn does not fold"
+                            if folding else f"{node} is not supported: {SUPPORTED_TEXT}")
+        if folding:
+            out.consts[node.outputs[0]] = result
             continue
-        shape = _live_shape(node, [out.shapes.get(n) for n in ins], v)
-        if shape is None:
-            raise OnnxError(f"{node} is not supported: {SUPPORTED_TEXT}")
-        out.shapes[node.outputs[0]] = shape
+        out.shapes[node.outputs[0]] = result
+        out.extra.update({o: node for o in node.outputs[1:] if o})
         out.live.append(node)
 
 

@@ -140,10 +140,6 @@ class _Chain:
 
     def _single(self, x, node):
         op, a, out = node.op, node.attrs, node.outputs[0]
-        extra = [o for o in node.outputs[1:] if o and o in self.consumers]
-        if extra:
-            raise OnnxError(f"{node}: its output {extra[0]!r} is used; gpucnn imports only "
-                            f"the first output of {op}")
         if op == "Conv":
             w = self.const(node, 1, "weight")
             if w.ndim != 4:
