@@ -215,7 +215,12 @@ def _saved_model(path, onnx_ok=False):
     from .data.datasets import dataset_info
     if onnx_ok and str(path).lower().endswith(".onnx"):
         from .onnx import load
-        return load(path, backend="numpy").eval(), None
+        net = load(path, backend="numpy").eval()
+        dataset = net.onnx_metadata.get("gpucnn.dataset")  # written by gpucnn export
+        try:
+            return net, dataset_info(dataset) if dataset else None
+        except ValueError:
+            return net, None
     from .verify.source import build_copy, load_model_source
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")

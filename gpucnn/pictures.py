@@ -95,8 +95,10 @@ def _figure(panels, title, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels) + 0.6),
-                             squeeze=False)
+    # each panel as tall as its grid's aspect needs at 8 inches wide (at most 3 inches)
+    heights = [min(8 * image.shape[0] / image.shape[1], 3) + 0.35 for _, image in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, sum(heights) + 0.5), squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
     cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
     for ax, (label, image) in zip(axes[:, 0], panels):
         ax.imshow(np.ma.masked_invalid(image) if image.ndim == 2 else np.nan_to_num(image, nan=1),
@@ -128,12 +130,13 @@ def save_filters(net, index, path, title=""):
 def save_activations(net, x, path, title="", max_maps=32):
     """Each Conv2d's feature maps for image ``x`` (at most ``max_maps`` a layer) at ``path``,
     in grey on one scale per layer."""
-    panels = []
+    image = x.transpose(1, 2, 0) if x.shape[0] == 3 else x.mean(axis=0)
+    panels = [("the input, as the net sees it", _unit(image, None))]
     for _, label, maps in conv_activations(net, x):
         shown = maps[:max_maps]
         more = f" (first {len(shown)} of {len(maps)})" if len(maps) > len(shown) else ""
         # one scale for the layer: a weak map shows dark, a dead one (all 0 after ReLU) black
         panels.append((label + more, _tile(_unit(shown, (0, 1, 2)), min(len(shown), 16))))
-    if not panels:
+    if len(panels) == 1:
         raise ValueError("the net has no Conv2d layer to show")
     _figure(panels, title, path)

@@ -137,6 +137,8 @@ def test_gpucnn_export_writes_the_checkpoints_model(checkpoint, tmp_path, capsys
     assert _rel(_ort(out, x), _forward(model, x)) < REL
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["class_names"])[0] == "T-shirt/top"
+    assert props["gpucnn.dataset"] == "fashion-mnist"
+    assert main(["show", str(out), "--filters", "0", str(tmp_path / "f.png")]) == 0
     assert main(["export", str(checkpoint), str(out)]) == 0  # its own previous export
     foreign = tmp_path / "notes.onnx"
     foreign.write_text("mine")
@@ -300,3 +302,55 @@ def test_hostile_files_are_refused_with_the_rule(tmp_path, monkeypatch):
     _refused(tmp_path, old, "opset 11; gpucnn imports opsets 13 to 23")
     monkeypatch.setattr(gpucnn.filerules, "ONNX_MAX_BYTES", 100)
     _refused(tmp_path, m, "more than the 100 bytes.*nothing was read")
+
+
+# ---- graphs other programs write: built here with onnx.helper -----------------------------------
+def _graph(tmp_path, nodes, inits, shape=(1, 6, 6), out_dims=("N", 3), opset=13):
+    h = onnx.helper
+    graph = h.make_graph(
+        nodes, "g", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", *shape])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, list(out_dims))],
+        [onnx.numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    path = tmp_path / "g.onnx"
+    path.write_bytes(h.make_model(graph, opset_imports=[h.make_opsetid("", opset)])
+                     .SerializeToString())
+    return path
+
+
+def test_matmul_add_and_gemm_variants_become_linear_layers(tmp_path):
+    h, rng = onnx.helper, np.random.default_rng(0)
+    w1 = rng.standard_normal((36, 5)).astype(np.float32)  # MatMul: (in, out)
+    b1 = rng.standard_normal(5).astype(np.float32)
+    w2 = rng.standard_normal((5, 3)).astype(np.float32)  # Gemm transB=0, alpha 0.5, beta 2
+    b2 = rng.standard_normal((1, 3)).astype(np.float32)
+    path = _graph(tmp_path, [
+        h.make_node("Flatten", ["x"], ["f"]),
+        h.make_node("MatMul", ["f", "w1"], ["m"]), h.make_node("Add", ["m", "b1"], ["a"]),
+        h.make_node("Relu", ["a"], ["r"]),
+        h.make_node("Gemm", ["r", "w2", "b2"], ["y"], alpha=0.5, beta=2.0)],
+        {"w1": w1, "b1": b1, "w2": w2, "b2": b2})
+    net = load(path, backend="numpy")
+    assert [type(l).__name__ for l in net.layers] == ["Flatten", "Linear", "ReLU", "Linear"]
+    x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
+    assert _rel(_forward(net, x), _ort(path, x)) < REL
+    assert net.onnx_names == {"1.weight": "w1", "1.bias": "b1", "3.weight": "w2",
+                              "3.bias": "b2"}
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda h: [h.make_node("MaxPool", ["x"], ["p", "idx"], kernel_shape=[2, 2]),
+                h.make_node("Cast", ["idx"], ["c"], to=1), h.make_node("Add", ["p", "c"], ["y"])],
+     r"uses 'idx', the second output of node '#0' \(MaxPool\)"),
+    (lambda h: [h.make_node("LRN", ["x"], ["y"], size=4)],
+     r"'#0' \(LRN\): LRN of even size 4"),
+    (lambda h: [h.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], strides=[2, 2],
+                            pads=[1, 1, 1, 1], ceil_mode=1)],
+     r"'#0' \(MaxPool\): gpucnn's MaxPool2d.*gives \(1, 4, 4\).*\(1, 5, 5\)"),
+    (lambda h: [h.make_node("Sigmoid", ["x"], ["y"])], r"'#0' \(Sigmoid\) is not supported"),
+    (lambda h: [h.make_node("Conv", ["x", "x"], ["y"])], r"'#0' \(Conv\): its weights"),
+])
+def test_graphs_gpucnn_cannot_build_exactly_are_refused_naming_the_node(make, message,
+                                                                         tmp_path):
+    path = _graph(tmp_path, make(onnx.helper), {}, shape=(1, 7, 7), out_dims=("N", 1, 7, 7))
+    with pytest.raises(OnnxError, match=message):
+        load(path, backend="numpy")

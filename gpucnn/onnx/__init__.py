@@ -29,7 +29,7 @@ def load(path, backend=None, seed=0):
     The net has ``input_shape`` (C, H, W) from the graph's input, ``onnx_names`` ({our
     parameter name: the initialiser it came from}) and ``softmax_output`` (the graph ended
     in a Softmax, which the Sequential leaves out: it yields the logits, which is what
-    training needs). ``seed`` seeds what the file does not hold (dropout masks)."""
+    training needs), ``onnx_metadata`` (the file's metadata_props, {str: str}). ``seed`` seeds what the file does not hold (dropout masks)."""
     model = read_model(path)
     graph = evaluate(model)
     steps, softmax = chain_layers(graph)
@@ -41,6 +41,7 @@ def load(path, backend=None, seed=0):
     net.onnx_names = {f"{i}.{k}": src for i, s in enumerate(steps)
                       for k, src in s.sources.items()}
     net.onnx_source = str(path)
+    net.onnx_metadata = {p.key: p.value for p in model.metadata_props}
     net.output_shape(net.input_shape)
     net.bind(backend, np.random.default_rng(seed))
     net.load_state_dict({f"{i}.{k}": np.ascontiguousarray(v, np.float32)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -81,10 +82,10 @@ def read_model(path):
     from google.protobuf.message import DecodeError
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
+            raise OnnxError(f"{path}: not a regular file")
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
-            if not os.path.isfile(path):
-                raise OnnxError(f"{path}: not a regular file")
             if st.st_size > filerules.ONNX_MAX_BYTES:
                 raise OnnxError(f"{path}: {filerules.size_text(st.st_size)}, more than the "
                                 f"{filerules.size_text(filerules.ONNX_MAX_BYTES)} an ONNX model "
