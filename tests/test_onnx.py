@@ -263,6 +263,26 @@ def test_a_residual_add_is_refused_naming_the_node(tmp_path):
         load(path, backend="numpy")
 
 
+def test_a_subgraph_that_is_almost_torchs_lrn_is_refused(tmp_path):
+    """torch's LRN subgraph with one node changed (k + ... becomes ... - k; or the channel
+    window's kernel 5 becomes 3, which no longer fits its padding) is no LocalResponseNorm:
+    refused, never imported as one."""
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LocalResponseNorm(5), nn.Flatten()).eval()
+    m = onnx.load(str(_torch_export(net, (3, 6, 6), tmp_path / "lrn.onnx")))
+    next(n for n in m.graph.node if n.op_type == "Add").op_type = "Sub"
+    (tmp_path / "bad.onnx").write_bytes(m.SerializeToString())
+    with pytest.raises(OnnxError, match=r"'/1/Add' \(Sub\): the subgraph from .* is not the "
+                                        r"LocalResponseNorm torch exports"):
+        load(tmp_path / "bad.onnx", backend="numpy")
+    m = onnx.load(str(tmp_path / "lrn.onnx"))
+    pool = next(n for n in m.graph.node if n.op_type == "AveragePool")
+    next(a for a in pool.attribute if a.name == "kernel_shape").ints[0] = 3
+    (tmp_path / "bad.onnx").write_bytes(m.SerializeToString())
+    with pytest.raises(OnnxError, match=r"cannot reshape"):
+        load(tmp_path / "bad.onnx", backend="numpy")
+    assert "LocalResponseNorm(size 5" in repr(load(tmp_path / "lrn.onnx", backend="numpy"))
+
+
 # ---- files that are not what they claim --------------------------------------------------------
 def _small_model(tmp_path):
     net = Sequential(Conv2d(1, 2, 3), Flatten(), Linear(2 * 4 * 4, 3))

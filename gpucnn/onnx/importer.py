@@ -284,7 +284,7 @@ class _Chain:
         if v != div.inputs[1] or stage != 5 or found.get("pads") != expect or \
                 found.get("pad_in", ())[1:] != (1, *c_hw) or \
                 list(found["pool"].get("kernel_shape", [])) != [size, 1, 1] or \
-                any(found["pool"].get("strides", [1, 1, 1])) != 1 or \
+                list(found["pool"].get("strides", [1, 1, 1])) != [1, 1, 1] or \
                 any(found["pool"].get("pads", [0] * 6)) or found["pool"].get("ceil_mode", 0) \
                 or self.g.shapes[div.inputs[1]] != self.g.shapes[x]:
             raise OnnxError(f"{nodes[-1]}: the subgraph from {mul} to {div} is not the "
