@@ -28,6 +28,8 @@ setup(
                  "nvidia-cuda-nvrtc-cu12>=12.0", "nvidia-cuda-nvrtc>=13",
                  # nvdisasm: the SASS gate (gpucnn/toolchain/sass.py); no -cu12 wheel exists
                  "nvidia-cuda-nvdisasm>=13"],
+        # ONNX export/import (gpucnn.onnx); onnxscript: torch's dynamo exporter, in tests
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.17", "onnxscript>=0.1"],
         "bench": ["matplotlib>=3.6", "nvidia-ml-py>=12", "threadpoolctl>=3"],
     },
     entry_points={"console_scripts": ["gpucnn=gpucnn.cli:main"]},

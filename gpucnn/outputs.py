@@ -56,6 +56,7 @@ KINDS = {
     "verify": Kind("JSON of gpucnn verify", (), frozenset({"layers", "summary", "environment"})),
     "kernels": Kind("JSON of gpucnn kernels --report", ("gpucnn-kernels/",),
                     frozenset({"ok", "toolchain", "sources", "records", "failures"})),
+    "onnx": Kind("an ONNX model written by gpucnn export", suffixes=(".onnx",)),
 }
 
 # Room left in a file name for the temporary file written beside it
@@ -63,6 +64,9 @@ KINDS = {
 NAME_RESERVE = 32
 _READ_LIMIT = 64 * 2**20   # a previous JSON output is recognised only below this size
 _SNIFF = 64 * 1024         # plots: their signature and "matplotlib" in the head or the tail
+# An ONNX ModelProto serialises its fields in order: ir_version (field 1), then producer_name
+# (field 2, length 6): gpucnn's exports start with these bytes after the version's varint.
+_ONNX_SIGNATURE = b"\x12\x06gpucnn"
 _SIGNATURES = {".png": b"\x89PNG\r\n\x1a\n", ".pdf": b"%PDF-", ".svg": b"<?xml"}
 
 
@@ -139,6 +143,8 @@ def recognise(path) -> tuple[str | None, str]:
         return None, "an empty file"
     if _is_checkpoint(path, head):
         return "checkpoint", KINDS["checkpoint"].what
+    if _ONNX_SIGNATURE in head[:16]:
+        return "onnx", KINDS["onnx"].what
     if head.lstrip()[:1] in (b"{", b"["):
         key = _json_kind(path, size)
         return (key, KINDS[key].what) if key else (None, "JSON not written by gpucnn, or "

@@ -16,7 +16,8 @@ from .jsonfile import parse_json
 from .limits import (ARRAY_DTYPES, DATA_MAX_BYTES, FLOAT_DTYPES, GENERIC_INFLATE_FACTOR,
                      GENERIC_INFLATE_MARGIN, JSON_MAX_BYTES, JSON_MAX_DEPTH,
                      JSON_MAX_NUMBER_CHARS, MAX_CLASSES, MAX_COUNTER, METADATA_DTYPES, NPY_MAGIC,
-                     NPY_MAX_HEADER_BYTES, NPY_MAX_NDIM, ZIP_MAX_MEMBERS, ZIP_MAX_NAME_BYTES,
+                     NPY_MAX_HEADER_BYTES, NPY_MAX_NDIM, ONNX_MAX_BYTES, ONNX_MAX_NODES,
+                     ZIP_MAX_MEMBERS, ZIP_MAX_NAME_BYTES,
                      checked_product, checked_values, generic_uncompressed_limit, size_text)
 from .npy import NpyHeader, npy_array, parse_npy_header
 from .schema import CHECKPOINT_METADATA, MODEL_OPTIONS, check_metadata, field_error
@@ -24,7 +25,7 @@ from .schema import CHECKPOINT_METADATA, MODEL_OPTIONS, check_metadata, field_er
 __all__ = ["ARRAY_DTYPES", "DATA_MAX_BYTES", "FLOAT_DTYPES", "GENERIC_INFLATE_FACTOR",
            "GENERIC_INFLATE_MARGIN", "JSON_MAX_BYTES", "JSON_MAX_DEPTH", "JSON_MAX_NUMBER_CHARS",
            "MAX_CLASSES", "MAX_COUNTER", "METADATA_DTYPES", "NPY_MAGIC", "NPY_MAX_HEADER_BYTES",
-           "NPY_MAX_NDIM", "ZIP_MAX_MEMBERS", "ZIP_MAX_NAME_BYTES", "checked_product",
+           "NPY_MAX_NDIM", "ONNX_MAX_BYTES", "ONNX_MAX_NODES", "ZIP_MAX_MEMBERS", "ZIP_MAX_NAME_BYTES", "checked_product",
            "checked_values", "generic_uncompressed_limit", "size_text", "parse_json",
            "NpyHeader", "parse_npy_header", "npy_array", "CHECKPOINT_METADATA", "MODEL_OPTIONS",
            "check_metadata", "field_error"]

@@ -8,7 +8,8 @@ import numpy as np
 __all__ = ["JSON_MAX_BYTES", "JSON_MAX_DEPTH", "JSON_MAX_NUMBER_CHARS", "ZIP_MAX_MEMBERS",
            "ZIP_MAX_NAME_BYTES", "GENERIC_INFLATE_FACTOR", "GENERIC_INFLATE_MARGIN",
            "NPY_MAX_HEADER_BYTES", "NPY_MAX_NDIM", "NPY_MAGIC", "FLOAT_DTYPES", "ARRAY_DTYPES",
-           "METADATA_DTYPES", "MAX_CLASSES", "MAX_COUNTER", "DATA_MAX_BYTES",
+           "METADATA_DTYPES", "MAX_CLASSES", "MAX_COUNTER", "DATA_MAX_BYTES", "ONNX_MAX_BYTES",
+           "ONNX_MAX_NODES",
            "generic_uncompressed_limit", "size_text", "checked_values", "checked_product"]
 
 # ---- limits -----------------------------------------------------------------------------
@@ -44,6 +45,12 @@ MAX_COUNTER = 2 ** 53
 # Dataset files (IDX, CIFAR-10 batches): the largest gpucnn reads is 150 MB; a header or a
 # (sparse) file claiming more is refused before it is read.
 DATA_MAX_BYTES = 2 << 30
+
+# ONNX models (gpucnn.onnx.load): protobuf cannot hold more than 2 GiB in one message, and
+# AlexNet's weights are 244 MB; external data (weights in side files) is refused. Torch's
+# exporters emit ~60 nodes for a LocalResponseNorm: 100,000 nodes is no CNN gpucnn builds.
+ONNX_MAX_BYTES = 1 << 30
+ONNX_MAX_NODES = 100_000
 
 
 def generic_uncompressed_limit(archive_bytes):

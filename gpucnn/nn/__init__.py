@@ -3,6 +3,8 @@ from .layers import (AvgPool2d, Conv2d, Dropout, Flatten, Linear, LocalResponseN
                      LPPool2d, MaxPool2d, ReLU, SoftmaxCrossEntropy)
 from .flat import FlatParameters
 from .module import Module, Parameter, Sequential
+from .dense import fully_convolutional
 
 __all__ = ["Module", "Parameter", "Sequential", "FlatParameters", "Conv2d", "Linear", "MaxPool2d", "AvgPool2d",
-           "LPPool2d", "ReLU", "Flatten", "Dropout", "LocalResponseNorm", "SoftmaxCrossEntropy"]
+           "LPPool2d", "ReLU", "Flatten", "Dropout", "LocalResponseNorm", "SoftmaxCrossEntropy",
+           "fully_convolutional"]
