@@ -104,6 +104,8 @@ class TrainBatches:
         if B.kind != "device":
             self.on_device, why = False, (f"the {B.name} backend computes on the host "
                                           f"(--device-data does not apply)")
+        elif getattr(dataset, "host_batches", False):  # an augmented image folder
+            self.on_device, why = False, "each batch is decoded and augmented on the host"
         else:
             need = dataset.pixels.nbytes + dataset.labels.size * 4
             self.on_device, why = device_data_choice(mode, need, *free_device_bytes(B))
@@ -116,7 +118,9 @@ class TrainBatches:
                    f"{'cropped, flipped and ' if augment else ''}normalised by a gather kernel")
         elif augment:
             self.images = None
-            how = "batches augmented on the host and uploaded one by one"
+            how = ("batches augmented on the host and uploaded one by one"
+                   if dataset.pixels is not None else "images decoded, augmented on the host "
+                   "and uploaded batch by batch")
         else:
             self.images = B.asarray(dataset.images)
             how = (f"float32 images on the {B.name} backend ({_mb(dataset.images.nbytes)}), "

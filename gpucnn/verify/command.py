@@ -11,7 +11,7 @@ from ..argtypes import chw_shape, int_in, seed_int
 from ..backends import Backend, BackendUnavailable, get_backend
 from ..backends.emu import EmuError
 from ..checkpoint import CheckpointError
-from ..models import MODELS
+from ..models import NAMED as MODELS  # the names a user gives (no "sequential")
 from .compare import ORDERS, TOLERANCES, verify_model
 from ..membudget import check_fits, host_available_bytes
 from ..outputs import OutputRefused, check_outputs, write_atomic
