@@ -1,0 +1,288 @@
+"""Image folders (issue 21 parts 1, 2, 7): decoding, torchvision's transforms checked against
+their definitions, ImageFolder's discovery, stratified splits and subsets, unreadable files, and
+training from a folder of Fashion-MNIST PNGs."""
+import json
+import math
+import os
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gpucnn.cli import main
+from gpucnn.data import DataError, read_idx_pair
+from gpucnn.data.folder import (augment_rng, class_files, find_classes, load_folder,
+                                stratified_split, stratified_subset)
+from gpucnn.data.preprocess import Preprocess
+from gpucnn.data.transforms import (RATIO, SCALE, center_crop, cover_size, decode, hflip,
+                                    random_resized_crop, resize_center, resize_short,
+                                    resized_crop_params, to_array)
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+
+
+def _png(path, array):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def _messy_folder(root, rng):
+    """train/ with classes b (PNG RGB, odd sizes, an upper-case extension), a (JPEG, a
+    grayscale PNG in the RGB set, a corrupt file) and empty/ (no image, a text file)."""
+    for i in range(6):
+        _png(f"{root}/train/b/{i}.png",
+             rng.integers(0, 256, (20 + i, 31 - i, 3), dtype=np.uint8))
+    _png(f"{root}/train/b/UPPER.PNG", rng.integers(0, 256, (17, 40, 3), dtype=np.uint8))
+    os.makedirs(f"{root}/train/a")
+    for i in range(5):
+        img = Image.fromarray(rng.integers(0, 256, (33, 29, 3), dtype=np.uint8))
+        img.save(f"{root}/train/a/{i}.jpg", quality=90)
+    _png(f"{root}/train/a/gray.png", rng.integers(0, 256, (25, 25), dtype=np.uint8))
+    with open(f"{root}/train/a/corrupt.jpg", "wb") as f:
+        f.write(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    os.makedirs(f"{root}/train/empty")
+    with open(f"{root}/train/empty/notes.txt", "w") as f:
+        f.write("not an image")
+
+
+# ---- decoding -----------------------------------------------------------------------------
+def test_png_decodes_to_its_source_pixels_and_gif_to_its_first_frame(tmp_path, rng):
+    rgb = rng.integers(0, 256, (13, 17, 3), dtype=np.uint8)
+    _png(str(tmp_path / "x.png"), rgb)
+    np.testing.assert_array_equal(to_array(decode(tmp_path / "x.png", 3)),
+                                  rgb.transpose(2, 0, 1))
+    gray = rng.integers(0, 256, (9, 11), dtype=np.uint8)
+    _png(str(tmp_path / "g.png"), gray)
+    np.testing.assert_array_equal(to_array(decode(tmp_path / "g.png", 1))[0], gray)
+    # a grayscale file in an RGB set: Pillow's L -> RGB copies the value to each channel
+    np.testing.assert_array_equal(to_array(decode(tmp_path / "g.png", 3)),
+                                  np.stack([gray] * 3))
+    frames = [Image.fromarray(np.full((8, 8), v, np.uint8)) for v in (10, 200)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    assert to_array(decode(tmp_path / "a.gif", 1)).max() == 10
+    with pytest.raises(DataError, match="not an image Pillow can read"):
+        (tmp_path / "bad.png").write_bytes(b"garbage")
+        decode(tmp_path / "bad.png", 3)
+
+
+# ---- transforms against torchvision's definitions -----------------------------------------
+def test_resize_short_side_and_center_crop_follow_torchvision(rng):
+    img = Image.fromarray(rng.integers(0, 256, (50, 80, 3), dtype=np.uint8))  # w 80, h 50
+    r = resize_short(img, 32)
+    assert r.size == (int(32 * 80 / 50), 32)  # Resize(32): long side int(size * long / short)
+    # the filter is PIL's bilinear
+    np.testing.assert_array_equal(np.asarray(r), np.asarray(img.resize((51, 32),
+                                                                       Image.BILINEAR)))
+    assert resize_short(img.transpose(Image.TRANSPOSE), 32).size == (32, 51)
+    c = center_crop(r, 32, 32)
+    left = int(round((51 - 32) / 2.0))  # torchvision's offsets: round half to even
+    np.testing.assert_array_equal(np.asarray(c), np.asarray(r)[:, left:left + 32])
+    assert left == 10
+    # images already at the size are used as they are; others resized then cropped
+    same = Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    assert resize_center(same, 32, 32) is same
+    np.testing.assert_array_equal(np.asarray(resize_center(img, 32, 32)), np.asarray(c))
+    # a non-square input: the resize just covers it
+    assert cover_size(80, 50, 20, 40) == (40, 25) and cover_size(80, 50, 40, 20) == (64, 40)
+    assert resize_center(img, 20, 40).size == (40, 20)
+
+
+class _Scripted:
+    """A generator that answers uniform() from a script and integers() with the low end."""
+
+    def __init__(self, uniforms):
+        self.uniforms, self.calls = list(uniforms), 0
+
+    def uniform(self, lo, hi):
+        self.calls += 1
+        u = self.uniforms.pop(0)
+        return lo + u * (hi - lo)
+
+    def integers(self, lo, hi):
+        return lo
+
+
+def test_random_resized_crop_params_follow_get_params(rng):
+    h, w = 60, 100
+    for _ in range(300):
+        top, left, ch, cw = resized_crop_params(rng, h, w)
+        assert 0 <= top <= h - ch and 0 <= left <= w - cw and ch >= 1 and cw >= 1
+        if (ch, cw) != (h, w) and not (ch == h and cw == round(h * RATIO[1])):
+            # a box of the loop: area share in SCALE and ratio in RATIO, up to the rounding
+            assert SCALE[0] * 0.8 <= ch * cw / (h * w) <= SCALE[1] + 0.05
+            assert RATIO[0] * 0.8 <= cw / ch <= RATIO[1] * 1.25
+    # one try: area share u0 of scale, ratio exp(log-uniform u1), w,h by Python's round
+    s = _Scripted([0.5, 0.5])
+    top, left, ch, cw = resized_crop_params(s, h, w)
+    area = h * w * (SCALE[0] + 0.5 * (SCALE[1] - SCALE[0]))
+    aspect = math.exp(0.5 * (math.log(RATIO[0]) + math.log(RATIO[1])))
+    assert (ch, cw) == (int(round(math.sqrt(area / aspect))),
+                        int(round(math.sqrt(area * aspect))))
+    assert (top, left) == (0, 0) and s.calls == 2
+    # ten failed tries (the whole area at the widest ratio does not fit), then the fall-back:
+    # a centre crop at the ratio clamped to RATIO (here the image is wider than 4/3)
+    s = _Scripted([1.0, 1.0] * 10)
+    assert resized_crop_params(s, h, w) == ((h - h) // 2, (w - 80) // 2, h, 80) and s.calls == 20
+    s = _Scripted([1.0, 1.0] * 10)  # an image taller than 3/4: the width stays
+    assert resized_crop_params(s, 100, 60) == ((100 - 80) // 2, 0, 80, 60)
+    s = _Scripted([1.0, 1.0] * 10)  # a ratio inside RATIO: the whole image
+    assert resized_crop_params(s, 100, 100) == (0, 0, 100, 100) or s.calls < 20
+
+
+def test_random_resized_crop_is_crop_then_bilinear_resize_and_flip_mirrors(rng):
+    img = Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    seed = int(rng.integers(1 << 30))
+    top, left, ch, cw = resized_crop_params(np.random.default_rng(seed), 40, 50)
+    want = img.crop((left, top, left + cw, top + ch)).resize((24, 24), Image.BILINEAR)
+    got = random_resized_crop(img, np.random.default_rng(seed), 24, 24)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(hflip(img)), np.asarray(img)[:, ::-1])
+    # a sample's draws depend on (seed, epoch, index) only
+    a, b = augment_rng(3, 1, 7).random(4), augment_rng(3, 1, 7).random(4)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, augment_rng(3, 2, 7).random(4))
+
+
+# ---- discovery, splits, subsets -----------------------------------------------------------
+def test_imagefolder_discovery_empty_classes_and_unreadable_files(tmp_path, rng):
+    _messy_folder(tmp_path, rng)
+    assert find_classes(tmp_path / "train") == ["a", "b", "empty"]
+    names = [os.path.basename(p) for p in class_files(tmp_path / "train" / "b")]
+    assert names == ["0.png", "1.png", "2.png", "3.png", "4.png", "5.png", "UPPER.PNG"]
+    with pytest.raises(DataError, match=r"train/empty: class folder without images.*"
+                                        r"--allow-empty-classes"):
+        load_folder(tmp_path, 3, (16, 16), val_split=0.3)
+    with pytest.raises(DataError, match=r"corrupt.jpg.*--strict"):
+        load_folder(tmp_path, 3, (16, 16), val_split=0.3, allow_empty_classes=True,
+                    strict=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = load_folder(tmp_path, 3, (16, 16), val_split=0.3, allow_empty_classes=True)
+    skipped = [str(w.message) for w in caught if "skipped" in str(w.message)]
+    assert len(skipped) == 1 and "corrupt.jpg" in skipped[0]
+    assert [p for p, _ in data.skipped] == [str(tmp_path / "train/a/corrupt.jpg")]
+    assert data.preprocess.classes == ("a", "b", "empty")
+    n = len(data.train) + len(data.val)
+    assert n == 13 and data.train.pixels.shape[1:] == (3, 16, 16)
+    # stratified: each class of two or more images gives at least one to validation
+    assert set(data.val.labels.tolist()) == {0, 1}
+    assert data.train.images.dtype == np.float32 and abs(data.train.images.mean()) < 0.2
+
+
+def test_stratified_split_and_subset_keep_every_class(rng):
+    labels = np.repeat(np.arange(4), [100, 50, 30, 20])
+    keep, held = stratified_split(labels, 0.1, seed=5)
+    assert np.bincount(labels[held]).tolist() == [10, 5, 3, 2]
+    assert len(np.intersect1d(keep, held)) == 0 and len(keep) + len(held) == 200
+    assert np.array_equal(held, stratified_split(labels, 0.1, seed=5)[1])
+    assert not np.array_equal(held, stratified_split(labels, 0.1, seed=6)[1])
+    pick = stratified_subset(labels, 20, seed=int(rng.integers(1000)))
+    assert np.bincount(labels[pick]).tolist() == [10, 5, 3, 2]
+    assert np.all(np.diff(pick) > 0)
+
+
+def test_preprocess_record_round_trips_and_is_checked():
+    pre = Preprocess(("cat", "dog"), 3, (32, 32), (0.5, 0.4, 0.3), (0.2, 0.2, 0.2), "given")
+    rec = json.loads(json.dumps(pre.to_record()))
+    assert Preprocess.from_record(rec) == pre
+    bad = dict(rec, std=[0.2, 0.0, 0.2])
+    with pytest.raises(DataError, match=r"'std'"):
+        Preprocess.from_record(bad, "ck.npz")
+    with pytest.raises(DataError, match=r"'channels' is 1 with 3 mean"):
+        Preprocess.from_record(dict(rec, channels=1), "ck.npz")
+    with pytest.raises(DataError, match=r"'resize'"):
+        Preprocess.from_record(dict(rec, resize="stretch"), "ck.npz")
+
+
+# ---- training from a folder ---------------------------------------------------------------
+def _fmnist_pngs(root, n_train, n_val):
+    """train/: the first n_train Fashion-MNIST training images; val/: the first n_val test
+    images (what --limit and --test-limit take of the IDX files)."""
+    out = []
+    for split, stem in (("train", "train"), ("val", "t10k")):
+        x, y = read_idx_pair(f"{FMNIST}/{stem}-images-idx3-ubyte.gz",
+                             f"{FMNIST}/{stem}-labels-idx1-ubyte.gz", 10, (28, 28))
+        for i in range(n_train if split == "train" else n_val):
+            _png(f"{root}/{split}/{y[i]}/{i:05d}.png", x[i])
+        out.append(x)
+    return out[0]
+
+
+def test_fashion_mnist_png_folder_trains_lenet5_as_the_idx_files_do(tmp_path):
+    root = tmp_path / "fm"
+    x = _fmnist_pngs(root, 3000, 1000)
+    ck, metrics = tmp_path / "ck.npz", tmp_path / "m.json"
+    common = ["--epochs", "2", "--batch-size", "32", "--backend", "numpy", "--no-progress"]
+    argv = ["train", "--dataset", "folder", "--data-dir", str(root), "--channels", "1",
+            "--checkpoint", str(ck), "--metrics-json", str(metrics), *common]
+    assert main(argv) == 0
+    m = json.loads(metrics.read_text())
+    rec = m["data"]
+    assert rec["classes"] == [str(i) for i in range(10)] and rec["channels"] == 1
+    assert rec["input_size"] == [28, 28] and rec["stats"].startswith("computed from the 3000")
+    mean = x[:3000].astype(np.float64).mean() / 255  # the PNGs hold the IDX pixels exactly
+    assert abs(rec["mean"][0] - mean) < 1e-9
+    assert m["input_shape"] == [1, 28, 28] and m["skipped_images"] == 0
+    idx_metrics = tmp_path / "idx.json"
+    assert main(["train", "--dataset", "fashion-mnist", "--limit", "3000", "--test-limit",
+                 "1000", "--metrics-json", str(idx_metrics), *common]) == 0
+    idx = json.loads(idx_metrics.read_text())["test_accuracy"]
+    print(f"LeNet-5, 3000 images, 2 epochs: PNG folder {m['test_accuracy']:.4f}, "
+          f"IDX {idx:.4f}")
+    assert m["test_accuracy"] >= 0.72 and abs(m["test_accuracy"] - idx) <= 0.05
+    from gpucnn.checkpoint import open_checkpoint
+    with open_checkpoint(ck) as c:
+        assert c.metadata["data"] == rec and c.metadata["schema_version"] == 4
+    # resume continues the run
+    at = argv.index("--epochs")
+    assert main(argv[:at] + ["--epochs", "3"] + argv[at + 2:] + ["--resume"]) == 0
+    assert len(json.loads(metrics.read_text())["epochs"]) == 3
+
+
+def test_augmented_folder_training_is_reproducible_and_resumes_exactly(tmp_path, rng):
+    from gpucnn.train import TrainConfig, Trainer
+    for c in ("x", "y"):
+        for i in range(12):
+            h, w = rng.integers(20, 40, 2)
+            _png(f"{tmp_path}/d/train/{c}/{i}.png", rng.integers(0, 256, (h, w, 3),
+                                                                 dtype=np.uint8))
+
+    def cfg(**kw):
+        return TrainConfig(model="lenet5", dataset="folder", data_dir=str(tmp_path / "d"),
+                           input=(3, 28, 28), augment="random-resized-crop", epochs=2,
+                           batch_size=5, backend="numpy", progress=False, val_split=0.25, **kw)
+
+    def params(tr):
+        return {n: p.data.copy() for n, p in tr.model.named_parameters()}
+
+    straight = Trainer(cfg())
+    straight.fit()
+    first = Trainer(cfg(checkpoint=str(tmp_path / "ck.npz")))
+
+    def stop(tr):
+        if tr.epoch == 1 and tr.batch_in_epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(on_step=stop)
+    resumed = Trainer(cfg(checkpoint=str(tmp_path / "ck.npz"), resume=True))
+    resumed.load(str(tmp_path / "ck.npz"))
+    resumed.fit()
+    for name, a in params(straight).items():
+        np.testing.assert_array_equal(a, params(resumed)[name], err_msg=name)
+    # the batches of the augmented set differ between epochs, not between runs
+    x0 = next(straight.train_set.batches(4, seed=0, epoch=0))[0]
+    np.testing.assert_array_equal(x0, next(resumed.train_set.batches(4, seed=0, epoch=0))[0])
+    assert not np.array_equal(x0, next(straight.train_set.batches(4, seed=0, epoch=1))[0])
+
+
+def test_folder_errors_are_named(tmp_path, capsys):
+    assert main(["train", "--dataset", "folder", "--data-dir", str(tmp_path),
+                 "--backend", "numpy", "--no-progress"]) == 2
+    assert "no train/ folder" in capsys.readouterr().err
+    assert main(["train", "--dataset", "folder", "--backend", "numpy", "--no-progress"]) == 2
+    assert "needs --data-dir" in capsys.readouterr().err
+    assert main(["train", "--augment", "random-resized-crop", "--backend", "numpy",
+                 "--no-progress", "--limit", "8"]) == 2
+    assert "--augment applies to --dataset folder only" in capsys.readouterr().err
