@@ -203,7 +203,7 @@ _HISTORY_RECORD = Obj(
 # The run configuration (gpucnn.train.TrainConfig as saved): compared by --resume, never
 # acted on from the file; keys a later version records are scalars.
 _CONFIG = Obj({
-    "model": Str(64), "dataset": Str(64), "epochs": Int(1), "batch_size": Int(1),
+    "model": Str(4096), "dataset": Str(64), "epochs": Int(1), "batch_size": Int(1),
     "lr": Num(positive=True), "momentum": Num(), "nesterov": Bool(), "weight_decay": Num(),
     "optimizer": Str(16), "schedule": Str(64), "seed": Int(-2 ** 63, 2 ** 64),
     "backend": Opt(Str(64)), "data_dir": Opt(Str()), "download": Bool(),
