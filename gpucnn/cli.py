@@ -165,6 +165,11 @@ def _add_folder_args(t):
                         "(default: computed from the training images)")
     t.add_argument("--std", type=number_list, default=None,
                    help="folder: per-channel std, with --mean (default: computed)")
+    t.add_argument("--workers", type=int_in(0, 256), default=None,
+                   help="folder with --augment: processes that decode and augment the batches "
+                        "ahead of the steps, in shared memory (0: threads of this process; "
+                        "results do not depend on it) (default: the cores, divided among the "
+                        "ranks of a node under mpiexec)")
 
 
 def cmd_train(args):
@@ -183,7 +188,8 @@ def cmd_train(args):
                       cuda_graphs=args.cuda_graphs, device_data=args.device_data,
                       input=args.input, channels=args.channels, val_split=args.val_split,
                       allow_empty_classes=args.allow_empty_classes, strict=args.strict,
-                      augment=args.augment, mean=args.mean, std=args.std)
+                      augment=args.augment, mean=args.mean, std=args.std,
+                      workers=args.workers)
     try:
         m = train(cfg)
     except KeyboardInterrupt as exc:  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM

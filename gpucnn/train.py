@@ -128,6 +128,7 @@ class TrainConfig:
     augment: str = "none"              # folder: none or random-resized-crop
     mean: tuple | None = None          # folder: per-channel mean/std (default: computed)
     std: tuple | None = None
+    workers: int | None = None         # folder + augment: input processes (None: the cores)
 
     def validate(self):
         for name in ("epochs", "batch_size"):
@@ -187,8 +188,6 @@ class Trainer:
                 raise ValueError(f"{cfg.dataset} {ds.split} split ({ds.files[-1]}): {exc}; the "
                                  f"model has num_classes={kwargs['num_classes']}") from None
             self.data_files[ds.split] = [str(f) for f in ds.files]
-        if inputs.line:
-            print(f"data: {inputs.line}", flush=True)
         print(f"data: {cfg.dataset}, train {len(self.train_set)} images from "
               f"{', '.join(self.data_files['train'])}; test {len(self.test_set)} images from "
               f"{', '.join(self.data_files['test'])}", flush=True)
@@ -203,10 +202,9 @@ class Trainer:
         self.augment = (self.train_set.name == "cifar10"
                         or getattr(self.train_set, "host_batches", False))
         self.run = RunState()
-        self.run_checkpoint = RunCheckpoint(cfg, self.model, self.opt, self.backend)
-        self.run_checkpoint.data_record = self.data_record
-        # Saved to the file a symbolic link points to: replacing the link by a regular file
-        # would leave two diverging checkpoints.
+        self.run_checkpoint = RunCheckpoint(cfg, self.model, self.opt, self.backend,
+                                            self.data_record)
+        # Saved to the file a link points to (replacing the link would leave two checkpoints)
         self.checkpoint_target = write_target(cfg.checkpoint) if cfg.checkpoint else None
         self.lock = None  # the RunLock train() holds: re-taken on each new checkpoint file
         self.resume_unchecked: list[str] = []  # run keys the checkpoint did not record
@@ -215,7 +213,7 @@ class Trainer:
         self.check_every = cfg.check_every or (1 if self.backend.xp is np else 20)
         self.feed = TrainBatches(self.backend, self.train_set, cfg.device_data, self.augment)
         print(f"data: {self.feed.line}", flush=True)
-        # What batches are gathered from (None for host-augmented CIFAR-10 batches).
+        # What batches are gathered from (None for host-augmented batches).
         self.train_x, self.train_y = self.feed.images, self.feed.labels
         self.graph_steps = (GraphSteps(self.backend, self._update, self.model, self.opt,
                                        graph_blocker(self.backend, self.model, self.opt))
@@ -407,6 +405,7 @@ class Trainer:
         if bar is not None:
             bar.update(len(images))
             bar.set_postfix(loss=f"{s.loss / s.images:.4f}", acc=f"{s.correct / s.images:.3f}",
+                            data=f"{self.feed.epoch_wait_s / max(s.seconds, 1e-9):.0%}",
                             img_s=f"{s.images / s.seconds:.0f}" if s.seconds > 0 else "-")
 
     def metrics(self):
@@ -427,7 +426,7 @@ class Trainer:
                                 else self.eager_steps),
                 "config": config_record(cfg), "schema": METRICS_SCHEMA,
                 "input_shape": list(self.model.input_shape), "data": self.data_record,
-                "skipped_images": len(self.skipped), "skipped_files": [p for p, _ in self.skipped[:100]]}
+                **self.feed.record(self.skipped, sum(r["seconds"] for r in history))}
 
     def write_metrics(self):
         path = self.cfg.metrics_json

@@ -41,10 +41,9 @@ class RunCheckpoint:
     """Saves and restores the run of ``model`` and ``opt`` on backend ``B``, configured by
     ``cfg`` (a gpucnn.train.TrainConfig)."""
 
-    data_record = None  # an image folder's preprocessing record (gpucnn.data.preprocess)
-
-    def __init__(self, cfg, model, opt, B):
+    def __init__(self, cfg, model, opt, B, data_record=None):
         self.cfg, self.model, self.opt, self.backend = cfg, model, opt, B
+        self.data_record = data_record  # an image folder's (gpucnn.data.preprocess), or None
 
     def run_record(self):
         """What this run is, saved in the checkpoint and compared by --resume (the keys of

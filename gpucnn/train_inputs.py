@@ -21,7 +21,7 @@ class RunInputs:
     """``train_set``, ``test_set``, ``model_name``, ``model_kwargs`` (num_classes included),
     ``input_shape`` (None: the model's own), ``data_record`` (an image folder's preprocessing
     record, else None), ``skipped`` ((path, why) of unreadable images) and ``line`` (what was
-    loaded, for the start-up output) of run configuration ``cfg``."""
+    loaded, printed at start-up) of run configuration ``cfg``."""
 
     def __init__(self, cfg):
         self.model_kwargs = dict(cfg.model_kwargs)
@@ -55,6 +55,7 @@ class RunInputs:
 
     def _load_folder(self, cfg):
         from .data.folder import load_folder
+        from .data.workers import default_workers
         if cfg.data_dir is None:
             raise ValueError("--dataset folder needs --data-dir DIR (DIR/train/<class>/<images>"
                              ", optionally DIR/val/<class>/<images>)")
@@ -72,10 +73,12 @@ class RunInputs:
         self.input_shape = (channels, *shape[1:])
         data = load_folder(cfg.data_dir, channels, self.input_shape[1:], cfg.val_split,
                            cfg.seed, cfg.limit, cfg.test_limit, cfg.allow_empty_classes,
-                           cfg.strict, cfg.augment, cfg.mean, cfg.std)
+                           cfg.strict, cfg.augment, cfg.mean, cfg.std,
+                           workers=default_workers() if cfg.workers is None else cfg.workers)
         self.train_set, self.test_set = data.train, data.val
         self.data_record, self.skipped, self.line = (data.preprocess.to_record(), data.skipped,
                                                      data.line)
+        print(f"data: {data.line}", flush=True)
 
 
 def check_input_options(cfg):
@@ -86,6 +89,8 @@ def check_input_options(cfg):
         if len(cfg.input) != 3 or not all(isinstance(v, int) and not isinstance(v, bool)
                                            and 1 <= v <= 65536 for v in cfg.input):
             raise ValueError(f"input must be 3 ints C,H,W in [1, 65536], got {cfg.input!r}")
+    if cfg.workers is not None and not (isinstance(cfg.workers, int) and 0 <= cfg.workers <= 256):
+        raise ValueError(f"workers must be an int in [0, 256], got {cfg.workers!r}")
     if cfg.channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1 or 3, got {cfg.channels!r}")
     if not (isinstance(cfg.val_split, (int, float)) and 0.0 <= cfg.val_split < 1.0):

@@ -240,25 +240,42 @@ def test_fashion_mnist_png_folder_trains_lenet5_as_the_idx_files_do(tmp_path):
     assert len(json.loads(metrics.read_text())["epochs"]) == 3
 
 
-def test_augmented_folder_training_is_reproducible_and_resumes_exactly(tmp_path, rng):
-    from gpucnn.train import TrainConfig, Trainer
+def _augmented_folder(root, rng, n=12):
     for c in ("x", "y"):
-        for i in range(12):
+        for i in range(n):
             h, w = rng.integers(20, 40, 2)
-            _png(f"{tmp_path}/d/train/{c}/{i}.png", rng.integers(0, 256, (h, w, 3),
-                                                                 dtype=np.uint8))
+            _png(f"{root}/train/{c}/{i}.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
-    def cfg(**kw):
-        return TrainConfig(model="lenet5", dataset="folder", data_dir=str(tmp_path / "d"),
-                           input=(3, 28, 28), augment="random-resized-crop", epochs=2,
-                           batch_size=5, backend="numpy", progress=False, val_split=0.25, **kw)
 
-    def params(tr):
-        return {n: p.data.copy() for n, p in tr.model.named_parameters()}
+def _augmented_cfg(root, **kw):
+    from gpucnn.train import TrainConfig
+    return TrainConfig(**{**dict(model="lenet5", dataset="folder", data_dir=str(root),
+                                 input=(3, 28, 28), augment="random-resized-crop", epochs=2,
+                                 batch_size=5, backend="numpy", progress=False,
+                                 val_split=0.25, workers=0), **kw})
 
-    straight = Trainer(cfg())
-    straight.fit()
-    first = Trainer(cfg(checkpoint=str(tmp_path / "ck.npz")))
+
+def _params(tr):
+    return {n: p.data.copy() for n, p in tr.model.named_parameters()}
+
+
+def test_augmented_training_does_not_depend_on_workers_and_resumes_exactly(tmp_path, rng):
+    from gpucnn.train import Trainer
+    _augmented_folder(tmp_path / "d", rng)
+    runs = {}
+    for workers in (0, 1, 2):  # threads in this process, one worker process, two
+        tr = Trainer(_augmented_cfg(tmp_path / "d", workers=workers))
+        m = tr.fit()
+        runs[workers] = _params(tr)
+        assert 0.0 <= m["data_wait_share"] <= 1.0
+        if workers:
+            tr.train_set.pipeline.close()
+    for name, a in runs[0].items():
+        np.testing.assert_array_equal(a, runs[1][name], err_msg=name)
+        np.testing.assert_array_equal(a, runs[2][name], err_msg=name)
+    # interrupted mid-epoch with two workers, resumed with one: the uninterrupted run's weights
+    ck = str(tmp_path / "ck.npz")
+    first = Trainer(_augmented_cfg(tmp_path / "d", workers=2, checkpoint=ck))
 
     def stop(tr):
         if tr.epoch == 1 and tr.batch_in_epoch == 2:
@@ -266,15 +283,41 @@ def test_augmented_folder_training_is_reproducible_and_resumes_exactly(tmp_path,
 
     with pytest.raises(KeyboardInterrupt):
         first.fit(on_step=stop)
-    resumed = Trainer(cfg(checkpoint=str(tmp_path / "ck.npz"), resume=True))
-    resumed.load(str(tmp_path / "ck.npz"))
+    first.train_set.pipeline.close()
+    resumed = Trainer(_augmented_cfg(tmp_path / "d", workers=1, checkpoint=ck, resume=True))
+    resumed.load(ck)
     resumed.fit()
-    for name, a in params(straight).items():
-        np.testing.assert_array_equal(a, params(resumed)[name], err_msg=name)
-    # the batches of the augmented set differ between epochs, not between runs
-    x0 = next(straight.train_set.batches(4, seed=0, epoch=0))[0]
-    np.testing.assert_array_equal(x0, next(resumed.train_set.batches(4, seed=0, epoch=0))[0])
-    assert not np.array_equal(x0, next(straight.train_set.batches(4, seed=0, epoch=1))[0])
+    resumed.train_set.pipeline.close()
+    for name, a in runs[0].items():
+        np.testing.assert_array_equal(a, _params(resumed)[name], err_msg=name)
+    # a sample's crop depends on (seed, epoch, index): the same in every run, not per epoch
+    ds = resumed.train_set
+    x0 = next(ds.batches(4, seed=0, epoch=0))[0]
+    np.testing.assert_array_equal(x0, next(ds.batches(4, seed=0, epoch=0))[0])
+    assert not np.array_equal(x0, next(ds.batches(4, seed=0, epoch=1))[0])
+
+
+def test_a_killed_worker_is_a_clear_error_not_a_hang(tmp_path, rng):
+    import time
+    from gpucnn.data.workers import POLL_S, WorkerDied
+    from gpucnn.train import Trainer
+    _augmented_folder(tmp_path / "d", rng, n=20)
+    tr = Trainer(_augmented_cfg(tmp_path / "d", workers=2, batch_size=2, epochs=1))
+    killed = {}
+
+    def kill(tr):
+        if tr.batch_in_epoch == 1:
+            victim = tr.train_set.pipeline.procs[1]
+            victim.kill()
+            victim.join(5)
+            killed["at"] = time.perf_counter()
+
+    with pytest.raises(WorkerDied, match=r"input worker 1 \(pid \d+\) died \(killed by "
+                                         r"SIGKILL\) while batch \d+ was being prepared"):
+        tr.fit(on_step=kill)
+    assert time.perf_counter() - killed["at"] < 10 * POLL_S
+    tr.train_set.pipeline.close()
+    assert not any(p.is_alive() for p in tr.train_set.pipeline.procs)
 
 
 def test_folder_errors_are_named(tmp_path, capsys):

@@ -16,8 +16,9 @@ decodes): a file that is not a readable image is skipped with one warning naming
 training and validation images are kept as uint8 at the input size (the evaluation transform of
 gpucnn.data.preprocess) and served like the built-in datasets (device data included). With
 ``augment="random-resized-crop"`` each training batch is decoded again and augmented on the
-host, each sample by a generator seeded by (seed, epoch, sample index), so a batch does not
-depend on the batch it is in, on threads, or on where a run was resumed.
+host — by ``workers`` processes (gpucnn.data.workers) or, with 0, by threads here — each sample
+by a generator seeded by (seed, epoch, sample index), so a sample does not depend on the batch
+it is in, on the workers, or on where a run was resumed.
 """
 from __future__ import annotations
 
@@ -33,14 +34,14 @@ from .datasets import Dataset, DatasetInfo, channel_stats, check_variance, norma
 from .errors import DataError
 from .loader import epoch_permutation, num_batches
 from .preprocess import AUGMENTS, Preprocess
-from .transforms import (IMAGE_EXTENSIONS, decode, hflip, random_resized_crop, resize_center,
-                         to_array)
+from .transforms import (IMAGE_EXTENSIONS, augment_rng, augmented_pixels, decode,
+                         resize_center, to_array)
 
 __all__ = ["FolderData", "find_classes", "class_files", "stratified_subset", "stratified_split",
-           "load_folder", "augment_rng", "STATS_MAX_IMAGES"]
+           "load_folder", "augment_rng", "augmented_pixels", "STATS_MAX_IMAGES"]
 
 STATS_MAX_IMAGES = 5000  # mean/std from at most this many training images (seeded sample)
-_SPLIT_TAG, _LIMIT_TAG, _STATS_TAG, _SAMPLE_TAG = 0x5350, 0x4C49, 0x5354, 0x534D
+_SPLIT_TAG, _LIMIT_TAG, _STATS_TAG = 0x5350, 0x4C49, 0x5354
 
 
 def find_classes(directory):
@@ -102,11 +103,6 @@ def stratified_split(labels, share, seed):
     return np.setdiff1d(np.arange(len(labels)), held), held
 
 
-def augment_rng(seed, epoch, index):
-    """The generator of training sample ``index``'s augmentation in ``epoch``."""
-    return np.random.default_rng([int(seed), int(epoch), int(index), _SAMPLE_TAG])
-
-
 def _list_split(directory, classes, allow_empty, known=None):
     paths, labels, empty = [], [], []
     for i, name in enumerate(classes):
@@ -137,21 +133,31 @@ class _AugmentedTrainSet(Dataset):
     """The training split of a folder under augmentation: batches decoded and augmented on the
     host (``host_batches``), the evaluation pixels kept only for the statistics."""
     host_batches = True
+    workers = 0        # input worker processes (gpucnn.data.workers); 0: threads here
+    pipeline = None
 
     def batches(self, batch_size, shuffle=True, seed=0, epoch=0, drop_last=False,
                 augment=False, start_batch=0):
         order = epoch_permutation(len(self), seed, epoch) if shuffle else np.arange(len(self))
+        if drop_last:
+            order = order[:len(order) - len(order) % batch_size]
+        if self.workers:
+            if self.pipeline is None or self.pipeline.batch != batch_size:
+                from .workers import BatchPipeline
+                if self.pipeline is not None:
+                    self.pipeline.close()
+                self.pipeline = BatchPipeline(self.paths, self.preprocess.channels,
+                                              self.input_shape, self.mean, self.std,
+                                              batch_size, self.workers)
+            for x, idx in self.pipeline.batches(order, batch_size, seed, epoch, start_batch):
+                yield x, self.labels[idx]
+            return
         pre = self.preprocess
-        h, w = pre.input_size
 
         def sample(i):
-            rng = augment_rng(seed, epoch, i)
-            img = random_resized_crop(decode(self.paths[i], pre.channels), rng, h, w)
-            if rng.random() < 0.5:
-                img = hflip(img)
-            return to_array(img)
+            return augmented_pixels(self.paths[i], pre.channels, pre.input_size, seed, epoch, i)
 
-        for b in range(int(start_batch), num_batches(len(self), batch_size, drop_last)):
+        for b in range(int(start_batch), num_batches(len(order), batch_size)):
             idx = order[b * batch_size:(b + 1) * batch_size]
             pixels = np.stack(list(self.pool.map(sample, idx.tolist())))
             yield normalize(pixels, self.mean, self.std), self.labels[idx]
@@ -183,7 +189,7 @@ def _decode_all(paths, channels, size, strict, pool):
 
 def load_folder(root, channels=3, input_size=(224, 224), val_split=0.1, seed=0, limit=None,
                 test_limit=None, allow_empty_classes=False, strict=False, augment="none",
-                mean=None, std=None, threads=None):
+                mean=None, std=None, threads=None, workers=0):
     """The :class:`FolderData` of image folder ``root`` (the module docstring)."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
@@ -263,8 +269,11 @@ def load_folder(root, channels=3, input_size=(224, 224), val_split=0.1, seed=0, 
                                    mean=pre.mean, std=pre.std, files=(train_dir,), pixels=None)
         train.paths, train.preprocess = paths, pre
         train.pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1)
+        train.workers = int(workers or 0)
     line = (f"{len(classes)} classes, {len(labels)} training and {len(val_labels)} validation "
             f"images from {where}, {channels} channel(s) at {size[0]}x{size[1]}, mean/std "
             f"{stats}, augmentation {augment}"
+            + (f" ({'%d input worker process(es)' % workers if workers else 'threads'})"
+               if augment != "none" else "")
             + (f"; {len(skipped)} unreadable file(s) skipped" if skipped else ""))
     return FolderData(train, val, pre, skipped, line)

@@ -18,7 +18,8 @@ from .errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "MAX_IMAGE_BYTES", "SCALE", "RATIO",
            "decode", "resize_short", "cover_size", "center_crop", "resize_center",
-           "resized_crop_params", "random_resized_crop", "hflip", "to_array"]
+           "resized_crop_params", "random_resized_crop", "hflip", "to_array", "augment_rng",
+           "augmented_pixels"]
 
 # torchvision's IMG_EXTENSIONS less .ppm/.pgm/.tif/.tiff, plus .gif (torchvision lists no GIF;
 # its first frame is used here). Matched case-insensitively, as torchvision does.
@@ -27,6 +28,7 @@ MAX_IMAGE_PIXELS = 64 << 20   # a decompression bomb is refused before it is dec
 MAX_IMAGE_BYTES = 256 << 20
 SCALE = (0.08, 1.0)           # RandomResizedCrop's defaults
 RATIO = (3.0 / 4.0, 4.0 / 3.0)
+_SAMPLE_TAG = 0x534D  # mixed into a sample's augmentation seed (the loader's tags are others)
 
 
 def decode(path, channels):
@@ -148,3 +150,18 @@ def to_array(img):
     """uint8 (C, H, W) of a mode "L" or "RGB" PIL image."""
     a = np.asarray(img, dtype=np.uint8)
     return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
+
+
+def augment_rng(seed, epoch, index):
+    """The generator of training sample ``index``'s augmentation in ``epoch``."""
+    return np.random.default_rng([int(seed), int(epoch), int(index), _SAMPLE_TAG])
+
+
+def augmented_pixels(path, channels, size, seed, epoch, index):
+    """uint8 (C, H, W) of training sample ``index`` in ``epoch``: RandomResizedCrop to
+    ``size`` (H, W), then a horizontal flip with probability 1/2, drawn from augment_rng."""
+    rng = augment_rng(seed, epoch, index)
+    img = random_resized_crop(decode(path, channels), rng, *size)
+    if rng.random() < 0.5:
+        img = hflip(img)
+    return to_array(img)
