@@ -100,6 +100,8 @@ class TrainBatches:
 
     def __init__(self, backend, dataset, mode="auto", augment=False):
         self.backend, self.dataset, self.augment = backend, dataset, augment
+        if getattr(dataset, "host_batches", False):
+            dataset.zero_copy = True  # each batch is uploaded before the next is asked for
         B = backend
         check_device_data_mode(mode)
         if B.kind != "device":

@@ -291,8 +291,8 @@ def test_augmented_training_does_not_depend_on_workers_and_resumes_exactly(tmp_p
     for name, a in runs[0].items():
         np.testing.assert_array_equal(a, _params(resumed)[name], err_msg=name)
     # a sample's crop depends on (seed, epoch, index): the same in every run, not per epoch
-    ds = resumed.train_set
-    x0 = next(ds.batches(4, seed=0, epoch=0))[0]
+    ds = resumed.train_set  # (its batches are views of the workers' slots: copied here)
+    x0 = next(ds.batches(4, seed=0, epoch=0))[0].copy()
     np.testing.assert_array_equal(x0, next(ds.batches(4, seed=0, epoch=0))[0])
     assert not np.array_equal(x0, next(ds.batches(4, seed=0, epoch=1))[0])
 
@@ -329,3 +329,15 @@ def test_folder_errors_are_named(tmp_path, capsys):
     assert main(["train", "--augment", "random-resized-crop", "--backend", "numpy",
                  "--no-progress", "--limit", "8"]) == 2
     assert "--augment applies to --dataset folder only" in capsys.readouterr().err
+
+
+def test_input_pipeline_bench_runs_both_sides(tmp_path):
+    """A smoke run of `gpucnn bench --input-pipeline` (a comparison, not a timed test)."""
+    pytest.importorskip("torch", reason="the comparison side needs PyTorch (CI installs it)")
+    out = tmp_path / "ip.json"
+    assert main(["bench", "--input-pipeline", "--images", "8", "--rounds", "1", "--workers",
+                 "1", "--batch-size", "4", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [r["crop"] for r in rows] == [224, 32] and all(r["images"] == 8 for r in rows)
+    assert all(r["gpucnn_images_per_s"] > 0 and r["torch_dataloader_images_per_s"] > 0
+               for r in rows)

@@ -135,6 +135,7 @@ class _AugmentedTrainSet(Dataset):
     host_batches = True
     workers = 0        # input worker processes (gpucnn.data.workers); 0: threads here
     pipeline = None
+    zero_copy = False  # batches from the workers' slots without a copy (TrainBatches sets it)
 
     def batches(self, batch_size, shuffle=True, seed=0, epoch=0, drop_last=False,
                 augment=False, start_batch=0):
@@ -149,7 +150,9 @@ class _AugmentedTrainSet(Dataset):
                 self.pipeline = BatchPipeline(self.paths, self.preprocess.channels,
                                               self.input_shape, self.mean, self.std,
                                               batch_size, self.workers)
-            for x, idx in self.pipeline.batches(order, batch_size, seed, epoch, start_batch):
+            # the batch in its slot, valid until the next is asked for (the trainer's use)
+            for x, idx in self.pipeline.batches(order, batch_size, seed, epoch, start_batch,
+                                                copy=not self.zero_copy):
                 yield x, self.labels[idx]
             return
         pre = self.preprocess

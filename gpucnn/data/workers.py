@@ -81,7 +81,7 @@ def _worker(spec, shm, tasks, results, parent):
             try:
                 px = np.stack([augmented_pixels(spec["paths"][i], spec["channels"],
                                                 spec["shape"][1:], seed, epoch, i) for i in idx])
-                slots[slot, :len(idx)] = normalize(px, spec["mean"], spec["std"])
+                normalize(px, spec["mean"], spec["std"], out=slots[slot, :len(idx)])
                 results.put((b, slot, None))
             except Exception as exc:  # reported to the trainer, which raises it
                 results.put((b, slot, f"{type(exc).__name__}: {exc}"))
@@ -125,9 +125,11 @@ class BatchPipeline:
                                  f"checkpoint, if any, holds the last finished epoch or "
                                  f"interrupt)")
 
-    def batches(self, order, batch_size, seed, epoch, start=0):
-        """(images, indices) of the batches of ``order`` from batch ``start`` on, in order;
-        the images are a copy out of the slot."""
+    def batches(self, order, batch_size, seed, epoch, start=0, copy=True):
+        """(images, indices) of the batches of ``order`` from batch ``start`` on, in order.
+        The images are a copy out of the slot, or with ``copy=False`` the slot itself, valid
+        until the next batch is asked for (as DataLoader's batches, no copy is made: the
+        trainer uses a batch before it asks for the next)."""
         if batch_size != self.batch:
             raise ValueError(f"this pipeline serves batches of {self.batch}, not {batch_size}")
         n_batches = -(-len(order) // batch_size)
@@ -149,9 +151,13 @@ class BatchPipeline:
                     done[b] = slot
                 slot = done.pop(nxt)
                 idx = order[nxt * batch_size:(nxt + 1) * batch_size]
-                images = self.view[slot, :len(idx)].copy()
-                free.append(slot)
+                images = self.view[slot, :len(idx)]
+                if copy:
+                    images = images.copy()
+                    free.append(slot)
                 yield images, idx
+                if not copy:
+                    free.append(slot)
                 nxt += 1
         finally:
             # Batches still being prepared (the run stopped mid-epoch) are waited for: their
