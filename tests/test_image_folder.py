@@ -341,3 +341,25 @@ def test_input_pipeline_bench_runs_both_sides(tmp_path):
     assert [r["crop"] for r in rows] == [224, 32] and all(r["images"] == 8 for r in rows)
     assert all(r["gpucnn_images_per_s"] > 0 and r["torch_dataloader_images_per_s"] > 0
                for r in rows)
+
+
+@pytest.mark.parametrize("augment", ["none", "random-resized-crop"])
+def test_folder_training_on_the_device_backend(tmp_path, rng, augment):
+    """On emu (the device backend without a GPU). Without augmentation the folder's uint8
+    images go to the device and batches are gathered there: training equals the host-data
+    path bit for bit. With it, batches come from the workers: training equals the threads'."""
+    from gpucnn.train import Trainer
+    _augmented_folder(tmp_path / "d", rng, n=6)
+    variants = ([{"device_data": "on"}, {"device_data": "off"}] if augment == "none"
+                else [{"workers": 1}, {"workers": 0}])
+    runs = []
+    for v in variants:
+        tr = Trainer(_augmented_cfg(tmp_path / "d", **{"backend": "emu", "epochs": 1,
+                                                        "augment": augment, "workers": 1, **v}))
+        assert tr.feed.on_device == (v.get("device_data") == "on")
+        tr.fit()
+        runs.append(_params(tr))
+        if getattr(tr.train_set, "pipeline", None) is not None:
+            tr.train_set.pipeline.close()
+    for name, a in runs[0].items():
+        np.testing.assert_array_equal(a, runs[1][name], err_msg=name)
