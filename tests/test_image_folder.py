@@ -150,6 +150,12 @@ def test_imagefolder_discovery_empty_classes_and_unreadable_files(tmp_path, rng)
     assert find_classes(tmp_path / "train") == ["a", "b", "empty"]
     names = [os.path.basename(p) for p in class_files(tmp_path / "train" / "b")]
     assert names == ["0.png", "1.png", "2.png", "3.png", "4.png", "5.png", "UPPER.PNG"]
+    # sub-folders are walked (sorted), a link cycle is not followed forever
+    _png(f"{tmp_path}/train/b/sub/z.png", rng.integers(0, 256, (5, 5, 3), dtype=np.uint8))
+    os.symlink(tmp_path / "train" / "b", tmp_path / "train" / "b" / "sub" / "loop")
+    names = [os.path.relpath(p, tmp_path / "train" / "b")
+             for p in class_files(tmp_path / "train" / "b")]
+    assert names[-1] == os.path.join("sub", "z.png") and len(names) == 8
     with pytest.raises(DataError, match=r"train/empty: class folder without images.*"
                                         r"--allow-empty-classes"):
         load_folder(tmp_path, 3, (16, 16), val_split=0.3)
@@ -164,7 +170,7 @@ def test_imagefolder_discovery_empty_classes_and_unreadable_files(tmp_path, rng)
     assert [p for p, _ in data.skipped] == [str(tmp_path / "train/a/corrupt.jpg")]
     assert data.preprocess.classes == ("a", "b", "empty")
     n = len(data.train) + len(data.val)
-    assert n == 13 and data.train.pixels.shape[1:] == (3, 16, 16)
+    assert n == 14 and data.train.pixels.shape[1:] == (3, 16, 16)  # 15 files, 1 unreadable
     # stratified: each class of two or more images gives at least one to validation
     assert set(data.val.labels.tolist()) == {0, 1}
     assert data.train.images.dtype == np.float32 and abs(data.train.images.mean()) < 0.2

@@ -58,9 +58,19 @@ def find_classes(directory):
 
 
 def class_files(directory):
-    """The image files under ``directory``, in ImageFolder's order."""
+    """The image files under ``directory``, in ImageFolder's order (sorted os.walk, links
+    followed) — except that a folder reached a second time through a link (a link cycle, on
+    which ImageFolder would walk forever) is not entered again."""
+    seen, walked = set(), []
+    for root, dirs, names in os.walk(directory, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        walked.append((root, names))
     out = []
-    for root, _, names in sorted(os.walk(directory, followlinks=True)):
+    for root, names in sorted(walked):
         for name in sorted(names):
             if name.lower().endswith(IMAGE_EXTENSIONS):
                 out.append(os.path.join(root, name))
