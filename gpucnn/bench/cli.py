@@ -134,7 +134,7 @@ def build_parser():
     ap.add_argument("--input-pipeline", action="store_true",
                     help="instead: images/s of the image-folder input pipeline (--workers "
                          "processes) against torch's DataLoader; its own options: gpucnn "
-                         "bench --input-pipeline --help")
+                         "bench --input-pipeline --help (default: off)")
     ap.add_argument("--host-overhead", action="store_true",
                     help="instead: time training steps of --model (lenet5 or alexnet_cifar, "
                          "--batch-size default 128) on the null device (launches checked and "

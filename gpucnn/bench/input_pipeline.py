@@ -25,7 +25,7 @@ import numpy as np
 
 from ..argtypes import int_in
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
 def _write_folder(root, size, n, seed=0):
@@ -114,7 +114,7 @@ def run(folders, workers, batch, rounds, log=print):
     return out
 
 
-def main(argv):
+def build_parser():
     ap = argparse.ArgumentParser(prog="gpucnn bench --input-pipeline", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=None,
@@ -126,13 +126,20 @@ def main(argv):
                     help="images per written folder (default: %(default)s)")
     ap.add_argument("--workers", type=int_in(1, 256), default=2,
                     help="worker processes on both sides (default: %(default)s)")
-    ap.add_argument("--batch-size", type=int_in(1, 4096), default=64)
+    ap.add_argument("--batch-size", type=int_in(1, 4096), default=64,
+                    help="images per batch on both sides (default: %(default)s)")
     ap.add_argument("--rounds", type=int_in(1, 100), default=3,
                     help="timed passes per side, after one warm-up (default: %(default)s)")
     ap.add_argument("--json", default=None, help="also write the results here; an existing "
-                    "file is replaced only if it is a previous bench output")
+                    "file is replaced only if it is a previous bench output (default: none)")
     ap.add_argument("--overwrite", action="store_true",
-                    help="let --json replace a file that is not a previous bench output")
+                    help="let --json replace a file that is not a previous bench output "
+                         "(default: refuse)")
+    return ap
+
+
+def main(argv):
+    ap = build_parser()
     try:
         args = ap.parse_args(argv)
     except SystemExit as exc:  # --help, or an argparse error (already printed)

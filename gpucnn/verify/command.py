@@ -82,8 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _tolerance_table()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("model", metavar="MODEL",
-                        help=f"a model name ({', '.join(MODELS)}), a model file net.json or a checkpoint .npz written "
-                             f"by gpucnn train (its weights and model config are used)")
+                        help=f"a model name ({', '.join(MODELS)}), a model file net.json, "
+                             f"or a checkpoint .npz written by gpucnn train (its weights and "
+                             f"model config are used)")
     parser.add_argument("--backend", choices=("auto", "cuda", "emu"), default="auto",
                         help="device backend to check: cuda (the GPU), emu (the same CUDA "
                              "kernels on the CPU emulator, its checks on) or auto (cuda when "
