@@ -369,3 +369,47 @@ def test_folder_training_on_the_device_backend(tmp_path, rng, augment):
             tr.train_set.pipeline.close()
     for name, a in runs[0].items():
         np.testing.assert_array_equal(a, runs[1][name], err_msg=name)
+
+
+def test_ctrl_c_stops_the_workers_and_saves(tmp_path, rng):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it: the workers ignore
+    it, the trainer stops between two steps, saves, exits 130, and no worker is left."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    _augmented_folder(tmp_path / "d", rng, n=20)
+    metrics, ck = tmp_path / "m.json", tmp_path / "ck.npz"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+         os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpucnn", "train", "--dataset", "folder", "--data-dir",
+         str(tmp_path / "d"), "--input", "3,28,28", "--augment", "random-resized-crop",
+         "--workers", "2", "--batch-size", "4", "--epochs", "1000", "--backend", "numpy",
+         "--no-progress", "--checkpoint", str(ck), "--metrics-json", str(metrics)],
+        start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not metrics.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert metrics.exists(), proc.communicate(timeout=30)[0].decode()[-2000:]
+        os.killpg(proc.pid, signal.SIGINT)
+        out = proc.communicate(timeout=60)[0].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, out[-2000:]
+    assert "SIGINT at epoch" in out and "checkpoint written" in out
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the workers go with the trainer
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("input workers outlived the trainer")
+    from gpucnn.checkpoint import open_checkpoint
+    with open_checkpoint(ck) as c:
+        assert c.metadata["epoch"] >= 1
