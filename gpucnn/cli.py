@@ -170,6 +170,10 @@ def _add_folder_args(t):
                         "ahead of the steps, in shared memory (0: threads of this process; "
                         "results do not depend on it) (default: the cores, divided among the "
                         "ranks of a node under mpiexec)")
+    t.add_argument("--cache-decoded", action="store_true",
+                   help="folder: keep the decoded images in a memory-mapped file under the "
+                        "user cache (keyed by the files' names, sizes and times), so later "
+                        "epochs and runs skip decoding; results are the same (default: off)")
 
 
 def cmd_train(args):
@@ -189,7 +193,7 @@ def cmd_train(args):
                       input=args.input, channels=args.channels, val_split=args.val_split,
                       allow_empty_classes=args.allow_empty_classes, strict=args.strict,
                       augment=args.augment, mean=args.mean, std=args.std,
-                      workers=args.workers)
+                      workers=args.workers, cache_decoded=args.cache_decoded)
     try:
         m = train(cfg)
     except KeyboardInterrupt as exc:  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM

@@ -129,6 +129,7 @@ class TrainConfig:
     mean: tuple | None = None          # folder: per-channel mean/std (default: computed)
     std: tuple | None = None
     workers: int | None = None         # folder + augment: input processes (None: the cores)
+    cache_decoded: bool = False        # folder: decoded images memory-mapped under the cache
 
     def validate(self):
         for name in ("epochs", "batch_size"):

@@ -74,7 +74,8 @@ class RunInputs:
         data = load_folder(cfg.data_dir, channels, self.input_shape[1:], cfg.val_split,
                            cfg.seed, cfg.limit, cfg.test_limit, cfg.allow_empty_classes,
                            cfg.strict, cfg.augment, cfg.mean, cfg.std,
-                           workers=default_workers() if cfg.workers is None else cfg.workers)
+                           workers=default_workers() if cfg.workers is None else cfg.workers,
+                           cache_decoded=cfg.cache_decoded)
         self.train_set, self.test_set = data.train, data.val
         self.data_record, self.skipped, self.line = (data.preprocess.to_record(), data.skipped,
                                                      data.line)

@@ -413,3 +413,40 @@ def test_ctrl_c_stops_the_workers_and_saves(tmp_path, rng):
     from gpucnn.checkpoint import open_checkpoint
     with open_checkpoint(ck) as c:
         assert c.metadata["epoch"] >= 1
+
+
+def test_cache_decoded_gives_the_same_training_and_follows_the_files(tmp_path, rng,
+                                                                     monkeypatch):
+    from gpucnn.data.decoded_cache import DecodedCache, cache_dir
+    from gpucnn.train import Trainer
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _augmented_folder(tmp_path / "d", rng, n=8)
+    (tmp_path / "d" / "train" / "x" / "bad.png").write_bytes(b"not a png")
+    runs = []
+    for workers, cached in ((0, False), (0, True), (2, True), (1, True)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tr = Trainer(_augmented_cfg(tmp_path / "d", workers=workers, epochs=1,
+                                        cache_decoded=cached))
+        assert sum("bad.png" in str(w.message) for w in caught) == 1  # from the cache too
+        tr.fit()
+        runs.append(_params(tr))
+        if workers:
+            tr.train_set.pipeline.close()
+    for run in runs[1:]:
+        for name, a in runs[0].items():
+            np.testing.assert_array_equal(a, run[name], err_msg=name)
+    files = sorted(p.name for p in cache_dir().iterdir())
+    assert len(files) == 6 and not any(f.endswith(".tmp") for f in files)  # train and val
+    # a hit: the same files give the same cache; a changed file gives a new one
+    from concurrent.futures import ThreadPoolExecutor
+    paths = sorted(str(p) for p in (tmp_path / "d" / "train" / "y").iterdir())
+    with ThreadPoolExecutor(2) as pool:
+        first, hit = DecodedCache.build(paths, 3, pool)
+        assert not hit
+        again, hit = DecodedCache.build(paths, 3, pool)
+        assert hit and np.array_equal(again.image(3), first.image(3))
+        np.testing.assert_array_equal(again.image(3), to_array(decode(paths[3], 3)))
+        _png(paths[3], rng.integers(0, 256, (9, 9, 3), dtype=np.uint8))
+        changed, hit = DecodedCache.build(paths, 3, pool)
+        assert not hit and changed.image(3).shape == (3, 9, 9)

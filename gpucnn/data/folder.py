@@ -34,7 +34,7 @@ from .datasets import Dataset, DatasetInfo, channel_stats, check_variance, norma
 from .errors import DataError
 from .loader import epoch_permutation, num_batches
 from .preprocess import AUGMENTS, Preprocess
-from .transforms import (IMAGE_EXTENSIONS, augment_rng, augmented_pixels, decode,
+from .transforms import (IMAGE_EXTENSIONS, as_image, augment_rng, augmented_pixels, decode,
                          resize_center, to_array)
 
 __all__ = ["FolderData", "find_classes", "class_files", "stratified_subset", "stratified_split",
@@ -130,6 +130,10 @@ def _list_split(directory, classes, allow_empty, known=None):
     return paths, np.asarray(labels, dtype=np.int32)
 
 
+def cache_dir_text(caches):
+    return os.path.dirname(caches[0].data_path) if caches[0] is not None else "(none)"
+
+
 @dataclass
 class FolderData:
     train: Dataset
@@ -145,6 +149,7 @@ class _AugmentedTrainSet(Dataset):
     host_batches = True
     workers = 0        # input worker processes (gpucnn.data.workers); 0: threads here
     pipeline = None
+    cache, cache_rows = None, None  # --cache-decoded: the images' rows in it
     zero_copy = False  # batches from the workers' slots without a copy (TrainBatches sets it)
 
     def batches(self, batch_size, shuffle=True, seed=0, epoch=0, drop_last=False,
@@ -157,9 +162,11 @@ class _AugmentedTrainSet(Dataset):
                 from .workers import BatchPipeline
                 if self.pipeline is not None:
                     self.pipeline.close()
+                cache = (None if self.cache is None else
+                         (self.cache.data_path, self.cache.index_path, self.cache_rows))
                 self.pipeline = BatchPipeline(self.paths, self.preprocess.channels,
                                               self.input_shape, self.mean, self.std,
-                                              batch_size, self.workers)
+                                              batch_size, self.workers, cache)
             # the batch in its slot, valid until the next is asked for (the trainer's use)
             for x, idx in self.pipeline.batches(order, batch_size, seed, epoch, start_batch,
                                                 copy=not self.zero_copy):
@@ -168,7 +175,8 @@ class _AugmentedTrainSet(Dataset):
         pre = self.preprocess
 
         def sample(i):
-            return augmented_pixels(self.paths[i], pre.channels, pre.input_size, seed, epoch, i)
+            src = self.paths[i] if self.cache is None else self.cache.image(self.cache_rows[i])
+            return augmented_pixels(src, pre.channels, pre.input_size, seed, epoch, i)
 
         for b in range(int(start_batch), num_batches(len(order), batch_size)):
             idx = order[b * batch_size:(b + 1) * batch_size]
@@ -176,17 +184,23 @@ class _AugmentedTrainSet(Dataset):
             yield normalize(pixels, self.mean, self.std), self.labels[idx]
 
 
-def _decode_all(paths, channels, size, strict, pool):
+def _decode_all(paths, channels, size, strict, pool, cache=None):
     """uint8 (N, C, H, W) of the readable files at the evaluation transform, the indices kept,
-    and (path, why) of those skipped."""
-    def one(path):
+    and (path, why) of those skipped. ``cache``: their gpucnn.data.decoded_cache, read instead
+    of the files."""
+    def one(i):
+        if cache is not None:
+            a = cache.image(i)
+            if a is None:
+                return None, cache.unreadable[i]
+            return to_array(resize_center(as_image(a, channels), *size)), None
         try:
-            return to_array(resize_center(decode(path, channels), *size)), None
+            return to_array(resize_center(decode(paths[i], channels), *size)), None
         except DataError as exc:
             return None, str(exc)
 
     arrays, kept, skipped = [], [], []
-    for i, (a, why) in enumerate(pool.map(one, paths)):
+    for i, (a, why) in enumerate(pool.map(one, range(len(paths)))):
         if a is None:
             if strict:
                 raise DataError(f"{why} (--strict: every file must be a readable image)")
@@ -202,7 +216,7 @@ def _decode_all(paths, channels, size, strict, pool):
 
 def load_folder(root, channels=3, input_size=(224, 224), val_split=0.1, seed=0, limit=None,
                 test_limit=None, allow_empty_classes=False, strict=False, augment="none",
-                mean=None, std=None, threads=None, workers=0):
+                mean=None, std=None, threads=None, workers=0, cache_decoded=False):
     """The :class:`FolderData` of image folder ``root`` (the module docstring)."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels!r}")
@@ -241,10 +255,15 @@ def load_folder(root, channels=3, input_size=(224, 224), val_split=0.1, seed=0, 
             else:
                 val_paths, val_labels = chosen
     size = tuple(input_size)
+    caches = [None, None]
     with ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1) as pool:
-        train_px, kept, skipped = _decode_all(paths, channels, size, strict, pool)
+        if cache_decoded:
+            from .decoded_cache import DecodedCache
+            caches = [DecodedCache.build(p, channels, pool)[0] for p in (paths, val_paths)]
+        train_px, kept, skipped = _decode_all(paths, channels, size, strict, pool, caches[0])
         paths, labels = [paths[i] for i in kept], labels[kept]
-        val_px, vkept, vskipped = _decode_all(val_paths, channels, size, strict, pool)
+        val_px, vkept, vskipped = _decode_all(val_paths, channels, size, strict, pool,
+                                              caches[1])
     val_labels = val_labels[vkept]
     skipped += vskipped
     if not len(labels) or not len(val_labels):
@@ -281,6 +300,7 @@ def load_folder(root, channels=3, input_size=(224, 224), val_split=0.1, seed=0, 
         train = _AugmentedTrainSet(images=None, labels=labels, info=info, split="train",
                                    mean=pre.mean, std=pre.std, files=(train_dir,), pixels=None)
         train.paths, train.preprocess = paths, pre
+        train.cache, train.cache_rows = caches[0], [int(i) for i in kept]
         train.pool = ThreadPoolExecutor(max_workers=threads or os.cpu_count() or 1)
         train.workers = int(workers or 0)
     line = (f"{len(classes)} classes, {len(labels)} training and {len(val_labels)} validation "
@@ -288,5 +308,6 @@ def load_folder(root, channels=3, input_size=(224, 224), val_split=0.1, seed=0, 
             f"{stats}, augmentation {augment}"
             + (f" ({'%d input worker process(es)' % workers if workers else 'threads'})"
                if augment != "none" else "")
+            + (f"; decoded images cached in {cache_dir_text(caches)}" if cache_decoded else "")
             + (f"; {len(skipped)} unreadable file(s) skipped" if skipped else ""))
     return FolderData(train, val, pre, skipped, line)

@@ -19,7 +19,7 @@ from .errors import DataError
 __all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "MAX_IMAGE_BYTES", "SCALE", "RATIO",
            "decode", "resize_short", "cover_size", "center_crop", "resize_center",
            "resized_crop_params", "random_resized_crop", "hflip", "to_array", "augment_rng",
-           "augmented_pixels"]
+           "augmented_pixels", "as_image"]
 
 # torchvision's IMG_EXTENSIONS less .ppm/.pgm/.tif/.tiff, plus .gif (torchvision lists no GIF;
 # its first frame is used here). Matched case-insensitively, as torchvision does.
@@ -157,11 +157,22 @@ def augment_rng(seed, epoch, index):
     return np.random.default_rng([int(seed), int(epoch), int(index), _SAMPLE_TAG])
 
 
-def augmented_pixels(path, channels, size, seed, epoch, index):
-    """uint8 (C, H, W) of training sample ``index`` in ``epoch``: RandomResizedCrop to
-    ``size`` (H, W), then a horizontal flip with probability 1/2, drawn from augment_rng."""
+def as_image(src, channels):
+    """A PIL image of ``src``: an image file (decoded as :func:`decode` does) or the uint8
+    (C, H, W) array of one (gpucnn.data.decoded_cache), the same pixels either way."""
+    if isinstance(src, np.ndarray):
+        from PIL import Image
+        return Image.fromarray(np.ascontiguousarray(src[0] if src.shape[0] == 1
+                                                    else src.transpose(1, 2, 0)))
+    return decode(src, channels)
+
+
+def augmented_pixels(src, channels, size, seed, epoch, index):
+    """uint8 (C, H, W) of training sample ``index`` in ``epoch`` (``src``: its file or its
+    decoded pixels): RandomResizedCrop to ``size`` (H, W), then a horizontal flip with
+    probability 1/2, drawn from augment_rng."""
     rng = augment_rng(seed, epoch, index)
-    img = random_resized_crop(decode(path, channels), rng, *size)
+    img = random_resized_crop(as_image(src, channels), rng, *size)
     if rng.random() < 0.5:
         img = hflip(img)
     return to_array(img)

@@ -67,6 +67,12 @@ def _worker(spec, shm, tasks, results, parent):
     from .datasets import normalize
     from .transforms import augmented_pixels
     slots = np.ndarray((spec["slots"], spec["batch"], *spec["shape"]), np.float32, shm.buf)
+    source = spec["paths"].__getitem__
+    if spec["cache"] is not None:  # --cache-decoded: the decoded pixels, not the files
+        from .decoded_cache import DecodedCache
+        data, index, rows = spec["cache"]
+        cache = DecodedCache(data, index, {})
+        source = lambda i: cache.image(rows[i])  # noqa: E731
     try:
         while True:
             try:
@@ -79,7 +85,7 @@ def _worker(spec, shm, tasks, results, parent):
                 return
             b, slot, epoch, seed, idx = task
             try:
-                px = np.stack([augmented_pixels(spec["paths"][i], spec["channels"],
+                px = np.stack([augmented_pixels(source(i), spec["channels"],
                                                 spec["shape"][1:], seed, epoch, i) for i in idx])
                 normalize(px, spec["mean"], spec["std"], out=slots[slot, :len(idx)])
                 results.put((b, slot, None))
@@ -95,7 +101,7 @@ class BatchPipeline:
     docstring); :meth:`batches` yields (float32 images, positions) in order; :meth:`close`
     stops them (also on garbage collection and at exit)."""
 
-    def __init__(self, paths, channels, shape, mean, std, batch_size, workers):
+    def __init__(self, paths, channels, shape, mean, std, batch_size, workers, cache=None):
         self.batch, self.shape, self.workers_n = int(batch_size), tuple(shape), int(workers)
         self.slots = SLOTS_PER_WORKER * self.workers_n
         nbytes = self.slots * self.batch * int(np.prod(self.shape)) * 4
@@ -105,7 +111,7 @@ class BatchPipeline:
         self.tasks, self.results = ctx.Queue(), ctx.Queue()
         spec = {"paths": list(paths), "channels": channels, "shape": self.shape,
                 "mean": tuple(mean), "std": tuple(std), "slots": self.slots,
-                "batch": self.batch}
+                "batch": self.batch, "cache": cache}
         self.procs = [ctx.Process(target=_worker, args=(spec, self.shm, self.tasks,
                                                         self.results, os.getpid()),
                                   name=f"gpucnn-input-{i}", daemon=True)
