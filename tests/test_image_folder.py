@@ -199,6 +199,13 @@ def test_preprocess_record_round_trips_and_is_checked():
         Preprocess.from_record(dict(rec, channels=1), "ck.npz")
     with pytest.raises(DataError, match=r"'resize'"):
         Preprocess.from_record(dict(rec, resize="stretch"), "ck.npz")
+    # the checkpoint schema holds it under "data" (None for the built-in datasets)
+    from gpucnn import filerules
+    filerules.check_metadata({"data": rec}, "ck.npz", DataError, fields=("data",))
+    filerules.check_metadata({"data": None}, "ck.npz", DataError, fields=("data",))
+    with pytest.raises(DataError, match=r"'data.channels' is 7: it must be an int in \[1, 3\]"):
+        filerules.check_metadata({"data": dict(rec, channels=7)}, "ck.npz", DataError,
+                                 fields=("data",))
 
 
 # ---- training from a folder ---------------------------------------------------------------
