@@ -43,7 +43,8 @@ class RunInputs:
         else:
             for flag, value, default in (("--channels", cfg.channels, None),
                                          ("--augment", cfg.augment, "none"),
-                                         ("--mean", cfg.mean, None), ("--std", cfg.std, None)):
+                                         ("--mean", cfg.mean, None), ("--std", cfg.std, None),
+                                         ("--cache-decoded", cfg.cache_decoded, False)):
                 if value != default:
                     raise ValueError(f"{flag} applies to --dataset folder only (the built-in "
                                      f"datasets have their own preprocessing)")

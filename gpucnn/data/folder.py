@@ -11,7 +11,8 @@ class of ``train/`` is held out (at least one image of a class of two or more). 
 sorted files (which would all be one class).
 
 Every image is decoded once at start-up, in threads (Pillow releases the GIL while it
-decodes): a file that is not a readable image is skipped with one warning naming it (counted:
+decodes), or read from the decoded cache (``cache_decoded``: gpucnn.data.decoded_cache): a
+file that is not a readable image is skipped with one warning naming it (counted:
 :attr:`FolderData.skipped`) or, with ``strict``, is a DataError. Without augmentation the
 training and validation images are kept as uint8 at the input size (the evaluation transform of
 gpucnn.data.preprocess) and served like the built-in datasets (device data included). With
