@@ -457,3 +457,20 @@ def test_cache_decoded_gives_the_same_training_and_follows_the_files(tmp_path, r
         _png(paths[3], rng.integers(0, 256, (9, 9, 3), dtype=np.uint8))
         changed, hit = DecodedCache.build(paths, 3, pool)
         assert not hit and changed.image(3).shape == (3, 9, 9)
+
+
+def test_augmented_folder_statistics_come_from_a_bounded_seeded_sample(tmp_path, rng,
+                                                                       monkeypatch):
+    import gpucnn.data.folder as folder
+    _augmented_folder(tmp_path / "d", rng)
+    kw = dict(channels=3, input_size=(28, 28), val_split=0.25, augment="random-resized-crop")
+    whole = load_folder(tmp_path / "d", **kw)
+    assert whole.preprocess.stats == "computed from the 18 training images"
+    # the same numbers as without augmentation, where every image is in memory
+    plain = load_folder(tmp_path / "d", **dict(kw, augment="none"))
+    assert plain.preprocess.mean == whole.preprocess.mean
+    monkeypatch.setattr(folder, "STATS_MAX_BYTES", 3 * 28 * 28 * 10)  # room for 10 images
+    a, b = load_folder(tmp_path / "d", **kw), load_folder(tmp_path / "d", **kw)
+    assert a.preprocess.stats == "computed from 10 of the 18 training images (a seeded sample)"
+    assert a.preprocess == b.preprocess and a.preprocess.mean != whole.preprocess.mean
+    assert load_folder(tmp_path / "d", seed=1, **kw).preprocess.mean != a.preprocess.mean

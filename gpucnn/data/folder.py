@@ -39,9 +39,11 @@ from .transforms import (IMAGE_EXTENSIONS, as_image, augment_rng, augmented_pixe
                          resize_center, to_array)
 
 __all__ = ["FolderData", "find_classes", "class_files", "stratified_subset", "stratified_split",
-           "load_folder", "augment_rng", "augmented_pixels", "STATS_MAX_IMAGES"]
+           "load_folder", "augment_rng", "augmented_pixels", "STATS_MAX_BYTES"]
 
-STATS_MAX_IMAGES = 5000  # mean/std from at most this many training images (seeded sample)
+# With augmentation the training images are not kept in memory: mean/std come from the pixels
+# of a seeded sample of at most this many bytes at the input size (all of them when they fit).
+STATS_MAX_BYTES = 256 << 20
 _SPLIT_TAG, _LIMIT_TAG, _STATS_TAG = 0x5350, 0x4C49, 0x5354
 
 
@@ -185,20 +187,24 @@ class _AugmentedTrainSet(Dataset):
             yield normalize(pixels, self.mean, self.std), self.labels[idx]
 
 
-def _decode_all(paths, channels, size, strict, pool, cache=None):
-    """uint8 (N, C, H, W) of the readable files at the evaluation transform, the indices kept,
-    and (path, why) of those skipped. ``cache``: their gpucnn.data.decoded_cache, read instead
-    of the files."""
+def _decode_all(paths, channels, size, strict, pool, cache=None, wanted=None):
+    """uint8 (n, C, H, W) of the readable files at the evaluation transform, the indices of
+    the readable ones, and (path, why) of those skipped. ``cache``: their
+    gpucnn.data.decoded_cache, read instead of the files. ``wanted``: the indices whose pixels
+    are returned (None: all; the others are only checked to be readable)."""
     def one(i):
+        want = wanted is None or i in wanted
         if cache is not None:
             a = cache.image(i)
             if a is None:
                 return None, cache.unreadable[i]
-            return to_array(resize_center(as_image(a, channels), *size)), None
-        try:
-            return to_array(resize_center(decode(paths[i], channels), *size)), None
-        except DataError as exc:
-            return None, str(exc)
+            img = as_image(a, channels) if want else None
+        else:
+            try:
+                img = decode(paths[i], channels)
+            except DataError as exc:
+                return None, str(exc)
+        return (to_array(resize_center(img, *size)) if want else False), None
 
     arrays, kept, skipped = [], [], []
     for i, (a, why) in enumerate(pool.map(one, range(len(paths)))):
@@ -208,7 +214,8 @@ def _decode_all(paths, channels, size, strict, pool, cache=None):
             warnings.warn(f"skipped {why}", stacklevel=2)
             skipped.append((paths[i], why))
             continue
-        arrays.append(a)
+        if a is not False:
+            arrays.append(a)
         kept.append(i)
     pixels = (np.stack(arrays) if arrays
               else np.zeros((0, channels, *size), dtype=np.uint8))
@@ -261,7 +268,13 @@ def load_folder(root, channels=3, input_size=(224, 224), val_split=0.1, seed=0, 
         if cache_decoded:
             from .decoded_cache import DecodedCache
             caches = [DecodedCache.build(p, channels, pool)[0] for p in (paths, val_paths)]
-        train_px, kept, skipped = _decode_all(paths, channels, size, strict, pool, caches[0])
+        wanted = None
+        if augment != "none":  # the pixels of a seeded sample, for the statistics
+            n = min(len(paths), max(1, STATS_MAX_BYTES // (channels * size[0] * size[1])))
+            wanted = set(np.random.default_rng([seed, _STATS_TAG]).choice(
+                len(paths), n, replace=False).tolist()) if n < len(paths) else None
+        train_px, kept, skipped = _decode_all(paths, channels, size, strict, pool, caches[0],
+                                              wanted)
         paths, labels = [paths[i] for i in kept], labels[kept]
         val_px, vkept, vskipped = _decode_all(val_paths, channels, size, strict, pool,
                                               caches[1])
@@ -271,16 +284,15 @@ def load_folder(root, channels=3, input_size=(224, 224), val_split=0.1, seed=0, 
         raise DataError(f"{where}: no readable {'training' if not len(labels) else 'validation'}"
                         f" images ({len(skipped)} file(s) skipped)")
     if mean is None or std is None:
-        sample = train_px
         stats = f"computed from the {len(labels)} training images"
-        if len(sample) > STATS_MAX_IMAGES:
-            pick = np.sort(np.random.default_rng([seed, _STATS_TAG]).choice(
-                len(sample), STATS_MAX_IMAGES, replace=False))
-            sample = sample[pick]
-            stats = (f"computed from {STATS_MAX_IMAGES} of the {len(labels)} training images "
-                     f"(seeded sample)")
-        check_variance(sample, [train_dir])
-        mean, std = channel_stats(sample)
+        if len(train_px) < len(labels):
+            stats = (f"computed from {len(train_px)} of the {len(labels)} training images (a "
+                     f"seeded sample)")
+        if not len(train_px):
+            raise DataError(f"{train_dir}: no readable image in the seeded sample the mean and "
+                            f"std are computed from; give --mean and --std")
+        check_variance(train_px, [train_dir])
+        mean, std = channel_stats(train_px)
     else:
         if len(mean) != channels or len(std) != channels:
             raise ValueError(f"--mean and --std need {channels} value(s) each (one per "
