@@ -17,7 +17,8 @@ setup(
                   "gpucnn.backends.emu": ["*.h", "*.cpp", "*.S"],
                   "gpucnn.ops.conv": ["*.cpp"],  # the "direct" CPU kernels, built on first use
                   "gpucnn.cpu": ["*.cpp"]},  # spin.cpp (threads.py)
-    install_requires=["numpy>=1.24", "tqdm>=4.60", "platformdirs>=3"],
+    # Pillow: image folders (gpucnn train --dataset folder) decode PNG, JPEG, BMP, GIF, WebP
+    install_requires=["numpy>=1.24", "tqdm>=4.60", "platformdirs>=3", "Pillow>=9.1"],
     extras_require={
         # [ctk] brings the CUDA libraries CuPy loads at run time (NVRTC, cuBLAS, ...): without
         # it a machine with a driver but no CUDA toolkit cannot compile our kernels.

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["chw_shape", "int_at_least", "int_in", "positive_int", "nonneg_int", "seed_int",
+__all__ = ["chw_shape", "number_list", "int_at_least", "int_in", "positive_int", "nonneg_int", "seed_int",
            "number_above", "number_in", "positive_number", "nonneg_number", "add_backend_arg",
            "BACKEND_CHOICES", "MAX_COUNT", "MAX_EPOCHS", "MAX_BATCH", "MAX_REPEAT", "MAX_SEED",
            "MAX_RETRY_S", "MAX_DIM"]
@@ -121,3 +121,16 @@ def chw_shape(text):
         raise argparse.ArgumentTypeError(f"expected C,H,W with three ints in [1, {MAX_DIM}] "
                                          f"(e.g. 1,28,28), got {shown!r}")
     return dims
+
+
+def number_list(text):
+    """An argparse type: ``a,b,c`` -> a tuple of 1 to 3 finite numbers (per-channel values)."""
+    try:
+        values = tuple(float(t) for t in text.split(",")) if len(text) < 200 else ()
+    except ValueError:
+        values = ()
+    if not 1 <= len(values) <= 3 or not all(math.isfinite(v) for v in values):
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated finite numbers, one "
+                                         f"per channel (e.g. 0.485,0.456,0.406), got {shown!r}")
+    return values

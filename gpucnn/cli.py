@@ -25,10 +25,17 @@ def build_parser():
 
     t = sub.add_parser("train", help="train a model on a dataset")
     t.add_argument("--model", default="lenet5",
-                   help="model to train: lenet5, alexnet_cifar or alexnet (default: %(default)s)")
-    t.add_argument("--dataset", default="fashion-mnist",
-                   help="dataset: fashion-mnist, mnist, kmnist or cifar10 "
+                   help="model to train: lenet5, alexnet_cifar, alexnet, vgg11, vgg16, or a "
+                        "model file net.json (README: the model-file format) "
                         "(default: %(default)s)")
+    t.add_argument("--dataset", default="fashion-mnist",
+                   help="dataset: fashion-mnist, mnist, kmnist, cifar10, or folder (an image "
+                        "folder at --data-dir: DIR/train/<class>/*, DIR/val/<class>/*) "
+                        "(default: %(default)s)")
+    t.add_argument("--input", type=chw_shape, default=None,
+                   help="input shape C,H,W the model is built for (its classifier sized from "
+                        "it); for --dataset folder H,W is the size images are resized and "
+                        "cropped to (default: the model's own)")
     t.add_argument("--epochs", type=int_in(1, MAX_EPOCHS), default=1,
                    help="number of passes over the training set (default: %(default)s)")
     t.add_argument("--batch-size", type=int_in(1, MAX_BATCH), default=128,
@@ -101,9 +108,11 @@ def build_parser():
                         "memory, on (an error when they do not), off (batches prepared as "
                         "before); device backends only (default: %(default)s)")
 
+    _add_folder_args(t)
+
     s = sub.add_parser("summary", help="per-layer shapes, parameters, FLOPs, receptive field")
-    s.add_argument("model", help="model name: lenet5, alexnet_cifar or alexnet; or an .onnx "
-                                 "file (gpucnn.onnx.load)")
+    s.add_argument("model", help="model name (lenet5, alexnet_cifar, alexnet, vgg11, vgg16), "
+                                 "a model file net.json, or an .onnx file (gpucnn.onnx.load)")
     s.add_argument("--input", type=chw_shape, default=None,
                    help="input shape C,H,W (default: the model's)")
     s.add_argument("--json", default=None,
@@ -159,6 +168,41 @@ def build_parser():
     return ap
 
 
+def _add_folder_args(t):
+    """The options of --dataset folder (gpucnn/data/folder.py)."""
+    from .argtypes import number_list
+    t.add_argument("--val-split", type=number_in(0, 0.99), default=0.1,
+                   help="folder without val/: the share of each class of train/ held out "
+                        "for validation, seeded (default: %(default)s)")
+    t.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="folder: convert images to 1 (grayscale) or 3 (RGB) channels "
+                        "(default: the model file's or --input's C, else 3)")
+    t.add_argument("--allow-empty-classes", action="store_true",
+                   help="folder: accept a class folder without images (default: an error "
+                        "naming it)")
+    t.add_argument("--strict", action="store_true",
+                   help="folder: an unreadable image file is an error (default: skipped with "
+                        "a warning naming it, counted in the metrics)")
+    t.add_argument("--augment", choices=("none", "random-resized-crop"), default="none",
+                   help="folder: training augmentation, torchvision's RandomResizedCrop "
+                        "(scale 0.08-1, ratio 3/4-4/3) + horizontal flip (default: "
+                        "%(default)s: short-side resize + centre crop)")
+    t.add_argument("--mean", type=number_list, default=None,
+                   help="folder: per-channel mean of pixels in [0, 1], e.g. 0.485,0.456,0.406 "
+                        "(default: computed from the training images)")
+    t.add_argument("--std", type=number_list, default=None,
+                   help="folder: per-channel std, with --mean (default: computed)")
+    t.add_argument("--workers", type=int_in(0, 256), default=None,
+                   help="folder with --augment: processes that decode and augment the batches "
+                        "ahead of the steps, in shared memory (0: threads of this process; "
+                        "results do not depend on it) (default: the cores, divided among the "
+                        "ranks of a node under mpiexec)")
+    t.add_argument("--cache-decoded", action="store_true",
+                   help="folder: keep the decoded images in a memory-mapped file under the "
+                        "user cache (keyed by the files' names, sizes and times), so later "
+                        "epochs and runs skip decoding; results are the same (default: off)")
+
+
 def cmd_train(args):
     from .train import SaveFailed, TrainConfig, TrainingDiverged, train
     cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
@@ -172,7 +216,11 @@ def cmd_train(args):
                       allow_config_change=args.allow_config_change,
                       save_retry_s=args.save_retry_s, metrics_json=args.metrics_json,
                       plot=args.plot, progress=not args.no_progress,
-                      cuda_graphs=args.cuda_graphs, device_data=args.device_data)
+                      cuda_graphs=args.cuda_graphs, device_data=args.device_data,
+                      input=args.input, channels=args.channels, val_split=args.val_split,
+                      allow_empty_classes=args.allow_empty_classes, strict=args.strict,
+                      augment=args.augment, mean=args.mean, std=args.std,
+                      workers=args.workers, cache_decoded=args.cache_decoded)
     try:
         m = train(cfg)
     except KeyboardInterrupt as exc:  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM
@@ -189,16 +237,22 @@ def cmd_train(args):
 
 
 def cmd_summary(args):
-    from .models import build_model
+    from .modelfile import is_model_file, load_net
+    from .models import describe_model
     from .outputs import check_outputs, write_json
     from .summary import SCHEMA, format_summary, summarize
     check_outputs([("--json", args.json, "summary")], args.overwrite, "nothing was written")
+    name, kwargs, shape = args.model, {}, args.input
     if str(args.model).lower().endswith(".onnx"):
         from .onnx import load
         model = load(args.model, backend="numpy")
+        shape = shape or model.input_shape
     else:
-        model = build_model(args.model, backend="numpy")
-    shape = args.input or model.input_shape
+        if is_model_file(args.model):
+            kwargs, file_shape = load_net(args.model)
+            name, shape = "sequential", shape or file_shape
+        model = describe_model(name, input_shape=shape, **kwargs)  # no weights allocated
+        shape = model.input_shape
     rows = summarize(model, shape)
     print(format_summary(rows, shape))
     if args.json is not None:

@@ -6,7 +6,9 @@ one process of a multi-process run can check a checkpoint and share the verdict.
 
 Schema versions: 1 gpucnn 0.1.0 (no "schema_version" key); 2 adds "schema_version" and
 "written_by"; 3 adds "config_changes" (the deliberate changes ``--allow-config-change`` let
-through, so the run's record says so for ever). Each later schema adds an upgrade step from the
+through, so the run's record says so for ever); 4 adds "data" (an image-folder run's classes
+and preprocessing, gpucnn.data.preprocess; None for the built-in datasets), the config keys of
+image folders and --input, and model configs of model files ("sequential"). Each later schema adds an upgrade step from the
 one before in :func:`upgrade_metadata`, so every older checkpoint keeps loading.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .checkpoint import CheckpointError
 __all__ = ["SCHEMA_VERSION", "RESUME_KEYS", "upgrade_metadata", "validate_metadata",
            "compare_run", "config_mismatch_message"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # What --resume compares: a path into the metadata ("config.seed" is meta["config"]["seed"])
 # -> what a different value changes. Each one changes what the uninterrupted run would have
@@ -43,6 +45,11 @@ RESUME_KEYS = {
     "config.weight_decay": "the update rule",
     "config.schedule": "the learning rate of the coming epochs",
     "config.precision": "the arithmetic of the convolutions and linear layers",
+    "config.input": "the input size of the network",
+    "config.channels": "the images' channels",
+    "config.val_split": "which images of train/ are held out",
+    "config.augment": "the augmentation of the training images",
+    "data": "the classes and the preprocessing of the images",
     # auto's per-shape choices are preset from the checkpoint; a forced one must agree
     "conv_algos.setting": "$GPUCNN_CONV_ALGO: the convolution algorithms (their rounding "
                           "differs)",
@@ -67,6 +74,8 @@ def upgrade_metadata(meta, path):
         meta["written_by"] = "gpucnn 0.1.0"
     if version <= 2:
         meta["config_changes"] = []
+    if version <= 3:
+        meta["data"] = None
     meta["schema_version"] = SCHEMA_VERSION
     return meta
 

@@ -20,10 +20,22 @@ def summarize(model: Sequential, input_shape=None):
         k, s = layer.receptive()
         rf += (k - 1) * jump
         jump *= s
-        params = sum(p.size for p in layer.parameters())
+        params = _params(layer)
         rows.append({"index": i, "layer": repr(layer), "output_shape": list(shape),
                      "params": params, "flops": flops, "receptive_field": rf})
     return rows
+
+
+def _params(layer):
+    """A layer's parameter count from its weight shape: the model need not hold its weights
+    (gpucnn summary describes VGG-16 without allocating its 138M parameters)."""
+    shape = getattr(layer, "weight_shape", None)
+    if shape is None:
+        return 0
+    n = 1
+    for d in shape:
+        n *= d
+    return n + (shape[0] if layer.use_bias else 0)
 
 
 def format_summary(rows, input_shape):

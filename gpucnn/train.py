@@ -33,7 +33,6 @@ import numpy as np
 
 from .argtypes import MAX_BATCH, MAX_COUNT, MAX_EPOCHS, MAX_RETRY_S, MAX_SEED
 from .backends import get_backend
-from .data import load_dataset
 from .data.loader import num_batches
 from .models import build_model
 from .nn import SoftmaxCrossEntropy
@@ -48,6 +47,7 @@ from .runsafety import (RunLock, SaveFailed, TrainingDiverged, check_output_path
 from .runstate import RunState
 from .train_checkpoint import RunCheckpoint, config_record
 from .train_data import TrainBatches, check_device_data_mode, free_device_bytes
+from .train_inputs import RunInputs, check_input_options
 from .train_graph import GraphSteps, graph_blocker
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "TrainingInterrupted", "SaveFailed",
@@ -119,6 +119,17 @@ class TrainConfig:
     cuda_graphs: bool = False          # replay each step as a graph (gpucnn/train_graph.py)
     device_data: str = "auto"          # the training split on the device (gpucnn/train_data.py)
     model_kwargs: dict = field(default_factory=dict)
+    # --input C,H,W and image folders (gpucnn/train_inputs.py, gpucnn/data/folder.py)
+    input: tuple | None = None
+    channels: int | None = None        # folder: 1 or 3 (default: the model's C, else 3)
+    val_split: float = 0.1             # folder without val/: the share held out per class
+    allow_empty_classes: bool = False
+    strict: bool = False               # folder: an unreadable image is an error, not skipped
+    augment: str = "none"              # folder: none or random-resized-crop
+    mean: tuple | None = None          # folder: per-channel mean/std (default: computed)
+    std: tuple | None = None
+    workers: int | None = None         # folder + augment: input processes (None: the cores)
+    cache_decoded: bool = False        # folder: decoded images memory-mapped under the cache
 
     def validate(self):
         for name in ("epochs", "batch_size"):
@@ -146,6 +157,7 @@ class TrainConfig:
         if self.allow_config_change and not self.resume:
             raise ValueError("--allow-config-change applies to --resume only")
         check_device_data_mode(self.device_data)
+        check_input_options(self)
         if self.precision is not None:
             self.precision = check_precision(self.precision)
 
@@ -158,13 +170,12 @@ class Trainer:
         # checkpoint records: an exact resume runs the same arithmetic.
         cfg.precision = self.backend.precision
         self.cfg = cfg
-        self.train_set = load_dataset(cfg.dataset, "train", cfg.data_dir, cfg.download,
-                                      cfg.limit)
-        self.test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download,
-                                     cfg.test_limit)
-        kwargs = dict(cfg.model_kwargs)
-        kwargs.setdefault("num_classes", self.train_set.num_classes)
-        self.model = build_model(cfg.model, backend=self.backend, seed=cfg.seed, **kwargs)
+        inputs = RunInputs(cfg)
+        self.train_set, self.test_set = inputs.train_set, inputs.test_set
+        self.data_record, self.skipped = inputs.data_record, inputs.skipped
+        kwargs = inputs.model_kwargs
+        self.model = build_model(inputs.model_name, backend=self.backend, seed=cfg.seed,
+                                 input_shape=inputs.input_shape, **kwargs)
         if tuple(self.model.input_shape) != tuple(self.train_set.input_shape):
             raise ValueError(f"model {cfg.model} takes inputs of shape {self.model.input_shape} "
                              f"but {cfg.dataset} has {tuple(self.train_set.input_shape)}")
@@ -189,11 +200,12 @@ class Trainer:
         else:
             self.opt = Adam(params, cfg.lr, weight_decay=cfg.weight_decay, backend=self.backend)
         self.schedule = make_schedule(cfg.schedule, cfg.lr, cfg.epochs)
-        self.augment = self.train_set.name == "cifar10"
+        self.augment = (self.train_set.name == "cifar10"
+                        or getattr(self.train_set, "host_batches", False))
         self.run = RunState()
-        self.run_checkpoint = RunCheckpoint(cfg, self.model, self.opt, self.backend)
-        # Saved to the file a symbolic link points to: replacing the link by a regular file
-        # would leave two diverging checkpoints.
+        self.run_checkpoint = RunCheckpoint(cfg, self.model, self.opt, self.backend,
+                                            self.data_record)
+        # Saved to the file a link points to (replacing the link would leave two checkpoints)
         self.checkpoint_target = write_target(cfg.checkpoint) if cfg.checkpoint else None
         self.lock = None  # the RunLock train() holds: re-taken on each new checkpoint file
         self.resume_unchecked: list[str] = []  # run keys the checkpoint did not record
@@ -202,7 +214,7 @@ class Trainer:
         self.check_every = cfg.check_every or (1 if self.backend.xp is np else 20)
         self.feed = TrainBatches(self.backend, self.train_set, cfg.device_data, self.augment)
         print(f"data: {self.feed.line}", flush=True)
-        # What batches are gathered from (None for host-augmented CIFAR-10 batches).
+        # What batches are gathered from (None for host-augmented batches).
         self.train_x, self.train_y = self.feed.images, self.feed.labels
         self.graph_steps = (GraphSteps(self.backend, self._update, self.model, self.opt,
                                        graph_blocker(self.backend, self.model, self.opt))
@@ -394,6 +406,7 @@ class Trainer:
         if bar is not None:
             bar.update(len(images))
             bar.set_postfix(loss=f"{s.loss / s.images:.4f}", acc=f"{s.correct / s.images:.3f}",
+                            data=f"{self.feed.epoch_wait_s / max(s.seconds, 1e-9):.0%}",
                             img_s=f"{s.images / s.seconds:.0f}" if s.seconds > 0 else "-")
 
     def metrics(self):
@@ -412,7 +425,9 @@ class Trainer:
                 "graph_replayed_steps": self.graph_steps.replayed if self.graph_steps else 0,
                 "eager_steps": (self.graph_steps.eager if self.graph_steps
                                 else self.eager_steps),
-                "config": config_record(cfg), "schema": METRICS_SCHEMA}
+                "config": config_record(cfg), "schema": METRICS_SCHEMA,
+                "input_shape": list(self.model.input_shape), "data": self.data_record,
+                **self.feed.record(self.skipped, sum(r["seconds"] for r in history))}
 
     def write_metrics(self):
         path = self.cfg.metrics_json

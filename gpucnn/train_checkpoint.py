@@ -41,13 +41,15 @@ class RunCheckpoint:
     """Saves and restores the run of ``model`` and ``opt`` on backend ``B``, configured by
     ``cfg`` (a gpucnn.train.TrainConfig)."""
 
-    def __init__(self, cfg, model, opt, B):
+    def __init__(self, cfg, model, opt, B, data_record=None):
         self.cfg, self.model, self.opt, self.backend = cfg, model, opt, B
+        self.data_record = data_record  # an image folder's (gpucnn.data.preprocess), or None
 
     def run_record(self):
         """What this run is, saved in the checkpoint and compared by --resume (the keys of
         gpucnn.runmeta.RESUME_KEYS are paths into it); a new compared key is recorded here."""
-        return {"config": config_record(self.cfg), "conv_algos": conv_selector.record(self.backend)}
+        return {"config": config_record(self.cfg), "conv_algos": conv_selector.record(self.backend),
+                "data": self.data_record}
 
     def contents(self, run: RunState):
         """(arrays, metadata): what the checkpoint of ``run`` holds."""

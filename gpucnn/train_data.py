@@ -18,6 +18,7 @@ activations, workspaces).
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -99,11 +100,15 @@ class TrainBatches:
 
     def __init__(self, backend, dataset, mode="auto", augment=False):
         self.backend, self.dataset, self.augment = backend, dataset, augment
+        if getattr(dataset, "host_batches", False):
+            dataset.zero_copy = True  # each batch is uploaded before the next is asked for
         B = backend
         check_device_data_mode(mode)
         if B.kind != "device":
             self.on_device, why = False, (f"the {B.name} backend computes on the host "
                                           f"(--device-data does not apply)")
+        elif getattr(dataset, "host_batches", False):  # an augmented image folder
+            self.on_device, why = False, "each batch is decoded and augmented on the host"
         else:
             need = dataset.pixels.nbytes + dataset.labels.size * 4
             self.on_device, why = device_data_choice(mode, need, *free_device_bytes(B))
@@ -116,7 +121,9 @@ class TrainBatches:
                    f"{'cropped, flipped and ' if augment else ''}normalised by a gather kernel")
         elif augment:
             self.images = None
-            how = "batches augmented on the host and uploaded one by one"
+            how = ("batches augmented on the host and uploaded one by one"
+                   if dataset.pixels is not None else "images decoded, augmented on the host "
+                   "and uploaded batch by batch")
         else:
             self.images = B.asarray(dataset.images)
             how = (f"float32 images on the {B.name} backend ({_mb(dataset.images.nbytes)}), "
@@ -125,7 +132,35 @@ class TrainBatches:
                                                                  dtype=np.int32)
         self.line = f"{how}: {why}"
 
+    wait_s = 0.0        # seconds the trainer waited for batches, in all
+    epoch_wait_s = 0.0  # ... in the current epoch
+
     def batches(self, batch_size, seed, epoch, start=0):
+        """The batches of ``epoch`` from batch ``start`` on; the time spent waiting for each
+        (decoding, augmenting, uploading) is added to ``wait_s`` and ``epoch_wait_s``."""
+        self.epoch_wait_s = 0.0
+        it = self._batches(batch_size, seed, epoch, start)
+        try:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    xy = next(it)
+                except StopIteration:
+                    return
+                waited = time.perf_counter() - t0
+                self.wait_s += waited
+                self.epoch_wait_s += waited
+                yield xy
+        finally:
+            it.close()  # an input pipeline waits for the batches it still prepares
+
+    def record(self, skipped, train_seconds):
+        """The metrics' account of the input: unreadable images skipped, the share of the
+        training time spent waiting for batches."""
+        return {"skipped_images": len(skipped), "skipped_files": [p for p, _ in skipped[:100]],
+                "data_wait_share": self.wait_s / train_seconds if train_seconds > 0 else None}
+
+    def _batches(self, batch_size, seed, epoch, start=0):
         B, n = self.backend, len(self.dataset)
         if self.images is None:
             for x, y in self.dataset.batches(batch_size, True, seed, epoch, augment=True,

@@ -22,11 +22,12 @@ RANKS = {
     "gpucnn.ops": 1,
     "gpucnn.backends": 2, "gpucnn": 2,  # the root package re-exports get_backend
     "gpucnn.nn": 3, "gpucnn.optim": 3,
+    "gpucnn.modelfile": 3.5,  # model files: read with filerules, built from nn; models uses it
     "gpucnn.models": 4, "gpucnn.summary": 4, "gpucnn.pictures": 4,
     "gpucnn.runsafety": 4.5, "gpucnn.runmeta": 4.5,  # below train, which imports them
     "gpucnn.runstate": 4.5,
     "gpucnn.onnx": 4.5,  # ONNX export/import: builds nn layers, reads through filerules
-    "gpucnn.train_checkpoint": 4.75, "gpucnn.train_graph": 4.75, "gpucnn.train_data": 4.75,  # train's checkpoint I/O: uses the three above
+    "gpucnn.train_checkpoint": 4.75, "gpucnn.train_graph": 4.75, "gpucnn.train_data": 4.75, "gpucnn.train_inputs": 4.75,  # train's checkpoint I/O: uses the three above
     "gpucnn.train": 5,
     "gpucnn.bench": 6,
     "gpucnn.verify": 6.5,  # uses bench.env (equal ranks may not import each other); cli uses it

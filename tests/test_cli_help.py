@@ -14,6 +14,8 @@ def _parsers():
         if p.add_help:            # kernels and bench hand their arguments to their own parsers
             yield f"gpucnn {name}", p
     yield "gpucnn bench", bench_cli.build_parser()
+    from gpucnn.bench import input_pipeline
+    yield "gpucnn bench --input-pipeline", input_pipeline.build_parser()
     yield "gpucnn kernels --report", report.build_parser()
 
 

@@ -159,7 +159,12 @@ def test_metadata_of_a_newer_or_bad_schema_is_refused():
     assert upgrade_metadata({}, "x.npz")["written_by"] == "gpucnn 0.1.0"
     # schema 3 records what --allow-config-change let through; older ones changed nothing
     two = upgrade_metadata({"schema_version": 2, "written_by": "gpucnn 0.1.0"}, "x.npz")
-    assert two["config_changes"] == [] and two["schema_version"] == 3
+    assert two["config_changes"] == [] and two["schema_version"] == 4
+    # schema 4 records an image folder's classes and preprocessing; older runs had none
+    assert two["data"] is None
+    three = upgrade_metadata({"schema_version": 3, "written_by": "gpucnn 0.1.0",
+                              "config_changes": []}, "x.npz")
+    assert three["data"] is None and three["schema_version"] == 4
 
 
 def test_conv_algorithms_are_recorded_restored_and_compared(tmp_path, monkeypatch):

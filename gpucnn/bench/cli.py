@@ -131,6 +131,10 @@ def build_parser():
                     help="seconds between NVML telemetry samples (default: %(default)s)")
     ap.add_argument("--quick", action="store_true",
                     help="tiny shapes and few repeats, for tests and smoke runs (default: off)")
+    ap.add_argument("--input-pipeline", action="store_true",
+                    help="instead: images/s of the image-folder input pipeline (--workers "
+                         "processes) against torch's DataLoader; its own options: gpucnn "
+                         "bench --input-pipeline --help (default: off)")
     ap.add_argument("--host-overhead", action="store_true",
                     help="instead: time training steps of --model (lenet5 or alexnet_cifar, "
                          "--batch-size default 128) on the null device (launches checked and "
@@ -260,6 +264,9 @@ def main(argv=None, nvml=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # "gpucnn bench -- --model ..." reaches us with the separator
         argv = argv[1:]
+    if "--input-pipeline" in argv:  # its own options (gpucnn/bench/input_pipeline.py)
+        from .input_pipeline import main as pipeline_main
+        return pipeline_main([a for a in argv if a != "--input-pipeline"])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or an argparse error (already printed)

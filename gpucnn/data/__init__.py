@@ -10,12 +10,14 @@ from .datasets import (DATASETS, Dataset, DatasetInfo, channel_stats, dataset_in
                        search_locations, user_cache_root)
 from .mirrors import KNOWN_DIGESTS, MIRRORS, download, extract_cifar_bins, fetch, file_digest
 from .errors import DataError
+from .folder import FolderData, load_folder
+from .preprocess import Preprocess
 from .idx import (encode_idx, parse_idx, read_idx, read_idx_images, read_idx_labels,
                   read_idx_pair)
 from .loader import batch_rng, epoch_permutation, iterate_batches, num_batches, random_crop_flip
 
 __all__ = [
-    "DataError", "DATASETS", "Dataset", "DatasetInfo", "KNOWN_DIGESTS", "MIRRORS",
+    "DataError", "DATASETS", "FolderData", "Preprocess", "load_folder", "Dataset", "DatasetInfo", "KNOWN_DIGESTS", "MIRRORS",
     "batch_rng", "channel_stats", "dataset_info", "download", "encode_idx",
     "epoch_permutation", "extract_cifar_bins", "fetch", "file_digest", "find_dataset",
     "iterate_batches", "load_dataset", "normalization_stats", "normalize", "num_batches",

@@ -262,12 +262,16 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(means), tuple(stds)
 
 
-def normalize(images: np.ndarray, mean, std) -> np.ndarray:
-    """float32 (x / 255 - mean) / std, per channel, for uint8 images (N, C, H, W)."""
+def normalize(images: np.ndarray, mean, std, out=None) -> np.ndarray:
+    """float32 (x / 255 - mean) / std, per channel, for uint8 images (N, C, H, W); into
+    ``out`` (float32, the images' shape) when given, with the same arithmetic."""
     c = images.shape[1]
     mean = np.broadcast_to(np.asarray(mean, dtype=np.float64), (c,))
     std = np.broadcast_to(np.asarray(std, dtype=np.float64), (c,))
-    out = images.astype(np.float32)
+    if out is None:
+        out = images.astype(np.float32)
+    else:
+        out[...] = images
     scale = (1.0 / (255.0 * std)).astype(np.float32).reshape(1, c, 1, 1)
     shift = (mean / std).astype(np.float32).reshape(1, c, 1, 1)
     out *= scale

@@ -21,6 +21,14 @@ from .limits import (ARRAY_DTYPES, DATA_MAX_BYTES, FLOAT_DTYPES, GENERIC_INFLATE
                      checked_product, checked_values, generic_uncompressed_limit, size_text)
 from .npy import NpyHeader, npy_array, parse_npy_header
 from .schema import CHECKPOINT_METADATA, MODEL_OPTIONS, check_metadata, field_error
+from .netfile import SEQUENTIAL_OPTIONS, check_layers, check_net
+from .preprocess import PREPROCESS_FORMAT, PREPROCESS_RECORD, check_preprocess
+from .schema import Opt as _Opt
+
+# The rules that build on schema's (a model file's layers, a preprocessing record) join the
+# checkpoint schema here, which imports both sides (schema.py cannot import them: a cycle).
+MODEL_OPTIONS["sequential"] = SEQUENTIAL_OPTIONS
+CHECKPOINT_METADATA.fields["data"] = _Opt(PREPROCESS_RECORD)
 
 __all__ = ["ARRAY_DTYPES", "DATA_MAX_BYTES", "FLOAT_DTYPES", "GENERIC_INFLATE_FACTOR",
            "GENERIC_INFLATE_MARGIN", "JSON_MAX_BYTES", "JSON_MAX_DEPTH", "JSON_MAX_NUMBER_CHARS",
@@ -28,4 +36,5 @@ __all__ = ["ARRAY_DTYPES", "DATA_MAX_BYTES", "FLOAT_DTYPES", "GENERIC_INFLATE_FA
            "NPY_MAX_NDIM", "ONNX_MAX_BYTES", "ONNX_MAX_NODES", "ZIP_MAX_MEMBERS", "ZIP_MAX_NAME_BYTES", "checked_product",
            "checked_values", "generic_uncompressed_limit", "size_text", "parse_json",
            "NpyHeader", "parse_npy_header", "npy_array", "CHECKPOINT_METADATA", "MODEL_OPTIONS",
-           "check_metadata", "field_error"]
+           "check_metadata", "field_error", "SEQUENTIAL_OPTIONS", "check_layers", "check_net",
+           "PREPROCESS_FORMAT", "PREPROCESS_RECORD", "check_preprocess"]

@@ -173,7 +173,7 @@ class Model(Spec):
     want = "a model config {name, kwargs, input_shape}"
 
     def check(self, value, field):
-        Obj({"name": Str(64, tuple(MODEL_OPTIONS)), "kwargs": Obj(extra=Scalar()),
+        Obj({"name": Str(64, tuple(MODEL_OPTIONS)), "kwargs": Obj(extra=AnyJSON()),
              "input_shape": Tuple([Int(1, 65536)] * 3, "a list of 3 ints in [1, 65536]")},
             required=("name",)).check(value, field)
         Obj(MODEL_OPTIONS[value["name"]]).check(value.get("kwargs", {}), _join(field, "kwargs"))
@@ -186,6 +186,10 @@ MODEL_OPTIONS = {
     "alexnet": {"num_classes": Int(1, MAX_CLASSES), "towers": Bool(), "lrn": Bool(),
                 "dropout": Num(0.0, 1.0, below=True)},
     "alexnet_cifar": {"num_classes": Int(1, MAX_CLASSES), "dropout": Num(0.0, 1.0, below=True)},
+    "vgg11": {"num_classes": Int(1, MAX_CLASSES), "dropout": Num(0.0, 1.0, below=True)},
+    "vgg16": {"num_classes": Int(1, MAX_CLASSES), "dropout": Num(0.0, 1.0, below=True)},
+    # "sequential" (a model file's net) is added by gpucnn.filerules.netfile, whose layer
+    # rules build on the ones here
 }
 
 _HISTORY_RECORD = Obj(
@@ -199,7 +203,7 @@ _HISTORY_RECORD = Obj(
 # The run configuration (gpucnn.train.TrainConfig as saved): compared by --resume, never
 # acted on from the file; keys a later version records are scalars.
 _CONFIG = Obj({
-    "model": Str(64), "dataset": Str(64), "epochs": Int(1), "batch_size": Int(1),
+    "model": Str(4096), "dataset": Str(64), "epochs": Int(1), "batch_size": Int(1),
     "lr": Num(positive=True), "momentum": Num(), "nesterov": Bool(), "weight_decay": Num(),
     "optimizer": Str(16), "schedule": Str(64), "seed": Int(-2 ** 63, 2 ** 64),
     "backend": Opt(Str(64)), "data_dir": Opt(Str()), "download": Bool(),
@@ -207,7 +211,11 @@ _CONFIG = Obj({
     "limit": Opt(Int(1)), "test_limit": Opt(Int(1)), "checkpoint": Opt(Str()),
     "resume": Bool(), "overwrite": Bool(), "allow_config_change": Bool(),
     "save_retry_s": Num(), "metrics_json": Opt(Str()), "plot": Opt(Str()),
-    "check_every": Opt(Int(1)), "model_kwargs": Obj(extra=Scalar())}, extra=Scalar())
+    "check_every": Opt(Int(1)), "model_kwargs": Obj(extra=Scalar()),
+    # schema 4: image folders and --input
+    "input": Opt(Tuple([Int(1, 65536)] * 3, "a list of 3 ints in [1, 65536]")),
+    "mean": Opt(ListOf(Num(-1e6, 1e6))), "std": Opt(ListOf(Num(0.0, 1e6, positive=True)))},
+    extra=Scalar())
 
 # A trainer checkpoint's metadata, as gpucnn.runmeta.upgrade_metadata leaves it (the keys it
 # must hold are runmeta's; the relations between them, e.g. a position within the epoch,
@@ -228,6 +236,9 @@ CHECKPOINT_METADATA = Obj({
     "config_changes": ListOf(Obj(extra=AnyJSON()), "a list of objects"),
     "conv_algos": Obj({"setting": Str(64), "kind": Str(16),
                        "chosen": Obj(extra=Str(64), max_keys=ZIP_MAX_MEMBERS)}),
+    # schema 4: the classes and preprocessing of an image-folder run (None otherwise); its
+    # rule is gpucnn.filerules.preprocess's
+    "data": Opt(AnyJSON()),
 })
 
 

@@ -11,7 +11,7 @@ from ..argtypes import chw_shape, int_in, seed_int
 from ..backends import Backend, BackendUnavailable, get_backend
 from ..backends.emu import EmuError
 from ..checkpoint import CheckpointError
-from ..models import MODELS
+from ..models import NAMED as MODELS  # the names a user gives (no "sequential")
 from .compare import ORDERS, TOLERANCES, verify_model
 from ..membudget import check_fits, host_available_bytes
 from ..outputs import OutputRefused, check_outputs, write_atomic
@@ -82,8 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = _tolerance_table()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("model", metavar="MODEL",
-                        help=f"a model name ({', '.join(MODELS)}) or a checkpoint .npz written "
-                             f"by gpucnn train (its weights and model config are used)")
+                        help=f"a model name ({', '.join(MODELS)}), a model file net.json, "
+                             f"or a checkpoint .npz written by gpucnn train (its weights and "
+                             f"model config are used)")
     parser.add_argument("--backend", choices=("auto", "cuda", "emu"), default="auto",
                         help="device backend to check: cuda (the GPU), emu (the same CUDA "
                              "kernels on the CPU emulator, its checks on) or auto (cuda when "

@@ -11,7 +11,8 @@ import numpy as np
 
 from ..checkpoint import CheckpointError, open_checkpoint
 from ..filerules import check_metadata
-from ..models import MODELS, build_model, parameter_shapes
+from ..modelfile import is_model_file, load_net
+from ..models import MODELS, build_from_config, parameter_shapes
 from ..train import upgrade_metadata
 
 __all__ = ["ModelSource", "load_model_source", "build_copy"]
@@ -43,6 +44,10 @@ def load_model_source(model_or_checkpoint):
     if not isinstance(src, (str, os.PathLike)):
         raise TypeError(f"model must be a model name, a checkpoint path or a model built by "
                         f"gpucnn.models, got {type(src).__name__}")
+    if is_model_file(src):  # a model file: its net with the seed's weights
+        kwargs, shape = load_net(src)
+        return ModelSource(str(src), {"name": "sequential", "kwargs": kwargs,
+                                      "input_shape": list(shape)})
     if not _is_checkpoint(src):
         key = str(src).replace("-", "_").lower()
         if key not in MODELS:
@@ -59,7 +64,8 @@ def load_model_source(model_or_checkpoint):
         check_metadata(meta, src, CheckpointError, fields=("model", "model_extra"))
         cfg = meta["model"]
         try:
-            shapes = parameter_shapes(cfg["name"], **cfg.get("kwargs", {}))
+            shapes = parameter_shapes(cfg["name"], input_shape=cfg.get("input_shape"),
+                                      **cfg.get("kwargs", {}))
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{src}: its model config {cfg!r} cannot be built: "
                                   f"{exc}") from None
@@ -72,8 +78,7 @@ def load_model_source(model_or_checkpoint):
 def build_copy(source, backend, seed):
     """The model of ``source`` on ``backend``, in training mode, with the source's weights."""
     try:
-        model = build_model(source.config["name"], backend=backend, seed=seed,
-                            **source.config.get("kwargs", {}))
+        model = build_from_config(source.config, backend=backend, seed=seed)
         if source.params is not None:
             model.load_state_dict(source.params)
         model.load_extra_state(source.extra)
