@@ -100,6 +100,7 @@ def build_parser():
                         f"auto when they fit in {DEVICE_DATA_SHARE * 100:.0f}%% of the free device "
                         "memory, on (an error when they do not), off (batches prepared as "
                         "before); device backends only (default: %(default)s)")
+    _add_distributed_args(t)
 
     s = sub.add_parser("summary", help="per-layer shapes, parameters, FLOPs, receptive field")
     s.add_argument("model", help="model name: lenet5, alexnet_cifar or alexnet")
@@ -131,8 +132,31 @@ def build_parser():
     return ap
 
 
+def _add_distributed_args(t):
+    t.add_argument("--distributed", action="store_true",
+                   help="train data-parallel over the processes mpiexec starts (mpiexec -n N "
+                        "gpucnn train --distributed ...; alone: a world of one); --batch-size "
+                        "is per process; needs pip install '.[distributed]' (default: off)")
+    t.add_argument("--communicator", choices=("auto", "mpi", "nccl"), default=None,
+                   help="with --distributed: how gradients are all-reduced, mpi (on the host) "
+                        "or nccl (on the GPUs, one process per GPU); auto: nccl for --backend "
+                        "cuda when NCCL loads, else mpi (default: auto)")
+
+
+def _trainer(args):
+    """gpucnn.train.train, or this process's part of a --distributed run."""
+    if not args.distributed:
+        if args.communicator is not None:
+            raise ValueError("--communicator applies to --distributed only")
+        from .train import train
+        return train
+    from .distributed import run_train
+    return lambda cfg: run_train(cfg, args.communicator or "auto")
+
+
 def cmd_train(args):
-    from .train import SaveFailed, TrainConfig, TrainingDiverged, train
+    from .train import SaveFailed, TrainConfig, TrainingDiverged
+    train = _trainer(args)
     cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                       nesterov=args.nesterov, weight_decay=args.weight_decay,
@@ -221,7 +245,8 @@ def info_lines(backend_name=None):
     except Exception as exc:
         lines.append(f"emulator: not available ({exc})")
     lines += _nvml_lines()
-    return lines
+    from .distributed import mpi_info_lines
+    return lines + mpi_info_lines()
 
 
 def _native_line():

@@ -6,7 +6,9 @@ one process of a multi-process run can check a checkpoint and share the verdict.
 
 Schema versions: 1 gpucnn 0.1.0 (no "schema_version" key); 2 adds "schema_version" and
 "written_by"; 3 adds "config_changes" (the deliberate changes ``--allow-config-change`` let
-through, so the run's record says so for ever). Each later schema adds an upgrade step from the
+through, so the run's record says so for ever); 4 adds "data_parallel" (the world size and the
+global batch of a data-parallel run: ``gpucnn train --distributed``; older checkpoints were
+written by one process, whose global batch is its batch size). Each later schema adds an upgrade step from the
 one before in :func:`upgrade_metadata`, so every older checkpoint keeps loading.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .checkpoint import CheckpointError
 __all__ = ["SCHEMA_VERSION", "RESUME_KEYS", "upgrade_metadata", "validate_metadata",
            "compare_run", "config_mismatch_message"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # What --resume compares: a path into the metadata ("config.seed" is meta["config"]["seed"])
 # -> what a different value changes. Each one changes what the uninterrupted run would have
@@ -43,6 +45,9 @@ RESUME_KEYS = {
     "config.weight_decay": "the update rule",
     "config.schedule": "the learning rate of the coming epochs",
     "config.precision": "the arithmetic of the convolutions and linear layers",
+    # Compared instead of config.batch_size when the world sizes differ (gpucnn.distributed):
+    # a run resumes in another number of processes if ranks x --batch-size is the same.
+    "data_parallel.global_batch": "the batches and the number of steps (ranks x --batch-size)",
     # auto's per-shape choices are preset from the checkpoint; a forced one must agree
     "conv_algos.setting": "$GPUCNN_CONV_ALGO: the convolution algorithms (their rounding "
                           "differs)",
@@ -50,6 +55,7 @@ RESUME_KEYS = {
 # The epoch count is compared only when the schedule spreads over it (step, cosine): with the
 # constant schedule a larger --epochs simply continues the run.
 EPOCHS_KEY = "config.epochs"
+BATCH_KEYS = ("config.batch_size", "data_parallel.global_batch")  # one of them is compared
 
 
 def upgrade_metadata(meta, path):
@@ -67,6 +73,11 @@ def upgrade_metadata(meta, path):
         meta["written_by"] = "gpucnn 0.1.0"
     if version <= 2:
         meta["config_changes"] = []
+    if version <= 3:
+        config = meta.get("config")
+        batch = config.get("batch_size") if isinstance(config, dict) else None
+        if batch is not None:  # (else validation names the missing config)
+            meta["data_parallel"] = {"world_size": 1, "global_batch": batch}
     meta["schema_version"] = SCHEMA_VERSION
     return meta
 
@@ -133,7 +144,12 @@ def compare_run(saved, current):
     uses it) whose values differ between the checkpoint's metadata ``saved`` and this run's
     ``current``, as {key: {"checkpoint": old, "now": new}}; and the keys the checkpoint does
     not record (not compared)."""
-    keys = list(RESUME_KEYS)
+    # The batch compared is the per-process one within a world size (identical then, and
+    # what older checkpoints and messages name), the global one across world sizes.
+    same_world = (_lookup(saved, "data_parallel.world_size")[1]
+                  == _lookup(current, "data_parallel.world_size")[1])
+    batch_key = "config.batch_size" if same_world else "data_parallel.global_batch"
+    keys = [k for k in RESUME_KEYS if k not in BATCH_KEYS or k == batch_key]
     if _lookup(current, "config.schedule")[1] not in (None, "constant"):
         keys.append(EPOCHS_KEY)
     differences, unchecked = {}, []

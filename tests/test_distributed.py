@@ -1,0 +1,198 @@
+"""gpucnn train --distributed under ``mpiexec -n 2`` on the CPU (issue 19): the same updates as
+one process with the global batch, initial parameters broadcast, rank-0-only outputs, resume
+across world sizes, and a failing or mismatched rank ending the job with a clear message.
+
+Every job runs from a subprocess with a hard timeout in its own process group, so a hang
+fails the test instead of blocking the suite. mpiexec is the one of this Python environment
+(``pip install '.[distributed]'`` puts it in its scripts folder), found there and not on PATH.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from harness import stable_seed
+
+pytest.importorskip("mpi4py", reason="mpi4py is not installed: pip install '.[distributed]' "
+                                     "(CI installs it)")
+
+from gpucnn.checkpoint import load_checkpoint  # noqa: E402
+
+MPIEXEC = Path(sysconfig.get_path("scripts")) / "mpiexec"
+BOUND_S = 60  # a failed rank must end the whole job within this
+ROOT = Path(__file__).resolve().parents[1]
+# 2 x 64 against 1 x 128: the gradients are summed in another order (two halves, then their
+# sum), so the parameters agree to float32 rounding amplified over the steps, not bit for bit
+# (measured: at most ~5e-7 apart after 22 steps; one epoch less moves them by ~1e-2).
+PARAM_ATOL = 5e-6
+
+
+def _env():
+    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env.pop("GPUCNN_NUMPY_THREADS", None)
+    return env
+
+
+def run(cmd, cwd, timeout=BOUND_S):
+    """(returncode, stdout, stderr, seconds) of ``cmd``; a job still running after ``timeout``
+    seconds is killed with its whole process group and fails the test."""
+    t0 = time.monotonic()
+    p = subprocess.Popen([str(c) for c in cmd], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        pytest.fail(f"{' '.join(map(str, cmd))} still running after {timeout} s (a hang):\n"
+                    f"{out[-2000:]}\n{err[-2000:]}")
+    return p.returncode, out, err, time.monotonic() - t0
+
+
+def gpucnn(*args):
+    return [sys.executable, "-m", "gpucnn", "train", "--backend", "numpy", "--no-progress",
+            *args]
+
+
+def mpi(n, *args):
+    return [MPIEXEC, "-n", str(n), *gpucnn("--distributed", *args)]
+
+
+@pytest.fixture
+def seed(request):
+    return str(stable_seed(request.node.nodeid) % 1000)
+
+
+def params(path):
+    arrays, meta = load_checkpoint(path)
+    return {k: v for k, v in arrays.items() if k.startswith("model/")}, meta
+
+
+def assert_close(a, b):
+    assert a.keys() == b.keys()
+    worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
+    assert worst <= PARAM_ATOL, f"parameters differ by {worst} (tolerance {PARAM_ATOL})"
+    return worst
+
+
+# 11 global batches of 128 per epoch, the last one of 40 (split 20 + 20, weighted by size)
+RUN = ("--limit", "1320", "--test-limit", "200", "--lr", "0.05")
+
+
+def test_two_ranks_compute_the_updates_of_one_process_with_the_global_batch(tmp_path, seed):
+    """2 x 64 == 1 x 128 after 22 LeNet-5 steps (2 epochs); only rank 0 prints and writes;
+    resume across world sizes both ways gives the same parameters again."""
+    common = (*RUN, "--seed", seed)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    rc, out, err, _ = run(gpucnn(*common, "--epochs", "2", "--batch-size", "128",
+                                 "--checkpoint", "a.npz"), one)
+    assert rc == 0, err
+    rc, out, err, _ = run(mpi(2, *common, "--epochs", "2", "--batch-size", "64",
+                              "--checkpoint", "b.npz", "--metrics-json", "m.json"), two)
+    assert rc == 0, err
+    # rank 0 alone prints, and writes exactly its outputs (no temporary files left)
+    assert out.count("data: fashion-mnist") == 1 and out.count("test accuracy") == 1, out
+    assert sorted(os.listdir(two)) == ["b.npz", "m.json"]
+    m = json.loads((two / "m.json").read_text())
+    assert (m["world_size"], m["communicator"], m["global_batch"]) == (2, "mpi", 128)
+    assert m["images_per_s_per_rank"] == pytest.approx(m["train_images_per_s"] / 2)
+    assert m["allreduce_calls"] == 22  # one all-reduce of the flat buffer per step
+    a, meta_a = params(one / "a.npz")
+    b, meta_b = params(two / "b.npz")
+    print(f"2 x 64 vs 1 x 128 after 22 steps: max |difference| {assert_close(a, b):.2e}")
+    assert meta_b["data_parallel"] == {"world_size": 2, "global_batch": 128}
+    assert meta_b["history"][1]["train_loss"] == pytest.approx(
+        meta_a["history"][1]["train_loss"], rel=1e-5)
+
+    # resume a 2-process checkpoint in 1 process, and a 1-process one in 2 processes
+    for first, then in ((mpi(2, "--batch-size", "64"), gpucnn("--batch-size", "128")),
+                        (gpucnn("--batch-size", "128"), mpi(2, "--batch-size", "64"))):
+        d = tmp_path / f"resume{len(first)}"
+        d.mkdir()
+        rc, _, err, _ = run([*first, *common, "--epochs", "1", "--checkpoint", "c.npz"], d)
+        assert rc == 0, err
+        with pytest.raises(AssertionError, match="parameters differ"):
+            assert_close(a, params(d / "c.npz")[0])  # one epoch short: the check can fail
+        rc, _, err, _ = run([*then, *common, "--epochs", "2", "--checkpoint", "c.npz",
+                             "--resume"], d)
+        assert rc == 0, err
+        assert_close(a, params(d / "c.npz")[0])
+
+    # the global batch must match on resume (not the per-process one)
+    rc, _, err, _ = run(gpucnn(*common, "--epochs", "3", "--batch-size", "64",
+                               "--checkpoint", "b.npz", "--resume"), two)
+    assert rc == 2 and "global_batch: checkpoint 128, now 64" in err, err
+
+
+def test_initial_parameters_come_from_rank_0(tmp_path):
+    """Rank 1's parameters and optimizer state, made different on purpose, are rank 0's after
+    the broadcast (a script of the Python API under mpiexec)."""
+    script = tmp_path / "bcast.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from gpucnn.distributed import init_world\n"
+        "from gpucnn.distributed.trainer import DistributedTrainer\n"
+        "from gpucnn.train import TrainConfig\n"
+        "world = init_world()\n"
+        "cfg = TrainConfig(backend='numpy', limit=256, test_limit=64, batch_size=32,\n"
+        "                  progress=False)\n"
+        "tr = DistributedTrainer(cfg, world)\n"
+        "ps = tr.model.parameters()\n"
+        "if world.rank == 1:\n"
+        "    for p in ps:\n"
+        "        p.data[...] += 1.0\n"
+        "    tr.opt.state['velocity'][0][...] = 3.0\n"
+        "    tr.opt.steps = 7\n"
+        "before = world.allgather(float(sum(float(p.data.sum()) for p in ps)))\n"
+        "tr.sync_state()\n"
+        "after = world.allgather([p.data.copy() for p in ps])\n"
+        "vel = world.allgather(float(tr.opt.state['velocity'][0].sum()))\n"
+        "steps = world.allgather(tr.opt.steps)\n"
+        "if world.rank == 0:\n"
+        "    assert before[0] != before[1], before\n"
+        "    assert all(np.array_equal(x, y) for x, y in zip(*after))\n"
+        "    assert vel == [0.0, 0.0] and steps == [0, 0], (vel, steps)\n"
+        "    print('broadcast ok')\n")
+    rc, out, err, _ = run([MPIEXEC, "-n", "2", sys.executable, script], tmp_path)
+    assert rc == 0 and "broadcast ok" in out, err
+
+
+def test_a_failing_rank_ends_every_rank_with_its_name(tmp_path):
+    """Rank 1 reads a damaged copy of the training images (a real fault, on one machine):
+    the job ends non-zero within the bound, naming rank 1, while rank 0 waits for it."""
+    bad = tmp_path / "bad" / "fashion-mnist"
+    bad.mkdir(parents=True)
+    for f in Path("/usr/share/datasets/fashion-mnist").glob("*-ubyte.gz"):
+        shutil.copy(f, bad / f.name)
+    images = bad / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:5000])
+    args = ("--limit", "256", "--test-limit", "64", "--batch-size", "32")
+    cmd = [MPIEXEC, "-n", "1", *gpucnn("--distributed", *args), ":",
+           "-n", "1", *gpucnn("--distributed", *args, "--data-dir", tmp_path / "bad")]
+    rc, out, err, seconds = run(cmd, tmp_path)
+    assert rc != 0 and seconds < BOUND_S
+    assert "rank 1 of 2 failed" in err and "train-images-idx3-ubyte.gz" in err, err
+
+
+def test_ranks_that_disagree_stop_before_training_with_a_clear_error(tmp_path):
+    """Rank 1 runs on another number of images: every rank stops, exit status 2, one
+    message naming what differs on which rank."""
+    base = ("--test-limit", "64", "--batch-size", "32")
+    cmd = [MPIEXEC, "-n", "1", *gpucnn("--distributed", *base, "--limit", "256"), ":",
+           "-n", "1", *gpucnn("--distributed", *base, "--limit", "320")]
+    rc, out, err, seconds = run(cmd, tmp_path)
+    assert rc == 2 and seconds < BOUND_S, err
+    assert "train_images: rank 0 256, rank 1 320" in err, err
+    assert err.count("disagree") == 1  # printed by rank 0 only
+    assert not list(tmp_path.iterdir())
