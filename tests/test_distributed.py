@@ -196,3 +196,87 @@ def test_ranks_that_disagree_stop_before_training_with_a_clear_error(tmp_path):
     assert "train_images: rank 0 256, rank 1 320" in err, err
     assert err.count("disagree") == 1  # printed by rank 0 only
     assert not list(tmp_path.iterdir())
+
+
+def _wait_for(path, proc, timeout=BOUND_S):
+    t0 = time.monotonic()
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() - t0 > timeout:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"{path} never appeared: {proc.communicate()}")
+        time.sleep(0.05)
+
+
+def _rank_pid(launcher, rank):
+    """The pid of rank ``rank``: a child of mpiexec with OMPI_COMM_WORLD_RANK=rank."""
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().split(")")[-1].split()[1]) \
+                    == launcher and f"OMPI_COMM_WORLD_RANK={rank}\0".encode() \
+                    in (d / "environ").read_bytes():
+                return int(d.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    pytest.fail(f"no rank {rank} under mpiexec {launcher}")
+
+
+# 10 global batches of 64 per epoch, many epochs: the job is stopped long before its end
+LONG = ("--limit", "640", "--test-limit", "64", "--batch-size", "32", "--epochs", "500",
+        "--checkpoint", "ck.npz", "--metrics-json", "m.json")
+
+
+def _start(cwd, *args):
+    return subprocess.Popen([str(c) for c in mpi(2, *args)], cwd=cwd, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _finish(proc):
+    try:
+        out, err = proc.communicate(timeout=BOUND_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"still running {BOUND_S} s after the signal: {proc.communicate()}")
+    return proc.returncode, out, err
+
+
+def test_sigterm_to_one_rank_stops_all_at_the_same_step_and_resumes_exactly(tmp_path, seed):
+    stop = tmp_path / "stop"
+    stop.mkdir()
+    proc = _start(stop, *LONG, "--seed", seed)
+    _wait_for(stop / "m.json", proc)  # an epoch is done: training is under way
+    os.kill(_rank_pid(proc.pid, 1), signal.SIGTERM)
+    rc, out, err = _finish(proc)
+    assert rc == 143, err
+    _, meta = params(stop / "ck.npz")
+    epoch, batch = meta["epoch"], meta["batch_in_epoch"]
+    assert f"SIGTERM at epoch {epoch + 1}, batch {batch}: checkpoint written" in out, out
+    # resumed to the end of that epoch: the parameters of a run never stopped, bit for bit
+    args = ("--limit", "640", "--test-limit", "64", "--batch-size", "32", "--seed", seed,
+            "--epochs", str(epoch + 1), "--checkpoint", "ck.npz")
+    rc, _, err, _ = run(mpi(2, *args, "--resume"), stop)
+    assert rc == 0, err
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    rc, _, err, _ = run(mpi(2, *args), straight)
+    assert rc == 0, err
+    a, b = params(stop / "ck.npz")[0], params(straight / "ck.npz")[0]
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_ctrl_c_on_mpiexec_keeps_a_checkpoint_to_resume_from(tmp_path, seed):
+    """Ctrl-C on mpiexec: Open MPI 5 sends SIGTERM to every rank and soon kills the job, so
+    the stop's checkpoint may not be finished; the README promises the last complete one."""
+    proc = _start(tmp_path, *LONG, "--seed", seed)
+    _wait_for(tmp_path / "m.json", proc)
+    time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGINT)
+    rc, out, err = _finish(proc)
+    assert rc != 0
+    _, meta = params(tmp_path / "ck.npz")  # a complete checkpoint (atomic writes)
+    assert meta["epoch"] >= 1
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    rc, _, err, _ = run(mpi(2, *LONG[:6], "--seed", seed, "--epochs", str(meta["epoch"] + 1),
+                            "--checkpoint", "ck.npz", "--resume"), tmp_path)
+    assert rc == 0, err

@@ -91,8 +91,11 @@ class DistributedTrainer(Trainer):
         self.sync_state()
 
     def save(self, path=None):
+        """Rank 0 writes; the others wait for it, so that no rank ends (and makes mpiexec end
+        the job) while rank 0 is still saving a stop's checkpoint."""
         if self.world.is_root:
             super().save(path)
+        self.world.barrier()
 
     def write_metrics(self):
         if self.world.is_root:
