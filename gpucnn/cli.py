@@ -225,6 +225,7 @@ def info_lines(backend_name=None):
         lines.append(f"backend: {auto_reason()}")
     else:
         lines.append(f"backend: {get_backend(backend_name).describe()} (requested)")
+    chosen = get_backend(backend_name)
     try:
         from .ops.precision import default_precision
         lines.append(f"precision: {default_precision()} (fp32, tf32, 3xtf32 or bf16: "
@@ -246,7 +247,7 @@ def info_lines(backend_name=None):
         lines.append(f"emulator: not available ({exc})")
     lines += _nvml_lines()
     from .distributed import mpi_info_lines
-    return lines + mpi_info_lines()
+    return lines + mpi_info_lines(chosen)
 
 
 def _native_line():

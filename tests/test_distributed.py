@@ -280,3 +280,12 @@ def test_ctrl_c_on_mpiexec_keeps_a_checkpoint_to_resume_from(tmp_path, seed):
     rc, _, err, _ = run(mpi(2, *LONG[:6], "--seed", seed, "--epochs", str(meta["epoch"] + 1),
                             "--checkpoint", "ck.npz", "--resume"), tmp_path)
     assert rc == 0, err
+
+
+def test_info_shows_each_rank_and_the_communicator(tmp_path):
+    rc, out, err, _ = run([MPIEXEC, "-n", "2", sys.executable, "-m", "gpucnn", "info",
+                           "--backend", "numpy"], tmp_path)
+    assert rc == 0, err
+    for rank in (0, 1):
+        assert f"; rank {rank} of 2 (local rank {rank} of 2)" in out, out
+    assert out.count("communicator: --communicator auto is mpi (the numpy backend") == 2

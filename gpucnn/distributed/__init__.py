@@ -28,7 +28,11 @@ def run_train(cfg, communicator="auto", world=None):
     install_except_hook(world)
     if not world.is_root:  # only rank 0 prints; errors still reach stderr
         sys.stdout = open(os.devnull, "w")
-    os.environ.setdefault("GPUCNN_NUMPY_THREADS", str(default_threads(world)))
+    threads = default_threads(world)
+    os.environ.setdefault("GPUCNN_NUMPY_THREADS", str(threads))
+    if not any(os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")):
+        from ..cpu.threads import set_blas_threads
+        set_blas_threads(threads)  # its share of the machine outside our own threads too
     if communicator != "mpi" and (cfg.backend or os.environ.get("GPUCNN_BACKEND", "auto")) \
             in ("auto", "cuda"):
         select_device(world)
@@ -45,8 +49,9 @@ def run_train(cfg, communicator="auto", world=None):
         raise  # (not reached: the job ends)
 
 
-def mpi_info_lines():
-    """``gpucnn info``'s lines on MPI: mpi4py's presence, and under mpiexec this rank."""
+def mpi_info_lines(backend=None):
+    """``gpucnn info``'s lines on MPI: mpi4py's presence, and under mpiexec this rank and the
+    communicator --communicator auto takes with ``backend`` (a Backend, or None)."""
     try:
         import mpi4py
     except ImportError:
@@ -58,6 +63,17 @@ def mpi_info_lines():
         return [f"MPI: mpi4py {mpi4py.__version__}; not started by mpiexec (--distributed "
                 f"runs as a world of one)"]
     world = init_world()
-    library = world.mpi.Get_library_version().splitlines()[0].strip()
+    library = world.mpi.Get_library_version().split(",")[0].strip()
+    if backend is None:
+        chosen = "nccl for the cuda backend (when NCCL loads), else mpi"
+    elif backend.name != "cuda":
+        chosen = f"mpi (the {backend.name} backend computes on the host)"
+    else:
+        try:
+            from .communicators import load_nccl
+            load_nccl()
+            chosen = "nccl"
+        except DistributedUnavailable as exc:
+            chosen = f"mpi ({exc})"
     return [f"MPI: mpi4py {mpi4py.__version__}, {library}; {world.describe()}",
-            "communicator: auto is nccl for --backend cuda (when NCCL loads), else mpi"]
+            f"communicator: --communicator auto is {chosen}"]
