@@ -6,10 +6,11 @@ one process of a multi-process run can check a checkpoint and share the verdict.
 
 Schema versions: 1 gpucnn 0.1.0 (no "schema_version" key); 2 adds "schema_version" and
 "written_by"; 3 adds "config_changes" (the deliberate changes ``--allow-config-change`` let
-through, so the run's record says so for ever); 4 adds "data_parallel" (the world size and the
-global batch of a data-parallel run: ``gpucnn train --distributed``; older checkpoints were
-written by one process, whose global batch is its batch size). Each later schema adds an upgrade step from the
-one before in :func:`upgrade_metadata`, so every older checkpoint keeps loading.
+through, so the run's record says so for ever); 4 adds "data_parallel" (the world size and
+the global batch of a data-parallel run: ``gpucnn train --distributed``; older checkpoints
+were written by one process, whose global batch is its batch size). Each later schema adds an
+upgrade step from the one before in :func:`upgrade_metadata`, so every older checkpoint keeps
+loading.
 """
 from __future__ import annotations
 

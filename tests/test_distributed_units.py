@@ -280,3 +280,44 @@ def test_resume_compares_the_global_batch_across_world_sizes():
     assert diff == {"data_parallel.global_batch": {"checkpoint": 128, "now": 64}}
     diff = compare_run(_record(2, 64), _record(2, 32))[0]  # same world: the batch, as before
     assert diff == {"config.batch_size": {"checkpoint": 64, "now": 32}}
+
+
+# ---- dropout seeded by global sample position ---------------------------------------------
+def test_an_index_offset_is_a_seed_shift(request):
+    from gpucnn.ops.activation import dropout_hash, dropout_index_shift
+    rng = np.random.default_rng(stable_seed(request.node.nodeid))
+    for seed, offset in rng.integers(0, 2 ** 32, (20, 2)):
+        i = rng.integers(0, 2 ** 32, 1000, dtype=np.uint64).astype(np.uint32)
+        np.testing.assert_array_equal(
+            dropout_hash((int(seed) + dropout_index_shift(offset)) % 2 ** 32, i),
+            dropout_hash(seed, (i.astype(np.uint64) + int(offset)).astype(np.uint32)))
+
+
+def _dropout_halves(backend, seed):
+    """(masks of one layer over a batch of 6, masks of two layers over its halves with
+    first_sample 0 and 3), over three calls (the counter advances)."""
+    from gpucnn.nn import Dropout
+    layers = [Dropout(0.5).bind(backend, np.random.default_rng(seed)) for _ in range(3)]
+    layers[2].first_sample = 3
+    x = backend.asarray(np.ones((6, 5, 7), np.float32))
+    whole, parts = [], []
+    for _ in range(3):
+        whole.append(backend.to_numpy(layers[0].forward(x)))
+        parts.append(np.concatenate([backend.to_numpy(layers[1].forward(x[:3])),
+                                     backend.to_numpy(layers[2].forward(x[3:]))]))
+    return whole, parts
+
+
+def test_dropout_masks_of_a_rank_are_its_slice_of_the_global_batch(request):
+    whole, parts = _dropout_halves(get_backend("numpy"), stable_seed(request.node.nodeid))
+    for w, p in zip(whole, parts):
+        np.testing.assert_array_equal(w, p)
+    assert not np.array_equal(whole[0], whole[1])  # a new mask each call
+
+
+def test_dropout_masks_of_a_rank_on_the_device(device_forward, request):
+    whole, parts = _dropout_halves(device_forward, stable_seed(request.node.nodeid))
+    host, _ = _dropout_halves(get_backend("numpy"), stable_seed(request.node.nodeid))
+    for w, p, h in zip(whole, parts, host):
+        np.testing.assert_array_equal(w, p)
+        np.testing.assert_array_equal(w, h)

@@ -27,10 +27,12 @@ import threading
 
 import numpy as np
 
+from ..nn import Dropout
 from ..runsafety import (RunLock, check_output_paths, check_room, file_size_limit_as_error,
                          prepare_checkpoint, write_with_retry)
 from ..runstate import RunState
 from ..train import Trainer, TrainingDiverged, TrainingInterrupted, _Unread, plot_metrics
+from ..train_data import shard_bounds
 from .communicators import GradientBuffer, make_communicator
 from .world import CollectiveError
 
@@ -50,6 +52,7 @@ class DistributedTrainer(Trainer):
         self.run_checkpoint.world_size = world.size
         self.comm = make_communicator(communicator, world, self.backend)
         self.grads = GradientBuffer(self.backend, self.model.parameters())
+        self.dropouts = [m for m in getattr(self.model, "layers", ()) if isinstance(m, Dropout)]
         n, g = len(self.train_set), self.global_batch
         world.check_same({"model": self.model.config, "parameters": self.grads.size,
                           "train_images": n, "test_images": len(self.test_set),
@@ -107,13 +110,14 @@ class DistributedTrainer(Trainer):
                                  shard=(self.world.rank, self.world.size))
 
     def _update(self, x, y):
+        n, b = len(self.train_set), self.run.batch_in_epoch  # the global batch of this step
+        whole = min(self.global_batch, n - b * self.global_batch)
+        for layer in self.dropouts:  # the masks of this rank's slice of the global batch
+            layer.first_sample = shard_bounds(0, whole, self.world.rank, self.world.size)[0]
         logits = self.model.forward(x)
         loss = self.loss.forward(logits, y)
         self.model.backward(self.loss.backward())
         buf, packed = self.grads.gather()
-        n = len(self.train_set)
-        b = self.run.batch_in_epoch  # the global batch this step is part of
-        whole = min(self.global_batch, n - b * self.global_batch)
         self.comm.allreduce_mean(buf, len(y) / whole)
         self.grads.scatter(buf, packed)
         self.opt.step()
@@ -190,7 +194,6 @@ class DistributedTrainer(Trainer):
 
 
 def _part(n, world):
-    from ..train_data import shard_bounds
     return shard_bounds(0, n, world.rank, world.size)
 
 
