@@ -168,9 +168,9 @@ def test_initial_parameters_come_from_rank_0(tmp_path):
     assert rc == 0 and "broadcast ok" in out, err
 
 
-def test_a_failing_rank_ends_every_rank_with_its_name(tmp_path):
+def test_a_rank_that_cannot_start_stops_every_rank_naming_it(tmp_path):
     """Rank 1 reads a damaged copy of the training images (a real fault, on one machine):
-    the job ends non-zero within the bound, naming rank 1, while rank 0 waits for it."""
+    every rank stops before training, status 2, rank 0 naming rank 1 and the file."""
     bad = tmp_path / "bad" / "fashion-mnist"
     bad.mkdir(parents=True)
     for f in Path("/usr/share/datasets/fashion-mnist").glob("*-ubyte.gz"):
@@ -181,8 +181,24 @@ def test_a_failing_rank_ends_every_rank_with_its_name(tmp_path):
     cmd = [MPIEXEC, "-n", "1", *gpucnn("--distributed", *args), ":",
            "-n", "1", *gpucnn("--distributed", *args, "--data-dir", tmp_path / "bad")]
     rc, out, err, seconds = run(cmd, tmp_path)
-    assert rc != 0 and seconds < BOUND_S
-    assert "rank 1 of 2 failed" in err and "train-images-idx3-ubyte.gz" in err, err
+    assert rc == 2 and seconds < BOUND_S, err
+    assert "error: rank 1 could not start: DataError: " in err, err
+    assert "train-images-idx3-ubyte.gz" in err and err.count("could not start") == 1
+
+
+def test_a_rank_failing_mid_training_ends_the_job_naming_it(tmp_path):
+    """Rank 0 cannot write its metrics at the end of epoch 1 (its file-size limit, ulimit -f,
+    is 1 KiB: EFBIG) while rank 1 goes on to the next step: rank 0 names itself and aborts,
+    and mpiexec ends both, non-zero, within the bound."""
+    args = " ".join(gpucnn("--distributed", "--limit", "256", "--test-limit", "64",
+                           "--batch-size", "32", "--epochs", "50", "--metrics-json", "m.json",
+                           "--save-retry-s", "0"))
+    cmd = [MPIEXEC, "-n", "1", "sh", "-c", f"ulimit -f 1; exec {args}", ":",
+           "-n", "1", *args.split()]
+    rc, out, err, seconds = run(cmd, tmp_path)
+    assert rc != 0 and seconds < BOUND_S, err
+    assert "rank 0 of 2 failed" in err and "File too large" in err, err
+    assert "MPI_Abort" in err and not (tmp_path / "m.json").exists()
 
 
 def test_ranks_that_disagree_stop_before_training_with_a_clear_error(tmp_path):

@@ -321,3 +321,25 @@ def test_dropout_masks_of_a_rank_on_the_device(device_forward, request):
     for w, p, h in zip(whole, parts, host):
         np.testing.assert_array_equal(w, p)
         np.testing.assert_array_equal(w, h)
+
+
+def test_a_rank_that_cannot_start_stops_all_with_its_reason():
+    def fail():
+        raise ValueError("dataset not found")
+
+    with pytest.raises(ValueError, match="dataset not found") as e:
+        world(1, 2, gathered={0: None}).all_or_none(fail)
+    assert is_collective(e.value)  # rank 1 ends quietly with its status; rank 0 says why
+    with pytest.raises(CollectiveError, match="rank 1 could not start: ValueError: dataset "
+                                              "not found"):
+        world(0, 2, gathered={1: "ValueError: dataset not found"}).all_or_none(lambda: 1)
+    assert world(0, 2, gathered={1: None}).all_or_none(lambda: 7) == 7
+
+
+def test_the_communicator_is_chosen_without_collectives():
+    from gpucnn.distributed.communicators import communicator_name
+    numpy = get_backend("numpy")
+    assert communicator_name("auto", numpy) == "mpi"
+    assert communicator_name("auto", FakeCudaBackend(), FakeNccl()) == "nccl"
+    with pytest.raises(DistributedUnavailable, match="needs --backend cuda"):
+        communicator_name("nccl", numpy)

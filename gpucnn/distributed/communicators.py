@@ -23,7 +23,7 @@ import numpy as np
 from .world import DistributedUnavailable
 
 __all__ = ["COMMUNICATORS", "GradientBuffer", "MpiCommunicator", "NcclCommunicator",
-           "load_nccl", "make_communicator", "select_device", "NCCL_HINT"]
+           "communicator_name", "load_nccl", "make_communicator", "select_device", "NCCL_HINT"]
 
 COMMUNICATORS = ("auto", "mpi", "nccl")
 NCCL_HINT = ("install the NCCL wheel CuPy loads: pip install 'gpucnn[cuda12]' (brings "
@@ -174,20 +174,32 @@ def select_device(world, environ=None):
     return int(environ["GPUCNN_CUDA_DEVICE"])
 
 
-def make_communicator(name, world, backend, nccl=None):
-    """The communicator ``name`` (auto: nccl for the cuda backend when NCCL loads, else
-    mpi)."""
+def communicator_name(name, backend, nccl=None):
+    """The communicator ``name`` means for ``backend`` (auto: nccl for the cuda backend when
+    NCCL loads, else mpi), or DistributedUnavailable; collective-free, so each rank decides
+    before the ranks compare their choices."""
     if name not in COMMUNICATORS:
         raise ValueError(f"--communicator must be one of {', '.join(COMMUNICATORS)}, got "
                          f"{name!r}")
-    if name == "auto":
-        name = "mpi"
-        if backend.name == "cuda":
-            try:
-                nccl = nccl if nccl is not None else load_nccl()
-                name = "nccl"
-            except DistributedUnavailable:
-                pass
+    if name == "mpi" or (name == "auto" and backend.name != "cuda"):
+        return "mpi"
+    if name == "nccl" and backend.name != "cuda":
+        raise DistributedUnavailable(
+            f"--communicator nccl reduces on GPUs and needs --backend cuda; the "
+            f"{backend.name} backend's arrays are host arrays (use --communicator mpi)")
+    try:
+        if nccl is None:
+            load_nccl()
+    except DistributedUnavailable:
+        if name == "nccl":
+            raise
+        return "mpi"
+    return "nccl"
+
+
+def make_communicator(name, world, backend, nccl=None):
+    """The communicator ``name`` (see communicator_name) of ``world`` for ``backend``."""
+    name = communicator_name(name, backend, nccl)
     if name == "nccl":
         return NcclCommunicator(world, backend, nccl)
     return MpiCommunicator(world, backend)

@@ -33,7 +33,7 @@ from ..runsafety import (RunLock, check_output_paths, check_room, file_size_limi
 from ..runstate import RunState
 from ..train import Trainer, TrainingDiverged, TrainingInterrupted, _Unread, plot_metrics
 from ..train_data import shard_bounds
-from .communicators import GradientBuffer, make_communicator
+from .communicators import GradientBuffer, communicator_name, make_communicator
 from .world import CollectiveError
 
 __all__ = ["DistributedTrainer", "train_distributed"]
@@ -44,20 +44,25 @@ class DistributedTrainer(Trainer):
     communicators.COMMUNICATORS)."""
 
     def __init__(self, cfg, world, communicator="auto"):
-        if cfg.cuda_graphs:
-            raise ValueError("--cuda-graphs with --distributed: not supported yet (the "
-                             "all-reduce is not captured); leave out one of them")
         self.world = world
-        super().__init__(cfg)
+
+        def build():  # nothing collective inside: every rank reaches the agreement below
+            if cfg.cuda_graphs:
+                raise ValueError("--cuda-graphs with --distributed: not supported yet (the "
+                                 "all-reduce is not captured); leave out one of them")
+            Trainer.__init__(self, cfg)
+            return communicator_name(communicator, self.backend)
+
+        name = world.all_or_none(build)  # a rank that could not start stops every rank
         self.run_checkpoint.world_size = world.size
-        self.comm = make_communicator(communicator, world, self.backend)
         self.grads = GradientBuffer(self.backend, self.model.parameters())
         self.dropouts = [m for m in getattr(self.model, "layers", ()) if isinstance(m, Dropout)]
         n, g = len(self.train_set), self.global_batch
         world.check_same({"model": self.model.config, "parameters": self.grads.size,
                           "train_images": n, "test_images": len(self.test_set),
                           "global_batch": g, "seed": cfg.seed, "backend": self.backend.name,
-                          "communicator": self.comm.name})
+                          "communicator": name})
+        self.comm = make_communicator(name, world, self.backend)
         if 0 < n % g < world.size:
             raise CollectiveError(f"the last global batch of each epoch would hold {n % g} "
                                   f"images for {world.size} ranks: choose --limit or "

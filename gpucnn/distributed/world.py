@@ -109,6 +109,24 @@ class World:
             raise CollectiveError(f"rank 0: {outcome[1]}")
         return outcome[1]
 
+    def all_or_none(self, fn):
+        """Run ``fn`` on every rank (it must call no collective); if it raised anywhere, every
+        rank raises: its own exception where it failed, else a CollectiveError naming the
+        first rank that failed and why. Returns ``fn``'s result."""
+        error, result = None, None
+        try:
+            result = fn()
+        except Exception as exc:  # every kind: the others must hear of it
+            error = exc
+        failed = [(r, e) for r, e in enumerate(self.allgather(
+            None if error is None else f"{type(error).__name__}: {error}")) if e is not None]
+        if error is not None:
+            error.collective = True
+            raise error
+        if failed:
+            raise CollectiveError(f"rank {failed[0][0]} could not start: {failed[0][1]}")
+        return result
+
     def check_same(self, what):
         """Stop every rank with one clear error unless all ranks hold the same ``what`` (a
         dict of name -> JSON-like value: the model, the data sizes, the global batch)."""
