@@ -305,3 +305,17 @@ def test_info_shows_each_rank_and_the_communicator(tmp_path):
     for rank in (0, 1):
         assert f"; rank {rank} of 2 (local rank {rank} of 2)" in out, out
     assert out.count("communicator: --communicator auto is mpi (the numpy backend") == 2
+
+
+def test_bench_reports_images_per_rank_scaling_and_allreduce_time(tmp_path):
+    rc, out, err, _ = run([MPIEXEC, "-n", "2", sys.executable, "-m", "gpucnn", "bench",
+                           "--distributed", "--backend", "numpy", "--batch-size", "16",
+                           "--repeat", "3", "--warmup", "1", "--json", "b.json"], tmp_path)
+    assert rc == 0, err
+    r = json.loads((tmp_path / "b.json").read_text())
+    assert (r["world_size"], r["communicator"], r["batch_per_process"]) == (2, "mpi", 16)
+    assert r["images_per_s"] == pytest.approx(2 * r["images_per_s_per_rank"])
+    assert r["scaling_efficiency"] == pytest.approx(r["images_per_s_per_rank"]
+                                                    / r["one_process_images_per_s"])
+    assert r["allreduce_ms_per_step"] > 0 and r["one_process_all_cores"]["batch"] == 32
+    assert out.count("scaling efficiency") == 1  # rank 0 reports

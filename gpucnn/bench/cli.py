@@ -260,6 +260,9 @@ def main(argv=None, nvml=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--"]:  # "gpucnn bench -- --model ..." reaches us with the separator
         argv = argv[1:]
+    if "--distributed" in argv:  # under mpiexec: gpucnn/bench/distributed.py
+        from .distributed import main as distributed_main
+        return distributed_main([a for a in argv if a != "--distributed"])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or an argparse error (already printed)
