@@ -35,12 +35,35 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAM_ATOL = 5e-6
 
 
-def _env():
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+def _env(**extra):
+    env = dict(os.environ, **extra, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                PRTE_MCA_rmaps_default_mapping_policy=":oversubscribe",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env.pop("GPUCNN_NUMPY_THREADS", None)
     return env
+
+
+def _session(sid):
+    """The pids of session ``sid``: mpiexec and its ranks (each rank has its own process
+    group, so killing mpiexec's group would leave them)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and int((d / "stat").read_text().split(")")[-1].split()[3]) \
+                    == sid:
+                pids.append(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return pids
+
+
+def kill_job(proc):
+    """SIGKILL mpiexec and every rank it started (stopped ones too)."""
+    for pid in _session(proc.pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def run(cmd, cwd, timeout=BOUND_S):
@@ -52,7 +75,7 @@ def run(cmd, cwd, timeout=BOUND_S):
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
+        kill_job(p)
         out, err = p.communicate()
         pytest.fail(f"{' '.join(map(str, cmd))} still running after {timeout} s (a hang):\n"
                     f"{out[-2000:]}\n{err[-2000:]}")
@@ -218,7 +241,7 @@ def _wait_for(path, proc, timeout=BOUND_S):
     t0 = time.monotonic()
     while not path.exists():
         if proc.poll() is not None or time.monotonic() - t0 > timeout:
-            os.killpg(proc.pid, signal.SIGKILL)
+            kill_job(proc)
             pytest.fail(f"{path} never appeared: {proc.communicate()}")
         time.sleep(0.05)
 
@@ -241,8 +264,8 @@ LONG = ("--limit", "640", "--test-limit", "64", "--batch-size", "32", "--epochs"
         "--checkpoint", "ck.npz", "--metrics-json", "m.json")
 
 
-def _start(cwd, *args):
-    return subprocess.Popen([str(c) for c in mpi(2, *args)], cwd=cwd, env=_env(),
+def _start(cwd, *args, **env):
+    return subprocess.Popen([str(c) for c in mpi(2, *args)], cwd=cwd, env=_env(**env),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
@@ -251,7 +274,7 @@ def _finish(proc):
     try:
         out, err = proc.communicate(timeout=BOUND_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_job(proc)
         pytest.fail(f"still running {BOUND_S} s after the signal: {proc.communicate()}")
     return proc.returncode, out, err
 
@@ -319,3 +342,18 @@ def test_bench_reports_images_per_rank_scaling_and_allreduce_time(tmp_path):
                                                     / r["one_process_images_per_s"])
     assert r["allreduce_ms_per_step"] > 0 and r["one_process_all_cores"]["batch"] == 32
     assert out.count("scaling efficiency") == 1  # rank 0 reports
+
+
+def test_a_hung_rank_is_ended_by_the_watchdog(tmp_path, seed):
+    """Rank 1 stopped (SIGSTOP: alive, never answering, which mpiexec cannot see): rank 0's
+    watchdog (GPUCNN_WATCHDOG_S=2) ends the job, naming the silence, well within the bound."""
+    proc = _start(tmp_path, *LONG, "--seed", seed, GPUCNN_WATCHDOG_S="2")
+    try:
+        _wait_for(tmp_path / "m.json", proc)
+        os.kill(_rank_pid(proc.pid, 1), signal.SIGSTOP)
+        t0 = time.monotonic()
+        rc, out, err = _finish(proc)
+    finally:
+        kill_job(proc)  # whatever is left of the job (nothing, when it passes)
+    assert rc != 0 and time.monotonic() - t0 < 20, err
+    assert "rank 0 of 2 failed" in err and "no training step finished in 2 s" in err, err

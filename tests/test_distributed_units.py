@@ -343,3 +343,22 @@ def test_the_communicator_is_chosen_without_collectives():
     assert communicator_name("auto", FakeCudaBackend(), FakeNccl()) == "nccl"
     with pytest.raises(DistributedUnavailable, match="needs --backend cuda"):
         communicator_name("nccl", numpy)
+
+
+# ---- the watchdog -------------------------------------------------------------------------
+def test_the_watchdog_fires_only_after_a_step_and_a_silence():
+    from gpucnn.distributed.watchdog import Watchdog, watchdog_seconds
+    fired = []
+    with Watchdog(0.15, lambda: fired.append(1), poll=0.01) as w:
+        import time
+        time.sleep(0.3)
+        assert not fired  # no step finished yet: start-up is not timed
+        for _ in range(10):
+            w.beat()
+            time.sleep(0.03)
+        assert not fired
+        time.sleep(0.4)
+    assert fired == [1] and w.fired
+    assert watchdog_seconds({}) == 600 and watchdog_seconds({"GPUCNN_WATCHDOG_S": "0"}) == 0
+    with pytest.raises(ValueError, match="GPUCNN_WATCHDOG_S='soon'"):
+        watchdog_seconds({"GPUCNN_WATCHDOG_S": "soon"})

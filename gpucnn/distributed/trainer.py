@@ -34,6 +34,8 @@ from ..runstate import RunState
 from ..train import Trainer, TrainingDiverged, TrainingInterrupted, _Unread, plot_metrics
 from ..train_data import shard_bounds
 from .communicators import GradientBuffer, communicator_name, make_communicator
+from .faults import fail_rank
+from .watchdog import Watchdog, watchdog_seconds
 from .world import CollectiveError
 
 __all__ = ["DistributedTrainer", "train_distributed"]
@@ -176,15 +178,23 @@ class DistributedTrainer(Trainer):
 
     def fit(self, on_step=None):
         self._requested = 0
+        seconds = watchdog_seconds()
 
-        def agree(trainer):
-            if on_step is not None:
-                on_step(trainer)
-            signum = self.world.agree_max(self._requested)
-            if signum:
-                self._interrupted = signum
+        def stalled():
+            fail_rank(self.world, TimeoutError(
+                f"no training step finished in {seconds:g} s (GPUCNN_WATCHDOG_S): a peer "
+                f"stopped making progress"), self.comm)
 
-        return super().fit(agree)
+        with Watchdog(seconds, stalled) as watchdog:
+            def agree(trainer):
+                if on_step is not None:
+                    on_step(trainer)
+                signum = self.world.agree_max(self._requested)
+                watchdog.beat()
+                if signum:
+                    self._interrupted = signum
+
+            return super().fit(agree)
 
     def metrics(self):
         m = super().metrics()
