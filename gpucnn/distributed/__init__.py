@@ -33,9 +33,8 @@ def run_train(cfg, communicator="auto", world=None):
     if not any(os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")):
         from ..cpu.threads import set_blas_threads
         set_blas_threads(threads)  # its share of the machine outside our own threads too
-    if communicator != "mpi" and (cfg.backend or os.environ.get("GPUCNN_BACKEND", "auto")) \
-            in ("auto", "cuda"):
-        select_device(world)
+    if (cfg.backend or os.environ.get("GPUCNN_BACKEND", "auto")) in ("auto", "cuda"):
+        select_device(world)  # one GPU per rank, whichever communicator reduces
     try:
         return train_distributed(cfg, world, communicator)
     except BaseException as exc:  # noqa: BLE001 - every failure must end every rank
