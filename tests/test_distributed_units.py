@@ -362,3 +362,27 @@ def test_the_watchdog_fires_only_after_a_step_and_a_silence():
     assert watchdog_seconds({}) == 600 and watchdog_seconds({"GPUCNN_WATCHDOG_S": "0"}) == 0
     with pytest.raises(ValueError, match="GPUCNN_WATCHDOG_S='soon'"):
         watchdog_seconds({"GPUCNN_WATCHDOG_S": "soon"})
+
+
+# ---- on the device backend (emu here; the GPU in bench/gpu_validate.sh's device tests) ----
+def test_a_world_of_one_through_the_device_communicator_trains_as_one_process(device_forward):
+    """LeNet-5 steps of a DistributedTrainer in a world of one, reducing through the
+    communicator auto picks (nccl on a GPU, the NCCL wheel being in the cuda extras; mpi on
+    emu), are bit-identical to a plain Trainer's."""
+    from gpucnn.distributed.trainer import DistributedTrainer
+    from gpucnn.train import TrainConfig, Trainer
+
+    def cfg():
+        return TrainConfig(backend=device_forward.name, limit=48, test_limit=16, batch_size=16,
+                           progress=False, device_data="off")
+
+    plain = Trainer(cfg())
+    plain.fit()
+    dist = DistributedTrainer(cfg(), world(0, 1))
+    assert dist.comm.name == ("nccl" if device_forward.name == "cuda" else "mpi")
+    dist.fit()
+    assert dist.comm.calls == 3 and dist.metrics()["world_size"] == 1
+    for (name, a), (_, b) in zip(plain.model.named_parameters(),
+                                 dist.model.named_parameters()):
+        np.testing.assert_array_equal(device_forward.to_numpy(a.data),
+                                      device_forward.to_numpy(b.data), err_msg=name)
