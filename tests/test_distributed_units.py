@@ -48,8 +48,9 @@ class FakeComm:
             self.shared["bcast"] = obj
         return self.shared["bcast"]
 
-    def allgather(self, obj):
-        return [obj if r == self.rank else self.gathered[r] for r in range(self.size)]
+    def allgather(self, obj):  # without ``gathered``: every rank holds what this one does
+        return [obj if r == self.rank or self.gathered is None else self.gathered[r]
+                for r in range(self.size)]
 
     def Allreduce(self, where, array, op):
         assert where == FakeMPI.IN_PLACE and op == FakeMPI.SUM
@@ -386,3 +387,14 @@ def test_a_world_of_one_through_the_device_communicator_trains_as_one_process(de
                                  dist.model.named_parameters()):
         np.testing.assert_array_equal(device_forward.to_numpy(a.data),
                                       device_forward.to_numpy(b.data), err_msg=name)
+
+
+def test_a_last_global_batch_with_fewer_images_than_ranks_is_refused():
+    """129 images in global batches of 2 x 64: the last would hold 1 image for 2 ranks."""
+    from gpucnn.distributed.trainer import DistributedTrainer
+    from gpucnn.train import TrainConfig
+    cfg = TrainConfig(backend="numpy", limit=129, test_limit=16, batch_size=64,
+                      progress=False)
+    with pytest.raises(CollectiveError, match="last global batch of each epoch would hold 1 "
+                                              "images for 2 ranks"):
+        DistributedTrainer(cfg, world(0, 2))
