@@ -26,7 +26,19 @@ pytest.importorskip("mpi4py", reason="mpi4py is not installed: pip install '.[di
 
 from gpucnn.checkpoint import load_checkpoint  # noqa: E402
 
-MPIEXEC = Path(sysconfig.get_path("scripts")) / "mpiexec"
+def _mpiexec():
+    """The environment's own mpiexec (pip puts it in the scripts folder of the scheme it
+    installed into: the interpreter's, or the user's for pip install --user)."""
+    for scheme in (None, f"{os.name}_user"):
+        path = Path(sysconfig.get_path("scripts", scheme) if scheme else
+                    sysconfig.get_path("scripts")) / "mpiexec"
+        if path.exists():
+            return path
+    pytest.fail("mpi4py is installed but no mpiexec is in this environment's scripts folder: "
+                "pip install '.[distributed]' (brings Open MPI's)", pytrace=False)
+
+
+MPIEXEC = _mpiexec()
 BOUND_S = 60  # a failed rank must end the whole job within this
 ROOT = Path(__file__).resolve().parents[1]
 # 2 x 64 against 1 x 128: the gradients are summed in another order (two halves, then their
@@ -156,6 +168,11 @@ def test_two_ranks_compute_the_updates_of_one_process_with_the_global_batch(tmp_
     rc, _, err, _ = run(gpucnn(*common, "--epochs", "3", "--batch-size", "64",
                                "--checkpoint", "b.npz", "--resume"), two)
     assert rc == 2 and "global_batch: checkpoint 128, now 64" in err, err
+    # rank 0's start-up verdict on its outputs stops both ranks: one message, nothing touched
+    before = {p.name: p.stat().st_mtime_ns for p in two.iterdir()}
+    rc, _, err, _ = run(mpi(2, *common, "--batch-size", "64", "--checkpoint", "b.npz"), two)
+    assert rc == 2 and err.count("gpucnn train: error: --checkpoint") == 1, err
+    assert {p.name: p.stat().st_mtime_ns for p in two.iterdir()} == before
 
 
 def test_initial_parameters_come_from_rank_0(tmp_path):
