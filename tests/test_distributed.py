@@ -332,10 +332,12 @@ def test_ctrl_c_on_mpiexec_keeps_a_checkpoint_to_resume_from(tmp_path, seed):
     assert rc != 0
     _, meta = params(tmp_path / "ck.npz")  # a complete checkpoint (atomic writes)
     assert meta["epoch"] >= 1
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     rc, _, err, _ = run(mpi(2, *LONG[:6], "--seed", seed, "--epochs", str(meta["epoch"] + 1),
                             "--checkpoint", "ck.npz", "--resume"), tmp_path)
     assert rc == 0, err
+    assert params(tmp_path / "ck.npz")[1]["epoch"] == meta["epoch"] + 1
+    # a write the kill cut short left a temporary file at most, removed by the resume
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_info_shows_each_rank_and_the_communicator(tmp_path):
