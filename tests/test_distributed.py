@@ -42,9 +42,16 @@ MPIEXEC = _mpiexec()
 BOUND_S = 60  # a failed rank must end the whole job within this
 ROOT = Path(__file__).resolve().parents[1]
 # 2 x 64 against 1 x 128: the gradients are summed in another order (two halves, then their
-# sum), so the parameters agree to float32 rounding amplified over the steps, not bit for bit
-# (measured: at most ~5e-7 apart after 22 steps; one epoch less moves them by ~1e-2).
-PARAM_ATOL = 5e-6
+# sum), so the parameters agree to float32 rounding, not bit for bit. Over many steps that
+# rounding can be amplified: a unit whose input sits at a ReLU or max-pool boundary (LeNet-5's
+# biases start at 0, and Fashion-MNIST's uniform background makes many inputs equal) may fall
+# on the other side in one run, after which the runs drift apart like any two slightly
+# different ones (measured: 5e-7 after 22 steps for this test's seed; with another data size,
+# 1e-7 for 5 steps, then 4e-6 at step 6 and 1.4e-4 at step 11). So a few steps are held to
+# rounding (STEP_ATOL) and 20+ steps to a bound a real error (one epoch short: 0.3; a wrong
+# share of the global batch: larger) cannot meet (PARAM_ATOL).
+STEP_ATOL = 1e-6
+PARAM_ATOL = 1e-3
 
 
 def _env(**extra):
@@ -113,10 +120,10 @@ def params(path):
     return {k: v for k, v in arrays.items() if k.startswith("model/")}, meta
 
 
-def assert_close(a, b):
+def assert_close(a, b, atol=PARAM_ATOL):
     assert a.keys() == b.keys()
     worst = max(float(np.max(np.abs(a[k] - b[k]))) for k in a)
-    assert worst <= PARAM_ATOL, f"parameters differ by {worst} (tolerance {PARAM_ATOL})"
+    assert worst <= atol, f"parameters differ by {worst} (tolerance {atol})"
     return worst
 
 
@@ -157,8 +164,9 @@ def test_two_ranks_compute_the_updates_of_one_process_with_the_global_batch(tmp_
         d.mkdir()
         rc, _, err, _ = run([*first, *common, "--epochs", "1", "--checkpoint", "c.npz"], d)
         assert rc == 0, err
-        with pytest.raises(AssertionError, match="parameters differ"):
-            assert_close(a, params(d / "c.npz")[0])  # one epoch short: the check can fail
+        short = params(d / "c.npz")[0]  # one epoch short: the check can fail
+        gap = max(float(np.max(np.abs(a[k] - short[k]))) for k in a)
+        assert gap > 5 * PARAM_ATOL
         rc, _, err, _ = run([*then, *common, "--epochs", "2", "--checkpoint", "c.npz",
                              "--resume"], d)
         assert rc == 0, err
@@ -173,6 +181,21 @@ def test_two_ranks_compute_the_updates_of_one_process_with_the_global_batch(tmp_
     rc, _, err, _ = run(mpi(2, *common, "--batch-size", "64", "--checkpoint", "b.npz"), two)
     assert rc == 2 and err.count("gpucnn train: error: --checkpoint") == 1, err
     assert {p.name: p.stat().st_mtime_ns for p in two.iterdir()} == before
+
+
+def test_three_ranks_weight_an_uneven_last_batch_by_its_real_sizes(tmp_path, seed):
+    """3 x 32 == 1 x 96 over 136 images: the second global batch, of 40, is split 13 + 13 +
+    14 and each rank's gradient weighted by its share, so each image counts as in one process
+    (two steps: held to rounding)."""
+    common = ("--limit", "136", "--test-limit", "60", "--epochs", "1", "--seed", seed,
+              "--checkpoint", "ck.npz")
+    one, three = tmp_path / "one", tmp_path / "three"
+    one.mkdir(), three.mkdir()
+    rc, _, err, _ = run(gpucnn(*common, "--batch-size", "96"), one)
+    assert rc == 0, err
+    rc, _, err, _ = run(mpi(3, *common, "--batch-size", "32"), three)
+    assert rc == 0, err
+    assert_close(params(one / "ck.npz")[0], params(three / "ck.npz")[0], STEP_ATOL)
 
 
 def test_initial_parameters_come_from_rank_0(tmp_path):
