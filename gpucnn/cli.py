@@ -107,6 +107,7 @@ def build_parser():
                         f"auto when they fit in {DEVICE_DATA_SHARE * 100:.0f}%% of the free device "
                         "memory, on (an error when they do not), off (batches prepared as "
                         "before); device backends only (default: %(default)s)")
+    _add_distributed_args(t)
 
     _add_folder_args(t)
 
@@ -203,8 +204,31 @@ def _add_folder_args(t):
                         "epochs and runs skip decoding; results are the same (default: off)")
 
 
+def _add_distributed_args(t):
+    t.add_argument("--distributed", action="store_true",
+                   help="train data-parallel over the processes mpiexec starts (mpiexec -n N "
+                        "gpucnn train --distributed ...; alone: a world of one); --batch-size "
+                        "is per process; needs pip install '.[distributed]' (default: off)")
+    t.add_argument("--communicator", choices=("auto", "mpi", "nccl"), default=None,
+                   help="with --distributed: how gradients are all-reduced, mpi (on the host) "
+                        "or nccl (on the GPUs, one process per GPU); auto: nccl for --backend "
+                        "cuda when NCCL loads, else mpi (default: auto)")
+
+
+def _trainer(args):
+    """gpucnn.train.train, or this process's part of a --distributed run."""
+    if not args.distributed:
+        if args.communicator is not None:
+            raise ValueError("--communicator applies to --distributed only")
+        from .train import train
+        return train
+    from .distributed import run_train
+    return lambda cfg: run_train(cfg, args.communicator or "auto")
+
+
 def cmd_train(args):
-    from .train import SaveFailed, TrainConfig, TrainingDiverged, train
+    from .train import SaveFailed, TrainConfig, TrainingDiverged
+    train = _trainer(args)
     cfg = TrainConfig(model=args.model, dataset=args.dataset, epochs=args.epochs,
                       batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                       nesterov=args.nesterov, weight_decay=args.weight_decay,
@@ -353,6 +377,7 @@ def info_lines(backend_name=None):
         lines.append(f"backend: {auto_reason()}")
     else:
         lines.append(f"backend: {get_backend(backend_name).describe()} (requested)")
+    chosen = get_backend(backend_name)
     try:
         from .ops.precision import default_precision
         lines.append(f"precision: {default_precision()} (fp32, tf32, 3xtf32 or bf16: "
@@ -373,7 +398,8 @@ def info_lines(backend_name=None):
     except Exception as exc:
         lines.append(f"emulator: not available ({exc})")
     lines += _nvml_lines()
-    return lines
+    from .distributed import mpi_info_lines
+    return lines + mpi_info_lines(chosen)
 
 
 def _native_line():

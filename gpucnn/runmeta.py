@@ -8,8 +8,11 @@ Schema versions: 1 gpucnn 0.1.0 (no "schema_version" key); 2 adds "schema_versio
 "written_by"; 3 adds "config_changes" (the deliberate changes ``--allow-config-change`` let
 through, so the run's record says so for ever); 4 adds "data" (an image-folder run's classes
 and preprocessing, gpucnn.data.preprocess; None for the built-in datasets), the config keys of
-image folders and --input, and model configs of model files ("sequential"). Each later schema adds an upgrade step from the
-one before in :func:`upgrade_metadata`, so every older checkpoint keeps loading.
+image folders and --input, model configs of model files ("sequential"), and "data_parallel"
+(the world size and the global batch of a data-parallel run: ``gpucnn train --distributed``;
+older checkpoints were written by one process, whose global batch is its batch size). Each
+later schema adds an upgrade step from the one before in :func:`upgrade_metadata`, so every
+older checkpoint keeps loading.
 """
 from __future__ import annotations
 
@@ -50,6 +53,9 @@ RESUME_KEYS = {
     "config.val_split": "which images of train/ are held out",
     "config.augment": "the augmentation of the training images",
     "data": "the classes and the preprocessing of the images",
+    # Compared instead of config.batch_size when the world sizes differ (gpucnn.distributed):
+    # a run resumes in another number of processes if ranks x --batch-size is the same.
+    "data_parallel.global_batch": "the batches and the number of steps (ranks x --batch-size)",
     # auto's per-shape choices are preset from the checkpoint; a forced one must agree
     "conv_algos.setting": "$GPUCNN_CONV_ALGO: the convolution algorithms (their rounding "
                           "differs)",
@@ -57,6 +63,7 @@ RESUME_KEYS = {
 # The epoch count is compared only when the schedule spreads over it (step, cosine): with the
 # constant schedule a larger --epochs simply continues the run.
 EPOCHS_KEY = "config.epochs"
+BATCH_KEYS = ("config.batch_size", "data_parallel.global_batch")  # one of them is compared
 
 
 def upgrade_metadata(meta, path):
@@ -76,6 +83,10 @@ def upgrade_metadata(meta, path):
         meta["config_changes"] = []
     if version <= 3:
         meta["data"] = None
+        config = meta.get("config")
+        batch = config.get("batch_size") if isinstance(config, dict) else None
+        if batch is not None:  # (else validation names the missing config)
+            meta["data_parallel"] = {"world_size": 1, "global_batch": batch}
     meta["schema_version"] = SCHEMA_VERSION
     return meta
 
@@ -142,7 +153,12 @@ def compare_run(saved, current):
     uses it) whose values differ between the checkpoint's metadata ``saved`` and this run's
     ``current``, as {key: {"checkpoint": old, "now": new}}; and the keys the checkpoint does
     not record (not compared)."""
-    keys = list(RESUME_KEYS)
+    # The batch compared is the per-process one within a world size (identical then, and
+    # what older checkpoints and messages name), the global one across world sizes.
+    same_world = (_lookup(saved, "data_parallel.world_size")[1]
+                  == _lookup(current, "data_parallel.world_size")[1])
+    batch_key = "config.batch_size" if same_world else "data_parallel.global_batch"
+    keys = [k for k in RESUME_KEYS if k not in BATCH_KEYS or k == batch_key]
     if _lookup(current, "config.schedule")[1] not in (None, "constant"):
         keys.append(EPOCHS_KEY)
     differences, unchecked = {}, []

@@ -237,6 +237,7 @@ class Trainer:
         check_fits(f"--batch-size {cfg.batch_size} ({batch} images of {cfg.model} per step)",
                    need, available, where)
 
+    global_batch = property(lambda self: self.cfg.batch_size)  # per step, over all processes
     # The run's position, as on_step callbacks read it.
     epoch = property(lambda self: self.run.epoch)
     batch_in_epoch = property(lambda self: self.run.batch_in_epoch)
@@ -317,7 +318,7 @@ class Trainer:
 
     def fit(self, on_step=None):
         cfg, run = self.cfg, self.run
-        n_batches = num_batches(len(self.train_set), cfg.batch_size)
+        n_batches = num_batches(len(self.train_set), self.global_batch)
         self.model.train()
         self._interrupted = None
         with self._stop_signals():

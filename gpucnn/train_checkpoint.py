@@ -41,15 +41,21 @@ class RunCheckpoint:
     """Saves and restores the run of ``model`` and ``opt`` on backend ``B``, configured by
     ``cfg`` (a gpucnn.train.TrainConfig)."""
 
+    world_size = 1  # processes of a data-parallel run (gpucnn.distributed sets it)
+
     def __init__(self, cfg, model, opt, B, data_record=None):
         self.cfg, self.model, self.opt, self.backend = cfg, model, opt, B
         self.data_record = data_record  # an image folder's (gpucnn.data.preprocess), or None
+
+    global_batch = property(lambda self: self.cfg.batch_size * self.world_size)
 
     def run_record(self):
         """What this run is, saved in the checkpoint and compared by --resume (the keys of
         gpucnn.runmeta.RESUME_KEYS are paths into it); a new compared key is recorded here."""
         return {"config": config_record(self.cfg), "conv_algos": conv_selector.record(self.backend),
-                "data": self.data_record}
+                "data": self.data_record,
+                "data_parallel": {"world_size": self.world_size,
+                                  "global_batch": self.global_batch}}
 
     def contents(self, run: RunState):
         """(arrays, metadata): what the checkpoint of ``run`` holds."""
@@ -97,8 +103,9 @@ class RunCheckpoint:
             if differences and not self.cfg.allow_config_change:
                 raise CheckpointError(config_mismatch_message(path, differences))
             same_data = not any(k in differences for k in
-                                ("config.batch_size", "config.limit", "config.dataset"))
-            validate_metadata(meta, path, n_train, self.cfg.batch_size, same_data)
+                                ("config.batch_size", "data_parallel.global_batch",
+                                 "config.limit", "config.dataset"))
+            validate_metadata(meta, path, n_train, self.global_batch, same_data)
             try:
                 check_compatible(meta, self.model.config, key="model")
             except CheckpointError as exc:

@@ -23,11 +23,13 @@ import time
 import numpy as np
 
 from .data.datasets import AUGMENT_PAD
-from .data.loader import batch_rng, crop_flip_draw, epoch_permutation, num_batches
+from .data.loader import (batch_rng, crop_flip_draw, crop_flip_window, epoch_permutation,
+                          num_batches)
 from .ops.data import pack_crops, pixel_table
 
 __all__ = ["DEVICE_DATA_MODES", "DEVICE_DATA_SHARE", "check_device_data_mode",
-           "device_data_choice", "free_device_bytes", "host_available_bytes", "TrainBatches"]
+           "device_data_choice", "free_device_bytes", "host_available_bytes", "shard_bounds",
+           "TrainBatches"]
 
 DEVICE_DATA_MODES = ("auto", "on", "off")
 DEVICE_DATA_SHARE = 0.25  # of the free device memory, at most, for the training split
@@ -135,11 +137,12 @@ class TrainBatches:
     wait_s = 0.0        # seconds the trainer waited for batches, in all
     epoch_wait_s = 0.0  # ... in the current epoch
 
-    def batches(self, batch_size, seed, epoch, start=0):
-        """The batches of ``epoch`` from batch ``start`` on; the time spent waiting for each
-        (decoding, augmenting, uploading) is added to ``wait_s`` and ``epoch_wait_s``."""
+    def batches(self, batch_size, seed, epoch, start=0, shard=None):
+        """The batches of ``epoch`` from batch ``start`` on (``shard``: :meth:`_batches`); the
+        time spent waiting for each (decoding, augmenting, uploading) is added to ``wait_s``
+        and ``epoch_wait_s``."""
         self.epoch_wait_s = 0.0
-        it = self._batches(batch_size, seed, epoch, start)
+        it = self._batches(batch_size, seed, epoch, start, shard)
         try:
             while True:
                 t0 = time.perf_counter()
@@ -160,26 +163,70 @@ class TrainBatches:
         return {"skipped_images": len(skipped), "skipped_files": [p for p, _ in skipped[:100]],
                 "data_wait_share": self.wait_s / train_seconds if train_seconds > 0 else None}
 
-    def _batches(self, batch_size, seed, epoch, start=0):
+    def _batches(self, batch_size, seed, epoch, start=0, shard=None):
+        """The batches of ``epoch`` from batch ``start``. ``shard`` = (rank, size): of each
+        batch of ``batch_size`` (the global batch of a data-parallel run) only this rank's
+        contiguous part (gpucnn.distributed.world.shard_bounds), augmented with that part of
+        the draws the whole batch makes, so the ranks' parts together are the one-process
+        batch exactly."""
         B, n = self.backend, len(self.dataset)
-        if self.images is None:
+        if self.images is None and shard is None:
             for x, y in self.dataset.batches(batch_size, True, seed, epoch, augment=True,
                                              start_batch=start):
                 yield B.asarray(x), B.asarray(y, dtype=np.int32)
             return
         # The gather kernels index with int32; the host-data gather keeps its int64 order.
         dtype = np.int32 if self.on_device else np.int64
-        order = B.asarray(epoch_permutation(n, seed, epoch).astype(dtype), dtype=dtype)
+        order = epoch_permutation(n, seed, epoch).astype(dtype)
+        if self.images is not None:
+            order = B.asarray(order, dtype=dtype)
         for b in range(start, num_batches(n, batch_size)):
-            idx = order[b * batch_size:(b + 1) * batch_size]
-            yield self._images(idx, seed, epoch, b), self.labels[idx]
+            lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+            part = (0, hi - lo, hi - lo)  # this rank's [a, b) of the batch's hi - lo images
+            if shard is not None:
+                a, z = shard_bounds(lo, hi, *shard)
+                part, lo, hi = (a - lo, z - lo, hi - lo), a, z
+            idx = order[lo:hi]
+            if self.images is None:  # host-augmented CIFAR-10 batches, sharded
+                yield B.asarray(self._host_part(idx, seed, epoch, b, part)), \
+                    B.asarray(self.dataset.labels[idx], dtype=np.int32)
+                continue
+            yield self._images(idx, seed, epoch, b, part), self.labels[idx]
 
-    def _images(self, idx, seed, epoch, b):
+    def _draws(self, seed, epoch, b, part):
+        """This part's crop offsets and flips, from the draws of the whole batch."""
+        first, last, whole = part
+        return [d[first:last] for d in crop_flip_draw(batch_rng(seed, epoch, b), whole,
+                                                      AUGMENT_PAD)]
+
+    def _host_part(self, idx, seed, epoch, b, part):
+        x = self.dataset.images[idx]
+        h, w = x.shape[2:]
+        pad = AUGMENT_PAD
+        padded = np.empty((len(x), x.shape[1], h + 2 * pad, w + 2 * pad), np.float32)
+        padded[...] = np.asarray(self.dataset.padding_value(), np.float32).reshape(-1, 1, 1)
+        padded[:, :, pad:pad + h, pad:pad + w] = x
+        rows, cols = crop_flip_window(*self._draws(seed, epoch, b, part), h, w, pad)
+        n, c = len(x), x.shape[1]
+        return np.ascontiguousarray(padded[np.arange(n)[:, None, None, None],
+                                           np.arange(c)[None, :, None, None],
+                                           rows[:, None, :, None] + pad,
+                                           cols[:, None, None, :] + pad])
+
+    def _images(self, idx, seed, epoch, b, part):
         B = self.backend
         if not self.on_device:
             return self.images[idx]
         if not self.augment:
             return B.gather_normalize(self.images, idx, self.table)
-        crops = pack_crops(*crop_flip_draw(batch_rng(seed, epoch, b), len(idx), AUGMENT_PAD))
+        crops = pack_crops(*self._draws(seed, epoch, b, part))
         return B.gather_crop_flip(self.images, idx, B.asarray(crops, dtype=np.int32),
                                   self.table, AUGMENT_PAD)
+
+
+def shard_bounds(lo, hi, rank, size):
+    """The part [a, b) of [lo, hi) rank ``rank`` of ``size`` takes in a data-parallel run:
+    contiguous, in rank order, sizes differing by at most one (B each of a full global batch
+    of size x B)."""
+    n = hi - lo
+    return lo + n * rank // size, lo + n * (rank + 1) // size

@@ -29,6 +29,7 @@ RANKS = {
     "gpucnn.onnx": 4.5,  # ONNX export/import: builds nn layers, reads through filerules
     "gpucnn.train_checkpoint": 4.75, "gpucnn.train_graph": 4.75, "gpucnn.train_data": 4.75, "gpucnn.train_inputs": 4.75,  # train's checkpoint I/O: uses the three above
     "gpucnn.train": 5,
+    "gpucnn.distributed": 5.5,  # gpucnn train --distributed: a Trainer per MPI rank
     "gpucnn.bench": 6,
     "gpucnn.verify": 6.5,  # uses bench.env (equal ranks may not import each other); cli uses it
     "gpucnn.cli": 7, "gpucnn.kernel_report": 7, "gpucnn.__main__": 8,

@@ -151,7 +151,7 @@ def test_checkpoint_written_by_0_1_0_loads_and_resumes(tmp_path):
 
 
 def test_metadata_of_a_newer_or_bad_schema_is_refused():
-    from gpucnn.train import upgrade_metadata
+    from gpucnn.train import SCHEMA_VERSION, upgrade_metadata
     with pytest.raises(CheckpointError, match="schema 99 was written by a newer gpucnn"):
         upgrade_metadata({"schema_version": 99, "written_by": "gpucnn 9"}, "x.npz")
     with pytest.raises(CheckpointError, match="schema_version must be a positive int"):
@@ -159,12 +159,12 @@ def test_metadata_of_a_newer_or_bad_schema_is_refused():
     assert upgrade_metadata({}, "x.npz")["written_by"] == "gpucnn 0.1.0"
     # schema 3 records what --allow-config-change let through; older ones changed nothing
     two = upgrade_metadata({"schema_version": 2, "written_by": "gpucnn 0.1.0"}, "x.npz")
-    assert two["config_changes"] == [] and two["schema_version"] == 4
+    assert two["config_changes"] == [] and two["schema_version"] == SCHEMA_VERSION
     # schema 4 records an image folder's classes and preprocessing; older runs had none
     assert two["data"] is None
     three = upgrade_metadata({"schema_version": 3, "written_by": "gpucnn 0.1.0",
                               "config_changes": []}, "x.npz")
-    assert three["data"] is None and three["schema_version"] == 4
+    assert three["data"] is None and three["schema_version"] == SCHEMA_VERSION
 
 
 def test_conv_algorithms_are_recorded_restored_and_compared(tmp_path, monkeypatch):

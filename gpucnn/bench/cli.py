@@ -267,6 +267,9 @@ def main(argv=None, nvml=None):
     if "--input-pipeline" in argv:  # its own options (gpucnn/bench/input_pipeline.py)
         from .input_pipeline import main as pipeline_main
         return pipeline_main([a for a in argv if a != "--input-pipeline"])
+    if "--distributed" in argv:  # under mpiexec: gpucnn/bench/distributed.py
+        from .distributed import main as distributed_main
+        return distributed_main([a for a in argv if a != "--distributed"])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # --help, or an argparse error (already printed)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["ThreadPool", "blas_threads", "openblas_info", "default_threads", "split",
-           "MIN_SPLIT", "one_blas_thread"]
+__all__ = ["ThreadPool", "blas_threads", "set_blas_threads", "openblas_info",
+           "default_threads", "split", "MIN_SPLIT", "one_blas_thread"]
 
 
 def _find_openblas():
@@ -60,6 +60,19 @@ def openblas_info():
 def blas_threads():
     """OpenBLAS's current thread count (None when it cannot be queried)."""
     return _OPENBLAS[0]() if _OPENBLAS else None
+
+
+def set_blas_threads(n):
+    """Set OpenBLAS's thread count outside our parallel regions (e.g. each of N processes on
+    one machine: its share of the cores); False when it cannot be set."""
+    if not _OPENBLAS:
+        return False
+    with _blas_lock:
+        if _blas_depth[0]:
+            _blas_depth[1] = int(n)  # restored to this when the region ends
+        else:
+            _OPENBLAS[1](int(n))
+    return True
 
 
 _blas_lock = threading.Lock()

@@ -239,6 +239,8 @@ CHECKPOINT_METADATA = Obj({
     # schema 4: the classes and preprocessing of an image-folder run (None otherwise); its
     # rule is gpucnn.filerules.preprocess's
     "data": Opt(AnyJSON()),
+    "data_parallel": Obj({"world_size": Int(1, 2 ** 31), "global_batch": Int(1)},
+                         required=("world_size", "global_batch")),
 })
 
 

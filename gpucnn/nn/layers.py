@@ -390,6 +390,8 @@ class Dropout(Module):
     it is the same on every backend; the seed advances with every training forward pass and is
     part of the checkpoint, so a resumed run draws the same masks."""
 
+    first_sample = _shift = _next_shift = 0  # gpucnn.distributed: a rank's first sample
+
     def __init__(self, p=0.5, seed=0):
         super().__init__()
         if not 0.0 <= float(p) < 1.0:
@@ -405,7 +407,9 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             self.mask = None
             return x
-        seed = (self.seed + 0x9E3779B9 * self.calls) & 0xFFFFFFFF
+        per_sample = x.size // max(1, len(x))  # its masks: its slice of the global batch's
+        self._next_shift = shift = activation.dropout_index_shift(self.first_sample * per_sample)
+        seed = (self.seed + 0x9E3779B9 * self.calls + shift) & 0xFFFFFFFF
         plan = self._plan("_forward", x, lambda: activation.dropout_plan(self.backend, x,
                                                                          self.p))
         y, self.mask = plan.run(x, seed, self._device_state())
@@ -413,17 +417,17 @@ class Dropout(Module):
         return y
 
     def _device_state(self):
-        """On a device: [seed, calls] as uint32 on the device, from which the kernel takes
-        this call's seed and which it advances (so a captured step needs no host value);
-        None on the CPU, whose path takes ``seed``."""
+        """On a device: uint32 [seed + shift, calls] the kernel reads and advances; else None."""
         if self.backend.kind != "device":
             return None
-        state = self.__dict__.get("_state")
-        if state is None:
-            state = self._state = self.backend.asarray(
-                np.array([self.seed & 0xFFFFFFFF, self.calls & 0xFFFFFFFF], np.uint32),
-                dtype=np.uint32)
-        return state
+        if self.__dict__.get("_state") is None or self._shift != self._next_shift:
+            self._shift = self._next_shift  # (self.calls counts the calls as state[1] does)
+            self._state = self.backend.asarray(self._state_values(), dtype=np.uint32)
+        return self._state
+
+    def _state_values(self):
+        return np.array([(self.seed + self._shift) & 0xFFFFFFFF, self.calls & 0xFFFFFFFF],
+                        np.uint32)
 
     def after_replay(self):
         if self.training and self.p > 0.0:
@@ -443,9 +447,7 @@ class Dropout(Module):
         self.seed, self.calls = int(state["seed"]), int(state["calls"])
         held = self.__dict__.get("_state")
         if held is not None:  # in place: a captured graph keeps reading this array
-            held[...] = self.backend.asarray(np.array([self.seed & 0xFFFFFFFF,
-                                                       self.calls & 0xFFFFFFFF], np.uint32),
-                                             dtype=np.uint32)
+            held[...] = self.backend.asarray(self._state_values(), dtype=np.uint32)
 
     def __repr__(self):
         return f"Dropout(p={self.p})"

@@ -20,7 +20,7 @@ from .dispatch import Op, api, plain, with_ctx
 from .launch import plan_1d
 
 __all__ = ["relu_reference", "relu_backward_reference", "relu_backward_cpu", "relu_device",
-           "relu_backward_device", "dropout_hash", "dropout_threshold", "dropout_reference",
+           "relu_backward_device", "dropout_hash", "dropout_index_shift", "dropout_threshold", "dropout_reference",
            "dropout_backward_reference", "dropout_device", "dropout_backward_device",
            "RELU", "RELU_BACKWARD", "DROPOUT", "DROPOUT_BACKWARD", "relu_plan",
            "relu_backward_plan", "dropout_plan", "dropout_backward_plan"]
@@ -91,6 +91,18 @@ def dropout_hash(seed, index):
     x *= np.uint32(0x846CA68B)
     x ^= x >> np.uint32(16)
     return x
+
+
+# The hash mixes index * 0x9E3779B1 + seed * 0x85EBCA77: an index offset o is the seed shifted
+# by o * 0x9E3779B1 / 0x85EBCA77 (mod 2^32; the divisor is odd, so invertible). Data-parallel
+# ranks draw the masks of their slice of the global batch this way, with the kernels unchanged.
+_SEED_MUL_INV = pow(0x85EBCA77, -1, 1 << 32)
+
+
+def dropout_index_shift(offset):
+    """The seed shift that makes dropout_hash(seed + shift, i) == dropout_hash(seed,
+    i + offset) for every i (mod 2^32)."""
+    return (int(offset) * 0x9E3779B1 * _SEED_MUL_INV) & _M32
 
 
 def dropout_threshold(p):
