@@ -135,8 +135,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             _check_number(name, getattr(self, name), positive=True, integer=True)
         for name in ("limit", "test_limit", "check_every"):
-            _check_number(name, getattr(self, name), positive=True, integer=True,
-                          optional=True)
+            _check_number(name, getattr(self, name), positive=True, integer=True, optional=True)
         _check_number("seed", self.seed, integer=True)
         _check_number("lr", self.lr, positive=True)
         for name in ("momentum", "weight_decay", "save_retry_s"):
