@@ -398,3 +398,14 @@ def test_a_last_global_batch_with_fewer_images_than_ranks_is_refused():
     with pytest.raises(CollectiveError, match="last global batch of each epoch would hold 1 "
                                               "images for 2 ranks"):
         DistributedTrainer(cfg, world(0, 2))
+
+
+def test_augmented_image_folders_are_refused_before_anything_is_read():
+    """The folder pipeline augments whole batches; it cannot hand a rank its slice yet, so
+    the run is refused (a silent CIFAR-style crop of folder images would be wrong)."""
+    from gpucnn.distributed.trainer import DistributedTrainer
+    from gpucnn.train import TrainConfig
+    cfg = TrainConfig(backend="numpy", dataset="folder", data_dir="/nonexistent", limit=64,
+                      batch_size=8, progress=False, augment="random-resized-crop")
+    with pytest.raises(ValueError, match="--augment random-resized-crop with --distributed"):
+        DistributedTrainer(cfg, world(0, 1))
