@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import struct
 import zipfile
 import zlib
@@ -45,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from . import filerules
-from .outputs import write_atomic
+from .outputs import process_alive, remove_stale_temp_files, write_atomic  # noqa: F401
 
 FORMAT = "gpucnn-checkpoint"
 VERSION = 1
@@ -62,50 +61,6 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray) and obj.dtype != object:
         return obj.tolist()
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this machine (a zombie counts as gone)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, owned by someone else
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
-    """Delete the temporary files interrupted writes of checkpoint `path` left beside it
-    (``.<name>.<pid>.*.tmp`` whose pid no longer runs, and the pid-less names earlier
-    versions wrote). Call it holding the checkpoint's lock (gpucnn.runsafety): no other
-    trainer then writes this checkpoint. Returns the paths removed."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    pattern = re.compile(r"\." + re.escape(path.name) + r"\.(?:(\d+)\.)?[^/]*\.tmp\Z")
-    removed = []
-    try:
-        entries = list(os.scandir(directory))
-    except OSError:
-        return removed
-    for entry in entries:
-        m = pattern.match(entry.name)
-        if not m or not entry.is_file(follow_symlinks=False):
-            continue
-        if m.group(1) is not None and process_alive(int(m.group(1))):
-            continue  # a live writer's
-        try:
-            os.unlink(entry.path)
-            removed.append(Path(entry.path))
-        except FileNotFoundError:
-            pass
-    return removed
 
 
 def save_checkpoint(path: str | os.PathLike, arrays: dict[str, np.ndarray],

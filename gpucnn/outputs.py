@@ -20,6 +20,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import stat
 import tempfile
 import zipfile
@@ -317,9 +318,55 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (a zombie counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, owned by someone else
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_stale_temp_files(path: str | os.PathLike, legacy: bool = True) -> list[Path]:
+    """Delete the temporary files interrupted writes of `path` left beside it
+    (``.<name>.<pid>.*.tmp`` whose pid no longer runs and, with ``legacy``, the pid-less
+    names earlier versions wrote for checkpoints: call it so holding the checkpoint's lock,
+    gpucnn.runsafety, as no other trainer then writes it). Returns the paths removed."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    pattern = re.compile(r"\." + re.escape(path.name) + r"\.(?:(\d+)\.)?[^/]*\.tmp\Z")
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if not m or not entry.is_file(follow_symlinks=False):
+            continue
+        if m.group(1) is None and not legacy:
+            continue  # pid-less: whose it is, only a lock can tell
+        if m.group(1) is not None and process_alive(int(m.group(1))):
+            continue  # a live writer's
+        try:
+            os.unlink(entry.path)
+            removed.append(Path(entry.path))
+        except FileNotFoundError:
+            pass
+    return removed
+
+
 def temp_prefix(target: Path) -> str:
     """The name prefix of this process's temporary files for ``target``
-    (``.<name>.<pid>.``: gpucnn.checkpoint.remove_stale_temp_files finds a dead writer's)."""
+    (``.<name>.<pid>.``: :func:`remove_stale_temp_files` finds a dead writer's)."""
     return f".{target.name}.{os.getpid()}."
 
 
@@ -330,6 +377,7 @@ def write_atomic(path, write) -> Path:
     target = write_target(path)
     directory = target.parent
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(target, legacy=False)  # what a killed writer of it left
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(target), suffix=".tmp", dir=directory)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # what open() would give, not mkstemp's 0600

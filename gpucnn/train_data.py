@@ -17,18 +17,18 @@ activations, workspaces).
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 
 from .data.datasets import AUGMENT_PAD
+from .membudget import host_available_bytes
 from .data.loader import (batch_rng, crop_flip_draw, crop_flip_window, epoch_permutation,
                           num_batches)
 from .ops.data import pack_crops, pixel_table
 
 __all__ = ["DEVICE_DATA_MODES", "DEVICE_DATA_SHARE", "check_device_data_mode",
-           "device_data_choice", "free_device_bytes", "host_available_bytes", "shard_bounds",
+           "device_data_choice", "free_device_bytes", "shard_bounds",
            "TrainBatches"]
 
 DEVICE_DATA_MODES = ("auto", "on", "off")
@@ -64,22 +64,6 @@ def device_data_choice(mode, need_bytes, free_bytes, where):
                          f"(prepares batches on the host when it does not fit), or fewer "
                          f"images (--limit)")
     return False, f"--device-data auto: {_mb(need_bytes)} is {room}"
-
-
-def host_available_bytes():
-    """The host memory available to a new allocation (/proc/meminfo MemAvailable, else the
-    free pages), or None when neither can be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def free_device_bytes(backend):

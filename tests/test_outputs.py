@@ -200,3 +200,19 @@ def test_a_failed_write_leaves_the_old_file(tmp_path):
     with pytest.raises(TypeError):
         write_json(out, {"x": np.float32})
     assert out.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["s.json"]
+
+
+def test_a_write_removes_what_a_killed_writer_of_the_same_file_left(tmp_path):
+    """A writer killed mid-write leaves ``.<name>.<pid>.*.tmp``; the next write of that file
+    removes it when the pid no longer runs, and leaves a live writer's and pid-less names."""
+    from gpucnn.outputs import write_json
+    target = tmp_path / "m.json"
+    dead = tmp_path / f".m.json.{2 ** 22 + 7}.abc.tmp"
+    live = tmp_path / f".m.json.{os.getpid()}.def.tmp"
+    old = tmp_path / ".m.json.ghi.tmp"
+    other = tmp_path / f".n.json.{2 ** 22 + 7}.abc.tmp"
+    for p in (dead, live, old, other):
+        p.write_text("partial")
+    write_json(target, {"a": 1})
+    assert not dead.exists() and live.exists() and old.exists() and other.exists()
+    assert json.loads(target.read_text()) == {"a": 1}
