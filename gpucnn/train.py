@@ -222,8 +222,7 @@ class Trainer:
     def _check_batch_memory(self, num_classes):
         """Refuse a --batch-size whose activations cannot fit, before any upload: a step keeps
         every layer's output for the backward and as many gradients (a lower bound)."""
-        cfg = self.cfg
-        itemsize = 8 if self.backend.name == "reference" else 4
+        cfg, itemsize = self.cfg, 8 if self.backend.name == "reference" else 4
         per_sample = activation_elements(self.model) + num_classes
         batch = min(cfg.batch_size, len(self.train_set))
         eval_batch = min(max(cfg.batch_size, 256), len(self.test_set))
@@ -294,19 +293,20 @@ class Trainer:
         return correct / len(dataset)
 
     # ---- the loop ---------------------------------------------------------------------------------
+    _stop_flag = "_interrupted"  # the attribute a stop signal sets (None: none yet)
+
     @contextlib.contextmanager
     def _stop_signals(self):
-        """Ctrl-C and SIGTERM only raise a flag; the loop stops *between* steps so the
-        checkpoint holds a consistent state that --resume continues from exactly. A second
-        signal stops at once, without saving that half-done step."""
+        """Ctrl-C and SIGTERM only set a flag: the loop stops *between* steps, so --resume
+        continues exactly. A second signal stops at once, without saving a half-done step."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
-        def on_signal(signum, frame):
-            if self._interrupted is not None:
+        def on_signal(signum, frame):  # the flag: _interrupted, or a subclass's _stop_flag
+            if getattr(self, self._stop_flag):
                 raise TrainingInterrupted(signum, immediate=True)
-            self._interrupted = signum
+            setattr(self, self._stop_flag, signum)
 
         previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

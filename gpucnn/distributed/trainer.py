@@ -19,11 +19,8 @@ that state.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import importlib.util
-import signal
-import threading
 
 import numpy as np
 
@@ -31,7 +28,7 @@ from ..nn import Dropout
 from ..runsafety import (RunLock, check_output_paths, check_room, file_size_limit_as_error,
                          prepare_checkpoint, write_with_retry)
 from ..runstate import RunState
-from ..train import Trainer, TrainingDiverged, TrainingInterrupted, _Unread, plot_metrics
+from ..train import Trainer, TrainingDiverged, _Unread, plot_metrics
 from ..train_data import shard_bounds
 from .communicators import GradientBuffer, communicator_name, make_communicator
 from .faults import fail_rank
@@ -161,26 +158,10 @@ class DistributedTrainer(Trainer):
         return int(self.world.allreduce_sum(correct)[0]) / len(dataset)
 
     # ---- stopping together ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _stop_signals(self):
-        """A signal only records a request; the next step boundary's agreement turns it
-        into every rank's stop (fit). A second signal stops this rank at once (the job
-        then ends: see gpucnn.distributed.faults)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def on_signal(signum, frame):
-            if self._requested:
-                raise TrainingInterrupted(signum, immediate=True)
-            self._requested = signum
-
-        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+    # A signal only records a request (Trainer._stop_signals sets this flag); the next step
+    # boundary's agreement turns it into every rank's stop (fit). A second signal stops this
+    # rank at once (the job then ends: see gpucnn.distributed.faults).
+    _stop_flag = "_requested"
 
     def fit(self, on_step=None):
         self._requested = 0
