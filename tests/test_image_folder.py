@@ -5,6 +5,7 @@ import json
 import math
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -457,6 +458,13 @@ def test_cache_decoded_gives_the_same_training_and_follows_the_files(tmp_path, r
         _png(paths[3], rng.integers(0, 256, (9, 9, 3), dtype=np.uint8))
         changed, hit = DecodedCache.build(paths, 3, pool)
         assert not hit and changed.image(3).shape == (3, 9, 9)
+        # a damaged cache reads as no cache (rebuilt), never a traceback
+        key_files = {p.suffix: p for p in cache_dir().iterdir()
+                     if p.stem == Path(changed.index_path).stem}
+        for damage in (b'{"x": "not an index"}', b"[" * 100000, b"\xff\xfe"):
+            key_files[".json"].write_bytes(damage)
+            rebuilt, hit = DecodedCache.build(paths, 3, pool)
+            assert not hit and rebuilt.image(3).shape == (3, 9, 9)
 
 
 def test_augmented_folder_statistics_come_from_a_bounded_seeded_sample(tmp_path, rng,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..filerules.jsonfile import parse_json
 from .errors import DataError
 from .transforms import decode, to_array
 
@@ -59,20 +60,25 @@ class DecodedCache:
     def open(cls, data, index, reasons, count):
         """The cache at these files, or None when they are missing or do not hold ``count``
         consistent records."""
+        # Files in our cache, but a stale or damaged one must read as "no cache", never
+        # a traceback or a large allocation: sizes bounded first, JSON by filerules' parser.
         try:
+            if os.path.getsize(index) > 32 * count + 4096:  # count x 4 int64 and a header
+                return None
             idx = np.load(index, allow_pickle=False)
             n = os.path.getsize(data)
             with open(reasons, "rb") as f:
-                why = json.loads(f.read(1 << 24))
-        except (OSError, ValueError):
+                why = parse_json(f.read(1 << 24), str(reasons), DataError, max_bytes=1 << 24)
+            why = {int(k): str(v) for k, v in why.items()}
+        except (OSError, ValueError, TypeError, AttributeError, DataError):
             return None
-        if idx.dtype != np.int64 or idx.shape != (count, 4) or not isinstance(why, dict):
+        if idx.dtype != np.int64 or idx.shape != (count, 4):
             return None
         ok = idx[:, 0] >= 0
         ends = idx[ok, 0] + idx[ok, 1] * idx[ok, 2] * idx[ok, 3]
         if (ends > n).any() or (idx[ok, 1:] < 1).any() or (~ok).sum() != len(why):
             return None
-        return cls(data, index, {int(k): str(v) for k, v in why.items()})
+        return cls(data, index, why)
 
     @classmethod
     def build(cls, paths, channels, pool, root=None):
