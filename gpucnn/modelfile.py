@@ -46,17 +46,7 @@ def read_model_file(path):
     """(input_shape [C, H, W], layers [[type, {options}], ...]) of model file ``path``,
     checked (not yet built: build_layers checks that the shapes chain)."""
     where = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            if not os.path.isfile(path):
-                raise ModelFileError(f"{where}: not a regular file")
-            data = f.read(NET_MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise ModelFileError(f"{where}: no such model file") from None
-    except IsADirectoryError:
-        raise ModelFileError(f"{where}: a directory, not a model file") from None
-    except OSError as exc:
-        raise ModelFileError(f"{where}: cannot read: {exc.strerror or exc}") from None
+    data = filerules.read_bounded(path, NET_MAX_BYTES, ModelFileError, "model file")
     desc = filerules.parse_json(data, where, ModelFileError, max_bytes=NET_MAX_BYTES)
     return check_net(desc, where, ModelFileError)
 

@@ -143,3 +143,15 @@ def native_compiler(request):
     if problem:
         missing_compiler(NATIVE_CXX, problem, _device_kind(request.config))
     return native.compiler()
+
+
+@pytest.fixture(scope="session")
+def lenet5_checkpoint(tmp_path_factory):
+    """A LeNet-5 checkpoint from one short epoch on Fashion-MNIST (numpy): for the commands
+    that read a trained model (export, show). Read it, never write it."""
+    from gpucnn.train import TrainConfig, train
+    path = tmp_path_factory.mktemp("ckpt") / "lenet5.npz"
+    train(TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=1, batch_size=32,
+                      limit=64, test_limit=64, backend="numpy", checkpoint=str(path),
+                      progress=False))
+    return path

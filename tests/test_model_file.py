@@ -102,8 +102,13 @@ def test_bad_model_files_get_named_errors(tmp_path, capsys, desc, message):
 def test_model_files_are_bounded_before_they_are_parsed(tmp_path):
     big = tmp_path / "big.json"
     big.write_bytes(b" " * (filerules.netfile.NET_MAX_BYTES + 1))
-    with pytest.raises(ModelFileError, match=r"more than the 1.0 MiB allowed"):
+    with pytest.raises(ModelFileError, match=r"1,048,577 bytes, more than the 1.0 MiB a model "
+                                             r"file may have"):
         read_model_file(big)
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)  # would block an open: refused before it
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        read_model_file(fifo)
     with pytest.raises(ModelFileError, match="no such model file"):
         read_model_file(tmp_path / "missing.json")
     os.mkdir(tmp_path / "dir.json")

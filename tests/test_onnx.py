@@ -23,7 +23,6 @@ from gpucnn.nn import (AvgPool2d, Conv2d, Dropout, Flatten, Linear, LocalRespons
                        LPPool2d, MaxPool2d, ReLU, Sequential, SoftmaxCrossEntropy)
 from gpucnn.onnx import OnnxError, export, load  # noqa: E402
 from gpucnn.optim import SGD  # noqa: E402
-from gpucnn.train import TrainConfig, train  # noqa: E402
 
 REL = 1e-5
 
@@ -119,32 +118,23 @@ def test_export_refuses_what_onnx_computes_otherwise_by_name(layer, words, tmp_p
 
 
 # ---- gpucnn export / summary on the command line ------------------------------------------------
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "lenet5.npz"
-    train(TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=1, batch_size=32,
-                      limit=64, test_limit=64, backend="numpy", checkpoint=str(path),
-                      progress=False))
-    return path
-
-
-def test_gpucnn_export_writes_the_checkpoints_model(checkpoint, tmp_path, capsys):
+def test_gpucnn_export_writes_the_checkpoints_model(lenet5_checkpoint, tmp_path, capsys):
     from gpucnn.verify.source import build_copy, load_model_source
     out = tmp_path / "lenet5.onnx"
-    assert main(["export", str(checkpoint), str(out)]) == 0
-    model = build_copy(load_model_source(checkpoint), "numpy", seed=0).eval()
+    assert main(["export", str(lenet5_checkpoint), str(out)]) == 0
+    model = build_copy(load_model_source(lenet5_checkpoint), "numpy", seed=0).eval()
     x = np.random.default_rng(1).standard_normal((4, 1, 28, 28)).astype(np.float32)
     assert _rel(_ort(out, x), _forward(model, x)) < REL
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(props["class_names"])[0] == "T-shirt/top"
     assert props["gpucnn.dataset"] == "fashion-mnist"
     assert main(["show", str(out), "--filters", "0", str(tmp_path / "f.png")]) == 0
-    assert main(["export", str(checkpoint), str(out)]) == 0  # its own previous export
+    assert main(["export", str(lenet5_checkpoint), str(out)]) == 0  # its own previous export
     foreign = tmp_path / "notes.onnx"
     foreign.write_text("mine")
-    assert main(["export", str(checkpoint), str(foreign)]) == 2
+    assert main(["export", str(lenet5_checkpoint), str(foreign)]) == 2
     assert "--overwrite" in capsys.readouterr().err and foreign.read_text() == "mine"
-    assert main(["export", str(checkpoint), str(checkpoint)]) == 2  # never a checkpoint
+    assert main(["export", str(lenet5_checkpoint), str(lenet5_checkpoint)]) == 2  # never a checkpoint
     assert main(["summary", str(out)]) == 0
     assert "Conv2d(1->6, 5x5, pad 2)" in capsys.readouterr().out
 

@@ -13,16 +13,6 @@ Image = pytest.importorskip("PIL.Image")
 from gpucnn.cli import main  # noqa: E402
 from gpucnn.models import alexnet_cifar, lenet5  # noqa: E402
 from gpucnn.pictures import conv_activations, filter_grid, load_image  # noqa: E402
-from gpucnn.train import TrainConfig, train  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "lenet5.npz"
-    train(TrainConfig(model="lenet5", dataset="fashion-mnist", epochs=1, batch_size=32,
-                      limit=64, test_limit=64, backend="numpy", checkpoint=str(path),
-                      progress=False))
-    return path
 
 
 def _png(path, rng, size=(28, 28), mode="L"):
@@ -51,27 +41,27 @@ def test_activations_are_each_convs_output(request):
     assert y.shape == (1, 10)
 
 
-def test_gpucnn_show_writes_filters_and_feature_maps(checkpoint, request, tmp_path, capsys):
+def test_gpucnn_show_writes_filters_and_feature_maps(lenet5_checkpoint, request, tmp_path, capsys):
     rng = np.random.default_rng(stable_seed(request.node.nodeid))
     image = _png(tmp_path / "shirt.png", rng, size=(40, 30))
     filters, maps = tmp_path / "filters.png", tmp_path / "maps.png"
-    assert main(["show", str(checkpoint), "--filters", "0", str(filters)]) == 0
-    assert main(["show", str(checkpoint), "--activations", str(image), str(maps)]) == 0
+    assert main(["show", str(lenet5_checkpoint), "--filters", "0", str(filters)]) == 0
+    assert main(["show", str(lenet5_checkpoint), "--activations", str(image), str(maps)]) == 0
     out = capsys.readouterr().out
     assert "40x30 grey, resized to 28x28, scaled to [0, 1], normalised" in out
     for p in (filters, maps):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
         with Image.open(p) as im:
             assert min(im.size) > 100
-    assert main(["show", str(checkpoint), "--filters", "0", str(filters)]) == 0  # its own
-    assert main(["show", str(checkpoint), "--filters", "1", str(tmp_path / "r.png")]) == 2
+    assert main(["show", str(lenet5_checkpoint), "--filters", "0", str(filters)]) == 0  # its own
+    assert main(["show", str(lenet5_checkpoint), "--filters", "1", str(tmp_path / "r.png")]) == 2
     assert "its Conv2d layers are [0, 3]" in capsys.readouterr().err
 
 
-def test_a_corrupt_image_is_a_clear_error(checkpoint, tmp_path, capsys):
+def test_a_corrupt_image_is_a_clear_error(lenet5_checkpoint, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
-    assert main(["show", str(checkpoint), "--activations", str(bad),
+    assert main(["show", str(lenet5_checkpoint), "--activations", str(bad),
                  str(tmp_path / "m.png")]) == 2
     err = capsys.readouterr().err
     assert "bad.png: cannot read the image" in err and not (tmp_path / "m.png").exists()

@@ -12,6 +12,7 @@ Nothing here imports the rest of gpucnn: each check takes ``where`` (the file, a
 or field) and ``error`` (the project exception to raise: CheckpointError, DataError), and says
 the rule broken in one line.
 """
+from .files import read_bounded
 from .jsonfile import parse_json
 from .limits import (ARRAY_DTYPES, DATA_MAX_BYTES, FLOAT_DTYPES, GENERIC_INFLATE_FACTOR,
                      GENERIC_INFLATE_MARGIN, JSON_MAX_BYTES, JSON_MAX_DEPTH,
@@ -37,4 +38,4 @@ __all__ = ["ARRAY_DTYPES", "DATA_MAX_BYTES", "FLOAT_DTYPES", "GENERIC_INFLATE_FA
            "checked_values", "generic_uncompressed_limit", "size_text", "parse_json",
            "NpyHeader", "parse_npy_header", "npy_array", "CHECKPOINT_METADATA", "MODEL_OPTIONS",
            "check_metadata", "field_error", "SEQUENTIAL_OPTIONS", "check_layers", "check_net",
-           "PREPROCESS_FORMAT", "PREPROCESS_RECORD", "check_preprocess"]
+           "PREPROCESS_FORMAT", "PREPROCESS_RECORD", "check_preprocess", "read_bounded"]

@@ -5,8 +5,6 @@ before it becomes an array; only the dtypes a CNN's graph uses, floats finite.""
 from __future__ import annotations
 
 import math
-import os
-import stat
 from pathlib import Path
 
 import numpy as np
@@ -81,22 +79,7 @@ def read_model(path):
     onnx = require_onnx()
     from google.protobuf.message import DecodeError
     path = Path(path)
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
-            raise OnnxError(f"{path}: not a regular file")
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            if st.st_size > filerules.ONNX_MAX_BYTES:
-                raise OnnxError(f"{path}: {filerules.size_text(st.st_size)}, more than the "
-                                f"{filerules.size_text(filerules.ONNX_MAX_BYTES)} an ONNX model "
-                                f"may have here; nothing was read")
-            data = f.read(filerules.ONNX_MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise OnnxError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise OnnxError(f"{path}: a directory, not an ONNX file") from None
-    except OSError as e:
-        raise OnnxError(f"{path}: cannot read: {e.strerror or e}") from None
+    data = filerules.read_bounded(path, filerules.ONNX_MAX_BYTES, OnnxError, "ONNX file")
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
