@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["chw_shape", "number_list", "int_at_least", "int_in", "positive_int", "nonneg_int", "seed_int",
+__all__ = ["check_number", "chw_shape", "number_list", "int_at_least", "int_in", "positive_int", "nonneg_int", "seed_int",
            "number_above", "number_in", "positive_number", "nonneg_number", "add_backend_arg",
            "BACKEND_CHOICES", "MAX_COUNT", "MAX_EPOCHS", "MAX_BATCH", "MAX_REPEAT", "MAX_SEED",
            "MAX_RETRY_S", "MAX_DIM"]
@@ -134,3 +134,20 @@ def number_list(text):
         raise argparse.ArgumentTypeError(f"expected 1 or 3 comma-separated finite numbers, one "
                                          f"per channel (e.g. 0.485,0.456,0.406), got {shown!r}")
     return values
+
+
+def check_number(name, value, positive=False, integer=False, optional=False):
+    """Raise ValueError naming ``name`` unless ``value`` is a finite number (``integer``: an
+    int) >= 0 (``positive``: > 0); None passes when ``optional``. For values given in Python
+    (TrainConfig), where argparse types have not checked them."""
+    if optional and value is None:
+        return
+    if integer:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        want = "an integer"
+    else:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and math.isfinite(value)
+        want = "a finite number"
+    if not (ok and (value > 0 if positive else value >= 0)):
+        raise ValueError(f"{name} must be {want} {'>' if positive else '>='} 0, got {value!r}")

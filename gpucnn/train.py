@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .argtypes import MAX_BATCH, MAX_COUNT, MAX_EPOCHS, MAX_RETRY_S, MAX_SEED
+from .argtypes import check_number as _check_number
 from .backends import get_backend
 from .data.loader import num_batches
 from .models import build_model
@@ -72,20 +73,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, signum=signal.SIGINT, immediate=False):
         super().__init__(signum)
         self.signum, self.immediate = signum, immediate
-
-
-def _check_number(name, value, positive=False, integer=False, optional=False):
-    if optional and value is None:
-        return
-    if integer:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        want = "an integer"
-    else:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and math.isfinite(value)
-        want = "a finite number"
-    if not (ok and (value > 0 if positive else value >= 0)):
-        raise ValueError(f"{name} must be {want} {'>' if positive else '>='} 0, got {value!r}")
 
 
 @dataclass

@@ -26,12 +26,15 @@ RANKS = {
     "gpucnn.models": 4, "gpucnn.summary": 4, "gpucnn.pictures": 4,
     "gpucnn.runsafety": 4.5, "gpucnn.runmeta": 4.5,  # below train, which imports them
     "gpucnn.runstate": 4.5,
-    "gpucnn.onnx": 4.5,  # ONNX export/import: builds nn layers, reads through filerules
+    "gpucnn.onnx": 4.5,
+    "gpucnn.predict": 4.6,  # class probabilities and dense maps of images, for a built net  # ONNX export/import: builds nn layers, reads through filerules
     "gpucnn.train_checkpoint": 4.75, "gpucnn.train_graph": 4.75, "gpucnn.train_data": 4.75, "gpucnn.train_inputs": 4.75,  # train's checkpoint I/O: uses the three above
     "gpucnn.train": 5,
     "gpucnn.distributed": 5.5,  # gpucnn train --distributed: a Trainer per MPI rank
     "gpucnn.bench": 6,
     "gpucnn.verify": 6.5,  # uses bench.env (equal ranks may not import each other); cli uses it
+    "gpucnn.saved": 6.6,  # a checkpoint's or an .onnx file's model, via verify's checked reader
+    "gpucnn.cli_saved": 6.8,  # export, show, predict: the cli imports it
     "gpucnn.cli": 7, "gpucnn.kernel_report": 7, "gpucnn.__main__": 8,
 }
 MAX_LINES = 500
