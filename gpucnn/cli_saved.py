@@ -3,13 +3,43 @@ file): export, show and predict; their parsers and what they run."""
 from __future__ import annotations
 
 import os
+import sys
 
-from .argtypes import MAX_COUNT, int_in
+from .argtypes import MAX_COUNT, add_backend_arg, int_in, number_list
 
 __all__ = ["add_saved_model_commands", "COMMANDS"]
 
 
 def add_saved_model_commands(sub):
+    p = sub.add_parser("predict", help="class probabilities of image files for a checkpoint or "
+                                       "an .onnx file")
+    p.add_argument("model", help="checkpoint (.npz) written by gpucnn train, or an .onnx file")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="image files (PNG, JPEG, BMP, GIF, WebP: whatever Pillow reads) and "
+                        "folders, whose image files are taken in sorted order (not "
+                        "sub-folders)")
+    p.add_argument("--topk", type=int_in(1, 1000), default=5,
+                   help="classes listed per image, most probable first (default: %(default)s)")
+    p.add_argument("--json", default=None,
+                   help="also write the results to this JSON file, one object per input file "
+                        "in input order; an existing file is replaced only if it is a "
+                        "previous gpucnn predict output (default: none)")
+    p.add_argument("--dense", action="store_true",
+                   help="also score every window of the net's input size over the whole "
+                        "image (the net made fully convolutional): a classes x H' x W' map "
+                        "of probabilities per image (default: off)")
+    p.add_argument("--batch-size", type=int_in(1, 4096), default=64,
+                   help="images per forward pass (default: %(default)s)")
+    p.add_argument("--mean", type=number_list, default=None,
+                   help="per-channel mean of pixels in [0, 1] for a model that records no "
+                        "preprocessing (an .onnx file made elsewhere) (default: none)")
+    p.add_argument("--std", type=number_list, default=None,
+                   help="per-channel std, with --mean (default: none)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --json replace a file that is not a previous predict output "
+                        "(default: refuse)")
+    add_backend_arg(p)
+
     e = sub.add_parser("export", help="write a checkpoint's model as an ONNX file")
     e.add_argument("checkpoint", help="checkpoint (.npz) written by gpucnn train")
     e.add_argument("output", help="the .onnx file to write; an existing file is replaced only "
@@ -38,42 +68,22 @@ def add_saved_model_commands(sub):
                         "refuse)")
 
 
-def _saved_model(path, onnx_ok=False):
-    """(model on numpy in eval mode, its dataset's DatasetInfo or None) of a checkpoint
-    (read by verify's checked reader, rebuilt by gpucnn.models) or, with ``onnx_ok``, an
-    .onnx file (gpucnn.onnx.load)."""
-    from .checkpoint import CheckpointError, open_checkpoint
-    from .data.datasets import dataset_info
-    if onnx_ok and str(path).lower().endswith(".onnx"):
-        from .onnx import load
-        net = load(path, backend="numpy").eval()
-        dataset = net.onnx_metadata.get("gpucnn.dataset")  # written by gpucnn export
-        try:
-            return net, dataset_info(dataset) if dataset else None
-        except ValueError:
-            return net, None
-    from .verify.source import build_copy, load_model_source
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    model = build_copy(load_model_source(path), "numpy", seed=0).eval()
-    with open_checkpoint(path) as ck:
-        config = ck.metadata.get("config")
-    dataset = config.get("dataset") if isinstance(config, dict) else None
-    try:
-        return model, dataset_info(dataset) if isinstance(dataset, str) else None
-    except ValueError:
-        return model, None
-
-
 def cmd_export(args):
-    """The checkpoint's model to ONNX, with its dataset's class names in the metadata."""
+    """The checkpoint's model to ONNX, with its classes and preprocessing in the metadata
+    (gpucnn predict reads them back)."""
+    from .data.datasets import dataset_info
     from .onnx import export
     from .outputs import check_outputs
+    from .saved import PREPROCESS_PROPERTY, read_saved
     targets = check_outputs([("OUTPUT", args.output, "onnx")], args.overwrite,
                             "nothing was written")
-    model, info = _saved_model(args.checkpoint)
-    classes = info.classes if info is not None else None
-    meta = {"gpucnn.dataset": info.name} if info is not None else {}
+    model, pre, dataset = read_saved(args.checkpoint)
+    meta, classes = {}, None
+    if pre is not None:
+        meta[PREPROCESS_PROPERTY], classes = pre.to_record(), pre.classes
+    if dataset is not None:
+        meta["gpucnn.dataset"] = dataset
+        classes = classes or dataset_info(dataset).classes
     path = export(model, targets["OUTPUT"], softmax=args.softmax, class_names=classes,
                   metadata=meta)
     print(f"wrote {path}: {len(model.layers)} layers, input (N, "
@@ -84,24 +94,61 @@ def cmd_export(args):
 def cmd_show(args):
     """Filters or feature maps of a checkpoint's or an ONNX file's model as a picture."""
     from .outputs import check_outputs
-    from .pictures import load_image, save_activations, save_filters
+    from .pictures import save_activations, save_filters
+    from .saved import open_saved, read_saved
     targets = check_outputs([("OUTPUT", args.output, "plot")], args.overwrite,
                             "nothing was written")
-    model, info = _saved_model(args.model, onnx_ok=True)
     title = os.path.basename(args.model)
     if args.filters is not None:
-        save_filters(model, args.filters, targets["OUTPUT"], title)
+        save_filters(read_saved(args.model)[0], args.filters, targets["OUTPUT"], title)
     else:
-        mean = std = None
-        if info is not None and info.mean is not None:
-            mean, std = info.mean, info.std
-        x, how = load_image(args.activations, model.input_shape, mean, std)
-        print(f"{args.activations}: {how}"
-              + ("" if mean is not None else " (no dataset constants known for this model: "
-                                             "not normalised)"))
-        save_activations(model, x, targets["OUTPUT"], f"{title}: {args.activations}")
+        saved = open_saved(args.model)
+        pre = saved.preprocess
+        print(f"preprocessing: {saved.how}")
+        x = pre.normalize(pre.pixels(args.activations)[None])[0]
+        save_activations(saved.net, x, targets["OUTPUT"], f"{title}: {args.activations}")
     print(f"wrote {targets['OUTPUT']}")
     return 0
 
 
-COMMANDS = {"export": cmd_export, "show": cmd_show}
+def cmd_predict(args):
+    """Top-k classes (and with --dense the window maps) of image files; exit 1 when any file
+    failed, after every other one was predicted."""
+    from .outputs import check_outputs, write_json
+    from .predict import image_files, predict
+    from .saved import open_saved
+    targets = check_outputs([("--json", args.json, "predictions")], args.overwrite,
+                            "nothing was predicted")
+    saved = open_saved(args.model, backend=args.backend, mean=args.mean, std=args.std)
+    print(f"preprocessing: {saved.how}")
+    results = predict(saved.net, saved.preprocess, image_files(args.inputs), args.topk,
+                      args.dense, args.batch_size)
+    for r in results:
+        if "error" in r:
+            print(f"{r['file']}: error: {r['error']}", file=sys.stderr)
+            continue
+        print(f"{r['file']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%"
+                                           for t in r["topk"]))
+        if "dense" in r:
+            print(_dense_lines(r["dense"], saved.preprocess.classes))
+    failed = sum("error" in r for r in results)
+    if args.json is not None:
+        write_json(targets["--json"], results, indent=None if args.dense else 1)
+    print(f"{len(results) - failed} image(s) predicted, {failed} failed"
+          + (f"; wrote {targets['--json']}" if args.json is not None else ""))
+    return 1 if failed else 0
+
+
+def _dense_lines(dense, classes, most=24):
+    """The dense map's shape and, when it is small enough to read, each window's best class
+    index."""
+    k, h, w = dense["shape"]
+    lines = [f"  dense: {h}x{w} windows x {k} classes"]
+    if h <= most and w <= most:
+        import numpy as np
+        best = np.asarray(dense["scores"]).argmax(axis=0)
+        lines += ["    " + " ".join(f"{int(v):>{len(str(k - 1))}}" for v in row) for row in best]
+    return "\n".join(lines)
+
+
+COMMANDS = {"export": cmd_export, "show": cmd_show, "predict": cmd_predict}

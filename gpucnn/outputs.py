@@ -43,6 +43,7 @@ class Kind:
     schemas: tuple = ()             # its JSON "schema" values start with one of these
     legacy_keys: frozenset = frozenset()  # or these top-level keys (one without "schema")
     suffixes: tuple = ()            # allowed extensions (lower case); () = any
+    item_keys: frozenset = frozenset()  # or: a JSON list whose first item holds these keys
 
 
 _PLOT_SUFFIXES = (".png", ".pdf", ".svg")
@@ -58,6 +59,7 @@ KINDS = {
     "kernels": Kind("JSON of gpucnn kernels --report", ("gpucnn-kernels/",),
                     frozenset({"ok", "toolchain", "sources", "records", "failures"})),
     "onnx": Kind("an ONNX model written by gpucnn export", suffixes=(".onnx",)),
+    "predictions": Kind("JSON of gpucnn predict", item_keys=frozenset({"file"})),
 }
 
 # Room left in a file name for the temporary file written beside it
@@ -119,6 +121,10 @@ def _json_kind(path: Path, size: int):
         doc = json.loads(_read_bounded(path, _READ_LIMIT).decode("utf-8"))
     except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
+    if isinstance(doc, list):  # one object per input, as gpucnn predict writes
+        first = doc[0] if doc and isinstance(doc[0], dict) else {}
+        return next((key for key, kind in KINDS.items()
+                     if kind.item_keys and kind.item_keys <= first.keys()), None)
     if not isinstance(doc, dict):
         return None
     schema = doc.get("schema")

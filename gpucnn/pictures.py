@@ -9,7 +9,7 @@ import numpy as np
 
 from .nn import Conv2d
 
-__all__ = ["filter_grid", "conv_activations", "load_image", "save_filters", "save_activations"]
+__all__ = ["filter_grid", "conv_activations", "save_filters", "save_activations"]
 
 
 def _tile(images, cols, pad=1):
@@ -61,34 +61,6 @@ def conv_activations(net, x):
     finally:
         net.train(was_training)
     return out
-
-
-def load_image(path, input_shape, mean=None, std=None):
-    """(C, H, W) float32 from a PNG or JPEG (Pillow): grey or RGB as the net's C, resized
-    (bilinear) to H x W where it differs, scaled to [0, 1], then ``(x - mean) / std`` per
-    channel where given. Returns (array, a line saying what was done)."""
-    from PIL import Image, UnidentifiedImageError
-    c, h, w = input_shape
-    if c not in (1, 3):
-        raise ValueError(f"{path}: the net takes {c} channels; images give 1 or 3")
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if c == 1 else "RGB")
-            steps = [f"{im.width}x{im.height} {'grey' if c == 1 else 'RGB'}"]
-            if im.size != (w, h):
-                im = im.resize((w, h), Image.BILINEAR)
-                steps.append(f"resized to {w}x{h}")
-            a = np.asarray(im, np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError) as e:
-        raise ValueError(f"{path}: cannot read the image: {e}") from None
-    a = a[None] if c == 1 else a.transpose(2, 0, 1)
-    steps.append("scaled to [0, 1]")
-    if mean is not None:
-        m = np.asarray(mean, np.float32).reshape(-1, 1, 1)
-        s = np.asarray(std, np.float32).reshape(-1, 1, 1)
-        a = (a - m) / s
-        steps.append("normalised with the dataset's mean and std")
-    return np.ascontiguousarray(a, np.float32), ", ".join(steps)
 
 
 def _figure(panels, title, path):

@@ -10,7 +10,11 @@ through, so the run's record says so for ever); 4 adds "data" (an image-folder r
 and preprocessing, gpucnn.data.preprocess; None for the built-in datasets), the config keys of
 image folders and --input, model configs of model files ("sequential"), and "data_parallel"
 (the world size and the global batch of a data-parallel run: ``gpucnn train --distributed``;
-older checkpoints were written by one process, whose global batch is its batch size). Each
+older checkpoints were written by one process, whose global batch is its batch size); 5
+records "data" for the built-in datasets too (their classes and normalisation, so ``gpucnn
+predict`` prepares images as training did); an older checkpoint's "data" of None is dropped
+on upgrade: not recorded, so not compared by --resume, and read as the dataset's constants
+by predict. Each
 later schema adds an upgrade step from the one before in :func:`upgrade_metadata`, so every
 older checkpoint keeps loading.
 """
@@ -24,7 +28,7 @@ from .checkpoint import CheckpointError
 __all__ = ["SCHEMA_VERSION", "RESUME_KEYS", "upgrade_metadata", "validate_metadata",
            "compare_run", "config_mismatch_message"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # What --resume compares: a path into the metadata ("config.seed" is meta["config"]["seed"])
 # -> what a different value changes. Each one changes what the uninterrupted run would have
@@ -82,11 +86,12 @@ def upgrade_metadata(meta, path):
     if version <= 2:
         meta["config_changes"] = []
     if version <= 3:
-        meta["data"] = None
         config = meta.get("config")
         batch = config.get("batch_size") if isinstance(config, dict) else None
         if batch is not None:  # (else validation names the missing config)
             meta["data_parallel"] = {"world_size": 1, "global_batch": batch}
+    if version <= 4 and meta.get("data") is None:
+        meta.pop("data", None)
     meta["schema_version"] = SCHEMA_VERSION
     return meta
 

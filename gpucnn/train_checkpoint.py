@@ -45,7 +45,7 @@ class RunCheckpoint:
 
     def __init__(self, cfg, model, opt, B, data_record=None):
         self.cfg, self.model, self.opt, self.backend = cfg, model, opt, B
-        self.data_record = data_record  # an image folder's (gpucnn.data.preprocess), or None
+        self.data_record = data_record  # the data's classes and preprocessing (gpucnn.data.preprocess)
 
     global_batch = property(lambda self: self.cfg.batch_size * self.world_size)
 

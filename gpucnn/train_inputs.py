@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from .data import load_dataset
+from .data.preprocess import Preprocess
 from .modelfile import ModelFileError, is_model_file, load_net
 from .models import describe_model
 
@@ -19,8 +20,8 @@ __all__ = ["RunInputs", "check_input_options"]
 
 class RunInputs:
     """``train_set``, ``test_set``, ``model_name``, ``model_kwargs`` (num_classes included),
-    ``input_shape`` (None: the model's own), ``data_record`` (an image folder's preprocessing
-    record, else None), ``skipped`` ((path, why) of unreadable images) and ``line`` (what was
+    ``input_shape`` (None: the model's own), ``data_record`` (the classes and preprocessing
+    of the data, gpucnn.data.preprocess), ``skipped`` ((path, why) of unreadable images) and ``line`` (what was
     loaded, printed at start-up) of run configuration ``cfg``."""
 
     def __init__(self, cfg):
@@ -52,6 +53,7 @@ class RunInputs:
                                           cfg.limit)
             self.test_set = load_dataset(cfg.dataset, "test", cfg.data_dir, cfg.download,
                                          cfg.test_limit)
+            self.data_record = Preprocess.of_dataset(self.train_set).to_record()
         self.model_kwargs.setdefault("num_classes", self.train_set.num_classes)
 
     def _load_folder(self, cfg):

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from gpucnn.cli import main
+from gpucnn.runmeta import SCHEMA_VERSION
 from gpucnn.data import DataError, read_idx_pair
 from gpucnn.data.folder import (augment_rng, class_files, find_classes, load_folder,
                                 stratified_split, stratified_subset)
@@ -247,7 +248,7 @@ def test_fashion_mnist_png_folder_trains_lenet5_as_the_idx_files_do(tmp_path):
     assert m["test_accuracy"] >= 0.72 and abs(m["test_accuracy"] - idx) <= 0.05
     from gpucnn.checkpoint import open_checkpoint
     with open_checkpoint(ck) as c:
-        assert c.metadata["data"] == rec and c.metadata["schema_version"] == 4
+        assert c.metadata["data"] == rec and c.metadata["schema_version"] == SCHEMA_VERSION
     # resume continues the run
     at = argv.index("--epochs")
     assert main(argv[:at] + ["--epochs", "3"] + argv[at + 2:] + ["--resume"]) == 0

@@ -160,11 +160,19 @@ def test_metadata_of_a_newer_or_bad_schema_is_refused():
     # schema 3 records what --allow-config-change let through; older ones changed nothing
     two = upgrade_metadata({"schema_version": 2, "written_by": "gpucnn 0.1.0"}, "x.npz")
     assert two["config_changes"] == [] and two["schema_version"] == SCHEMA_VERSION
-    # schema 4 records an image folder's classes and preprocessing; older runs had none
-    assert two["data"] is None
+    # schema 4 records an image folder's classes and preprocessing, 5 every dataset's; older
+    # runs recorded none: not compared on --resume (a key the checkpoint does not hold)
+    assert "data" not in two
     three = upgrade_metadata({"schema_version": 3, "written_by": "gpucnn 0.1.0",
                               "config_changes": []}, "x.npz")
-    assert three["data"] is None and three["schema_version"] == SCHEMA_VERSION
+    assert "data" not in three and three["schema_version"] == SCHEMA_VERSION
+    four = {"schema_version": 4, "written_by": "gpucnn 0.3.0", "config_changes": [],
+            "data": None, "config": {"batch_size": 8}}
+    assert "data" not in upgrade_metadata(four, "x.npz")
+    from gpucnn.runmeta import compare_run
+    differences, unchecked = compare_run(upgrade_metadata(four, "x.npz"),
+                                         {"data": {"classes": ["a"]}, "config": {}})
+    assert "data" in unchecked and "data" not in differences
 
 
 def test_conv_algorithms_are_recorded_restored_and_compared(tmp_path, monkeypatch):

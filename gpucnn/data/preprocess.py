@@ -15,7 +15,8 @@ gpucnn.filerules.preprocess.PREPROCESS_RECORD)::
      "mean": [0.485, 0.456, 0.406],      # per channel, pixels scaled to [0, 1]
      "std": [0.229, 0.224, 0.225],       # x = (pixel / 255 - mean) / std
      "stats": "computed from the 1000 training images",   # or "given (--mean/--std)"
-     "augment": "none"}                  # training only: or "random-resized-crop"
+     "augment": "none"}                  # training only: or "random-resized-crop",
+                                         # "random-crop-flip" (CIFAR-10's, see below)
 
 "short-side-center-crop" (torchvision's Resize(H) + CenterCrop(H) for a square input): an
 image already H x W is used as it is; any other is resized with its aspect ratio kept until it
@@ -25,9 +26,16 @@ validation images get, and the training images without augmentation. With
 "random-resized-crop" the training images get torchvision's RandomResizedCrop((H, W)) with its
 default scale (0.08, 1) and ratio (3/4, 4/3), then a horizontal flip with probability 1/2
 (gpucnn.data.transforms).
+
+The built-in datasets record the same format (:meth:`Preprocess.of_dataset`): their class
+names, image size, and the mean/std their images were normalised with (the dataset's
+constants, or kmnist's computed statistics); CIFAR-10's training augmentation is recorded as
+"random-crop-flip" (4 pixels of padding, a random 32x32 crop, a horizontal flip). Checkpoints
+written before gpucnn recorded it (no "data") use their dataset's constants (gpucnn.saved).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,9 +45,10 @@ from .datasets import normalize
 from .errors import DataError
 from .transforms import decode, resize_center, to_array
 
-__all__ = ["Preprocess", "AUGMENTS"]
+__all__ = ["Preprocess", "AUGMENTS", "RECORDED_AUGMENTS"]
 
-AUGMENTS = ("none", "random-resized-crop")
+AUGMENTS = ("none", "random-resized-crop")  # what --augment chooses for an image folder
+RECORDED_AUGMENTS = AUGMENTS + ("random-crop-flip",)  # ... and CIFAR-10's, as recorded
 
 
 @dataclass(frozen=True)
@@ -69,14 +78,41 @@ class Preprocess:
                    tuple(record["mean"]), tuple(record["std"]), record.get("stats", ""),
                    record.get("augment", "none"))
 
+    @classmethod
+    def of_dataset(cls, train_set):
+        """The preprocessing of a built-in dataset's training split (gpucnn.data.datasets):
+        its images are already the model's input size, so the resize never applies."""
+        info = train_set.info
+        augment = "random-crop-flip" if info.name == "cifar10" else "none"
+        stats = (f"{info.name}'s training-set constants" if info.mean is not None
+                 else f"computed from {info.name}'s training images")
+        return cls(info.classes, info.input_shape[0], tuple(info.input_shape[1:]),
+                   tuple(float(v) for v in train_set.mean),
+                   tuple(float(v) for v in train_set.std), stats, augment)
+
+    def describe(self):
+        """A few words: channels, size, normalisation."""
+        def numbers(values):
+            return ", ".join(f"{v:.4g}" for v in values)
+        return (f"{'grey' if self.channels == 1 else 'RGB'} {self.input_size[1]}x"
+                f"{self.input_size[0]}, short-side resize + centre crop where the size "
+                f"differs, mean ({numbers(self.mean)}) std ({numbers(self.std)})")
+
     @property
     def input_shape(self):
         return (self.channels, *self.input_size)
 
-    def pixels(self, path):
-        """uint8 (C, H, W) of the image file ``path`` as the model sees it at evaluation
-        (decoded, converted, resized and centre-cropped; not normalised)."""
-        return to_array(resize_center(decode(path, self.channels), *self.input_size))
+    def decode(self, path):
+        """The image file ``path`` as a PIL image of this record's channels (DataError
+        saying why a file is not a readable image)."""
+        return decode(path, self.channels)
+
+    def pixels(self, image):
+        """uint8 (C, H, W) of an image file (a path) or a decoded image as the model sees
+        it at evaluation (decoded, converted, resized and centre-cropped; not normalised)."""
+        if isinstance(image, (str, bytes, os.PathLike)):
+            image = self.decode(image)
+        return to_array(resize_center(image, *self.input_size))
 
     def normalize(self, pixels):
         """float32 model input of uint8 images (N, C, H, W)."""

@@ -31,7 +31,7 @@ PREPROCESS_RECORD = Obj({
     "interpolation": Str(16, ("bilinear",)),
     "mean": _Channels(-1e6, 1e6), "std": _Channels(0.0, 1e6, positive=True),
     "stats": Str(256),
-    "augment": Str(32, ("none", "random-resized-crop")),
+    "augment": Str(32, ("none", "random-resized-crop", "random-crop-flip")),
 }, required=("format", "classes", "channels", "input_size", "resize", "interpolation", "mean",
              "std"), want="a preprocessing record (gpucnn-preprocess/1)")
 

@@ -236,8 +236,8 @@ CHECKPOINT_METADATA = Obj({
     "config_changes": ListOf(Obj(extra=AnyJSON()), "a list of objects"),
     "conv_algos": Obj({"setting": Str(64), "kind": Str(16),
                        "chosen": Obj(extra=Str(64), max_keys=ZIP_MAX_MEMBERS)}),
-    # schema 4: the classes and preprocessing of an image-folder run (None otherwise); its
-    # rule is gpucnn.filerules.preprocess's
+    # schema 4: the classes and preprocessing of an image-folder run (None otherwise), 5: of
+    # every run; its rule is gpucnn.filerules.preprocess's
     "data": Opt(AnyJSON()),
     "data_parallel": Obj({"world_size": Int(1, 2 ** 31), "global_batch": Int(1)},
                          required=("world_size", "global_batch")),
