@@ -235,6 +235,32 @@ def test_a_pytorch_net_trains_one_step_from_its_weights(request, tmp_path):
     assert m["eager_steps"] == 1 and np.isfinite(m["epochs"][0]["train_loss"])
 
 
+def test_an_image_folder_takes_the_onnx_nets_input_shape(request, tmp_path, capsys):
+    """PyTorch's AlexNet-CIFAR variant (LRN, ceil_mode pools, grouped and dilated conv, L2
+    pooling, dropout) trains one step on a 10-class folder at its graph's 3x34x34."""
+    from PIL import Image
+    rng = np.random.default_rng(stable_seed(request.node.nodeid))
+    torch.manual_seed(stable_seed(request.node.nodeid) % (1 << 31))
+    cls, shape = TORCH_NETS["alexnet_cifar"]
+    path = _torch_export(cls().eval(), shape, tmp_path / "alex.onnx")
+    for c in range(10):
+        os.makedirs(tmp_path / "d" / "train" / f"c{c}")
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(
+                tmp_path / "d" / "train" / f"c{c}" / f"{i}.png")
+    metrics = tmp_path / "m.json"
+    args = ["train", "--model", str(path), "--dataset", "folder", "--data-dir",
+            str(tmp_path / "d"), "--val-split", "0.5", "--batch-size", "10", "--backend",
+            "numpy", "--no-progress", "--workers", "0"]
+    assert main([*args, "--metrics-json", str(metrics)]) == 0
+    m = json.loads(metrics.read_text())
+    assert m["input_shape"] == [3, 34, 34] and m["eager_steps"] == 1
+    assert np.isfinite(m["epochs"][0]["train_loss"])
+    capsys.readouterr()
+    assert main([*args, "--channels", "1"]) == 2
+    assert f"--channels 1 differs from the 3 input channels of {path}" in capsys.readouterr().err
+
+
 # ---- clear errors ----------------------------------------------------------------------------------
 def test_a_class_count_other_than_the_datas_is_refused_naming_the_file(tmp_path, capsys):
     net = Sequential(Conv2d(1, 4, 5, stride=3), ReLU(), Flatten(), Linear(256, 7))
