@@ -17,7 +17,8 @@ bounded JSON parser, the schema of gpucnn.filerules.netfile); every problem is a
 :class:`ModelFileError` naming the file, the layer (0-based index and type), the field and what
 is allowed. A checkpoint records the checked layer list as its model config ({"name":
 "sequential", "kwargs": {"layers": ...}, "input_shape": ...}), so ``--resume`` and ``verify``
-rebuild the same net from the checkpoint alone.
+rebuild the same net from the checkpoint alone. :func:`layer_entries` describes built layers
+this way (an ONNX net trained with ``--model net.onnx`` is stored as its entries).
 """
 from __future__ import annotations
 

@@ -23,8 +23,9 @@ __all__ = ["RunInputs", "check_input_options"]
 class RunInputs:
     """``train_set``, ``test_set``, ``model_name``, ``model_kwargs`` (num_classes included),
     ``input_shape`` (None: the model's own), ``data_record`` (an image folder's preprocessing
-    record, else None), ``skipped`` ((path, why) of unreadable images) and ``line`` (what was
-    loaded, printed at start-up) of run configuration ``cfg``."""
+    record, else None), ``skipped`` ((path, why) of unreadable images), ``line`` (what was
+    loaded, printed at start-up) and ``imported`` (an .onnx --model's ImportedNet, else None)
+    of run configuration ``cfg``."""
 
     def __init__(self, cfg):
         self.model_kwargs = dict(cfg.model_kwargs)
