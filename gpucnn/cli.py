@@ -27,9 +27,13 @@ def build_parser():
 
     t = sub.add_parser("train", help="train a model on a dataset")
     t.add_argument("--model", default="lenet5",
-                   help="model to train: lenet5, alexnet_cifar, alexnet, vgg11, vgg16, or a "
-                        "model file net.json (README: the model-file format) "
-                        "(default: %(default)s)")
+                   help="model to train: lenet5, alexnet_cifar, alexnet, vgg11, vgg16, a "
+                        "model file net.json (README: the model-file format), or an ONNX file "
+                        "net.onnx (from its weights; see --reinit) (default: %(default)s)")
+    t.add_argument("--reinit", action="store_true",
+                   help="with an .onnx --model: train its architecture from a seeded "
+                        "initialisation (as a model file's) instead of the file's weights "
+                        "(default: the file's weights)")
     t.add_argument("--dataset", default="fashion-mnist",
                    help="dataset: fashion-mnist, mnist, kmnist, cifar10, or folder (an image "
                         "folder at --data-dir: DIR/train/<class>/*, DIR/val/<class>/*) "
@@ -221,7 +225,8 @@ def cmd_train(args):
                       input=args.input, channels=args.channels, val_split=args.val_split,
                       allow_empty_classes=args.allow_empty_classes, strict=args.strict,
                       augment=args.augment, mean=args.mean, std=args.std,
-                      workers=args.workers, cache_decoded=args.cache_decoded)
+                      workers=args.workers, cache_decoded=args.cache_decoded,
+                      reinit=args.reinit)
     try:
         m = train(cfg)
     except KeyboardInterrupt as exc:  # 128 + the signal: 130 for Ctrl-C, 143 for SIGTERM

@@ -17,7 +17,8 @@ bounded JSON parser, the schema of gpucnn.filerules.netfile); every problem is a
 :class:`ModelFileError` naming the file, the layer (0-based index and type), the field and what
 is allowed. A checkpoint records the checked layer list as its model config ({"name":
 "sequential", "kwargs": {"layers": ...}, "input_shape": ...}), so ``--resume`` and ``verify``
-rebuild the same net from the checkpoint alone.
+rebuild the same net from the checkpoint alone. :func:`layer_entries` describes built layers
+this way (an ONNX net trained with ``--model net.onnx`` is stored as its entries).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from .filerules.netfile import (LAYER_OPTIONS, NET_MAX_BYTES, NET_MAX_PARAMETERS
 from .nn import (AvgPool2d, Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, LPPool2d,
                  MaxPool2d, ReLU)
 
-__all__ = ["ModelFileError", "is_model_file", "read_model_file", "build_layers"]
+__all__ = ["ModelFileError", "is_model_file", "read_model_file", "build_layers", "layer_entries"]
 
 
 class ModelFileError(ValueError):
@@ -133,3 +134,68 @@ def load_net(path):
     except ValueError as exc:
         raise ModelFileError(f"{os.fspath(path)}: {exc}") from None
     return {"layers": layers}, tuple(shape)
+
+
+# -- built layers back to entries (an imported ONNX net stored as a model description) ------
+def _side(value):
+    """A (h, w) pair as a model file writes it: one int when both agree."""
+    if isinstance(value, str):  # Conv2d's "same" / "valid"
+        return value
+    h, w = (int(v) for v in value)
+    return h if h == w else [h, w]
+
+
+def _non_default(options, defaults):
+    """``options`` less those equal to the model file's default (PyTorch's)."""
+    return {k: v for k, v in options.items() if k not in defaults or v != defaults[k]}
+
+
+def _entry(layer):
+    """[type, {options}] of one built layer; None for a type model files cannot describe."""
+    kind = type(layer)  # exact types: a subclass may compute something else
+    if kind is Conv2d:
+        return ["conv", {"out": int(layer.out_channels), "kernel_size": _side(layer.kernel_size),
+                         **_non_default({"stride": _side(layer.stride),
+                                         "padding": _side(layer.padding),
+                                         "dilation": _side(layer.dilation),
+                                         "groups": int(layer.groups), "bias": layer.use_bias},
+                                        {"stride": 1, "padding": 0, "dilation": 1, "groups": 1,
+                                         "bias": True})}]
+    if kind is Linear:
+        return ["linear", {"out": int(layer.out_features),
+                           **_non_default({"bias": layer.use_bias}, {"bias": True})}]
+    if kind in (MaxPool2d, AvgPool2d, LPPool2d):
+        o = layer.options
+        given = {"stride": _side(layer.stride), "padding": _side(layer.padding)}
+        if kind is LPPool2d:  # its padding is always 0; the model file has no such option
+            given = {"norm_type": layer.norm_type, "stride": given["stride"]}
+        defaults = {"stride": _side(layer.kernel_size), "padding": 0, "dilation": 1,
+                    "ceil_mode": False, "count_include_pad": True, "divisor_override": None}
+        given.update({k: _side(v) if k == "dilation" else v for k, v in o.items()})
+        name = {MaxPool2d: "maxpool", AvgPool2d: "avgpool", LPPool2d: "lppool"}[kind]
+        return [name, {"kernel_size": _side(layer.kernel_size), **_non_default(given, defaults)}]
+    if kind is LocalResponseNorm:
+        size, alpha, beta, k = layer.args
+        return ["lrn", {"size": size, **_non_default({"alpha": alpha, "beta": beta, "k": k},
+                                                     {"alpha": 1e-4, "beta": 0.75, "k": 1.0})}]
+    if kind is Dropout:
+        return ["dropout", _non_default({"p": layer.p}, {"p": 0.5})]
+    if kind in (ReLU, Flatten):
+        return ["relu" if kind is ReLU else "flatten", {}]
+    return None
+
+
+def layer_entries(layers):
+    """The model-file entries [[type, {options}], ...] (only non-default options) that
+    :func:`build_layers` rebuilds ``layers`` from, at the input shape they were built for:
+    the same layers with the same weight shapes (weights are not described; the last Linear
+    rebuilds with the Glorot init, as a model file's does). A ValueError names the first
+    layer (0-based index and what it is) model files cannot describe."""
+    out = []
+    for i, layer in enumerate(layers):
+        entry = _entry(layer)
+        if entry is None:
+            raise ValueError(f"layer {i} ({layer!r}): a model file cannot describe a "
+                             f"{type(layer).__name__} (it describes {', '.join(LAYER_OPTIONS)})")
+        out.append(entry)
+    return out

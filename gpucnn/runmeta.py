@@ -56,6 +56,8 @@ RESUME_KEYS = {
     "config.channels": "the images' channels",
     "config.val_split": "which images of train/ are held out",
     "config.augment": "the augmentation of the training images",
+    # an .onnx --model: the run started from the file's weights or (--reinit) seeded ones
+    "config.reinit": "the weights the run started from (the .onnx file's, or --reinit's)",
     "data": "the classes and the preprocessing of the images",
     # Compared instead of config.batch_size when the world sizes differ (gpucnn.distributed):
     # a run resumes in another number of processes if ranks x --batch-size is the same.

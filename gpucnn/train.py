@@ -117,6 +117,7 @@ class TrainConfig:
     std: tuple | None = None
     workers: int | None = None         # folder + augment: input processes (None: the cores)
     cache_decoded: bool = False        # folder: decoded images memory-mapped under the cache
+    reinit: bool = False               # an .onnx --model: seeded init, not the file's weights
 
     def validate(self):
         for name in ("epochs", "batch_size"):
@@ -162,6 +163,7 @@ class Trainer:
         kwargs = inputs.model_kwargs
         self.model = build_model(inputs.model_name, backend=self.backend, seed=cfg.seed,
                                  input_shape=inputs.input_shape, **kwargs)
+        inputs.set_initial_weights(self.model, cfg)
         if tuple(self.model.input_shape) != tuple(self.train_set.input_shape):
             raise ValueError(f"model {cfg.model} takes inputs of shape {self.model.input_shape} "
                              f"but {cfg.dataset} has {tuple(self.train_set.input_shape)}")

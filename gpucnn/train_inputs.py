@@ -1,10 +1,12 @@
 """What ``gpucnn train`` trains on and what it builds: the dataset splits (a built-in dataset or
 an image folder, gpucnn.data.folder) and the model's name, options and input shape (a
-built-in model at ``--input C,H,W`` or its own shape, or a model file, gpucnn.modelfile).
+built-in model at ``--input C,H,W`` or its own shape, a model file, gpucnn.modelfile, or an
+ONNX file, gpucnn.onnx.trainable, trained as the model file describing its layers would be).
 
 For an image folder the model follows the folder: its input channels are ``--channels``
-(default: a model file's or ``--input``'s C, else 3), H x W the model's (``--input``, the model
-file's "input", or the built-in model's own), and its class count the folder's classes.
+(default: a model file's, an ONNX file's or ``--input``'s C, else 3), H x W the model's
+(``--input``, the model file's "input", the ONNX graph's input, or the built-in model's own),
+and its class count the folder's classes.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from .data import load_dataset
 from .data.preprocess import Preprocess
 from .modelfile import ModelFileError, is_model_file, load_net
 from .models import describe_model
+from .onnx.trainable import ImportedNet, is_onnx_file
 
 __all__ = ["RunInputs", "check_input_options"]
 
@@ -21,18 +24,24 @@ __all__ = ["RunInputs", "check_input_options"]
 class RunInputs:
     """``train_set``, ``test_set``, ``model_name``, ``model_kwargs`` (num_classes included),
     ``input_shape`` (None: the model's own), ``data_record`` (the classes and preprocessing
-    of the data, gpucnn.data.preprocess), ``skipped`` ((path, why) of unreadable images) and ``line`` (what was
-    loaded, printed at start-up) of run configuration ``cfg``."""
+    of the data, gpucnn.data.preprocess), ``skipped`` ((path, why) of unreadable images),
+    ``line`` (what was loaded, printed at start-up) and ``imported`` (an .onnx --model's
+    ImportedNet, else None) of run configuration ``cfg``."""
 
     def __init__(self, cfg):
         self.model_kwargs = dict(cfg.model_kwargs)
-        if is_model_file(cfg.model):
-            kwargs, file_shape = load_net(cfg.model)
+        self.imported = None  # an .onnx --model: gpucnn.onnx.trainable.ImportedNet
+        if is_onnx_file(cfg.model):
+            self.imported = ImportedNet(cfg.model)
+        if is_model_file(cfg.model) or self.imported is not None:
+            kwargs, file_shape = (load_net(cfg.model) if self.imported is None else
+                                  ({"layers": self.imported.layers}, self.imported.input_shape))
             self.model_name = "sequential"
             self.model_kwargs.update(kwargs)
             if cfg.input is not None and tuple(cfg.input) != file_shape:
+                what = "the 'input'" if self.imported is None else "the graph input"
                 raise ModelFileError(f"--input {','.join(map(str, cfg.input))} differs from "
-                                     f"the 'input' of {cfg.model} "
+                                     f"{what} of {cfg.model} "
                                      f"({','.join(map(str, file_shape))}): give one of them")
             self.input_shape = file_shape
         else:
@@ -55,6 +64,20 @@ class RunInputs:
                                          cfg.test_limit)
             self.data_record = Preprocess.of_dataset(self.train_set).to_record()
         self.model_kwargs.setdefault("num_classes", self.train_set.num_classes)
+        if self.imported is not None:
+            self.imported.check_classes(self.train_set.num_classes,
+                                        f"the image folder {cfg.data_dir}"
+                                        if cfg.dataset == "folder" else cfg.dataset)
+
+    def set_initial_weights(self, model, cfg):
+        """An .onnx --model's weights into the freshly built ``model`` (kept as built, the
+        seeded initialisation, with --reinit); a line says which. A --resume then restores
+        the checkpoint's over them."""
+        if self.imported is not None:
+            if not cfg.reinit:
+                model.load_state_dict(self.imported.state)
+            self.imported.state = None  # the file's arrays are not kept past this
+            print(self.imported.line(cfg.reinit, cfg.seed), flush=True)
 
     def _load_folder(self, cfg):
         from .data.folder import load_folder
@@ -70,7 +93,8 @@ class RunInputs:
             given_c = shape[0]
         channels = cfg.channels or given_c or 3
         if given_c is not None and cfg.channels is not None and cfg.channels != given_c:
-            where = cfg.model if is_model_file(cfg.model) else "--input"
+            where = (cfg.model if is_model_file(cfg.model) or self.imported is not None
+                     else "--input")
             raise ValueError(f"--channels {cfg.channels} differs from the {given_c} input "
                              f"channels of {where}")
         self.input_shape = (channels, *shape[1:])
@@ -88,6 +112,10 @@ class RunInputs:
 def check_input_options(cfg):
     """TrainConfig's --input and image-folder options, checked (ValueError naming them)."""
     from .data.preprocess import AUGMENTS
+    if getattr(cfg, "reinit", False) and not is_onnx_file(cfg.model):
+        raise ValueError(f"--reinit applies to an .onnx --model only (it trains the imported "
+                         f"net from a seeded initialisation instead of the file's weights); "
+                         f"--model is {cfg.model!r}")
     if cfg.input is not None:
         cfg.input = tuple(cfg.input)
         if len(cfg.input) != 3 or not all(isinstance(v, int) and not isinstance(v, bool)

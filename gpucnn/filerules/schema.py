@@ -214,7 +214,8 @@ _CONFIG = Obj({
     "check_every": Opt(Int(1)), "model_kwargs": Obj(extra=Scalar()),
     # schema 4: image folders and --input
     "input": Opt(Tuple([Int(1, 65536)] * 3, "a list of 3 ints in [1, 65536]")),
-    "mean": Opt(ListOf(Num(-1e6, 1e6))), "std": Opt(ListOf(Num(0.0, 1e6, positive=True)))},
+    "mean": Opt(ListOf(Num(-1e6, 1e6))), "std": Opt(ListOf(Num(0.0, 1e6, positive=True))),
+    "reinit": Bool()},  # an .onnx --model re-initialised (gpucnn.train_inputs)
     extra=Scalar())
 
 # A trainer checkpoint's metadata, as gpucnn.runmeta.upgrade_metadata leaves it (the keys it
