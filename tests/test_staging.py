@@ -216,6 +216,23 @@ def test_every_kernel_reads_its_own_batch_whatever_the_gpu_s_order(rng, policy, 
         assert host_waits.count("compute") <= 2 * SLOTS and len(host_waits) > 0
 
 
+def test_the_calls_for_four_batches(rng):
+    """Which CuPy calls, on which stream, in which order (nothing runs on the fake GPU until
+    the host waits): each batch's images and labels copied on the second stream and its event
+    recorded there; the compute stream waits for it before the batch is handed out and records
+    its own event when the next is asked for; the fourth batch reuses the first's slot after
+    the host waited for the first copy (its pinned buffers) and the copy stream for the first
+    step (its device buffers)."""
+    cp = make_async_cupy("random")
+    consume(Staging(fake_cuda_backend(cp)), cp, host_batches(rng, [4, 4, 4, 2]), rng, 0)
+    copy = next(s.name for s in cp.streams if s.name != "compute")
+    prepared = [("copy", copy), ("copy", copy), ("record", copy)]
+    handed = [("wait", "compute", copy), ("record", "compute")]
+    assert cp.log == (prepared * 2 + handed + prepared + handed
+                      + [("host_wait", copy), ("wait", copy, "compute")] + prepared + handed
+                      + handed)
+
+
 def test_the_pinned_buffers_are_a_small_ring(rng):
     cp = make_async_cupy("random")
     staging = Staging(fake_cuda_backend(cp))
@@ -325,6 +342,20 @@ def test_cifar_host_batches_on_fake_cuda_equal_the_numpy_path(tmp_path, rng, mon
     assert n == len(want) == 4 and cp.reads == 8  # 15 images: the last batch has 3
 
 
+def test_a_rank_s_staged_parts_are_its_share_of_the_host_batches(tmp_path, rng, emu):
+    """The data-parallel host path staged on emu: each rank's parts, concatenated, are the
+    numpy backend's one-process batches."""
+    ds = load_dataset("cifar10", "train", data_dir=write_cifar10(tmp_path, rng, 3))
+    whole = list(TrainBatches(get_backend("numpy"), ds, "off", augment=True).batches(6, 1, 0))
+    feed = TrainBatches(emu, ds, "off", augment=True)
+    parts = [[(emu.to_numpy(x), emu.to_numpy(y)) for x, y in
+              feed.batches(6, 1, 0, shard=(r, 2))] for r in range(2)]
+    assert len(whole) == len(parts[0]) == len(parts[1]) == 3
+    for b, (x, y) in enumerate(whole):
+        np.testing.assert_array_equal(np.concatenate([p[b][0] for p in parts]), x)
+        np.testing.assert_array_equal(np.concatenate([p[b][1] for p in parts]), y)
+
+
 def test_cifar_training_on_emu_is_bit_identical_staged_or_not(tmp_path, rng, capsys):
     """LeNet-5 at 3x32x32 on CIFAR-10 augmented on the host (--device-data off), two epochs
     with a partial last batch: the staged path's losses and parameters equal the unstaged
@@ -369,6 +400,34 @@ def test_closing_the_trainer_s_batches_closes_the_source(emu, rng):
     np.testing.assert_array_equal(emu.to_numpy(x), batches[0][0])
     it.close()  # as a KeyboardInterrupt in the training loop does
     assert closed == [True] and feed.dataset.zero_copy
+
+
+def test_the_wait_counted_is_the_trainer_s(emu, rng):
+    """wait_s is the time spent inside next(): with staging, pulling (and copying) the batch
+    ahead; every batch's preparation is counted once."""
+    import time
+    batches = host_batches(rng, [4] * 5)
+
+    def slow():
+        for xy in batches:
+            time.sleep(0.02)
+            yield xy
+
+    class Folder:
+        host_batches, pixels = True, None
+
+        def __len__(self):
+            return 20
+
+        def batches(self, *args, **kw):
+            return slow()
+
+    feed = TrainBatches(emu, Folder(), augment=True)
+    t0 = time.perf_counter()
+    for _ in feed.batches(4, 0, 0):
+        time.sleep(0.01)  # the step: not counted
+    total = time.perf_counter() - t0
+    assert 5 * 0.02 <= feed.wait_s <= total - 5 * 0.01 and feed.epoch_wait_s == feed.wait_s
 
 
 # ---- on a GPU only -------------------------------------------------------------------------
