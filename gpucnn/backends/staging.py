@@ -248,4 +248,4 @@ class Staging:
             bufs[name] = buf = None  # the old one goes before the new one is allocated
             alloc = self.engine.host_buffer if where == "host" else self.engine.device_buffer
             bufs[name] = buf = alloc(shape, dtype)
-        return buf[:shape[0]] if buf.ndim else buf
+        return buf[:shape[0]]
