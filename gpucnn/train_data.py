@@ -10,6 +10,10 @@
 * **Host data** (the CPU backends, ``off``, or a split that does not fit): as before — the
   normalised float32 images uploaded once and gathered per batch, or for CIFAR-10 each batch
   augmented on the host and uploaded.
+* **Host batches** (CIFAR-10 augmented on the host, augmented image folders, and their
+  data-parallel shards) reach a device backend through :class:`gpucnn.backends.staging.Staging`:
+  on cuda in pinned memory, copied on a second stream one batch ahead; on emu and the null
+  device the same ring of buffers with synchronous copies; on the CPU backends as they are.
 
 "Fits" is :func:`device_data_choice`: the bytes uploaded within :data:`DEVICE_DATA_SHARE` of
 the free device memory (:func:`free_device_bytes`; the rest is the model's: parameters,
@@ -21,6 +25,7 @@ import time
 
 import numpy as np
 
+from .backends.staging import Staging
 from .data.datasets import AUGMENT_PAD
 from .membudget import host_available_bytes
 from .data.loader import (batch_rng, crop_flip_draw, crop_flip_window, epoch_permutation,
@@ -87,8 +92,11 @@ class TrainBatches:
     def __init__(self, backend, dataset, mode="auto", augment=False):
         self.backend, self.dataset, self.augment = backend, dataset, augment
         if getattr(dataset, "host_batches", False):
-            dataset.zero_copy = True  # each batch is uploaded before the next is asked for
+            # each batch is used (CPU backends) or copied into a staging buffer (device
+            # backends) before the next is asked for
+            dataset.zero_copy = True
         B = backend
+        self.staging = Staging(B)  # host batches onto the device, one batch ahead
         check_device_data_mode(mode)
         if B.kind != "device":
             self.on_device, why = False, (f"the {B.name} backend computes on the host "
@@ -107,9 +115,9 @@ class TrainBatches:
                    f"{'cropped, flipped and ' if augment else ''}normalised by a gather kernel")
         elif augment:
             self.images = None
-            how = ("batches augmented on the host and uploaded one by one"
-                   if dataset.pixels is not None else "images decoded, augmented on the host "
-                   "and uploaded batch by batch")
+            how = ("batches augmented on the host" if dataset.pixels is not None else
+                   "images decoded and augmented on the host batch by batch")
+            how += (f", {self.staging.how}" if self.staging.how else ", uploaded one by one")
         else:
             self.images = B.asarray(dataset.images)
             how = (f"float32 images on the {B.name} backend ({_mb(dataset.images.nbytes)}), "
@@ -124,7 +132,8 @@ class TrainBatches:
     def batches(self, batch_size, seed, epoch, start=0, shard=None):
         """The batches of ``epoch`` from batch ``start`` on (``shard``: :meth:`_batches`); the
         time spent waiting for each (decoding, augmenting, uploading) is added to ``wait_s``
-        and ``epoch_wait_s``."""
+        and ``epoch_wait_s``. A staged host batch (:mod:`gpucnn.backends.staging`) stays
+        valid until the next but one is asked for: its buffers are reused."""
         self.epoch_wait_s = 0.0
         it = self._batches(batch_size, seed, epoch, start, shard)
         try:
@@ -154,16 +163,13 @@ class TrainBatches:
         the draws the whole batch makes, so the ranks' parts together are the one-process
         batch exactly."""
         B, n = self.backend, len(self.dataset)
-        if self.images is None and shard is None:
-            for x, y in self.dataset.batches(batch_size, True, seed, epoch, augment=True,
-                                             start_batch=start):
-                yield B.asarray(x), B.asarray(y, dtype=np.int32)
+        if self.images is None:  # batches made on the host: staged onto the device
+            yield from self.staging.stage(self._host_batches(batch_size, seed, epoch, start,
+                                                             shard))
             return
         # The gather kernels index with int32; the host-data gather keeps its int64 order.
         dtype = np.int32 if self.on_device else np.int64
-        order = epoch_permutation(n, seed, epoch).astype(dtype)
-        if self.images is not None:
-            order = B.asarray(order, dtype=dtype)
+        order = B.asarray(epoch_permutation(n, seed, epoch).astype(dtype), dtype=dtype)
         for b in range(start, num_batches(n, batch_size)):
             lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
             part = (0, hi - lo, hi - lo)  # this rank's [a, b) of the batch's hi - lo images
@@ -171,11 +177,24 @@ class TrainBatches:
                 a, z = shard_bounds(lo, hi, *shard)
                 part, lo, hi = (a - lo, z - lo, hi - lo), a, z
             idx = order[lo:hi]
-            if self.images is None:  # host-augmented CIFAR-10 batches, sharded
-                yield B.asarray(self._host_part(idx, seed, epoch, b, part)), \
-                    B.asarray(self.dataset.labels[idx], dtype=np.int32)
-                continue
             yield self._images(idx, seed, epoch, b, part), self.labels[idx]
+
+    def _host_batches(self, batch_size, seed, epoch, start, shard):
+        """The host (x, y) NumPy batches of :meth:`_batches` when there are no device or host
+        arrays to gather from: the dataset's own augmented batches, or with ``shard`` this
+        rank's part of each CIFAR-10 batch, augmented here."""
+        if shard is None:
+            yield from self.dataset.batches(batch_size, True, seed, epoch, augment=True,
+                                            start_batch=start)
+            return
+        n = len(self.dataset)
+        order = epoch_permutation(n, seed, epoch)
+        for b in range(start, num_batches(n, batch_size)):
+            lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
+            a, z = shard_bounds(lo, hi, *shard)
+            idx = order[a:z]
+            yield (self._host_part(idx, seed, epoch, b, (a - lo, z - lo, hi - lo)),
+                   self.dataset.labels[idx])
 
     def _draws(self, seed, epoch, b, part):
         """This part's crop offsets and flips, from the draws of the whole batch."""

@@ -103,8 +103,9 @@ def test_cifar_augmented_batches_on_the_device_equal_the_host_path(emu, tmp_path
     on = TrainBatches(emu, ds, "auto", augment=True)
     off = TrainBatches(emu, ds, "off", augment=True)
     assert on.on_device and "cropped, flipped and normalised by a gather kernel" in on.line
-    assert off.images is None and off.line == ("batches augmented on the host and uploaded one "
-                                               "by one: --device-data off")
+    assert off.images is None and off.line == (
+        "batches augmented on the host, staged one batch ahead (the emu device copies "
+        "synchronously: no pinned memory or second stream): --device-data off")
     for epoch, start in ((0, 0), (3, 1)):
         _assert_same_batches(_collect(on, epoch, start, bs=8), _collect(off, epoch, start, bs=8))
 
