@@ -188,3 +188,42 @@ def test_the_unplanted_step_replays_bit_identical_to_eager(emu):
     for a, b in zip(g[0], e[0]):
         np.testing.assert_array_equal(a, b)
     assert g[1] == e[1]
+
+
+# ---- every named model's step keeps the rules (the null device: the host path only) --------
+SMALL_INPUT = {"alexnet": (3, 112, 112), "vgg11": (3, 32, 32), "vgg16": (3, 32, 32)}
+
+
+@pytest.mark.parametrize("name,optimizer", [(n, "sgd") for n in
+                                            ("lenet5", "alexnet_cifar", "alexnet", "vgg11",
+                                             "vgg16")] + [("lenet5", "adam")])
+def test_every_named_models_training_step_can_be_captured(name, optimizer):
+    """Forward, loss, backward and update of each --model (smaller inputs where the layers
+    allow, so the weights stay small) captured on the null device after one eager step: no
+    rule broken, and the graph holds every launch of the eager step."""
+    from gpucnn.models import build_model
+    from gpucnn.nn import SoftmaxCrossEntropy
+    from gpucnn.optim import SGD, Adam
+    B = make_null_backend()
+    shape = SMALL_INPUT.get(name)
+    model = build_model(name, backend="numpy", seed=1,
+                        **({"input_shape": shape} if shape else {}))
+    model = model.bind(B, np.random.default_rng(2))
+    opt = (SGD(model.parameters(), 0.01, 0.9, weight_decay=1e-4, backend=B)
+           if optimizer == "sgd" else Adam(model.parameters(), 1e-3, backend=B))
+    loss = SoftmaxCrossEntropy().bind(B)
+
+    def update(x, y):
+        out = loss.forward(model.forward(x), y)
+        model.backward(loss.backward())
+        opt.step()
+        return out, loss.probs
+    shape = shape or ((1, 28, 28) if name == "lenet5" else (3, 32, 32))
+    x = B.asarray(np.zeros((2, *shape), np.float32))
+    y = B.asarray(np.zeros(2, np.int32), dtype=np.int32)
+    update(x, y)  # plans, workspaces, the optimiser's state
+    B.module.reset()
+    update(x, y)
+    eager = B.module.launches
+    graph = B.capture(update, x, y)
+    assert len(graph.graph.recording.launches) == eager > 0
