@@ -17,9 +17,13 @@ last kernel recorded:
   capture, on the host, and not at any replay, so a graph would silently diverge from the
   eager step (an accumulator made with ``zeros`` would never be zeroed again).
 
-So every device backend refuses them, and a graph-unsafe change fails on the CPU. Array
-functions that compute (``matmul``, ``maximum``) are not intercepted: only the cuBLAS path
-uses them, and graph mode refuses it on the emulator (gpucnn/train_graph.py).
+So every device backend refuses them, and a graph-unsafe change fails on the CPU. Not
+intercepted: array functions that compute (``matmul``, ``maximum``: only the cuBLAS path uses
+them, and graph mode refuses it on the emulator, gpucnn/train_graph.py), and array methods and
+operators (``a + b``, ``a.fill(0)``, ``a[...] = v``), which on the emulator also run once, at
+capture — the replay-equals-eager tests (tests/test_train_graph.py) are what catch those.
+The refusal is for the whole process while a capture is under way, as the host-read rule is:
+a second thread that uploads during a capture is refused too.
 """
 from __future__ import annotations
 

@@ -41,7 +41,9 @@ class DeviceContext:
     (``max_blocks``, ``workspace_bytes``, ``dw_target_blocks``), ``use_cublas``, ``stream``
     (where launches go: None, the array module's current stream), ``precision`` (of the
     GEMMs and convolutions, gpucnn/ops/precision.py) and ``check_launches``
-    (check every launch, not only each plan's first: ``GPUCNN_CHECK_LAUNCHES=1``)."""
+    (check every launch, not only each plan's first: ``GPUCNN_CHECK_LAUNCHES=1``).
+    During a graph capture ``xp`` refuses its constructors (capture_rules.py);
+    ``array_module`` is the module itself, for the context's own allocations."""
 
     def __init__(self, module, xp, max_blocks, workspace_bytes=None, device_id=None,
                  check_launches=None):
@@ -270,20 +272,20 @@ class DeviceBackend(Backend):
         module = self.module
         if not hasattr(module, "begin_capture"):
             raise GraphUnsupported(f"the {self.name} backend's kernels cannot be captured")
-        ctx, xp = self.ctx, self.xp
+        ctx, xp, ctx_xp = self.ctx, self.xp, self.ctx.xp
         with self.on_device():
             module.begin_capture()
             # The array module's constructors are refused while capturing (capture_rules.py):
             # a graph owns only what the context allocates.
-            ctx.capturing, ctx.xp = True, CaptureArrayModule(xp, module)
-            self.xp = ctx.xp
+            ctx.capturing, ctx.xp = True, CaptureArrayModule(ctx_xp, module)
+            self.xp = CaptureArrayModule(xp, module)
             try:
                 outputs = fn(*static)
             except BaseException:
                 module.end_capture()
                 raise
             finally:
-                ctx.capturing, ctx.xp, self.xp = False, xp, xp
+                ctx.capturing, ctx.xp, self.xp = False, ctx_xp, xp
             graph = module.end_capture()
         return StepGraph(self, graph, static, outputs)
 
