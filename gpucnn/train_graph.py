@@ -10,7 +10,8 @@ Per batch shape the first step runs eagerly — it makes the plans and workspace
 needs — and its launches are then captured into a graph whose inputs are static arrays;
 later steps copy their batch into those and replay (the last partial batch gets a graph of
 its own; at most :data:`MAX_GRAPHS` are kept). A run that cannot be captured (the CPU backends), or
-whose capture fails (e.g. an op copying a host value to the device: the error names it),
+whose capture fails (e.g. an op copying a host value to the device or allocating outside the
+device context, gpucnn/backends/capture_rules.py: the error names it),
 runs eagerly, said once in a warning, and the metrics count ``graph_replayed_steps`` and
 ``eager_steps`` so a fall-back is seen.
 Replay is bit-identical to the eager step (tests/test_train_graph.py, on ``emu``).

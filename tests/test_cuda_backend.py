@@ -225,18 +225,29 @@ def make_fake_cupy(device_count=1, probe="ok"):
         def __exit__(self, *exc):
             cp.events.append(("stream exit", cp.current_device()))
 
-        def begin_capture(self):
+        def begin_capture(self, mode=None):
             assert self.non_blocking, "capture on the legacy default stream is refused"
+            cp.events.append(("begin capture", mode))
             cp.capturing = []
 
         def end_capture(self):
             names, cp.capturing = cp.capturing, None
             return Graph(names)
 
+    class MemoryPool:  # CuPy's default allocator and its stream-ordered one
+        def malloc(self, nbytes):
+            raise AssertionError("the fake allocates through cp.empty only")
+
+    class MemoryAsyncPool(MemoryPool):
+        pass
+
+    cp.allocator = MemoryPool().malloc
     cp.cuda = types.SimpleNamespace(
+        get_allocator=lambda: cp.allocator, MemoryPool=MemoryPool,
+        MemoryAsyncPool=MemoryAsyncPool,
         runtime=types.SimpleNamespace(
             CUDARuntimeError=FakeRuntimeError, getDeviceCount=get_device_count,
-            runtimeGetVersion=lambda: 12040,
+            runtimeGetVersion=lambda: 12040, streamCaptureModeRelaxed=2,
             getDeviceProperties=lambda i: {"name": b"Fake GPU", "major": 9, "minor": 0,
                                            "multiProcessorCount": 132,
                                            "totalGlobalMem": 80 * 2**30}),
@@ -601,3 +612,36 @@ def test_a_graph_capture_on_cuda_records_through_cupy_stream_capture():
     with pytest.raises(GraphCaptureError, match="to_numpy"):
         b.capture(lambda a: b.to_numpy(b.relu(a)), x)
     assert cp.capturing is None  # the failed capture was ended
+
+
+def test_cuda_capture_allocates_from_the_default_pool_in_the_relaxed_mode():
+    """What the cuda backend's capture relies on for memory (gpucnn/backends/cuda_capture.py),
+    against the stub CuPy: the relaxed capture mode, asked for by name (the pool may grow by
+    cudaMalloc while capturing); the step's allocations through the context happen inside
+    the capture and the graph keeps its capture stream; an array-module constructor is
+    refused; a stream-ordered allocator (MemoryAsyncPool) is refused before any capture
+    begins, and the device captures again once the default pool is back."""
+    from gpucnn.backends.graph import GraphCaptureError
+    cp = make_fake_cupy()
+    b = cuda_mod.make_cuda_backend(cupy=cp, use_cublas=False)
+    x = b.empty((4, 8))
+    b.relu(x)
+    cp.events.clear()
+    graph = b.capture(lambda a: b.relu(a), x)
+    kinds = [e[0] for e in cp.events]
+    assert ("begin capture", cp.cuda.runtime.streamCaptureModeRelaxed) in cp.events
+    assert kinds.index("begin capture") < kinds.index("alloc") < kinds.index("stream exit")
+    assert graph.graph.stream is not None and graph.graph.stream.non_blocking
+    with pytest.raises(GraphCaptureError, match=r"fakecupy\.zeros \(an allocation outside "
+                                                r"the device context\) during graph capture"):
+        b.capture(lambda a: b.xp.zeros(3), x)
+    assert b.xp is cp and b.ctx.xp is cp and cp.capturing is None
+    default = cp.allocator
+    cp.allocator = cp.cuda.MemoryAsyncPool().malloc
+    cp.events.clear()
+    with pytest.raises(GraphCaptureError, match="MemoryAsyncPool.*launched again"):
+        b.capture(lambda a: b.relu(a), x)
+    assert not [e for e in cp.events if e[0] == "begin capture"]
+    assert b.module.recording is None and not b.ctx.capturing
+    cp.allocator = default
+    b.capture(lambda a: b.relu(a), x).replay(x)

@@ -45,7 +45,8 @@ from .cuda_probe import (PROBE_SOURCE, cupy_missing_message, driver_cuda_version
 from .cuda_transfers import TransferCounter, count_host_transfers
 from .device import DeviceBackend
 from .errors import BackendUnavailable, GpuUnusable
-from .graph import Capturing
+from .cuda_capture import allocator_blocker, capture_mode
+from .graph import Capturing, GraphCaptureError
 from ..toolchain import COMPILE_OPTIONS, kernel_sources, parse_kernels, with_local_headers
 from ..toolchain.compilers import wmma_include_dirs
 from ..toolchain.includes import uses_tensor_cores
@@ -130,11 +131,12 @@ def _headers_hash(folder):
 
 
 class _CudaGraph:
-    """A captured CUDA graph and the recording that keeps its launches' arrays alive;
-    ``launch()`` replays it on the current stream (ordered with the eager work there)."""
+    """A captured CUDA graph, the recording that keeps its launches' arrays alive and the
+    capture stream whose pool arena they came from (cuda_capture.py); ``launch()`` replays
+    it on the current stream (ordered with the eager work there)."""
 
-    def __init__(self, graph, recording):
-        self.graph, self.recording = graph, recording
+    def __init__(self, graph, recording, stream=None):
+        self.graph, self.recording, self.stream = graph, recording, stream
 
     def launch(self):
         self.graph.launch()
@@ -202,12 +204,17 @@ class CudaModule(Capturing):
     def begin_capture(self):
         """Stream capture on a fresh non-blocking stream made current (CuPy's
         ``Stream.begin_capture``): the launches until :meth:`end_capture` are recorded by the
-        driver, not run. Not yet run on a GPU (no GPU was available to this project)."""
+        driver, not run. In the relaxed mode, with CuPy's default memory pool: what capture
+        relies on for allocation is in cuda_capture.py. Not yet run on a GPU (no GPU was
+        available to this project)."""
+        blocker = allocator_blocker(self._cp)
+        if blocker:
+            raise GraphCaptureError(blocker)
         super().begin_capture()
         stream = self._cp.cuda.Stream(non_blocking=True)
         stream.__enter__()
         try:
-            stream.begin_capture()
+            stream.begin_capture(mode=capture_mode(self._cp))
         except BaseException:
             stream.__exit__(None, None, None)
             self.recording = None
@@ -221,7 +228,7 @@ class CudaModule(Capturing):
             graph = stream.end_capture()
         finally:
             stream.__exit__(None, None, None)
-        return _CudaGraph(graph, recording)
+        return _CudaGraph(graph, recording, stream)
 
     def source_of(self, name):
         return self._where[name]

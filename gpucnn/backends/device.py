@@ -22,7 +22,9 @@ from ..ops import loss
 from ..ops.conv.im2col import DW_TARGET_BLOCKS
 from ..ops.precision import PRECISIONS, TENSOR_CORE_MIN_CC
 from .base import Backend
-from .graph import GraphCaptureError, GraphUnsupported, StepGraph
+from .capture_rules import (HOST_READ, HOST_VALUE, OUTSIDE_CONTEXT, CaptureArrayModule,
+                            capture_error)
+from .graph import GraphUnsupported, StepGraph
 
 log = logging.getLogger("gpucnn")
 
@@ -39,12 +41,17 @@ class DeviceContext:
     (``max_blocks``, ``workspace_bytes``, ``dw_target_blocks``), ``use_cublas``, ``stream``
     (where launches go: None, the array module's current stream), ``precision`` (of the
     GEMMs and convolutions, gpucnn/ops/precision.py) and ``check_launches``
-    (check every launch, not only each plan's first: ``GPUCNN_CHECK_LAUNCHES=1``)."""
+    (check every launch, not only each plan's first: ``GPUCNN_CHECK_LAUNCHES=1``).
+    During a graph capture ``xp`` refuses its constructors (capture_rules.py);
+    ``array_module`` is the module itself, for the context's own allocations."""
 
     def __init__(self, module, xp, max_blocks, workspace_bytes=None, device_id=None,
                  check_launches=None):
         self.module = module
         self.xp = xp
+        # xp itself: during a capture ``xp`` refuses its constructors (capture_rules.py),
+        # the context's own allocations (the route a graph may own) use this.
+        self.array_module = xp
         self.max_blocks = int(max_blocks)
         self.workspace_bytes = (default_workspace_bytes() if workspace_bytes is None
                                 else int(workspace_bytes))
@@ -64,7 +71,7 @@ class DeviceContext:
     def _poisoned(self, shape, dtype=np.float32):
         """An output buffer filled with NaN (float) or a sentinel (int), so a kernel that
         skips an element cannot pass a test."""
-        out = self.xp.empty(shape, dtype=dtype)
+        out = self.array_module.empty(shape, dtype=dtype)
         out.fill(np.nan if np.issubdtype(np.dtype(dtype), np.floating) else -7777)
         return out
 
@@ -82,17 +89,17 @@ class DeviceContext:
         eager call, an error during graph capture (a graph would freeze the value; what
         changes per step must already live on the device)."""
         if self.capturing:
-            raise GraphCaptureError(f"{what}: a host value copied to the device during graph "
-                                    f"capture would be frozen into the graph; pass its "
-                                    f"device copy")
-        return self.xp.asarray(values)
+            raise capture_error(self.module, f"{what}: a host value copied to the device",
+                                HOST_VALUE)
+        return self.array_module.asarray(values)
 
     def buffer(self, tag):
         """The workspace buffer kept under ``tag`` (None before its first use)."""
         return self._buffers.get(tag)
 
     def to_numpy(self, a):
-        return np.array(a, copy=True) if self.xp is np else self.xp.asnumpy(a)
+        xp = self.array_module
+        return np.array(a, copy=True) if xp is np else xp.asnumpy(a)
 
 
 class _Pinned:
@@ -221,7 +228,7 @@ class DeviceBackend(Backend):
         return f"{self.name} ({self.device_name})" if self.device_name else self.name
 
     def asarray(self, a, dtype=None):
-        self._refuse_in_capture("asarray (a host-to-device copy)")
+        self._refuse_in_capture("asarray (a host-to-device copy)", HOST_VALUE)
         with self.on_device():
             a = np.asarray(a) if not isinstance(a, self.xp.ndarray) else a
             if dtype is None:
@@ -234,6 +241,9 @@ class DeviceBackend(Backend):
             return self.ctx.empty(shape, dtype)
 
     def zeros(self, shape, dtype=np.float32):
+        # Zeroed once when made: a graph would not zero it again at each replay.
+        self._refuse_in_capture("zeros (an allocation outside the device context)",
+                                OUTSIDE_CONTEXT)
         with self.on_device():
             return self.xp.zeros(shape, dtype=dtype)
 
@@ -262,28 +272,26 @@ class DeviceBackend(Backend):
         module = self.module
         if not hasattr(module, "begin_capture"):
             raise GraphUnsupported(f"the {self.name} backend's kernels cannot be captured")
+        ctx, xp, ctx_xp = self.ctx, self.xp, self.ctx.xp
         with self.on_device():
             module.begin_capture()
-            self.ctx.capturing = True
+            # The array module's constructors are refused while capturing (capture_rules.py):
+            # a graph owns only what the context allocates.
+            ctx.capturing, ctx.xp = True, CaptureArrayModule(ctx_xp, module)
+            self.xp = CaptureArrayModule(xp, module)
             try:
                 outputs = fn(*static)
             except BaseException:
                 module.end_capture()
                 raise
             finally:
-                self.ctx.capturing = False
+                ctx.capturing, ctx.xp, self.xp = False, ctx_xp, xp
             graph = module.end_capture()
         return StepGraph(self, graph, static, outputs)
 
-    def _refuse_in_capture(self, what):
+    def _refuse_in_capture(self, what, why=HOST_READ):
         if self.ctx.capturing:
-            recording = getattr(self.module, "recording", None)
-            last = recording.last_kernel() if recording is not None else None
-            raise GraphCaptureError(
-                f"{what} during graph capture"
-                + (f" (after kernel {last})" if last else " (before any kernel)")
-                + ": nothing has run yet while a graph is captured; read results after a "
-                  "replay, outside the captured step")
+            raise capture_error(self.module, what, why)
 
 
 def make_emu_backend(**emu_options):

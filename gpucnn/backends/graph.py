@@ -4,18 +4,31 @@ null device's equivalent).
 ``backend.capture(fn)`` runs ``fn()`` with the device in capture mode and returns a
 :class:`StepGraph`; ``graph.replay()`` runs every launch ``fn`` made, in order, on the same
 arrays and with the same scalar arguments. As with CUDA stream capture, nothing runs during
-capture (so ``fn``'s outputs are only valid after a replay), and capture has rules, which the
-emulator and the null device enforce so a graph-unsafe change is caught on the CPU:
+capture (so ``fn``'s outputs are only valid after a replay), and capture has rules, which every
+device backend enforces — the emulator and the null device included, so a graph-unsafe change
+is caught on the CPU — with a :class:`GraphCaptureError` naming the call, its caller and the
+last kernel recorded:
 
-* no host read of device data (``to_numpy``, ``raise_device_errors``) and no synchronise:
-  a :class:`GraphCaptureError` naming the call and the last kernel recorded;
+* no host read of device data (``to_numpy``, ``raise_device_errors``) and no synchronise;
+* no upload and no allocation outside the device context (gpucnn/backends/capture_rules.py):
+  a graph owns only what ``ctx.empty`` / ``B.empty`` and ``ctx.workspace`` hand out during
+  capture (uninitialised buffers its kernels write; the recording keeps them alive, so every
+  replay reuses them) and what plans and layers allocated before it. ``B.asarray``,
+  ``ctx.from_host``, ``B.zeros`` and the array module's constructors (``B.xp`` / ``ctx.xp``:
+  ``zeros``, ``asarray``, ``concatenate``, ...) are refused: on a GPU they copy host data into
+  the graph or fill memory outside our kernels, on the emulator they would run once, at
+  capture, and never at a replay. On ``cuda`` the context's allocations come from CuPy's
+  default memory pool, captured in the relaxed mode (gpucnn/backends/cuda_capture.py says
+  why, and why a stream-ordered ``MemoryAsyncPool`` is refused);
 * every kernel argument is frozen: arrays by identity (a step's input must be copied into
   the captured input arrays before each replay, :meth:`StepGraph.replay` does it) and
-  scalars by value (a learning rate that changes needs a new capture; per-step values such
-  as Adam's step count or a dropout seed cannot be captured yet: the trainer refuses those
-  steps, runs them eagerly and says why);
-* allocations through the context (``ctx.empty``, workspaces) during capture become the
-  graph's own memory, reused by every replay (CuPy's stream-ordered pool on a GPU).
+  scalars by value. So what changes per step lives in device memory the kernels read
+  (gpucnn/train_graph.py): the learning rate (``device_lr``, a one-element array written in
+  place before a replay when a schedule changed it), Adam's step count and bias corrections
+  (advanced by ``adam_prepare``, one launch inside the graph), each dropout layer's call
+  count (advanced by ``dropout_advance``, likewise). A per-step value passed from
+  the host instead is a host-to-device copy: the capture refuses it (above), and the trainer
+  runs its steps eagerly, saying why once.
 
 A module supports capture when it has ``begin_capture()`` and ``end_capture() -> graph``
 (``graph.launch()`` replays): the emulator's and the null device's record their kernels'
