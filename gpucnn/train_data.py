@@ -182,13 +182,22 @@ class TrainBatches:
     def _host_batches(self, batch_size, seed, epoch, start, shard):
         """The host (x, y) NumPy batches of :meth:`_batches` when there are no device or host
         arrays to gather from: the dataset's own augmented batches, or with ``shard`` this
-        rank's part of each CIFAR-10 batch, augmented here."""
+        rank's part of each batch — of an augmented image folder decoded and augmented by its
+        pipeline (only this part's images), of CIFAR-10 augmented here."""
         if shard is None:
             yield from self.dataset.batches(batch_size, True, seed, epoch, augment=True,
                                             start_batch=start)
             return
         n = len(self.dataset)
         order = epoch_permutation(n, seed, epoch)
+        if getattr(self.dataset, "host_batches", False):
+            parts = [order[slice(*shard_bounds(b * batch_size, min(n, (b + 1) * batch_size),
+                                               *shard))]
+                     for b in range(start, num_batches(n, batch_size))]
+            # slots for the largest part: shard_bounds' parts differ by at most one
+            yield from self.dataset.part_batches(parts, seed, epoch, start,
+                                                 -(-batch_size // shard[1]))
+            return
         for b in range(start, num_batches(n, batch_size)):
             lo, hi = b * batch_size, min(n, (b + 1) * batch_size)
             a, z = shard_bounds(lo, hi, *shard)

@@ -400,12 +400,64 @@ def test_a_last_global_batch_with_fewer_images_than_ranks_is_refused():
         DistributedTrainer(cfg, world(0, 2))
 
 
-def test_augmented_image_folders_are_refused_before_anything_is_read():
-    """The folder pipeline augments whole batches; it cannot hand a rank its slice yet, so
-    the run is refused (a silent CIFAR-style crop of folder images would be wrong)."""
-    from gpucnn.distributed.trainer import DistributedTrainer
-    from gpucnn.train import TrainConfig
-    cfg = TrainConfig(backend="numpy", dataset="folder", data_dir="/nonexistent", limit=64,
-                      batch_size=8, progress=False, augment="random-resized-crop")
-    with pytest.raises(ValueError, match="--augment random-resized-crop with --distributed"):
-        DistributedTrainer(cfg, world(0, 1))
+class _Reads(list):
+    """A folder's list of paths that records which images are read (decoded)."""
+    read = None
+
+    def __getitem__(self, i):
+        if self.read is not None:
+            self.read.append(i)
+        return list.__getitem__(self, i)
+
+
+def _rank_batches(feed, seed, epoch, start, shard):
+    # a batch from the workers is a view of their slot, valid until the next: copied
+    return [(x.copy(), y.copy()) for x, y in feed.batches(6, seed, epoch, start, shard)]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_ranks_parts_of_an_augmented_folder_are_the_one_process_batch(tmp_path, request,
+                                                                      workers):
+    """An augmented image folder of 14 training images in global batches of 6 (the last of
+    2): each of 2 ranks decodes and augments only its part of each batch (threads: the files
+    read are counted; 1 worker process: slots of 3), and the parts concatenate to the
+    one-process batch bit for bit, from the start of an epoch and from a resumed batch."""
+    from PIL import Image
+    from gpucnn.data.folder import load_folder
+    rng = np.random.default_rng(stable_seed(request.node.nodeid))
+    for split, n in (("train", 7), ("val", 2)):
+        for c in ("a", "b"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(n):
+                h, w = rng.integers(14, 30, 2)
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                    tmp_path / split / c / f"{i}.png")
+    data = load_folder(tmp_path, input_size=(12, 12), augment="random-resized-crop",
+                       workers=workers, threads=2)
+    ds = data.train
+    assert len(ds) == 14
+    ds.paths = _Reads(ds.paths)
+    feed = TrainBatches(get_backend("numpy"), ds, "auto", augment=True)
+    seed = int(rng.integers(1000))
+    try:
+        for epoch, start in ((0, 0), (1, 0), (1, 1)):
+            whole = _rank_batches(feed, seed, epoch, start, None)
+            assert [len(y) for _, y in whole] == [6, 6, 2][start:]
+            parts, read = [], []
+            for r in range(2):
+                ds.paths.read = []
+                parts.append(_rank_batches(feed, seed, epoch, start, (r, 2)))
+                read.append(ds.paths.read)
+                ds.paths.read = None
+                assert [len(y) for _, y in parts[r]] == [3, 3, 1][start:]
+            for b, (x, y) in enumerate(whole):
+                np.testing.assert_array_equal(np.concatenate([p[b][0] for p in parts]), x)
+                np.testing.assert_array_equal(np.concatenate([p[b][1] for p in parts]), y)
+            if not workers:  # each rank read only its own images, each once
+                assert sorted(read[0] + read[1]) == sorted(set(read[0]) | set(read[1]))
+                assert len(read[0]) + len(read[1]) == sum(len(y) for _, y in whole)
+            else:
+                assert ds.pipeline.batch == 3
+    finally:
+        if ds.pipeline is not None:
+            ds.pipeline.close()

@@ -160,8 +160,20 @@ class _AugmentedTrainSet(Dataset):
         order = epoch_permutation(len(self), seed, epoch) if shuffle else np.arange(len(self))
         if drop_last:
             order = order[:len(order) - len(order) % batch_size]
+        parts = [order[b * batch_size:(b + 1) * batch_size]
+                 for b in range(int(start_batch), num_batches(len(order), batch_size))]
+        return self.part_batches(parts, seed, epoch, start_batch, batch_size)
+
+    def part_batches(self, parts, seed, epoch, first=0, capacity=None):
+        """(x, y) of the samples of each index array of ``parts`` in turn (batch ``first``,
+        ``first + 1``, ...), decoded and augmented by the workers (slots of ``capacity``
+        images: at least the largest part) or by threads here. Only those samples are decoded:
+        a data-parallel rank passes its part of each global batch (gpucnn.train_data); as
+        each sample's augmentation depends on (seed, epoch, index) alone, the ranks' parts
+        together are the one-process batch exactly."""
         if self.workers:
-            if self.pipeline is None or self.pipeline.batch != batch_size:
+            capacity = int(capacity or max(map(len, parts), default=1))
+            if self.pipeline is None or self.pipeline.batch != capacity:
                 from .workers import BatchPipeline
                 if self.pipeline is not None:
                     self.pipeline.close()
@@ -169,20 +181,27 @@ class _AugmentedTrainSet(Dataset):
                          (self.cache.data_path, self.cache.index_path, self.cache_rows))
                 self.pipeline = BatchPipeline(self.paths, self.preprocess.channels,
                                               self.input_shape, self.mean, self.std,
-                                              batch_size, self.workers, cache)
-            # the batch in its slot, valid until the next is asked for (the trainer's use)
-            for x, idx in self.pipeline.batches(order, batch_size, seed, epoch, start_batch,
-                                                copy=not self.zero_copy):
+                                              capacity, self.workers, cache)
+            return self._pipeline_batches(parts, seed, epoch, first)
+        return self._thread_batches(parts, seed, epoch)
+
+    def _pipeline_batches(self, parts, seed, epoch, first):
+        # the batch in its slot, valid until the next is asked for (the trainer's use)
+        it = self.pipeline.parts(parts, seed, epoch, first, copy=not self.zero_copy)
+        try:
+            for x, idx in it:
                 yield x, self.labels[idx]
-            return
+        finally:
+            it.close()  # the pipeline waits for the batches it still prepares
+
+    def _thread_batches(self, parts, seed, epoch):
         pre = self.preprocess
 
         def sample(i):
             src = self.paths[i] if self.cache is None else self.cache.image(self.cache_rows[i])
             return augmented_pixels(src, pre.channels, pre.input_size, seed, epoch, i)
 
-        for b in range(int(start_batch), num_batches(len(order), batch_size)):
-            idx = order[b * batch_size:(b + 1) * batch_size]
+        for idx in parts:
             pixels = np.stack(list(self.pool.map(sample, idx.tolist())))
             yield normalize(pixels, self.mean, self.std), self.labels[idx]
 

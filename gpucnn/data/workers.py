@@ -138,25 +138,39 @@ class BatchPipeline:
         trainer uses a batch before it asks for the next)."""
         if batch_size != self.batch:
             raise ValueError(f"this pipeline serves batches of {self.batch}, not {batch_size}")
-        n_batches = -(-len(order) // batch_size)
+        parts = [order[b * batch_size:(b + 1) * batch_size]
+                 for b in range(int(start), -(-len(order) // batch_size))]
+        return self.parts(parts, seed, epoch, start, copy)
+
+    def parts(self, parts, seed, epoch, first=0, copy=True):
+        """(images, indices) of each index array of ``parts`` in turn — batch ``first``, then
+        ``first + 1``, ... (their numbers in messages) — as :meth:`batches` yields them. A part
+        may be any set of samples of at most the slots' size: a data-parallel rank's part of
+        each global batch, so that no worker decodes another rank's images."""
+        too_big = [len(p) for p in parts if len(p) > self.batch]
+        if too_big:
+            raise ValueError(f"this pipeline's slots hold {self.batch} images, a part has "
+                             f"{too_big[0]}")
+        return self._deliver(parts, int(seed), int(epoch), int(first), copy)
+
+    def _deliver(self, parts, seed, epoch, first, copy):
         free = list(range(self.slots))
-        done, sent, nxt = {}, start, start
+        done, sent, nxt = {}, 0, 0
         self._outstanding = 0
         try:
-            while nxt < n_batches:
-                while free and sent < n_batches:
-                    idx = order[sent * batch_size:(sent + 1) * batch_size]
-                    self.tasks.put((sent, free.pop(), int(epoch), int(seed),
-                                    [int(i) for i in idx]))
+            while nxt < len(parts):
+                while free and sent < len(parts):
+                    self.tasks.put((first + sent, free.pop(), epoch, seed,
+                                    [int(i) for i in parts[sent]]))
                     self._outstanding += 1
                     sent += 1
-                while nxt not in done:
-                    b, slot, err = self._result(nxt)
+                while first + nxt not in done:
+                    b, slot, err = self._result(first + nxt)
                     if err is not None:
                         raise DataError(f"input worker, batch {b}: {err}")
                     done[b] = slot
-                slot = done.pop(nxt)
-                idx = order[nxt * batch_size:(nxt + 1) * batch_size]
+                slot = done.pop(first + nxt)
+                idx = parts[nxt]
                 images = self.view[slot, :len(idx)]
                 if copy:
                     images = images.copy()
@@ -170,7 +184,7 @@ class BatchPipeline:
             # slots must not be written while the next epoch (or a resume) uses them.
             try:
                 while self._outstanding:
-                    self._result(nxt)
+                    self._result(first + nxt)
             except WorkerDied:
                 pass
 

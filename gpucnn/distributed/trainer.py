@@ -49,12 +49,6 @@ class DistributedTrainer(Trainer):
             if cfg.cuda_graphs:
                 raise ValueError("--cuda-graphs with --distributed: not supported yet (the "
                                  "all-reduce is not captured); leave out one of them")
-            if getattr(cfg, "dataset", None) == "folder" and getattr(cfg, "augment",
-                                                                   "none") != "none":
-                # its batches are decoded and augmented whole by the folder pipeline, which
-                # cannot yet hand a rank its slice
-                raise ValueError("--dataset folder --augment random-resized-crop with "
-                                 "--distributed: not supported yet; use --augment none")
             Trainer.__init__(self, cfg)
             return communicator_name(communicator, self.backend)
 
