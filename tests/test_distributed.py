@@ -1,6 +1,7 @@
 """gpucnn train --distributed under ``mpiexec -n 2`` on the CPU (issue 19): the same updates as
 one process with the global batch, initial parameters broadcast, rank-0-only outputs, resume
-across world sizes, and a failing or mismatched rank ending the job with a clear message.
+across world sizes, an augmented image folder sharded over the ranks, and a failing or
+mismatched rank ending the job with a clear message.
 
 Every job runs from a subprocess with a hard timeout in its own process group, so a hang
 fails the test instead of blocking the suite. mpiexec is the one of this Python environment
@@ -196,6 +197,53 @@ def test_three_ranks_weight_an_uneven_last_batch_by_its_real_sizes(tmp_path, see
     rc, _, err, _ = run(mpi(3, *common, "--batch-size", "32"), three)
     assert rc == 0, err
     assert_close(params(one / "ck.npz")[0], params(three / "ck.npz")[0], STEP_ATOL)
+
+
+def _image_folder(root, seed, n=12):
+    """train/a and train/b of ``n`` random RGB PNGs each, of odd sizes."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for c in ("a", "b"):
+        (root / "train" / c).mkdir(parents=True)
+        for i in range(n):
+            h, w = rng.integers(24, 40, 2)
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                root / "train" / c / f"{i}.png")
+
+
+def test_two_ranks_train_an_augmented_image_folder_as_one_process(tmp_path, seed):
+    """--dataset folder --augment random-resized-crop, each rank's input worker decoding and
+    augmenting only its part of each global batch: 2 x 4 == 1 x 8 over 18 images (global
+    batches 8, 8, 2) for 2 epochs, and a 2-process run of 1 epoch resumed in 1 process too
+    (six steps: held to rounding)."""
+    _image_folder(tmp_path / "img", int(seed))
+    common = ("--dataset", "folder", "--data-dir", tmp_path / "img", "--input", "3,28,28",
+              "--augment", "random-resized-crop", "--val-split", "0.25", "--workers", "1",
+              "--lr", "0.01", "--seed", seed)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    rc, _, err, _ = run(gpucnn(*common, "--epochs", "2", "--batch-size", "8",
+                               "--checkpoint", "a.npz"), one)
+    assert rc == 0, err
+    rc, out, err, _ = run(mpi(2, *common, "--epochs", "2", "--batch-size", "4",
+                              "--checkpoint", "b.npz"), two)
+    assert rc == 0, err
+    assert out.count("18 training and 6 validation images") == 1, out
+    a, meta_a = params(one / "a.npz")
+    b, meta_b = params(two / "b.npz")
+    print(f"folder, 2 x 4 vs 1 x 8 after 6 steps: max |difference| "
+          f"{assert_close(a, b, STEP_ATOL):.2e}")
+    for ha, hb in zip(meta_a["history"], meta_b["history"], strict=True):
+        assert hb["train_loss"] == pytest.approx(ha["train_loss"], rel=1e-5)
+    rc, _, err, _ = run(mpi(2, *common, "--epochs", "1", "--batch-size", "4",
+                            "--checkpoint", "c.npz"), two)
+    assert rc == 0, err
+    short = params(two / "c.npz")[0]  # one epoch short: the check can fail
+    assert max(float(np.max(np.abs(a[k] - short[k]))) for k in a) > 100 * STEP_ATOL
+    rc, _, err, _ = run(gpucnn(*common, "--epochs", "2", "--batch-size", "8",
+                               "--checkpoint", "c.npz", "--resume"), two)
+    assert rc == 0, err
+    assert_close(a, params(two / "c.npz")[0], STEP_ATOL)
 
 
 def test_initial_parameters_come_from_rank_0(tmp_path):

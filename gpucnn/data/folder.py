@@ -19,7 +19,9 @@ gpucnn.data.preprocess) and served like the built-in datasets (device data inclu
 ``augment="random-resized-crop"`` each training batch is decoded again and augmented on the
 host — by ``workers`` processes (gpucnn.data.workers) or, with 0, by threads here — each sample
 by a generator seeded by (seed, epoch, sample index), so a sample does not depend on the batch
-it is in, on the workers, or on where a run was resumed.
+it is in, on the workers, or on where a run was resumed — nor on the data-parallel rank that
+prepares it (:meth:`_AugmentedTrainSet.part_batches`: a rank decodes only its part of each
+global batch).
 """
 from __future__ import annotations
 

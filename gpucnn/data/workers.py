@@ -9,7 +9,9 @@ batch b to whichever worker is free, with a free slot of ``slots`` (2 per worker
 writes the batch's float32 images, normalised, into the slot and says so; batches are yielded
 in order. What a batch holds depends only on (seed, epoch, sample indices): each sample is
 augmented by its own generator (gpucnn.data.folder.augment_rng), so the result does not depend
-on the number of workers or their timing, and ``--resume`` is exact.
+on the number of workers or their timing, and ``--resume`` is exact. A batch may be any set of
+samples (:meth:`BatchPipeline.parts`): under ``--distributed`` a rank's workers prepare only
+that rank's part of each global batch.
 
 A worker that dies (killed, out of memory) is found within :data:`POLL_S` of the trainer
 waiting for a batch and is a :class:`WorkerDied` error naming it and its exit status — never a
