@@ -98,7 +98,7 @@ def make_async_cupy(policy, seed=0):
     the GPU makes progress); progress happens only when the host waits or :func:`progress`."""
     cp = types.ModuleType("fakecupy_async")
     cp.ndarray = FakeDeviceArray
-    cp.streams, cp.pinned, cp.log, cp.reads = [], [], [], 0
+    cp.streams, cp.pinned, cp.log, cp.reads, cp.free = [], [], [], 0, []
     rng = np.random.default_rng(seed)
     cp.compute = FakeStream(cp, "compute", non_blocking=False)
 
@@ -128,6 +128,11 @@ def make_async_cupy(policy, seed=0):
             assert step(), "deadlock: the host waits for work no stream can run"
 
     def empty(shape, dtype=np.float32):
+        # CuPy's pool: a block freed by work still queued on the current (compute) stream is
+        # handed out again at once (cp.free: such blocks, put there by a test)
+        for i, block in enumerate(cp.free):
+            if block.shape == tuple(shape) and block.dtype == np.dtype(dtype):
+                return FakeDeviceArray(cp, cp.free.pop(i))
         a = np.empty(shape, dtype)
         a.view(np.uint8)[...] = 0xA5  # poison: a read before the copy sees it
         return FakeDeviceArray(cp, a)
@@ -227,10 +232,29 @@ def test_the_calls_for_four_batches(rng):
     consume(Staging(fake_cuda_backend(cp)), cp, host_batches(rng, [4, 4, 4, 2]), rng, 0)
     copy = next(s.name for s in cp.streams if s.name != "compute")
     prepared = [("copy", copy), ("copy", copy), ("record", copy)]
+    allocated = [("record", "compute"), ("wait", copy, "compute")]  # a slot's new buffers
     handed = [("wait", "compute", copy), ("record", "compute")]
-    assert cp.log == (prepared * 2 + handed + prepared + handed
+    assert cp.log == ((allocated + prepared) * 2 + handed + allocated + prepared + handed
                       + [("host_wait", copy), ("wait", copy, "compute")] + prepared + handed
                       + handed)
+
+
+@pytest.mark.parametrize("policy", ["copy-first", "random"])
+def test_a_pool_block_still_read_by_queued_work_is_not_overwritten_early(rng, policy):
+    """CuPy's pool hands a slot's new device buffer a block that a step still queued on the
+    compute stream reads (a temporary it freed): the copy into it waits for that step."""
+    for seed in range(4):
+        cp = make_async_cupy(policy, seed)
+        batches = host_batches(rng, [4, 4, 4])
+        step_x = np.full((4, 3, 5, 4), 7.0, np.float32)  # what the queued step reads there
+        step_y = np.full(4, 3, np.int32)
+        block_x, block_y = step_x.copy(), step_y.copy()
+        cp.compute.ops.append(("read", FakeDeviceArray(cp, block_x), step_x))
+        cp.compute.ops.append(("read", FakeDeviceArray(cp, block_y), step_y))
+        cp.free += [block_x, block_y]  # freed by the step before it ran
+        consume(Staging(fake_cuda_backend(cp)), cp, batches, rng, 1)
+        cp.run_until(lambda: not any(s.ops for s in cp.streams))
+        assert not cp.free and cp.reads == 2 + 2 * 3  # the blocks were reused, read intact
 
 
 def test_the_pinned_buffers_are_a_small_ring(rng):

@@ -2,8 +2,9 @@
 
 ``Staging(backend).stage(host_batches)`` takes an iterator of host batches ``(x, y)`` (x
 float32 or uint8 NumPy, y integer labels) and yields device batches ``(x, y)`` equal to
-``backend.asarray(x), backend.asarray(y, dtype=np.int32)`` bit for bit (x keeps float32 or
-uint8; another float dtype becomes float32, another integer one int32, as ``asarray`` does).
+``backend.asarray(x), backend.asarray(y, dtype=np.int32)`` bit for bit for float32 images
+(another float dtype becomes float32, as ``asarray`` makes it; uint8 images stay uint8, one
+byte per pixel, where ``asarray`` would widen them to int32).
 While the trainer computes on batch k, batch k+1 has already been pulled from the iterator,
 copied into one of a small ring of host buffers and its host->device copy started on a second
 stream:
@@ -15,7 +16,9 @@ stream:
   written again only after the copy that read it finished (the host waits for that copy's
   event: it is two batches old, so normally done); a device buffer is overwritten only after
   the compute work that read it (the copy stream waits for the event recorded on the compute
-  stream when the trainer asked for the next batch, i.e. after it enqueued its step).
+  stream when the trainer asked for the next batch, i.e. after it enqueued its step), and a
+  newly allocated one only after the compute work queued when it was allocated (CuPy's pool
+  may hand it a block that work still reads).
 * **emu** and the **null** device: the same ring, events and order, with synchronous copies
   between NumPy arrays (:class:`HostEngine`), so the slot logic runs in every test.
 * **numpy** and **reference**: pass-through, no copies (``asarray`` as before).
@@ -164,6 +167,7 @@ class Staging:
         self.slots = [_Slot() for _ in range(int(slots))] if engine is not None else []
         self._stream = None
         self._active = False
+        self._allocated = False  # a device buffer was allocated for the batch being prepared
 
     def stage(self, host_batches):
         """Yield the device batches of ``host_batches``, preparing each next one while the
@@ -226,7 +230,15 @@ class Staging:
             hosts[name][...] = a
         if slot.released is not None:
             eng.wait(self._stream, slot.released)  # the device buffers' last readers finished
+        self._allocated = False
         devs = {name: self._view(slot, "device", name, a) for name, a in parts.items()}
+        if self._allocated:
+            # A new device buffer comes from CuPy's pool for the compute stream (current
+            # here), which may hand out a block that work already queued there still reads
+            # (a step's freed temporaries): the copy into it must come after that work.
+            fresh = eng.event()
+            eng.record(fresh, eng.compute_stream())
+            eng.wait(self._stream, fresh)
         for name in parts:
             eng.upload(devs[name], hosts[name], self._stream)
         slot.copied = slot.copied or eng.event()
@@ -248,4 +260,5 @@ class Staging:
             bufs[name] = buf = None  # the old one goes before the new one is allocated
             alloc = self.engine.host_buffer if where == "host" else self.engine.device_buffer
             bufs[name] = buf = alloc(shape, dtype)
+            self._allocated = self._allocated or where == "device"
         return buf[:shape[0]]
