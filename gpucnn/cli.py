@@ -245,11 +245,12 @@ def cmd_train(args):
 def cmd_summary(args):
     from .modelfile import is_model_file, load_net
     from .models import describe_model
+    from .onnx.trainable import is_onnx_file
     from .outputs import check_outputs, write_json
     from .summary import SCHEMA, format_summary, summarize
     check_outputs([("--json", args.json, "summary")], args.overwrite, "nothing was written")
     name, kwargs, shape = args.model, {}, args.input
-    if str(args.model).lower().endswith(".onnx"):
+    if is_onnx_file(args.model):
         from .onnx import load
         model = load(args.model, backend="numpy")
         shape = shape or model.input_shape
@@ -394,6 +395,9 @@ def main(argv=None):
             TypeError) as exc:
         print(f"gpucnn {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # (train saves and returns its own status before this)
+        print(f"gpucnn {args.command}: interrupted; nothing more was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ def add_saved_model_commands(sub):
                                        "an .onnx file")
     p.add_argument("model", help="checkpoint (.npz) written by gpucnn train, or an .onnx file")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER",
-                   help="image files (PNG, JPEG, BMP, GIF, WebP: whatever Pillow reads) and "
-                        "folders, whose image files are taken in sorted order (not "
+                   help="image files (any Pillow reads) and folders, whose .png, .jpg, "
+                        ".jpeg, .bmp, .gif and .webp files are taken in sorted order (not "
                         "sub-folders)")
     p.add_argument("--topk", type=int_in(1, 1000), default=5,
                    help="classes listed per image, most probable first (default: %(default)s)")
@@ -30,11 +30,7 @@ def add_saved_model_commands(sub):
                         "of probabilities per image (default: off)")
     p.add_argument("--batch-size", type=int_in(1, 4096), default=64,
                    help="images per forward pass (default: %(default)s)")
-    p.add_argument("--mean", type=number_list, default=None,
-                   help="per-channel mean of pixels in [0, 1] for a model that records no "
-                        "preprocessing (an .onnx file made elsewhere) (default: none)")
-    p.add_argument("--std", type=number_list, default=None,
-                   help="per-channel std, with --mean (default: none)")
+    _add_stats_args(p)
     p.add_argument("--overwrite", action="store_true",
                    help="let --json replace a file that is not a previous predict output "
                         "(default: refuse)")
@@ -63,9 +59,19 @@ def add_saved_model_commands(sub):
                            "or --filters)")
     w.add_argument("output", help="the picture to write (.png, .pdf or .svg); an existing "
                                   "file is replaced only if it is a previous gpucnn plot")
+    _add_stats_args(w)
     w.add_argument("--overwrite", action="store_true",
                    help="replace an output file that is not a previous gpucnn plot (default: "
                         "refuse)")
+
+
+def _add_stats_args(p):
+    p.add_argument("--mean", type=number_list, default=None,
+                   help="per-channel mean of pixels in [0, 1], for a model that records no "
+                        "preprocessing (an .onnx file made elsewhere) (default: none: pixels "
+                        "scaled to [0, 1])")
+    p.add_argument("--std", type=number_list, default=None,
+                   help="per-channel std, with --mean (default: none)")
 
 
 def cmd_export(args):
@@ -102,9 +108,9 @@ def cmd_show(args):
     if args.filters is not None:
         save_filters(read_saved(args.model)[0], args.filters, targets["OUTPUT"], title)
     else:
-        saved = open_saved(args.model)
+        saved = open_saved(args.model, mean=args.mean, std=args.std)
         pre = saved.preprocess
-        print(f"preprocessing: {saved.how}")
+        print(f"preprocessing: {_printable(saved.how)}")
         x = pre.normalize(pre.pixels(args.activations)[None])[0]
         save_activations(saved.net, x, targets["OUTPUT"], f"{title}: {args.activations}")
     print(f"wrote {targets['OUTPUT']}")
@@ -112,41 +118,60 @@ def cmd_show(args):
 
 
 def cmd_predict(args):
-    """Top-k classes (and with --dense the window maps) of image files; exit 1 when any file
-    failed, after every other one was predicted."""
-    from .outputs import check_outputs, write_json
-    from .predict import image_files, predict
+    """Top-k classes (and with --dense the window maps) of image files, printed (and written)
+    as they come; exit 1 when any file failed, after every other one was predicted."""
+    from .outputs import check_outputs, write_atomic
+    from .predict import image_files, predict, write_results
     from .saved import open_saved
     targets = check_outputs([("--json", args.json, "predictions")], args.overwrite,
                             "nothing was predicted")
     saved = open_saved(args.model, backend=args.backend, mean=args.mean, std=args.std)
-    print(f"preprocessing: {saved.how}")
+    print(f"preprocessing: {_printable(saved.how)}", flush=True)
     results = predict(saved.net, saved.preprocess, image_files(args.inputs), args.topk,
                       args.dense, args.batch_size)
-    for r in results:
-        if "error" in r:
-            print(f"{r['file']}: error: {r['error']}", file=sys.stderr)
-            continue
-        print(f"{r['file']}: " + ", ".join(f"{t['class']} {100 * t['prob']:.1f}%"
-                                           for t in r["topk"]))
-        if "dense" in r:
-            print(_dense_lines(r["dense"], saved.preprocess.classes))
-    failed = sum("error" in r for r in results)
-    if args.json is not None:
-        write_json(targets["--json"], results, indent=None if args.dense else 1)
-    print(f"{len(results) - failed} image(s) predicted, {failed} failed"
+    counts = [0, 0]  # predicted, failed
+
+    def report(results):
+        for r in results:
+            counts["error" in r] += 1
+            name = _printable(r["file"])
+            if "error" in r:
+                print(f"{name}: error: {_printable(r['error'])}", file=sys.stderr, flush=True)
+            else:
+                print(f"{name}: " + ", ".join(f"{_printable(t['class'])} "
+                                              f"{100 * t['prob']:.1f}%" for t in r["topk"]),
+                      flush=True)
+            if "dense" in r:
+                print(_dense_lines(r["dense"]), flush=True)
+            yield r
+
+    if args.json is None:
+        for _ in report(results):
+            pass
+    else:  # written as it goes, moved into place at the end (the old file kept till then)
+        def write(f):
+            for _ in write_results(f, report(results)):
+                pass
+        write_atomic(targets["--json"], write)
+    print(f"{counts[0]} image(s) predicted, {counts[1]} failed"
           + (f"; wrote {targets['--json']}" if args.json is not None else ""))
-    return 1 if failed else 0
+    return 1 if counts[1] else 0
 
 
-def _dense_lines(dense, classes, most=24):
+def _printable(text):
+    """``text`` with its control characters escaped (class names and paths come from files
+    and folders others made: no terminal escapes reach the screen)."""
+    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode()
+                   for ch in str(text))
+
+
+def _dense_lines(dense, most=24):
     """The dense map's shape and, when it is small enough to read, each window's best class
     index."""
     k, h, w = dense["shape"]
     lines = [f"  dense: {h}x{w} windows x {k} classes"]
     if h <= most and w <= most:
-        import numpy as np
-        best = np.asarray(dense["scores"]).argmax(axis=0)
+        best = dense["scores"].argmax(axis=0)
         lines += ["    " + " ".join(f"{int(v):>{len(str(k - 1))}}" for v in row) for row in best]
     return "\n".join(lines)
 

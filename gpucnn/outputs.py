@@ -43,10 +43,22 @@ class Kind:
     schemas: tuple = ()             # its JSON "schema" values start with one of these
     legacy_keys: frozenset = frozenset()  # or these top-level keys (one without "schema")
     suffixes: tuple = ()            # allowed extensions (lower case); () = any
-    item_keys: frozenset = frozenset()  # or: a JSON list whose first item holds these keys
+    items: object = None            # or: a JSON list this function accepts ...
+    head: bytes = b""               # ... starting with these bytes (enough past _READ_LIMIT)
 
 
 _PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+_PREDICTION_KEYS = frozenset({"file", "topk", "error", "dense"})
+
+
+def _is_predictions(doc):
+    """gpucnn predict's list: one object per input, each with "file" and "topk" or "error"
+    (and "dense"), nothing else: a user's own list of {"file": ...} is not one."""
+    return len(doc) > 0 and all(
+        isinstance(r, dict) and isinstance(r.get("file"), str) and r.keys() <= _PREDICTION_KEYS
+        and ("topk" in r) != ("error" in r) for r in doc)
+
+
 KINDS = {
     "checkpoint": Kind("a gpucnn checkpoint"),
     "metrics": Kind("metrics JSON of gpucnn train", ("gpucnn-train-metrics/",),
@@ -59,8 +71,10 @@ KINDS = {
     "kernels": Kind("JSON of gpucnn kernels --report", ("gpucnn-kernels/",),
                     frozenset({"ok", "toolchain", "sources", "records", "failures"})),
     "onnx": Kind("an ONNX model written by gpucnn export", suffixes=(".onnx",)),
-    "predictions": Kind("JSON of gpucnn predict", item_keys=frozenset({"file"})),
+    "predictions": Kind("JSON of gpucnn predict", items=_is_predictions,
+                        head=b'[\n{"file": '),
 }
+
 
 # Room left in a file name for the temporary file written beside it
 # (".<name>.<pid>.<8 random>.tmp", the checkpoint's lock ".<name>.lock").
@@ -121,10 +135,9 @@ def _json_kind(path: Path, size: int):
         doc = json.loads(_read_bounded(path, _READ_LIMIT).decode("utf-8"))
     except (OSError, ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         return None
-    if isinstance(doc, list):  # one object per input, as gpucnn predict writes
-        first = doc[0] if doc and isinstance(doc[0], dict) else {}
-        return next((key for key, kind in KINDS.items()
-                     if kind.item_keys and kind.item_keys <= first.keys()), None)
+    if isinstance(doc, list):
+        return next((key for key, kind in KINDS.items() if kind.items and kind.items(doc)),
+                    None)
     if not isinstance(doc, dict):
         return None
     schema = doc.get("schema")
@@ -153,7 +166,8 @@ def recognise(path) -> tuple[str | None, str]:
     if _ONNX_SIGNATURE in head[:16]:
         return "onnx", KINDS["onnx"].what
     if head.lstrip()[:1] in (b"{", b"["):
-        key = _json_kind(path, size)
+        key = _json_kind(path, size) if size <= _READ_LIMIT else next(
+            (k for k, kind in KINDS.items() if kind.head and head.startswith(kind.head)), None)
         return (key, KINDS[key].what) if key else (None, "JSON not written by gpucnn, or "
                                                          "of another kind")
     for suffix, signature in _SIGNATURES.items():

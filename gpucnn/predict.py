@@ -3,38 +3,51 @@
 Each image is prepared by the model's recorded preprocessing (gpucnn.data.preprocess: decoded
 by Pillow, converted to the model's channels, resized and centre-cropped to its input size
 where it differs, normalised), the images are run through the net in batches in evaluation
-mode, and the logits become probabilities by a softmax in float64. A file that cannot be read
-is reported with why; the others are still predicted.
+mode, and the logits become probabilities by a softmax in float64. A file that cannot be read,
+or whose outputs are not finite, is reported with why; the others are still predicted.
+Results come out one by one in input order (:func:`predict` is a generator), so a long list
+of files is printed and written as it goes, holding one batch at a time.
 
 Dense scoring (``dense=True``): the net made fully convolutional (gpucnn.nn.dense) scores
 every window of the net's input size at its stride over the whole image — not resized,
 unless it is smaller than the input, when it is resized (aspect kept) to just cover it —
 giving a (classes, H', W') map of probabilities, one softmax per window.
+
+The JSON of ``gpucnn predict --json`` (:func:`write_results`) is a list, one object per
+input, one per line: ``[\\n{"file": ...},\\n...\\n]``; gpucnn.outputs recognises a previous
+one by that form (KINDS["predictions"]) before replacing it.
 """
 from __future__ import annotations
 
+import json
 import os
+from collections import deque
 
 import numpy as np
 
 from .data.errors import DataError
-from .data.transforms import IMAGE_EXTENSIONS, cover_size, to_array
+from .data.transforms import IMAGE_EXTENSIONS, cover_size, resize, to_array
 from .membudget import activation_elements, check_fits, host_available_bytes
 
-__all__ = ["image_files", "predict", "softmax", "IMAGE_EXTENSIONS"]
+__all__ = ["image_files", "predict", "softmax", "write_results"]
 
 
 def image_files(arguments):
     """[(path, None) or (argument, error)]: the files named, and each folder's image files
-    (by extension, case-insensitively) in sorted order — not recursively. A missing path or
-    a folder without images is an error entry, in its argument's place."""
+    (by extension, case-insensitively: IMAGE_EXTENSIONS) in sorted order — not recursively.
+    A missing path, an unreadable folder or a folder without images is an error entry, in its
+    argument's place."""
     out = []
     for arg in arguments:
         path = os.fspath(arg)
         if os.path.isdir(path):
-            names = sorted(n for n in os.listdir(path)
-                           if n.lower().endswith(IMAGE_EXTENSIONS)
-                           and os.path.isfile(os.path.join(path, n)))
+            try:
+                names = sorted(n for n in os.listdir(path)
+                               if n.lower().endswith(IMAGE_EXTENSIONS)
+                               and os.path.isfile(os.path.join(path, n)))
+            except OSError as exc:
+                out.append((path, f"cannot list the folder: {exc.strerror or exc}"))
+                continue
             if not names:
                 out.append((path, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this "
                                   f"folder (sub-folders are not searched)"))
@@ -58,14 +71,17 @@ def _top(probs, classes, k):
     return [{"index": int(i), "class": classes[i], "prob": float(probs[i])} for i in order]
 
 
+_NOT_FINITE = "the model's outputs for this image are not finite (NaN or infinity)"
+
+
 def predict(net, pre, files, topk=5, dense=False, batch_size=64):
-    """One result per entry of ``files`` ((path, error or None) pairs, as
+    """Yield one result per entry of ``files`` ((path, error or None) pairs, as
     :func:`image_files` gives them), in order: ``{"file", "topk": [{"index", "class",
-    "prob"}, ...]}`` (with ``"dense": {"shape": [K, H', W'], "scores": ...}`` when
-    ``dense``) or ``{"file", "error"}``. ``net``: a Sequential in evaluation mode; ``pre``:
-    its gpucnn.data.preprocess.Preprocess."""
+    "prob"}, ...]}`` (with ``"dense": {"shape": [K, H', W'], "scores": float64 array}``
+    when ``dense``) or ``{"file", "error"}``. ``net``: a Sequential in evaluation mode;
+    ``pre``: its gpucnn.data.preprocess.Preprocess."""
     B, k = net.backend, min(int(topk), len(pre.classes))
-    results, pending = [], []  # pending: (result, pixels) of the batch being gathered
+    order, pending = deque(), []  # results not yet yielded; (result, pixels) of the batch
     scorer = None
     if dense:
         from .nn.dense import fully_convolutional
@@ -73,49 +89,80 @@ def predict(net, pre, files, topk=5, dense=False, batch_size=64):
 
     def run_batch():
         x = pre.normalize(np.stack([pixels for _, pixels in pending]))
-        probs = softmax(B.to_numpy(net.forward(B.asarray(x))))
-        for (result, _), p in zip(pending, probs):
-            result["topk"] = _top(p, pre.classes, k)
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite: checked below
+            logits = B.to_numpy(net.forward(B.asarray(x)))
+        for (result, _), z in zip(pending, logits):
+            if np.isfinite(z).all():
+                result["topk"] = _top(softmax(z), pre.classes, k)
+                if "dense" in result:  # after "topk", as documented
+                    result["dense"] = result.pop("dense")
+            else:
+                _fail(result, _NOT_FINITE)
         pending.clear()
 
     for path, error in files:
         result = {"file": path}
-        results.append(result)
+        order.append(result)
         if error is not None:
             result["error"] = error
-            continue
-        try:
-            image = pre.decode(path)
-            pixels = pre.pixels(image)
-            if scorer is not None:
-                result["dense"] = _dense(scorer, pre, image, path)
-        except (DataError, ValueError) as exc:
-            why = str(exc)
-            result.clear()  # (the path is the entry's "file")
-            result.update({"file": path, "error": why.removeprefix(f"{path}: ")})
-            continue
-        pending.append((result, pixels))
-        if len(pending) == batch_size:
-            run_batch()
+        else:
+            try:
+                image = pre.decode(path)
+                pixels = pre.pixels(image)
+                if scorer is not None:
+                    result["dense"] = _dense(scorer, pre, image, path)
+                pending.append((result, pixels))
+            except (DataError, ValueError, MemoryError) as exc:
+                _fail(result, str(exc) or type(exc).__name__)
+            if len(pending) == batch_size:
+                run_batch()
+        if not pending:  # everything before the batch being gathered is done
+            while order:
+                yield order.popleft()
     if pending:
         run_batch()
-    for r in results:  # "dense" after "topk", as documented
-        if "dense" in r:
-            r["dense"] = r.pop("dense")
-    return results
+    yield from order
+
+
+def _fail(result, why):
+    path = result["file"]
+    result.clear()  # (the path is the entry's "file")
+    result.update({"file": path, "error": why.removeprefix(f"{path}: ")})
 
 
 def _dense(scorer, pre, image, path):
     """The probability map of every window of ``image`` (a decoded PIL image)."""
-    from PIL import Image
     h, w = pre.input_size
-    size = cover_size(*image.size, h, w) if image.width < w or image.height < h else image.size
-    if size != image.size:
-        image = image.resize(size, Image.BILINEAR)
+    if image.width < w or image.height < h:
+        image = resize(image, cover_size(*image.size, h, w))
     shape = (pre.channels, image.height, image.width)
+    k, oh, ow = scorer.output_shape(shape)
+    # the layers' float32 outputs, and the map: float64 probabilities, then their JSON text
     check_fits(f"{path}: dense scoring at {image.width}x{image.height}",
-               4 * activation_elements(scorer, shape), host_available_bytes())
+               4 * activation_elements(scorer, shape) + 40 * k * oh * ow,
+               host_available_bytes())
     B = scorer.backend
     x = pre.normalize(to_array(image)[None])
-    scores = softmax(B.to_numpy(scorer.forward(B.asarray(x)))[0], axis=0)
-    return {"shape": list(scores.shape), "scores": scores.tolist()}
+    with np.errstate(over="ignore", invalid="ignore"):
+        logits = B.to_numpy(scorer.forward(B.asarray(x)))[0]
+    if not np.isfinite(logits).all():
+        raise ValueError(_NOT_FINITE)
+    return {"shape": [k, oh, ow], "scores": softmax(logits, axis=0)}
+
+
+def _jsonable(result):
+    dense = result.get("dense")
+    if dense is None:
+        return result
+    return {**result, "dense": {"shape": dense["shape"], "scores": dense["scores"].tolist()}}
+
+
+def write_results(f, results):
+    """Write ``results`` (an iterable, consumed as it goes) to the binary file ``f`` as
+    :mod:`this module <gpucnn.predict>` describes; yields each result after writing it."""
+    f.write(b"[\n")  # then '{"file": ': gpucnn.outputs.KINDS["predictions"].head
+    for i, result in enumerate(results):
+        text = json.dumps(_jsonable(result), allow_nan=False, ensure_ascii=False)
+        f.write((",\n" if i else "") .encode() + text.encode("utf-8"))
+        yield result
+    f.write(b"\n]\n")

@@ -12,9 +12,10 @@ image folders and --input, model configs of model files ("sequential"), and "dat
 (the world size and the global batch of a data-parallel run: ``gpucnn train --distributed``;
 older checkpoints were written by one process, whose global batch is its batch size); 5
 records "data" for the built-in datasets too (their classes and normalisation, so ``gpucnn
-predict`` prepares images as training did); an older checkpoint's "data" of None is dropped
-on upgrade: not recorded, so not compared by --resume, and read as the dataset's constants
-by predict. Each
+predict`` prepares images as training did) and "config.reinit" (``--model net.onnx
+--reinit``); an older checkpoint's "data" of None is dropped on upgrade (not recorded, so
+not compared by --resume, and read as the dataset's constants by predict) and its
+"config.reinit" is False. Each
 later schema adds an upgrade step from the one before in :func:`upgrade_metadata`, so every
 older checkpoint keeps loading.
 """
@@ -94,6 +95,8 @@ def upgrade_metadata(meta, path):
             meta["data_parallel"] = {"world_size": 1, "global_batch": batch}
     if version <= 4 and meta.get("data") is None:
         meta.pop("data", None)
+    if version <= 4 and isinstance(meta.get("config"), dict):
+        meta["config"] = {"reinit": False, **meta["config"]}  # no --reinit before schema 5
     meta["schema_version"] = SCHEMA_VERSION
     return meta
 

@@ -27,11 +27,15 @@ from .checkpoint import CheckpointError, open_checkpoint
 from .data.datasets import dataset_info
 from .data.errors import DataError
 from .data.preprocess import Preprocess
+from .filerules.limits import MAX_CLASSES
+from .onnx.trainable import is_onnx_file
 
-__all__ = ["SavedModel", "open_saved", "read_saved", "is_onnx_file", "PREPROCESS_PROPERTY"]
+__all__ = ["SavedModel", "open_saved", "read_saved", "PREPROCESS_PROPERTY"]
 
 PREPROCESS_PROPERTY = "gpucnn.preprocess"   # the record, as JSON, in an .onnx file
-_PROPERTY_MAX_BYTES = 1 << 20
+# The largest record (or class_names list) the preprocessing rule admits: its classes of at
+# most 255 characters, each as JSON escapes them (6 bytes a character at most), and the rest.
+_PROPERTY_MAX_BYTES = MAX_CLASSES * (6 * 255 + 4) + (64 << 10)
 
 
 class SavedModel(NamedTuple):
@@ -39,10 +43,6 @@ class SavedModel(NamedTuple):
     preprocess: Preprocess   # how an image file becomes its input
     how: str                 # where ``preprocess`` came from, one line
     dataset: str | None      # the built-in dataset it was trained on, when known
-
-
-def is_onnx_file(path):
-    return str(path).lower().endswith(".onnx")
 
 
 def open_saved(path, backend="numpy", mean=None, std=None):
@@ -119,6 +119,12 @@ def _unrecorded(path, net, dataset, mean, std):
             info = dataset_info(dataset)
         except DataError:
             info = None
+        k = net.output_shape(net.input_shape)
+        if info is not None and (info.input_shape[0] != c or k != (info.num_classes,)):
+            raise ValueError(f"{path}: says it was trained on {dataset} ("
+                             f"{info.input_shape[0]} channels, {info.num_classes} classes), but "
+                             f"its model takes {c} channels and gives "
+                             f"{'x'.join(map(str, k))} outputs")
         if info is not None and mean is None:
             if info.mean is None:
                 raise ValueError(f"{path}: trained on {dataset}, whose mean and std were "

@@ -102,7 +102,7 @@ class TrainBatches:
             self.on_device, why = False, (f"the {B.name} backend computes on the host "
                                           f"(--device-data does not apply)")
         elif getattr(dataset, "host_batches", False):  # an augmented image folder
-            self.on_device, why = False, "each batch is decoded and augmented on the host"
+            self.on_device, why = False, "--device-data does not apply to an augmented image folder"
         else:
             need = dataset.pixels.nbytes + dataset.labels.size * 4
             self.on_device, why = device_data_choice(mode, need, *free_device_bytes(B))

@@ -75,3 +75,14 @@ def compiler_problem(cxx):
     except (OSError, subprocess.SubprocessError) as exc:
         return f"{cxx!r} cannot be run: {exc}"
     return None if out.returncode == 0 else f"{cxx} --version failed: {out.stderr.strip()}"
+
+
+def training_update(model, loss, opt):
+    """The trainer's step as a function ``update(x, y) -> (loss, probs)``: forward, loss,
+    backward, the optimiser's update (what GraphSteps captures)."""
+    def update(x, y):
+        out = loss.forward(model.forward(x), y)
+        model.backward(loss.backward())
+        opt.step()
+        return out, loss.probs
+    return update

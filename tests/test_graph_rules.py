@@ -9,7 +9,7 @@ import re
 
 import numpy as np
 import pytest
-from harness import stable_seed
+from harness import stable_seed, training_update
 
 from gpucnn.backends.device import make_emu_backend
 from gpucnn.backends.graph import GraphCaptureError
@@ -135,11 +135,7 @@ def _train(B, steps, graphs, seed):
     opt = SGD(model.parameters(), 0.05, 0.9, weight_decay=1e-4, backend=B)
     loss = SoftmaxCrossEntropy().bind(B)
 
-    def update(x, y):
-        out = loss.forward(model.forward(x), y)
-        model.backward(loss.backward())
-        opt.step()
-        return out, loss.probs
+    update = training_update(model, loss, opt)
     step = GraphSteps(B, update, model, opt) if graphs else update
     losses = []
     for _ in range(steps):
@@ -213,11 +209,7 @@ def test_every_named_models_training_step_can_be_captured(name, optimizer):
            if optimizer == "sgd" else Adam(model.parameters(), 1e-3, backend=B))
     loss = SoftmaxCrossEntropy().bind(B)
 
-    def update(x, y):
-        out = loss.forward(model.forward(x), y)
-        model.backward(loss.backward())
-        opt.step()
-        return out, loss.probs
+    update = training_update(model, loss, opt)
     shape = shape or ((1, 28, 28) if name == "lenet5" else (3, 32, 32))
     x = B.asarray(np.zeros((2, *shape), np.float32))
     y = B.asarray(np.zeros(2, np.int32), dtype=np.int32)

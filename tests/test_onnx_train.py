@@ -16,7 +16,7 @@ onnx = pytest.importorskip("onnx", reason="the onnx extra: pip install '.[onnx]'
 ort = pytest.importorskip("onnxruntime", reason="the onnx extra: pip install '.[onnx]'")
 torch = pytest.importorskip("torch")
 
-from test_onnx import TORCH_NETS, _torch_export  # noqa: E402  (the PyTorch nets and exporter)
+from test_onnx import TORCH_NETS, _forward, _ort, _rel, _torch_export  # noqa: E402
 
 from gpucnn.checkpoint import CheckpointError, open_checkpoint  # noqa: E402
 from gpucnn.cli import main  # noqa: E402
@@ -30,20 +30,6 @@ from gpucnn.train import TrainConfig, Trainer  # noqa: E402
 from gpucnn.verify.source import build_copy, load_model_source  # noqa: E402
 
 REL = 1e-5
-
-
-def _rel(a, b):
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
-def _forward(net, x):
-    B = net.backend
-    return B.to_numpy(net.forward(B.asarray(x)))
-
-
-def _ort(path, x):
-    s = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return s.run(None, {s.get_inputs()[0].name: x})[0]
 
 
 def _params(model):
@@ -291,7 +277,7 @@ def test_reinit_without_an_onnx_model_and_a_conflicting_input_are_refused(lenet5
     for model in ("lenet5", "net.json"):
         assert main(["train", "--model", model, "--reinit", "--backend", "numpy",
                      "--limit", "8", "--no-progress"]) == 2
-        assert f"--reinit applies to an .onnx --model only" in capsys.readouterr().err
+        assert "--reinit applies to an .onnx --model only" in capsys.readouterr().err
     _, path = lenet5_onnx
     assert main(["train", "--model", str(path), "--input", "1,32,32", "--backend", "numpy",
                  "--limit", "8", "--no-progress"]) == 2

@@ -47,7 +47,7 @@ def test_gpucnn_show_writes_filters_and_feature_maps(lenet5_checkpoint, request,
     assert main(["show", str(lenet5_checkpoint), "--filters", "0", str(filters)]) == 0
     assert main(["show", str(lenet5_checkpoint), "--activations", str(image), str(maps)]) == 0
     out = capsys.readouterr().out
-    assert "preprocessing: recorded in lenet5.npz: grey 28x28, short-side resize" in out
+    assert "preprocessing: recorded in lenet5.npz: grey, 28x28 (HxW; other sizes resized" in out
     for p in (filters, maps):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 2000
         with Image.open(p) as im:

@@ -215,3 +215,96 @@ def test_rgb_and_grey_images_take_the_models_channels(tmp_path, request):
     from gpucnn.data import DataError
     with pytest.raises(DataError, match="missing.png"):
         rgb.pixels(str(tmp_path / "missing.png"))
+
+
+def test_a_users_own_list_of_files_is_not_replaced(lenet5_checkpoint, test_images, tmp_path,
+                                                   capsys, monkeypatch):
+    """Only gpucnn predict's own results are replaced without --overwrite: a list of
+    {"file": ...} objects of another form is the user's; a results file larger than what is
+    parsed to recognise it is recognised by its first bytes."""
+    _write_pngs(tmp_path / "im", test_images, range(1))
+    labels = tmp_path / "labels.json"
+    labels.write_text('[{"file": "a.png", "label": 3}]')
+    args = ["predict", str(lenet5_checkpoint), str(tmp_path / "im"), "--json"]
+    assert main(args + [str(labels)]) == 2
+    assert labels.read_text() == '[{"file": "a.png", "label": 3}]'
+    assert "nothing was predicted" in capsys.readouterr().err
+    out = tmp_path / "p.json"
+    assert main(args + [str(out)]) == 0
+    assert out.read_bytes().startswith(b'[\n{"file": ')
+    from gpucnn import outputs
+    monkeypatch.setattr(outputs, "_READ_LIMIT", 64)
+    assert outputs.recognise(out)[0] == "predictions"
+    assert outputs.recognise(labels)[0] is None
+
+
+def _onnx_of(net, path, **metadata):
+    from gpucnn.onnx import export
+    return export(net, path, metadata=metadata)
+
+
+def test_images_of_extreme_proportions_are_refused_not_allocated(lenet5_checkpoint, tmp_path,
+                                                                 capsys):
+    """1 x 100,000 pixels resized to cover 28 x 28 would be 28 x 2.8 million: refused per file
+    before Pillow allocates it; the other files are still predicted."""
+    Image.fromarray(np.zeros((1, 100_000), np.uint8)).save(tmp_path / "line.png")
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "ok.png")
+    out = tmp_path / "p.json"
+    assert main(["predict", str(lenet5_checkpoint), str(tmp_path / "line.png"),
+                 str(tmp_path / "ok.png"), "--json", str(out)]) == 1
+    results = json.loads(out.read_text())
+    assert "proportions too extreme" in results[0]["error"] and "topk" in results[1]
+
+
+def test_non_finite_outputs_are_an_error_per_file(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    from gpucnn.models import lenet5
+    net = lenet5(backend="numpy", seed=0)
+    state = {k: np.full_like(v, 3e38) for k, v in net.state_dict().items()}
+    net.load_state_dict(state)
+    path = _onnx_of(net, tmp_path / "huge.onnx")
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(tmp_path / "x.png")
+    out = tmp_path / "p.json"
+    assert main(["predict", str(path), str(tmp_path / "x.png"), "--json", str(out)]) == 1
+    def refuse(constant):
+        raise AssertionError(f"{constant} in the JSON")
+    assert "not finite" in json.loads(out.read_text(), parse_constant=refuse)[0]["error"]
+
+
+def test_a_dataset_that_does_not_fit_the_model_is_named(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    from gpucnn.models import lenet5
+    path = _onnx_of(lenet5(backend="numpy"), tmp_path / "m.onnx", **{"gpucnn.dataset": "cifar10"})
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
+    assert main(["predict", str(path), str(tmp_path / "x.png")]) == 2
+    assert "says it was trained on cifar10 (3 channels, 10 classes), but its model takes 1" \
+        in capsys.readouterr().err
+
+
+def test_class_names_cannot_reach_the_terminal_as_escapes(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    from gpucnn.models import lenet5
+    names = [f"\x1b[31mred{i}\r" for i in range(10)]
+    path = _onnx_of(lenet5(backend="numpy"), tmp_path / "m.onnx", class_names=json.dumps(names))
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
+    assert main(["predict", str(path), str(tmp_path / "x.png")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\\x1b[31mred" in out
+
+
+def test_an_older_kmnist_checkpoint_needs_its_statistics(lenet5_checkpoint, tmp_path, capsys):
+    """kmnist's mean and std were computed from its training images: an old checkpoint (no
+    record) cannot say them, so predict and show ask for --mean/--std and take them."""
+    arrays, meta = load_checkpoint(lenet5_checkpoint)
+    config = dict(meta["config"], dataset="kmnist")
+    old = tmp_path / "old_kmnist.npz"
+    save_checkpoint(old, arrays, dict(meta, schema_version=4, data=None, config=config))
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "x.png")
+    assert main(["predict", str(old), str(tmp_path / "x.png")]) == 2
+    assert "give --mean and --std" in capsys.readouterr().err
+    assert main(["predict", str(old), str(tmp_path / "x.png"), "--mean", "0.2",
+                 "--std", "0.3"]) == 0
+    assert "trained on kmnist, normalised with the given --mean/--std" in capsys.readouterr().out
+    pytest.importorskip("matplotlib")
+    assert main(["show", str(old), "--activations", str(tmp_path / "x.png"), "--mean", "0.2",
+                 "--std", "0.3", str(tmp_path / "maps.png")]) == 0

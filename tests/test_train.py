@@ -169,6 +169,7 @@ def test_metadata_of_a_newer_or_bad_schema_is_refused():
     four = {"schema_version": 4, "written_by": "gpucnn 0.3.0", "config_changes": [],
             "data": None, "config": {"batch_size": 8}}
     assert "data" not in upgrade_metadata(four, "x.npz")
+    assert upgrade_metadata(four, "x.npz")["config"]["reinit"] is False  # none before 5
     from gpucnn.runmeta import compare_run
     differences, unchecked = compare_run(upgrade_metadata(four, "x.npz"),
                                          {"data": {"classes": ["a"]}, "config": {}})

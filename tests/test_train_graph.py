@@ -6,6 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
+from harness import training_update
+
 from gpucnn.backends import get_backend
 from gpucnn.backends.device import make_emu_backend
 from gpucnn.backends.graph import GraphCaptureError, GraphUnsupported
@@ -134,11 +136,7 @@ def _steps(B, make_model, make_opt, graphs, n, batch, shape, seed=0, replays=Non
     opt = make_opt(model.parameters(), B)
     loss = SoftmaxCrossEntropy().bind(B)
 
-    def update(x, y):
-        out = loss.forward(model.forward(x), y)
-        model.backward(loss.backward())
-        opt.step()
-        return out, loss.probs
+    update = training_update(model, loss, opt)
     step = GraphSteps(B, update, model, opt) if graphs else update
     losses = []
     for _ in range(n):

@@ -61,6 +61,12 @@ class Preprocess:
     stats: str = ""
     augment: str = "none"
 
+    def __post_init__(self):
+        c = self.channels
+        if c not in (1, 3) or len(self.mean) != c or len(self.std) != c:
+            raise ValueError(f"preprocessing: {c} channels with {len(self.mean)} mean and "
+                             f"{len(self.std)} std values: 1 or 3 channels, as many of each")
+
     def to_record(self):
         """The JSON record of the module docstring."""
         return {"format": filerules.PREPROCESS_FORMAT, "classes": list(self.classes),
@@ -94,9 +100,9 @@ class Preprocess:
         """A few words: channels, size, normalisation."""
         def numbers(values):
             return ", ".join(f"{v:.4g}" for v in values)
-        return (f"{'grey' if self.channels == 1 else 'RGB'} {self.input_size[1]}x"
-                f"{self.input_size[0]}, short-side resize + centre crop where the size "
-                f"differs, mean ({numbers(self.mean)}) std ({numbers(self.std)})")
+        return (f"{'grey' if self.channels == 1 else 'RGB'}, {self.input_size[0]}x"
+                f"{self.input_size[1]} (HxW; other sizes resized to cover it, aspect kept, "
+                f"and centre-cropped), mean ({numbers(self.mean)}) std ({numbers(self.std)})")
 
     @property
     def input_shape(self):

@@ -17,7 +17,7 @@ import numpy as np
 from .errors import DataError
 
 __all__ = ["IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS", "MAX_IMAGE_BYTES", "SCALE", "RATIO",
-           "decode", "resize_short", "cover_size", "center_crop", "resize_center",
+           "decode", "resize", "resize_short", "cover_size", "center_crop", "resize_center",
            "resized_crop_params", "random_resized_crop", "hflip", "to_array", "augment_rng",
            "augmented_pixels", "as_image"]
 
@@ -58,17 +58,28 @@ def decode(path, channels):
         raise DataError(f"{path}: damaged or unreadable image: {exc}") from None
 
 
+def resize(img, size):
+    """``img`` resized to ``size`` (width, height), PIL bilinear; a DataError when the result
+    would pass MAX_IMAGE_PIXELS (an image of extreme proportions resized to cover a square:
+    1 x 4,000,000 pixels at a 28-pixel short side would be 112 million pixels)."""
+    from PIL import Image
+    w, h = size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise DataError(f"resizing its {img.width}x{img.height} pixels to {w}x{h} would make "
+                        f"more than the {MAX_IMAGE_PIXELS} pixels allowed (proportions too "
+                        f"extreme)")
+    return img.resize((w, h), Image.BILINEAR)
+
+
 def resize_short(img, size):
     """torchvision's Resize(size) with an int: the short side becomes ``size``, the long one
     int(size * long / short); PIL bilinear (antialiased, as torchvision's PIL path is)."""
-    from PIL import Image
     w, h = img.size
     short, long = (w, h) if w <= h else (h, w)
     if short == size:
         return img
     new_long = int(size * long / short)
-    new = (size, new_long) if w <= h else (new_long, size)
-    return img.resize(new, Image.BILINEAR)
+    return resize(img, (size, new_long) if w <= h else (new_long, size))
 
 
 def cover_size(w, h, out_h, out_w):
@@ -91,7 +102,6 @@ def center_crop(img, out_h, out_w):
 def resize_center(img, out_h, out_w):
     """The evaluation transform: an image already out_h x out_w is used as it is; others are
     resized (bilinear, aspect kept) to just cover out_h x out_w, then centre-cropped."""
-    from PIL import Image
     w, h = img.size
     if (w, h) == (out_w, out_h):
         return img
@@ -100,7 +110,7 @@ def resize_center(img, out_h, out_w):
     else:
         new = cover_size(w, h, out_h, out_w)
         if new != (w, h):
-            img = img.resize(new, Image.BILINEAR)
+            img = resize(img, new)
     return center_crop(img, out_h, out_w)
 
 
