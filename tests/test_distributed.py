@@ -132,18 +132,26 @@ def assert_close(a, b, atol=PARAM_ATOL):
 RUN = ("--limit", "1320", "--test-limit", "200", "--lr", "0.05")
 
 
+def _one_process_and_two_ranks(tmp_path, common, batch, *two_args):
+    """Two epochs of ``common`` in one process at ``batch`` (one/a.npz) and in two ranks at
+    half of it each (two/b.npz, with ``two_args``): (one, two, the ranks' stdout)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    rc, _, err, _ = run(gpucnn(*common, "--epochs", "2", "--batch-size", str(batch),
+                               "--checkpoint", "a.npz"), one)
+    assert rc == 0, err
+    rc, out, err, _ = run(mpi(2, *common, "--epochs", "2", "--batch-size", str(batch // 2),
+                              "--checkpoint", "b.npz", *two_args), two)
+    assert rc == 0, err
+    return one, two, out
+
+
 def test_two_ranks_compute_the_updates_of_one_process_with_the_global_batch(tmp_path, seed):
     """2 x 64 == 1 x 128 after 22 LeNet-5 steps (2 epochs); only rank 0 prints and writes;
     resume across world sizes both ways gives the same parameters again."""
     common = (*RUN, "--seed", seed)
-    one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir(), two.mkdir()
-    rc, out, err, _ = run(gpucnn(*common, "--epochs", "2", "--batch-size", "128",
-                                 "--checkpoint", "a.npz"), one)
-    assert rc == 0, err
-    rc, out, err, _ = run(mpi(2, *common, "--epochs", "2", "--batch-size", "64",
-                              "--checkpoint", "b.npz", "--metrics-json", "m.json"), two)
-    assert rc == 0, err
+    one, two, out = _one_process_and_two_ranks(tmp_path, common, 128, "--metrics-json",
+                                               "m.json")
     # rank 0 alone prints, and writes exactly its outputs (no temporary files left)
     assert out.count("data: fashion-mnist") == 1 and out.count("test accuracy") == 1, out
     assert sorted(os.listdir(two)) == ["b.npz", "m.json"]
@@ -220,14 +228,7 @@ def test_two_ranks_train_an_augmented_image_folder_as_one_process(tmp_path, seed
     common = ("--dataset", "folder", "--data-dir", tmp_path / "img", "--input", "3,28,28",
               "--augment", "random-resized-crop", "--val-split", "0.25", "--workers", "1",
               "--lr", "0.01", "--seed", seed)
-    one, two = tmp_path / "one", tmp_path / "two"
-    one.mkdir(), two.mkdir()
-    rc, _, err, _ = run(gpucnn(*common, "--epochs", "2", "--batch-size", "8",
-                               "--checkpoint", "a.npz"), one)
-    assert rc == 0, err
-    rc, out, err, _ = run(mpi(2, *common, "--epochs", "2", "--batch-size", "4",
-                              "--checkpoint", "b.npz"), two)
-    assert rc == 0, err
+    one, two, out = _one_process_and_two_ranks(tmp_path, common, 8)
     assert out.count("18 training and 6 validation images") == 1, out
     a, meta_a = params(one / "a.npz")
     b, meta_b = params(two / "b.npz")
