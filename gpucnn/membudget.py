@@ -12,7 +12,8 @@ import math
 import os
 import resource
 
-__all__ = ["host_available_bytes", "check_fits", "activation_elements", "format_bytes"]
+__all__ = ["host_available_bytes", "free_device_bytes", "check_fits", "activation_elements",
+           "format_bytes"]
 
 _UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 
@@ -88,3 +89,15 @@ def activation_elements(model, input_shape=None) -> int:
         shape = layer.output_shape(shape)
         total += math.prod(shape)
     return int(total)
+
+
+def free_device_bytes(backend):
+    """(free bytes or None, where): on cuda the driver's free memory plus what CuPy's pool
+    holds unused (it is reused before the driver is asked); on emu and the null device, whose
+    arrays are host arrays, the available host memory."""
+    if backend.name == "cuda":
+        xp = backend.xp
+        with backend.on_device():
+            free = xp.cuda.runtime.memGetInfo()[0] + xp.get_default_memory_pool().free_bytes()
+        return int(free), "free on the GPU"
+    return host_available_bytes(), f"of host memory available (the {backend.name} device's)"

@@ -27,7 +27,8 @@ import numpy as np
 
 from .data.errors import DataError
 from .data.transforms import IMAGE_EXTENSIONS, cover_size, resize, to_array
-from .membudget import activation_elements, check_fits, host_available_bytes
+from .membudget import (activation_elements, check_fits, free_device_bytes,
+                        host_available_bytes)
 
 __all__ = ["image_files", "predict", "softmax", "write_results"]
 
@@ -138,10 +139,14 @@ def _dense(scorer, pre, image, path):
     shape = (pre.channels, image.height, image.width)
     k, oh, ow = scorer.output_shape(shape)
     # the layers' float32 outputs, and the map: float64 probabilities, then their JSON text
-    check_fits(f"{path}: dense scoring at {image.width}x{image.height}",
-               4 * activation_elements(scorer, shape) + 40 * k * oh * ow,
-               host_available_bytes())
     B = scorer.backend
+    need = 4 * activation_elements(scorer, shape)
+    if B.kind == "device":
+        available, where = free_device_bytes(B)
+        check_fits(f"{path}: dense scoring at {image.width}x{image.height}", need, available,
+                   where)
+    check_fits(f"{path}: dense scoring at {image.width}x{image.height}",
+               (0 if B.kind == "device" else need) + 40 * k * oh * ow, host_available_bytes())
     x = pre.normalize(to_array(image)[None])
     with np.errstate(over="ignore", invalid="ignore"):
         logits = B.to_numpy(scorer.forward(B.asarray(x)))[0]

@@ -16,7 +16,7 @@
   device the same ring of buffers with synchronous copies; on the CPU backends as they are.
 
 "Fits" is :func:`device_data_choice`: the bytes uploaded within :data:`DEVICE_DATA_SHARE` of
-the free device memory (:func:`free_device_bytes`; the rest is the model's: parameters,
+the free device memory (:func:`gpucnn.membudget.free_device_bytes`; the rest is the model's: parameters,
 activations, workspaces).
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 
 from .backends.staging import Staging
 from .data.datasets import AUGMENT_PAD
-from .membudget import host_available_bytes
+from .membudget import free_device_bytes
 from .data.loader import (batch_rng, crop_flip_draw, crop_flip_window, epoch_permutation,
                           num_batches)
 from .ops.data import pack_crops, pixel_table
@@ -69,18 +69,6 @@ def device_data_choice(mode, need_bytes, free_bytes, where):
                          f"(prepares batches on the host when it does not fit), or fewer "
                          f"images (--limit)")
     return False, f"--device-data auto: {_mb(need_bytes)} is {room}"
-
-
-def free_device_bytes(backend):
-    """(free bytes or None, where): on cuda the driver's free memory plus what CuPy's pool
-    holds unused (it is reused before the driver is asked); on emu and the null device, whose
-    arrays are host arrays, the available host memory."""
-    if backend.name == "cuda":
-        xp = backend.xp
-        with backend.on_device():
-            free = xp.cuda.runtime.memGetInfo()[0] + xp.get_default_memory_pool().free_bytes()
-        return int(free), "free on the GPU"
-    return host_available_bytes(), f"of host memory available (the {backend.name} device's)"
 
 
 class TrainBatches:
