@@ -92,11 +92,14 @@ class RunInputs:
         else:
             given_c = shape[0]
         channels = cfg.channels or given_c or 3
+        where = (cfg.model if is_model_file(cfg.model) or self.imported is not None
+                 else "--input")
         if given_c is not None and cfg.channels is not None and cfg.channels != given_c:
-            where = (cfg.model if is_model_file(cfg.model) or self.imported is not None
-                     else "--input")
             raise ValueError(f"--channels {cfg.channels} differs from the {given_c} input "
                              f"channels of {where}")
+        if channels not in (1, 3):
+            raise ValueError(f"{where} takes {channels} input channels; the images of an "
+                             f"image folder give 1 (grey) or 3 (RGB)")
         self.input_shape = (channels, *shape[1:])
         data = load_folder(cfg.data_dir, channels, self.input_shape[1:], cfg.val_split,
                            cfg.seed, cfg.limit, cfg.test_limit, cfg.allow_empty_classes,

@@ -483,3 +483,14 @@ def test_augmented_folder_statistics_come_from_a_bounded_seeded_sample(tmp_path,
     assert a.preprocess.stats == "computed from 10 of the 18 training images (a seeded sample)"
     assert a.preprocess == b.preprocess and a.preprocess.mean != whole.preprocess.mean
     assert load_folder(tmp_path / "d", seed=1, **kw).preprocess.mean != a.preprocess.mean
+
+
+def test_a_model_of_other_than_1_or_3_channels_is_named(tmp_path, capsys):
+    for c in ("a", "b"):
+        (tmp_path / "img" / "train" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "img" / "train" / c / f"{i}.png")
+    assert main(["train", "--dataset", "folder", "--data-dir", str(tmp_path / "img"), "--input",
+                 "2,8,8", "--backend", "numpy", "--no-progress"]) == 2
+    assert "--input takes 2 input channels; the images of an image folder give 1 (grey) or 3" \
+        in capsys.readouterr().err
