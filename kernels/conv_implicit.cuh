@@ -275,32 +275,41 @@ struct ConvKeep {
     __device__ __forceinline__ float operator()(float v) const { return v; }
 };
 
+// One operand (s = a or b, r = ra or rb), in the layout K_ON_LANES.
+template <bool K_ON_LANES, class Op, class T, int LD, class Cvt>
+__device__ __forceinline__ void conv_store_operand(T (*s)[LD], const float (&r)[Op::LOADS],
+                                                   const Op& op, Cvt cvt)
+{
+#pragma unroll
+    for (int e = 0; e < Op::LOADS; ++e) {
+        if (K_ON_LANES)
+            s[op.kl][op.cl + e * Op::CPL] = cvt(r[e]);
+        else
+            s[op.kr][op.cr + e * Op::CPL] = cvt(r[e]);
+    }
+}
+
 template <class Op, class T, int LDA, int LDB, class Cvt>
 __device__ __forceinline__ void conv_store_slice(T (*a)[LDA], T (*b)[LDB],
                                                  const float (&ra)[Op::LOADS],
                                                  const float (&rb)[Op::LOADS], const Op& op,
                                                  Cvt cvt)
 {
-#pragma unroll
-    for (int e = 0; e < Op::LOADS; ++e) {
-        if (Op::A_K_ON_LANES)
-            a[op.kl][op.cl + e * Op::CPL] = cvt(ra[e]);
-        else
-            a[op.kr][op.cr + e * Op::CPL] = cvt(ra[e]);
-        if (Op::B_K_ON_LANES)
-            b[op.kl][op.cl + e * Op::CPL] = cvt(rb[e]);
-        else
-            b[op.kr][op.cr + e * Op::CPL] = cvt(rb[e]);
-    }
+    conv_store_operand<Op::A_K_ON_LANES>(a, ra, op, cvt);
+    conv_store_operand<Op::B_K_ON_LANES>(b, rb, op, cvt);
 }
 
 // The FP32 math of the kernel bodies below (CUDA cores): its tile, shared memory, main loop,
 // and where each accumulator lies in the tile. The tensor-core kernels (conv_implicit_tc.cu)
 // pass their own (tensor_core.cuh); a body's epilogue reads acc[i][j] as tile element
 // (Math::row(i), Math::col(j)) whichever math filled it.
+template <class Tile>
+struct ConvFprop;
+
 struct ConvFp32 {
     typedef ConvFp32Tile Tile;
     typedef ConvSmem<Tile> Smem;
+    typedef ConvFprop<Tile> FpropOp;   // the forward gathers (below)
     enum { TM = 8, TN = 8, WARPS_M = CONV_BM / CONV_WM, LANES_N = CONV_WN / TN };
     static_assert(WARPS_M * (CONV_BN / CONV_WN) * 32 == CONV_THREADS, "warp tiling");
 
@@ -389,10 +398,21 @@ struct ConvFprop : ConvLoader<Tile> {
 
     __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
     {
+        fetch_w(ra);
+        fetch_x(rb);
+        advance();
+    }
+    // The parts of fetch (the tensor-core kernels may load the weights their own way:
+    // tensor_core.cuh, TcFprop).
+    __device__ __forceinline__ void fetch_w(float (&ra)[LOADS]) const
+    {
         const bool ka_ok = ka < K;
 #pragma unroll
         for (int e = 0; e < LOADS; ++e)
             ra[e] = (ka_ok && (rows >> e & 1u)) ? wp[e * w_step] : 0.0f;
+    }
+    __device__ __forceinline__ void fetch_x(float (&rb)[LOADS]) const
+    {
         ConvTap t;
         t.dh_off = kb < K ? tap.mid * dh : CONV_NOWHERE;
         t.dw_off = tap.lo * dw;
@@ -400,11 +420,17 @@ struct ConvFprop : ConvLoader<Tile> {
 #pragma unroll
         for (int e = 0; e < LOADS; ++e)
             rb[e] = conv_x_at(xw[e], h0[e], w0[e], t, H, W);
+    }
+    __device__ __forceinline__ void advance()
+    {
         wp += Tile::BK;
         ka += Tile::BK;
         kb += Tile::BK;
         tap.advance();
     }
+    // Called once the gathers are set up, with the group's filters (rows of K taps) and the
+    // tile's first filter: nothing to do for the gathers above.
+    __device__ __forceinline__ void init_weights(const float*, int, int, int) {}
 };
 
 // y[n, g * Fg + f, p] = (relu)(sum_k w[g * Fg + f, k] * X[k, (n, p)] + bias[g * Fg + f]).
@@ -422,7 +448,7 @@ __device__ __forceinline__ void conv_fprop(CONV_FPROP_PARAMS)
     const int q0 = blockIdx.x * Tile::BN;  // first output position (n * P + p) of the tile
     const int f0 = blockIdx.y * Tile::BM;  // first filter of the tile, within the group
 
-    ConvFprop<Tile> op;
+    typename Math::FpropOp op;   // ConvFprop<Tile>, or a tensor-core math's own (TcFprop)
     op.init_loader();
     op.wp = w + (long long)g * Fg * K + (long long)(f0 + op.cl) * K + op.kl;
     op.w_step = Tile::CPL * K;
@@ -455,6 +481,8 @@ __device__ __forceinline__ void conv_fprop(CONV_FPROP_PARAMS)
             op.h0[e] = op.w0[e] = CONV_NOWHERE;
         }
     }
+
+    op.init_weights(w + (long long)g * Fg * K, f0, Fg, K);
 
     float acc[Math::TM][Math::TN] = {};
     Math::run(op, (K + Tile::BK - 1) / Tile::BK, sm, acc);

@@ -29,6 +29,7 @@
 #pragma once
 
 #include "conv_implicit.cuh"
+#include "gemm_operand.cuh"
 
 #ifndef __GPUCNN_EMU__
 #include <cuda_bf16.h>
@@ -64,6 +65,29 @@ typedef ConvTile<TC_BM, TC_BN, TC_BK, TC_THREADS> TcTile;
 // Fragments of 16 x 16 per warp tile (CONV_WM x CONV_WN), along m and along n.
 #define TC_FM (CONV_WM / 16)
 #define TC_FN (CONV_WN / 16)
+
+// How a slice travels from op to shared memory: the convolution gathers fetch into registers
+// (ra, rb) and are stored in their layouts by conv_store_slice; an Op with loaders of its own
+// (sgemm_tc.cu's TcGemmOp, TcFprop below: float4 chunks, gemm_operand.cuh) specialises this.
+// VEC: which of the main loop's two versions runs (ConvTc::run), vector(op) says, once per
+// launch; an Op with one way of loading returns false, and the VEC version is never built.
+template <class Op>
+struct TcStaging {
+    __device__ __forceinline__ static bool vector(const Op&) { return false; }
+    template <bool VEC>
+    __device__ __forceinline__ static void fetch(Op& op, float (&ra)[Op::LOADS],
+                                                 float (&rb)[Op::LOADS])
+    {
+        op.fetch(ra, rb);
+    }
+    template <bool VEC, class T, int LDA, int LDB, class Cvt>
+    __device__ __forceinline__ static void store(const Op& op, T (*a)[LDA], T (*b)[LDB],
+                                                 const float (&ra)[Op::LOADS],
+                                                 const float (&rb)[Op::LOADS], Cvt cvt)
+    {
+        conv_store_slice(a, b, ra, rb, op, cvt);
+    }
+};
 
 #if TC_ARCH_OK
 
@@ -171,15 +195,88 @@ __device__ __forceinline__ void tc_multiply(TcAcc<P> (&c)[TC_FM][TC_FN],
     }
 }
 
+// The forward convolution's gathers with 128-bit weight loads: w is K-contiguous (rows of
+// K taps per filter), an operand GemmOperand stages as the SGEMM's k-contiguous A, in float4
+// chunks, when every chunk is 16-byte aligned (K a multiple of 4, w aligned). That is decided
+// once per launch and ConvTc::run holds a main loop for each case (a test per slice would
+// keep both loads in one loop: ptxas neither hoists nor versions it); otherwise ConvFprop's
+// own gather, unchanged. The input gathers (x) are ConvFprop's either way. Only who loads
+// which weight changes: shared memory receives the same slice.
+template <class P>
+struct TcFprop : ConvFprop<TcTile> {
+    GemmOperand<TC_BM, TC_BK, TC_BM + P::PAD, TC_THREADS, true> wv;
+    int kleft;   // K - k0 of the next slice
+    bool vec;
+
+    __device__ __forceinline__ void init_weights(const float* wg, int f0, int Fg, int K)
+    {
+        wv.init(wg, threadIdx.x, f0, Fg, K);
+        kleft = K;
+        vec = K % 4 == 0 && (reinterpret_cast<unsigned long long>(wg) & 15) == 0;
+    }
+};
+
+template <class P>
+struct TcStaging<TcFprop<P>> {
+    typedef TcFprop<P> Op;
+    __device__ __forceinline__ static bool vector(const Op& op) { return op.vec; }
+    template <bool VEC>
+    __device__ __forceinline__ static void fetch(Op& op, float (&ra)[Op::LOADS],
+                                                 float (&rb)[Op::LOADS])
+    {
+        if (VEC) {   // K % 4 == 0: whole chunks only (a filter row past Fg reads none)
+            op.wv.fetch_whole(op.kleft);
+            op.kleft -= TC_BK;
+            op.wv.off += TC_BK;
+        } else {
+            op.fetch_w(ra);
+        }
+        op.fetch_x(rb);
+        op.advance();
+    }
+    template <bool VEC, class T, int LDA, int LDB, class Cvt>
+    __device__ __forceinline__ static void store(const Op& op, T (*a)[LDA], T (*b)[LDB],
+                                                 const float (&ra)[Op::LOADS],
+                                                 const float (&rb)[Op::LOADS], Cvt cvt)
+    {
+        static_assert(LDA == TC_BM + P::PAD, "the weight loader's rows are TcSmem's");
+        if (VEC)
+            op.wv.store(&a[0][0], cvt);
+        else
+            conv_store_operand<Op::A_K_ON_LANES>(a, ra, op, cvt);
+        conv_store_operand<Op::B_K_ON_LANES>(b, rb, op, cvt);
+    }
+};
+
 // acc = the block tile's product over `slices` slices of op's gathers (as ConvFp32::run),
 // acc[i][j] = tile element (row(i), col(j)): ConvFp32's layout.
 template <class P>
 struct ConvTc {
     typedef TcTile Tile;
     typedef TcSmem<P> Smem;
+    typedef TcFprop<P> FpropOp;
     enum { TM = ConvFp32::TM, TN = ConvFp32::TN };
     __device__ __forceinline__ static int row(int i) { return ConvFp32::row(i); }
     __device__ __forceinline__ static int col(int j) { return ConvFp32::col(j); }
+
+    // c += the products of the slices, staged by TcStaging<Op> (its VEC version).
+    template <bool VEC, class Op>
+    __device__ __forceinline__ static void loop(Op& op, int slices, Smem& sm,
+                                                TcAcc<P> (&c)[TC_FM][TC_FN], int wm, int wn)
+    {
+        float ra[Tile::LOADS], rb[Tile::LOADS];
+        for (int s = 0; s <= slices; ++s) {
+            // As ConvFp32::run: gather slice s, multiply slice s - 1, store slice s.
+            if (s < slices)
+                TcStaging<Op>::template fetch<VEC>(op, ra, rb);
+            if (s > 0)
+                tc_multiply<P>(c, &sm.ab.a[(s - 1) & 1][0][wm], &sm.ab.b[(s - 1) & 1][0][wn]);
+            if (s < slices)
+                TcStaging<Op>::template store<VEC>(op, sm.ab.a[s & 1], sm.ab.b[s & 1], ra, rb,
+                                                   P());
+            __syncthreads();
+        }
+    }
 
     template <class Op>
     __device__ __forceinline__ static void run(Op& op, int slices, Smem& sm,
@@ -195,17 +292,10 @@ struct ConvTc {
 #pragma unroll
             for (int j = 0; j < TC_FN; ++j)
                 wmma::fill_fragment(c[i][j], 0.0f);
-        float ra[Tile::LOADS], rb[Tile::LOADS];
-        for (int s = 0; s <= slices; ++s) {
-            // As ConvFp32::run: gather slice s, multiply slice s - 1, store slice s.
-            if (s < slices)
-                op.fetch(ra, rb);
-            if (s > 0)
-                tc_multiply<P>(c, &sm.ab.a[(s - 1) & 1][0][wm], &sm.ab.b[(s - 1) & 1][0][wn]);
-            if (s < slices)
-                conv_store_slice(sm.ab.a[s & 1], sm.ab.b[s & 1], ra, rb, op, P());
-            __syncthreads();
-        }
+        if (TcStaging<Op>::vector(op))   // uniform: one loop or the other for the block
+            loop<true>(op, slices, sm, c, wm, wn);
+        else
+            loop<false>(op, slices, sm, c, wm, wn);
         // The barrier above ended every read of the operand buffers: c may overwrite them.
         // Half h of the warp tile holds fragment rows h * TC_FM / 2 ... and, in ConvFp32's
         // layout, this thread's accumulator rows h * TM / 2 ... (row(i) steps by CONV_WM / 2
@@ -242,6 +332,7 @@ template <class P>
 struct ConvTc {
     typedef TcTile Tile;
     typedef ConvSmem<Tile> Smem;
+    typedef ConvFprop<Tile> FpropOp;
     enum { TM = ConvFp32::TM, TN = ConvFp32::TN };
     __device__ __forceinline__ static int row(int i) { return i; }
     __device__ __forceinline__ static int col(int j) { return j; }
