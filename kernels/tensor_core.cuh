@@ -98,21 +98,26 @@ struct TcTf32 {
     typedef float Stored;
     typedef nvcuda::wmma::precision::tf32 Frag;
     enum { K = 8, PAD = 4, TERMS = 1 };
-    // Stored as FP32: the rounding to TF32 is done per fragment, where 3xTF32 needs both parts.
-    __device__ __forceinline__ float operator()(float v) const { return v; }
-    // The operand as the tensor core should see it: rounded (cvt.rna); unconverted FP32
-    // would be truncated by the hardware instead.
-    template <class Frag>
-    __device__ __forceinline__ static void prepare(Frag& big, Frag&)
+    // The operand as the tensor core should see it: rounded (cvt.rna; unconverted FP32 would
+    // be truncated by the hardware instead), once, as it is stored into shared memory: each
+    // element is then converted by the one thread that stores it, not by every fragment load
+    // that reads it (a slice's element is read by 2 or 4 warps; rounding per fragment cost a
+    // thread 48 conversions per slice, here 16). The rounded value is a TF32 one, which the
+    // fragment holds unchanged: the same operand either way.
+    __device__ __forceinline__ float operator()(float v) const
     {
-#pragma unroll
-        for (int t = 0; t < big.num_elements; ++t)
-            big.x[t] = nvcuda::wmma::__float_to_tf32(big.x[t]);
+        return nvcuda::wmma::__float_to_tf32(v);
     }
+    template <class Frag>
+    __device__ __forceinline__ static void prepare(Frag&, Frag&) {}   // rounded when stored
 };
 
-struct Tc3xTf32 : TcTf32 {
-    enum { TERMS = 3 };
+struct Tc3xTf32 {
+    typedef float Stored;
+    typedef nvcuda::wmma::precision::tf32 Frag;
+    enum { K = 8, PAD = 4, TERMS = 3 };
+    // Stored as FP32: split per fragment, where both parts are needed.
+    __device__ __forceinline__ float operator()(float v) const { return v; }
     // big = the rounded operand, small = the rounded remainder.
     template <class Frag>
     __device__ __forceinline__ static void prepare(Frag& big, Frag& small)
