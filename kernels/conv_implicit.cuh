@@ -305,11 +305,14 @@ __device__ __forceinline__ void conv_store_slice(T (*a)[LDA], T (*b)[LDB],
 // (Math::row(i), Math::col(j)) whichever math filled it.
 template <class Tile>
 struct ConvFprop;
+template <class Tile>
+struct ConvDgrad;
 
 struct ConvFp32 {
     typedef ConvFp32Tile Tile;
     typedef ConvSmem<Tile> Smem;
-    typedef ConvFprop<Tile> FpropOp;   // the forward gathers (below)
+    typedef ConvFprop<Tile> FpropOp;   // the gathers (below)
+    typedef ConvDgrad<Tile> DgradOp;
     enum { TM = 8, TN = 8, WARPS_M = CONV_BM / CONV_WM, LANES_N = CONV_WN / TN };
     static_assert(WARPS_M * (CONV_BN / CONV_WN) * 32 == CONV_THREADS, "warp tiling");
 
@@ -542,24 +545,42 @@ struct ConvDgrad : ConvLoader<Tile> {
 
     __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
     {
+        fetch_w(ra);
+        fetch_dy(rb);
+        advance();
+    }
+    // The parts of fetch (the tensor-core kernels may load the weights their own way:
+    // tensor_core.cuh, TcDgrad).
+    __device__ __forceinline__ void fetch_w(float (&ra)[LOADS]) const
+    {
         const bool ok = t < T;
-        const int dho = ok ? ax_h.out0 - tap.mid * ax_h.out_step : CONV_NOWHERE;
-        const int dwo = ax_w.out0 - tap.lo * ax_w.out_step;
         const int w_off = tap.hi * f_step + (ax_h.first + tap.mid * ax_h.step) * kw +
                           ax_w.first + tap.lo * ax_w.step;
-        const int dy_off = tap.hi * P + (ok ? dho : 0) * Wo + dwo;
         const int wt = wc + w_off;
 #pragma unroll
         for (int e = 0; e < LOADS; ++e)
             ra[e] = (ok && (chans >> e & 1u)) ? w[wt + e * c_step] : 0.0f;
+    }
+    __device__ __forceinline__ void fetch_dy(float (&rb)[LOADS]) const
+    {
+        const bool ok = t < T;
+        const int dho = ok ? ax_h.out0 - tap.mid * ax_h.out_step : CONV_NOWHERE;
+        const int dwo = ax_w.out0 - tap.lo * ax_w.out_step;
+        const int dy_off = tap.hi * P + (ok ? dho : 0) * Wo + dwo;
 #pragma unroll
         for (int e = 0; e < LOADS; ++e) {
             const bool inside = conv_inside(th[e] + dho, Ho) && conv_inside(tw[e] + dwo, Wo);
             rb[e] = inside ? dyp[e][dy_off] : 0.0f;
         }
+    }
+    __device__ __forceinline__ void advance()
+    {
         t += Tile::BK;
         tap.advance();
     }
+    // Called once the gathers are set up, with the group's filters, the tile's first
+    // channel, Cg and the taps per filter: nothing to do for the gathers above.
+    __device__ __forceinline__ void init_weights(const float*, int, int, int) {}
 };
 
 // dx[n, g * Cg + c, ah + th * sh, aw + tw * sw] = sum over the phase's t of W'[c, t] *
@@ -580,7 +601,7 @@ __device__ __forceinline__ void conv_dgrad(CONV_DGRAD_PARAMS)
     const int q0 = blockIdx.x * Tile::BN;  // first phase pixel n * R + th * Wr + tw of the tile
     const int c0 = blockIdx.y * Tile::BM;  // first input channel of the tile, within the group
 
-    ConvDgrad<Tile> op;
+    typename Math::DgradOp op;   // ConvDgrad<Tile>, or a tensor-core math's own (TcDgrad)
     op.init_loader();
     op.w = w;
     op.wc = (g * Fg * Cg + c0 + op.cr) * kh * kw;
@@ -614,6 +635,8 @@ __device__ __forceinline__ void conv_dgrad(CONV_DGRAD_PARAMS)
             op.dyp[e] = dy;
         }
     }
+
+    op.init_weights(w + (long long)g * Fg * Cg * kh * kw, c0, Cg, kh * kw);
 
     float acc[Math::TM][Math::TN] = {};
     Math::run(op, (op.T + Tile::BK - 1) / Tile::BK, sm, acc);

@@ -92,16 +92,17 @@ struct GemmOperand {
         }
     }
 
-    // As fetch, for a KCONTIG operand whose chunks are all whole or all absent (its K and
-    // leading dimension multiples of 4, its start 16-byte aligned): 128-bit loads only.
+    // As fetch, for an operand whose chunks are all whole or all absent (16-byte aligned,
+    // its leading dimension a multiple of 4, and K for KCONTIG, or the rows, a multiple of 4
+    // too): 128-bit loads only.
     __device__ __forceinline__ void fetch_whole(int kleft)
     {
-        static_assert(KCONTIG, "whole chunks: 4 k of a row");
 #pragma unroll
         for (int i = 0; i < CHUNKS; ++i) {
             const float* q = base + (off + i * STEP);
-            v[i] = kleft - lim - STEP * i > 0 ? *reinterpret_cast<const float4*>(q)
-                                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            const int n = KCONTIG ? kleft - lim - STEP * i : (kleft > lim ? rows - i * STEP : 0);
+            v[i] = n > 0 ? *reinterpret_cast<const float4*>(q)
+                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
     }
 

@@ -253,6 +253,60 @@ struct TcStaging<TcFprop<P>> {
     }
 };
 
+// The backward-data gathers with 128-bit weight loads for a 1 x 1 filter: W'[c, t] is then
+// w[g * Fg + t, c], rows of Cg consecutive channels, an operand GemmOperand stages as the
+// SGEMM's m-contiguous A (float4 chunks of 4 channels, one 128-bit shared store each) when
+// Cg is a multiple of 4 and w is aligned; a main loop per case as TcFprop's. Other filters
+// spread a filter's channels kh * kw apart: ConvDgrad's own gather, unchanged. The dy
+// gathers are ConvDgrad's either way.
+template <class P>
+struct TcDgrad : ConvDgrad<TcTile> {
+    GemmOperand<TC_BM, TC_BK, TC_BM + P::PAD, TC_THREADS, false> wv;
+    int kleft;   // T - t0 of the next slice
+    int wv_ld;   // floats between the rows of W'^T (filters): Cg
+    bool vec;
+
+    __device__ __forceinline__ void init_weights(const float* wg, int c0, int Cg, int taps)
+    {
+        wv.init(wg, threadIdx.x, c0, Cg, Cg);
+        kleft = T;
+        wv_ld = Cg;
+        vec = taps == 1 && Cg % 4 == 0 && (reinterpret_cast<unsigned long long>(wg) & 15) == 0;
+    }
+};
+
+template <class P>
+struct TcStaging<TcDgrad<P>> {
+    typedef TcDgrad<P> Op;
+    __device__ __forceinline__ static bool vector(const Op& op) { return op.vec; }
+    template <bool VEC>
+    __device__ __forceinline__ static void fetch(Op& op, float (&ra)[Op::LOADS],
+                                                 float (&rb)[Op::LOADS])
+    {
+        if (VEC) {   // Cg % 4 == 0: whole chunks only (channels past Cg read none)
+            op.wv.fetch_whole(op.kleft);
+            op.kleft -= TC_BK;
+            op.wv.off += TC_BK * op.wv_ld;
+        } else {
+            op.fetch_w(ra);
+        }
+        op.fetch_dy(rb);
+        op.advance();
+    }
+    template <bool VEC, class T, int LDA, int LDB, class Cvt>
+    __device__ __forceinline__ static void store(const Op& op, T (*a)[LDA], T (*b)[LDB],
+                                                 const float (&ra)[Op::LOADS],
+                                                 const float (&rb)[Op::LOADS], Cvt cvt)
+    {
+        static_assert(LDA == TC_BM + P::PAD, "the weight loader's rows are TcSmem's");
+        if (VEC)
+            op.wv.store(&a[0][0], cvt);
+        else
+            conv_store_operand<Op::A_K_ON_LANES>(a, ra, op, cvt);
+        conv_store_operand<Op::B_K_ON_LANES>(b, rb, op, cvt);
+    }
+};
+
 // acc = the block tile's product over `slices` slices of op's gathers (as ConvFp32::run),
 // acc[i][j] = tile element (row(i), col(j)): ConvFp32's layout.
 template <class P>
@@ -260,6 +314,7 @@ struct ConvTc {
     typedef TcTile Tile;
     typedef TcSmem<P> Smem;
     typedef TcFprop<P> FpropOp;
+    typedef TcDgrad<P> DgradOp;
     enum { TM = ConvFp32::TM, TN = ConvFp32::TN };
     __device__ __forceinline__ static int row(int i) { return ConvFp32::row(i); }
     __device__ __forceinline__ static int col(int j) { return ConvFp32::col(j); }
@@ -338,6 +393,7 @@ struct ConvTc {
     typedef TcTile Tile;
     typedef ConvSmem<Tile> Smem;
     typedef ConvFprop<Tile> FpropOp;
+    typedef ConvDgrad<Tile> DgradOp;
     enum { TM = ConvFp32::TM, TN = ConvFp32::TN };
     __device__ __forceinline__ static int row(int i) { return i; }
     __device__ __forceinline__ static int col(int j) { return j; }

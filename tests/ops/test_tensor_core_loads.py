@@ -93,3 +93,37 @@ def test_conv_forward_vector_weights_agree(device_precision, reference_backend, 
     assert_close(outs[0], ref, TOL[precision], f"{precision} {case} forward")
     np.testing.assert_array_equal(outs[1].view(np.uint32), outs[0].view(np.uint32),
                                   err_msg=f"{precision} {case}: scalar != vector weights")
+
+
+# 1 x 1 filters with Cg a multiple of 4 (the weights' 128-bit path of backward-data), past
+# one 128-channel tile, strided (one phase with the tap, three without) and grouped.
+DGRAD = {
+    "two_channel_tiles": ((1, 132, 3, 4), (20, 132, 1, 1), dict()),
+    "strided": ((2, 8, 7, 6), (12, 8, 1, 1), dict(stride=2)),
+    "grouped": ((2, 24, 4, 5), (10, 12, 1, 1), dict(groups=2)),
+}
+
+
+@pytest.mark.parametrize("precision", TC)
+@pytest.mark.parametrize("case", sorted(DGRAD))
+def test_conv_backward_data_vector_weights_agree(device_precision, reference_backend, rng,
+                                                 precision, case):
+    """The implicit-GEMM backward-data of a 1 x 1 convolution with w 16-byte aligned (float4
+    chunks of channels) and with the same w 4 bytes past a boundary (ConvDgrad's scalar
+    gather): dx bit-identical."""
+    xs, ws, kw = DGRAD[case]
+    assert ws[2] * ws[3] == 1 and ws[1] % 4 == 0
+    B = device_precision(precision)
+    x = randn(rng, *xs)
+    w = randn(rng, *ws)
+    y = reference_backend.conv2d(*f64(x, w, np.zeros(ws[0])), **kw)
+    dy = randn(rng, *y.shape)
+    outs = []
+    for shift in (0, 1):
+        dw = _stored(B, w.reshape(ws[0], -1), w[0].size, shift).reshape(ws)
+        dx = B.conv2d_backward(B.asarray(dy), B.asarray(x), dw, algo="implicit", **kw)[0]
+        outs.append(B.to_numpy(dx))
+    ref = reference_backend.conv2d_backward(*f64(dy, x, w), **kw)[0]
+    assert_close(outs[0], ref, TOL[precision], f"{precision} {case} dx")
+    np.testing.assert_array_equal(outs[1].view(np.uint32), outs[0].view(np.uint32),
+                                  err_msg=f"{precision} {case}: scalar != vector weights")
