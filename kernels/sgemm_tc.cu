@@ -16,6 +16,11 @@
 #include "gemm_operand.cuh"
 #include "tensor_core.cuh"
 
+// The BF16 GEMMs fit two blocks per SM (~125 registers with NVRTC 12.9, 36 KiB of shared
+// memory each): held to 128 registers, so that a compiler that allocates a few more (NVRTC
+// 13.5: 130 for three of them) does not halve their occupancy.
+#define TC_BF16_GEMM_MIN_BLOCKS 2
+
 #if TC_ARCH_OK
 
 // The slices of op(A) and op(B), for ConvTc<P>::run: one GemmOperand each, advanced by a
@@ -196,29 +201,29 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
     sgemm_tc_block<Tc3xTf32, true, true>(SGEMM_ARGS);
 }
 
-// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
-extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
     sgemm_bf16_nn(SGEMM_PARAMS)
 {
     sgemm_tc_block<TcBf16, false, false>(SGEMM_ARGS);
 }
 
-// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
-extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
     sgemm_bf16_nt(SGEMM_PARAMS)
 {
     sgemm_tc_block<TcBf16, false, true>(SGEMM_ARGS);
 }
 
-// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
-extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
     sgemm_bf16_tn(SGEMM_PARAMS)
 {
     sgemm_tc_block<TcBf16, true, false>(SGEMM_ARGS);
 }
 
-// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
-extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
     sgemm_bf16_tt(SGEMM_PARAMS)
 {
     sgemm_tc_block<TcBf16, true, true>(SGEMM_ARGS);
