@@ -3,16 +3,20 @@
 // WMMA API (nvcuda::wmma; the emulator provides it, gpucnn/backends/emu/cuda_emu.h).
 //
 // Precisions (gpucnn/ops/precision.py holds their plain references and the host's choice):
-//   TcTf32    operands rounded to TF32 (__float_to_tf32: cvt.rna, 10 mantissa bits), one
-//             product per k step, FP32 accumulation;
+//   TcTf32    operands rounded to TF32 (__float_to_tf32: cvt.rna, 10 mantissa bits) once,
+//             as they are stored into shared memory; one product per k step, FP32
+//             accumulation;
 //   Tc3xTf32  each operand split into big = tf32(x) and small = tf32(x - big); the product is
 //             accumulated as small*big + big*small + big*big (the small terms first, so the
 //             big product does not swamp them; small*small, ~2^-22 relative, is dropped):
 //             FP32-level accuracy from three TF32 products (CUTLASS's 3xTF32);
 //   TcBf16    operands rounded to bfloat16 (round to nearest even, 7 mantissa bits) once,
 //             as they are stored into shared memory; FP32 accumulation.
-// Operands stay FP32 in global memory in every precision: the loads, the gathers and the
-// epilogues are the FP32 kernels' own (conv_implicit.cuh), only the multiply differs.
+// Operands stay FP32 in global memory in every precision: the gathers and the epilogues are
+// the FP32 kernels' own (conv_implicit.cuh), only the multiply differs, and the staging where
+// an operand is contiguous: the forward weights and a 1 x 1 filter's backward-data weights
+// are loaded as float4 chunks when aligned (TcFprop, TcDgrad; TcStaging says how a slice
+// reaches shared memory), as the SGEMM's operands are (sgemm_tc.cu, gemm_operand.cuh).
 //
 // Tile: the FP32 kernels' 128 x 128 block tile and warp tiles (8 warps, 2 along m by 4 along
 // n, 64 x 32 each), with slices of TC_BK = 16. A warp holds its 64 x 32 part as 4 x 2
