@@ -307,12 +307,15 @@ template <class Tile>
 struct ConvFprop;
 template <class Tile>
 struct ConvDgrad;
+template <class Tile>
+struct ConvWgrad;
 
 struct ConvFp32 {
     typedef ConvFp32Tile Tile;
     typedef ConvSmem<Tile> Smem;
     typedef ConvFprop<Tile> FpropOp;   // the gathers (below)
     typedef ConvDgrad<Tile> DgradOp;
+    typedef ConvWgrad<Tile> WgradOp;
     enum { TM = 8, TN = 8, WARPS_M = CONV_BM / CONV_WM, LANES_N = CONV_WN / TN };
     static_assert(WARPS_M * (CONV_BN / CONV_WN) * 32 == CONV_THREADS, "warp tiling");
 
@@ -686,18 +689,35 @@ struct ConvWgrad : ConvLoader<Tile> {
 
     __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
     {
-        // Past the split's end nothing is read: no row, and a window nowhere.
+        fetch_dy(ra);
+        fetch_x(rb);
+        advance();
+    }
+    // The parts of fetch (the tensor-core kernels may load dy their own way: tensor_core.cuh,
+    // TcWgrad). Past the split's end nothing is read: no row, and a window nowhere.
+    __device__ __forceinline__ void fetch_dy(float (&ra)[LOADS]) const
+    {
         const bool valid = q < q_end;
-        const int top = valid ? h0 : CONV_NOWHERE;
 #pragma unroll
         for (int e = 0; e < LOADS; ++e)
             ra[e] = (valid && (rows >> e & 1u)) ? dq[e * f_step] : 0.0f;
+    }
+    __device__ __forceinline__ void fetch_x(float (&rb)[LOADS]) const
+    {
+        const int top = q < q_end ? h0 : CONV_NOWHERE;
 #pragma unroll
         for (int e = 0; e < LOADS; ++e) {
             const int h = top + taps[e].dh_off;
             const int w = w0 + taps[e].dw_off;
             rb[e] = (conv_inside(h, H) && conv_inside(w, W)) ? xw[taps[e].offset] : 0.0f;
         }
+    }
+    // Called once the gathers are set up, with dy at the group's first filter, the tile's
+    // first filter, Fg, F, P and the split's first position and length: nothing to do for
+    // the gathers above.
+    __device__ __forceinline__ void init_dy(const float*, int, int, int, int, int, int) {}
+    __device__ __forceinline__ void advance()
+    {
         const int n = pos.hi, ho = pos.mid, wo = pos.lo;
         q += Tile::BK;
         pos.advance();
@@ -727,7 +747,7 @@ __device__ __forceinline__ void conv_wgrad(CONV_WGRAD_PARAMS)
     const int k0 = blockIdx.x * Tile::BN;  // first tap of the tile
     const int f0 = blockIdx.y * Tile::BM;  // first filter of the tile, within the group
 
-    ConvWgrad<Tile> op;
+    typename Math::WgradOp op;   // ConvWgrad<Tile>, or a tensor-core math's own (TcWgrad)
     op.init_loader();
     const int q_begin = split * q_per_split;
     op.f_step = Tile::CPL * P;
@@ -755,6 +775,8 @@ __device__ __forceinline__ void conv_wgrad(CONV_WGRAD_PARAMS)
 #pragma unroll
     for (int e = 0; e < Tile::LOADS; ++e)
         op.taps[e] = conv_tap(k0 + op.cl + e * Tile::CPL, K, kh, kw, dh, dw, H, W);
+
+    op.init_dy(dy + (long long)g * Fg * P, f0, Fg, F, P, q_begin, q_per_split);
 
     float acc[Math::TM][Math::TN] = {};
     const int count = op.q_end > q_begin ? op.q_end - q_begin : 0;

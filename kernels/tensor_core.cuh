@@ -311,6 +311,72 @@ struct TcStaging<TcDgrad<P>> {
     }
 };
 
+// The backward-weights gathers with 128-bit loads of dy: DY[f, q] = dy[n, g * Fg + f, p] is
+// q-contiguous within an image. When P is a multiple of TC_BK (and so are the split's start
+// and length, and dy is aligned) every slice lies in one image and is whole or past the
+// split's end, and DY's slice is a plain k-contiguous matrix of rows P floats apart, which
+// GemmOperand stages as the SGEMM's A, from a base moved by a slice per fetch and on to the
+// next image at the plane's end; a main loop per case as TcFprop's. Otherwise ConvWgrad's
+// gather, unchanged. The x gathers are ConvWgrad's either way.
+template <class P>
+struct TcWgrad : ConvWgrad<TcTile> {
+    GemmOperand<TC_BM, TC_BK, TC_BM + P::PAD, TC_THREADS, true> dv;
+    int kleft;        // q_end - q of the next slice
+    int p0, plane;    // the next slice's first position in its image, and P
+    int image_skip;   // floats from the end of a plane of dy to the next image's: (F - 1) * P
+    bool vec;
+
+    __device__ __forceinline__ void init_dy(const float* dyg, int f0, int Fg, int F, int P_,
+                                            int q_begin, int q_per_split)
+    {
+        vec = P_ % TC_BK == 0 && q_per_split % TC_BK == 0 && q_begin % TC_BK == 0 &&
+              (reinterpret_cast<unsigned long long>(dyg) & 15) == 0;
+        const int n0 = q_begin / P_;
+        p0 = q_begin - n0 * P_;
+        plane = P_;
+        image_skip = (F - 1) * P_;
+        kleft = q_end - q_begin;
+        dv.init(dyg + ((long long)n0 * F * P_ + p0), threadIdx.x, f0, Fg, P_);
+    }
+};
+
+template <class P>
+struct TcStaging<TcWgrad<P>> {
+    typedef TcWgrad<P> Op;
+    __device__ __forceinline__ static bool vector(const Op& op) { return op.vec; }
+    template <bool VEC>
+    __device__ __forceinline__ static void fetch(Op& op, float (&ra)[Op::LOADS],
+                                                 float (&rb)[Op::LOADS])
+    {
+        if (VEC) {   // whole chunks only (a filter row past Fg, a slice past q_end: none)
+            op.dv.fetch_whole(op.kleft);
+            op.kleft -= TC_BK;
+            op.dv.base += TC_BK;
+            op.p0 += TC_BK;
+            if (op.p0 == op.plane) {   // on to the next image
+                op.p0 = 0;
+                op.dv.base += op.image_skip;
+            }
+        } else {
+            op.fetch_dy(ra);
+        }
+        op.fetch_x(rb);
+        op.advance();
+    }
+    template <bool VEC, class T, int LDA, int LDB, class Cvt>
+    __device__ __forceinline__ static void store(const Op& op, T (*a)[LDA], T (*b)[LDB],
+                                                 const float (&ra)[Op::LOADS],
+                                                 const float (&rb)[Op::LOADS], Cvt cvt)
+    {
+        static_assert(LDA == TC_BM + P::PAD, "the dy loader's rows are TcSmem's");
+        if (VEC)
+            op.dv.store(&a[0][0], cvt);
+        else
+            conv_store_operand<Op::A_K_ON_LANES>(a, ra, op, cvt);
+        conv_store_operand<Op::B_K_ON_LANES>(b, rb, op, cvt);
+    }
+};
+
 // acc = the block tile's product over `slices` slices of op's gathers (as ConvFp32::run),
 // acc[i][j] = tile element (row(i), col(j)): ConvFp32's layout.
 template <class P>
@@ -319,6 +385,7 @@ struct ConvTc {
     typedef TcSmem<P> Smem;
     typedef TcFprop<P> FpropOp;
     typedef TcDgrad<P> DgradOp;
+    typedef TcWgrad<P> WgradOp;
     enum { TM = ConvFp32::TM, TN = ConvFp32::TN };
     __device__ __forceinline__ static int row(int i) { return ConvFp32::row(i); }
     __device__ __forceinline__ static int col(int j) { return ConvFp32::col(j); }
@@ -398,6 +465,7 @@ struct ConvTc {
     typedef ConvSmem<Tile> Smem;
     typedef ConvFprop<Tile> FpropOp;
     typedef ConvDgrad<Tile> DgradOp;
+    typedef ConvWgrad<Tile> WgradOp;
     enum { TM = ConvFp32::TM, TN = ConvFp32::TN };
     __device__ __forceinline__ static int row(int i) { return i; }
     __device__ __forceinline__ static int col(int j) { return j; }

@@ -127,3 +127,38 @@ def test_conv_backward_data_vector_weights_agree(device_precision, reference_bac
     assert_close(outs[0], ref, TOL[precision], f"{precision} {case} dx")
     np.testing.assert_array_equal(outs[1].view(np.uint32), outs[0].view(np.uint32),
                                   err_msg=f"{precision} {case}: scalar != vector weights")
+
+
+# Output planes of P = Ho * Wo a multiple of 16 (dy's 128-bit path of backward-weights):
+# past one 128-filter tile, strided, padded and grouped, and long enough to be split.
+WGRAD = {
+    "two_filter_tiles": ((1, 5, 8, 8), (130, 5, 1, 1), dict()),
+    "strided": ((2, 3, 9, 9), (7, 3, 3, 3), dict(stride=2)),
+    "grouped_split": ((8, 4, 8, 8), (6, 2, 3, 3), dict(padding=1, groups=2)),
+}
+
+
+@pytest.mark.parametrize("precision", TC)
+@pytest.mark.parametrize("case", sorted(WGRAD))
+def test_conv_backward_weights_vector_dy_agree(device_precision, reference_backend, rng,
+                                               precision, case):
+    """The implicit-GEMM backward-weights with dy 16-byte aligned (float4 chunks of output
+    positions) and with the same dy 4 bytes past a boundary (ConvWgrad's scalar gather):
+    dw bit-identical."""
+    xs, ws, kw = WGRAD[case]
+    B = device_precision(precision)
+    x = randn(rng, *xs)
+    w = randn(rng, *ws)
+    y = reference_backend.conv2d(*f64(x, w, np.zeros(ws[0])), **kw)
+    assert y.shape[2] * y.shape[3] % 16 == 0
+    dy = randn(rng, *y.shape)
+    outs = []
+    for shift in (0, 1):
+        ddy = _stored(B, dy.reshape(-1, y.shape[2] * y.shape[3]), y.shape[2] * y.shape[3],
+                      shift).reshape(y.shape)
+        dw = B.conv2d_backward(ddy, B.asarray(x), B.asarray(w), algo="implicit", **kw)[1]
+        outs.append(B.to_numpy(dw))
+    ref = reference_backend.conv2d_backward(*f64(dy, x, w), **kw)[1]
+    assert_close(outs[0], ref, TOL[precision], f"{precision} {case} dw")
+    np.testing.assert_array_equal(outs[1].view(np.uint32), outs[0].view(np.uint32),
+                                  err_msg=f"{precision} {case}: scalar != vector dy")
