@@ -275,32 +275,47 @@ struct ConvKeep {
     __device__ __forceinline__ float operator()(float v) const { return v; }
 };
 
+// One operand (s = a or b, r = ra or rb), in the layout K_ON_LANES.
+template <bool K_ON_LANES, class Op, class T, int LD, class Cvt>
+__device__ __forceinline__ void conv_store_operand(T (*s)[LD], const float (&r)[Op::LOADS],
+                                                   const Op& op, Cvt cvt)
+{
+#pragma unroll
+    for (int e = 0; e < Op::LOADS; ++e) {
+        if (K_ON_LANES)
+            s[op.kl][op.cl + e * Op::CPL] = cvt(r[e]);
+        else
+            s[op.kr][op.cr + e * Op::CPL] = cvt(r[e]);
+    }
+}
+
 template <class Op, class T, int LDA, int LDB, class Cvt>
 __device__ __forceinline__ void conv_store_slice(T (*a)[LDA], T (*b)[LDB],
                                                  const float (&ra)[Op::LOADS],
                                                  const float (&rb)[Op::LOADS], const Op& op,
                                                  Cvt cvt)
 {
-#pragma unroll
-    for (int e = 0; e < Op::LOADS; ++e) {
-        if (Op::A_K_ON_LANES)
-            a[op.kl][op.cl + e * Op::CPL] = cvt(ra[e]);
-        else
-            a[op.kr][op.cr + e * Op::CPL] = cvt(ra[e]);
-        if (Op::B_K_ON_LANES)
-            b[op.kl][op.cl + e * Op::CPL] = cvt(rb[e]);
-        else
-            b[op.kr][op.cr + e * Op::CPL] = cvt(rb[e]);
-    }
+    conv_store_operand<Op::A_K_ON_LANES>(a, ra, op, cvt);
+    conv_store_operand<Op::B_K_ON_LANES>(b, rb, op, cvt);
 }
 
 // The FP32 math of the kernel bodies below (CUDA cores): its tile, shared memory, main loop,
 // and where each accumulator lies in the tile. The tensor-core kernels (conv_implicit_tc.cu)
 // pass their own (tensor_core.cuh); a body's epilogue reads acc[i][j] as tile element
 // (Math::row(i), Math::col(j)) whichever math filled it.
+template <class Tile>
+struct ConvFprop;
+template <class Tile>
+struct ConvDgrad;
+template <class Tile>
+struct ConvWgrad;
+
 struct ConvFp32 {
     typedef ConvFp32Tile Tile;
     typedef ConvSmem<Tile> Smem;
+    typedef ConvFprop<Tile> FpropOp;   // the gathers (below)
+    typedef ConvDgrad<Tile> DgradOp;
+    typedef ConvWgrad<Tile> WgradOp;
     enum { TM = 8, TN = 8, WARPS_M = CONV_BM / CONV_WM, LANES_N = CONV_WN / TN };
     static_assert(WARPS_M * (CONV_BN / CONV_WN) * 32 == CONV_THREADS, "warp tiling");
 
@@ -389,10 +404,21 @@ struct ConvFprop : ConvLoader<Tile> {
 
     __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
     {
+        fetch_w(ra);
+        fetch_x(rb);
+        advance();
+    }
+    // The parts of fetch (the tensor-core kernels may load the weights their own way:
+    // tensor_core.cuh, TcFprop).
+    __device__ __forceinline__ void fetch_w(float (&ra)[LOADS]) const
+    {
         const bool ka_ok = ka < K;
 #pragma unroll
         for (int e = 0; e < LOADS; ++e)
             ra[e] = (ka_ok && (rows >> e & 1u)) ? wp[e * w_step] : 0.0f;
+    }
+    __device__ __forceinline__ void fetch_x(float (&rb)[LOADS]) const
+    {
         ConvTap t;
         t.dh_off = kb < K ? tap.mid * dh : CONV_NOWHERE;
         t.dw_off = tap.lo * dw;
@@ -400,11 +426,17 @@ struct ConvFprop : ConvLoader<Tile> {
 #pragma unroll
         for (int e = 0; e < LOADS; ++e)
             rb[e] = conv_x_at(xw[e], h0[e], w0[e], t, H, W);
+    }
+    __device__ __forceinline__ void advance()
+    {
         wp += Tile::BK;
         ka += Tile::BK;
         kb += Tile::BK;
         tap.advance();
     }
+    // Called once the gathers are set up, with the group's filters (rows of K taps) and the
+    // tile's first filter: nothing to do for the gathers above.
+    __device__ __forceinline__ void init_weights(const float*, int, int, int) {}
 };
 
 // y[n, g * Fg + f, p] = (relu)(sum_k w[g * Fg + f, k] * X[k, (n, p)] + bias[g * Fg + f]).
@@ -422,7 +454,7 @@ __device__ __forceinline__ void conv_fprop(CONV_FPROP_PARAMS)
     const int q0 = blockIdx.x * Tile::BN;  // first output position (n * P + p) of the tile
     const int f0 = blockIdx.y * Tile::BM;  // first filter of the tile, within the group
 
-    ConvFprop<Tile> op;
+    typename Math::FpropOp op;   // ConvFprop<Tile>, or a tensor-core math's own (TcFprop)
     op.init_loader();
     op.wp = w + (long long)g * Fg * K + (long long)(f0 + op.cl) * K + op.kl;
     op.w_step = Tile::CPL * K;
@@ -455,6 +487,8 @@ __device__ __forceinline__ void conv_fprop(CONV_FPROP_PARAMS)
             op.h0[e] = op.w0[e] = CONV_NOWHERE;
         }
     }
+
+    op.init_weights(w + (long long)g * Fg * K, f0, Fg, K);
 
     float acc[Math::TM][Math::TN] = {};
     Math::run(op, (K + Tile::BK - 1) / Tile::BK, sm, acc);
@@ -514,24 +548,42 @@ struct ConvDgrad : ConvLoader<Tile> {
 
     __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
     {
+        fetch_w(ra);
+        fetch_dy(rb);
+        advance();
+    }
+    // The parts of fetch (the tensor-core kernels may load the weights their own way:
+    // tensor_core.cuh, TcDgrad).
+    __device__ __forceinline__ void fetch_w(float (&ra)[LOADS]) const
+    {
         const bool ok = t < T;
-        const int dho = ok ? ax_h.out0 - tap.mid * ax_h.out_step : CONV_NOWHERE;
-        const int dwo = ax_w.out0 - tap.lo * ax_w.out_step;
         const int w_off = tap.hi * f_step + (ax_h.first + tap.mid * ax_h.step) * kw +
                           ax_w.first + tap.lo * ax_w.step;
-        const int dy_off = tap.hi * P + (ok ? dho : 0) * Wo + dwo;
         const int wt = wc + w_off;
 #pragma unroll
         for (int e = 0; e < LOADS; ++e)
             ra[e] = (ok && (chans >> e & 1u)) ? w[wt + e * c_step] : 0.0f;
+    }
+    __device__ __forceinline__ void fetch_dy(float (&rb)[LOADS]) const
+    {
+        const bool ok = t < T;
+        const int dho = ok ? ax_h.out0 - tap.mid * ax_h.out_step : CONV_NOWHERE;
+        const int dwo = ax_w.out0 - tap.lo * ax_w.out_step;
+        const int dy_off = tap.hi * P + (ok ? dho : 0) * Wo + dwo;
 #pragma unroll
         for (int e = 0; e < LOADS; ++e) {
             const bool inside = conv_inside(th[e] + dho, Ho) && conv_inside(tw[e] + dwo, Wo);
             rb[e] = inside ? dyp[e][dy_off] : 0.0f;
         }
+    }
+    __device__ __forceinline__ void advance()
+    {
         t += Tile::BK;
         tap.advance();
     }
+    // Called once the gathers are set up, with the group's filters, the tile's first
+    // channel, Cg and the taps per filter: nothing to do for the gathers above.
+    __device__ __forceinline__ void init_weights(const float*, int, int, int) {}
 };
 
 // dx[n, g * Cg + c, ah + th * sh, aw + tw * sw] = sum over the phase's t of W'[c, t] *
@@ -552,7 +604,7 @@ __device__ __forceinline__ void conv_dgrad(CONV_DGRAD_PARAMS)
     const int q0 = blockIdx.x * Tile::BN;  // first phase pixel n * R + th * Wr + tw of the tile
     const int c0 = blockIdx.y * Tile::BM;  // first input channel of the tile, within the group
 
-    ConvDgrad<Tile> op;
+    typename Math::DgradOp op;   // ConvDgrad<Tile>, or a tensor-core math's own (TcDgrad)
     op.init_loader();
     op.w = w;
     op.wc = (g * Fg * Cg + c0 + op.cr) * kh * kw;
@@ -586,6 +638,8 @@ __device__ __forceinline__ void conv_dgrad(CONV_DGRAD_PARAMS)
             op.dyp[e] = dy;
         }
     }
+
+    op.init_weights(w + (long long)g * Fg * Cg * kh * kw, c0, Cg, kh * kw);
 
     float acc[Math::TM][Math::TN] = {};
     Math::run(op, (op.T + Tile::BK - 1) / Tile::BK, sm, acc);
@@ -635,18 +689,35 @@ struct ConvWgrad : ConvLoader<Tile> {
 
     __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
     {
-        // Past the split's end nothing is read: no row, and a window nowhere.
+        fetch_dy(ra);
+        fetch_x(rb);
+        advance();
+    }
+    // The parts of fetch (the tensor-core kernels may load dy their own way: tensor_core.cuh,
+    // TcWgrad). Past the split's end nothing is read: no row, and a window nowhere.
+    __device__ __forceinline__ void fetch_dy(float (&ra)[LOADS]) const
+    {
         const bool valid = q < q_end;
-        const int top = valid ? h0 : CONV_NOWHERE;
 #pragma unroll
         for (int e = 0; e < LOADS; ++e)
             ra[e] = (valid && (rows >> e & 1u)) ? dq[e * f_step] : 0.0f;
+    }
+    __device__ __forceinline__ void fetch_x(float (&rb)[LOADS]) const
+    {
+        const int top = q < q_end ? h0 : CONV_NOWHERE;
 #pragma unroll
         for (int e = 0; e < LOADS; ++e) {
             const int h = top + taps[e].dh_off;
             const int w = w0 + taps[e].dw_off;
             rb[e] = (conv_inside(h, H) && conv_inside(w, W)) ? xw[taps[e].offset] : 0.0f;
         }
+    }
+    // Called once the gathers are set up, with dy at the group's first filter, the tile's
+    // first filter, Fg, F, P and the split's first position and length: nothing to do for
+    // the gathers above.
+    __device__ __forceinline__ void init_dy(const float*, int, int, int, int, int, int) {}
+    __device__ __forceinline__ void advance()
+    {
         const int n = pos.hi, ho = pos.mid, wo = pos.lo;
         q += Tile::BK;
         pos.advance();
@@ -676,7 +747,7 @@ __device__ __forceinline__ void conv_wgrad(CONV_WGRAD_PARAMS)
     const int k0 = blockIdx.x * Tile::BN;  // first tap of the tile
     const int f0 = blockIdx.y * Tile::BM;  // first filter of the tile, within the group
 
-    ConvWgrad<Tile> op;
+    typename Math::WgradOp op;   // ConvWgrad<Tile>, or a tensor-core math's own (TcWgrad)
     op.init_loader();
     const int q_begin = split * q_per_split;
     op.f_step = Tile::CPL * P;
@@ -704,6 +775,8 @@ __device__ __forceinline__ void conv_wgrad(CONV_WGRAD_PARAMS)
 #pragma unroll
     for (int e = 0; e < Tile::LOADS; ++e)
         op.taps[e] = conv_tap(k0 + op.cl + e * Tile::CPL, K, kh, kw, dh, dw, H, W);
+
+    op.init_dy(dy + (long long)g * Fg * P, f0, Fg, F, P, q_begin, q_per_split);
 
     float acc[Math::TM][Math::TN] = {};
     const int count = op.q_end > q_begin ? op.q_end - q_begin : 0;

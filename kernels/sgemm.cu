@@ -59,6 +59,7 @@
 
 #include "common.cuh"
 #include "sgemm_params.cuh"
+#include "gemm_operand.cuh"
 
 // The large tile (the default; SGEMM_BM etc. name it).
 #define SGEMM_BM 128
@@ -84,94 +85,10 @@
 #define SGEMM_SMALL_MIN_BLOCKS 6
 
 
-// One operand's part of a K slice: TILE rows of the block tile (m for A, n for B) by SGEMM_BK,
-// fetched as float4 chunks along the operand's contiguous dimension and stored into shared
-// memory as S[k][row]. A thread fetches CHUNKS chunks STEP floats apart in memory (a
-// compile-time distance, so one offset and immediate displacements address them all).
-// KCONTIG: the operand is stored k-contiguous (A not transposed, B transposed): a chunk is
-// 4 consecutive k of one row and a thread's chunks are adjacent (its 4 * CHUNKS consecutive
-// k). Otherwise a chunk is 4 consecutive rows at one k, and a thread's chunks lie TILE /
-// CHUNKS rows apart, so that 8 neighbouring threads cover 32 consecutive rows (one 128-byte
-// line in memory and a conflict-free 128-bit shared store).
+// One operand's staging (gemm_operand.cuh: float4 chunks along its contiguous dimension,
+// shared with the tensor-core SGEMM of sgemm_tc.cu), with this file's slice and padding.
 template <int TILE, int THREADS, bool KCONTIG>
-struct SgemmOperand {
-    static constexpr int CHUNKS = TILE * SGEMM_BK / 4 / THREADS;
-    static constexpr int STEP = KCONTIG ? 4 : TILE / CHUNKS;     // floats between chunks
-    static constexpr int PER_LINE = (KCONTIG ? SGEMM_BK : TILE) / (4 * CHUNKS);  // threads
-    static constexpr int LD = TILE + SGEMM_PAD;                  // floats per shared row
-    static_assert(CHUNKS >= 1 && CHUNKS * THREADS * 4 == TILE * SGEMM_BK, "tile / threads");
-    static_assert(PER_LINE >= 1 && PER_LINE * 4 * CHUNKS == (KCONTIG ? SGEMM_BK : TILE),
-                  "chunk layout");
-    // Few registers on purpose: with 64 accumulators a thread has ~30 left for everything.
-    const float* base;  // the current reduction matrix (the same for the whole block)
-    int off;            // the thread's first float in the current slice, from base
-    int lim;            // KCONTIG: chunk i has kleft - lim - 4 i valid elements (lim is huge
-                        // for a row past the matrix); else: the chunks exist when kleft > lim
-    int rows;           // !KCONTIG: rows left in the matrix from the thread's first one
-                        // (chunk i has rows - i * STEP valid elements)
-    int sts;            // shared offset (floats) of the thread's first element in S[k][row]
-    float4 v[CHUNKS];   // the fetched values, in flight between fetch and store
-
-    __device__ __forceinline__ void init(const float* matrix, int tid, int tile0, int extent,
-                                         int ld)
-    {
-        base = matrix;
-        if (KCONTIG) {
-            const int row = tid / PER_LINE, kpos = (tid % PER_LINE) * 4 * CHUNKS;
-            off = (tile0 + row) * ld + kpos;
-            lim = (tile0 + row < extent) ? kpos : (1 << 30);
-            rows = 0;
-            sts = kpos * LD + row;
-        } else {
-            const int kpos = tid / PER_LINE, row = (tid % PER_LINE) * 4;
-            off = kpos * ld + tile0 + row;
-            lim = kpos;
-            rows = extent - (tile0 + row);
-            sts = kpos * LD + row;
-        }
-    }
-
-    // Fetch the current slice; kleft = K - k0 of that slice (<= 0: nothing, zeros). A chunk
-    // is one 128-bit load when it has `whole` valid elements (4, or 1 << 30 when the operand
-    // does not allow vector loads), else up to four scalar loads (ragged edge, unaligned
-    // operand). Predicated loads on the element count, not a test of the vector flag: a
-    // loop-invariant test would make the compiler version the loop body per value.
-    __device__ __forceinline__ void fetch(int kleft, int whole)
-    {
-#pragma unroll
-        for (int i = 0; i < CHUNKS; ++i) {
-            const float* q = base + (off + i * STEP);
-            // Elements 0 .. n - 1 of the chunk lie inside the matrix.
-            const int n = KCONTIG ? kleft - lim - 4 * i : (kleft > lim ? rows - i * STEP : 0);
-            const bool vector = n >= whole;
-            float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (vector)
-                x = *reinterpret_cast<const float4*>(q);
-            if (!vector && n > 0) x.x = q[0];
-            if (!vector && n > 1) x.y = q[1];
-            if (!vector && n > 2) x.z = q[2];
-            if (!vector && n > 3) x.w = q[3];
-            v[i] = x;
-        }
-    }
-
-    // Store the fetched slice into the buffer S (S[k * LD + row]).
-    __device__ __forceinline__ void store(float* S) const
-    {
-#pragma unroll
-        for (int i = 0; i < CHUNKS; ++i) {
-            if (KCONTIG) {   // transpose: 4 k of one row -> 4 shared rows
-                float* s = S + sts + 4 * i * LD;
-                s[0 * LD] = v[i].x;
-                s[1 * LD] = v[i].y;
-                s[2 * LD] = v[i].z;
-                s[3 * LD] = v[i].w;
-            } else {
-                *reinterpret_cast<float4*>(S + sts + i * STEP) = v[i];
-            }
-        }
-    }
-};
+using SgemmOperand = GemmOperand<TILE, SGEMM_BK, TILE + SGEMM_PAD, THREADS, KCONTIG>;
 
 // acc += the outer products of one shared slice: per k, 8 A and 8 B values from four
 // 128-bit loads (a: the thread's first A value at k = 0, rows LDA floats apart, its second

@@ -1,54 +1,88 @@
 // The SGEMM family on tensor cores (TF32, 3xTF32, BF16): the contract of sgemm.cu (batched
 // and batched-reduce GEMMs, split-K parts, the bias / beta / ReLU epilogue, ragged edges;
 // read its header for every argument) with the tensor-core tile (TC_*, 128 x 128 x 16) and main
-// loop of tensor_core.cuh. A plain matrix is the simplest gather of that loop: TcGemmOp
-// fetches a slice of op(A) and op(B) with k on the lanes where the operand is k-contiguous
-// (so consecutive lanes read consecutive addresses) and on the rows where it is not.
-// Operands are read with scalar loads whatever their alignment (vec_a / vec_b are ignored).
+// loop of tensor_core.cuh. The operands are staged as in sgemm.cu, by its loaders
+// (gemm_operand.cuh): float4 chunks along each operand's contiguous dimension, one 128-bit
+// global load per chunk when the launcher says the operand allows it (vec_a / vec_b: 16-byte
+// aligned start, leading dimension and batch strides multiples of 4) and the chunk lies
+// inside the matrix, else four bounds-checked scalar loads; a chunk of an m- or n-contiguous
+// operand (A transposed, B not) is one 128-bit shared store (64-bit for BF16), a k-contiguous
+// one is transposed into four scalar stores. Only who loads which element changes with the
+// width: shared memory receives the same slice, so the products and their order do not.
 // Kernel names sgemm_<precision>_XY, X = op(A), Y = op(B) as in sgemm.cu; launched by
 // gpucnn/ops/gemm.py.
 
 #include "sgemm_params.cuh"
+#include "gemm_operand.cuh"
 #include "tensor_core.cuh"
 
-template <bool TRANS_A, bool TRANS_B>
-struct TcGemmOp : ConvLoader<TcTile> {
-    static const bool A_K_ON_LANES = !TRANS_A;   // A stored m-major is k-contiguous
-    static const bool B_K_ON_LANES = TRANS_B;    // B stored transposed is k-contiguous
-    const float* a;   // the current reduction matrix of A, of B
-    const float* b;
-    long long a_r, b_r;   // strides between reduction matrices
-    int M, N, kz, lda, ldb, m0, n0, k0;   // k0: the first k of the next slice
+// The BF16 GEMMs fit two blocks per SM (~125 registers with NVRTC 12.9, 36 KiB of shared
+// memory each): held to 128 registers, so that a compiler that allocates a few more (NVRTC
+// 13.5: 130 for three of them) does not halve their occupancy.
+#define TC_BF16_GEMM_MIN_BLOCKS 2
 
-    // The next slice: k from k0 in the current reduction matrix, then on to the next one
-    // after its last slice; zeros past the matrix edges and past kz.
-    __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
+#if TC_ARCH_OK
+
+// The slices of op(A) and op(B), for ConvTc<P>::run: one GemmOperand each, advanced by a
+// slice per fetch and wrapped to the next reduction matrix after the last slice of one.
+template <class P, bool TRANS_A, bool TRANS_B>
+struct TcGemmOp {
+    enum { LOADS = TcTile::LOADS, LD = TC_BM + P::PAD };   // LD: TcSmem's rows
+    // A stored non-transposed is k-contiguous; B stored transposed is k-contiguous.
+    GemmOperand<TC_BM, TC_BK, LD, TC_THREADS, !TRANS_A> la;
+    GemmOperand<TC_BN, TC_BK, LD, TC_THREADS, TRANS_B> lb;
+    int K, kleft;                 // kleft: K - k0 of the next slice (kz - k0 in the first matrix)
+    int a_step, b_step, a_back, b_back;   // offsets to the next slice, back to the first one
+    int a_r, b_r;                 // strides between reduction matrices
+    int a_whole, b_whole;         // 4 where the operand allows 128-bit loads, else 1 << 30
+
+    __device__ __forceinline__ void fetch()
     {
-#pragma unroll
-        for (int e = 0; e < LOADS; ++e) {
-            const int m = m0 + (A_K_ON_LANES ? cl : cr) + e * CPL;
-            const int k = k0 + (A_K_ON_LANES ? kl : kr);
-            ra[e] = (m < M && k < kz) ? a[TRANS_A ? k * lda + m : m * lda + k] : 0.0f;
-        }
-#pragma unroll
-        for (int e = 0; e < LOADS; ++e) {
-            const int n = n0 + (B_K_ON_LANES ? cl : cr) + e * CPL;
-            const int k = k0 + (B_K_ON_LANES ? kl : kr);
-            rb[e] = (n < N && k < kz) ? b[TRANS_B ? n * ldb + k : k * ldb + n] : 0.0f;
-        }
-        k0 += TC_BK;
-        if (k0 >= kz) {   // only a reducing launch (kz == K) fetches past its last slice
-            k0 = 0;
-            a += a_r;
-            b += b_r;
+        la.fetch(kleft, a_whole);
+        lb.fetch(kleft, b_whole);
+        // Only a reducing launch (kz == K) fetches past the last slice of a matrix.
+        kleft -= TC_BK;
+        const bool wrap = kleft <= 0;
+        kleft = wrap ? K : kleft;
+        la.off += wrap ? a_back : a_step;
+        lb.off += wrap ? b_back : b_step;
+        if (wrap) {
+            la.base += a_r;
+            lb.base += b_r;
         }
     }
 };
+
+// The loaders keep their chunks themselves (the gathers' ra / rb stay unused).
+template <class P, bool TRANS_A, bool TRANS_B>
+struct TcStaging<TcGemmOp<P, TRANS_A, TRANS_B>> {
+    typedef TcGemmOp<P, TRANS_A, TRANS_B> Op;
+    // One loop: the loaders choose between vector and scalar loads per chunk (predicated).
+    __device__ __forceinline__ static bool vector(const Op&) { return false; }
+    template <bool>
+    __device__ __forceinline__ static void fetch(Op& op, float (&)[Op::LOADS],
+                                                 float (&)[Op::LOADS])
+    {
+        op.fetch();
+    }
+    template <bool, class T, int LDA, int LDB, class Cvt>
+    __device__ __forceinline__ static void store(const Op& op, T (*a)[LDA], T (*b)[LDB],
+                                                 const float (&)[Op::LOADS],
+                                                 const float (&)[Op::LOADS], Cvt cvt)
+    {
+        static_assert(LDA == Op::LD && LDB == Op::LD, "the loaders' rows are TcSmem's");
+        op.la.store(&a[0][0], cvt);
+        op.lb.store(&b[0][0], cvt);
+    }
+};
+
+#endif  // TC_ARCH_OK
 
 // One block tile of C[y, z] (sgemm.cu's semantics), with precision P.
 template <class P, bool TRANS_A, bool TRANS_B>
 __device__ __forceinline__ void sgemm_tc_block(SGEMM_PARAMS)
 {
+#if TC_ARCH_OK
     __shared__ typename ConvTc<P>::Smem sm;
     const int tiles_m = (M + TC_BM - 1) / TC_BM;
     const int m0 = (blockIdx.x % tiles_m) * TC_BM;
@@ -59,25 +93,26 @@ __device__ __forceinline__ void sgemm_tc_block(SGEMM_PARAMS)
     if (nr > red_per_z) nr = red_per_z;
     if (nr < 0) nr = 0;
 
-    TcGemmOp<TRANS_A, TRANS_B> op;
-    op.a = A + y * a_stride_y + z * a_stride_z;
-    op.b = B + y * b_stride_y + z * b_stride_z;
+    TcGemmOp<P, TRANS_A, TRANS_B> op;
+    op.la.init(A + y * a_stride_y + z * a_stride_z, threadIdx.x, m0, M, lda);
+    op.lb.init(B + y * b_stride_y + z * b_stride_z, threadIdx.x, n0, N, ldb);
+    // A split's last part may be shorter (k_last); a reducing launch has k_last == K.
+    const int kz = (blockIdx.z == gridDim.z - 1) ? k_last : K;
+    const int ktiles = (kz + TC_BK - 1) / TC_BK;
+    op.K = K;
+    op.kleft = kz;
+    op.a_step = TRANS_A ? TC_BK * lda : TC_BK;
+    op.b_step = TRANS_B ? TC_BK : TC_BK * ldb;
+    op.a_back = -(ktiles - 1) * op.a_step;
+    op.b_back = -(ktiles - 1) * op.b_step;
     op.a_r = a_stride_r;
     op.b_r = b_stride_r;
-    op.M = M;
-    op.N = N;
-    // A split's last part may be shorter (k_last); a reducing launch has k_last == K.
-    op.kz = (blockIdx.z == gridDim.z - 1) ? k_last : K;
-    op.lda = lda;
-    op.ldb = ldb;
-    op.m0 = m0;
-    op.n0 = n0;
-    op.k0 = 0;
-    op.init_loader();
+    op.a_whole = vec_a ? 4 : (1 << 30);
+    op.b_whole = vec_b ? 4 : (1 << 30);
 
     typedef ConvTc<P> Math;
     float acc[Math::TM][Math::TN];
-    Math::run(op, nr * ((op.kz + TC_BK - 1) / TC_BK), sm, acc);
+    Math::run(op, nr * ktiles, sm, acc);
 
     // sgemm.cu's epilogue, in its order: (acc + bias) + beta * C, then ReLU (NaN stays NaN).
     const float* bias_base = bias + y * bias_stride_y;
@@ -105,6 +140,9 @@ __device__ __forceinline__ void sgemm_tc_block(SGEMM_PARAMS)
             *c = v;
         }
     }
+#else   // below sm_80: never launched (tensor_core.cuh)
+    __trap();
+#endif
 }
 
 // gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=tf32
@@ -163,29 +201,29 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
     sgemm_tc_block<Tc3xTf32, true, true>(SGEMM_ARGS);
 }
 
-// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
-extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
     sgemm_bf16_nn(SGEMM_PARAMS)
 {
     sgemm_tc_block<TcBf16, false, false>(SGEMM_ARGS);
 }
 
-// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
-extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
     sgemm_bf16_nt(SGEMM_PARAMS)
 {
     sgemm_tc_block<TcBf16, false, true>(SGEMM_ARGS);
 }
 
-// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
-extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
     sgemm_bf16_tn(SGEMM_PARAMS)
 {
     sgemm_tc_block<TcBf16, true, false>(SGEMM_ARGS);
 }
 
-// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
-extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
     sgemm_bf16_tt(SGEMM_PARAMS)
 {
     sgemm_tc_block<TcBf16, true, true>(SGEMM_ARGS);

@@ -3,16 +3,20 @@
 // WMMA API (nvcuda::wmma; the emulator provides it, gpucnn/backends/emu/cuda_emu.h).
 //
 // Precisions (gpucnn/ops/precision.py holds their plain references and the host's choice):
-//   TcTf32    operands rounded to TF32 (__float_to_tf32: cvt.rna, 10 mantissa bits), one
-//             product per k step, FP32 accumulation;
+//   TcTf32    operands rounded to TF32 (__float_to_tf32: cvt.rna, 10 mantissa bits) once,
+//             as they are stored into shared memory; one product per k step, FP32
+//             accumulation;
 //   Tc3xTf32  each operand split into big = tf32(x) and small = tf32(x - big); the product is
 //             accumulated as small*big + big*small + big*big (the small terms first, so the
 //             big product does not swamp them; small*small, ~2^-22 relative, is dropped):
 //             FP32-level accuracy from three TF32 products (CUTLASS's 3xTF32);
 //   TcBf16    operands rounded to bfloat16 (round to nearest even, 7 mantissa bits) once,
 //             as they are stored into shared memory; FP32 accumulation.
-// Operands stay FP32 in global memory in every precision: the loads, the gathers and the
-// epilogues are the FP32 kernels' own (conv_implicit.cuh), only the multiply differs.
+// Operands stay FP32 in global memory in every precision: the gathers and the epilogues are
+// the FP32 kernels' own (conv_implicit.cuh), only the multiply differs, and the staging where
+// an operand is contiguous: the forward weights and a 1 x 1 filter's backward-data weights
+// are loaded as float4 chunks when aligned (TcFprop, TcDgrad; TcStaging says how a slice
+// reaches shared memory), as the SGEMM's operands are (sgemm_tc.cu, gemm_operand.cuh).
 //
 // Tile: the FP32 kernels' 128 x 128 block tile and warp tiles (8 warps, 2 along m by 4 along
 // n, 64 x 32 each), with slices of TC_BK = 16. A warp holds its 64 x 32 part as 4 x 2
@@ -29,6 +33,7 @@
 #pragma once
 
 #include "conv_implicit.cuh"
+#include "gemm_operand.cuh"
 
 #ifndef __GPUCNN_EMU__
 #include <cuda_bf16.h>
@@ -65,6 +70,29 @@ typedef ConvTile<TC_BM, TC_BN, TC_BK, TC_THREADS> TcTile;
 #define TC_FM (CONV_WM / 16)
 #define TC_FN (CONV_WN / 16)
 
+// How a slice travels from op to shared memory: the convolution gathers fetch into registers
+// (ra, rb) and are stored in their layouts by conv_store_slice; an Op with loaders of its own
+// (sgemm_tc.cu's TcGemmOp, TcFprop below: float4 chunks, gemm_operand.cuh) specialises this.
+// VEC: which of the main loop's two versions runs (ConvTc::run), vector(op) says, once per
+// launch; an Op with one way of loading returns false, and the VEC version is never built.
+template <class Op>
+struct TcStaging {
+    __device__ __forceinline__ static bool vector(const Op&) { return false; }
+    template <bool VEC>
+    __device__ __forceinline__ static void fetch(Op& op, float (&ra)[Op::LOADS],
+                                                 float (&rb)[Op::LOADS])
+    {
+        op.fetch(ra, rb);
+    }
+    template <bool VEC, class T, int LDA, int LDB, class Cvt>
+    __device__ __forceinline__ static void store(const Op& op, T (*a)[LDA], T (*b)[LDB],
+                                                 const float (&ra)[Op::LOADS],
+                                                 const float (&rb)[Op::LOADS], Cvt cvt)
+    {
+        conv_store_slice(a, b, ra, rb, op, cvt);
+    }
+};
+
 #if TC_ARCH_OK
 
 // The precisions: what shared memory holds (Stored, and the functor converting a gathered
@@ -74,21 +102,26 @@ struct TcTf32 {
     typedef float Stored;
     typedef nvcuda::wmma::precision::tf32 Frag;
     enum { K = 8, PAD = 4, TERMS = 1 };
-    // Stored as FP32: the rounding to TF32 is done per fragment, where 3xTF32 needs both parts.
-    __device__ __forceinline__ float operator()(float v) const { return v; }
-    // The operand as the tensor core should see it: rounded (cvt.rna); unconverted FP32
-    // would be truncated by the hardware instead.
-    template <class Frag>
-    __device__ __forceinline__ static void prepare(Frag& big, Frag&)
+    // The operand as the tensor core should see it: rounded (cvt.rna; unconverted FP32 would
+    // be truncated by the hardware instead), once, as it is stored into shared memory: each
+    // element is then converted by the one thread that stores it, not by every fragment load
+    // that reads it (a slice's element is read by 2 or 4 warps; rounding per fragment cost a
+    // thread 48 conversions per slice, here 16). The rounded value is a TF32 one, which the
+    // fragment holds unchanged: the same operand either way.
+    __device__ __forceinline__ float operator()(float v) const
     {
-#pragma unroll
-        for (int t = 0; t < big.num_elements; ++t)
-            big.x[t] = nvcuda::wmma::__float_to_tf32(big.x[t]);
+        return nvcuda::wmma::__float_to_tf32(v);
     }
+    template <class Frag>
+    __device__ __forceinline__ static void prepare(Frag&, Frag&) {}   // rounded when stored
 };
 
-struct Tc3xTf32 : TcTf32 {
-    enum { TERMS = 3 };
+struct Tc3xTf32 {
+    typedef float Stored;
+    typedef nvcuda::wmma::precision::tf32 Frag;
+    enum { K = 8, PAD = 4, TERMS = 3 };
+    // Stored as FP32: split per fragment, where both parts are needed.
+    __device__ __forceinline__ float operator()(float v) const { return v; }
     // big = the rounded operand, small = the rounded remainder.
     template <class Frag>
     __device__ __forceinline__ static void prepare(Frag& big, Frag& small)
@@ -171,15 +204,210 @@ __device__ __forceinline__ void tc_multiply(TcAcc<P> (&c)[TC_FM][TC_FN],
     }
 }
 
+// The forward convolution's gathers with 128-bit weight loads: w is K-contiguous (rows of
+// K taps per filter), an operand GemmOperand stages as the SGEMM's k-contiguous A, in float4
+// chunks, when every chunk is 16-byte aligned (K a multiple of 4, w aligned). That is decided
+// once per launch and ConvTc::run holds a main loop for each case (a test per slice would
+// keep both loads in one loop: ptxas neither hoists nor versions it); otherwise ConvFprop's
+// own gather, unchanged. The input gathers (x) are ConvFprop's either way. Only who loads
+// which weight changes: shared memory receives the same slice.
+template <class P>
+struct TcFprop : ConvFprop<TcTile> {
+    GemmOperand<TC_BM, TC_BK, TC_BM + P::PAD, TC_THREADS, true> wv;
+    int kleft;   // K - k0 of the next slice
+    bool vec;
+
+    __device__ __forceinline__ void init_weights(const float* wg, int f0, int Fg, int K)
+    {
+        wv.init(wg, threadIdx.x, f0, Fg, K);
+        kleft = K;
+        vec = K % 4 == 0 && (reinterpret_cast<unsigned long long>(wg) & 15) == 0;
+    }
+};
+
+template <class P>
+struct TcStaging<TcFprop<P>> {
+    typedef TcFprop<P> Op;
+    __device__ __forceinline__ static bool vector(const Op& op) { return op.vec; }
+    template <bool VEC>
+    __device__ __forceinline__ static void fetch(Op& op, float (&ra)[Op::LOADS],
+                                                 float (&rb)[Op::LOADS])
+    {
+        if (VEC) {   // K % 4 == 0: whole chunks only (a filter row past Fg reads none)
+            op.wv.fetch_whole(op.kleft);
+            op.kleft -= TC_BK;
+            op.wv.off += TC_BK;
+        } else {
+            op.fetch_w(ra);
+        }
+        op.fetch_x(rb);
+        op.advance();
+    }
+    template <bool VEC, class T, int LDA, int LDB, class Cvt>
+    __device__ __forceinline__ static void store(const Op& op, T (*a)[LDA], T (*b)[LDB],
+                                                 const float (&ra)[Op::LOADS],
+                                                 const float (&rb)[Op::LOADS], Cvt cvt)
+    {
+        static_assert(LDA == TC_BM + P::PAD, "the weight loader's rows are TcSmem's");
+        if (VEC)
+            op.wv.store(&a[0][0], cvt);
+        else
+            conv_store_operand<Op::A_K_ON_LANES>(a, ra, op, cvt);
+        conv_store_operand<Op::B_K_ON_LANES>(b, rb, op, cvt);
+    }
+};
+
+// The backward-data gathers with 128-bit weight loads for a 1 x 1 filter: W'[c, t] is then
+// w[g * Fg + t, c], rows of Cg consecutive channels, an operand GemmOperand stages as the
+// SGEMM's m-contiguous A (float4 chunks of 4 channels, one 128-bit shared store each) when
+// Cg is a multiple of 4 and w is aligned; a main loop per case as TcFprop's. Other filters
+// spread a filter's channels kh * kw apart: ConvDgrad's own gather, unchanged. The dy
+// gathers are ConvDgrad's either way.
+template <class P>
+struct TcDgrad : ConvDgrad<TcTile> {
+    GemmOperand<TC_BM, TC_BK, TC_BM + P::PAD, TC_THREADS, false> wv;
+    int kleft;   // T - t0 of the next slice
+    int wv_ld;   // floats between the rows of W'^T (filters): Cg
+    bool vec;
+
+    __device__ __forceinline__ void init_weights(const float* wg, int c0, int Cg, int taps)
+    {
+        wv.init(wg, threadIdx.x, c0, Cg, Cg);
+        kleft = T;
+        wv_ld = Cg;
+        vec = taps == 1 && Cg % 4 == 0 && (reinterpret_cast<unsigned long long>(wg) & 15) == 0;
+    }
+};
+
+template <class P>
+struct TcStaging<TcDgrad<P>> {
+    typedef TcDgrad<P> Op;
+    __device__ __forceinline__ static bool vector(const Op& op) { return op.vec; }
+    template <bool VEC>
+    __device__ __forceinline__ static void fetch(Op& op, float (&ra)[Op::LOADS],
+                                                 float (&rb)[Op::LOADS])
+    {
+        if (VEC) {   // Cg % 4 == 0: whole chunks only (channels past Cg read none)
+            op.wv.fetch_whole(op.kleft);
+            op.kleft -= TC_BK;
+            op.wv.off += TC_BK * op.wv_ld;
+        } else {
+            op.fetch_w(ra);
+        }
+        op.fetch_dy(rb);
+        op.advance();
+    }
+    template <bool VEC, class T, int LDA, int LDB, class Cvt>
+    __device__ __forceinline__ static void store(const Op& op, T (*a)[LDA], T (*b)[LDB],
+                                                 const float (&ra)[Op::LOADS],
+                                                 const float (&rb)[Op::LOADS], Cvt cvt)
+    {
+        static_assert(LDA == TC_BM + P::PAD, "the weight loader's rows are TcSmem's");
+        if (VEC)
+            op.wv.store(&a[0][0], cvt);
+        else
+            conv_store_operand<Op::A_K_ON_LANES>(a, ra, op, cvt);
+        conv_store_operand<Op::B_K_ON_LANES>(b, rb, op, cvt);
+    }
+};
+
+// The backward-weights gathers with 128-bit loads of dy: DY[f, q] = dy[n, g * Fg + f, p] is
+// q-contiguous within an image. When P is a multiple of TC_BK (and so are the split's start
+// and length, and dy is aligned) every slice lies in one image and is whole or past the
+// split's end, and DY's slice is a plain k-contiguous matrix of rows P floats apart, which
+// GemmOperand stages as the SGEMM's A, from a base moved by a slice per fetch and on to the
+// next image at the plane's end; a main loop per case as TcFprop's. Otherwise ConvWgrad's
+// gather, unchanged. The x gathers are ConvWgrad's either way.
+template <class P>
+struct TcWgrad : ConvWgrad<TcTile> {
+    GemmOperand<TC_BM, TC_BK, TC_BM + P::PAD, TC_THREADS, true> dv;
+    int kleft;        // q_end - q of the next slice
+    int p0, plane;    // the next slice's first position in its image, and P
+    int image_skip;   // floats from the end of a plane of dy to the next image's: (F - 1) * P
+    bool vec;
+
+    __device__ __forceinline__ void init_dy(const float* dyg, int f0, int Fg, int F, int P_,
+                                            int q_begin, int q_per_split)
+    {
+        vec = P_ % TC_BK == 0 && q_per_split % TC_BK == 0 && q_begin % TC_BK == 0 &&
+              (reinterpret_cast<unsigned long long>(dyg) & 15) == 0;
+        const int n0 = q_begin / P_;
+        p0 = q_begin - n0 * P_;
+        plane = P_;
+        image_skip = (F - 1) * P_;
+        kleft = q_end - q_begin;
+        dv.init(dyg + ((long long)n0 * F * P_ + p0), threadIdx.x, f0, Fg, P_);
+    }
+};
+
+template <class P>
+struct TcStaging<TcWgrad<P>> {
+    typedef TcWgrad<P> Op;
+    __device__ __forceinline__ static bool vector(const Op& op) { return op.vec; }
+    template <bool VEC>
+    __device__ __forceinline__ static void fetch(Op& op, float (&ra)[Op::LOADS],
+                                                 float (&rb)[Op::LOADS])
+    {
+        if (VEC) {   // whole chunks only (a filter row past Fg, a slice past q_end: none)
+            op.dv.fetch_whole(op.kleft);
+            op.kleft -= TC_BK;
+            op.dv.base += TC_BK;
+            op.p0 += TC_BK;
+            if (op.p0 == op.plane) {   // on to the next image
+                op.p0 = 0;
+                op.dv.base += op.image_skip;
+            }
+        } else {
+            op.fetch_dy(ra);
+        }
+        op.fetch_x(rb);
+        op.advance();
+    }
+    template <bool VEC, class T, int LDA, int LDB, class Cvt>
+    __device__ __forceinline__ static void store(const Op& op, T (*a)[LDA], T (*b)[LDB],
+                                                 const float (&ra)[Op::LOADS],
+                                                 const float (&rb)[Op::LOADS], Cvt cvt)
+    {
+        static_assert(LDA == TC_BM + P::PAD, "the dy loader's rows are TcSmem's");
+        if (VEC)
+            op.dv.store(&a[0][0], cvt);
+        else
+            conv_store_operand<Op::A_K_ON_LANES>(a, ra, op, cvt);
+        conv_store_operand<Op::B_K_ON_LANES>(b, rb, op, cvt);
+    }
+};
+
 // acc = the block tile's product over `slices` slices of op's gathers (as ConvFp32::run),
 // acc[i][j] = tile element (row(i), col(j)): ConvFp32's layout.
 template <class P>
 struct ConvTc {
     typedef TcTile Tile;
     typedef TcSmem<P> Smem;
+    typedef TcFprop<P> FpropOp;
+    typedef TcDgrad<P> DgradOp;
+    typedef TcWgrad<P> WgradOp;
     enum { TM = ConvFp32::TM, TN = ConvFp32::TN };
     __device__ __forceinline__ static int row(int i) { return ConvFp32::row(i); }
     __device__ __forceinline__ static int col(int j) { return ConvFp32::col(j); }
+
+    // c += the products of the slices, staged by TcStaging<Op> (its VEC version).
+    template <bool VEC, class Op>
+    __device__ __forceinline__ static void loop(Op& op, int slices, Smem& sm,
+                                                TcAcc<P> (&c)[TC_FM][TC_FN], int wm, int wn)
+    {
+        float ra[Tile::LOADS], rb[Tile::LOADS];
+        for (int s = 0; s <= slices; ++s) {
+            // As ConvFp32::run: gather slice s, multiply slice s - 1, store slice s.
+            if (s < slices)
+                TcStaging<Op>::template fetch<VEC>(op, ra, rb);
+            if (s > 0)
+                tc_multiply<P>(c, &sm.ab.a[(s - 1) & 1][0][wm], &sm.ab.b[(s - 1) & 1][0][wn]);
+            if (s < slices)
+                TcStaging<Op>::template store<VEC>(op, sm.ab.a[s & 1], sm.ab.b[s & 1], ra, rb,
+                                                   P());
+            __syncthreads();
+        }
+    }
 
     template <class Op>
     __device__ __forceinline__ static void run(Op& op, int slices, Smem& sm,
@@ -195,17 +423,10 @@ struct ConvTc {
 #pragma unroll
             for (int j = 0; j < TC_FN; ++j)
                 wmma::fill_fragment(c[i][j], 0.0f);
-        float ra[Tile::LOADS], rb[Tile::LOADS];
-        for (int s = 0; s <= slices; ++s) {
-            // As ConvFp32::run: gather slice s, multiply slice s - 1, store slice s.
-            if (s < slices)
-                op.fetch(ra, rb);
-            if (s > 0)
-                tc_multiply<P>(c, &sm.ab.a[(s - 1) & 1][0][wm], &sm.ab.b[(s - 1) & 1][0][wn]);
-            if (s < slices)
-                conv_store_slice(sm.ab.a[s & 1], sm.ab.b[s & 1], ra, rb, op, P());
-            __syncthreads();
-        }
+        if (TcStaging<Op>::vector(op))   // uniform: one loop or the other for the block
+            loop<true>(op, slices, sm, c, wm, wn);
+        else
+            loop<false>(op, slices, sm, c, wm, wn);
         // The barrier above ended every read of the operand buffers: c may overwrite them.
         // Half h of the warp tile holds fragment rows h * TC_FM / 2 ... and, in ConvFp32's
         // layout, this thread's accumulator rows h * TM / 2 ... (row(i) steps by CONV_WM / 2
@@ -242,6 +463,9 @@ template <class P>
 struct ConvTc {
     typedef TcTile Tile;
     typedef ConvSmem<Tile> Smem;
+    typedef ConvFprop<Tile> FpropOp;
+    typedef ConvDgrad<Tile> DgradOp;
+    typedef ConvWgrad<Tile> WgradOp;
     enum { TM = ConvFp32::TM, TN = ConvFp32::TN };
     __device__ __forceinline__ static int row(int i) { return i; }
     __device__ __forceinline__ static int col(int j) { return j; }
