@@ -158,6 +158,66 @@ union __align__(32) TcSmem {
     float c[TC_THREADS / 32][CONV_WM / 2][CONV_WN + CONV_PAD];
 };
 
+// wmma::load_matrix_sync(f, p, ldm) for a p in shared memory, as WMMA's own PTX instruction
+// in its .shared form (wmma.load.{a,b}.sync.aligned.<layout>.<shape>.shared.<type>) with a
+// 32-bit shared address. Why: load_matrix_sync takes a generic pointer and NVVM keeps it
+// generic (the PTX says wmma.load without a state space, though after inlining the pointer
+// is an index into the kernel's own __shared__ TcSmem; __builtin_assume(__isShared(p)) did
+// not change it either, NVRTC 12.9 and 13.5), so ptxas emitted generic LD with 64-bit
+// address arithmetic: 48 per TF32 slice. The .shared form is the same load (mma.h's load_matrix_sync
+// is that instruction, generic, writing the fragment's registers in the same order: see
+// __mma_tf32_m16n16k8_ld_a in crt/mma.hpp), so the fragments, and every product, are the
+// same. Only the layouts and types tc_multiply reads are here (A column-major, B row-major;
+// TF32 m16n16k8, BF16 m16n16k16); WMMA's rules still hold: ldm in elements, a multiple of
+// 16 bytes, p 32-byte aligned. volatile and "memory": the compiler sees the asm's inputs
+// only (an address), so without them it could merge the loads of slices s and s + 2 (the
+// same buffer) or move them across the barrier and the stores of the next slice. The
+// emulator has no PTX: load_matrix_sync there. (ptxas turns the BF16 loads into LDSM.)
+#ifndef __GPUCNN_EMU__
+namespace tc_detail {
+using namespace nvcuda;
+template <class Frag> struct SharedLoad;   // the PTX instruction of one fragment type
+#define TC_SHARED_LOAD(USE, LAYOUT, SHAPE, TYPE, ELEM, PTX)                                 \
+    template <>                                                                            \
+    struct SharedLoad<wmma::fragment<wmma::USE, 16, 16, SHAPE, TYPE, wmma::LAYOUT>> {      \
+        typedef ELEM Elem;                                                                 \
+        __device__ __forceinline__ static void load(unsigned (&r)[4], const Elem* p,        \
+                                                    unsigned ldm)                          \
+        {                                                                                  \
+            const unsigned addr = static_cast<unsigned>(__cvta_generic_to_shared(p));      \
+            asm volatile(PTX " {%0, %1, %2, %3}, [%4], %5;"                                \
+                         : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])                  \
+                         : "r"(addr), "r"(ldm)                                             \
+                         : "memory");                                                      \
+        }                                                                                  \
+    };
+TC_SHARED_LOAD(matrix_a, col_major, 8, wmma::precision::tf32, float,
+               "wmma.load.a.sync.aligned.col.m16n16k8.shared.tf32")
+TC_SHARED_LOAD(matrix_b, row_major, 8, wmma::precision::tf32, float,
+               "wmma.load.b.sync.aligned.row.m16n16k8.shared.tf32")
+TC_SHARED_LOAD(matrix_a, col_major, 16, __nv_bfloat16, __nv_bfloat16,
+               "wmma.load.a.sync.aligned.col.m16n16k16.shared.bf16")
+TC_SHARED_LOAD(matrix_b, row_major, 16, __nv_bfloat16, __nv_bfloat16,
+               "wmma.load.b.sync.aligned.row.m16n16k16.shared.bf16")
+#undef TC_SHARED_LOAD
+}  // namespace tc_detail
+#endif
+
+template <class Frag, class T>
+__device__ __forceinline__ void tc_load_shared(Frag& f, const T* p, unsigned ldm)
+{
+#ifdef __GPUCNN_EMU__
+    nvcuda::wmma::load_matrix_sync(f, p, ldm);
+#else
+    // Four 32-bit registers per lane for every fragment here (4 TF32, 8 BF16 elements),
+    // as the fragment holds them (crt/mma.hpp reads a fragment as int[] the same way).
+    static_assert(sizeof(f.x) == 4 * sizeof(unsigned), "a fragment of four registers");
+    unsigned r[4];
+    tc_detail::SharedLoad<Frag>::load(r, p, ldm);
+    memcpy(&f.x[0], r, sizeof r);
+#endif
+}
+
 template <class P>
 using TcAcc = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, P::K, float>;
 
@@ -183,14 +243,14 @@ __device__ __forceinline__ void tc_multiply(TcAcc<P> (&c)[TC_FM][TC_FN],
             fb[TC_FN], fb_s[TC_FN];
 #pragma unroll
         for (int j = 0; j < TC_FN; ++j) {
-            wmma::load_matrix_sync(fb[j], b + k * LD + 16 * j, LD);
+            tc_load_shared(fb[j], b + k * LD + 16 * j, LD);
             P::prepare(fb[j], fb_s[j]);
         }
 #pragma unroll
         for (int i = 0; i < TC_FM; ++i) {
             wmma::fragment<wmma::matrix_a, 16, 16, P::K, typename P::Frag, wmma::col_major> fa,
                 fa_s;
-            wmma::load_matrix_sync(fa, a + k * LD + 16 * i, LD);
+            tc_load_shared(fa, a + k * LD + 16 * i, LD);
             P::prepare(fa, fa_s);
 #pragma unroll
             for (int j = 0; j < TC_FN; ++j) {

@@ -212,11 +212,12 @@ class Nvrtc:
         if rc != 0:
             raise RuntimeError(f"{what} failed: {self.error_string(rc)}")
 
-    def compile(self, source, name="kernel.cu", options=()):
+    def compile(self, source, name="kernel.cu", options=(), ptx=False):
         """Compile ``source``; returns ``(rc, rc_name, log, cubin_bytes_or_None)``.
 
         ``rc`` is ``nvrtcCompileProgram``'s result (0 on success). A cubin is produced when
-        an ``sm_XX`` (real) architecture is given.
+        an ``sm_XX`` (real) architecture is given. ``ptx``: the last item is the PTX text
+        instead (any architecture), for checks of what NVVM emits before ptxas.
         """
         prog = ctypes.c_void_p()
         src = source.encode() if isinstance(source, str) else source
@@ -233,7 +234,13 @@ class Nvrtc:
             self._check(self.lib.nvrtcGetProgramLog(prog, buf), "nvrtcGetProgramLog")
             log = buf.value.decode(errors="replace")
             cubin = None
-            if rc == 0:
+            if rc == 0 and ptx:
+                size = ctypes.c_size_t()
+                if self.lib.nvrtcGetPTXSize(prog, ctypes.byref(size)) == 0 and size.value:
+                    out = ctypes.create_string_buffer(size.value)
+                    if self.lib.nvrtcGetPTX(prog, out) == 0:
+                        cubin = out.value.decode(errors="replace")
+            elif rc == 0:
                 size = ctypes.c_size_t()
                 if self.lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)) == 0 and size.value:
                     out = ctypes.create_string_buffer(size.value)

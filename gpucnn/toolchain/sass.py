@@ -277,4 +277,11 @@ def _tensor_core_problems(stats, kind):
     other = [k for k in stats.hmma_kinds if k != kind]
     if other:
         return [f"SASS main loop: HMMA of kind {'/'.join(other)}, expected {kind} only"]
+    # The fragments come from shared memory: a generic LD there means a fragment load lost
+    # its state space (wmma::load_matrix_sync's generic pointer; tensor_core.cuh's
+    # tc_load_shared is the .shared form), with 64-bit address arithmetic around it.
+    generic = stats.counts.get("LD", 0)
+    if generic:
+        return [f"SASS main loop: {generic} generic LD (fragment loads must read shared "
+                f"memory with LDS/LDSM: tc_load_shared)"]
     return []

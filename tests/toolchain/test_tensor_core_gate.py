@@ -49,3 +49,7 @@ def test_gate_refuses_a_kernel_of_the_wrong_kind(tc_records):
     none = LoopStats(kernel="y", start=0, end=1, instructions=10, ffma=8, hmma=0, hmma_kinds=[],
                      lds_bits=[], ldg_bits=[], sts_bits=[], counts={})
     assert any("no HMMA" in p for p in sass_problems(none, decls["sgemm_tf32_nn"]))
+    generic = LoopStats(kernel=r.kernel, start=0, end=1, instructions=r.loop_instructions,
+                        ffma=r.loop_ffma, hmma=r.loop_hmma, hmma_kinds=r.hmma_kinds,
+                        lds_bits=[], ldg_bits=[], sts_bits=[], counts={"LD": 48})
+    assert any("48 generic LD" in p for p in sass_problems(generic, decls["sgemm_tf32_nn"]))
