@@ -22,7 +22,7 @@ them GEMM-like (``gemm=1``, or ``min_ffma=``): the main loop must reach the FFMA
 :data:`DEFAULT_MIN_FFMA`) and read shared memory only with 128-bit ``LDS``. ``gemm=report``
 shows the figures without gating; kernels without the key are not analysed. A tensor-core
 kernel (``tc=tf32`` / ``tc=bf16``) must hold HMMA instructions of its kind in that loop, and no
-other kind. Spills are gated for every kernel by :mod:`.gates` already.
+other kind, and no generic ``LD`` (its fragments come from shared memory: ``LDS``/``LDSM``). Spills are gated for every kernel by :mod:`.gates` already.
 
 Where nvdisasm comes from: ``$GPUCNN_NVDISASM``, ``PATH``, the pip wheel
 (``nvidia-cuda-nvdisasm``: ``nvidia/cu13/bin``; CUDA 12 layout ``nvidia/cuda_nvdisasm/bin``),
