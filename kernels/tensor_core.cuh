@@ -283,24 +283,29 @@ struct TcFprop : ConvFprop<TcTile> {
         kleft = K;
         vec = K % 4 == 0 && (reinterpret_cast<unsigned long long>(wg) & 15) == 0;
     }
+    // TcWeightStaging's hooks: a slice moves the weights TC_BK taps on; B is the input
+    __device__ __forceinline__ int weight_step() const { return TC_BK; }
+    __device__ __forceinline__ void fetch_b(float (&rb)[LOADS]) { fetch_x(rb); }
 };
 
-template <class P>
-struct TcStaging<TcFprop<P>> {
-    typedef TcFprop<P> Op;
+// How TcFprop and TcDgrad stage a slice: their weights through GemmOperand on the vector
+// path (whole chunks only: rows past the filters or channels read none), else the gather of
+// the FP32 kernel; their other operand by its own gather (Op::fetch_b) either way.
+template <class Op, class P>
+struct TcWeightStaging {
     __device__ __forceinline__ static bool vector(const Op& op) { return op.vec; }
     template <bool VEC>
     __device__ __forceinline__ static void fetch(Op& op, float (&ra)[Op::LOADS],
                                                  float (&rb)[Op::LOADS])
     {
-        if (VEC) {   // K % 4 == 0: whole chunks only (a filter row past Fg reads none)
+        if (VEC) {
             op.wv.fetch_whole(op.kleft);
             op.kleft -= TC_BK;
-            op.wv.off += TC_BK;
+            op.wv.off += op.weight_step();
         } else {
             op.fetch_w(ra);
         }
-        op.fetch_x(rb);
+        op.fetch_b(rb);
         op.advance();
     }
     template <bool VEC, class T, int LDA, int LDB, class Cvt>
@@ -316,6 +321,9 @@ struct TcStaging<TcFprop<P>> {
         conv_store_operand<Op::B_K_ON_LANES>(b, rb, op, cvt);
     }
 };
+
+template <class P>
+struct TcStaging<TcFprop<P>> : TcWeightStaging<TcFprop<P>, P> {};
 
 // The backward-data gathers with 128-bit weight loads for a 1 x 1 filter: W'[c, t] is then
 // w[g * Fg + t, c], rows of Cg consecutive channels, an operand GemmOperand stages as the
@@ -337,39 +345,13 @@ struct TcDgrad : ConvDgrad<TcTile> {
         wv_ld = Cg;
         vec = taps == 1 && Cg % 4 == 0 && (reinterpret_cast<unsigned long long>(wg) & 15) == 0;
     }
+    // TcWeightStaging's hooks: a slice moves the weights TC_BK filters on; B is dy
+    __device__ __forceinline__ int weight_step() const { return TC_BK * wv_ld; }
+    __device__ __forceinline__ void fetch_b(float (&rb)[LOADS]) { fetch_dy(rb); }
 };
 
 template <class P>
-struct TcStaging<TcDgrad<P>> {
-    typedef TcDgrad<P> Op;
-    __device__ __forceinline__ static bool vector(const Op& op) { return op.vec; }
-    template <bool VEC>
-    __device__ __forceinline__ static void fetch(Op& op, float (&ra)[Op::LOADS],
-                                                 float (&rb)[Op::LOADS])
-    {
-        if (VEC) {   // Cg % 4 == 0: whole chunks only (channels past Cg read none)
-            op.wv.fetch_whole(op.kleft);
-            op.kleft -= TC_BK;
-            op.wv.off += TC_BK * op.wv_ld;
-        } else {
-            op.fetch_w(ra);
-        }
-        op.fetch_dy(rb);
-        op.advance();
-    }
-    template <bool VEC, class T, int LDA, int LDB, class Cvt>
-    __device__ __forceinline__ static void store(const Op& op, T (*a)[LDA], T (*b)[LDB],
-                                                 const float (&ra)[Op::LOADS],
-                                                 const float (&rb)[Op::LOADS], Cvt cvt)
-    {
-        static_assert(LDA == TC_BM + P::PAD, "the weight loader's rows are TcSmem's");
-        if (VEC)
-            op.wv.store(&a[0][0], cvt);
-        else
-            conv_store_operand<Op::A_K_ON_LANES>(a, ra, op, cvt);
-        conv_store_operand<Op::B_K_ON_LANES>(b, rb, op, cvt);
-    }
-};
+struct TcStaging<TcDgrad<P>> : TcWeightStaging<TcDgrad<P>, P> {};
 
 // The backward-weights gathers with 128-bit loads of dy: DY[f, q] = dy[n, g * Fg + f, p] is
 // q-contiguous within an image. When P is a multiple of TC_BK (and so are the split's start

@@ -34,6 +34,19 @@ def _stored(B, x, ld, shift=0):
     return view
 
 
+def _aligned_and_shifted(B, w, run):
+    """``run(weights on the device)`` with w 16-byte aligned and 4 bytes past a boundary."""
+    return [B.to_numpy(run(_stored(B, w.reshape(w.shape[0], -1), w[0].size, shift)
+                           .reshape(w.shape))) for shift in (0, 1)]
+
+
+def _check_both(outs, ref, precision, what):
+    """The aligned run near the float64 reference; the shifted (scalar) run equal to it."""
+    assert_close(outs[0], ref, TOL[precision], what)
+    np.testing.assert_array_equal(outs[1].view(np.uint32), outs[0].view(np.uint32),
+                                  err_msg=f"{what}: scalar != vector weights")
+
+
 @pytest.mark.parametrize("precision", TC)
 @pytest.mark.parametrize("ta,tb", TRANS, ids=TRANS_IDS)
 @pytest.mark.parametrize("M,N,K", [(129, 127, 130), (40, 72, 36), (5, 130, 19)], ids=str)
@@ -84,15 +97,10 @@ def test_conv_forward_vector_weights_agree(device_precision, reference_backend, 
     x = randn(rng, *xs)
     w = randn(rng, *ws)
     bias = randn(rng, ws[0])
-    outs = []
-    for shift in (0, 1):
-        dw = _stored(B, w.reshape(ws[0], -1), w[0].size, shift).reshape(ws)
-        y = B.conv2d(B.asarray(x), dw, B.asarray(bias), algo="implicit", **kw)
-        outs.append(B.to_numpy(y))
+    outs = _aligned_and_shifted(
+        B, w, lambda dw: B.conv2d(B.asarray(x), dw, B.asarray(bias), algo="implicit", **kw))
     ref = reference_backend.conv2d(*f64(x, w, bias), **kw)
-    assert_close(outs[0], ref, TOL[precision], f"{precision} {case} forward")
-    np.testing.assert_array_equal(outs[1].view(np.uint32), outs[0].view(np.uint32),
-                                  err_msg=f"{precision} {case}: scalar != vector weights")
+    _check_both(outs, ref, precision, f"{precision} {case} forward")
 
 
 # 1 x 1 filters with Cg a multiple of 4 (the weights' 128-bit path of backward-data), past
@@ -118,15 +126,11 @@ def test_conv_backward_data_vector_weights_agree(device_precision, reference_bac
     w = randn(rng, *ws)
     y = reference_backend.conv2d(*f64(x, w, np.zeros(ws[0])), **kw)
     dy = randn(rng, *y.shape)
-    outs = []
-    for shift in (0, 1):
-        dw = _stored(B, w.reshape(ws[0], -1), w[0].size, shift).reshape(ws)
-        dx = B.conv2d_backward(B.asarray(dy), B.asarray(x), dw, algo="implicit", **kw)[0]
-        outs.append(B.to_numpy(dx))
+    outs = _aligned_and_shifted(
+        B, w, lambda dw: B.conv2d_backward(B.asarray(dy), B.asarray(x), dw, algo="implicit",
+                                           **kw)[0])
     ref = reference_backend.conv2d_backward(*f64(dy, x, w), **kw)[0]
-    assert_close(outs[0], ref, TOL[precision], f"{precision} {case} dx")
-    np.testing.assert_array_equal(outs[1].view(np.uint32), outs[0].view(np.uint32),
-                                  err_msg=f"{precision} {case}: scalar != vector weights")
+    _check_both(outs, ref, precision, f"{precision} {case} dx")
 
 
 # Output planes of P = Ho * Wo a multiple of 16 (dy's 128-bit path of backward-weights):
