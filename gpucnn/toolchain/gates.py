@@ -68,6 +68,7 @@ class Record:
     lds_bits: list | None = None         # widths of its shared loads, e.g. [128]
     ldg_bits: list | None = None         # ... global loads, e.g. [32, 128]
     sts_bits: list | None = None         # ... shared stores
+    other_loops: list | None = None      # the other main loops: [{instructions, ffma, hmma}]
     problems: list = dataclasses.field(default_factory=list)
     notes: list = dataclasses.field(default_factory=list)
 
@@ -193,6 +194,8 @@ def apply_sass(records, path, decls, nvrtc=None, source=None, target=sass.SASS_T
             r.loop_hmma, r.hmma_share = st.hmma, round(st.hmma_share, 4)
             r.hmma_kinds = st.hmma_kinds
             r.lds_bits, r.ldg_bits, r.sts_bits = st.lds_bits, st.ldg_bits, st.sts_bits
+            r.other_loops = [{"instructions": o.instructions, "ffma": o.ffma, "hmma": o.hmma}
+                             for o in st.others] or None
         r.problems += sass.sass_problems(st, _decl_of(decls, r.kernel))
     return mine
 

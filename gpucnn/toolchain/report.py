@@ -61,7 +61,8 @@ def render_table(records):
                      "-" if r.reg_budget is None else str(r.reg_budget),
                      "-" if r.spill_stores is None else f"{r.spill_stores}/{r.spill_loads}",
                      _fmt_bytes(r.stack), _fmt_bytes(r.smem), block, occ,
-                     "-" if r.loop_instructions is None else str(r.loop_instructions),
+                     "-" if r.loop_instructions is None else str(r.loop_instructions)
+                     + "".join(f"/{o['instructions']}" for o in r.other_loops or ()),
                      "-" if r.loop_ffma is None else f"{r.loop_ffma} ({r.ffma_share:.0%})",
                      "-" if not r.loop_hmma else
                      f"{r.loop_hmma} {'/'.join(r.hmma_kinds)} ({r.hmma_share:.0%})",

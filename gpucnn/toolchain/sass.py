@@ -6,7 +6,10 @@ The main loop is found the way one reads SASS by hand: every backward branch (a 
 target is at or before it) closes a loop spanning the instructions from its target to itself;
 an *innermost* loop contains no other backward branch; the *hottest* loop is the innermost
 one with the most FFMA and HMMA (tensor-core) instructions (ties: the longest; a kernel with
-neither: the longest).
+neither: the longest). A kernel that holds a main loop per case (the tensor-core convolutions:
+one for 128-bit operand loads, one for the scalar gathers, chosen once per launch) has several
+innermost loops with that most math: the others are kept in ``LoopStats.others``, reported
+beside it and gated like it.
 In a GEMM that is the K-slice loop whose body the compiler unrolled. Its figures are static
 counts over that instruction range (each instruction once, whatever the branches inside do):
 
@@ -193,6 +196,7 @@ class LoopStats:
     ldg_bits: list             # ... of the global loads
     sts_bits: list             # ... of the shared stores
     counts: dict               # opcode (no modifiers) -> count
+    others: list = dataclasses.field(default_factory=list)  # the other main loops (LoopStats)
 
     @property
     def ffma_share(self):
@@ -217,7 +221,16 @@ def hottest_loop(name, instrs):
     def math(a, b):
         return sum(1 for ins in instrs[a:b + 1] if ins.op in ("FFMA", "HMMA"))
 
-    a, b = max(inner, key=lambda ab: (math(*ab), ab[1] - ab[0], -ab[0]))
+    ranked = sorted(inner, key=lambda ab: (math(*ab), ab[1] - ab[0], -ab[0]), reverse=True)
+    best = _loop_stats(name, instrs, *ranked[0])
+    if math(*ranked[0]):
+        best.others = [_loop_stats(name, instrs, a, b) for a, b in ranked[1:]
+                       if math(a, b) == math(*ranked[0])]
+    return best
+
+
+def _loop_stats(name, instrs, a, b):
+    """The :class:`LoopStats` of instructions ``a`` to ``b`` (a loop) of kernel ``name``."""
     body = instrs[a:b + 1]
     counts = {}
     for ins in body:
@@ -250,6 +263,13 @@ def sass_problems(stats, decl) -> list:
     """Why a GEMM-like kernel's main loop fails its gate (empty: it passes). ``decl`` is the
     kernel's :class:`~.parse.KernelDecl`; kernels not declared GEMM-like (or ``gemm=report``)
     are not gated."""
+    out = _loop_problems(stats, decl)
+    for other in getattr(stats, "others", ()):
+        out += [f"{p} (the main loop at {other.start:#x})" for p in _loop_problems(other, decl)]
+    return out
+
+
+def _loop_problems(stats, decl):
     tc = getattr(decl, "tc", "")
     if tc:
         return _tensor_core_problems(stats, tc.upper())

@@ -74,6 +74,42 @@ def test_hottest_loop_is_the_innermost_with_most_ffma():
     assert hottest_loop("flat", parse_sass(LISTING)["flat"]) is None
 
 
+TWO_LOOPS = """\
+//--------------------- .text.k2                 --------------------------
+        .section        .text.k2,"ax",@progbits
+        /*0000*/                   S2R R0, SR_TID.X ;
+.L_x_0:
+        /*0010*/                   LDS.128 R4, [R0] ;
+        /*0020*/                   FFMA R1, R4, R5, R1 ;
+        /*0030*/                   FFMA R2, R4, R5, R2 ;
+        /*0040*/               @P0 BRA `(.L_x_0) ;
+        /*0050*/                   EXIT ;
+.L_x_1:
+        /*0060*/                   LDS R8, [R0] ;
+        /*0070*/                   LDG.E R9, desc[UR4][R2.64] ;
+        /*0080*/                   IADD3 R3, R3, 0x1, RZ ;
+        /*0090*/                   FFMA R1, R8, R9, R1 ;
+        /*00a0*/                   FFMA R2, R8, R9, R2 ;
+        /*00b0*/               @P1 BRA `(.L_x_1) ;
+        /*00c0*/                   EXIT ;
+"""
+
+
+def test_a_main_loop_per_case_is_reported_and_gated_each():
+    """Two innermost loops with the same math (a kernel with one main loop per load path):
+    the longer is the main loop, the other is kept beside it and gated like it."""
+    st = hottest_loop("k2", parse_sass(TWO_LOOPS)["k2"])
+    assert (st.start, st.instructions, st.ffma) == (0x60, 6, 2)
+    assert [(o.start, o.instructions, o.lds_bits) for o in st.others] == [(0x10, 4, [128])]
+    body = 'extern "C" __global__ void k2(float* x) { }\n'
+    probs = sass_problems(st, _decl("// gpucnn: block=64 min_ffma=40%\n" + body, "k2"))
+    # the main loop (2 of 6 FFMA, 32-bit LDS) fails both rules; the other (2 of 4, LDS.128)
+    # passes them: nothing is said of it
+    assert len(probs) == 2 and not any("0x10" in p for p in probs)
+    probs = sass_problems(st, _decl("// gpucnn: block=64 min_ffma=60%\n" + body, "k2"))
+    assert any("50% < 60%" in p and "(the main loop at 0x10)" in p for p in probs)
+
+
 def test_access_bits():
     assert [access_bits(o) for o in ("LDS", "LDS.128", "LDS.U16", "LDG.E.128.CONSTANT",
                                      "LDG.E.CONSTANT", "LDG.E.64", "STS.U8")] == \
