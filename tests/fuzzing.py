@@ -182,6 +182,9 @@ def read_members(data):
 
 
 def npy_bytes(array, version=None):
+    # Writing only: the mutants include object arrays (pickled members) on purpose, to check
+    # that every reader refuses them (np.load(..., allow_pickle=False) in gpucnn); nothing
+    # here or in gpucnn ever loads with pickling allowed.
     out = io.BytesIO()
     np.lib.format.write_array(out, array, version=version, allow_pickle=True)
     return out.getvalue()
