@@ -22,6 +22,7 @@ import numpy as np
 from ..ops import catalog  # noqa: F401 - registers every op's entry points
 from ..ops.conv.selector import Selector
 from ..ops.dispatch import FunctionalAPI, Plan
+from ..ops.storage import BF16
 
 __all__ = ["Backend", "MAX_PLANS"]
 
@@ -112,11 +113,17 @@ class Backend(FunctionalAPI):
     # ---- checks (the ops call these with their own names and shapes) ---------------------
     def check(self, a, name, ndim=None, dtype="float", shape=None):
         """A full check of one argument when a call is planned: the backend's array type, a
-        dtype it computes in, the number of dimensions or the shape, C order."""
+        dtype it computes in ("float"; "activation": also bf16 bits, gpucnn/ops/storage.py,
+        on device backends), the number of dimensions or the shape, C order."""
         if not isinstance(a, self.xp.ndarray):
             raise TypeError(f"{name} must be a {self.xp.__name__} array on the {self.name} "
                             f"backend (use B.asarray), got {type(a).__name__}")
-        allowed = self.float_dtypes if dtype == "float" else (np.dtype(dtype),)
+        if dtype == "float":
+            allowed = self.float_dtypes
+        elif dtype == "activation":  # float, or bf16 bits where device kernels read them
+            allowed = self.float_dtypes + ((BF16,) if self.kind == "device" else ())
+        else:
+            allowed = (np.dtype(dtype),)
         if a.dtype not in allowed:
             raise TypeError(f"{name} must have dtype {' or '.join(d.name for d in allowed)}, "
                             f"got {a.dtype}")

@@ -62,6 +62,7 @@ C_TYPES = {
     "ptrdiff_t": np.int64,
     "short": np.int16,
     "unsigned short": np.uint16,
+    "bf16_bits": np.uint16,   # kernels/bf16_storage.cuh: bfloat16 bits
     "char": np.int8,
     "signed char": np.int8,
     "unsigned char": np.uint8,

@@ -1,0 +1,33 @@
+"""How activations are held: float32, or — under precision ``bf16`` on a device backend —
+bfloat16, as PyTorch's ``torch.autocast(dtype=torch.bfloat16)`` holds them.
+
+NumPy and CuPy have no bfloat16 dtype: a bf16 tensor is a **uint16 array of the bits**
+(:data:`BF16`; ``gpucnn.ops.precision.round_bf16`` / ``bf16_to_float32`` convert on the host,
+``kernels/bf16_storage.cuh`` in kernels). The functional API takes and returns float32 in
+every precision; the ops that have bf16 kernels (named ``<kernel>_bf16io``) also take uint16
+tensors on device backends and then return uint16 ones. The layer graph
+(:class:`gpucnn.nn.Sequential`) uses that: under ``bf16`` its layers pass bf16 tensors to each
+other, and a layer without bf16 kernels gets its input converted to float32 and its output
+rounded back (what autocast does around its float32 ops).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["BF16", "FLOAT32", "io_kernel", "is_bf16"]
+
+BF16 = np.dtype(np.uint16)
+FLOAT32 = np.dtype(np.float32)
+# The suffix of a kernel whose activation tensors (inputs, outputs) are bf16.
+IO_SUFFIX = "_bf16io"
+
+
+def is_bf16(a):
+    """Whether ``a`` (an array or a dtype) holds bf16 bits."""
+    return np.dtype(getattr(a, "dtype", a)) == BF16
+
+
+def io_kernel(name, dtype):
+    """The kernel of ``name`` for activations of ``dtype``: ``name`` for float32, else
+    ``name`` + ``_bf16io``."""
+    return name + IO_SUFFIX if is_bf16(dtype) else name
