@@ -298,7 +298,8 @@ def info_lines(backend_name=None):
     try:
         from .ops.precision import default_precision
         lines.append(f"precision: {default_precision()} (fp32, tf32, 3xtf32 or bf16: "
-                     f"$GPUCNN_PRECISION, --precision)")
+                     f"$GPUCNN_PRECISION, --precision; bf16 also holds the activations "
+                     f"in bfloat16 on cuda and emu)")
     except ValueError as exc:
         lines.append(f"precision: {exc}")
     lines.append(f"g++: {_tool_version(['g++', '--version'], line=0)}")

@@ -39,6 +39,7 @@ from .models import build_model
 from .nn import SoftmaxCrossEntropy
 from .ops.loss import check_label_range
 from .ops.precision import check_precision
+from .ops.storage import activation_storage
 from .optim import SGD, Adam, make_schedule
 from .runmeta import SCHEMA_VERSION, upgrade_metadata
 from .membudget import activation_elements, check_fits, host_available_bytes
@@ -404,7 +405,8 @@ class Trainer:
         seen_s = [(r["images_per_s"]) for r in history if r.get("images_per_s")]
         return {"model": cfg.model, "dataset": cfg.dataset,
                 "backend": self.backend.name, "device": self.backend.describe(),
-                "precision": self.backend.precision, "epochs": history, "test_accuracy": last.get("test_accuracy"),
+                "precision": self.backend.precision,
+                "activations": activation_storage(self.backend), "epochs": history, "test_accuracy": last.get("test_accuracy"),
                 "train_images_per_s": float(np.median(seen_s)) if seen_s else None,
                 "batch_size": cfg.batch_size, "seed": cfg.seed,
                 "data_files": self.data_files, "config_changes": self.run.config_changes,

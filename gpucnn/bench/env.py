@@ -8,6 +8,8 @@ from importlib import metadata
 
 import numpy as np
 
+from ..ops.storage import activation_storage
+
 __all__ = ["cpu_model", "blas_info", "blas_threads", "package_versions", "environment",
            "limit_blas_threads", "our_threads"]
 
@@ -150,7 +152,8 @@ def environment(backend=None):
     }
     if backend is not None:
         env["backend"] = {"name": backend.name, "describe": backend.describe(),
-                          "precision": backend.precision}
+                          "precision": backend.precision,
+                          "activations": activation_storage(backend)}
         if getattr(backend, "threads", None):
             # the numpy backend splits batches over its own Python threads (OpenBLAS is held
             # to one thread inside those regions)

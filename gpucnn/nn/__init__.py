@@ -1,6 +1,7 @@
 """The layer graph: layers own forward and backward; arrays stay on the backend."""
-from .layers import (AvgPool2d, Conv2d, Dropout, Flatten, Linear, LocalResponseNorm,
-                     LPPool2d, MaxPool2d, ReLU, SoftmaxCrossEntropy)
+from .layers import (Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, ReLU,
+                     SoftmaxCrossEntropy)
+from .pooling import AvgPool2d, LPPool2d, MaxPool2d
 from .flat import FlatParameters
 from .module import Module, Parameter, Sequential
 from .dense import fully_convolutional

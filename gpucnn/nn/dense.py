@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .layers import (AvgPool2d, Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, LPPool2d,
-                     MaxPool2d, ReLU)
+from .layers import Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, ReLU
+from .pooling import AvgPool2d, LPPool2d, MaxPool2d
 from .module import Sequential
 
 __all__ = ["fully_convolutional"]

@@ -10,6 +10,8 @@ import numpy as np
 
 from ..backends import get_backend
 from ..ops.activation import relu_backward_plan
+from ..ops.cast import from_bf16_plan, to_bf16_plan
+from ..ops.storage import BF16, activation_dtype
 from .flat import FlatParameters
 
 __all__ = ["Parameter", "Module", "Sequential"]
@@ -42,6 +44,11 @@ class Module:
     training = True
     fused_relu = False  # set by Sequential when a following ReLU is folded into this layer
     fused_into = None  # set by Sequential on a layer folded into the previous one
+    # Whether forward/backward take and return bf16 activations (uint16 bits,
+    # gpucnn/ops/storage.py) on device backends: its ops have _bf16io kernels. Sequential
+    # converts around the others when it holds activations in bf16.
+    bf16_native = False
+    bf16_anywhere = False  # ... on every backend (a layer that only reshapes)
 
     def __init__(self):
         self.backend = None
@@ -111,6 +118,13 @@ class Module:
             setattr(self, slot, plan)
         return plan
 
+    def _to_bf16(self, slot, a):
+        """``a`` rounded to bf16 by a plan this layer keeps (Sequential's conversions)."""
+        return self._plan(slot, a, lambda: to_bf16_plan(self.backend, a)).run(a)
+
+    def _from_bf16(self, slot, a):
+        return self._plan(slot, a, lambda: from_bf16_plan(self.backend, a)).run(a)
+
     def _relu_backward(self, dy, y):
         """dx of a ReLU (a layer's own, or one fused into it) given its output y."""
         return self._plan("_relu_backward_plan", dy, lambda: relu_backward_plan(
@@ -176,17 +190,45 @@ class Sequential(Module):
             layer.train(mode)
         return self
 
+    def _active(self):
+        return [layer for layer in self.layers if getattr(layer, "fused_into", None) is None]
+
+    def _native(self, layer):
+        return layer.bf16_native and (self.backend.kind == "device" or layer.bf16_anywhere)
+
     def forward(self, x):
-        for layer in self.layers:
-            if getattr(layer, "fused_into", None) is None:
+        """The output (float32) of the layers applied in order. Under precision bf16 on a
+        device backend (gpucnn/ops/storage.py) the layers pass bf16 tensors: the input is
+        rounded to bf16, each layer without bf16 kernels gets its input as float32 and its
+        output rounded to bf16, and the last output is returned as float32."""
+        if activation_dtype(self.backend) != BF16:
+            for layer in self._active():
                 x = layer.forward(x)
-        return x
+            return x
+        x = self._to_bf16("_input_to_bf16", x)
+        for layer in self._active():
+            if self._native(layer):
+                x = layer.forward(x)
+            else:
+                x = layer._to_bf16("_out_to_bf16", layer.forward(
+                    layer._from_bf16("_in_from_bf16", x)))
+        return self._from_bf16("_output_from_bf16", x)
 
     def backward(self, dy):
-        for layer in reversed(self.layers):
-            if getattr(layer, "fused_into", None) is None:
+        """dx of the input (float32, or None when the first layer computes none) given the
+        output's gradient dy (float32); bf16 in between as in :meth:`forward`."""
+        if activation_dtype(self.backend) != BF16:
+            for layer in reversed(self._active()):
                 dy = layer.backward(dy)
-        return dy
+            return dy
+        dy = self._to_bf16("_dout_to_bf16", dy)
+        for layer in reversed(self._active()):
+            if self._native(layer):
+                dy = layer.backward(dy)
+            else:
+                dx = layer.backward(layer._from_bf16("_dout_from_bf16", dy))
+                dy = None if dx is None else layer._to_bf16("_din_to_bf16", dx)
+        return None if dy is None else self._from_bf16("_din_from_bf16", dy)
 
     def output_shape(self, in_shape):
         for layer in self.layers:

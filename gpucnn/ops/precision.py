@@ -11,12 +11,12 @@ multiplies (conv forward / backward-data / backward-weights, im2col or implicit;
   accumulation (``kernels/sgemm_tc.cu``, ``conv_implicit_tc.cu``).
 * ``3xtf32``: tensor cores, FP32-accurate: each operand split into two TF32 parts, three
   products accumulated in FP32.
-* ``bf16``: tensor cores, operands rounded to bfloat16 (7 mantissa bits) as the kernels stage
-  them, FP32 accumulation. Every tensor in memory stays float32 (activations, weights as the
-  FP32 master copy, gradients, optimizer state, loss and softmax): autocast's arithmetic
-  without its halved activation bytes, which are a later step.
+* ``bf16``: mixed precision: tensor cores, operands rounded to bfloat16 (7 mantissa bits) as
+  the kernels stage them, FP32 accumulation; the layer graph holds activations in bf16
+  (:mod:`gpucnn.ops.storage` says which tensors), while weights (the FP32 master copy),
+  their gradients, optimizer state, logits, loss and softmax stay float32.
 
-Everything else (pooling, activations, LRN, loss, optimizers) runs in FP32 whatever the
+Everything else (pooling, activations, LRN, loss, optimizers) computes in FP32 whatever the
 setting; the functional API takes and returns float32 arrays in every precision.
 
 TF32 has float32's sign and 8-bit exponent and 10 explicit mantissa bits; a TF32 value is

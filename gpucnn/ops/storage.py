@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["BF16", "FLOAT32", "io_kernel", "is_bf16"]
+__all__ = ["BF16", "FLOAT32", "io_kernel", "is_bf16", "activation_dtype",
+           "activation_storage"]
 
 BF16 = np.dtype(np.uint16)
 FLOAT32 = np.dtype(np.float32)
@@ -31,3 +32,18 @@ def io_kernel(name, dtype):
     """The kernel of ``name`` for activations of ``dtype``: ``name`` for float32, else
     ``name`` + ``_bf16io``."""
     return name + IO_SUFFIX if is_bf16(dtype) else name
+
+
+def activation_dtype(backend):
+    """How ``backend``'s layer graph holds activations: :data:`BF16` under precision ``bf16``
+    on a device backend (and on ``reference``, whose layer graph rounds every layer's output
+    to bf16 the same way: the oracle of the device's), else :data:`FLOAT32`."""
+    if backend.precision == "bf16" and backend.kind in ("device", "reference"):
+        return BF16
+    return FLOAT32
+
+
+def activation_storage(backend):
+    """``"bf16"`` or ``"float32"``: :func:`activation_dtype` as the metrics and bench JSON
+    record it."""
+    return "bf16" if activation_dtype(backend) == BF16 else "float32"

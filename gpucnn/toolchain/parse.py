@@ -61,8 +61,7 @@ C_TYPES = {
     "size_t": np.uint64,
     "ptrdiff_t": np.int64,
     "short": np.int16,
-    "unsigned short": np.uint16,
-    "bf16_bits": np.uint16,   # kernels/bf16_storage.cuh: bfloat16 bits
+    "unsigned short": np.uint16, "bf16_bits": np.uint16,   # bf16_storage.cuh's bits
     "char": np.int8,
     "signed char": np.int8,
     "unsigned char": np.uint8,
