@@ -314,6 +314,7 @@ class Dropout(Module):
 
 class LocalResponseNorm(Module):
     """Cross-channel LRN (AlexNet): b = a / (k + alpha/size * sum a^2)^beta."""
+    bf16_native = True
 
     def __init__(self, size=5, alpha=1e-4, beta=0.75, k=2.0):
         super().__init__()

@@ -3,7 +3,8 @@
 
 y = x / scale**beta with scale = k + alpha/size * (sum of x^2 over the ``size`` neighbouring
 channels: PyTorch's window, size//2 before and (size-1)//2 after); forward also returns
-scale, which the backward reuses.
+scale, which the backward reuses. On a device x, y, dy and dx may be bf16 activations
+(gpucnn/ops/storage.py; scale stays float32, and the backward recomputes y from x and scale).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import numpy as np
 from .common import hyper
 from .dispatch import Op, api
 from .launch import plan_1d
+from .storage import FLOAT32, io_kernel, is_bf16
 
 __all__ = ["local_response_norm_reference", "local_response_norm_backward_reference",
            "local_response_norm_device", "local_response_norm_backward_device", "LRN",
@@ -50,36 +52,37 @@ def _dims(ctx, name, shape, size):
     return plan_1d(ctx, name, n), tuple(np.int32(v) for v in (*shape, size))
 
 
-def local_response_norm_device(ctx, shape, size, alpha, beta, k):
-    launch, dims = _dims(ctx, "lrn_forward", shape, size)
+def local_response_norm_device(ctx, shape, dtype, size, alpha, beta, k):
+    launch, dims = _dims(ctx, io_kernel("lrn_forward", dtype), shape, size)
     tail, empty = dims + (np.float32(alpha / size), np.float32(beta), np.float32(k)), ctx.empty
 
     def run(x):
-        y, scale = empty(shape, np.float32), empty(shape, np.float32)
+        y, scale = empty(shape, dtype), empty(shape, np.float32)
         launch.fire((x, y, scale, *tail))
         return y, scale
     return run
 
 
-def local_response_norm_backward_device(ctx, shape, size, alpha, beta, k):
-    # k is already folded into scale.
-    launch, dims = _dims(ctx, "lrn_backward", shape, size)
+def local_response_norm_backward_device(ctx, shape, dtype, size, alpha, beta, k):
+    # k is already folded into scale. The bf16 kernel recomputes y from x and scale.
+    launch, dims = _dims(ctx, io_kernel("lrn_backward", dtype), shape, size)
     tail = dims + (np.float32(beta), np.float32(2.0 * alpha * beta / size))
-    empty = ctx.empty
+    empty, stored_y = ctx.empty, not is_bf16(dtype)
 
     def run(dy, x, y, scale):
-        dx = empty(shape, np.float32)
-        launch.fire((dy, x, y, scale, dx, *tail))
+        dx = empty(shape, dtype)
+        launch.fire((dy, x, y, scale, dx, *tail) if stored_y else (dy, x, scale, dx, *tail))
         return dx
     return run
 
 
 LRN = Op("local_response_norm",
-         lambda ctx, shape, *hp: lambda x: local_response_norm_reference(x, *hp),
+         lambda ctx, shape, dtype, *hp: lambda x: local_response_norm_reference(x, *hp),
          device=local_response_norm_device)
 LRN_BACKWARD = Op("local_response_norm_backward",
-                  lambda ctx, shape, *hp: lambda *a: local_response_norm_backward_reference(
-                      *a, *hp), device=local_response_norm_backward_device)
+                  lambda ctx, shape, dtype, *hp: lambda *a: (
+                      local_response_norm_backward_reference(*a, *hp)),
+                  device=local_response_norm_backward_device)
 
 
 def lrn_hyper(size, alpha, beta, k):
@@ -92,17 +95,20 @@ def lrn_hyper(size, alpha, beta, k):
 
 
 def local_response_norm_plan(backend, x, size=5, alpha=1e-4, beta=0.75, k=1.0):
-    backend.check(x, "x", 4)
-    return backend.plan(LRN, (x.shape, *lrn_hyper(size, alpha, beta, k)),
+    backend.check(x, "x", 4, dtype="activation")
+    return backend.plan(LRN, (x.shape, x.dtype, *lrn_hyper(size, alpha, beta, k)),
                         ("x", x.shape, (x.dtype,)))
 
 
 def local_response_norm_backward_plan(backend, dy, x, y, scale, size=5, alpha=1e-4, beta=0.75,
                                       k=1.0):
-    backend.check(x, "x", 4)
+    """dy, x and y share x's dtype (float, or bf16 bits on a device); scale is float."""
+    backend.check(x, "x", 4, dtype="activation")
     spec = (x.shape, (x.dtype,))
-    return backend.plan(LRN_BACKWARD, (x.shape, *lrn_hyper(size, alpha, beta, k)),
-                        ("dy", *spec), ("x", *spec), ("y", *spec), ("scale", *spec))
+    scale_dtype = FLOAT32 if is_bf16(x) else x.dtype
+    return backend.plan(LRN_BACKWARD, (x.shape, x.dtype, *lrn_hyper(size, alpha, beta, k)),
+                        ("dy", *spec), ("x", *spec), ("y", *spec),
+                        ("scale", x.shape, (scale_dtype,)))
 
 
 @api

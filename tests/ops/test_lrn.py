@@ -67,3 +67,43 @@ def test_device_backward_is_the_gradient(device_backend, rng, size):
     num = numeric_grad(lambda: lrn.local_response_norm_reference(x64, size, alpha, beta, k)[0],
                        x64, dy64)
     assert_close(B.to_numpy(dx), num, 1e-5, "dx vs finite differences")
+
+
+# ---- bf16 activations (lrn_*_bf16io; gpucnn/ops/storage.py) --------------------------------
+@pytest.mark.parametrize("shape,size,alpha,beta,k", [
+    ((2, 7, 3, 4), 5, 0.5, 0.75, 1.0), ((1, 6, 2, 3), 4, 0.3, 0.6, 1.5),
+    ((2, 3, 5, 5), 7, 1e-4, 0.75, 2.0)])
+def test_bf16_kernels_are_the_float_kernels_rounded(device_backend, rng, shape, size, alpha,
+                                                    beta, k):
+    """On bf16 inputs the bf16 kernels compute what the float32 ones compute on the same
+    values (float32 sums and powers; the backward recomputes y from x and scale as the float
+    kernel's forward made it), rounded once: equal bit for bit, scale included."""
+    from gpucnn.ops.precision import bf16_to_float32, round_bf16
+    B = device_backend
+    xb, dyb = (round_bf16(randn(rng, *shape)) for _ in range(2))
+    x, dy = bf16_to_float32(xb), bf16_to_float32(dyb)
+    x[0, 0, 0, :2], xb[0, 0, 0, :2] = (-0.0, 0.0), round_bf16(np.float32([-0.0, 0.0]))
+    hp = (size, alpha, beta, k)
+    y, scale = B.local_response_norm(B.asarray(x), *hp)
+    dx = B.local_response_norm_backward(B.asarray(dy), B.asarray(x), y, scale, *hp)
+    u16 = lambda a: B.asarray(a, dtype=np.uint16)  # noqa: E731
+    yb, scaleb = B.local_response_norm(u16(xb), *hp)
+    dxb = B.local_response_norm_backward(u16(dyb), u16(xb), yb, scaleb, *hp)
+    assert yb.dtype == dxb.dtype == np.uint16 and scaleb.dtype == np.float32
+    for name, got, want in (("y", yb, round_bf16(B.to_numpy(y))),
+                            ("scale", scaleb, B.to_numpy(scale)),
+                            ("dx", dxb, round_bf16(B.to_numpy(dx)))):
+        bad = np.count_nonzero(B.to_numpy(got).view(np.uint16 if name != "scale" else np.uint32)
+                               != want.view(np.uint16 if name != "scale" else np.uint32))
+        assert bad == 0, f"{name}: {bad} of {want.size} elements differ"
+
+
+def test_bf16_arguments_must_agree(device_backend, reference_backend):
+    B = device_backend
+    xb = B.asarray(np.ones((1, 3, 2, 2), np.uint16), dtype=np.uint16)
+    yb, scale = B.local_response_norm(xb)
+    with pytest.raises(TypeError, match="dy must have dtype uint16, got float32"):
+        B.local_response_norm_backward(B.asarray(np.ones((1, 3, 2, 2), np.float32)), xb, yb,
+                                       scale)
+    with pytest.raises(TypeError, match="x must have dtype .*got uint16"):
+        reference_backend.local_response_norm(np.ones((1, 3, 2, 2), np.uint16))
