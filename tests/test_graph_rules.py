@@ -190,17 +190,21 @@ def test_the_unplanted_step_replays_bit_identical_to_eager(emu):
 SMALL_INPUT = {"alexnet": (3, 112, 112), "vgg11": (3, 32, 32), "vgg16": (3, 32, 32)}
 
 
-@pytest.mark.parametrize("name,optimizer", [(n, "sgd") for n in
-                                            ("lenet5", "alexnet_cifar", "alexnet", "vgg11",
-                                             "vgg16")] + [("lenet5", "adam")])
-def test_every_named_models_training_step_can_be_captured(name, optimizer):
+@pytest.mark.parametrize("name,optimizer,precision",
+                         [(n, "sgd", "fp32") for n in ("lenet5", "alexnet_cifar", "alexnet",
+                                                       "vgg11", "vgg16")]
+                         + [("lenet5", "adam", "fp32"), ("lenet5", "sgd", "bf16"),
+                            ("alexnet", "sgd", "bf16")])
+def test_every_named_models_training_step_can_be_captured(name, optimizer, precision):
     """Forward, loss, backward and update of each --model (smaller inputs where the layers
     allow, so the weights stay small) captured on the null device after one eager step: no
-    rule broken, and the graph holds every launch of the eager step."""
+    rule broken, and the graph holds every launch of the eager step. bf16: activations held
+    in bf16, with the conversions around the layers without bf16 kernels."""
     from gpucnn.models import build_model
     from gpucnn.nn import SoftmaxCrossEntropy
     from gpucnn.optim import SGD, Adam
     B = make_null_backend()
+    B.use_precision(precision)
     shape = SMALL_INPUT.get(name)
     model = build_model(name, backend="numpy", seed=1,
                         **({"input_shape": shape} if shape else {}))
@@ -219,3 +223,8 @@ def test_every_named_models_training_step_can_be_captured(name, optimizer):
     eager = B.module.launches
     graph = B.capture(update, x, y)
     assert len(graph.graph.recording.launches) == eager > 0
+    names = {k.name for k, *_ in graph.graph.recording.launches}
+    assert ("cast_to_bf16" in names) == (precision == "bf16")
+    if precision == "bf16":   # the convolutions run on bf16 activations
+        assert {n for n in names if n.startswith("conv_implicit_")} == {
+            f"conv_implicit_{op}_bf16io" for op in ("fprop", "dgrad", "wgrad")}, names
