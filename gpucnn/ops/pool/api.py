@@ -47,10 +47,11 @@ def _float_only(what, **arrays):
     """Average and LP pooling have no bf16 kernels: refuse bf16 bits by name (not as the
     backend check's bare 'must have dtype float32')."""
     for name, a in arrays.items():
-        if is_bf16(a):
-            raise TypeError(f"{what}: {name} holds bf16 bits (uint16); of the pooling ops only "
-                            f"max_pool2d takes bf16 activations: give {what} float32 "
-                            f"(gpucnn.ops.precision.bf16_to_float32 widens bf16 bits exactly)")
+        if hasattr(a, "dtype") and is_bf16(a):
+            raise TypeError(f"{what}: {name} holds bf16 bits (uint16), but of the pooling ops "
+                            f"only max_pool2d has bf16 kernels: pass {what} float32 "
+                            f"(B.from_bf16, or gpucnn.ops.precision.bf16_to_float32 on the "
+                            f"host, widens bf16 exactly)")
 
 
 # ---- plans: checked once, kept by layers; the entry points run them once -----------------
