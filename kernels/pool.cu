@@ -1,4 +1,5 @@
-// Max, average and LP (power-average) pooling over NCHW float32 tensors.
+// Max, average and LP (power-average) pooling over NCHW float32 tensors; max-pool also over
+// bf16 ones (kernels/bf16_storage.cuh: <name>_bf16io, bf16 x / dy in, bf16 y / dx out).
 //
 // Geometry (output size with floor or ceil_mode, padding limits, dilation) is defined once in
 // gpucnn/ops/pool (PoolGeom); the launches and the plain reference are beside it (device.py,
@@ -15,8 +16,16 @@
 // The backward passes are gathers, not scatters: each thread owns one input pixel and sums
 // the gradient of every window that contains it, in a fixed order. Overlapping windows
 // (AlexNet's 3x3 stride 2) therefore need no atomics and the result is deterministic.
+//
+// Max-pool's bodies are templates over the activation element type T (float or bf16_bits),
+// computing in float32 either way. Forward: a bf16 input widens exactly, the maximum is one
+// of the inputs, so y rounds nothing (but NaNs, to 0x7FFF) and the switches are the float
+// kernel's on the widened input. Backward: the gather sums in float32 in the float kernel's
+// order and rounds once at the store, so dx is round_bf16 of the float kernel's dx on the
+// widened dy, bit for bit.
 
 #include "common.cuh"
+#include "bf16_storage.cuh"
 
 // The windows whose span (span = dilation * (k - 1) + 1 input positions from i * stride - pad)
 // covers input position `pos` are i in [pool_first_window, pool_last_window).
@@ -74,9 +83,9 @@ __device__ __forceinline__ float pool_divisor(int divisor_override, int count_in
 }
 
 // y[n, c, i, j] = max over the window's taps; switches[n, c, i, j] = h * W + w of that maximum.
-// gpucnn: block=256 max_regs=64
-extern "C" __global__ void max_pool2d_forward(
-    const float* x, float* y, int* switches,
+template <typename T>
+__device__ __forceinline__ void max_pool2d_forward_body(
+    const T* x, T* y, int* switches,
     int N, int C, int H, int W, int Ho, int Wo,
     int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw)
 {
@@ -84,7 +93,7 @@ extern "C" __global__ void max_pool2d_forward(
     GRID_STRIDE_LOOP(index, total) {
         PlanePos o = plane_pos(index, Ho, Wo);
         int i = o.row, j = o.col;
-        const float* x_plane = x + plane_offset(o.plane, H, W);
+        const T* x_plane = x + plane_offset(o.plane, H, W);
 
         // Taps outside the input are -inf padding: skipped, they never win. pool_geometry
         // makes sure every window has a tap inside, so best_index is always set.
@@ -96,7 +105,7 @@ extern "C" __global__ void max_pool2d_forward(
             for (int b = 0; b < kw; ++b) {
                 int w = j * sw - pw + b * dw;
                 if (w < 0 || w >= W) continue;
-                float v = x_plane[h * W + w];
+                float v = act_load(x_plane + (h * W + w));
                 // PyTorch's rule: strictly greater, so the first maximum keeps its place;
                 // a NaN always takes over, so a NaN anywhere in the window is the result
                 // (its switch: the last NaN in window order).
@@ -106,15 +115,33 @@ extern "C" __global__ void max_pool2d_forward(
                 }
             }
         }
-        y[index] = best;
+        act_store(y + index, best);
         switches[index] = best_index;
     }
 }
 
-// dx[n, c, h, w] = sum of dy over the windows containing (h, w) whose switch is h * W + w.
 // gpucnn: block=256 max_regs=64
-extern "C" __global__ void max_pool2d_backward(
-    const float* dy, const int* switches, float* dx,
+extern "C" __global__ void max_pool2d_forward(
+    const float* x, float* y, int* switches,
+    int N, int C, int H, int W, int Ho, int Wo,
+    int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw)
+{
+    max_pool2d_forward_body(x, y, switches, N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw);
+}
+
+// gpucnn: block=256 max_regs=64
+extern "C" __global__ void max_pool2d_forward_bf16io(
+    const bf16_bits* x, bf16_bits* y, int* switches,
+    int N, int C, int H, int W, int Ho, int Wo,
+    int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw)
+{
+    max_pool2d_forward_body(x, y, switches, N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh, dw);
+}
+
+// dx[n, c, h, w] = sum of dy over the windows containing (h, w) whose switch is h * W + w.
+template <typename T>
+__device__ __forceinline__ void max_pool2d_backward_body(
+    const T* dy, const int* switches, T* dx,
     int N, int C, int H, int W, int Ho, int Wo,
     int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw)
 {
@@ -131,12 +158,32 @@ extern "C" __global__ void max_pool2d_backward(
         for (int i = win.i_first; i < win.i_last; ++i) {
             for (int j = win.j_first; j < win.j_last; ++j) {
                 if (switches[offset + i * Wo + j] == me) {
-                    grad += dy[offset + i * Wo + j];
+                    grad += act_load(dy + (offset + i * Wo + j));
                 }
             }
         }
-        dx[index] = grad;
+        act_store(dx + index, grad);
     }
+}
+
+// gpucnn: block=256 max_regs=64
+extern "C" __global__ void max_pool2d_backward(
+    const float* dy, const int* switches, float* dx,
+    int N, int C, int H, int W, int Ho, int Wo,
+    int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw)
+{
+    max_pool2d_backward_body(dy, switches, dx, N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh,
+                             dw);
+}
+
+// gpucnn: block=256 max_regs=64
+extern "C" __global__ void max_pool2d_backward_bf16io(
+    const bf16_bits* dy, const int* switches, bf16_bits* dx,
+    int N, int C, int H, int W, int Ho, int Wo,
+    int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw)
+{
+    max_pool2d_backward_body(dy, switches, dx, N, C, H, W, Ho, Wo, kh, kw, sh, sw, ph, pw, dh,
+                             dw);
 }
 
 // y[n, c, i, j] = (sum of the window's input pixels) / divisor (see pool_divisor).

@@ -7,6 +7,14 @@ need no extra tensor): dx = dy where y > 0, else +0.
 
 Dropout's mask comes from a counter-based hash of (seed, flat element index), computed
 identically here and in the kernel, so every backend draws the same mask for a seed.
+
+On device backends every op here also takes bf16 activations (uint16 bits,
+:mod:`gpucnn.ops.storage`) and returns bf16 ones: the ``_bf16io`` kernels, which compute in
+float32 and round once at the store. x, y, dy and dx are then bf16; dropout's mask stays float32
+(its keep scale 1 / (1 - p) is generally not a bf16 value). The plan makers take the
+activations' dtype as the last item of their setup: ``RELU`` / ``RELU_BACKWARD`` /
+``DROPOUT_BACKWARD``: ``(ctx, shape, dtype)``; ``DROPOUT``: ``(ctx, shape, p, dtype)``; the
+reference and CPU makers ignore it.
 """
 from __future__ import annotations
 
@@ -18,12 +26,13 @@ from ..cpu import MIN_SPLIT
 from .common import hyper
 from .dispatch import Op, api, plain, with_ctx
 from .launch import plan_1d
+from .storage import io_kernel, is_bf16
 
 __all__ = ["relu_reference", "relu_backward_reference", "relu_backward_cpu", "relu_device",
            "relu_backward_device", "dropout_hash", "dropout_index_shift", "dropout_threshold", "dropout_reference",
            "dropout_backward_reference", "dropout_device", "dropout_backward_device",
            "RELU", "RELU_BACKWARD", "DROPOUT", "DROPOUT_BACKWARD", "relu_plan",
-           "relu_backward_plan", "dropout_plan", "dropout_backward_plan"]
+           "relu_backward_plan", "dropout_plan", "dropout_backward_plan", "check_same_dtype"]
 
 _M32 = 0xFFFFFFFF
 
@@ -58,14 +67,15 @@ def relu_backward_cpu(rt, dy, y):
 
 
 def _map_plan(name):
-    """The plan factory of grid-stride kernel ``name(inputs..., out, n)`` writing one
-    float32 array of the inputs' shape."""
-    def make(ctx, shape):
-        n = math.prod(shape)
-        launch, empty, count = plan_1d(ctx, name, n), ctx.empty, np.int32(n)
+    """The plan factory ``make(ctx, shape, dtype)`` of grid-stride kernel ``name(inputs...,
+    out, n)`` (or its ``_bf16io`` variant, for bf16 activations) writing one array of the
+    inputs' shape and the activations' dtype."""
+    def make(ctx, shape, dtype):
+        n, dtype = math.prod(shape), np.dtype(dtype)
+        launch, empty, count = plan_1d(ctx, io_kernel(name, dtype), n), ctx.empty, np.int32(n)
 
         def run(*inputs):
-            out = empty(shape, np.float32)
+            out = empty(shape, dtype)
             launch.fire((*inputs, out, count))
             return out
         return run
@@ -122,15 +132,15 @@ def dropout_backward_reference(dy, mask):
     return dy * mask
 
 
-def dropout_device(ctx, shape, p):
-    n = math.prod(shape)
-    launch, empty = plan_1d(ctx, "dropout_forward", n), ctx.empty
+def dropout_device(ctx, shape, p, dtype):
+    n, dtype = math.prod(shape), np.dtype(dtype)
+    launch, empty = plan_1d(ctx, io_kernel("dropout_forward", dtype), n), ctx.empty
     advance = plan_1d(ctx, "dropout_advance", 1)
     count, threshold = np.int32(n), np.uint32(dropout_threshold(p))
     keep_scale = np.float32(1.0 / (1.0 - p))
 
     def run(x, seed, state):
-        y, mask = empty(shape, np.float32), empty(shape, np.float32)
+        y, mask = empty(shape, dtype), empty(shape, np.float32)
         if state is None:  # a single call (B.dropout): its seed as the state, count 0
             launch.fire((x, y, mask, count, ctx.from_host(np.array([seed, 0], np.uint32),
                                                            "dropout"), threshold, keep_scale))
@@ -148,23 +158,32 @@ dropout_backward_device = _map_plan("dropout_backward")
 RELU = Op("relu", plain(relu_reference, False), device=relu_device)
 RELU_BACKWARD = Op("relu_backward", plain(relu_backward_reference, False),
                    with_ctx(relu_backward_cpu, False), relu_backward_device)
-DROPOUT = Op("dropout", lambda ctx, shape, p: lambda x, seed, state: dropout_reference(x, p,
-                                                                                      seed),
-             device=dropout_device)
+DROPOUT = Op("dropout", lambda ctx, shape, p, dtype: lambda x, seed, state: dropout_reference(
+    x, p, seed), device=dropout_device)
 DROPOUT_BACKWARD = Op("dropout_backward", plain(dropout_backward_reference, False),
                       device=dropout_backward_device)
 
 
+def check_same_dtype(op, a, a_name, b, b_name):
+    """Refuse a call mixing activation dtypes (float32 with bf16 bits, float32 with float64):
+    the op runs in one of them, chosen by neither argument alone."""
+    if a.dtype != b.dtype:
+        raise TypeError(f"{op}: {a_name} ({a.dtype}) and {b_name} ({b.dtype}) must have the "
+                        f"same dtype: both float, or both bf16 bits (uint16, device backends)")
+
+
 def relu_plan(backend, x):
-    backend.check(x, "x")
-    return backend.plan(RELU, (x.shape,), ("x", x.shape, (x.dtype,)))
+    backend.check(x, "x", dtype="activation")
+    return backend.plan(RELU, (x.shape, x.dtype), ("x", x.shape, (x.dtype,)))
 
 
 def relu_backward_plan(backend, dy, y):
-    backend.check(y, "y")
-    backend.check(dy, "dy", shape=y.shape)
+    backend.check(y, "y", dtype="activation")
+    backend.check(dy, "dy", shape=y.shape, dtype="activation")
+    check_same_dtype("relu_backward", dy, "dy", y, "y")
     dt = (y.dtype,)
-    return backend.plan(RELU_BACKWARD, (y.shape,), ("dy", y.shape, dt), ("y", y.shape, dt))
+    return backend.plan(RELU_BACKWARD, (y.shape, y.dtype), ("dy", y.shape, dt),
+                        ("y", y.shape, dt))
 
 
 def dropout_plan(backend, x, p):
@@ -172,20 +191,23 @@ def dropout_plan(backend, x, p):
     or None) is a uint32[2] [base seed, calls] on the device from which the kernel takes the
     seed, base + 0x9E3779B9 * calls, and which it advances (nn.Dropout's own counter, kept
     on the device so that a captured step draws a new mask every replay)."""
-    backend.check(x, "x")
+    backend.check(x, "x", dtype="activation")
     p = hyper("dropout", "p", p, 0, 1, high_open=True)
     if x.size >= 2 ** 32:
         raise ValueError("dropout: tensors of 2^32 elements or more are not supported")
-    return backend.plan(DROPOUT, (x.shape, p), ("x", x.shape, (x.dtype,)), None,
+    return backend.plan(DROPOUT, (x.shape, p, x.dtype), ("x", x.shape, (x.dtype,)), None,
                         ("state", (2,), (np.dtype(np.uint32),), True))
 
 
 def dropout_backward_plan(backend, dy, mask):
+    """dy float (then the mask has its dtype) or bf16 bits (device backends; the mask is then
+    float32, as dropout made it: the only float dtype there)."""
     backend.check(mask, "mask")
-    backend.check(dy, "dy", shape=mask.shape)
-    dt = (mask.dtype,)
-    return backend.plan(DROPOUT_BACKWARD, (mask.shape,), ("dy", mask.shape, dt),
-                        ("mask", mask.shape, dt))
+    backend.check(dy, "dy", shape=mask.shape, dtype="activation")
+    if not is_bf16(dy):
+        check_same_dtype("dropout_backward", dy, "dy", mask, "mask")
+    return backend.plan(DROPOUT_BACKWARD, (mask.shape, dy.dtype),
+                        ("dy", mask.shape, (dy.dtype,)), ("mask", mask.shape, (mask.dtype,)))
 
 
 @api

@@ -48,12 +48,12 @@ def _composed(kind):
     """conv (ReLU fused) then max-pool, and the backward: ReLU mask, pool, conv."""
     def forward(ctx, g, pg, has_bias, name):
         conv = CONV.maker(kind)(ctx, g, True, has_bias, name)
-        pool = pool_api.MAX_POOL.maker(kind)(ctx, pg)
+        pool = pool_api.MAX_POOL.maker(kind)(ctx, pg, np.dtype(np.float32))
         return lambda x, w, b: pool(conv(x, w, b))
 
     def backward(ctx, g, pg, need_dx, need_dw, name):
-        relu = activation.RELU_BACKWARD.maker(kind)(ctx, pg.y_shape)
-        pool = pool_api.MAX_POOL_BACKWARD.maker(kind)(ctx, pg)
+        relu = activation.RELU_BACKWARD.maker(kind)(ctx, pg.y_shape, np.dtype(np.float32))
+        pool = pool_api.MAX_POOL_BACKWARD.maker(kind)(ctx, pg, np.dtype(np.float32))
         conv = CONV_BACKWARD.maker(kind)(ctx, g, need_dx, need_dw, name)
         return lambda dy, switches, y, x, w, dw_out, db_out: conv(
             pool(relu(dy, y), switches), x, w, dw_out, db_out)

@@ -1,6 +1,7 @@
 """Pooling on the device: plans of ``kernels/pool.cu`` launches (grid-stride, one thread per
 element written; backwards are gathers: no atomics, deterministic). Each function takes the
-device context and the checked geometry and returns the run of one call."""
+device context and the checked geometry (max-pool: and the activations' dtype, float32 or bf16
+bits, which picks the ``_bf16io`` kernel) and returns the run of one call."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,7 @@ import math
 import numpy as np
 
 from ..launch import plan_1d
+from ..storage import io_kernel
 
 __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward",
            "lp_pool2d", "lp_pool2d_backward"]
@@ -38,31 +40,34 @@ def _plan(ctx, name, shape):
     return plan_1d(ctx, name, math.prod(shape), large_ok=_PLANES)
 
 
-def _one_output(ctx, name, shape, tail):
-    """``run(*inputs) -> out``: kernel ``name`` writing one float32 array of ``shape``, its
-    arguments the inputs, the output, then ``tail``."""
+def _one_output(ctx, name, shape, tail, dtype=_F32):
+    """``run(*inputs) -> out``: kernel ``name`` writing one array of ``shape`` and ``dtype``,
+    its arguments the inputs, the output, then ``tail``."""
     launch, empty = _plan(ctx, name, shape), ctx.empty
 
     def run(*inputs):
-        out = empty(shape, _F32)
+        out = empty(shape, dtype)
         launch.fire((*inputs, out, *tail))
         return out
     return run
 
 
-def max_pool2d(ctx, g):
-    launch, empty, ys = _plan(ctx, "max_pool2d_forward", g.y_shape), ctx.empty, g.y_shape
+def max_pool2d(ctx, g, dtype):
+    dtype, ys = np.dtype(dtype), g.y_shape
+    launch, empty = _plan(ctx, io_kernel("max_pool2d_forward", dtype), ys), ctx.empty
     tail = _geom_args(g) + _dilation(g)
 
     def run(x):
-        y, switches = empty(ys, _F32), empty(ys, _I32)
+        y, switches = empty(ys, dtype), empty(ys, _I32)
         launch.fire((x, y, switches, *tail))
         return y, switches
     return run
 
 
-def max_pool2d_backward(ctx, g):
-    return _one_output(ctx, "max_pool2d_backward", g.x_shape, _geom_args(g) + _dilation(g))
+def max_pool2d_backward(ctx, g, dtype):
+    dtype = np.dtype(dtype)
+    return _one_output(ctx, io_kernel("max_pool2d_backward", dtype), g.x_shape,
+                       _geom_args(g) + _dilation(g), dtype)
 
 
 def avg_pool2d(ctx, g):
