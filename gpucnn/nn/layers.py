@@ -215,6 +215,7 @@ class Linear(_WeightLayer):
 
 
 class ReLU(Module):
+    bf16_native = True
     def forward(self, x):
         self.y = self._plan("_forward", x, lambda: activation.relu_plan(self.backend,
                                                                         x)).run(x)
@@ -250,6 +251,7 @@ class Dropout(Module):
     part of the checkpoint, so a resumed run draws the same masks."""
 
     first_sample = _shift = _next_shift = 0  # gpucnn.distributed: a rank's first sample
+    bf16_native = True
 
     def __init__(self, p=0.5, seed=0):
         super().__init__()

@@ -72,6 +72,7 @@ class _Pool(Module):
 class MaxPool2d(_Pool):
     """Max-pool that keeps the argmax ("switch") of every window for the backward pass
     (PyTorch's nn.MaxPool2d options, without return_indices: the switches are kept)."""
+    bf16_native = True
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
         super().__init__(kernel_size, stride, padding, dilation=pair(dilation, "dilation"),
