@@ -34,8 +34,19 @@ def _record(net):
     return seen
 
 
+def _mini_alexnet():
+    """Every bf16-native layer kind unfused (LRN between the ReLU and the pool), dropout."""
+    from gpucnn.nn import (Conv2d, Dropout, Flatten, Linear, LocalResponseNorm, MaxPool2d,
+                           ReLU, Sequential)
+    return Sequential(Conv2d(3, 8, 5, stride=2, padding=1), ReLU(),
+                      LocalResponseNorm(5, 1e-2, 0.75, 2.0), MaxPool2d(3, 2),
+                      Conv2d(8, 12, 3, padding=1, groups=2), ReLU(), MaxPool2d(2), Flatten(),
+                      Dropout(0.5), Linear(12 * 3 * 3, 16), ReLU(), Linear(16, 10))
+
+
 def _step(B, x, y, model="lenet5", record=False):
-    net = build_model(model, backend=B, seed=5)
+    net = (build_model(model, backend=B, seed=5) if model != "mini_alexnet"
+           else _mini_alexnet().bind(B, np.random.default_rng(5)))
     seen = _record(net) if record else None
     lossf = SoftmaxCrossEntropy().bind(B)
     logits = net.forward(B.asarray(x))
@@ -51,10 +62,12 @@ def _batch(rng, shape=(BATCH, 1, 28, 28), classes=10):
 
 
 @pytest.mark.parametrize("kind", ["device", "reference"])
-def test_layers_pass_bf16(device_precision, rng, kind):
+@pytest.mark.parametrize("model,shape", [("lenet5", (BATCH, 1, 28, 28)),
+                                         ("mini_alexnet", (BATCH, 3, 31, 31))])
+def test_layers_pass_bf16(device_precision, rng, kind, model, shape):
     B = device_precision("bf16") if kind == "device" else get_backend("reference", "bf16")
-    x, y = _batch(rng)
-    net, logits, dx, grads, seen = _step(B, x, y, record=True)
+    x, y = _batch(rng, shape)
+    net, logits, dx, grads, seen = _step(B, x, y, model, record=True)
     assert logits.dtype == np.float32 and dx is None   # the first conv computes no dx
     active = [i for i, layer in enumerate(net.layers) if layer.fused_into is None]
     assert {i for i, *_ in seen} == set(active)
@@ -78,7 +91,8 @@ def test_fp32_layers_pass_float32(device_precision, rng):
         assert {d for _, _, d, _ in seen} == {np.dtype(np.float32)}, precision
 
 
-@pytest.mark.parametrize("model,shape", [("lenet5", (BATCH, 1, 28, 28))])
+@pytest.mark.parametrize("model,shape", [("lenet5", (BATCH, 1, 28, 28)),
+                                         ("mini_alexnet", (BATCH, 3, 31, 31))])
 def test_device_matches_reference(device_precision, rng, model, shape):
     x, y = _batch(rng, shape)
     _, dev_logits, _, dev_grads, _ = _step(device_precision("bf16"), x, y, model)
