@@ -227,4 +227,4 @@ def test_every_named_models_training_step_can_be_captured(name, optimizer, preci
     assert ("cast_to_bf16" in names) == (precision == "bf16")
     if precision == "bf16":   # the convolutions run on bf16 activations
         assert {n for n in names if n.startswith("conv_implicit_")} == {
-            f"conv_implicit_{op}_bf16io" for op in ("fprop", "dgrad", "wgrad")}, names
+            f"conv_implicit_{op}_bf16_bf16io" for op in ("fprop", "dgrad", "wgrad")}, names
