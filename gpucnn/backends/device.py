@@ -35,6 +35,12 @@ def _env_flag(name):
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+# What an unwritten output element holds on the emulator: NaN for floats; for bf16 bits
+# (uint16, gpucnn/ops/storage.py) a NaN no rounding makes (round_bf16 gives 0x7FFF).
+_POISON = {np.dtype(np.float32): np.nan, np.dtype(np.float64): np.nan,
+           np.dtype(np.uint16): 0xFFC1, np.dtype(np.uint8): 0xC1, np.dtype(np.uint32): 0xFFFFE0A1}
+
+
 class DeviceContext:
     """What a device implementation may use: ``empty`` (allocate; NaN-poisoned where the
     module asks for it), ``workspace`` (shared, grown buffers), ``kernel``, ``xp``, the limits
@@ -72,7 +78,7 @@ class DeviceContext:
         """An output buffer filled with NaN (float) or a sentinel (int), so a kernel that
         skips an element cannot pass a test."""
         out = self.array_module.empty(shape, dtype=dtype)
-        out.fill(np.nan if np.issubdtype(np.dtype(dtype), np.floating) else -7777)
+        out.fill(_POISON.get(np.dtype(dtype), -7777))
         return out
 
     def workspace(self, tag, count):
