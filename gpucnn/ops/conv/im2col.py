@@ -29,7 +29,7 @@ from ...toolchain import kernel_block
 from ...toolchain.limits import GRID_DIM_MAX
 from ..gemm import HostGemm, SgemmLaunch, plan_sum_partials, sgemm_tile
 from ..launch import Launch, ceil_div, i32, plan_1d
-from ..storage import io_kernel
+from ..storage import FLOAT32, io_kernel
 
 __all__ = ["conv2d", "conv2d_backward", "conv_plan", "dw_split", "im2col_args",
            "bias_grad_plan", "DW_TARGET_BLOCKS", "WORKSPACE"]
@@ -72,7 +72,7 @@ def _im2col_plan(ctx, g, nb):
     return launch, count, im2col_args(g, nb)
 
 
-def bias_grad_plan(ctx, N, C, P, dtype=np.float32):
+def bias_grad_plan(ctx, N, C, P, dtype=FLOAT32):
     """db[c] = sum of dy[n, c, p] over n < N, p < P (both conv algorithms use it):
     ``launch((dy, db, *scalars))``; dy of ``dtype``: float32, or bf16 bits (the implicit
     GEMM's bf16 activations: ``bias_grad_nchw_bf16io``, float32 sums and db)."""
