@@ -58,6 +58,12 @@
 // its A and B elements where both operands use the same layout, and a warp's shared stores
 // hit 32 different banks in both layouts (rows padded by CONV_PAD floats).
 //
+// Activation element type: every gather and epilogue is a template over the element type A
+// of the activation tensors (x, y, dy, dx): float, or bf16_bits for the _bf16io kernels
+// (bf16_storage.cuh: bfloat16 bits, read through act_load, written through act_store: one
+// rounding, at the store). Weights, bias and the weight gradient (and its split partial sums)
+// are float32 in both; the math is the same float32 math.
+//
 // Offsets: tensor bases (image n of x, dy, y, dx; partial s) are 64-bit, since a tensor can
 // pass 2^31 elements; offsets inside one image, and in w, are int: the host checks that an
 // image of each tensor (its padded extent for x) and w fit in int32.
@@ -65,6 +71,7 @@
 #pragma once
 
 #include "common.cuh"
+#include "bf16_storage.cuh"
 
 // The FP32 tile (conv_implicit.cu).
 #define CONV_BM 128
@@ -107,29 +114,60 @@ typedef ConvTile<CONV_BM, CONV_BN, CONV_BK, CONV_THREADS> ConvFp32Tile;
 // sizes below 2^29; conv_inside() then says no.
 #define CONV_NOWHERE (-(1 << 30))
 
-// The parameter lists of the three kernels (one list each, shared by the FP32 kernels in
-// conv_implicit.cu and the tensor-core ones in conv_implicit_tc.cu; gpucnn/toolchain/parse.py
-// expands them when it reads their signatures).
+// The parameter lists of the three kernels: CONV_*_PARAMS_OF(A) for activations of type A
+// (the kernel bodies below), spelled out for each element type the kernels export as the
+// object-like CONV_*_PARAMS (float: conv_implicit.cu, conv_implicit_tc.cu) and
+// CONV_*_BF16IO_PARAMS (bf16_bits: the _bf16io kernels), because gpucnn/toolchain/parse.py
+// expands a kernel's parameter list only when it is one object-like macro.
+// tests/ops/test_conv_bf16io.py checks that each spelled-out list is the _OF one.
+#define CONV_FPROP_PARAMS_OF(A)                                                         \
+    const A* __restrict__ x, const float* __restrict__ w, const float* __restrict__     \
+    bias, A* __restrict__ y, int N, int C, int H, int W, int F, int kh, int kw, int     \
+    sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo, int groups, int         \
+    has_bias, int relu
 #define CONV_FPROP_PARAMS                                                               \
     const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ \
     bias, float* __restrict__ y, int N, int C, int H, int W, int F, int kh, int kw, int \
     sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo, int groups, int         \
     has_bias, int relu
+#define CONV_FPROP_BF16IO_PARAMS                                                        \
+    const bf16_bits* __restrict__ x, const float* __restrict__ w, const float*          \
+    __restrict__ bias, bf16_bits* __restrict__ y, int N, int C, int H, int W, int F,    \
+    int kh, int kw, int sh, int sw, int ph, int pw, int dh, int dw, int Ho, int Wo, int \
+    groups, int has_bias, int relu
 #define CONV_FPROP_ARGS                                                           \
     x, w, bias, y, N, C, H, W, F, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, groups, \
     has_bias, relu
+#define CONV_DGRAD_PARAMS_OF(A)                                                          \
+    const A* __restrict__ dy, const float* __restrict__ w, A* __restrict__ dx,           \
+    int N, int C, int H, int W, int F, int kh, int kw, int sh, int sw, int Ho, int Wo,   \
+    int groups, int ah, int Hr, int i0, int istep, int ni, int ho0, int ho_step, int aw, \
+    int Wr, int j0, int jstep, int nj, int wo0, int wo_step
 #define CONV_DGRAD_PARAMS                                                                \
     const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx,   \
     int N, int C, int H, int W, int F, int kh, int kw, int sh, int sw, int Ho, int Wo,   \
     int groups, int ah, int Hr, int i0, int istep, int ni, int ho0, int ho_step, int aw, \
     int Wr, int j0, int jstep, int nj, int wo0, int wo_step
+#define CONV_DGRAD_BF16IO_PARAMS                                                         \
+    const bf16_bits* __restrict__ dy, const float* __restrict__ w, bf16_bits*            \
+    __restrict__ dx, int N, int C, int H, int W, int F, int kh, int kw, int sh, int sw,  \
+    int Ho, int Wo, int groups, int ah, int Hr, int i0, int istep, int ni, int ho0, int  \
+    ho_step, int aw, int Wr, int j0, int jstep, int nj, int wo0, int wo_step
 #define CONV_DGRAD_ARGS                                                              \
     dy, w, dx, N, C, H, W, F, kh, kw, sh, sw, Ho, Wo, groups, ah, Hr, i0, istep, ni, \
     ho0, ho_step, aw, Wr, j0, jstep, nj, wo0, wo_step
+#define CONV_WGRAD_PARAMS_OF(A)                                                         \
+    const A* __restrict__ dy, const A* __restrict__ x, float* __restrict__ out,         \
+    int N, int C, int H, int W, int F, int kh, int kw, int sh, int sw, int ph, int pw,  \
+    int dh, int dw, int Ho, int Wo, int groups, int q_per_split
 #define CONV_WGRAD_PARAMS                                                               \
     const float* __restrict__ dy, const float* __restrict__ x, float* __restrict__ out, \
     int N, int C, int H, int W, int F, int kh, int kw, int sh, int sw, int ph, int pw,  \
     int dh, int dw, int Ho, int Wo, int groups, int q_per_split
+#define CONV_WGRAD_BF16IO_PARAMS                                                        \
+    const bf16_bits* __restrict__ dy, const bf16_bits* __restrict__ x, float*           \
+    __restrict__ out, int N, int C, int H, int W, int F, int kh, int kw, int sh, int    \
+    sw, int ph, int pw, int dh, int dw, int Ho, int Wo, int groups, int q_per_split
 #define CONV_WGRAD_ARGS                                                        \
     dy, x, out, N, C, H, W, F, kh, kw, sh, sw, ph, pw, dh, dw, Ho, Wo, groups, \
     q_per_split
@@ -220,12 +258,13 @@ __device__ __forceinline__ ConvWindow conv_window_nowhere()
 // X[tap, window]: the input element the tap reads for the window whose top-left tap is at
 // xw (x + the window's offset) and (h0, w0); 0 in the padding. Addressing from a pointer per
 // window leaves one 32-bit offset to add per element in the main loop.
-__device__ __forceinline__ float conv_x_at(const float* __restrict__ xw, int h0, int w0,
+template <class A>
+__device__ __forceinline__ float conv_x_at(const A* __restrict__ xw, int h0, int w0,
                                            const ConvTap& tap, int H, int W)
 {
     const int h = h0 + tap.dh_off;
     const int w = w0 + tap.dw_off;
-    return (conv_inside(h, H) && conv_inside(w, W)) ? xw[tap.offset] : 0.0f;
+    return (conv_inside(h, H) && conv_inside(w, W)) ? act_load(xw + tap.offset) : 0.0f;
 }
 
 // A thread's reduction index, decoded into three digits (hi, mid, lo) = its position in
@@ -303,19 +342,20 @@ __device__ __forceinline__ void conv_store_slice(T (*a)[LDA], T (*b)[LDB],
 // and where each accumulator lies in the tile. The tensor-core kernels (conv_implicit_tc.cu)
 // pass their own (tensor_core.cuh); a body's epilogue reads acc[i][j] as tile element
 // (Math::row(i), Math::col(j)) whichever math filled it.
-template <class Tile>
+// The gathers, over the tile and the activations' element type A (file header).
+template <class Tile, class A = float>
 struct ConvFprop;
-template <class Tile>
+template <class Tile, class A = float>
 struct ConvDgrad;
-template <class Tile>
+template <class Tile, class A = float>
 struct ConvWgrad;
 
 struct ConvFp32 {
     typedef ConvFp32Tile Tile;
     typedef ConvSmem<Tile> Smem;
-    typedef ConvFprop<Tile> FpropOp;   // the gathers (below)
-    typedef ConvDgrad<Tile> DgradOp;
-    typedef ConvWgrad<Tile> WgradOp;
+    template <class A> using FpropOp = ConvFprop<Tile, A>;   // the gathers (below)
+    template <class A> using DgradOp = ConvDgrad<Tile, A>;
+    template <class A> using WgradOp = ConvWgrad<Tile, A>;
     enum { TM = 8, TN = 8, WARPS_M = CONV_BM / CONV_WM, LANES_N = CONV_WN / TN };
     static_assert(WARPS_M * (CONV_BN / CONV_WN) * 32 == CONV_THREADS, "warp tiling");
 
@@ -388,7 +428,7 @@ struct ConvFp32 {
 // lanes take consecutive output positions, so k on rows). A thread's four output positions
 // (its B columns) are fixed for the block: their windows are computed once; its filter rows
 // are a pointer advanced by BK per slice and a bit each (inside Fg or not).
-template <class Tile>
+template <class Tile, class A>
 struct ConvFprop : ConvLoader<Tile> {
     using ConvLoader<Tile>::LOADS;
     static const bool A_K_ON_LANES = true;
@@ -399,7 +439,7 @@ struct ConvFprop : ConvLoader<Tile> {
     int ka, kb, K;                 // the taps of the next slice, for A (on lanes) and B (rows)
     ConvDigits tap;                // kb as (input channel, tap row, tap column)
     int dh, dw, H, W;
-    const float* xw[LOADS];        // x + the offset of each of the thread's windows
+    const A* xw[LOADS];            // x + the offset of each of the thread's windows
     int h0[LOADS], w0[LOADS];      // ... and their top-left taps
 
     __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
@@ -441,8 +481,8 @@ struct ConvFprop : ConvLoader<Tile> {
 
 // y[n, g * Fg + f, p] = (relu)(sum_k w[g * Fg + f, k] * X[k, (n, p)] + bias[g * Fg + f]).
 // Grid (ceil(N * P / BN), ceil(Fg / BM), groups). `bias` is read only when has_bias.
-template <class Math>
-__device__ __forceinline__ void conv_fprop(CONV_FPROP_PARAMS)
+template <class Math, class A>
+__device__ __forceinline__ void conv_fprop(CONV_FPROP_PARAMS_OF(A))
 {
     __shared__ typename Math::Smem sm;
     const int g = blockIdx.z;
@@ -454,7 +494,8 @@ __device__ __forceinline__ void conv_fprop(CONV_FPROP_PARAMS)
     const int q0 = blockIdx.x * Tile::BN;  // first output position (n * P + p) of the tile
     const int f0 = blockIdx.y * Tile::BM;  // first filter of the tile, within the group
 
-    typename Math::FpropOp op;   // ConvFprop<Tile>, or a tensor-core math's own (TcFprop)
+    typename Math::template FpropOp<A> op;   // ConvFprop<Tile, A>, or a tensor-core math's own
+                                             // (TcFprop)
     op.init_loader();
     op.wp = w + (long long)g * Fg * K + (long long)(f0 + op.cl) * K + op.kl;
     op.w_step = Tile::CPL * K;
@@ -499,7 +540,7 @@ __device__ __forceinline__ void conv_fprop(CONV_FPROP_PARAMS)
         if (q >= NP)
             continue;
         const int n = q / P;
-        float* out = y + (long long)n * F * P + (long long)g * Fg * P + (q - n * P);
+        A* out = y + (long long)n * F * P + (long long)g * Fg * P + (q - n * P);
 #pragma unroll
         for (int i = 0; i < Math::TM; ++i) {
             const int f = f0 + Math::row(i);
@@ -510,7 +551,7 @@ __device__ __forceinline__ void conv_fprop(CONV_FPROP_PARAMS)
                 v += bias[g * Fg + f];
             if (relu && v < 0.0f)  // a NaN stays NaN
                 v = 0.0f;
-            out[f * P] = v;
+            act_store(out + f * P, v);   // rounded here, once, for bf16 y
         }
     }
 }
@@ -529,7 +570,7 @@ struct DgradAxis {
 // (file header): tap (i, j) = (i0 + u * istep, j0 + v * jstep) of filter f, reading output
 // row th + dho and column tw + dwo for phase pixel (th, tw) (dho = NOWHERE past T: never
 // inside). The thread's input channels are a pointer and a bit each (inside Cg or not).
-template <class Tile>
+template <class Tile, class A>
 struct ConvDgrad : ConvLoader<Tile> {
     using ConvLoader<Tile>::LOADS;
     static const bool A_K_ON_LANES = false;
@@ -543,7 +584,7 @@ struct ConvDgrad : ConvLoader<Tile> {
     int t, T, f_step, kw, P, Ho, Wo;   // f_step = Cg * kh * kw: one filter in w
     ConvDigits tap;                // t as (f, u, v)
     DgradAxis ax_h, ax_w;
-    const float* dyp[LOADS];       // dy at each of the thread's pixels (th, tw) in plane 0
+    const A* dyp[LOADS];           // dy at each of the thread's pixels (th, tw) in plane 0
     int th[LOADS], tw[LOADS];      // ... and the pixels (NOWHERE past the phase's pixels)
 
     __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
@@ -573,7 +614,7 @@ struct ConvDgrad : ConvLoader<Tile> {
 #pragma unroll
         for (int e = 0; e < LOADS; ++e) {
             const bool inside = conv_inside(th[e] + dho, Ho) && conv_inside(tw[e] + dwo, Wo);
-            rb[e] = inside ? dyp[e][dy_off] : 0.0f;
+            rb[e] = inside ? act_load(dyp[e] + dy_off) : 0.0f;
         }
     }
     __device__ __forceinline__ void advance()
@@ -591,8 +632,8 @@ struct ConvDgrad : ConvLoader<Tile> {
 // i0, istep, ni, ho0, ho_step and j0, ... of the file header). Every pixel of dx belongs to
 // exactly one phase and is written by it (0 where no tap reaches it).
 // Grid (ceil(N * Hr * Wr / BN), ceil(Cg / BM), groups).
-template <class Math>
-__device__ __forceinline__ void conv_dgrad(CONV_DGRAD_PARAMS)
+template <class Math, class A>
+__device__ __forceinline__ void conv_dgrad(CONV_DGRAD_PARAMS_OF(A))
 {
     __shared__ typename Math::Smem sm;
     const int g = blockIdx.z;
@@ -604,7 +645,8 @@ __device__ __forceinline__ void conv_dgrad(CONV_DGRAD_PARAMS)
     const int q0 = blockIdx.x * Tile::BN;  // first phase pixel n * R + th * Wr + tw of the tile
     const int c0 = blockIdx.y * Tile::BM;  // first input channel of the tile, within the group
 
-    typename Math::DgradOp op;   // ConvDgrad<Tile>, or a tensor-core math's own (TcDgrad)
+    typename Math::template DgradOp<A> op;   // ConvDgrad<Tile, A>, or a tensor-core math's own
+                                             // (TcDgrad)
     op.init_loader();
     op.w = w;
     op.wc = (g * Fg * Cg + c0 + op.cr) * kh * kw;
@@ -654,12 +696,12 @@ __device__ __forceinline__ void conv_dgrad(CONV_DGRAD_PARAMS)
         const int th = r / Wr;
         const int h = ah + th * sh;
         const int wc = aw + (r - th * Wr) * sw;
-        float* out = dx + (long long)n * C * H * W + ((g * Cg) * H + h) * W + wc;
+        A* out = dx + (long long)n * C * H * W + ((g * Cg) * H + h) * W + wc;
 #pragma unroll
         for (int i = 0; i < Math::TM; ++i) {
             const int c = c0 + Math::row(i);
             if (c < Cg)
-                out[c * H * W] = acc[i][j];
+                act_store(out + c * H * W, acc[i][j]);
         }
     }
 }
@@ -672,19 +714,19 @@ __device__ __forceinline__ void conv_dgrad(CONV_DGRAD_PARAMS)
 // are a bit each (inside Fg or not). Its position q moves by BK per slice: the digits
 // (image, output row, output column) and, from their changes, the pointers into dy and into
 // x's window, so the main loop neither divides nor rebuilds 64-bit offsets.
-template <class Tile>
+template <class Tile, class A>
 struct ConvWgrad : ConvLoader<Tile> {
     using ConvLoader<Tile>::LOADS;
     static const bool A_K_ON_LANES = true;
     static const bool B_K_ON_LANES = true;
-    const float* dq;               // dy[n, g * Fg + f0 + cl, ho, wo] of the current q
-    const float* xw;               // x[n, g * Cg, h0, w0]: the window's top-left tap
+    const A* dq;                   // dy[n, g * Fg + f0 + cl, ho, wo] of the current q
+    const A* xw;                   // x[n, g * Cg, h0, w0]: the window's top-left tap
     int f_step;                    // floats between the thread's filter rows (CPL * P)
     unsigned rows;                 // bit e: filter row e exists (f < Fg)
     int q, q_end;                  // the output position of the next slice, and the split's end
     ConvDigits pos;                // q as (n, ho, wo)
     int h0, w0, sh, sw, H, W, Wo;
-    long long x_image, dy_image;   // floats of one image of x, of dy
+    long long x_image, dy_image;   // elements of one image of x, of dy
     ConvTap taps[LOADS];
 
     __device__ __forceinline__ void fetch(float (&ra)[LOADS], float (&rb)[LOADS])
@@ -700,7 +742,7 @@ struct ConvWgrad : ConvLoader<Tile> {
         const bool valid = q < q_end;
 #pragma unroll
         for (int e = 0; e < LOADS; ++e)
-            ra[e] = (valid && (rows >> e & 1u)) ? dq[e * f_step] : 0.0f;
+            ra[e] = (valid && (rows >> e & 1u)) ? act_load(dq + e * f_step) : 0.0f;
     }
     __device__ __forceinline__ void fetch_x(float (&rb)[LOADS]) const
     {
@@ -709,13 +751,14 @@ struct ConvWgrad : ConvLoader<Tile> {
         for (int e = 0; e < LOADS; ++e) {
             const int h = top + taps[e].dh_off;
             const int w = w0 + taps[e].dw_off;
-            rb[e] = (conv_inside(h, H) && conv_inside(w, W)) ? xw[taps[e].offset] : 0.0f;
+            rb[e] = (conv_inside(h, H) && conv_inside(w, W)) ? act_load(xw + taps[e].offset)
+                                                             : 0.0f;
         }
     }
     // Called once the gathers are set up, with dy at the group's first filter, the tile's
     // first filter, Fg, F, P and the split's first position and length: nothing to do for
     // the gathers above.
-    __device__ __forceinline__ void init_dy(const float*, int, int, int, int, int, int) {}
+    __device__ __forceinline__ void init_dy(const A*, int, int, int, int, int, int) {}
     __device__ __forceinline__ void advance()
     {
         const int n = pos.hi, ho = pos.mid, wo = pos.lo;
@@ -733,8 +776,8 @@ struct ConvWgrad : ConvLoader<Tile> {
 // X[k, q] (q = n * P + p; split s = blockIdx.z / groups covers [s * q_per_split, (s + 1) *
 // q_per_split) of N * P; q_per_split is a multiple of CONV_BK). With one split, out is dw.
 // Grid (ceil(K / BN), ceil(Fg / BM), groups * splits).
-template <class Math>
-__device__ __forceinline__ void conv_wgrad(CONV_WGRAD_PARAMS)
+template <class Math, class A>
+__device__ __forceinline__ void conv_wgrad(CONV_WGRAD_PARAMS_OF(A))
 {
     __shared__ typename Math::Smem sm;
     const int g = blockIdx.z % groups;
@@ -747,7 +790,8 @@ __device__ __forceinline__ void conv_wgrad(CONV_WGRAD_PARAMS)
     const int k0 = blockIdx.x * Tile::BN;  // first tap of the tile
     const int f0 = blockIdx.y * Tile::BM;  // first filter of the tile, within the group
 
-    typename Math::WgradOp op;   // ConvWgrad<Tile>, or a tensor-core math's own (TcWgrad)
+    typename Math::template WgradOp<A> op;   // ConvWgrad<Tile, A>, or a tensor-core math's own
+                                             // (TcWgrad)
     op.init_loader();
     const int q_begin = split * q_per_split;
     op.f_step = Tile::CPL * P;

@@ -68,3 +68,29 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 {
     conv_wgrad<ConvTc<TcBf16>>(CONV_WGRAD_ARGS);
 }
+
+// The same kernels with bf16 activations (x, y, dy, dx: uint16 arrays of bfloat16 bits,
+// kernels/bf16_storage.cuh); w, bias and dW float32. Same tile, grid, arguments and main loop
+// as the _bf16 ones above (the gathers convert each element to float as they load it, the
+// epilogues round once as they store); only their 128-bit loads of dy (wgrad) are not used.
+
+// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+    conv_implicit_fprop_bf16_bf16io(CONV_FPROP_BF16IO_PARAMS)
+{
+    conv_fprop<ConvTc<TcBf16>>(CONV_FPROP_ARGS);
+}
+
+// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+    conv_implicit_dgrad_bf16_bf16io(CONV_DGRAD_BF16IO_PARAMS)
+{
+    conv_dgrad<ConvTc<TcBf16>>(CONV_DGRAD_ARGS);
+}
+
+// gpucnn: block=TC_THREADS max_regs=255 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+    conv_implicit_wgrad_bf16_bf16io(CONV_WGRAD_BF16IO_PARAMS)
+{
+    conv_wgrad<ConvTc<TcBf16>>(CONV_WGRAD_ARGS);
+}

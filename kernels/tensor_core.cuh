@@ -12,8 +12,10 @@
 //             FP32-level accuracy from three TF32 products (CUTLASS's 3xTF32);
 //   TcBf16    operands rounded to bfloat16 (round to nearest even, 7 mantissa bits) once,
 //             as they are stored into shared memory; FP32 accumulation.
-// Operands stay FP32 in global memory in every precision: the gathers and the epilogues are
-// the FP32 kernels' own (conv_implicit.cuh), only the multiply differs, and the staging where
+// Operands stay in global memory as the caller holds them (FP32, or bf16 activations for the
+// _bf16io convolutions: converted to float as gathered, conv_implicit.cuh) in every precision:
+// the gathers and the epilogues are the FP32 kernels' own (conv_implicit.cuh), only the
+// multiply differs, and the staging where
 // an operand is contiguous: the forward weights and a 1 x 1 filter's backward-data weights
 // are loaded as float4 chunks when aligned (TcFprop, TcDgrad; TcStaging says how a slice
 // reaches shared memory), as the SGEMM's operands are (sgemm_tc.cu, gemm_operand.cuh).
@@ -271,8 +273,9 @@ __device__ __forceinline__ void tc_multiply(TcAcc<P> (&c)[TC_FM][TC_FN],
 // keep both loads in one loop: ptxas neither hoists nor versions it); otherwise ConvFprop's
 // own gather, unchanged. The input gathers (x) are ConvFprop's either way. Only who loads
 // which weight changes: shared memory receives the same slice.
-template <class P>
-struct TcFprop : ConvFprop<TcTile> {
+template <class P, class A = float>
+struct TcFprop : ConvFprop<TcTile, A> {
+    using ConvFprop<TcTile, A>::LOADS;
     GemmOperand<TC_BM, TC_BK, TC_BM + P::PAD, TC_THREADS, true> wv;
     int kleft;   // K - k0 of the next slice
     bool vec;
@@ -285,7 +288,7 @@ struct TcFprop : ConvFprop<TcTile> {
     }
     // TcWeightStaging's hooks: a slice moves the weights TC_BK taps on; B is the input
     __device__ __forceinline__ int weight_step() const { return TC_BK; }
-    __device__ __forceinline__ void fetch_b(float (&rb)[LOADS]) { fetch_x(rb); }
+    __device__ __forceinline__ void fetch_b(float (&rb)[LOADS]) { this->fetch_x(rb); }
 };
 
 // How TcFprop and TcDgrad stage a slice: their weights through GemmOperand on the vector
@@ -322,8 +325,8 @@ struct TcWeightStaging {
     }
 };
 
-template <class P>
-struct TcStaging<TcFprop<P>> : TcWeightStaging<TcFprop<P>, P> {};
+template <class P, class A>
+struct TcStaging<TcFprop<P, A>> : TcWeightStaging<TcFprop<P, A>, P> {};
 
 // The backward-data gathers with 128-bit weight loads for a 1 x 1 filter: W'[c, t] is then
 // w[g * Fg + t, c], rows of Cg consecutive channels, an operand GemmOperand stages as the
@@ -331,8 +334,9 @@ struct TcStaging<TcFprop<P>> : TcWeightStaging<TcFprop<P>, P> {};
 // Cg is a multiple of 4 and w is aligned; a main loop per case as TcFprop's. Other filters
 // spread a filter's channels kh * kw apart: ConvDgrad's own gather, unchanged. The dy
 // gathers are ConvDgrad's either way.
-template <class P>
-struct TcDgrad : ConvDgrad<TcTile> {
+template <class P, class A = float>
+struct TcDgrad : ConvDgrad<TcTile, A> {
+    using ConvDgrad<TcTile, A>::LOADS;
     GemmOperand<TC_BM, TC_BK, TC_BM + P::PAD, TC_THREADS, false> wv;
     int kleft;   // T - t0 of the next slice
     int wv_ld;   // floats between the rows of W'^T (filters): Cg
@@ -341,17 +345,17 @@ struct TcDgrad : ConvDgrad<TcTile> {
     __device__ __forceinline__ void init_weights(const float* wg, int c0, int Cg, int taps)
     {
         wv.init(wg, threadIdx.x, c0, Cg, Cg);
-        kleft = T;
+        kleft = this->T;
         wv_ld = Cg;
         vec = taps == 1 && Cg % 4 == 0 && (reinterpret_cast<unsigned long long>(wg) & 15) == 0;
     }
     // TcWeightStaging's hooks: a slice moves the weights TC_BK filters on; B is dy
     __device__ __forceinline__ int weight_step() const { return TC_BK * wv_ld; }
-    __device__ __forceinline__ void fetch_b(float (&rb)[LOADS]) { fetch_dy(rb); }
+    __device__ __forceinline__ void fetch_b(float (&rb)[LOADS]) { this->fetch_dy(rb); }
 };
 
-template <class P>
-struct TcStaging<TcDgrad<P>> : TcWeightStaging<TcDgrad<P>, P> {};
+template <class P, class A>
+struct TcStaging<TcDgrad<P, A>> : TcWeightStaging<TcDgrad<P, A>, P> {};
 
 // The backward-weights gathers with 128-bit loads of dy: DY[f, q] = dy[n, g * Fg + f, p] is
 // q-contiguous within an image. When P is a multiple of TC_BK (and so are the split's start
@@ -419,15 +423,27 @@ struct TcStaging<TcWgrad<P>> {
     }
 };
 
+// The backward-weights gathers of activations of type A: TcWgrad's 128-bit dy loads read
+// float32 dy (4 floats per load); bf16 dy (the _bf16io kernel) takes ConvWgrad's scalar
+// gather, one 16-bit load per element (a bf16 vector path, 8 per load, is not written).
+template <class P, class A>
+struct TcWgradOf {
+    typedef ConvWgrad<TcTile, A> Op;
+};
+template <class P>
+struct TcWgradOf<P, float> {
+    typedef TcWgrad<P> Op;
+};
+
 // acc = the block tile's product over `slices` slices of op's gathers (as ConvFp32::run),
 // acc[i][j] = tile element (row(i), col(j)): ConvFp32's layout.
 template <class P>
 struct ConvTc {
     typedef TcTile Tile;
     typedef TcSmem<P> Smem;
-    typedef TcFprop<P> FpropOp;
-    typedef TcDgrad<P> DgradOp;
-    typedef TcWgrad<P> WgradOp;
+    template <class A> using FpropOp = TcFprop<P, A>;
+    template <class A> using DgradOp = TcDgrad<P, A>;
+    template <class A> using WgradOp = typename TcWgradOf<P, A>::Op;
     enum { TM = ConvFp32::TM, TN = ConvFp32::TN };
     __device__ __forceinline__ static int row(int i) { return ConvFp32::row(i); }
     __device__ __forceinline__ static int col(int j) { return ConvFp32::col(j); }
@@ -505,9 +521,9 @@ template <class P>
 struct ConvTc {
     typedef TcTile Tile;
     typedef ConvSmem<Tile> Smem;
-    typedef ConvFprop<Tile> FpropOp;
-    typedef ConvDgrad<Tile> DgradOp;
-    typedef ConvWgrad<Tile> WgradOp;
+    template <class A> using FpropOp = ConvFprop<Tile, A>;
+    template <class A> using DgradOp = ConvDgrad<Tile, A>;
+    template <class A> using WgradOp = ConvWgrad<Tile, A>;
     enum { TM = ConvFp32::TM, TN = ConvFp32::TN };
     __device__ __forceinline__ static int row(int i) { return i; }
     __device__ __forceinline__ static int col(int j) { return j; }

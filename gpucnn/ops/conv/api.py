@@ -10,6 +10,12 @@ ReLU mask, pool scatter, conv backward), never of the public entry points, so no
 checked or chosen twice; on the CPU the ``wide`` and ``direct`` algorithms have fused paths of
 their own (``wide_fused.py``, ``direct.py``), which may decline a geometry (they return None),
 and the composition runs then.
+
+Activations (x, y, dy, dx) are float32, or — on a device backend computing in precision bf16 —
+bf16 bits (uint16 arrays, :mod:`gpucnn.ops.storage`): then the implicit-GEMM kernels that
+read and write bf16 (``*_bf16io``) run whatever ``algo`` says, the weights, bias and their
+gradients staying float32. The activations' dtype is part of every plan's setup (the last
+element), so float32 and bf16 calls of one layer shape get plans of their own.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from .. import activation
 from ..dispatch import Op, api, grads_into, into as _into, rounded
 from ..pool import api as pool_api
 from ..pool import pool_geometry
+from ..storage import is_bf16
 from . import algos, conv_geometry, direct, reference, wide_fused
 
 __all__ = ["CONV", "CONV_BACKWARD", "CONV_RELU_MAXPOOL", "CONV_RELU_MAXPOOL_BACKWARD",
@@ -27,18 +34,21 @@ __all__ = ["CONV", "CONV_BACKWARD", "CONV_RELU_MAXPOOL", "CONV_RELU_MAXPOOL_BACK
 
 
 def _algorithm(kind, direction):
-    """The plan factory of the named algorithm of a backend kind, for CONV / CONV_BACKWARD."""
-    def make(ctx, g, a, b, name):
-        return getattr(algos.get(kind, name), direction)(ctx, g, a, b)
+    """The plan factory of the named algorithm of a backend kind, for CONV / CONV_BACKWARD;
+    the activations' dtype reaches the algorithm only for bf16 (the implicit GEMM's
+    ``dtype`` argument: no other algorithm takes bf16, :func:`_activations`)."""
+    def make(ctx, g, a, b, name, dtype):
+        extra = (dtype,) if is_bf16(dtype) else ()
+        return getattr(algos.get(kind, name), direction)(ctx, g, a, b, *extra)
     return make
 
 
 CONV = Op("conv2d",
-          rounded(lambda ctx, g, relu, has_bias, name: (
+          rounded(lambda ctx, g, relu, has_bias, name, dtype: (
               lambda x, w, b: reference.conv2d(x, w, b, g, relu)), 2),
           _algorithm("cpu", "forward"), _algorithm("device", "forward"))
 CONV_BACKWARD = Op("conv2d_backward",
-                   grads_into(rounded(lambda ctx, g, need_dx, need_dw, name: (
+                   grads_into(rounded(lambda ctx, g, need_dx, need_dw, name, dtype: (
                        lambda dy, x, w: reference.conv2d_backward(dy, x, w, g, need_dx,
                                                                   need_dw)), 3, (0, 2, 3))),
                    grads_into(_algorithm("cpu", "backward")), _algorithm("device", "backward"))
@@ -46,15 +56,15 @@ CONV_BACKWARD = Op("conv2d_backward",
 
 def _composed(kind):
     """conv (ReLU fused) then max-pool, and the backward: ReLU mask, pool, conv."""
-    def forward(ctx, g, pg, has_bias, name):
-        conv = CONV.maker(kind)(ctx, g, True, has_bias, name)
-        pool = pool_api.MAX_POOL.maker(kind)(ctx, pg, np.dtype(np.float32))
+    def forward(ctx, g, pg, has_bias, name, dtype):
+        conv = CONV.maker(kind)(ctx, g, True, has_bias, name, dtype)
+        pool = pool_api.MAX_POOL.maker(kind)(ctx, pg, dtype)
         return lambda x, w, b: pool(conv(x, w, b))
 
-    def backward(ctx, g, pg, need_dx, need_dw, name):
-        relu = activation.RELU_BACKWARD.maker(kind)(ctx, pg.y_shape, np.dtype(np.float32))
-        pool = pool_api.MAX_POOL_BACKWARD.maker(kind)(ctx, pg, np.dtype(np.float32))
-        conv = CONV_BACKWARD.maker(kind)(ctx, g, need_dx, need_dw, name)
+    def backward(ctx, g, pg, need_dx, need_dw, name, dtype):
+        relu = activation.RELU_BACKWARD.maker(kind)(ctx, pg.y_shape, dtype)
+        pool = pool_api.MAX_POOL_BACKWARD.maker(kind)(ctx, pg, dtype)
+        conv = CONV_BACKWARD.maker(kind)(ctx, g, need_dx, need_dw, name, dtype)
         return lambda dy, switches, y, x, w, dw_out, db_out: conv(
             pool(relu(dy, y), switches), x, w, dw_out, db_out)
     return forward, backward
@@ -69,8 +79,8 @@ _CPU_FUSED = {"wide": (wide_fused.conv2d_relu_maxpool, wide_fused.conv2d_relu_ma
 def _cpu_fused():
     composed_forward, composed_backward = _composed("cpu")
 
-    def forward(rt, g, pg, has_bias, name):
-        composed = composed_forward(rt, g, pg, has_bias, name)
+    def forward(rt, g, pg, has_bias, name, dtype):
+        composed = composed_forward(rt, g, pg, has_bias, name, dtype)
         fused = _CPU_FUSED.get(name)
         if fused is None:
             return composed
@@ -80,8 +90,8 @@ def _cpu_fused():
             return composed(x, w, b) if out is None else out
         return run
 
-    def backward(rt, g, pg, need_dx, need_dw, name):
-        composed = composed_backward(rt, g, pg, need_dx, need_dw, name)
+    def backward(rt, g, pg, need_dx, need_dw, name, dtype):
+        composed = composed_backward(rt, g, pg, need_dx, need_dw, name, dtype)
         fused = _CPU_FUSED.get(name)
         if fused is None:
             return composed
@@ -102,7 +112,7 @@ _SWITCHES = (np.dtype(np.int32),)
 
 
 def _geometry(backend, x, w, b, stride, padding, dilation, groups):
-    backend.check(x, "x", 4)
+    backend.check(x, "x", 4, dtype="activation")
     backend.check(w, "w", 4)
     g = conv_geometry(x.shape, w.shape, stride, padding, dilation, groups)
     if b is not None:
@@ -123,31 +133,60 @@ def _forward_specs(g, x, w, b):
             ("b", (g.F,), wt) if b is not None else None)
 
 
+def _activations(backend, **arrays):
+    """The activations' dtype of a call (its arrays checked with dtype="activation"):
+    float32, or bf16 bits, which need the backend to compute in bf16; mixing the two is a
+    TypeError naming the arrays."""
+    (first, a), *rest = arrays.items()
+    for name, other in rest:
+        if is_bf16(other) != is_bf16(a):
+            raise TypeError(f"conv2d: {first} has dtype {a.dtype} and {name} {other.dtype}: "
+                            f"activations are all float32 or all bf16 bits (uint16)")
+    if is_bf16(a) and backend.precision != "bf16":
+        raise TypeError(f"conv2d: bf16 activations (uint16) need precision bf16, the "
+                        f"{backend.name} backend computes in {backend.precision}")
+    return a.dtype
+
+
+def _select(backend, direction, g, algo, dtype, run, *needs):
+    """The algorithm of a call: the selector's choice, except for bf16 activations, which
+    only the implicit GEMM reads and writes (nothing timed, nothing recorded: there is no
+    choice to restore); another algorithm named per call is a ValueError."""
+    if not is_bf16(dtype):
+        return backend.conv_selector.select(direction, g, algo, run, *needs)
+    name = backend.conv_selector.request(algo, g)
+    if algo is not None and name not in (algos.AUTO, "implicit"):
+        raise ValueError(f"conv2d: algo={algo!r} does not take bf16 activations (uint16): they "
+                         f"run on implicit GEMM only (algo='implicit' or 'auto')")
+    return "implicit"
+
+
 # ---- plans: checked and chosen once, kept by layers; the entry points run them once ------
 def conv2d_plan(backend, x, w, b=None, stride=1, padding=0, dilation=1, groups=1, relu=False,
                 algo=None):
     g = _geometry(backend, x, w, b, stride, padding, dilation, groups)
     relu, specs = bool(relu), _forward_specs(g, x, w, b)
+    dtype = _activations(backend, x=x)
 
     def planned(name):
-        return backend.plan(CONV, (g, relu, b is not None, name), *specs)
-    name = backend.conv_selector.select("forward", g, algo,
-                                        lambda n: planned(n).run(x, w, b))
+        return backend.plan(CONV, (g, relu, b is not None, name, dtype), *specs)
+    name = _select(backend, "forward", g, algo, dtype, lambda n: planned(n).run(x, w, b))
     return planned(name)
 
 
 def conv2d_backward_plan(backend, dy, x, w, stride=1, padding=0, dilation=1, groups=1,
                          need_dx=True, need_dw=True, algo=None):
     g = _geometry(backend, x, w, None, stride, padding, dilation, groups)
-    backend.check(dy, "dy", 4, shape=g.y_shape)
+    backend.check(dy, "dy", 4, dtype="activation", shape=g.y_shape)
+    dtype = _activations(backend, x=x, dy=dy)
     need_dx, need_dw = bool(need_dx), bool(need_dw)
     specs = (("dy", g.y_shape, (dy.dtype,)), ("x", g.x_shape, (x.dtype,)),
              ("w", g.w_shape, (w.dtype,)), *_grad_out_specs(g, w))
 
     def planned(name):
-        return backend.plan(CONV_BACKWARD, (g, need_dx, need_dw, name), *specs)
-    name = backend.conv_selector.select(
-        "backward", g, algo, lambda n: planned(n).run(dy, x, w, None, None), need_dx, need_dw)
+        return backend.plan(CONV_BACKWARD, (g, need_dx, need_dw, name, dtype), *specs)
+    name = _select(backend, "backward", g, algo, dtype,
+                   lambda n: planned(n).run(dy, x, w, None, None), need_dx, need_dw)
     return planned(name)
 
 
@@ -157,10 +196,11 @@ def conv2d_relu_maxpool_plan(backend, x, w, b=None, stride=1, padding=0, dilatio
     g = _geometry(backend, x, w, b, stride, padding, dilation, groups)
     pg = pool_geometry(g.y_shape, kernel_size, pool_stride, pool_padding)
     specs = _forward_specs(g, x, w, b)
+    dtype = _activations(backend, x=x)
     # Timing (cuda's auto) runs the plain convolution: the algorithms differ only there.
-    name = backend.conv_selector.select("forward", g, algo, lambda n: backend.plan(
-        CONV, (g, True, b is not None, n), *specs).run(x, w, b))
-    return backend.plan(CONV_RELU_MAXPOOL, (g, pg, b is not None, name), *specs)
+    name = _select(backend, "forward", g, algo, dtype, lambda n: backend.plan(
+        CONV, (g, True, b is not None, n, dtype), *specs).run(x, w, b))
+    return backend.plan(CONV_RELU_MAXPOOL, (g, pg, b is not None, name, dtype), *specs)
 
 
 def conv2d_relu_maxpool_backward_plan(backend, dy, switches, y, x, w, stride=1, padding=0,
@@ -168,20 +208,21 @@ def conv2d_relu_maxpool_backward_plan(backend, dy, switches, y, x, w, stride=1, 
                                       pool_padding=0, need_dx=True, need_dw=True, algo=None):
     g = _geometry(backend, x, w, None, stride, padding, dilation, groups)
     pg = pool_geometry(g.y_shape, kernel_size, pool_stride, pool_padding)
-    backend.check(y, "y", 4, shape=pg.y_shape)
-    backend.check(dy, "dy", 4, shape=pg.y_shape)
+    backend.check(y, "y", 4, dtype="activation", shape=pg.y_shape)
+    backend.check(dy, "dy", 4, dtype="activation", shape=pg.y_shape)
     backend.check(switches, "switches", 4, dtype=np.int32, shape=pg.y_shape)
+    dtype = _activations(backend, x=x, dy=dy, y=y)
     need_dx, need_dw = bool(need_dx), bool(need_dw)
     dt = (x.dtype,)
     conv_specs = (("dy", g.y_shape, dt), ("x", g.x_shape, dt), ("w", g.w_shape, (w.dtype,)),
                   *_grad_out_specs(g, w))
     # Timing (cuda's auto) runs the plain convolution backward on a stand-in dy of the conv
     # output's shape: the algorithms differ only there.
-    name = backend.conv_selector.select(
-        "backward", g, algo, lambda n: backend.plan(
-            CONV_BACKWARD, (g, need_dx, need_dw, n), *conv_specs).run(
+    name = _select(
+        backend, "backward", g, algo, dtype, lambda n: backend.plan(
+            CONV_BACKWARD, (g, need_dx, need_dw, n, dtype), *conv_specs).run(
             backend.zeros(g.y_shape, dy.dtype), x, w, None, None), need_dx, need_dw)
-    return backend.plan(CONV_RELU_MAXPOOL_BACKWARD, (g, pg, need_dx, need_dw, name),
+    return backend.plan(CONV_RELU_MAXPOOL_BACKWARD, (g, pg, need_dx, need_dw, name, dtype),
                         ("dy", pg.y_shape, (dy.dtype,)), ("switches", pg.y_shape, _SWITCHES),
                         ("y", pg.y_shape, (y.dtype,)), *conv_specs[1:])
 

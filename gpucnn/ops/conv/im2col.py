@@ -29,6 +29,7 @@ from ...toolchain import kernel_block
 from ...toolchain.limits import GRID_DIM_MAX
 from ..gemm import HostGemm, SgemmLaunch, plan_sum_partials, sgemm_tile
 from ..launch import Launch, ceil_div, i32, plan_1d
+from ..storage import FLOAT32, io_kernel
 
 __all__ = ["conv2d", "conv2d_backward", "conv_plan", "dw_split", "im2col_args",
            "bias_grad_plan", "DW_TARGET_BLOCKS", "WORKSPACE"]
@@ -71,12 +72,14 @@ def _im2col_plan(ctx, g, nb):
     return launch, count, im2col_args(g, nb)
 
 
-def bias_grad_plan(ctx, N, C, P):
+def bias_grad_plan(ctx, N, C, P, dtype=FLOAT32):
     """db[c] = sum of dy[n, c, p] over n < N, p < P (both conv algorithms use it):
-    ``launch((dy, db, *scalars))``."""
+    ``launch((dy, db, *scalars))``; dy of ``dtype``: float32, or bf16 bits (the implicit
+    GEMM's bf16 activations: ``bias_grad_nchw_bf16io``, float32 sums and db)."""
     grid = (max(1, min(int(C), ctx.max_blocks)), 1, 1)
     i32(N * P, "bias_grad: N*Ho*Wo")
-    launch = Launch(ctx, "bias_grad_nchw", grid, (kernel_block("bias_grad_nchw"), 1, 1))
+    name = io_kernel("bias_grad_nchw", dtype)
+    launch = Launch(ctx, name, grid, (kernel_block(name), 1, 1))
     return launch, (np.int32(N), np.int32(C), np.int32(P))
 
 

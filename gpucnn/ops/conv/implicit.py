@@ -12,6 +12,11 @@ shared memory, so no column matrix exists (the im2col + SGEMM algorithm is ``dev
   order by ``sgemm_sum_partials`` (:func:`gpucnn.ops.gemm.sum_partials`);
 * db:       ``bias_grad_nchw`` (``kernels/conv_reduce.cu``), as for im2col.
 
+Activations (x, y, dy, dx) are float32, or bf16 bits (``dtype`` :data:`~gpucnn.ops.storage.BF16`,
+precision bf16 only): then the ``<kernel>_bf16io`` kernels run (same grids and arguments; they
+convert as they gather and round once as they store), y and dx are bf16, and w, b, dW (and
+its split partial sums) and db stay float32.
+
 Tile sizes are the ``#define CONV_*`` (FP32) and ``TC_*`` (tensor cores) of the kernel
 headers (:func:`implicit_tile`). Tensors may
 pass 2^31 elements (the kernels' image offsets are 64-bit); :func:`check_geometry` refuses,
@@ -33,6 +38,7 @@ from ...toolchain.limits import GRID_DIM_MAX, INT32_MAX
 from ..gemm import plan_sum_partials
 from ..launch import Launch, ceil_div
 from ..precision import check_precision
+from ..storage import FLOAT32, io_kernel, is_bf16
 from .im2col import DW_TARGET_BLOCKS, bias_grad_plan
 
 __all__ = ["conv2d", "conv2d_backward", "implicit_tile", "dgrad_phases", "PhaseAxis",
@@ -105,26 +111,34 @@ def kernel_name(name, precision):
     return name if precision == "fp32" else f"{name}_{precision}"
 
 
-def _launch(ctx, name, grid, large_ok):
-    return Launch(ctx, kernel_name(name, ctx.precision), grid,
+def _launch(ctx, name, grid, large_ok, dtype):
+    return Launch(ctx, io_kernel(kernel_name(name, ctx.precision), dtype), grid,
                   (implicit_tile(ctx.precision)["THREADS"], 1, 1), large_ok=large_ok)
+
+
+def _check_dtype(ctx, dtype):
+    """bf16 activations have kernels in precision bf16 only (conv_implicit_tc.cu)."""
+    if is_bf16(dtype) and ctx.precision != "bf16":
+        raise TypeError(f"conv2d (implicit GEMM): bf16 activations (uint16) need precision "
+                        f"bf16, the backend computes in {ctx.precision}")
 
 
 def _i32s(*values):
     return tuple(np.int32(v) for v in values)
 
 
-def conv2d(ctx, g, relu, has_bias):
+def conv2d(ctx, g, relu, has_bias, dtype=FLOAT32):
     check_geometry(g, ctx.precision)
+    _check_dtype(ctx, dtype)
     t = implicit_tile(ctx.precision)
     grid = (ceil_div(g.N * g.Ho * g.Wo, t["BN"]), ceil_div(g.Fg, t["BM"]), g.groups)
-    launch = _launch(ctx, "conv_implicit_fprop", grid, large_ok=("x", "y"))
+    launch = _launch(ctx, "conv_implicit_fprop", grid, ("x", "y"), dtype)
     tail = _i32s(g.N, g.C, g.H, g.W, g.F, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
                  g.Ho, g.Wo, g.groups, has_bias, bool(relu))
     empty, ys = ctx.empty, g.y_shape
 
     def run(x, w, b):
-        y = empty(ys, np.float32)
+        y = empty(ys, dtype)
         # Without a bias the kernel never reads its bias pointer: w stands in (read-only too).
         launch.fire((x, w, w if b is None else b, y, *tail))
         return y
@@ -154,19 +168,19 @@ def dgrad_phases(g):
     return [(r, c) for r in rows for c in cols if r.size and c.size]
 
 
-def _dgrad_plan(ctx, g):
+def _dgrad_plan(ctx, g, dtype):
     t = implicit_tile(ctx.precision)
     geom = _i32s(g.N, g.C, g.H, g.W, g.F, g.kh, g.kw, g.sh, g.sw, g.Ho, g.Wo, g.groups)
     phases = []
     for r, c in dgrad_phases(g):
         grid = (ceil_div(g.N * r.size * c.size, t["BN"]), ceil_div(g.Cg, t["BM"]), g.groups)
-        phases.append((_launch(ctx, "conv_implicit_dgrad", grid, large_ok=("dy", "dx")),
+        phases.append((_launch(ctx, "conv_implicit_dgrad", grid, ("dy", "dx"), dtype),
                        geom + _i32s(r.a, r.size, r.first, r.step, r.count, r.out0, r.out_step)
                        + _i32s(c.a, c.size, c.first, c.step, c.count, c.out0, c.out_step)))
     empty, xs = ctx.empty, g.x_shape
 
     def run(dy, w):
-        dx = empty(xs, np.float32)
+        dx = empty(xs, dtype)
         for launch, tail in phases:
             launch.fire((dy, w, dx, *tail))
         return dx
@@ -191,12 +205,12 @@ def wgrad_split(g, workspace_limit, target_blocks=DW_TARGET_BLOCKS, precision="f
     return ceil_div(positions, per), per  # no empty parts
 
 
-def _wgrad_plan(ctx, g):
+def _wgrad_plan(ctx, g, dtype):
     parts, per = wgrad_split(g, ctx.workspace_bytes,
                              getattr(ctx, "dw_target_blocks", DW_TARGET_BLOCKS), ctx.precision)
     t = implicit_tile(ctx.precision)
     grid = (ceil_div(g.K, t["BN"]), ceil_div(g.Fg, t["BM"]), g.groups * parts)
-    launch = _launch(ctx, "conv_implicit_wgrad", grid, large_ok=("dy", "x", "out"))
+    launch = _launch(ctx, "conv_implicit_wgrad", grid, ("dy", "x", "out"), dtype)
     tail = _i32s(g.N, g.C, g.H, g.W, g.F, g.kh, g.kw, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw,
                  g.Ho, g.Wo, g.groups, per)
     add, scalars = plan_sum_partials(ctx, g.F * g.K, parts, 0.0) if parts > 1 else (None, ())
@@ -212,11 +226,13 @@ def _wgrad_plan(ctx, g):
     return run
 
 
-def conv2d_backward(ctx, g, need_dx=True, need_dw=True):
+def conv2d_backward(ctx, g, need_dx=True, need_dw=True, dtype=FLOAT32):
     check_geometry(g, ctx.precision)
-    dgrad = _dgrad_plan(ctx, g) if need_dx else None
-    wgrad = _wgrad_plan(ctx, g) if need_dw else None
-    bias, scalars = bias_grad_plan(ctx, g.N, g.F, g.Ho * g.Wo) if need_dw else (None, ())
+    _check_dtype(ctx, dtype)
+    dgrad = _dgrad_plan(ctx, g, dtype) if need_dx else None
+    wgrad = _wgrad_plan(ctx, g, dtype) if need_dw else None
+    bias, scalars = (bias_grad_plan(ctx, g.N, g.F, g.Ho * g.Wo, dtype) if need_dw
+                     else (None, ()))
     empty, F = ctx.empty, g.F
 
     def run(dy, x, w, dw_out=None, db_out=None):
