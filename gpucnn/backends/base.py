@@ -114,14 +114,14 @@ class Backend(FunctionalAPI):
     def check(self, a, name, ndim=None, dtype="float", shape=None):
         """A full check of one argument when a call is planned: the backend's array type, a
         dtype it computes in ("float"; "activation": also bf16 bits, gpucnn/ops/storage.py,
-        on device backends), the number of dimensions or the shape, C order."""
+        on device backends and the reference), the number of dimensions or the shape, C order."""
         if not isinstance(a, self.xp.ndarray):
             raise TypeError(f"{name} must be a {self.xp.__name__} array on the {self.name} "
                             f"backend (use B.asarray), got {type(a).__name__}")
         if dtype == "float":
             allowed = self.float_dtypes
-        elif dtype == "activation":  # float, or bf16 bits where device kernels read them
-            allowed = self.float_dtypes + ((BF16,) if self.kind == "device" else ())
+        elif dtype == "activation":  # float, or bf16 bits (device kernels, reference)
+            allowed = self.float_dtypes + ((BF16,) if self.kind != "cpu" else ())
         else:
             allowed = (np.dtype(dtype),)
         if a.dtype not in allowed:

@@ -66,6 +66,7 @@ class _WeightLayer(Module):
 
 class Conv2d(_WeightLayer):
     can_fuse_pool = True
+    bf16_native = True  # implicit GEMM on bf16 x / dy (gpucnn/ops/conv/implicit.py)
     fused_pool = None  # the MaxPool2d folded into this layer (with its ReLU) by Sequential
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
@@ -232,7 +233,7 @@ class ReLU(Module):
 
 class Flatten(Module):
     """(N, C, H, W) -> (N, C*H*W); a view, no copy."""
-    bf16_native = bf16_anywhere = True
+    bf16_native = True
 
     def forward(self, x):
         self.x_shape = x.shape

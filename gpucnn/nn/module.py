@@ -45,10 +45,10 @@ class Module:
     fused_relu = False  # set by Sequential when a following ReLU is folded into this layer
     fused_into = None  # set by Sequential on a layer folded into the previous one
     # Whether forward/backward take and return bf16 activations (uint16 bits,
-    # gpucnn/ops/storage.py) on device backends: its ops have _bf16io kernels. Sequential
-    # converts around the others when it holds activations in bf16.
+    # gpucnn/ops/storage.py): its ops have _bf16io kernels (and reference definitions that
+    # round where they do). Sequential converts around the others when it holds activations
+    # in bf16.
     bf16_native = False
-    bf16_anywhere = False  # ... on every backend (a layer that only reshapes)
 
     def __init__(self):
         self.backend = None
@@ -193,8 +193,6 @@ class Sequential(Module):
     def _active(self):
         return [layer for layer in self.layers if getattr(layer, "fused_into", None) is None]
 
-    def _native(self, layer):
-        return layer.bf16_native and (self.backend.kind == "device" or layer.bf16_anywhere)
 
     def forward(self, x):
         """The output (float32) of the layers applied in order. Under precision bf16 on a
@@ -207,7 +205,7 @@ class Sequential(Module):
             return x
         x = self._to_bf16("_input_to_bf16", x)
         for layer in self._active():
-            if self._native(layer):
+            if layer.bf16_native:
                 x = layer.forward(x)
             else:
                 x = layer._to_bf16("_out_to_bf16", layer.forward(
@@ -223,7 +221,7 @@ class Sequential(Module):
             return dy
         dy = self._to_bf16("_dout_to_bf16", dy)
         for layer in reversed(self._active()):
-            if self._native(layer):
+            if layer.bf16_native:
                 dy = layer.backward(dy)
             else:
                 dx = layer.backward(layer._from_bf16("_dout_from_bf16", dy))

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..cpu import MIN_SPLIT
 from .common import hyper
-from .dispatch import Op, api, plain, with_ctx
+from .dispatch import Op, api, bf16_activations, plain, with_ctx
 from .launch import plan_1d
 from .storage import io_kernel, is_bf16
 
@@ -155,13 +155,13 @@ dropout_backward_device = _map_plan("dropout_backward")
 
 
 # ---- the ops and their entry points ------------------------------------------------------
-RELU = Op("relu", plain(relu_reference, False), device=relu_device)
-RELU_BACKWARD = Op("relu_backward", plain(relu_backward_reference, False),
+RELU = Op("relu", bf16_activations(plain(relu_reference, False)), device=relu_device)
+RELU_BACKWARD = Op("relu_backward", bf16_activations(plain(relu_backward_reference, False)),
                    with_ctx(relu_backward_cpu, False), relu_backward_device)
-DROPOUT = Op("dropout", lambda ctx, shape, p, dtype: lambda x, seed, state: dropout_reference(
-    x, p, seed), device=dropout_device)
-DROPOUT_BACKWARD = Op("dropout_backward", plain(dropout_backward_reference, False),
-                      device=dropout_backward_device)
+DROPOUT = Op("dropout", bf16_activations(lambda ctx, shape, p, dtype: (
+    lambda x, seed, state: dropout_reference(x, p, seed))), device=dropout_device)
+DROPOUT_BACKWARD = Op("dropout_backward", bf16_activations(
+    plain(dropout_backward_reference, False)), device=dropout_backward_device)
 
 
 def check_same_dtype(op, a, a_name, b, b_name):

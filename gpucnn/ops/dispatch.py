@@ -19,9 +19,11 @@
 """
 from __future__ import annotations
 
-from .precision import round_operand
+from .precision import bf16_to_float32, round_bf16, round_operand
+from .storage import BF16, is_bf16
 
-__all__ = ["Op", "Plan", "api", "plain", "with_ctx", "grads_into", "into", "FunctionalAPI", "API"]
+__all__ = ["Op", "Plan", "api", "plain", "with_ctx", "grads_into", "into", "rounded",
+           "bf16_activations", "FunctionalAPI", "API"]
 
 API = {}  # public name -> entry point function(backend, ...)
 
@@ -84,6 +86,28 @@ def rounded(make, operands, bias_axes=None):
                 return out
             return out[0], out[1], args[0].sum(axis=bias_axes)
         return run_rounded
+    return factory
+
+
+def bf16_activations(make):
+    """The plan factory of a plain definition over activations that may be held in bf16
+    (gpucnn/ops/storage.py): when the setup's last element, the activations' dtype, is bf16
+    bits, the run widens every uint16 argument to float32 (exactly), runs the definition and
+    rounds its activation result — the value, or the first of the values it returns — to
+    bf16 once, where the device's _bf16io kernels round. The reference backend's ops are
+    thereby the oracle of those kernels, fused compositions included."""
+    def factory(ctx, *setup):
+        run = make(ctx, *setup)
+        if not setup or not is_bf16(setup[-1]):
+            return run
+
+        def run_bf16(*args):
+            out = run(*(bf16_to_float32(a) if getattr(a, "dtype", None) == BF16 else a
+                        for a in args))
+            if isinstance(out, tuple):
+                return (None if out[0] is None else round_bf16(out[0]), *out[1:])
+            return round_bf16(out)
+        return run_bf16
     return factory
 
 

@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from .common import hyper
-from .dispatch import Op, api
+from .dispatch import Op, api, bf16_activations
 from .launch import plan_1d
 from .storage import FLOAT32, io_kernel, is_bf16
 
@@ -52,7 +52,7 @@ def _dims(ctx, name, shape, size):
     return plan_1d(ctx, name, n), tuple(np.int32(v) for v in (*shape, size))
 
 
-def local_response_norm_device(ctx, shape, dtype, size, alpha, beta, k):
+def local_response_norm_device(ctx, shape, size, alpha, beta, k, dtype):
     launch, dims = _dims(ctx, io_kernel("lrn_forward", dtype), shape, size)
     tail, empty = dims + (np.float32(alpha / size), np.float32(beta), np.float32(k)), ctx.empty
 
@@ -63,7 +63,7 @@ def local_response_norm_device(ctx, shape, dtype, size, alpha, beta, k):
     return run
 
 
-def local_response_norm_backward_device(ctx, shape, dtype, size, alpha, beta, k):
+def local_response_norm_backward_device(ctx, shape, size, alpha, beta, k, dtype):
     # k is already folded into scale. The bf16 kernel recomputes y from x and scale.
     launch, dims = _dims(ctx, io_kernel("lrn_backward", dtype), shape, size)
     tail = dims + (np.float32(beta), np.float32(2.0 * alpha * beta / size))
@@ -76,12 +76,12 @@ def local_response_norm_backward_device(ctx, shape, dtype, size, alpha, beta, k)
     return run
 
 
-LRN = Op("local_response_norm",
-         lambda ctx, shape, dtype, *hp: lambda x: local_response_norm_reference(x, *hp),
+# setup: (shape, size, alpha, beta, k, the activations' dtype)
+LRN = Op("local_response_norm", bf16_activations(
+    lambda ctx, shape, *hp: lambda x: local_response_norm_reference(x, *hp[:-1])),
          device=local_response_norm_device)
-LRN_BACKWARD = Op("local_response_norm_backward",
-                  lambda ctx, shape, dtype, *hp: lambda *a: (
-                      local_response_norm_backward_reference(*a, *hp)),
+LRN_BACKWARD = Op("local_response_norm_backward", bf16_activations(
+    lambda ctx, shape, *hp: lambda *a: local_response_norm_backward_reference(*a, *hp[:-1])),
                   device=local_response_norm_backward_device)
 
 
@@ -96,7 +96,7 @@ def lrn_hyper(size, alpha, beta, k):
 
 def local_response_norm_plan(backend, x, size=5, alpha=1e-4, beta=0.75, k=1.0):
     backend.check(x, "x", 4, dtype="activation")
-    return backend.plan(LRN, (x.shape, x.dtype, *lrn_hyper(size, alpha, beta, k)),
+    return backend.plan(LRN, (x.shape, *lrn_hyper(size, alpha, beta, k), x.dtype),
                         ("x", x.shape, (x.dtype,)))
 
 
@@ -106,7 +106,7 @@ def local_response_norm_backward_plan(backend, dy, x, y, scale, size=5, alpha=1e
     backend.check(x, "x", 4, dtype="activation")
     spec = (x.shape, (x.dtype,))
     scale_dtype = FLOAT32 if is_bf16(x) else x.dtype
-    return backend.plan(LRN_BACKWARD, (x.shape, x.dtype, *lrn_hyper(size, alpha, beta, k)),
+    return backend.plan(LRN_BACKWARD, (x.shape, *lrn_hyper(size, alpha, beta, k), x.dtype),
                         ("dy", *spec), ("x", *spec), ("y", *spec),
                         ("scale", x.shape, (scale_dtype,)))
 

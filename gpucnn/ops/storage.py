@@ -3,12 +3,16 @@ bfloat16, as PyTorch's ``torch.autocast(dtype=torch.bfloat16)`` holds them.
 
 NumPy and CuPy have no bfloat16 dtype: a bf16 tensor is a **uint16 array of the bits**
 (:data:`BF16`; ``gpucnn.ops.precision.round_bf16`` / ``bf16_to_float32`` convert on the host,
-``kernels/bf16_storage.cuh`` in kernels). The functional API takes and returns float32 in
-every precision; the ops that have bf16 kernels (named ``<kernel>_bf16io``) also take uint16
-tensors on device backends and then return uint16 ones. The layer graph
-(:class:`gpucnn.nn.Sequential`) uses that: under ``bf16`` its layers pass bf16 tensors to each
-other, and a layer without bf16 kernels gets its input converted to float32 and its output
-rounded back (what autocast does around its float32 ops).
+``kernels/bf16_storage.cuh`` in kernels, ``B.to_bf16`` / ``B.from_bf16`` on any backend). The
+functional API takes and returns float32 in every precision; the ops that have bf16 kernels
+(named ``<kernel>_bf16io``: convolution, ReLU, dropout, max-pool, LRN) also take uint16
+tensors on device backends and then return uint16 ones. Their plain definitions on the
+``reference`` backend do the same (widen, compute, round the activation result once:
+``gpucnn.ops.dispatch.bf16_activations``), so the reference is the oracle of the kernels,
+rounding points included. The layer graph (:class:`gpucnn.nn.Sequential`) uses that: under
+``bf16`` its layers pass bf16 tensors to each other, and a layer without bf16 kernels
+(``bf16_native`` False: fully connected, average and LP pooling) gets its input converted to
+float32 and its output rounded back (what autocast does around its float32 ops).
 """
 from __future__ import annotations
 
@@ -36,8 +40,8 @@ def io_kernel(name, dtype):
 
 def activation_dtype(backend):
     """How ``backend``'s layer graph holds activations: :data:`BF16` under precision ``bf16``
-    on a device backend (and on ``reference``, whose layer graph rounds every layer's output
-    to bf16 the same way: the oracle of the device's), else :data:`FLOAT32`."""
+    on a device backend (and on ``reference``, the oracle of the device's), else
+    :data:`FLOAT32` (``numpy`` computes in fp32 only)."""
     if backend.precision == "bf16" and backend.kind in ("device", "reference"):
         return BF16
     return FLOAT32

@@ -256,14 +256,8 @@ def test_mixed_dtypes_are_refused_naming_both(device_forward, rng):
         plan.run(bits)
 
 
-@pytest.mark.parametrize("backend", ["reference", "numpy"])
-def test_cpu_backends_refuse_bf16_bits(backend, reference_backend, numpy_backend, rng):
-    """bf16 activations are a device-backend storage: the CPU backends compute in float32 or
-    float64 only, and say so."""
-    B = reference_backend if backend == "reference" else numpy_backend
-    x = round_bf16(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
-    switches = np.zeros((2, 3, 3, 3), np.int32)
-    calls = {
+def _bf16_calls(B, x, switches):
+    return {
         "relu": lambda: B.relu(x),
         "relu_backward": lambda: B.relu_backward(x, x),
         "dropout": lambda: B.dropout(x, 0.5, 1),
@@ -272,9 +266,30 @@ def test_cpu_backends_refuse_bf16_bits(backend, reference_backend, numpy_backend
         "max_pool2d_backward": lambda: B.max_pool2d_backward(x[:, :, :3, :3].copy(),
                                                              switches, x.shape, 2),
     }
-    for name, call in calls.items():
+
+
+def test_numpy_backend_refuses_bf16_bits(numpy_backend, rng):
+    """The numpy backend computes in float32 only (no bf16 precision), and says so."""
+    x = round_bf16(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
+    for name, call in _bf16_calls(numpy_backend, x, np.zeros((2, 3, 3, 3), np.int32)).items():
         with pytest.raises(TypeError, match="must have dtype float32 or float64, got uint16"):
             call()
+
+
+def test_reference_rounds_where_the_kernels_do(reference_backend, rng):
+    """The reference's definitions on bf16 bits (gpucnn.ops.dispatch.bf16_activations): the
+    float definition on the widened values, its activation result rounded once."""
+    R = reference_backend
+    x = round_bf16(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
+    switches = R.max_pool2d(bf16_to_float32(x), 2)[1]
+    wide = {n: c() for n, c in _bf16_calls(R, bf16_to_float32(x), switches).items()}
+    for name, call in _bf16_calls(R, x, switches).items():
+        got, want = call(), wide[name]
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        assert got[0].dtype == np.uint16, name
+        assert np.array_equal(got[0], round_bf16(want[0])), name
+        for a, b in zip(got[1:], want[1:]):   # switches, masks: as the float call's
+            assert np.array_equal(a, b), name
 
 
 @pytest.mark.parametrize("op", ["avg_pool2d", "avg_pool2d_backward", "lp_pool2d",

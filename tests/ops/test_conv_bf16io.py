@@ -241,10 +241,18 @@ def test_other_precisions_refuse_bf16_activations(device_precision, rng, precisi
         D.conv2d(D.asarray(xb, BF16), w)
 
 
-def test_host_backends_refuse_uint16():
+def test_numpy_refuses_and_reference_rounds_uint16(rng):
+    """numpy computes in fp32 only: uint16 is refused; the reference's conv on bf16 bits is
+    its float definition on the widened values with the output rounded once."""
+    N = get_backend("numpy")
+    with pytest.raises(TypeError, match="x must have dtype float32 or float64, got uint16"):
+        N.conv2d(np.zeros((1, 2, 5, 5), np.uint16), np.zeros((3, 2, 3, 3), np.float32))
     R = get_backend("reference", precision="bf16")
-    with pytest.raises(TypeError, match="x must have dtype"):
-        R.conv2d(np.zeros((1, 2, 5, 5), np.uint16), np.zeros((3, 2, 3, 3), np.float32))
+    xb = round_bf16(rng.standard_normal((1, 2, 5, 5)).astype(np.float32))
+    w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
+    y = R.conv2d(xb, w, relu=True)
+    assert y.dtype == np.uint16
+    assert np.array_equal(y, round_bf16(R.conv2d(bf16_to_float32(xb), w, relu=True)))
 
 
 def _function_macro(text, name):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import activation
-from ..dispatch import Op, api, grads_into, into as _into, rounded
+from ..dispatch import Op, api, bf16_activations, grads_into, into as _into, rounded
 from ..pool import api as pool_api
 from ..pool import pool_geometry
 from ..storage import is_bf16
@@ -44,13 +44,15 @@ def _algorithm(kind, direction):
 
 
 CONV = Op("conv2d",
-          rounded(lambda ctx, g, relu, has_bias, name, dtype: (
-              lambda x, w, b: reference.conv2d(x, w, b, g, relu)), 2),
+          bf16_activations(rounded(lambda ctx, g, relu, has_bias, name, dtype: (
+              lambda x, w, b: reference.conv2d(x, w, b, g, relu)), 2)),
           _algorithm("cpu", "forward"), _algorithm("device", "forward"))
 CONV_BACKWARD = Op("conv2d_backward",
-                   grads_into(rounded(lambda ctx, g, need_dx, need_dw, name, dtype: (
-                       lambda dy, x, w: reference.conv2d_backward(dy, x, w, g, need_dx,
-                                                                  need_dw)), 3, (0, 2, 3))),
+                   bf16_activations(grads_into(rounded(
+                       lambda ctx, g, need_dx, need_dw, name, dtype: (
+                           lambda dy, x, w: reference.conv2d_backward(dy, x, w, g, need_dx,
+                                                                      need_dw)),
+                       3, (0, 2, 3)))),
                    grads_into(_algorithm("cpu", "backward")), _algorithm("device", "backward"))
 
 

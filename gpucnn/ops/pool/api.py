@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..dispatch import Op, api, plain, with_ctx
+from ..dispatch import Op, api, bf16_activations, plain, with_ctx
 from ..storage import is_bf16
 from . import cpu, device, lp_norm_type, pool_geometry, reference
 
@@ -28,9 +28,10 @@ def _any_dtype(make):
     return lambda ctx, g, dtype: make(ctx, g)
 
 
-MAX_POOL = Op("max_pool2d", _any_dtype(plain(reference.max_pool2d)),
+MAX_POOL = Op("max_pool2d", bf16_activations(_any_dtype(plain(reference.max_pool2d))),
               _any_dtype(with_ctx(cpu.max_pool2d)), device.max_pool2d)
-MAX_POOL_BACKWARD = Op("max_pool2d_backward", _any_dtype(plain(reference.max_pool2d_backward)),
+MAX_POOL_BACKWARD = Op("max_pool2d_backward",
+                       bf16_activations(_any_dtype(plain(reference.max_pool2d_backward))),
                        _any_dtype(with_ctx(cpu.max_pool2d_backward)),
                        device.max_pool2d_backward)
 AVG_POOL = Op("avg_pool2d", plain(reference.avg_pool2d), device=device.avg_pool2d)
