@@ -22,6 +22,7 @@ import numpy as np
 
 from ..ops.conv import conv_geometry
 from ..ops.pool import pool_geometry
+from ..ops.storage import BF16, activation_dtype
 
 __all__ = ["LayerSpec", "LAYER_SETS", "layer_set", "gpucnn_pass", "torch_pass",
            "ROTATE_BUDGET_BYTES"]
@@ -195,6 +196,9 @@ def gpucnn_pass(spec, pass_, B, data):
     # in isolation. The nets benchmarks include such forward->backward reuse.
     xs = [B.asarray(np.array(x, copy=True)) for x in xs_h]
     dys = [B.asarray(np.array(d, copy=True)) for d in dys_h]
+    if spec.kind in ("conv", "pool") and activation_dtype(B) == BF16:
+        # as a network holds them under bf16 (gpucnn/ops/storage.py): the _bf16io kernels
+        xs, dys = [B.to_bf16(x) for x in xs], [B.to_bf16(d) for d in dys]
     k = len(xs)
     if spec.kind == "conv":
         w, b = B.asarray(w_h), B.asarray(b_h)
