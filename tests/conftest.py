@@ -19,7 +19,7 @@ os.environ.setdefault("GPUCNN_CHECK_LAUNCHES", "1")
 # lent for minutes, selects exactly them (-m device) rather than running through the ~1,300
 # CPU-only tests around them.
 DEVICE_FIXTURES = frozenset({"device_backend", "device_forward", "cuda_backend",
-                             "device_precision"})
+                             "device_precision", "device_bf16"})
 
 
 def pytest_addoption(parser):
@@ -108,6 +108,16 @@ def device_backend(request):
     if kind == "cuda" and request.param != "forward":
         pytest.skip("thread order is only controllable on the emulator")
     return _device(kind, request.param)
+
+
+@pytest.fixture(params=EMU_ORDERS)
+def device_bf16(request):
+    """The device backend computing in bf16 (where uint16 tensors are bf16 activations,
+    gpucnn/ops/storage.py), in each emulator thread order."""
+    kind = _device_kind(request.config)
+    if kind == "cuda" and request.param != "forward":
+        pytest.skip("thread order is only controllable on the emulator")
+    return _device(kind, request.param, "bf16")
 
 
 @pytest.fixture

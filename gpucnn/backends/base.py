@@ -114,7 +114,7 @@ class Backend(FunctionalAPI):
     def check(self, a, name, ndim=None, dtype="float", shape=None):
         """A full check of one argument when a call is planned: the backend's array type, a
         dtype it computes in ("float"; "activation": also bf16 bits, gpucnn/ops/storage.py,
-        on device backends and the reference), the number of dimensions or the shape, C order."""
+        on device backends and the reference under precision bf16), the number of dimensions or the shape, C order."""
         if not isinstance(a, self.xp.ndarray):
             raise TypeError(f"{name} must be a {self.xp.__name__} array on the {self.name} "
                             f"backend (use B.asarray), got {type(a).__name__}")
@@ -122,6 +122,12 @@ class Backend(FunctionalAPI):
             allowed = self.float_dtypes
         elif dtype == "activation":  # float, or bf16 bits (device kernels, reference)
             allowed = self.float_dtypes + ((BF16,) if self.kind != "cpu" else ())
+            if a.dtype == BF16 and BF16 in allowed and self.precision != "bf16":
+                # a uint16 tensor is bf16 bits only where the backend holds activations so
+                # (16-bit pixels, say, must not be read as bfloat16 values)
+                raise TypeError(f"{name} has dtype uint16, which the ops read as bf16 "
+                                f"activations under precision bf16 only; the {self.name} "
+                                f"backend computes in {self.precision} (pass float32)")
         else:
             allowed = (np.dtype(dtype),)
         if a.dtype not in allowed:

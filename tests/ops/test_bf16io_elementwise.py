@@ -20,6 +20,8 @@ NaN no kernel writes), so bit equality also shows that every element was written
 import numpy as np
 import pytest
 
+from gpucnn import get_backend
+
 # The inputs hold NaN and inf on purpose: NumPy's warnings about them in the references say
 # nothing.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
@@ -75,8 +77,8 @@ def assert_bits(got, want, what):
 
 # ---- ReLU ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(3, 5, 7), (2, 3, 4, 5), (1, 1)])
-def test_relu_bf16io(device_backend, reference_backend, rng, shape):
-    B, R = device_backend, reference_backend
+def test_relu_bf16io(device_bf16, reference_backend, rng, shape):
+    B, R = device_bf16, reference_backend
     x = bf16_values(rng, shape)
     y = B.relu(to_bf16(B, x))
     yb = got_bits(B, y)
@@ -92,9 +94,9 @@ def test_relu_bf16io(device_backend, reference_backend, rng, shape):
     assert_bits(dx, round_bf16(B.to_numpy(float_dx)), "relu_backward vs the float kernel")
 
 
-def test_relu_bf16io_passes_the_signs_and_specials(device_forward):
+def test_relu_bf16io_passes_the_signs_and_specials(device_precision):
     """Every special value through ReLU and its backward, element by element."""
-    B = device_forward
+    B = device_precision("bf16")
     x = np.array([0x3F80, 0xBF80, 0x0000, 0x8000, 0x7F80, 0xFF80, 0x7FC0, 0xFFC3, 0x7F7F,
                   0xFF7F], np.uint16)
     #             1.0     -1.0    +0      -0      +inf    -inf    NaN     -NaN    max     -max
@@ -108,8 +110,8 @@ def test_relu_bf16io_passes_the_signs_and_specials(device_forward):
 
 # ---- dropout --------------------------------------------------------------------------------
 @pytest.mark.parametrize("p,seed", [(0.0, 7), (0.5, 12345), (0.3, 2**32 - 1)])
-def test_dropout_bf16io(device_backend, reference_backend, rng, p, seed):
-    B, R = device_backend, reference_backend
+def test_dropout_bf16io(device_bf16, reference_backend, rng, p, seed):
+    B, R = device_bf16, reference_backend
     shape = (3, 5, 7, 11)
     x = bf16_values(rng, shape)
     y, mask = B.dropout(to_bf16(B, x), p, seed)
@@ -129,10 +131,10 @@ def test_dropout_bf16io(device_backend, reference_backend, rng, p, seed):
     assert_bits(dx, round_bf16(B.to_numpy(float_dx)), "dropout_backward vs the float kernel")
 
 
-def test_dropout_bf16io_rounds_the_product_once_more(device_forward, rng):
+def test_dropout_bf16io_rounds_the_product_once_more(device_precision, rng):
     """With p = 1/3 the keep scale 1.5 makes x * 1.5 need 9 significant bits for most bf16
     x: the kernel must round it (ties to even), not truncate or keep the float."""
-    B = device_forward
+    B = device_precision("bf16")
     x = round_bf16(rng.uniform(1, 2, (64, 64)).astype(np.float32))
     y, mask = B.dropout(to_bf16(B, x), 1 / 3, 5)
     product = widened(x) * B.to_numpy(mask)
@@ -158,8 +160,8 @@ def pool_args(case):
 
 @pytest.mark.parametrize("kind", ["randn", "plateau"])
 @pytest.mark.parametrize("case", MAX_CASES)
-def test_max_pool_bf16io(device_backend, reference_backend, rng, case, kind):
-    B, R = device_backend, reference_backend
+def test_max_pool_bf16io(device_bf16, reference_backend, rng, case, kind):
+    B, R = device_bf16, reference_backend
     shape, kw = pool_args(case)
     x = bf16_values(rng, shape) if kind == "randn" else plateau_values(rng, shape)
     y, switches = B.max_pool2d(to_bf16(B, x), **kw)
@@ -189,13 +191,13 @@ def max_pool_backward_case(B, rng, wide=False):
 
 
 @pytest.mark.parametrize("wide", [False, True], ids=["randn", "wide"])
-def test_max_pool_backward_bf16io(device_backend, reference_backend, rng, wide):
+def test_max_pool_backward_bf16io(device_bf16, reference_backend, rng, wide):
     """dx = round_bf16 of the float32 gather, bit for bit (the reference's np.add.at sums each
     pixel's windows in the kernel's order, row-major). Against the exact sum S (float64: at
     most 4 bf16 terms within 2^+-16 of each other) it is within 2^-8 |S| (the one bf16
     rounding) + 3 * 2^-24 * (1 + 2^-8) * sum |terms| (the float32 additions), and equal to
     round_bf16(S) wherever the float32 sum is exact."""
-    B, R = device_backend, reference_backend
+    B, R = device_bf16, reference_backend
     x_shape, kw, switches, dy = max_pool_backward_case(B, rng, wide)
     sw = B.to_numpy(switches)
     dx = got_bits(B, B.max_pool2d_backward(to_bf16(B, dy), switches, x_shape, **kw))
@@ -218,9 +220,9 @@ def test_max_pool_backward_bf16io(device_backend, reference_backend, rng, wide):
         assert not summed_exactly.all()  # the case holds inexact float32 sums
 
 
-def test_max_pool_backward_bf16io_specials(device_forward, rng):
+def test_max_pool_backward_bf16io_specials(device_precision, rng):
     """NaN and inf gradients propagate through the gather as in the float kernel."""
-    B = device_forward
+    B = device_precision("bf16")
     x_shape, kw, switches, dy = max_pool_backward_case(B, rng)
     flat = dy.reshape(-1)
     flat[rng.choice(flat.size, 12, replace=False)] = SPECIALS[[0, 2, 4, 5, 6, 7, 1, 3, 4, 5,
@@ -232,15 +234,15 @@ def test_max_pool_backward_bf16io_specials(device_forward, rng):
 
 
 # ---- what is refused ------------------------------------------------------------------------
-def test_bf16_outputs_are_poisoned_where_float_ones_are(device_forward):
+def test_bf16_outputs_are_poisoned_where_float_ones_are(device_precision):
     """The check above that no 0xFFC1 is left means something only if outputs start so."""
-    B = device_forward
+    B = device_precision("bf16")
     if np.isnan(B.to_numpy(B.empty((8,), np.float32))).all():
         assert (B.to_numpy(B.empty((8,), BF16)) == POISON).all()
 
 
-def test_mixed_dtypes_are_refused_naming_both(device_forward, rng):
-    B = device_forward
+def test_mixed_dtypes_are_refused_naming_both(device_precision, rng):
+    B = device_precision("bf16")
     bits, floats = to_bf16(B, bf16_values(rng, (4, 6))), B.asarray(rng.standard_normal((4, 6)))
     with pytest.raises(TypeError, match=r"dy \(uint16\) and y \(float32\)"):
         B.relu_backward(bits, floats)
@@ -276,10 +278,10 @@ def test_numpy_backend_refuses_bf16_bits(numpy_backend, rng):
             call()
 
 
-def test_reference_rounds_where_the_kernels_do(reference_backend, rng):
+def test_reference_rounds_where_the_kernels_do(rng):
     """The reference's definitions on bf16 bits (gpucnn.ops.dispatch.bf16_activations): the
     float definition on the widened values, its activation result rounded once."""
-    R = reference_backend
+    R = get_backend("reference", "bf16")
     x = round_bf16(rng.standard_normal((2, 3, 6, 6)).astype(np.float32))
     switches = R.max_pool2d(bf16_to_float32(x), 2)[1]
     wide = {n: c() for n, c in _bf16_calls(R, bf16_to_float32(x), switches).items()}
@@ -294,12 +296,13 @@ def test_reference_rounds_where_the_kernels_do(reference_backend, rng):
 
 @pytest.mark.parametrize("op", ["avg_pool2d", "avg_pool2d_backward", "lp_pool2d",
                                 "lp_pool2d_backward"])
-def test_avg_and_lp_pool_refuse_bf16_by_name(device_forward, reference_backend, rng, op):
+def test_avg_and_lp_pool_refuse_bf16_by_name(device_precision, reference_backend, rng, op):
     x_bits = round_bf16(rng.standard_normal((1, 2, 6, 6)).astype(np.float32))
     dy_bits = round_bf16(rng.standard_normal((1, 2, 3, 3)).astype(np.float32))
-    for B in (device_forward, reference_backend):
-        x = to_bf16(B, x_bits) if B is device_forward else x_bits
-        dy = to_bf16(B, dy_bits) if B is device_forward else dy_bits
+    device, reference = device_precision("bf16"), get_backend("reference", "bf16")
+    for B in (device, reference):
+        x = to_bf16(B, x_bits) if B is device else x_bits
+        dy = to_bf16(B, dy_bits) if B is device else dy_bits
         calls = {"avg_pool2d": lambda: B.avg_pool2d(x, 2),
                  "avg_pool2d_backward": lambda: B.avg_pool2d_backward(dy, x.shape, 2),
                  "lp_pool2d": lambda: B.lp_pool2d(x, 2, 2),

@@ -236,8 +236,9 @@ def test_other_precisions_refuse_bf16_activations(device_precision, rng, precisi
     D = device_precision(precision)
     xb, _ = bf16_exact(rng, (1, 2, 5, 5))
     w = D.asarray(rng.standard_normal((3, 2, 3, 3)).astype(np.float32))
-    with pytest.raises(TypeError, match=rf"bf16 activations \(uint16\) need precision bf16, "
-                                        rf"the \w+ backend computes in {precision}"):
+    with pytest.raises(TypeError, match=rf"uint16, which the ops read as bf16 activations "
+                                        rf"under precision bf16 only; the \w+ backend "
+                                        rf"computes in {precision}"):
         D.conv2d(D.asarray(xb, BF16), w)
 
 

@@ -73,13 +73,13 @@ def test_device_backward_is_the_gradient(device_backend, rng, size):
 @pytest.mark.parametrize("shape,size,alpha,beta,k", [
     ((2, 7, 3, 4), 5, 0.5, 0.75, 1.0), ((1, 6, 2, 3), 4, 0.3, 0.6, 1.5),
     ((2, 3, 5, 5), 7, 1e-4, 0.75, 2.0)])
-def test_bf16_kernels_are_the_float_kernels_rounded(device_backend, rng, shape, size, alpha,
+def test_bf16_kernels_are_the_float_kernels_rounded(device_bf16, rng, shape, size, alpha,
                                                     beta, k):
     """On bf16 inputs the bf16 kernels compute what the float32 ones compute on the same
     values (float32 sums and powers; the backward recomputes y from x and scale as the float
     kernel's forward made it), rounded once: equal bit for bit, scale included."""
     from gpucnn.ops.precision import bf16_to_float32, round_bf16
-    B = device_backend
+    B = device_bf16
     xb, dyb = (round_bf16(randn(rng, *shape)) for _ in range(2))
     x, dy = bf16_to_float32(xb), bf16_to_float32(dyb)
     x[0, 0, 0, :2], xb[0, 0, 0, :2] = (-0.0, 0.0), round_bf16(np.float32([-0.0, 0.0]))
@@ -98,8 +98,8 @@ def test_bf16_kernels_are_the_float_kernels_rounded(device_backend, rng, shape, 
         assert bad == 0, f"{name}: {bad} of {want.size} elements differ"
 
 
-def test_bf16_arguments_must_agree(device_backend, numpy_backend):
-    B = device_backend
+def test_bf16_arguments_must_agree(device_bf16, numpy_backend):
+    B = device_bf16
     xb = B.asarray(np.ones((1, 3, 2, 2), np.uint16), dtype=np.uint16)
     yb, scale = B.local_response_norm(xb)
     with pytest.raises(TypeError, match="dy must have dtype uint16, got float32"):

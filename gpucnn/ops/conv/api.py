@@ -136,17 +136,14 @@ def _forward_specs(g, x, w, b):
 
 
 def _activations(backend, **arrays):
-    """The activations' dtype of a call (its arrays checked with dtype="activation"):
-    float32, or bf16 bits, which need the backend to compute in bf16; mixing the two is a
-    TypeError naming the arrays."""
+    """The activations' dtype of a call (its arrays checked with dtype="activation": bf16 bits
+    only under precision bf16): float32 or bf16; mixing the two is a TypeError naming the
+    arrays."""
     (first, a), *rest = arrays.items()
     for name, other in rest:
         if is_bf16(other) != is_bf16(a):
             raise TypeError(f"conv2d: {first} has dtype {a.dtype} and {name} {other.dtype}: "
                             f"activations are all float32 or all bf16 bits (uint16)")
-    if is_bf16(a) and backend.precision != "bf16":
-        raise TypeError(f"conv2d: bf16 activations (uint16) need precision bf16, the "
-                        f"{backend.name} backend computes in {backend.precision}")
     return a.dtype
 
 
