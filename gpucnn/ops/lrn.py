@@ -80,8 +80,17 @@ def local_response_norm_backward_device(ctx, shape, size, alpha, beta, k, dtype)
 LRN = Op("local_response_norm", bf16_activations(
     lambda ctx, shape, *hp: lambda x: local_response_norm_reference(x, *hp[:-1])),
          device=local_response_norm_device)
-LRN_BACKWARD = Op("local_response_norm_backward", bf16_activations(
-    lambda ctx, shape, *hp: lambda *a: local_response_norm_backward_reference(*a, *hp[:-1])),
+def _backward_reference(ctx, shape, size, alpha, beta, k, dtype):
+    if not is_bf16(dtype):
+        return lambda *a: local_response_norm_backward_reference(*a, size, alpha, beta, k)
+
+    def run(dy, x, y, scale):  # as the bf16 kernel: y recomputed from x and scale
+        y = (x * scale ** -beta).astype(x.dtype)
+        return local_response_norm_backward_reference(dy, x, y, scale, size, alpha, beta, k)
+    return run
+
+
+LRN_BACKWARD = Op("local_response_norm_backward", bf16_activations(_backward_reference),
                   device=local_response_norm_backward_device)
 
 
