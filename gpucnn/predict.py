@@ -29,6 +29,7 @@ from .data.errors import DataError
 from .data.transforms import IMAGE_EXTENSIONS, cover_size, resize, to_array
 from .membudget import (activation_elements, check_fits, free_device_bytes,
                         host_available_bytes)
+from .ops.storage import activation_itemsize
 
 __all__ = ["image_files", "predict", "softmax", "write_results"]
 
@@ -138,9 +139,9 @@ def _dense(scorer, pre, image, path):
         image = resize(image, cover_size(*image.size, h, w))
     shape = (pre.channels, image.height, image.width)
     k, oh, ow = scorer.output_shape(shape)
-    # the layers' float32 outputs, and the map: float64 probabilities, then their JSON text
+    # the layers' outputs (float32 or bf16), and the map: float64 probabilities, then JSON text
     B = scorer.backend
-    need = 4 * activation_elements(scorer, shape)
+    need = activation_itemsize(B) * activation_elements(scorer, shape)
     if B.kind == "device":
         available, where = free_device_bytes(B)
         check_fits(f"{path}: dense scoring at {image.width}x{image.height}", need, available,

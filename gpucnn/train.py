@@ -39,7 +39,7 @@ from .models import build_model
 from .nn import SoftmaxCrossEntropy
 from .ops.loss import check_label_range
 from .ops.precision import check_precision
-from .ops.storage import activation_storage
+from .ops.storage import activation_itemsize, activation_storage
 from .optim import SGD, Adam, make_schedule
 from .runmeta import SCHEMA_VERSION, upgrade_metadata
 from .membudget import activation_elements, check_fits, host_available_bytes
@@ -212,7 +212,7 @@ class Trainer:
     def _check_batch_memory(self, num_classes):
         """Refuse a --batch-size whose activations cannot fit, before any upload: a step keeps
         every layer's output for the backward and as many gradients (a lower bound)."""
-        cfg, itemsize = self.cfg, 8 if self.backend.name == "reference" else 4
+        cfg, itemsize = self.cfg, activation_itemsize(self.backend)
         per_sample = activation_elements(self.model) + num_classes
         batch = min(cfg.batch_size, len(self.train_set))
         eval_batch = min(max(cfg.batch_size, 256), len(self.test_set))

@@ -14,6 +14,7 @@ from ..ops.common import pair
 from ..ops.conv import api as conv_api
 from ..ops.conv import conv_geometry
 from .module import Module, Parameter
+from .pooling import AvgPool2d, LPPool2d, MaxPool2d  # noqa: F401 - imported from here before
 
 __all__ = ["Conv2d", "Linear", "ReLU", "Flatten", "Dropout", "LocalResponseNorm",
            "SoftmaxCrossEntropy"]

@@ -190,6 +190,10 @@ class Sequential(Module):
             layer.train(mode)
         return self
 
+    def _bf16(self):
+        # (layers bound one by one, the Sequential itself never: float32, as they are)
+        return self.backend is not None and activation_dtype(self.backend) == BF16
+
     def _active(self):
         return [layer for layer in self.layers if getattr(layer, "fused_into", None) is None]
 
@@ -199,7 +203,7 @@ class Sequential(Module):
         device backend (gpucnn/ops/storage.py) the layers pass bf16 tensors: the input is
         rounded to bf16, each layer without bf16 kernels gets its input as float32 and its
         output rounded to bf16, and the last output is returned as float32."""
-        if activation_dtype(self.backend) != BF16:
+        if not self._bf16():
             for layer in self._active():
                 x = layer.forward(x)
             return x
@@ -215,7 +219,7 @@ class Sequential(Module):
     def backward(self, dy):
         """dx of the input (float32, or None when the first layer computes none) given the
         output's gradient dy (float32); bf16 in between as in :meth:`forward`."""
-        if activation_dtype(self.backend) != BF16:
+        if not self._bf16():
             for layer in reversed(self._active()):
                 dy = layer.backward(dy)
             return dy

@@ -37,8 +37,9 @@ FROM_BF16 = Op("from_bf16", plain(bf16_to_float32, False),
 
 
 def to_bf16_plan(backend, x):
-    backend.check(x, "x", dtype=np.float32)
-    return backend.plan(TO_BF16, (x.shape,), ("x", x.shape, (FLOAT32,)))
+    """x: the backend's float dtype (the reference's float64 is rounded to float32 first)."""
+    backend.check(x, "x")
+    return backend.plan(TO_BF16, (x.shape,), ("x", x.shape, (x.dtype,)))
 
 
 def from_bf16_plan(backend, x):
@@ -48,7 +49,8 @@ def from_bf16_plan(backend, x):
 
 @api
 def to_bf16(backend, x):
-    """x (float32) rounded to bfloat16, as a uint16 array of the bits."""
+    """x (float32; float64 on the reference, via float32) rounded to bfloat16, as a uint16
+    array of the bits."""
     return to_bf16_plan(backend, x).run(x)
 
 

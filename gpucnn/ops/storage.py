@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["BF16", "FLOAT32", "io_kernel", "is_bf16", "activation_dtype",
-           "activation_storage"]
+           "activation_storage", "activation_itemsize"]
 
 BF16 = np.dtype(np.uint16)
 FLOAT32 = np.dtype(np.float32)
@@ -51,3 +51,11 @@ def activation_storage(backend):
     """``"bf16"`` or ``"float32"``: :func:`activation_dtype` as the metrics and bench JSON
     record it."""
     return "bf16" if activation_dtype(backend) == BF16 else "float32"
+
+
+def activation_itemsize(backend):
+    """Bytes per activation element, at least, for memory estimates: 2 for bf16, 8 for the
+    reference's float64 definitions, else 4."""
+    if activation_dtype(backend) == BF16:
+        return 2
+    return 8 if backend.name == "reference" else 4

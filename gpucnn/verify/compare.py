@@ -320,7 +320,7 @@ def verify_model(model_or_checkpoint, backend="emu", input_shape=None, batch=4, 
         raise ValueError(f"batch must be a positive int, got {batch!r}")
     if tolerance is not None and not (math.isfinite(tolerance) and tolerance > 0):
         raise ValueError(f"tolerance must be a finite number > 0, got {tolerance!r}")
-    R = get_backend("reference")
+    R = get_backend("reference", "fp32")  # the plain float64 definitions, not $GPUCNN_PRECISION
     probe = build_copy(source, R, seed)
     host = source.params if source.params is not None else probe.state_dict()
     source.params = host  # every copy gets exactly these weights

@@ -28,6 +28,7 @@ from ..pool import pool_geometry
 from ..storage import is_bf16
 from . import algos, conv_geometry, direct, reference, wide_fused
 
+
 __all__ = ["CONV", "CONV_BACKWARD", "CONV_RELU_MAXPOOL", "CONV_RELU_MAXPOOL_BACKWARD",
            "conv2d_plan", "conv2d_backward_plan", "conv2d_relu_maxpool_plan",
            "conv2d_relu_maxpool_backward_plan"]
@@ -149,14 +150,19 @@ def _activations(backend, **arrays):
 
 def _select(backend, direction, g, algo, dtype, run, *needs):
     """The algorithm of a call: the selector's choice, except for bf16 activations, which
-    only the implicit GEMM reads and writes (nothing timed, nothing recorded: there is no
-    choice to restore); another algorithm named per call is a ValueError."""
+    only the implicit GEMM reads and writes (nothing timed; recorded as the selector records
+    its choices, so the metrics and checkpoints name it); another algorithm named per call is
+    a ValueError."""
+    selector = backend.conv_selector
     if not is_bf16(dtype):
-        return backend.conv_selector.select(direction, g, algo, run, *needs)
-    name = backend.conv_selector.request(algo, g)
+        return selector.select(direction, g, algo, run, *needs)
+    name = selector.request(algo, g)
     if algo is not None and name not in (algos.AUTO, "implicit"):
+        ok = "'implicit' or 'auto'" if backend.kind == "device" else "'auto'"
         raise ValueError(f"conv2d: algo={algo!r} does not take bf16 activations (uint16): they "
-                         f"run on implicit GEMM only (algo='implicit' or 'auto')")
+                         f"run on implicit GEMM only (algo={ok})")
+    if selector.policy != "fixed":
+        selector.chosen[algos.shape_key(direction, g, *needs)] = "implicit"
     return "implicit"
 
 
