@@ -34,7 +34,13 @@ Which kernel a launch runs (:func:`sgemm_plan`), decided here and nowhere else:
 * **vector loads**, per operand (:func:`vector_ok`): 128-bit global loads when the operand's
   first element is 16-byte aligned and its leading dimension and batch/reduction strides are
   multiples of 4 floats (then every 4-float chunk the kernel reads starts 16-byte aligned);
-  else scalar loads. Chunks that cross a matrix edge are read with scalar loads either way.
+  else scalar loads. Chunks that cross a matrix edge are read with scalar loads either way;
+* **bf16 activations** (``dtypes``, precision bf16, :func:`gemm_io_suffix`): the fully
+  connected layer's GEMMs with activation operands held in bf16 bits (uint16,
+  gpucnn/ops/storage.py) run ``sgemm_bf16_XY`` + a suffix naming which of A, B, C are bf16
+  (the table :data:`BF16_GEMMS`); their bf16 operands are read by scalar loads. A split K of
+  a bf16 C writes float32 parts (the ``_bf16a`` kernels), adds them in the float epilogue
+  into a float32 workspace and rounds that once into C (``cast_to_bf16``, kernels/cast.cu).
 """
 from __future__ import annotations
 
@@ -45,12 +51,13 @@ import numpy as np
 
 from ..toolchain import kernel_block, source_defines
 from ..toolchain.limits import GRID_DIM_MAX
-from .launch import Launch, ceil_div, i32
+from .launch import Launch, ceil_div, i32, plan_1d
 from .precision import check_precision
+from .storage import BF16, FLOAT32, is_bf16
 
 __all__ = ["LARGE_TILE_MIN_BLOCKS", "FILL_BLOCKS", "SPLIT_MIN_K", "SPLIT_PARTS_SHARE",
            "sgemm_tiles", "sgemm_tile", "tile_count", "choose_tile", "array_address", "vector_ok",
-           "sgemm_kernel_name", "sgemm_plan", "sgemm_launch", "GemmPlan", "gemm_plan",
+           "sgemm_kernel_name", "BF16_GEMMS", "gemm_io_suffix", "sgemm_plan", "sgemm_launch", "GemmPlan", "gemm_plan",
            "SgemmLaunch", "HostGemm", "SplitKGemm", "sgemm", "plan_sum_partials",
            "sum_partials", "plan_gemm", "gemm", "reference"]
 
@@ -72,6 +79,19 @@ SPLIT_PARTS_SHARE = 4
 SPLIT_WORKSPACE = "_gemm_parts"
 # Threads per output of the ordered sums (sgemm_ordered_sum): up to this many, load the parts.
 SUM_MAX_LANES = 8
+# Where a split K of a bf16 C puts its float32 sum before the rounding (SplitKGemm).
+SPLIT_OUT_WORKSPACE = "_gemm_out"
+
+# The GEMMs on bf16 activations (precision bf16, kernels/sgemm_tc.cu): (layout XY, the dtypes
+# of A, B, C) -> the suffix of the kernel sgemm_bf16_XY<suffix>. The weights and the weight
+# gradient stay float32, so which operands are bf16 depends on the product:
+BF16_GEMMS = {
+    ("nt", (BF16, FLOAT32, BF16)): "_bf16io",    # y = x @ w^T
+    ("nn", (BF16, FLOAT32, BF16)): "_bf16io",    # dx = dy @ w
+    ("tn", (BF16, BF16, FLOAT32)): "_bf16io",    # dW = dy^T @ x
+    ("nt", (BF16, FLOAT32, FLOAT32)): "_bf16a",  # the float32 parts of a split y
+    ("nn", (BF16, FLOAT32, FLOAT32)): "_bf16a",  # ... of a split dx
+}
 
 
 @lru_cache(maxsize=None)
@@ -158,11 +178,33 @@ def sgemm_kernel_name(tile, trans_a, trans_b, precision="fp32"):
     return f"sgemm{'_small' if tile == 'small' else ''}_{xy}"
 
 
+def gemm_io_suffix(trans_a, trans_b, dtypes, precision):
+    """The kernel-name suffix of a GEMM whose A, B, C have ``dtypes`` (None: all float32):
+    ``""`` for float32 ones, else the :data:`BF16_GEMMS` entry, which needs precision bf16;
+    another combination is a TypeError."""
+    if dtypes is None:
+        return ""
+    dtypes = tuple(np.dtype(d) for d in dtypes)
+    if not any(is_bf16(d) for d in dtypes):
+        return ""
+    xy = f"{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
+    if precision != "bf16":
+        raise TypeError(f"sgemm: bf16 operands (uint16) need precision bf16, not {precision}")
+    suffix = BF16_GEMMS.get((xy, dtypes))
+    if suffix is None:
+        raise TypeError(f"sgemm: no {xy} kernel for A, B, C of dtypes "
+                        f"{tuple(str(d) for d in dtypes)} (the bf16 ones: "
+                        f"{sorted((k[0], tuple(map(str, k[1]))) for k in BF16_GEMMS)})")
+    return suffix
+
+
 def sgemm_plan(M, N, trans_a=False, trans_b=False, batch_y=1, batch_z=1, tile=None,
-               precision="fp32"):
-    """``(kernel name, grid, block)`` of an sgemm launch (``tile=None``: by shape)."""
+               precision="fp32", dtypes=None):
+    """``(kernel name, grid, block)`` of an sgemm launch (``tile=None``: by shape; ``dtypes``:
+    those of A, B, C, None for float32)."""
     tile = tile or choose_tile(M, N, batch_y * batch_z, precision=precision)
-    name = sgemm_kernel_name(tile, trans_a, trans_b, precision)
+    name = sgemm_kernel_name(tile, trans_a, trans_b, precision) + gemm_io_suffix(
+        trans_a, trans_b, dtypes, precision)
     t = sgemm_tiles()[tile]
     if batch_y > GRID_DIM_MAX[1] or batch_z > GRID_DIM_MAX[2]:
         raise ValueError(f"sgemm: batch ({batch_y}, {batch_z}) exceeds the grid limit "
@@ -196,11 +238,12 @@ class GemmPlan(NamedTuple):
 
 
 def gemm_plan(M, N, K, trans_a=False, trans_b=False, *, tile=None, split=None,
-              max_part_floats=None, precision="fp32"):
+              max_part_floats=None, precision="fp32", dtypes=None):
     """The :class:`GemmPlan` of the 2-D GEMM op(A) (M x K) @ op(B) (K x N) (the rule is in the
     module docstring). ``tile`` / ``split`` override the choices (tests, benchmarks; a split
     is still cut into whole BK slices, so it may come out lower); ``max_part_floats`` caps
-    the workspace of the parts (split * M * N floats)."""
+    the workspace of the parts (split * M * N floats); ``dtypes``: those of A, B, C (None:
+    float32; the kernel named is the unsplit launch's)."""
     if tile is None:
         tile = choose_tile(M, N, 1, FILL_BLOCKS, precision)
     tiles = tile_count(M, N, tile)
@@ -216,7 +259,7 @@ def gemm_plan(M, N, K, trans_a=False, trans_b=False, *, tile=None, split=None,
         bk = sgemm_tiles()[tile]["BK"]
         k_part = ceil_div(ceil_div(K, split), bk) * bk   # whole slices: parts stay aligned
         split = ceil_div(K, k_part)                      # no empty part
-    name, grid, block = sgemm_plan(M, N, trans_a, trans_b, 1, split, tile, precision)
+    name, grid, block = sgemm_plan(M, N, trans_a, trans_b, 1, split, tile, precision, dtypes)
     return GemmPlan(name, grid, block, tile, split, k_part, int(K) - (split - 1) * k_part)
 
 
@@ -239,14 +282,15 @@ class SgemmLaunch(Launch):
     (length N). ``tile`` (``"large"``/``"small"``) and ``vector=False`` (scalar loads only)
     override the choices of :func:`sgemm_plan` / :func:`vector_ok`, for tests and
     benchmarks. ``k_last``: the K of the last grid-z block (a split-K's short last part;
-    default K). Everything but the operands' alignment (which decides the 128-bit loads) is
-    worked out here, once."""
+    default K). ``dtypes``: those of a, b, c (None: float32; bf16 ones: :data:`BF16_GEMMS`,
+    read without 128-bit loads). Everything but the operands' alignment (which decides the
+    128-bit loads) is worked out here, once."""
     __slots__ = ("address", "head", "tail", "vec_a", "vec_b")
 
     def __init__(self, ctx, M, N, K, lda, ldb, ldc, trans_a=False, trans_b=False,
                  batch_y=1, batch_z=1, a_y=0, a_z=0, a_r=0, b_y=0, b_z=0, b_r=0, c_y=0, c_z=0,
                  red_per_z=1, red_total=None, has_bias=False, bias_y=0, bias_axis=1,
-                 relu=False, beta=0.0, *, tile=None, vector=True, k_last=None):
+                 relu=False, beta=0.0, *, tile=None, vector=True, k_last=None, dtypes=None):
         if red_total is None:
             red_total = red_per_z * batch_z
         k_last = K if k_last is None else k_last
@@ -257,7 +301,9 @@ class SgemmLaunch(Launch):
         precision = getattr(ctx, "precision", "fp32")   # a context-free check: fp32
         tile = tile or choose_tile(M, N, batch_y * batch_z, precision=precision)
         name, grid, block = sgemm_plan(M, N, trans_a, trans_b, batch_y, batch_z, tile,
-                                       precision)
+                                       precision, dtypes)
+        if dtypes is not None and is_bf16(dtypes[2]) and beta != 0.0:
+            raise ValueError("sgemm: beta != 0 needs a float32 C")
         t = sgemm_tiles()[tile]
         # In-matrix offsets are int32 in the kernel, including those it forms for tile rows
         # past the matrix edge (never dereferenced) and one slice past K.
@@ -276,8 +322,9 @@ class SgemmLaunch(Launch):
                      i32(bias_y, "bias_stride"), i32(red_per_z, "red_per_z"),
                      i32(red_total, "red_total"), np.int32(bias_mode), np.int32(bool(relu)),
                      np.float32(beta))
-        self.vec_a = _vector_static(vector, lda, (a_y, a_z, a_r))
-        self.vec_b = _vector_static(vector, ldb, (b_y, b_z, b_r))
+        bf16 = [is_bf16(d) for d in dtypes] if dtypes is not None else [False] * 3
+        self.vec_a = _vector_static(vector and not bf16[0], lda, (a_y, a_z, a_r))
+        self.vec_b = _vector_static(vector and not bf16[1], ldb, (b_y, b_z, b_r))
         super().__init__(ctx, name, grid, block)
         self.address = array_address
 
@@ -314,19 +361,27 @@ class SplitKGemm:
     """A GEMM with its K split (:func:`gemm_plan`), with the launch interface of
     :class:`SgemmLaunch`: the parts' sgemm launch writes ``plan.split`` partial products
     (M x N each, no epilogue) into the workspace, then ``sgemm_splitk_epilogue`` adds them in
-    part order and applies bias, beta * out and ReLU once into ``out``."""
-    __slots__ = ("plan", "parts", "reduce", "scalars", "workspace", "count")
+    part order and applies bias, beta * out and ReLU once into ``out``. A bf16 ``out``
+    (``dtypes``): the parts stay float32, the epilogue writes a float32 workspace and
+    ``cast_to_bf16`` rounds it into ``out`` once (beta must be 0)."""
+    __slots__ = ("plan", "parts", "reduce", "scalars", "workspace", "count", "rounding")
 
-    def __init__(self, ctx, plan, M, N, K, trans_a, trans_b, has_bias, bias_axis, relu, beta):
+    def __init__(self, ctx, plan, M, N, K, trans_a, trans_b, has_bias, bias_axis, relu, beta,
+                 dtypes=None):
         kp, S, count = plan.k_part, plan.split, M * N
         lda, ldb = (M if trans_a else K), (K if trans_b else N)
+        bf16_out = dtypes is not None and is_bf16(dtypes[2])
+        if bf16_out and beta != 0.0:
+            raise ValueError("sgemm: beta != 0 needs a float32 C")
         # Part z reads op(A)[:, z kp:] and op(B)[z kp:, :]: kp elements along a k-contiguous
         # row, kp rows otherwise.
         self.parts = SgemmLaunch(ctx, M, N, kp, lda, ldb, N, trans_a, trans_b, batch_z=S,
                                  a_z=kp * lda if trans_a else kp,
                                  b_z=kp if trans_b else kp * ldb, c_z=count, tile=plan.tile,
-                                 k_last=plan.k_last)
+                                 k_last=plan.k_last,
+                                 dtypes=None if dtypes is None else (*dtypes[:2], FLOAT32))
         self.reduce, lanes = _ordered_sum_launch(ctx, "sgemm_splitk_epilogue", count, S)
+        self.rounding = plan_1d(ctx, "cast_to_bf16", count) if bf16_out else None
         bias_mode = _bias_mode(has_bias, bias_axis)
         self.scalars = (i32(count, "M * N"), np.int32(S), i32(count, "part stride"),
                         np.int32(lanes), i32(N, "N"), np.int32(bias_mode),
@@ -342,8 +397,13 @@ class SplitKGemm:
         a, b, c, bias = args
         parts, gemm = self.workspace(SPLIT_WORKSPACE, self.count), self.parts
         gemm.fire(gemm.args(a, b, parts))
-        # Without a bias the kernel never reads the pointer: A, as in SgemmLaunch.args.
-        self.reduce.fire((parts, c, a if bias is None else bias, *self.scalars))
+        out = c if self.rounding is None else self.workspace(SPLIT_OUT_WORKSPACE,
+                                                             self.scalars[0])
+        # Without a bias the kernel never reads the pointer: B (float32, read-only; A may
+        # be bf16 bits), as in SgemmLaunch.args.
+        self.reduce.fire((parts, out, b if bias is None else bias, *self.scalars))
+        if self.rounding is not None:
+            self.rounding.fire((out, c, self.scalars[0]))
 
     def __call__(self, a, b, c, bias=None):
         self.fire((a, b, c, bias))
@@ -418,37 +478,57 @@ def reference(a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=F
 
 
 def plan_gemm(ctx, M, N, K, trans_a=False, trans_b=False, has_bias=False, bias_axis=1,
-              relu=False, beta=0.0, *, tile=None, split=None):
+              relu=False, beta=0.0, *, tile=None, split=None, dtypes=None):
     """The launch of out = op(a) @ op(b) (+ bias) (+ beta * out) (ReLU) for 2-D row-major
     operands of these sizes (checked by the caller), as :func:`gemm_plan` decides: our SGEMM
     (an :class:`SgemmLaunch`, or a :class:`SplitKGemm` for a split K), or cuBLAS
     (``xp.matmul``, a :class:`HostGemm`) where the context says so. Each runs as
     ``gemm.fire(gemm.args(a, b, out, bias))`` or ``gemm(a, b, out, bias)``. ``tile`` /
-    ``split`` override the plan's choices (tests)."""
+    ``split`` override the plan's choices (tests). ``dtypes``: those of a, b, out (None:
+    float32; bf16 ones: :data:`BF16_GEMMS`)."""
+    gemm_io_suffix(trans_a, trans_b, dtypes, ctx.precision)   # refuses what no kernel runs
     if ctx.use_cublas:
-        xp, beta32 = ctx.xp, np.float32(beta)
-
-        def run(a, b, out, bias):
-            r = xp.matmul(a.T if trans_a else a, b.T if trans_b else b)
-            if bias is not None:
-                r += bias[:, None] if bias_axis == 0 else bias[None, :]
-            if beta != 0.0:
-                r += beta32 * out
-            if relu:
-                xp.maximum(r, 0, out=r)
-            out[...] = r
-        return HostGemm(run)
+        return _cublas_gemm(ctx, M, N, trans_a, trans_b, bias_axis, relu, beta, dtypes)
     if M == 0 or N == 0:
         return HostGemm(lambda a, b, out, bias: None)
     plan = gemm_plan(M, N, K, trans_a, trans_b, tile=tile, split=split,
                      max_part_floats=int(ctx.workspace_bytes) // SPLIT_PARTS_SHARE // 4,
-                     precision=ctx.precision)
+                     precision=ctx.precision, dtypes=dtypes)
     if plan.split > 1:
         return SplitKGemm(ctx, plan, M, N, K, trans_a, trans_b, has_bias, bias_axis, relu,
-                          beta)
+                          beta, dtypes)
     return SgemmLaunch(ctx, M, N, K, lda=M if trans_a else K, ldb=K if trans_b else N, ldc=N,
                        trans_a=trans_a, trans_b=trans_b, has_bias=has_bias,
-                       bias_axis=bias_axis, relu=relu, beta=beta, tile=plan.tile)
+                       bias_axis=bias_axis, relu=relu, beta=beta, tile=plan.tile,
+                       dtypes=dtypes)
+
+
+def _cublas_gemm(ctx, M, N, trans_a, trans_b, bias_axis, relu, beta, dtypes):
+    """plan_gemm's cuBLAS comparison path: ``xp.matmul`` in float32, bf16 operands widened
+    (exactly) and a bf16 out rounded once (``cast_to_bf16``), as our kernels do."""
+    xp, beta32 = ctx.xp, np.float32(beta)
+    bf16 = [is_bf16(d) for d in dtypes] if dtypes is not None else [False] * 3
+    rounding = plan_1d(ctx, "cast_to_bf16", M * N) if bf16[2] and M * N else None
+    if bf16[2] and beta != 0.0:
+        raise ValueError("sgemm: beta != 0 needs a float32 C")
+
+    def widen(a, is16):
+        return (a.astype(xp.uint32) << 16).view(xp.float32) if is16 else a
+
+    def run(a, b, out, bias):
+        a, b = widen(a, bf16[0]), widen(b, bf16[1])
+        r = xp.matmul(a.T if trans_a else a, b.T if trans_b else b)
+        if bias is not None:
+            r += bias[:, None] if bias_axis == 0 else bias[None, :]
+        if beta != 0.0:
+            r += beta32 * out
+        if relu:
+            xp.maximum(r, 0, out=r)
+        if rounding is not None:
+            rounding.fire((xp.ascontiguousarray(r, dtype=xp.float32), out, np.int32(M * N)))
+        elif not bf16[2]:
+            out[...] = r
+    return HostGemm(run)
 
 
 def gemm(ctx, a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=False,
