@@ -38,7 +38,7 @@ Which kernel a launch runs (:func:`sgemm_plan`), decided here and nowhere else:
 * **bf16 activations** (``dtypes``, precision bf16, :func:`gemm_io_suffix`): the fully
   connected layer's GEMMs with activation operands held in bf16 bits (uint16,
   gpucnn/ops/storage.py) run ``sgemm_bf16_XY`` + a suffix naming which of A, B, C are bf16
-  (the table :data:`BF16_GEMMS`); their bf16 operands are read by scalar loads. A split K of
+  (the table :data:`~gpucnn.ops.gemm_dtypes.BF16_GEMMS`); their bf16 operands are read by scalar loads. A split K of
   a bf16 C writes float32 parts (the ``_bf16a`` kernels), adds them in the float epilogue
   into a float32 workspace and rounds that once into C (``cast_to_bf16``, kernels/cast.cu).
 """
@@ -52,8 +52,10 @@ import numpy as np
 from ..toolchain import kernel_block, source_defines
 from ..toolchain.limits import GRID_DIM_MAX
 from .launch import Launch, ceil_div, i32, plan_1d
+from .gemm_dtypes import BF16_GEMMS, gemm_io_suffix
+from .gemm_host import HostGemm, cublas_gemm
 from .precision import check_precision
-from .storage import BF16, FLOAT32, is_bf16
+from .storage import FLOAT32, is_bf16
 
 __all__ = ["LARGE_TILE_MIN_BLOCKS", "FILL_BLOCKS", "SPLIT_MIN_K", "SPLIT_PARTS_SHARE",
            "sgemm_tiles", "sgemm_tile", "tile_count", "choose_tile", "array_address", "vector_ok",
@@ -82,16 +84,6 @@ SUM_MAX_LANES = 8
 # Where a split K of a bf16 C puts its float32 sum before the rounding (SplitKGemm).
 SPLIT_OUT_WORKSPACE = "_gemm_out"
 
-# The GEMMs on bf16 activations (precision bf16, kernels/sgemm_tc.cu): (layout XY, the dtypes
-# of A, B, C) -> the suffix of the kernel sgemm_bf16_XY<suffix>. The weights and the weight
-# gradient stay float32, so which operands are bf16 depends on the product:
-BF16_GEMMS = {
-    ("nt", (BF16, FLOAT32, BF16)): "_bf16io",    # y = x @ w^T
-    ("nn", (BF16, FLOAT32, BF16)): "_bf16io",    # dx = dy @ w
-    ("tn", (BF16, BF16, FLOAT32)): "_bf16io",    # dW = dy^T @ x
-    ("nt", (BF16, FLOAT32, FLOAT32)): "_bf16a",  # the float32 parts of a split y
-    ("nn", (BF16, FLOAT32, FLOAT32)): "_bf16a",  # ... of a split dx
-}
 
 
 @lru_cache(maxsize=None)
@@ -178,26 +170,6 @@ def sgemm_kernel_name(tile, trans_a, trans_b, precision="fp32"):
     return f"sgemm{'_small' if tile == 'small' else ''}_{xy}"
 
 
-def gemm_io_suffix(trans_a, trans_b, dtypes, precision):
-    """The kernel-name suffix of a GEMM whose A, B, C have ``dtypes`` (None: all float32):
-    ``""`` for float32 ones, else the :data:`BF16_GEMMS` entry, which needs precision bf16;
-    another combination is a TypeError."""
-    if dtypes is None:
-        return ""
-    dtypes = tuple(np.dtype(d) for d in dtypes)
-    if not any(is_bf16(d) for d in dtypes):
-        return ""
-    xy = f"{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
-    if precision != "bf16":
-        raise TypeError(f"sgemm: bf16 operands (uint16) need precision bf16, not {precision}")
-    suffix = BF16_GEMMS.get((xy, dtypes))
-    if suffix is None:
-        raise TypeError(f"sgemm: no {xy} kernel for A, B, C of dtypes "
-                        f"{tuple(str(d) for d in dtypes)} (the bf16 ones: "
-                        f"{sorted((k[0], tuple(map(str, k[1]))) for k in BF16_GEMMS)})")
-    return suffix
-
-
 def sgemm_plan(M, N, trans_a=False, trans_b=False, batch_y=1, batch_z=1, tile=None,
                precision="fp32", dtypes=None):
     """``(kernel name, grid, block)`` of an sgemm launch (``tile=None``: by shape; ``dtypes``:
@@ -268,6 +240,13 @@ def _bias_mode(has_bias, bias_axis):
     return 0 if not has_bias else (1 if bias_axis == 0 else 2)
 
 
+def _no_bias(ctx, bf16):
+    """What a launch without a bias passes as its (float32, never read) bias pointer: None
+    for A itself, when A is float32; else a float32 placeholder of one element (made once,
+    at plan time), as a bf16 array would not match the kernel's float* parameter."""
+    return ctx.empty((1,), np.float32) if bf16[0] else None
+
+
 def _vector_static(vector, ld, strides):
     return bool(vector) and int(ld) % 4 == 0 and all(int(s) % 4 == 0 for s in strides)
 
@@ -285,7 +264,7 @@ class SgemmLaunch(Launch):
     default K). ``dtypes``: those of a, b, c (None: float32; bf16 ones: :data:`BF16_GEMMS`,
     read without 128-bit loads). Everything but the operands' alignment (which decides the
     128-bit loads) is worked out here, once."""
-    __slots__ = ("address", "head", "tail", "vec_a", "vec_b")
+    __slots__ = ("address", "head", "tail", "vec_a", "vec_b", "no_bias")
 
     def __init__(self, ctx, M, N, K, lda, ldb, ldc, trans_a=False, trans_b=False,
                  batch_y=1, batch_z=1, a_y=0, a_z=0, a_r=0, b_y=0, b_z=0, b_r=0, c_y=0, c_z=0,
@@ -325,6 +304,7 @@ class SgemmLaunch(Launch):
         bf16 = [is_bf16(d) for d in dtypes] if dtypes is not None else [False] * 3
         self.vec_a = _vector_static(vector and not bf16[0], lda, (a_y, a_z, a_r))
         self.vec_b = _vector_static(vector and not bf16[1], ldb, (b_y, b_z, b_r))
+        self.no_bias = _no_bias(ctx, bf16)
         super().__init__(ctx, name, grid, block)
         self.address = array_address
 
@@ -334,27 +314,13 @@ class SgemmLaunch(Launch):
         va = _ONE if self.vec_a and address(a) % 16 == 0 else _ZERO
         vb = _ONE if self.vec_b and address(b) % 16 == 0 else _ZERO
         # Without a bias the kernel never reads the bias pointer; pass A (read-only), not C
-        # (written), so that no restrict-qualified pointer aliases the output.
-        return (a, b, c, a if bias is None else bias, *self.head, va, vb, *self.tail)
+        # (written), so that no restrict-qualified pointer aliases the output (_no_bias).
+        if bias is None:
+            bias = a if self.no_bias is None else self.no_bias
+        return (a, b, c, bias, *self.head, va, vb, *self.tail)
 
     def __call__(self, a, b, c, bias=None):
         self.fire(self.args(a, b, c, bias))
-
-
-class HostGemm:
-    """A GEMM step computed by ``fn(a, b, c, bias)`` on the host side of the array module
-    (cuBLAS through ``xp.matmul``), with the launch interface of :class:`SgemmLaunch`."""
-    __slots__ = ("fire",)
-
-    def __init__(self, fn):
-        self.fire = lambda args: fn(*args)
-
-    @staticmethod
-    def args(a, b, c, bias=None):
-        return a, b, c, bias
-
-    def __call__(self, a, b, c, bias=None):
-        self.fire((a, b, c, bias))
 
 
 class SplitKGemm:
@@ -364,7 +330,8 @@ class SplitKGemm:
     part order and applies bias, beta * out and ReLU once into ``out``. A bf16 ``out``
     (``dtypes``): the parts stay float32, the epilogue writes a float32 workspace and
     ``cast_to_bf16`` rounds it into ``out`` once (beta must be 0)."""
-    __slots__ = ("plan", "parts", "reduce", "scalars", "workspace", "count", "rounding")
+    __slots__ = ("plan", "parts", "reduce", "scalars", "workspace", "count", "rounding",
+                 "no_bias")
 
     def __init__(self, ctx, plan, M, N, K, trans_a, trans_b, has_bias, bias_axis, relu, beta,
                  dtypes=None):
@@ -382,6 +349,7 @@ class SplitKGemm:
                                  dtypes=None if dtypes is None else (*dtypes[:2], FLOAT32))
         self.reduce, lanes = _ordered_sum_launch(ctx, "sgemm_splitk_epilogue", count, S)
         self.rounding = plan_1d(ctx, "cast_to_bf16", count) if bf16_out else None
+        self.no_bias = self.parts.no_bias
         bias_mode = _bias_mode(has_bias, bias_axis)
         self.scalars = (i32(count, "M * N"), np.int32(S), i32(count, "part stride"),
                         np.int32(lanes), i32(N, "N"), np.int32(bias_mode),
@@ -399,9 +367,10 @@ class SplitKGemm:
         gemm.fire(gemm.args(a, b, parts))
         out = c if self.rounding is None else self.workspace(SPLIT_OUT_WORKSPACE,
                                                              self.scalars[0])
-        # Without a bias the kernel never reads the pointer: B (float32, read-only; A may
-        # be bf16 bits), as in SgemmLaunch.args.
-        self.reduce.fire((parts, out, b if bias is None else bias, *self.scalars))
+        # Without a bias the kernel never reads the pointer: as in SgemmLaunch.args.
+        if bias is None:
+            bias = a if self.no_bias is None else self.no_bias
+        self.reduce.fire((parts, out, bias, *self.scalars))
         if self.rounding is not None:
             self.rounding.fire((out, c, self.scalars[0]))
 
@@ -488,7 +457,7 @@ def plan_gemm(ctx, M, N, K, trans_a=False, trans_b=False, has_bias=False, bias_a
     float32; bf16 ones: :data:`BF16_GEMMS`)."""
     gemm_io_suffix(trans_a, trans_b, dtypes, ctx.precision)   # refuses what no kernel runs
     if ctx.use_cublas:
-        return _cublas_gemm(ctx, M, N, trans_a, trans_b, bias_axis, relu, beta, dtypes)
+        return cublas_gemm(ctx, M, N, trans_a, trans_b, bias_axis, relu, beta, dtypes)
     if M == 0 or N == 0:
         return HostGemm(lambda a, b, out, bias: None)
     plan = gemm_plan(M, N, K, trans_a, trans_b, tile=tile, split=split,
@@ -501,34 +470,6 @@ def plan_gemm(ctx, M, N, K, trans_a=False, trans_b=False, has_bias=False, bias_a
                        trans_a=trans_a, trans_b=trans_b, has_bias=has_bias,
                        bias_axis=bias_axis, relu=relu, beta=beta, tile=plan.tile,
                        dtypes=dtypes)
-
-
-def _cublas_gemm(ctx, M, N, trans_a, trans_b, bias_axis, relu, beta, dtypes):
-    """plan_gemm's cuBLAS comparison path: ``xp.matmul`` in float32, bf16 operands widened
-    (exactly) and a bf16 out rounded once (``cast_to_bf16``), as our kernels do."""
-    xp, beta32 = ctx.xp, np.float32(beta)
-    bf16 = [is_bf16(d) for d in dtypes] if dtypes is not None else [False] * 3
-    rounding = plan_1d(ctx, "cast_to_bf16", M * N) if bf16[2] and M * N else None
-    if bf16[2] and beta != 0.0:
-        raise ValueError("sgemm: beta != 0 needs a float32 C")
-
-    def widen(a, is16):
-        return (a.astype(xp.uint32) << 16).view(xp.float32) if is16 else a
-
-    def run(a, b, out, bias):
-        a, b = widen(a, bf16[0]), widen(b, bf16[1])
-        r = xp.matmul(a.T if trans_a else a, b.T if trans_b else b)
-        if bias is not None:
-            r += bias[:, None] if bias_axis == 0 else bias[None, :]
-        if beta != 0.0:
-            r += beta32 * out
-        if relu:
-            xp.maximum(r, 0, out=r)
-        if rounding is not None:
-            rounding.fire((xp.ascontiguousarray(r, dtype=xp.float32), out, np.int32(M * N)))
-        elif not bf16[2]:
-            out[...] = r
-    return HostGemm(run)
 
 
 def gemm(ctx, a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=False,
