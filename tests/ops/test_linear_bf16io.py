@@ -23,7 +23,8 @@ import pytest
 
 from gpucnn import get_backend
 from gpucnn.ops import linear
-from gpucnn.ops.gemm import BF16_GEMMS, SplitKGemm, SgemmLaunch, gemm_io_suffix, plan_gemm
+from gpucnn.ops.gemm import (BF16_GEMMS, SgemmLaunch, SplitKGemm, array_address, gemm_io_suffix,
+                             plan_gemm, vector_ok)
 from gpucnn.ops.precision import bf16_to_float32, round_bf16
 from gpucnn.ops.storage import BF16, FLOAT32
 from gpucnn.testing import assert_close, f64
@@ -330,3 +331,48 @@ def test_cublas_comparison_path_widens_and_rounds(B, rng):
     assert_bits_equal(g16[0], round_bf16(g32[0]), "dx")
     for name, out, want in zip(("dw", "db"), g16[1:], g32[1:]):
         assert out.dtype == np.float32 and np.array_equal(out, want), name
+
+
+def _bf16_at(B, bits, shift):
+    """``bits`` on the device starting ``shift`` elements (2 bytes each) past a 16-byte
+    boundary."""
+    store = B.asarray(np.zeros(bits.size + 16, np.uint16), BF16)
+    i = (-(array_address(store) // 2)) % 8 + shift
+    view = store[i:i + bits.size]
+    view[...] = B.asarray(bits.ravel(), BF16)
+    return view.reshape(bits.shape)
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+@pytest.mark.parametrize("split", [1, 2])
+def test_whole_chunks_aligned_and_not(B, rng, shift, split):
+    """Sizes multiples of 4 (whole chunks inside, ragged tiles), bf16 operands 16-byte aligned
+    or 2 bytes off: a bf16 operand is read by scalar loads (vec flag 0; the float weights keep
+    their 128-bit loads), and each GEMM gives the float kernel's result (rounded for a bf16
+    C), bit for bit."""
+    n, fin, fout = 136, 132, 20      # K >= 128 in each product: split 2 is honoured
+    xb, x = bf16_exact(rng, (n, fin))
+    dyb, dy = bf16_exact(rng, (n, fout))
+    w = B.asarray(rng.standard_normal((fout, fin)).astype(np.float32))
+    x16, dy16 = _bf16_at(B, xb, shift), _bf16_at(B, dyb, shift)
+    f, s = FLOAT32, BF16
+    for (M, N, K, ta, tb), a16, b16, a32, b32, c in (
+            ((n, fout, fin, False, True), x16, w, B.asarray(x), w, s),      # y
+            ((n, fin, fout, False, False), dy16, w, B.asarray(dy), w, s),   # dx
+            ((fout, fin, n, True, False), dy16, x16, B.asarray(dy), B.asarray(x), f)):  # dW
+        dtypes = (s, s if b16 is x16 else f, c)
+        g16 = plan_gemm(B.ctx, M, N, K, ta, tb, split=split, dtypes=dtypes)
+        g32 = plan_gemm(B.ctx, M, N, K, ta, tb, split=split)
+        assert isinstance(g16, SplitKGemm) == (split == 2)
+        launch = g16.parts if split == 2 else g16
+        va, vb = launch.args(a16, b16, None)[11:13]
+        want_vb = 0 if b16 is x16 else int(vector_ok(w, K if tb else N))
+        assert (int(va), int(vb)) == (0, want_vb), (M, N, K, shift)
+        out16, out32 = B.ctx.empty((M, N), c), B.ctx.empty((M, N), np.float32)
+        g16(a16, b16, out16)
+        g32(a32, b32, out32)
+        want, got = B.to_numpy(out32), B.to_numpy(out16)
+        if c == BF16:
+            assert_bits_equal(got, round_bf16(want), f"{M}x{N}x{K} shift={shift}")
+        else:
+            assert np.array_equal(got, want), f"dW shift={shift}"
