@@ -38,9 +38,10 @@ Which kernel a launch runs (:func:`sgemm_plan`), decided here and nowhere else:
 * **bf16 activations** (``dtypes``, precision bf16, :func:`gemm_io_suffix`): the fully
   connected layer's GEMMs with activation operands held in bf16 bits (uint16,
   gpucnn/ops/storage.py) run ``sgemm_bf16_XY`` + a suffix naming which of A, B, C are bf16
-  (the table :data:`~gpucnn.ops.gemm_dtypes.BF16_GEMMS`); their bf16 operands are read by scalar loads. A split K of
-  a bf16 C writes float32 parts (the ``_bf16a`` kernels), adds them in the float epilogue
-  into a float32 workspace and rounds that once into C (``cast_to_bf16``, kernels/cast.cu).
+  (the table :data:`~gpucnn.ops.gemm_dtypes.BF16_GEMMS`); their bf16 operands are read by
+  scalar loads. A split K of a bf16 C writes float32 parts (the ``_bf16a`` kernels), adds
+  them in the float epilogue into a float32 workspace and rounds that once into C
+  (``cast_to_bf16``, kernels/cast.cu).
 """
 from __future__ import annotations
 
@@ -59,9 +60,9 @@ from .storage import FLOAT32, is_bf16
 
 __all__ = ["LARGE_TILE_MIN_BLOCKS", "FILL_BLOCKS", "SPLIT_MIN_K", "SPLIT_PARTS_SHARE",
            "sgemm_tiles", "sgemm_tile", "tile_count", "choose_tile", "array_address", "vector_ok",
-           "sgemm_kernel_name", "BF16_GEMMS", "gemm_io_suffix", "sgemm_plan", "sgemm_launch", "GemmPlan", "gemm_plan",
-           "SgemmLaunch", "HostGemm", "SplitKGemm", "sgemm", "plan_sum_partials",
-           "sum_partials", "plan_gemm", "gemm", "reference"]
+           "sgemm_kernel_name", "BF16_GEMMS", "gemm_io_suffix", "sgemm_plan", "sgemm_launch",
+           "GemmPlan", "gemm_plan", "SgemmLaunch", "HostGemm", "SplitKGemm", "sgemm",
+           "plan_sum_partials", "sum_partials", "plan_gemm", "gemm", "reference"]
 
 # The 128 x 128 tile needs at least this many blocks (over the grid and the batches); fewer
 # means part of a 132-SM GPU would idle, and the 64 x 64 tile (4x the blocks) is used.
@@ -83,7 +84,6 @@ SPLIT_WORKSPACE = "_gemm_parts"
 SUM_MAX_LANES = 8
 # Where a split K of a bf16 C puts its float32 sum before the rounding (SplitKGemm).
 SPLIT_OUT_WORKSPACE = "_gemm_out"
-
 
 
 @lru_cache(maxsize=None)
