@@ -55,17 +55,31 @@ extern "C" __global__ void bias_grad_nchw_bf16io(const bf16_bits* dy, float* db,
 
 // db[c] = sum over r < rows of dy[r][c]  (dy is rows x cols: a linear layer's bias gradient).
 // One thread per column (grid-stride), summing its rows in order: consecutive threads read
-// consecutive columns, so every load is coalesced.
-// gpucnn: block=256
-extern "C" __global__ void bias_grad_rows(const float* dy, float* db, int rows, int cols)
+// consecutive columns, so every load is coalesced. Written once over dy's element type A:
+// float, or bf16_bits (bias_grad_rows_bf16io: the sums and db stay float32).
+template <class A>
+__device__ __forceinline__ void bias_grad_rows_body(const A* dy, float* db, int rows, int cols)
 {
     GRID_STRIDE_LOOP(c, cols) {
         float sum = 0.0f;
-        const float* p = dy + c;
+        const A* p = dy + c;
         for (int r = 0; r < rows; ++r) {
-            sum += *p;
+            sum += act_load(p);
             p += cols;
         }
         db[c] = sum;
     }
+}
+
+// gpucnn: block=256
+extern "C" __global__ void bias_grad_rows(const float* dy, float* db, int rows, int cols)
+{
+    bias_grad_rows_body(dy, db, rows, cols);
+}
+
+// gpucnn: block=256
+extern "C" __global__ void bias_grad_rows_bf16io(const bf16_bits* dy, float* db, int rows,
+                                                 int cols)
+{
+    bias_grad_rows_body(dy, db, rows, cols);
 }

@@ -1,10 +1,14 @@
 // One GEMM operand's staging from global to shared memory, in float4 chunks along its
 // contiguous dimension: the FP32 SGEMM's (sgemm.cu) and the tensor-core SGEMM's (sgemm_tc.cu),
 // so the two tiles share one load path (128-bit global loads where the operand allows them,
-// bounds-checked scalar loads at ragged edges and for unaligned operands).
+// bounds-checked scalar loads at ragged edges and for unaligned operands). The operand's
+// element type E is float, or bf16_bits (bf16_storage.cuh: activations held in bfloat16, the
+// sgemm_bf16_*_bf16io kernels of sgemm_tc.cu), which is read by scalar loads only (widened
+// to float exactly; the vector flag is ignored), so the chunks hold the same float values.
 #pragma once
 
 #include "common.cuh"
+#include "bf16_storage.cuh"
 
 // The identity conversion: shared memory holds the operand as loaded (FP32, TF32).
 struct GemmKeep {
@@ -30,7 +34,32 @@ struct __align__(4 * sizeof(T)) GemmVec4 {
 // Otherwise a chunk is 4 consecutive rows at one k, and a thread's chunks lie TILE / CHUNKS
 // rows apart, so that 8 neighbouring threads cover 32 consecutive rows (one 128-byte line in
 // memory and a conflict-free 128-bit shared store).
-template <int TILE, int BK, int LD, int THREADS, bool KCONTIG>
+// One chunk of up to four elements from q: elements 0 .. n - 1 lie inside the matrix (the
+// rest are zeros); `vector`: the chunk is whole and one 128-bit load may read it.
+__device__ __forceinline__ float4 gemm_chunk(const float* q, bool vector, int n)
+{
+    float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (vector)
+        x = *reinterpret_cast<const float4*>(q);
+    if (!vector && n > 0) x.x = q[0];
+    if (!vector && n > 1) x.y = q[1];
+    if (!vector && n > 2) x.z = q[2];
+    if (!vector && n > 3) x.w = q[3];
+    return x;
+}
+
+// bf16 elements: four bounds-checked scalar loads, whatever `vector` says.
+__device__ __forceinline__ float4 gemm_chunk(const bf16_bits* q, bool, int n)
+{
+    float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (n > 0) x.x = act_load(q);
+    if (n > 1) x.y = act_load(q + 1);
+    if (n > 2) x.z = act_load(q + 2);
+    if (n > 3) x.w = act_load(q + 3);
+    return x;
+}
+
+template <int TILE, int BK, int LD, int THREADS, bool KCONTIG, class E = float>
 struct GemmOperand {
     static constexpr int CHUNKS = TILE * BK / 4 / THREADS;
     static constexpr int PER_LINE = (KCONTIG ? BK : TILE) / (4 * CHUNKS);  // threads
@@ -39,8 +68,8 @@ struct GemmOperand {
     static_assert(PER_LINE >= 1 && PER_LINE * 4 * CHUNKS == (KCONTIG ? BK : TILE),
                   "chunk layout");
     // Few registers on purpose: with 64 accumulators a thread has ~30 left for everything.
-    const float* base;  // the current reduction matrix (the same for the whole block)
-    int off;            // the thread's first float in the current slice, from base
+    const E* base;      // the current reduction matrix (the same for the whole block)
+    int off;            // the thread's first element in the current slice, from base
     int lim;            // KCONTIG: chunk i has kleft - lim - STEP i valid elements (lim is
                         // huge for a row past the matrix); else: the chunks exist when
                         // kleft > lim
@@ -49,7 +78,7 @@ struct GemmOperand {
     int sts;            // shared offset (elements) of the thread's first element in S[k][row]
     float4 v[CHUNKS];   // the fetched values, in flight between fetch and store
 
-    __device__ __forceinline__ void init(const float* matrix, int tid, int tile0, int extent,
+    __device__ __forceinline__ void init(const E* matrix, int tid, int tile0, int extent,
                                          int ld)
     {
         base = matrix;
@@ -77,26 +106,19 @@ struct GemmOperand {
     {
 #pragma unroll
         for (int i = 0; i < CHUNKS; ++i) {
-            const float* q = base + (off + i * STEP);
+            const E* q = base + (off + i * STEP);
             // Elements 0 .. n - 1 of the chunk lie inside the matrix.
             const int n = KCONTIG ? kleft - lim - STEP * i : (kleft > lim ? rows - i * STEP : 0);
-            const bool vector = n >= whole;
-            float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (vector)
-                x = *reinterpret_cast<const float4*>(q);
-            if (!vector && n > 0) x.x = q[0];
-            if (!vector && n > 1) x.y = q[1];
-            if (!vector && n > 2) x.z = q[2];
-            if (!vector && n > 3) x.w = q[3];
-            v[i] = x;
+            v[i] = gemm_chunk(q, n >= whole, n);
         }
     }
 
     // As fetch, for an operand whose chunks are all whole or all absent (16-byte aligned,
     // its leading dimension a multiple of 4, and K for KCONTIG, or the rows, a multiple of 4
-    // too): 128-bit loads only.
+    // too): 128-bit loads only (float operands).
     __device__ __forceinline__ void fetch_whole(int kleft)
     {
+        static_assert(sizeof(E) == sizeof(float), "fetch_whole reads float4 chunks");
 #pragma unroll
         for (int i = 0; i < CHUNKS; ++i) {
             const float* q = base + (off + i * STEP);

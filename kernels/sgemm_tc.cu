@@ -11,6 +11,18 @@
 // width: shared memory receives the same slice, so the products and their order do not.
 // Kernel names sgemm_<precision>_XY, X = op(A), Y = op(B) as in sgemm.cu; launched by
 // gpucnn/ops/gemm.py.
+//
+// bf16 activations (gpucnn/ops/storage.py): the fully connected layer's three GEMMs with their
+// activation operands held in bfloat16 bits (bf16_bits), the BF16 kernels' bodies with other
+// element types (A, B, C; the weights, the bias and the weight gradient stay float32):
+//   sgemm_bf16_nt_bf16io  y  = x @ w^T    A bf16, B float, C bf16 (rounded once at the store)
+//   sgemm_bf16_nn_bf16io  dx = dy @ w     A bf16, B float, C bf16
+//   sgemm_bf16_tn_bf16io  dW = dy^T @ x   A bf16, B bf16,  C float
+//   sgemm_bf16_nt_bf16a, sgemm_bf16_nn_bf16a: A bf16, B float, C float: the float32 partial
+//     products of a split K (the split's epilogue then rounds once)
+// A bf16 operand is read by scalar loads (gemm_operand.cuh) and widened exactly, so shared
+// memory receives the bf16 values the float kernels would round the same operands to: on
+// bf16-exact inputs each is the float kernel with only its store changed.
 
 #include "sgemm_params.cuh"
 #include "gemm_operand.cuh"
@@ -25,12 +37,12 @@
 
 // The slices of op(A) and op(B), for ConvTc<P>::run: one GemmOperand each, advanced by a
 // slice per fetch and wrapped to the next reduction matrix after the last slice of one.
-template <class P, bool TRANS_A, bool TRANS_B>
+template <class P, bool TRANS_A, bool TRANS_B, class EA = float, class EB = float>
 struct TcGemmOp {
     enum { LOADS = TcTile::LOADS, LD = TC_BM + P::PAD };   // LD: TcSmem's rows
     // A stored non-transposed is k-contiguous; B stored transposed is k-contiguous.
-    GemmOperand<TC_BM, TC_BK, LD, TC_THREADS, !TRANS_A> la;
-    GemmOperand<TC_BN, TC_BK, LD, TC_THREADS, TRANS_B> lb;
+    GemmOperand<TC_BM, TC_BK, LD, TC_THREADS, !TRANS_A, EA> la;
+    GemmOperand<TC_BN, TC_BK, LD, TC_THREADS, TRANS_B, EB> lb;
     int K, kleft;                 // kleft: K - k0 of the next slice (kz - k0 in the first matrix)
     int a_step, b_step, a_back, b_back;   // offsets to the next slice, back to the first one
     int a_r, b_r;                 // strides between reduction matrices
@@ -56,9 +68,9 @@ struct TcGemmOp {
 };
 
 // The loaders keep their chunks themselves (the gathers' ra / rb stay unused).
-template <class P, bool TRANS_A, bool TRANS_B>
-struct TcStaging<TcGemmOp<P, TRANS_A, TRANS_B>> {
-    typedef TcGemmOp<P, TRANS_A, TRANS_B> Op;
+template <class P, bool TRANS_A, bool TRANS_B, class EA, class EB>
+struct TcStaging<TcGemmOp<P, TRANS_A, TRANS_B, EA, EB>> {
+    typedef TcGemmOp<P, TRANS_A, TRANS_B, EA, EB> Op;
     // One loop: the loaders choose between vector and scalar loads per chunk (predicated).
     __device__ __forceinline__ static bool vector(const Op&) { return false; }
     template <bool>
@@ -80,9 +92,12 @@ struct TcStaging<TcGemmOp<P, TRANS_A, TRANS_B>> {
 
 #endif  // TC_ARCH_OK
 
-// One block tile of C[y, z] (sgemm.cu's semantics), with precision P.
-template <class P, bool TRANS_A, bool TRANS_B>
-__device__ __forceinline__ void sgemm_tc_block(SGEMM_PARAMS)
+// One block tile of C[y, z] (sgemm.cu's semantics), with precision P and elements of A, B, C
+// of types EA, EB, EC (float, or bf16_bits: read through act_load, C written through
+// act_store, so the float kernels are plain loads and stores).
+template <class P, bool TRANS_A, bool TRANS_B, class EA = float, class EB = float,
+          class EC = float>
+__device__ __forceinline__ void sgemm_tc_block(SGEMM_PARAMS_OF(EA, EB, EC))
 {
 #if TC_ARCH_OK
     __shared__ typename ConvTc<P>::Smem sm;
@@ -95,7 +110,7 @@ __device__ __forceinline__ void sgemm_tc_block(SGEMM_PARAMS)
     if (nr > red_per_z) nr = red_per_z;
     if (nr < 0) nr = 0;
 
-    TcGemmOp<P, TRANS_A, TRANS_B> op;
+    TcGemmOp<P, TRANS_A, TRANS_B, EA, EB> op;
     op.la.init(A + y * a_stride_y + z * a_stride_z, threadIdx.x, m0, M, lda);
     op.lb.init(B + y * b_stride_y + z * b_stride_z, threadIdx.x, n0, N, ldb);
     // A split's last part may be shorter (k_last); a reducing launch has k_last == K.
@@ -118,7 +133,7 @@ __device__ __forceinline__ void sgemm_tc_block(SGEMM_PARAMS)
 
     // sgemm.cu's epilogue, in its order: (acc + bias) + beta * C, then ReLU (NaN stays NaN).
     const float* bias_base = bias + y * bias_stride_y;
-    float* c_base = C + y * c_stride_y + z * c_stride_z;
+    EC* c_base = C + y * c_stride_y + z * c_stride_z;
 #pragma unroll
     for (int i = 0; i < Math::TM; ++i) {
         const int m = m0 + Math::row(i);
@@ -134,12 +149,12 @@ __device__ __forceinline__ void sgemm_tc_block(SGEMM_PARAMS)
                 v += bias_base[m];
             else if (bias_mode == 2)
                 v += bias_base[n];
-            float* c = c_base + ((long long)m * ldc + n);
+            EC* c = c_base + ((long long)m * ldc + n);
             if (beta != 0.0f)
-                v += beta * *c;
+                v += beta * act_load(c);
             if (relu && v < 0.0f)
                 v = 0.0f;
-            *c = v;
+            act_store(c, v);
         }
     }
 #else   // below sm_80: never launched (tensor_core.cuh)
@@ -229,4 +244,40 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS
     sgemm_bf16_tt(SGEMM_PARAMS)
 {
     sgemm_tc_block<TcBf16, true, true>(SGEMM_ARGS);
+}
+
+// The fully connected layer's GEMMs on bf16 activations (the element types are in the header).
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
+    sgemm_bf16_nt_bf16io(SGEMM_BF16_AC_PARAMS)
+{
+    sgemm_tc_block<TcBf16, false, true, bf16_bits, float, bf16_bits>(SGEMM_ARGS);
+}
+
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
+    sgemm_bf16_nn_bf16io(SGEMM_BF16_AC_PARAMS)
+{
+    sgemm_tc_block<TcBf16, false, false, bf16_bits, float, bf16_bits>(SGEMM_ARGS);
+}
+
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
+    sgemm_bf16_tn_bf16io(SGEMM_BF16_AB_PARAMS)
+{
+    sgemm_tc_block<TcBf16, true, false, bf16_bits, bf16_bits, float>(SGEMM_ARGS);
+}
+
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
+    sgemm_bf16_nt_bf16a(SGEMM_BF16_A_PARAMS)
+{
+    sgemm_tc_block<TcBf16, false, true, bf16_bits, float, float>(SGEMM_ARGS);
+}
+
+// gpucnn: block=TC_THREADS max_regs=128 gemm=report tc=bf16
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_BF16_GEMM_MIN_BLOCKS)
+    sgemm_bf16_nn_bf16a(SGEMM_BF16_A_PARAMS)
+{
+    sgemm_tc_block<TcBf16, false, false, bf16_bits, float, float>(SGEMM_ARGS);
 }

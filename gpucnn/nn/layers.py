@@ -171,6 +171,8 @@ class Conv2d(_WeightLayer):
 
 
 class Linear(_WeightLayer):
+    bf16_native = True  # bf16 x / dy (gpucnn/ops/linear.py: the sgemm_bf16_*_bf16io kernels)
+
     def __init__(self, in_features, out_features, bias=True, init="he"):
         super().__init__()
         _check_positive_int(in_features, "in_features", "Linear")

@@ -34,7 +34,14 @@ Which kernel a launch runs (:func:`sgemm_plan`), decided here and nowhere else:
 * **vector loads**, per operand (:func:`vector_ok`): 128-bit global loads when the operand's
   first element is 16-byte aligned and its leading dimension and batch/reduction strides are
   multiples of 4 floats (then every 4-float chunk the kernel reads starts 16-byte aligned);
-  else scalar loads. Chunks that cross a matrix edge are read with scalar loads either way.
+  else scalar loads. Chunks that cross a matrix edge are read with scalar loads either way;
+* **bf16 activations** (``dtypes``, precision bf16, :func:`gemm_io_suffix`): the fully
+  connected layer's GEMMs with activation operands held in bf16 bits (uint16,
+  gpucnn/ops/storage.py) run ``sgemm_bf16_XY`` + a suffix naming which of A, B, C are bf16
+  (the table :data:`~gpucnn.ops.gemm_dtypes.BF16_GEMMS`); their bf16 operands are read by
+  scalar loads. A split K of a bf16 C writes float32 parts (the ``_bf16a`` kernels), adds
+  them in the float epilogue into a float32 workspace and rounds that once into C
+  (``cast_to_bf16``, kernels/cast.cu).
 """
 from __future__ import annotations
 
@@ -45,14 +52,17 @@ import numpy as np
 
 from ..toolchain import kernel_block, source_defines
 from ..toolchain.limits import GRID_DIM_MAX
-from .launch import Launch, ceil_div, i32
+from .launch import Launch, ceil_div, i32, plan_1d
+from .gemm_dtypes import BF16_GEMMS, gemm_io_suffix
+from .gemm_host import HostGemm, cublas_gemm
 from .precision import check_precision
+from .storage import FLOAT32, is_bf16
 
 __all__ = ["LARGE_TILE_MIN_BLOCKS", "FILL_BLOCKS", "SPLIT_MIN_K", "SPLIT_PARTS_SHARE",
            "sgemm_tiles", "sgemm_tile", "tile_count", "choose_tile", "array_address", "vector_ok",
-           "sgemm_kernel_name", "sgemm_plan", "sgemm_launch", "GemmPlan", "gemm_plan",
-           "SgemmLaunch", "HostGemm", "SplitKGemm", "sgemm", "plan_sum_partials",
-           "sum_partials", "plan_gemm", "gemm", "reference"]
+           "sgemm_kernel_name", "BF16_GEMMS", "gemm_io_suffix", "sgemm_plan", "sgemm_launch",
+           "GemmPlan", "gemm_plan", "SgemmLaunch", "HostGemm", "SplitKGemm", "sgemm",
+           "plan_sum_partials", "sum_partials", "plan_gemm", "gemm", "reference"]
 
 # The 128 x 128 tile needs at least this many blocks (over the grid and the batches); fewer
 # means part of a 132-SM GPU would idle, and the 64 x 64 tile (4x the blocks) is used.
@@ -72,6 +82,8 @@ SPLIT_PARTS_SHARE = 4
 SPLIT_WORKSPACE = "_gemm_parts"
 # Threads per output of the ordered sums (sgemm_ordered_sum): up to this many, load the parts.
 SUM_MAX_LANES = 8
+# Where a split K of a bf16 C puts its float32 sum before the rounding (SplitKGemm).
+SPLIT_OUT_WORKSPACE = "_gemm_out"
 
 
 @lru_cache(maxsize=None)
@@ -159,10 +171,12 @@ def sgemm_kernel_name(tile, trans_a, trans_b, precision="fp32"):
 
 
 def sgemm_plan(M, N, trans_a=False, trans_b=False, batch_y=1, batch_z=1, tile=None,
-               precision="fp32"):
-    """``(kernel name, grid, block)`` of an sgemm launch (``tile=None``: by shape)."""
+               precision="fp32", dtypes=None):
+    """``(kernel name, grid, block)`` of an sgemm launch (``tile=None``: by shape; ``dtypes``:
+    those of A, B, C, None for float32)."""
     tile = tile or choose_tile(M, N, batch_y * batch_z, precision=precision)
-    name = sgemm_kernel_name(tile, trans_a, trans_b, precision)
+    name = sgemm_kernel_name(tile, trans_a, trans_b, precision) + gemm_io_suffix(
+        trans_a, trans_b, dtypes, precision)
     t = sgemm_tiles()[tile]
     if batch_y > GRID_DIM_MAX[1] or batch_z > GRID_DIM_MAX[2]:
         raise ValueError(f"sgemm: batch ({batch_y}, {batch_z}) exceeds the grid limit "
@@ -196,11 +210,12 @@ class GemmPlan(NamedTuple):
 
 
 def gemm_plan(M, N, K, trans_a=False, trans_b=False, *, tile=None, split=None,
-              max_part_floats=None, precision="fp32"):
+              max_part_floats=None, precision="fp32", dtypes=None):
     """The :class:`GemmPlan` of the 2-D GEMM op(A) (M x K) @ op(B) (K x N) (the rule is in the
     module docstring). ``tile`` / ``split`` override the choices (tests, benchmarks; a split
     is still cut into whole BK slices, so it may come out lower); ``max_part_floats`` caps
-    the workspace of the parts (split * M * N floats)."""
+    the workspace of the parts (split * M * N floats); ``dtypes``: those of A, B, C (None:
+    float32; the kernel named is the unsplit launch's)."""
     if tile is None:
         tile = choose_tile(M, N, 1, FILL_BLOCKS, precision)
     tiles = tile_count(M, N, tile)
@@ -216,13 +231,20 @@ def gemm_plan(M, N, K, trans_a=False, trans_b=False, *, tile=None, split=None,
         bk = sgemm_tiles()[tile]["BK"]
         k_part = ceil_div(ceil_div(K, split), bk) * bk   # whole slices: parts stay aligned
         split = ceil_div(K, k_part)                      # no empty part
-    name, grid, block = sgemm_plan(M, N, trans_a, trans_b, 1, split, tile, precision)
+    name, grid, block = sgemm_plan(M, N, trans_a, trans_b, 1, split, tile, precision, dtypes)
     return GemmPlan(name, grid, block, tile, split, k_part, int(K) - (split - 1) * k_part)
 
 
 def _bias_mode(has_bias, bias_axis):
     """The kernels' bias_mode: 0 none, 1 one bias per row (axis 0), 2 one per column."""
     return 0 if not has_bias else (1 if bias_axis == 0 else 2)
+
+
+def _no_bias(ctx, bf16):
+    """What a launch without a bias passes as its (float32, never read) bias pointer: None
+    for A itself, when A is float32; else a float32 placeholder of one element (made once,
+    at plan time), as a bf16 array would not match the kernel's float* parameter."""
+    return ctx.empty((1,), np.float32) if bf16[0] else None
 
 
 def _vector_static(vector, ld, strides):
@@ -239,14 +261,15 @@ class SgemmLaunch(Launch):
     (length N). ``tile`` (``"large"``/``"small"``) and ``vector=False`` (scalar loads only)
     override the choices of :func:`sgemm_plan` / :func:`vector_ok`, for tests and
     benchmarks. ``k_last``: the K of the last grid-z block (a split-K's short last part;
-    default K). Everything but the operands' alignment (which decides the 128-bit loads) is
-    worked out here, once."""
-    __slots__ = ("address", "head", "tail", "vec_a", "vec_b")
+    default K). ``dtypes``: those of a, b, c (None: float32; bf16 ones: :data:`BF16_GEMMS`,
+    read without 128-bit loads). Everything but the operands' alignment (which decides the
+    128-bit loads) is worked out here, once."""
+    __slots__ = ("address", "head", "tail", "vec_a", "vec_b", "no_bias")
 
     def __init__(self, ctx, M, N, K, lda, ldb, ldc, trans_a=False, trans_b=False,
                  batch_y=1, batch_z=1, a_y=0, a_z=0, a_r=0, b_y=0, b_z=0, b_r=0, c_y=0, c_z=0,
                  red_per_z=1, red_total=None, has_bias=False, bias_y=0, bias_axis=1,
-                 relu=False, beta=0.0, *, tile=None, vector=True, k_last=None):
+                 relu=False, beta=0.0, *, tile=None, vector=True, k_last=None, dtypes=None):
         if red_total is None:
             red_total = red_per_z * batch_z
         k_last = K if k_last is None else k_last
@@ -257,7 +280,9 @@ class SgemmLaunch(Launch):
         precision = getattr(ctx, "precision", "fp32")   # a context-free check: fp32
         tile = tile or choose_tile(M, N, batch_y * batch_z, precision=precision)
         name, grid, block = sgemm_plan(M, N, trans_a, trans_b, batch_y, batch_z, tile,
-                                       precision)
+                                       precision, dtypes)
+        if dtypes is not None and is_bf16(dtypes[2]) and beta != 0.0:
+            raise ValueError("sgemm: beta != 0 needs a float32 C")
         t = sgemm_tiles()[tile]
         # In-matrix offsets are int32 in the kernel, including those it forms for tile rows
         # past the matrix edge (never dereferenced) and one slice past K.
@@ -276,8 +301,10 @@ class SgemmLaunch(Launch):
                      i32(bias_y, "bias_stride"), i32(red_per_z, "red_per_z"),
                      i32(red_total, "red_total"), np.int32(bias_mode), np.int32(bool(relu)),
                      np.float32(beta))
-        self.vec_a = _vector_static(vector, lda, (a_y, a_z, a_r))
-        self.vec_b = _vector_static(vector, ldb, (b_y, b_z, b_r))
+        bf16 = [is_bf16(d) for d in dtypes] if dtypes is not None else [False] * 3
+        self.vec_a = _vector_static(vector and not bf16[0], lda, (a_y, a_z, a_r))
+        self.vec_b = _vector_static(vector and not bf16[1], ldb, (b_y, b_z, b_r))
+        self.no_bias = _no_bias(ctx, bf16)
         super().__init__(ctx, name, grid, block)
         self.address = array_address
 
@@ -287,46 +314,42 @@ class SgemmLaunch(Launch):
         va = _ONE if self.vec_a and address(a) % 16 == 0 else _ZERO
         vb = _ONE if self.vec_b and address(b) % 16 == 0 else _ZERO
         # Without a bias the kernel never reads the bias pointer; pass A (read-only), not C
-        # (written), so that no restrict-qualified pointer aliases the output.
-        return (a, b, c, a if bias is None else bias, *self.head, va, vb, *self.tail)
+        # (written), so that no restrict-qualified pointer aliases the output (_no_bias).
+        if bias is None:
+            bias = a if self.no_bias is None else self.no_bias
+        return (a, b, c, bias, *self.head, va, vb, *self.tail)
 
     def __call__(self, a, b, c, bias=None):
         self.fire(self.args(a, b, c, bias))
-
-
-class HostGemm:
-    """A GEMM step computed by ``fn(a, b, c, bias)`` on the host side of the array module
-    (cuBLAS through ``xp.matmul``), with the launch interface of :class:`SgemmLaunch`."""
-    __slots__ = ("fire",)
-
-    def __init__(self, fn):
-        self.fire = lambda args: fn(*args)
-
-    @staticmethod
-    def args(a, b, c, bias=None):
-        return a, b, c, bias
-
-    def __call__(self, a, b, c, bias=None):
-        self.fire((a, b, c, bias))
 
 
 class SplitKGemm:
     """A GEMM with its K split (:func:`gemm_plan`), with the launch interface of
     :class:`SgemmLaunch`: the parts' sgemm launch writes ``plan.split`` partial products
     (M x N each, no epilogue) into the workspace, then ``sgemm_splitk_epilogue`` adds them in
-    part order and applies bias, beta * out and ReLU once into ``out``."""
-    __slots__ = ("plan", "parts", "reduce", "scalars", "workspace", "count")
+    part order and applies bias, beta * out and ReLU once into ``out``. A bf16 ``out``
+    (``dtypes``): the parts stay float32, the epilogue writes a float32 workspace and
+    ``cast_to_bf16`` rounds it into ``out`` once (beta must be 0)."""
+    __slots__ = ("plan", "parts", "reduce", "scalars", "workspace", "count", "rounding",
+                 "no_bias")
 
-    def __init__(self, ctx, plan, M, N, K, trans_a, trans_b, has_bias, bias_axis, relu, beta):
+    def __init__(self, ctx, plan, M, N, K, trans_a, trans_b, has_bias, bias_axis, relu, beta,
+                 dtypes=None):
         kp, S, count = plan.k_part, plan.split, M * N
         lda, ldb = (M if trans_a else K), (K if trans_b else N)
+        bf16_out = dtypes is not None and is_bf16(dtypes[2])
+        if bf16_out and beta != 0.0:
+            raise ValueError("sgemm: beta != 0 needs a float32 C")
         # Part z reads op(A)[:, z kp:] and op(B)[z kp:, :]: kp elements along a k-contiguous
         # row, kp rows otherwise.
         self.parts = SgemmLaunch(ctx, M, N, kp, lda, ldb, N, trans_a, trans_b, batch_z=S,
                                  a_z=kp * lda if trans_a else kp,
                                  b_z=kp if trans_b else kp * ldb, c_z=count, tile=plan.tile,
-                                 k_last=plan.k_last)
+                                 k_last=plan.k_last,
+                                 dtypes=None if dtypes is None else (*dtypes[:2], FLOAT32))
         self.reduce, lanes = _ordered_sum_launch(ctx, "sgemm_splitk_epilogue", count, S)
+        self.rounding = plan_1d(ctx, "cast_to_bf16", count) if bf16_out else None
+        self.no_bias = self.parts.no_bias
         bias_mode = _bias_mode(has_bias, bias_axis)
         self.scalars = (i32(count, "M * N"), np.int32(S), i32(count, "part stride"),
                         np.int32(lanes), i32(N, "N"), np.int32(bias_mode),
@@ -342,8 +365,14 @@ class SplitKGemm:
         a, b, c, bias = args
         parts, gemm = self.workspace(SPLIT_WORKSPACE, self.count), self.parts
         gemm.fire(gemm.args(a, b, parts))
-        # Without a bias the kernel never reads the pointer: A, as in SgemmLaunch.args.
-        self.reduce.fire((parts, c, a if bias is None else bias, *self.scalars))
+        out = c if self.rounding is None else self.workspace(SPLIT_OUT_WORKSPACE,
+                                                             self.scalars[0])
+        # Without a bias the kernel never reads the pointer: as in SgemmLaunch.args.
+        if bias is None:
+            bias = a if self.no_bias is None else self.no_bias
+        self.reduce.fire((parts, out, bias, *self.scalars))
+        if self.rounding is not None:
+            self.rounding.fire((out, c, self.scalars[0]))
 
     def __call__(self, a, b, c, bias=None):
         self.fire((a, b, c, bias))
@@ -418,37 +447,29 @@ def reference(a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=F
 
 
 def plan_gemm(ctx, M, N, K, trans_a=False, trans_b=False, has_bias=False, bias_axis=1,
-              relu=False, beta=0.0, *, tile=None, split=None):
+              relu=False, beta=0.0, *, tile=None, split=None, dtypes=None):
     """The launch of out = op(a) @ op(b) (+ bias) (+ beta * out) (ReLU) for 2-D row-major
     operands of these sizes (checked by the caller), as :func:`gemm_plan` decides: our SGEMM
     (an :class:`SgemmLaunch`, or a :class:`SplitKGemm` for a split K), or cuBLAS
     (``xp.matmul``, a :class:`HostGemm`) where the context says so. Each runs as
     ``gemm.fire(gemm.args(a, b, out, bias))`` or ``gemm(a, b, out, bias)``. ``tile`` /
-    ``split`` override the plan's choices (tests)."""
+    ``split`` override the plan's choices (tests). ``dtypes``: those of a, b, out (None:
+    float32; bf16 ones: :data:`BF16_GEMMS`)."""
+    gemm_io_suffix(trans_a, trans_b, dtypes, ctx.precision)   # refuses what no kernel runs
     if ctx.use_cublas:
-        xp, beta32 = ctx.xp, np.float32(beta)
-
-        def run(a, b, out, bias):
-            r = xp.matmul(a.T if trans_a else a, b.T if trans_b else b)
-            if bias is not None:
-                r += bias[:, None] if bias_axis == 0 else bias[None, :]
-            if beta != 0.0:
-                r += beta32 * out
-            if relu:
-                xp.maximum(r, 0, out=r)
-            out[...] = r
-        return HostGemm(run)
+        return cublas_gemm(ctx, M, N, trans_a, trans_b, bias_axis, relu, beta, dtypes)
     if M == 0 or N == 0:
         return HostGemm(lambda a, b, out, bias: None)
     plan = gemm_plan(M, N, K, trans_a, trans_b, tile=tile, split=split,
                      max_part_floats=int(ctx.workspace_bytes) // SPLIT_PARTS_SHARE // 4,
-                     precision=ctx.precision)
+                     precision=ctx.precision, dtypes=dtypes)
     if plan.split > 1:
         return SplitKGemm(ctx, plan, M, N, K, trans_a, trans_b, has_bias, bias_axis, relu,
-                          beta)
+                          beta, dtypes)
     return SgemmLaunch(ctx, M, N, K, lda=M if trans_a else K, ldb=K if trans_b else N, ldc=N,
                        trans_a=trans_a, trans_b=trans_b, has_bias=has_bias,
-                       bias_axis=bias_axis, relu=relu, beta=beta, tile=plan.tile)
+                       bias_axis=bias_axis, relu=relu, beta=beta, tile=plan.tile,
+                       dtypes=dtypes)
 
 
 def gemm(ctx, a, b, trans_a=False, trans_b=False, bias=None, bias_axis=1, relu=False,

@@ -1,14 +1,22 @@
 """Fully connected layer: y = x @ w.T + b (w is (out_features, in_features)), optionally with
 a fused ReLU (the entry points ``B.linear``/``B.linear_backward`` and their plans are at the
 end). The device path is the SGEMM of :mod:`.gemm` (``kernels/sgemm.cu``) plus
-``bias_grad_rows`` (``kernels/conv_reduce.cu``); tests: ``tests/ops/test_linear.py``."""
+``bias_grad_rows`` (``kernels/conv_reduce.cu``); tests: ``tests/ops/test_linear.py``.
+
+Under precision bf16 the device backends also take x and dy as bf16 bits (uint16,
+gpucnn/ops/storage.py) and return y and dx so (w, b, dw, db stay float32): the GEMMs of
+:data:`gpucnn.ops.gemm.BF16_GEMMS` and ``bias_grad_rows_bf16io``
+(tests/ops/test_linear_bf16io.py). The reference backend's definitions take them too and
+round y and dx once (:func:`~gpucnn.ops.dispatch.bf16_activations`). The activations' dtype
+is the last element of the ops' setups."""
 from __future__ import annotations
 
 import numpy as np
 
-from .dispatch import Op, api, grads_into, plain, rounded, with_ctx
+from .dispatch import Op, api, bf16_activations, grads_into, plain, rounded, with_ctx
 from .gemm import plan_gemm
 from .launch import i32, plan_1d
+from .storage import FLOAT32, io_kernel, is_bf16
 
 __all__ = ["linear_reference", "linear_backward_reference", "linear_cpu",
            "linear_backward_cpu", "linear_device", "linear_backward_device", "LINEAR",
@@ -73,28 +81,29 @@ def linear_backward_cpu(rt, dy, x, w):
     return dx, dw, dy.sum(axis=0)
 
 
-def linear_device(ctx, dims, has_bias, relu):
-    # y (B x out) = x (B x in) @ w^T (in x out) + b (one per column)
+def linear_device(ctx, dims, has_bias, relu, dtype):
+    # y (B x out) = x (B x in) @ w^T (in x out) + b (one per column); x and y of `dtype`
     n, fin, fout = dims
     fwd, empty = plan_gemm(ctx, n, fout, fin, trans_b=True, has_bias=has_bias, bias_axis=1,
-                           relu=relu), ctx.empty
+                           relu=relu, dtypes=(dtype, FLOAT32, dtype)), ctx.empty
 
     def run(x, w, b):
-        y = empty((n, fout), np.float32)
+        y = empty((n, fout), dtype)
         fwd.fire(fwd.args(x, w, y, b))
         return y
     return run
 
 
-def linear_backward_device(ctx, dims):
+def linear_backward_device(ctx, dims, dtype):
     n, fin, fout = dims
-    data = plan_gemm(ctx, n, fin, fout)                   # dx = dy (B x out) @ w (out x in)
-    weights = plan_gemm(ctx, fout, fin, n, trans_a=True)  # dw = dy^T (out x B) @ x (B x in)
-    bias = plan_1d(ctx, "bias_grad_rows", fout)
+    # dx = dy (B x out) @ w (out x in); dw = dy^T (out x B) @ x (B x in)
+    data = plan_gemm(ctx, n, fin, fout, dtypes=(dtype, FLOAT32, dtype))
+    weights = plan_gemm(ctx, fout, fin, n, trans_a=True, dtypes=(dtype, dtype, FLOAT32))
+    bias = plan_1d(ctx, io_kernel("bias_grad_rows", dtype), fout)
     rows, cols, empty = i32(n, "rows"), i32(fout, "cols"), ctx.empty
 
     def run(dy, x, w, dw=None, db=None):
-        dx = empty((n, fin), np.float32)
+        dx = empty((n, fin), dtype)
         dw = empty((fout, fin), np.float32) if dw is None else dw
         db = empty((fout,), np.float32) if db is None else db
         data.fire(data.args(dy, w, dx))
@@ -104,37 +113,63 @@ def linear_backward_device(ctx, dims):
     return run
 
 
+# setups: (dims, has_bias, relu, the activations' dtype) and (dims, the activations' dtype)
 LINEAR = Op("linear",
-            rounded(lambda ctx, dims, has_bias, relu: (
-                lambda x, w, b: linear_reference(x, w, b, relu)), 2),
-            lambda rt, dims, has_bias, relu: lambda x, w, b: linear_cpu(rt, x, w, b, relu),
+            bf16_activations(rounded(lambda ctx, dims, has_bias, relu, dtype: (
+                lambda x, w, b: linear_reference(x, w, b, relu)), 2)),
+            lambda rt, dims, has_bias, relu, dtype: lambda x, w, b: linear_cpu(rt, x, w, b, relu),
             linear_device)
 LINEAR_BACKWARD = Op("linear_backward",
-                     grads_into(rounded(plain(linear_backward_reference, False), 3, (0,))),
+                     grads_into(bf16_activations(rounded(plain(linear_backward_reference, False),
+                                                         3, (0,)))),
                      grads_into(with_ctx(linear_backward_cpu, False)), linear_backward_device)
 
 
+def _activations(backend, **arrays):
+    """The activations' dtype of a call (its arrays checked with dtype="activation"):
+    float, or bf16 bits, which need the backend to compute in bf16; mixing the two is a
+    TypeError naming the arrays."""
+    (first, a), *rest = arrays.items()
+    for name, other in rest:
+        if is_bf16(other) != is_bf16(a):
+            raise TypeError(f"linear: {first} has dtype {a.dtype} and {name} {other.dtype}: "
+                            f"activations are all float or all bf16 bits (uint16)")
+    if is_bf16(a) and backend.precision != "bf16":
+        raise TypeError(f"linear: bf16 activations (uint16) need precision bf16, the "
+                        f"{backend.name} backend computes in {backend.precision}")
+    return a.dtype
+
+
+def _weight_dtype(x):
+    """What w and b are checked against: float32 beside bf16 activations, else any float."""
+    return FLOAT32 if is_bf16(x) else "float"
+
+
 def linear_plan(backend, x, w, b=None, relu=False):
-    backend.check(x, "x", 2)
-    backend.check(w, "w", 2)
+    backend.check(x, "x", 2, dtype="activation")
+    dtype = _activations(backend, x=x)
+    backend.check(w, "w", 2, dtype=_weight_dtype(x))
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"linear: x has {x.shape[1]} features but w expects in_features="
                          f"{w.shape[1]} (w.shape={tuple(w.shape)})")
     if b is not None:
-        backend.check(b, "b", 1, shape=(w.shape[0],))
+        backend.check(b, "b", 1, shape=(w.shape[0],), dtype=_weight_dtype(x))
     dims, wt = (x.shape[0], x.shape[1], w.shape[0]), (w.dtype,)
-    return backend.plan(LINEAR, (dims, b is not None, bool(relu)), ("x", x.shape, (x.dtype,)),
-                        ("w", w.shape, wt), ("b", (w.shape[0],), wt) if b is not None else None)
+    return backend.plan(LINEAR, (dims, b is not None, bool(relu), dtype),
+                        ("x", x.shape, (x.dtype,)), ("w", w.shape, wt),
+                        ("b", (w.shape[0],), wt) if b is not None else None)
 
 
 def linear_backward_plan(backend, dy, x, w):
     """The run takes (dy, x, w, dw_out, db_out): where the weight and bias gradients go
-    (None: new arrays), e.g. views of a model's flat gradient buffer."""
-    backend.check(x, "x", 2)
-    backend.check(w, "w", 2)
-    backend.check(dy, "dy", 2, shape=(x.shape[0], w.shape[0]))
+    (None: new arrays), e.g. views of a model's flat gradient buffer. dy and x are both float
+    or both bf16 bits (then dx is too; dw and db stay float32)."""
+    backend.check(x, "x", 2, dtype="activation")
+    backend.check(w, "w", 2, dtype=_weight_dtype(x))
+    backend.check(dy, "dy", 2, shape=(x.shape[0], w.shape[0]), dtype="activation")
+    dtype = _activations(backend, x=x, dy=dy)
     dims, dt, wt = (x.shape[0], x.shape[1], w.shape[0]), (x.dtype,), (w.dtype,)
-    return backend.plan(LINEAR_BACKWARD, (dims,), ("dy", dy.shape, (dy.dtype,)),
+    return backend.plan(LINEAR_BACKWARD, (dims, dtype), ("dy", dy.shape, (dy.dtype,)),
                         ("x", x.shape, dt), ("w", w.shape, wt), ("dw_out", w.shape, wt, True),
                         ("db_out", (w.shape[0],), wt, True))
 

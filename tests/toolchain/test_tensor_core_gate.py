@@ -19,9 +19,12 @@ def tc_records():
 def test_every_tensor_core_kernel_runs_hmma_of_its_kind(tc_records):
     decls = kernel_decls()
     tc = {r.kernel: r for r in tc_records if r.kernel != "*"}
-    # 12 GEMMs, 12 convolutions: 9 with float32 activations, 3 with bf16 ones (_bf16io)
-    assert len(tc) == 24 and all(decls[k].tc for k in tc)
-    assert sum(k.endswith("_bf16io") and decls[k].tc == "bf16" for k in tc) == 3
+    # 17 GEMMs: 12 on float32 operands, the linear layer's 3 on bf16 activations (_bf16io)
+    # and 2 for the float32 parts of their split K (_bf16a); 12 convolutions: 9 with float32
+    # activations, 3 with bf16 ones (_bf16io)
+    assert len(tc) == 29 and all(decls[k].tc for k in tc)
+    assert sum(k.endswith("_bf16io") and decls[k].tc == "bf16" for k in tc) == 6
+    assert sum(k.endswith("_bf16a") and decls[k].tc == "bf16" for k in tc) == 2
     assert not gate_failures(tc_records), gate_failures(tc_records)
     for name, r in tc.items():
         kind = decls[name].tc.upper()
