@@ -16,7 +16,7 @@ import numpy as np
 from .dispatch import Op, api, bf16_activations, grads_into, plain, rounded, with_ctx
 from .gemm import plan_gemm
 from .launch import i32, plan_1d
-from .storage import FLOAT32, io_kernel, is_bf16
+from .storage import FLOAT32, common_dtype, io_kernel, is_bf16
 
 __all__ = ["linear_reference", "linear_backward_reference", "linear_cpu",
            "linear_backward_cpu", "linear_device", "linear_backward_device", "LINEAR",
@@ -125,21 +125,6 @@ LINEAR_BACKWARD = Op("linear_backward",
                      grads_into(with_ctx(linear_backward_cpu, False)), linear_backward_device)
 
 
-def _activations(backend, **arrays):
-    """The activations' dtype of a call (its arrays checked with dtype="activation"):
-    float, or bf16 bits, which need the backend to compute in bf16; mixing the two is a
-    TypeError naming the arrays."""
-    (first, a), *rest = arrays.items()
-    for name, other in rest:
-        if is_bf16(other) != is_bf16(a):
-            raise TypeError(f"linear: {first} has dtype {a.dtype} and {name} {other.dtype}: "
-                            f"activations are all float or all bf16 bits (uint16)")
-    if is_bf16(a) and backend.precision != "bf16":
-        raise TypeError(f"linear: bf16 activations (uint16) need precision bf16, the "
-                        f"{backend.name} backend computes in {backend.precision}")
-    return a.dtype
-
-
 def _weight_dtype(x):
     """What w and b are checked against: float32 beside bf16 activations, else any float."""
     return FLOAT32 if is_bf16(x) else "float"
@@ -147,7 +132,7 @@ def _weight_dtype(x):
 
 def linear_plan(backend, x, w, b=None, relu=False):
     backend.check(x, "x", 2, dtype="activation")
-    dtype = _activations(backend, x=x)
+    dtype = common_dtype("linear", x=x)
     backend.check(w, "w", 2, dtype=_weight_dtype(x))
     if x.shape[1] != w.shape[1]:
         raise ValueError(f"linear: x has {x.shape[1]} features but w expects in_features="
@@ -167,7 +152,7 @@ def linear_backward_plan(backend, dy, x, w):
     backend.check(x, "x", 2, dtype="activation")
     backend.check(w, "w", 2, dtype=_weight_dtype(x))
     backend.check(dy, "dy", 2, shape=(x.shape[0], w.shape[0]), dtype="activation")
-    dtype = _activations(backend, x=x, dy=dy)
+    dtype = common_dtype("linear", x=x, dy=dy)
     dims, dt, wt = (x.shape[0], x.shape[1], w.shape[0]), (x.dtype,), (w.dtype,)
     return backend.plan(LINEAR_BACKWARD, (dims, dtype), ("dy", dy.shape, (dy.dtype,)),
                         ("x", x.shape, dt), ("w", w.shape, wt), ("dw_out", w.shape, wt, True),

@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["BF16", "FLOAT32", "io_kernel", "is_bf16", "activation_dtype",
-           "activation_storage", "activation_itemsize"]
+           "activation_storage", "activation_itemsize",
+           "common_dtype"]
 
 BF16 = np.dtype(np.uint16)
 FLOAT32 = np.dtype(np.float32)
@@ -59,3 +60,15 @@ def activation_itemsize(backend):
     if activation_dtype(backend) == BF16:
         return 2
     return 8 if backend.name == "reference" else 4
+
+
+def common_dtype(op, **arrays):
+    """The activations' dtype of a call to ``op`` (its arrays already checked with
+    ``dtype="activation"``): the named arrays are all float or all bf16 bits; mixing the two
+    is a TypeError naming them."""
+    (first, a), *rest = arrays.items()
+    for name, other in rest:
+        if is_bf16(other) != is_bf16(a):
+            raise TypeError(f"{op}: {first} has dtype {a.dtype} and {name} {other.dtype}: "
+                            f"activations are all float or all bf16 bits (uint16)")
+    return a.dtype

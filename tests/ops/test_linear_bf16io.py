@@ -244,8 +244,8 @@ def test_other_precisions_refuse_bf16_activations(device_precision, rng, precisi
     D = device_precision(precision)
     xb, _ = bf16_exact(rng, (2, 3))
     w = D.asarray(rng.standard_normal((4, 3)).astype(np.float32))
-    msg = (rf"linear: bf16 activations \(uint16\) need precision bf16, the \w+ backend "
-           rf"computes in {precision}")
+    msg = (rf"uint16, which the ops read as bf16 activations under precision bf16 only; "
+           rf"the \w+ backend computes in {precision}")
     with pytest.raises(TypeError, match=msg):
         D.linear(D.asarray(xb, BF16), w)
     with pytest.raises(TypeError, match=msg):

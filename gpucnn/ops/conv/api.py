@@ -25,7 +25,7 @@ from .. import activation
 from ..dispatch import Op, api, bf16_activations, grads_into, into as _into, rounded
 from ..pool import api as pool_api
 from ..pool import pool_geometry
-from ..storage import is_bf16
+from ..storage import common_dtype, is_bf16
 from . import algos, conv_geometry, direct, reference, wide_fused
 
 
@@ -136,18 +136,6 @@ def _forward_specs(g, x, w, b):
             ("b", (g.F,), wt) if b is not None else None)
 
 
-def _activations(backend, **arrays):
-    """The activations' dtype of a call (its arrays checked with dtype="activation": bf16 bits
-    only under precision bf16): float32 or bf16; mixing the two is a TypeError naming the
-    arrays."""
-    (first, a), *rest = arrays.items()
-    for name, other in rest:
-        if is_bf16(other) != is_bf16(a):
-            raise TypeError(f"conv2d: {first} has dtype {a.dtype} and {name} {other.dtype}: "
-                            f"activations are all float32 or all bf16 bits (uint16)")
-    return a.dtype
-
-
 def _select(backend, direction, g, algo, dtype, run, *needs):
     """The algorithm of a call: the selector's choice, except for bf16 activations, which
     only the implicit GEMM reads and writes (nothing timed; recorded as the selector records
@@ -171,7 +159,7 @@ def conv2d_plan(backend, x, w, b=None, stride=1, padding=0, dilation=1, groups=1
                 algo=None):
     g = _geometry(backend, x, w, b, stride, padding, dilation, groups)
     relu, specs = bool(relu), _forward_specs(g, x, w, b)
-    dtype = _activations(backend, x=x)
+    dtype = common_dtype("conv2d", x=x)
 
     def planned(name):
         return backend.plan(CONV, (g, relu, b is not None, name, dtype), *specs)
@@ -183,7 +171,7 @@ def conv2d_backward_plan(backend, dy, x, w, stride=1, padding=0, dilation=1, gro
                          need_dx=True, need_dw=True, algo=None):
     g = _geometry(backend, x, w, None, stride, padding, dilation, groups)
     backend.check(dy, "dy", 4, dtype="activation", shape=g.y_shape)
-    dtype = _activations(backend, x=x, dy=dy)
+    dtype = common_dtype("conv2d", x=x, dy=dy)
     need_dx, need_dw = bool(need_dx), bool(need_dw)
     specs = (("dy", g.y_shape, (dy.dtype,)), ("x", g.x_shape, (x.dtype,)),
              ("w", g.w_shape, (w.dtype,)), *_grad_out_specs(g, w))
@@ -201,7 +189,7 @@ def conv2d_relu_maxpool_plan(backend, x, w, b=None, stride=1, padding=0, dilatio
     g = _geometry(backend, x, w, b, stride, padding, dilation, groups)
     pg = pool_geometry(g.y_shape, kernel_size, pool_stride, pool_padding)
     specs = _forward_specs(g, x, w, b)
-    dtype = _activations(backend, x=x)
+    dtype = common_dtype("conv2d", x=x)
     # Timing (cuda's auto) runs the plain convolution: the algorithms differ only there.
     name = _select(backend, "forward", g, algo, dtype, lambda n: backend.plan(
         CONV, (g, True, b is not None, n, dtype), *specs).run(x, w, b))
@@ -216,7 +204,7 @@ def conv2d_relu_maxpool_backward_plan(backend, dy, switches, y, x, w, stride=1, 
     backend.check(y, "y", 4, dtype="activation", shape=pg.y_shape)
     backend.check(dy, "dy", 4, dtype="activation", shape=pg.y_shape)
     backend.check(switches, "switches", 4, dtype=np.int32, shape=pg.y_shape)
-    dtype = _activations(backend, x=x, dy=dy, y=y)
+    dtype = common_dtype("conv2d", x=x, dy=dy, y=y)
     need_dx, need_dw = bool(need_dx), bool(need_dw)
     dt = (x.dtype,)
     conv_specs = (("dy", g.y_shape, dt), ("x", g.x_shape, dt), ("w", g.w_shape, (w.dtype,)),
