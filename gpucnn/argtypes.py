@@ -104,8 +104,9 @@ def add_precision_arg(parser, precisions):
     parser.add_argument("--precision", type=str.lower, choices=precisions, default=None,
                         help="arithmetic of the convolutions and fully connected layers: fp32 "
                              "(CUDA cores), tf32 (tensor cores, 10-bit operands), 3xtf32 "
-                             "(tensor cores, FP32-accurate), bf16 (tensor cores, 7-bit "
-                             "operands, FP32 accumulation and storage); the numpy backend "
+                             "(tensor cores, FP32-accurate), bf16 (mixed precision: tensor "
+                             "cores, 7-bit operands, FP32 accumulation, activations held in "
+                             "bf16, weights and optimizer state in FP32); the numpy backend "
                              "computes in fp32 only (default: $GPUCNN_PRECISION or fp32)")
 
 

@@ -228,3 +228,5 @@ def test_every_named_models_training_step_can_be_captured(name, optimizer, preci
     if precision == "bf16":   # the convolutions run on bf16 activations
         assert {n for n in names if n.startswith("conv_implicit_")} == {
             f"conv_implicit_{op}_bf16_bf16io" for op in ("fprop", "dgrad", "wgrad")}, names
+        # and the fully connected layers too (split-K ones end in _bf16a: float partial sums)
+        assert {n for n in names if n.startswith("sgemm_bf16_") and n.endswith("_bf16io")}

@@ -102,22 +102,23 @@ class LayerSpec:
         outs = g.N * g.C * g.Ho * g.Wo
         return outs * g.kh * g.kw if pass_ == "fwd" else outs
 
-    def min_bytes(self, pass_):
-        """Bytes every input and output of the pass occupies, each touched once (float32;
-        int32 pool switches): the compulsory traffic of a perfect kernel."""
+    def min_bytes(self, pass_, act=F32):
+        """Bytes every input and output of the pass occupies, each touched once (activations
+        x, y, dx, dy at ``act`` bytes: 2 where they are held in bf16; weights float32; int32
+        pool switches): the compulsory traffic of a perfect kernel."""
         x, w, b, y = self.shapes()
         n = lambda s: int(np.prod(s)) if s is not None else 0  # noqa: E731
         if self.kind == "conv" or self.kind == "linear":
             if pass_ == "fwd":
-                return F32 * (n(x) + n(w) + n(b) + n(y))
+                return act * (n(x) + n(y)) + F32 * (n(w) + n(b))
             if pass_ == "bwd_data":
-                return F32 * (n(y) + n(w) + n(x))             # dy, w -> dx
+                return act * (n(y) + n(x)) + F32 * n(w)             # dy, w -> dx
             if pass_ == "bwd_weights":
-                return F32 * (n(y) + n(x) + n(w) + n(b))      # dy, x -> dw, db
-            return F32 * (n(y) + n(x) + 2 * n(w) + n(b) + n(x))  # linear bwd: dy,x,w->dx,dw,db
+                return act * (n(y) + n(x)) + F32 * (n(w) + n(b))    # dy, x -> dw, db
+            return act * (n(y) + 2 * n(x)) + F32 * (2 * n(w) + n(b))  # linear: dy,x,w->dx,dw,db
         if pass_ == "fwd":
-            return F32 * (n(x) + n(y)) + I32 * n(y)             # x -> y, switches
-        return F32 * (n(y) + n(x)) + I32 * n(y)                 # dy, switches -> dx
+            return act * (n(x) + n(y)) + I32 * n(y)             # x -> y, switches
+        return act * (n(y) + n(x)) + I32 * n(y)                 # dy, switches -> dx
 
 
 def _alexnet_layers(batch):
@@ -196,8 +197,9 @@ def gpucnn_pass(spec, pass_, B, data):
     # in isolation. The nets benchmarks include such forward->backward reuse.
     xs = [B.asarray(np.array(x, copy=True)) for x in xs_h]
     dys = [B.asarray(np.array(d, copy=True)) for d in dys_h]
-    if spec.kind in ("conv", "pool") and activation_dtype(B) == BF16:
+    if activation_dtype(B) == BF16:
         # as a network holds them under bf16 (gpucnn/ops/storage.py): the _bf16io kernels
+        # (min_bytes(pass_, 2) counts them so)
         xs, dys = [B.to_bf16(x) for x in xs], [B.to_bf16(d) for d in dys]
     k = len(xs)
     if spec.kind == "conv":

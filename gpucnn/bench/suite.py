@@ -22,6 +22,7 @@ from .roofline import H100_SXM, DevicePeaks, kernel_records, roofline_rows
 from .telemetry import MEMORY_NOTE, open_sampler
 from .timing import CupyEventTimer, Runner, WallTimer, run_interleaved, summarize
 from .torch_side import run_child
+from ..ops.storage import BF16, activation_dtype
 
 __all__ = ["BenchConfig", "run_suite", "SCHEMA"]
 
@@ -354,6 +355,7 @@ def _pooled(label, ours, theirs):
 
 def _file_layers(cfg, B, ours, theirs, tel, pk, res, log):
     tname = f"torch-{res['environment']['torch']['device']}" if theirs else None
+    act = 2 if activation_dtype(B) == BF16 else 4  # bytes per activation (both frameworks')
     for spec in cfg.layer_specs:
         for p in spec.passes:
             label = _layer_label(spec, p)
@@ -362,7 +364,7 @@ def _file_layers(cfg, B, ours, theirs, tel, pk, res, log):
                 continue
             base = {"layer": spec.name, "set": spec.source, "kind": spec.kind, "pass": p,
                     "describe": spec.describe(), "batch": spec.batch,
-                    "flops": spec.flops(p), "min_bytes": spec.min_bytes(p)}
+                    "flops": spec.flops(p), "min_bytes": spec.min_bytes(p, act)}
             telem = tel.summary(label)
             peak_for = pk if spec.kind != "pool" else None
             for fw, bk in (("gpucnn", B.name), ("torch", tname)):
@@ -378,6 +380,7 @@ def _file_layers(cfg, B, ours, theirs, tel, pk, res, log):
 
 def _file_nets(cfg, B, ours, theirs, tel, res, log):
     tname = f"torch-{res['environment']['torch']['device']}" if theirs else None
+    act = 2 if activation_dtype(B) == BF16 else 4  # bytes per activation (both frameworks')
     for name, batch in cfg.nets:
         fwd_flops = None
         for mode in cfg.modes:

@@ -4,15 +4,19 @@ bfloat16, as PyTorch's ``torch.autocast(dtype=torch.bfloat16)`` holds them.
 NumPy and CuPy have no bfloat16 dtype: a bf16 tensor is a **uint16 array of the bits**
 (:data:`BF16`; ``gpucnn.ops.precision.round_bf16`` / ``bf16_to_float32`` convert on the host,
 ``kernels/bf16_storage.cuh`` in kernels, ``B.to_bf16`` / ``B.from_bf16`` on any backend). The
-functional API takes and returns float32 in every precision; the ops that have bf16 kernels
-(named ``<kernel>_bf16io``: convolution, ReLU, dropout, max-pool, LRN) also take uint16
-tensors on device backends and then return uint16 ones. Their plain definitions on the
+functional API takes and returns float32 in every precision; under precision bf16 the ops
+that have bf16 kernels (named ``<kernel>_bf16io``: convolution (implicit GEMM), linear, ReLU,
+dropout, max-pool, LRN) also take uint16 tensors and then return uint16 ones (in any other
+precision a uint16 tensor is refused: 16-bit data is never read as bfloat16). Their plain definitions on the
 ``reference`` backend do the same (widen, compute, round the activation result once:
 ``gpucnn.ops.dispatch.bf16_activations``), so the reference is the oracle of the kernels,
 rounding points included. The layer graph (:class:`gpucnn.nn.Sequential`) uses that: under
 ``bf16`` its layers pass bf16 tensors to each other, and a layer without bf16 kernels
-(``bf16_native`` False: fully connected, average and LP pooling) gets its input converted to
-float32 and its output rounded back (what autocast does around its float32 ops).
+(``bf16_native`` False: average and LP pooling) gets its input converted to float32 and its
+output rounded back (what autocast does around its float32 ops). Float32 always: weights
+(the master copy), their gradients, optimizer state, max-pool switches (int32), dropout's
+mask, LRN's scale, the loss and softmax; the network's logits are returned as float32 (their
+values those of the last layer's bf16 output, as autocast's).
 """
 from __future__ import annotations
 
