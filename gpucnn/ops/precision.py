@@ -14,10 +14,11 @@ multiplies (conv forward / backward-data / backward-weights, im2col or implicit;
 * ``bf16``: mixed precision: tensor cores, operands rounded to bfloat16 (7 mantissa bits) as
   the kernels stage them, FP32 accumulation; the layer graph holds activations in bf16
   (:mod:`gpucnn.ops.storage` says which tensors), while weights (the FP32 master copy),
-  their gradients, optimizer state, logits, loss and softmax stay float32.
+  their gradients, optimizer state, loss and softmax stay float32.
 
 Everything else (pooling, activations, LRN, loss, optimizers) computes in FP32 whatever the
-setting; the functional API takes and returns float32 arrays in every precision.
+setting; the functional API takes and returns float32 arrays in every precision (under bf16
+the ops with bf16 kernels also take and return bf16 bits, gpucnn/ops/storage.py).
 
 TF32 has float32's sign and 8-bit exponent and 10 explicit mantissa bits; a TF32 value is
 held in a float32 whose low 13 mantissa bits are zero. BF16 is the high half of a float32
