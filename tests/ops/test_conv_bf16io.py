@@ -26,13 +26,12 @@ from gpucnn import get_backend
 from gpucnn.ops.conv import conv_geometry, implicit
 from gpucnn.ops.precision import bf16_to_float32, round_bf16
 from gpucnn.ops.storage import BF16
-from gpucnn.testing import assert_close, f64
+from bf16_checks import (EMU_BF16_POISON, B, assert_bits_equal, assert_within,  # noqa: F401
+                         bf16_exact, bf16_gemm_bound, dev16)
+from gpucnn.testing import f64
 from gpucnn.toolchain import kernel_decls, kernel_dir
 from gpucnn.toolchain.parse import object_macros, strip_comments
 
-U = 2.0 ** -8
-EPS32 = 2.0 ** -24
-POISON = 0xFFC1   # what ctx.empty fills uint16 outputs with on emu (no rounding gives it)
 
 # x shape, w shape, geometry. Small batches: the emulator runs every thread.
 CASES = {
@@ -49,43 +48,6 @@ SLOW_CASES = {
     # AlexNet's conv1 (11x11, stride 4) on a 67x67 crop
     "alexnet_conv1_like": ((2, 3, 67, 67), (96, 3, 11, 11), dict(stride=4, padding=2)),
 }
-
-
-@pytest.fixture
-def B(device_precision):
-    """The device backend in precision bf16 (made once per session: conftest's cache)."""
-    b = device_precision("bf16")
-    assert b.precision == "bf16"
-    return b
-
-
-def bf16_exact(rng, shape):
-    """(bits, their float32 values) of standard normal draws rounded to bf16."""
-    bits = round_bf16(rng.standard_normal(shape).astype(np.float32))
-    return bits, bf16_to_float32(bits)
-
-
-def dev16(B, bits):
-    return B.asarray(bits, BF16)
-
-
-def bound(K):
-    """The bf16 tensor-core bound factor of tests/ops/test_tensor_cores.py (module docstring)
-    plus the final rounding of a bf16 output."""
-    return 2 * U + U * U + K * EPS32 + U
-
-
-def check(out, ref, magnitude, factor, what):
-    tol = factor * float(np.linalg.norm(magnitude)) / float(np.linalg.norm(ref))
-    return assert_close(out, ref, tol, what, elem_tol=tol * 4)
-
-
-def assert_bits_equal(out, want, what):
-    assert out.dtype == np.uint16 and out.shape == want.shape, (what, out.dtype, out.shape)
-    assert not (out == POISON).any(), f"{what}: elements left unwritten (poison)"
-    diff = np.flatnonzero(out != want)
-    assert diff.size == 0, (f"{what}: {diff.size} of {out.size} differ, first at "
-                            f"{diff[:5]}: {out.ravel()[diff[:5]]} != {want.ravel()[diff[:5]]}")
 
 
 def run_case(B, reference_backend, rng, xs, ws, kw, what):
@@ -117,7 +79,7 @@ def run_case(B, reference_backend, rng, xs, ws, kw, what):
     lengths = (g.K, g.Fg * g.kh * g.kw, g.N * g.Ho * g.Wo, g.N * g.Ho * g.Wo)
     outs = (y, bf16_to_float32(dx), dw, db)
     for name, o, e, m, K in zip(("y", "dx", "dw", "db"), outs, exact, mags, lengths):
-        check(o, e, m, bound(K), f"{what} {name} vs float64")
+        assert_within(o, e, m, bf16_gemm_bound(K), f"{what} {name} vs float64")
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -176,11 +138,11 @@ def test_bf16io_non_finite_and_signed_zero(B, rng):
 
 
 def test_outputs_are_poisoned_on_emu(B):
-    """ctx.empty fills a uint16 output with POISON on emu: the bit-equality checks above
+    """ctx.empty fills a uint16 output with EMU_BF16_POISON on emu: the bit-equality checks above
     then fail for any element a kernel skips."""
     if B.name != "emu":
         pytest.skip("poisoned outputs are the emulator's")
-    assert np.all(B.to_numpy(B.ctx.empty((3,), BF16)) == POISON)
+    assert np.all(B.to_numpy(B.ctx.empty((3,), BF16)) == EMU_BF16_POISON)
 
 
 def test_float_and_bf16_calls_get_plans_of_their_own(B, rng):

@@ -27,13 +27,12 @@ from gpucnn.ops.gemm import (BF16_GEMMS, SgemmLaunch, SplitKGemm, array_address,
                              plan_gemm, vector_ok)
 from gpucnn.ops.precision import bf16_to_float32, round_bf16
 from gpucnn.ops.storage import BF16, FLOAT32
+from bf16_checks import (B, assert_bits_equal, assert_within, bf16_exact,  # noqa: F401
+                         bf16_gemm_bound, dev16)
 from gpucnn.testing import assert_close, f64
 from gpucnn.toolchain import kernel_decls, kernel_dir, kernel_signatures
 from gpucnn.toolchain.parse import object_macros, strip_comments
 
-U = 2.0 ** -8
-EPS32 = 2.0 ** -24
-POISON = 0xFFC1   # what ctx.empty fills uint16 outputs with on emu (no rounding gives it)
 
 # (n, in, out): none a multiple of 4 or 8 (ragged chunks, scalar edges)
 CASES = {
@@ -43,41 +42,6 @@ CASES = {
     # split in two parts (the last one shorter)
     "two_tiles_split": (130, 141, 129),
 }
-
-
-@pytest.fixture
-def B(device_precision):
-    """The device backend in precision bf16 (made once per session: conftest's cache)."""
-    b = device_precision("bf16")
-    assert b.precision == "bf16"
-    return b
-
-
-def bf16_exact(rng, shape):
-    """(bits, their float32 values) of standard normal draws rounded to bf16."""
-    bits = round_bf16(rng.standard_normal(shape).astype(np.float32))
-    return bits, bf16_to_float32(bits)
-
-
-def dev16(B, bits):
-    return B.asarray(bits, BF16)
-
-
-def assert_bits_equal(out, want, what):
-    assert out.dtype == np.uint16 and out.shape == want.shape, (what, out.dtype, out.shape)
-    assert not (out == POISON).any(), f"{what}: elements left unwritten (poison)"
-    diff = np.flatnonzero(out != want)
-    assert diff.size == 0, (f"{what}: {diff.size} of {out.size} differ, first at "
-                            f"{diff[:5]}: {out.ravel()[diff[:5]]} != {want.ravel()[diff[:5]]}")
-
-
-def bound(K):
-    return 2 * U + U * U + K * EPS32 + U
-
-
-def check(out, ref, magnitude, factor, what):
-    tol = factor * float(np.linalg.norm(magnitude)) / float(np.linalg.norm(ref))
-    return assert_close(out, ref, tol, what, elem_tol=tol * 4)
 
 
 def _splits(B, n, fin, fout):
@@ -116,7 +80,7 @@ def test_bf16io_matches_the_float_kernels(B, reference_backend, rng, case):
             *R.linear_backward(*f64(np.abs(dy), np.abs(x), np.abs(w)))]
     outs = (y, bf16_to_float32(dx), dw, db)
     for name, o, e, m, K in zip(("y", "dx", "dw", "db"), outs, exact, mags, (fin, fout, n, n)):
-        check(o, e, m, bound(K), f"{case} {name} vs float64")
+        assert_within(o, e, m, bf16_gemm_bound(K), f"{case} {name} vs float64")
 
 
 @pytest.mark.parametrize("split", [1, 3])
