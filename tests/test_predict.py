@@ -308,3 +308,16 @@ def test_an_older_kmnist_checkpoint_needs_its_statistics(lenet5_checkpoint, tmp_
     pytest.importorskip("matplotlib")
     assert main(["show", str(old), "--activations", str(tmp_path / "x.png"), "--mean", "0.2",
                  "--std", "0.3", str(tmp_path / "maps.png")]) == 0
+
+
+def test_a_precision_the_backend_lacks_is_named_not_blamed_on_the_file(
+        lenet5_checkpoint, test_images, tmp_path, monkeypatch, capsys):
+    """$GPUCNN_PRECISION=bf16 with --backend numpy: the error says the backend computes in
+    fp32 only and where bf16 came from, not that the checkpoint does not fit its model."""
+    Image.fromarray(test_images.pixels[0, 0]).save(tmp_path / "a.png")
+    monkeypatch.setenv("GPUCNN_PRECISION", "bf16")
+    assert main(["predict", str(lenet5_checkpoint), str(tmp_path / "a.png"),
+                 "--backend", "numpy"]) == 2
+    err = capsys.readouterr().err
+    assert "computes in fp32 only" in err and "$GPUCNN_PRECISION" in err, err
+    assert "does not fit" not in err, err

@@ -78,6 +78,7 @@ def get_backend(name=None, precision=None):
     """The backend object for ``name`` (default: $GPUCNN_BACKEND, else "auto") computing its
     GEMMs and convolutions in ``precision`` (default: $GPUCNN_PRECISION, else "fp32");
     cached per (name, precision)."""
+    from_env = precision is None and bool(os.environ.get("GPUCNN_PRECISION"))
     precision = default_precision() if precision is None else check_precision(precision)
     if name is None:
         name = os.environ.get("GPUCNN_BACKEND", "auto")
@@ -88,7 +89,13 @@ def get_backend(name=None, precision=None):
         raise ValueError(f"backend must be one of {', '.join(BACKEND_NAMES)}; got {name!r}")
     key = (name, precision)
     if key not in _cache:
-        _cache[key] = _choose_auto(precision) if name == "auto" else _make(name, precision)
+        try:
+            _cache[key] = _choose_auto(precision) if name == "auto" else _make(name, precision)
+        except ValueError as exc:
+            if from_env and f"not {precision}" in str(exc):  # (Backend.use_precision's)
+                # say where a precision nobody passed came from
+                raise ValueError(f"{exc} (the precision is $GPUCNN_PRECISION's)") from None
+            raise
     return _cache[key]
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..backends import get_backend
 from ..checkpoint import CheckpointError, open_checkpoint
 from ..filerules import check_metadata
 from ..modelfile import is_model_file, load_net
@@ -77,6 +78,8 @@ def load_model_source(model_or_checkpoint):
 
 def build_copy(source, backend, seed):
     """The model of ``source`` on ``backend``, in training mode, with the source's weights."""
+    if isinstance(backend, str) or backend is None:
+        backend = get_backend(backend)  # its own error (e.g. a precision it lacks), not the file's
     try:
         model = build_from_config(source.config, backend=backend, seed=seed)
         if source.params is not None:
