@@ -380,7 +380,6 @@ def _file_layers(cfg, B, ours, theirs, tel, pk, res, log):
 
 def _file_nets(cfg, B, ours, theirs, tel, res, log):
     tname = f"torch-{res['environment']['torch']['device']}" if theirs else None
-    act = 2 if activation_dtype(B) == BF16 else 4  # bytes per activation (both frameworks')
     for name, batch in cfg.nets:
         fwd_flops = None
         for mode in cfg.modes:

@@ -197,7 +197,6 @@ class Sequential(Module):
     def _active(self):
         return [layer for layer in self.layers if getattr(layer, "fused_into", None) is None]
 
-
     def forward(self, x):
         """The output (float32) of the layers applied in order. Under precision bf16 on a
         device backend (gpucnn/ops/storage.py) the layers pass bf16 tensors: the input is
